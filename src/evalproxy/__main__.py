@@ -1,0 +1,3 @@
+from evalproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The proxy itself: config, chain, server, upstream transport."""

@@ -1,0 +1,112 @@
+"""The one exception tree of evalproxy.
+
+    EvalProxyError
+    ├── ConfigError                   bad config: names the file and the field path
+    └── ProxyError                    answered to the client as OpenAI-shaped JSON
+        ├── BadRequestError           400: body is not JSON, not an object, ...
+        ├── PayloadTooLargeError      413: body over max_request_bytes
+        ├── UnauthorizedError         401: admin path without the admin token
+        ├── InterceptorError          500: an interceptor failed; names it
+        └── UpstreamError             the model endpoint could not give an answer
+            ├── UpstreamUnreachableError  502: connection refused, DNS, reset
+            ├── UpstreamTimeoutError      504: no answer within request_timeout
+            └── UpstreamProtocolError     502: the stream broke off mid-answer
+
+An upstream that *answers* with 4xx/5xx is not an error here: its answer is passed through with its own status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class EvalProxyError(Exception):
+    """Base of every error evalproxy raises on purpose."""
+
+
+class ConfigError(EvalProxyError):
+    """A configuration that cannot be used; the message names the file and the field path."""
+
+    def __init__(self, message: str, *, field: str | None = None, file: str | None = None) -> None:
+        self.field = field
+        self.file = file
+        where = []
+        if file:
+            where.append(str(file))
+        if field:
+            where.append(f"field '{field}'")
+        prefix = ": ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.reason = message
+
+
+class ProxyError(EvalProxyError):
+    """An error answered to the client as ``{"error": {"message", "type", "code"}}``."""
+
+    status: int = 500
+    type: str = "proxy_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+class BadRequestError(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PayloadTooLargeError(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnauthorizedError(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_admin_token"
+
+
+class InterceptorError(ProxyError):
+    status = 500
+    type = "interceptor_error"
+    code = "interceptor_failed"
+
+    def __init__(self, interceptor: str, cause: BaseException) -> None:
+        self.interceptor = interceptor
+        super().__init__(f"interceptor '{interceptor}' failed: {type(cause).__name__}: {cause}")
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamUnreachableError(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    status = 502
+    code = "upstream_protocol_error"

@@ -1,0 +1,51 @@
+"""Prometheus collectors on the app's own registry (never the global one: tests build many apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ProxyMetrics:
+    """All collectors of one proxy app. Label sets are small and fixed (no per-request label values)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "evalproxy_requests", "Requests answered, by path, status and cache result",
+            ["path", "status", "cache"], registry=r,
+        )
+        self.request_seconds = Histogram(
+            "evalproxy_request_seconds", "Total time to answer a request (to the last byte)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "evalproxy_upstream_seconds", "Time waiting for the upstream (to the last byte)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.overhead_seconds = Histogram(
+            "evalproxy_overhead_seconds", "Proxy overhead: total time minus upstream time",
+            buckets=_OVERHEAD_BUCKETS, registry=r,
+        )
+        self.ttft_seconds = Histogram(
+            "evalproxy_time_to_first_token_seconds", "Time to the first streamed event reaching the client",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens = Counter("evalproxy_tokens", "Tokens reported by the upstream, by kind", ["kind"], registry=r)
+        self.completion_tokens = Histogram(
+            "evalproxy_completion_tokens_per_request", "Completion tokens per answer", buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("evalproxy_requests_in_flight", "Requests being answered now", registry=r)
+        self.retries = Counter("evalproxy_upstream_retries", "Upstream retries, by reason", ["reason"], registry=r)
+        self.errors = Counter("evalproxy_errors", "Errors, by type", ["type"], registry=r)
+        self.cache = Counter("evalproxy_cache", "Cache lookups and writes, by result", ["result"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,281 @@
+"""The terminal of the chain: the model endpoint, over one pooled aiohttp ``ClientSession``.
+
+``endpoint`` in the interceptor list names where this transport sits; it is not itself a layer. It retries 429, 5xx
+and connection failures with exponential backoff and jitter (honouring ``Retry-After``) until an answer has started
+to reach the client, passes streams through event by event, and turns what cannot be answered into typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from evalproxy.adapter.chain import BaseInterceptor, Params
+from evalproxy.adapter.context import UPSTREAM_ATTEMPTS, UPSTREAM_SECONDS, ProxyResponse, RequestContext
+from evalproxy.adapter.errors import (
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from evalproxy.adapter.redact import HOP_BY_HOP
+
+if TYPE_CHECKING:
+    from evalproxy.adapter.config import ServerConfig
+    from evalproxy.adapter.context import RunContext
+    from evalproxy.adapter.metrics import ProxyMetrics
+
+log = logging.getLogger("evalproxy.upstream")
+
+_ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/models", "/responses")
+# Client headers that must not be forwarded: hop-by-hop ones, and those aiohttp computes itself.
+_DROP_REQUEST = HOP_BY_HOP | {"accept-encoding"}
+# Upstream headers that must not reach the client: aiohttp already decompressed the body and aiohttp.web frames it.
+_DROP_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+
+
+class EndpointInterceptor(BaseInterceptor):
+    """Marks where the upstream call sits in the chain; its config overrides the server's upstream settings."""
+
+    name = "endpoint"
+    description = "Sends the request to the model endpoint (the terminal of the chain)."
+
+    class Params(Params):
+        request_timeout: float | None = None
+        max_retries: int | None = None
+        retry_backoff: float | None = None
+
+
+def split_upstream(url: str) -> tuple[str, str | None]:
+    """``(base, kind suffix)`` of an upstream URL: ``.../v1/chat/completions`` -> (``.../v1``, ``/chat/completions``)."""
+    u = url.rstrip("/")
+    for suffix in _ENDPOINT_SUFFIXES:
+        if u.endswith(suffix):
+            return u[: -len(suffix)], suffix
+    return u, None
+
+
+def upstream_url_for(upstream: str, path: str) -> str:
+    """Where a request for ``path`` goes, for an upstream given as a base URL or as a full endpoint URL.
+
+    A full endpoint URL (``.../v1/chat/completions``) receives requests for its own kind and requests to ``/``;
+    other paths go to its base. ``/v1/...`` paths join a base ending in ``/v1`` without doubling it; paths outside
+    ``/v1`` (``/tokenize``) go beside it.
+    """
+    base, suffix = split_upstream(upstream)
+    if path in ("", "/"):
+        return upstream if suffix else base + "/"
+    if suffix is not None and path.rstrip("/").endswith(suffix):
+        if suffix != "/completions" or not path.rstrip("/").endswith("/chat/completions"):
+            return upstream.rstrip("/")
+    if base.endswith("/v1"):
+        if path.startswith("/v1/") or path == "/v1":
+            return base + path[3:]
+        return base[:-3] + path
+    return base + path
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Upstream:
+    """The transport: owns the ``ClientSession`` (opened in :meth:`start`, closed in :meth:`aclose`)."""
+
+    name = "endpoint"
+    best_effort = False
+    modifies_request = False
+
+    def __init__(self, server: ServerConfig, metrics: ProxyMetrics, params: EndpointInterceptor.Params | None = None):
+        p = params or EndpointInterceptor.Params()
+        self.url = server.upstream_url
+        self.api_key = server.api_key()
+        self.request_timeout = p.request_timeout or server.request_timeout
+        self.connect_timeout = min(server.connect_timeout, self.request_timeout)
+        self.max_retries = p.max_retries if p.max_retries is not None else server.max_retries
+        self.backoff = p.retry_backoff if p.retry_backoff is not None else server.retry_backoff
+        self.max_backoff = server.retry_max_backoff
+        self.retry_status = frozenset(server.retry_on_status)
+        self.limit = server.max_concurrent_requests
+        self.metrics = metrics
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout),
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("Upstream.start() was not awaited")
+        return self._session
+
+    def _headers(self, ctx: RequestContext) -> CIMultiDict[str]:
+        out: CIMultiDict[str] = CIMultiDict()
+        for k, v in ctx.headers.items():
+            if k.lower() not in _DROP_REQUEST:
+                out.add(k, v)
+        if self.api_key:
+            out["Authorization"] = f"Bearer {self.api_key}"
+        return out
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.request_timeout)
+        d = min(self.max_backoff, self.backoff * (2**attempt))
+        return d / 2 + random.uniform(0, d / 2)
+
+    async def __call__(self, ctx: RequestContext) -> ProxyResponse:
+        if not self.url:
+            raise UpstreamUnreachableError("no upstream URL is configured (set server.upstream_url or --upstream)")
+        url = upstream_url_for(self.url, ctx.path)
+        if ctx.query:
+            url = f"{url}?{ctx.query}"
+        headers = self._headers(ctx)
+        body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
+        stream = ctx.is_stream_request
+        timeout = (
+            aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout)
+            if stream
+            else aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.connect_timeout)
+        )
+        attempt = 0
+        t0 = time.perf_counter()
+        while True:
+            try:
+                resp = await self.session.request(
+                    ctx.method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                )
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                self.metrics.errors.labels("upstream_timeout").inc()
+                raise UpstreamTimeoutError(
+                    f"the upstream did not answer within {self.request_timeout:g}s ({url})"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                if attempt < self.max_retries:
+                    self.metrics.retries.labels("connection").inc()
+                    await asyncio.sleep(self._delay(attempt, None))
+                    attempt += 1
+                    continue
+                self.metrics.errors.labels("upstream_unreachable").inc()
+                raise UpstreamUnreachableError(
+                    f"cannot reach the upstream at {url}: {type(exc).__name__}: {exc}"
+                    + (f" (after {attempt + 1} attempts)" if attempt else "")
+                ) from exc
+
+            if resp.status in self.retry_status and attempt < self.max_retries:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                resp.release()
+                self.metrics.retries.labels(str(resp.status)).inc()
+                log.info("upstream answered %s; retry %d/%d", resp.status, attempt + 1, self.max_retries)
+                await asyncio.sleep(self._delay(attempt, retry_after))
+                attempt += 1
+                continue
+            break
+
+        ctx.state[UPSTREAM_ATTEMPTS] = attempt + 1
+        out_headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
+        )
+        ctype = resp.headers.get("Content-Type", "")
+        if resp.status == 200 and ctype.startswith("text/event-stream"):
+            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
+        try:
+            data = await resp.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            resp.close()
+            self.metrics.errors.labels("upstream_timeout").inc()
+            raise UpstreamTimeoutError(f"the upstream did not finish its answer within {self.request_timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            resp.close()
+            self.metrics.errors.labels("upstream_broken").inc()
+            raise UpstreamProtocolError(f"the upstream broke off its answer: {type(exc).__name__}: {exc}") from exc
+        finally:
+            resp.release()
+        ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
+        out = ProxyResponse(resp.status, out_headers, body=data)
+        if resp.status == 200 and (b'"content":null' in data or b'"content": null' in data):
+            _normalise_null_content(out)
+        return out
+
+    async def _events(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float
+    ) -> AsyncIterator[bytes]:
+        """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream."""
+        buf = b""
+        complete = False
+        try:
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                if b"\r" in buf:
+                    buf = buf.replace(b"\r\n", b"\n")
+                while True:
+                    i = buf.find(b"\n\n")
+                    if i < 0:
+                        break
+                    event, buf = buf[: i + 2], buf[i + 2 :]
+                    if event.strip():
+                        yield event
+            if buf.strip():
+                yield buf.rstrip(b"\n") + b"\n\n"
+            complete = True
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            self.metrics.errors.labels("upstream_timeout").inc()
+            raise UpstreamTimeoutError(
+                f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self.metrics.errors.labels("upstream_broken_stream").inc()
+            raise UpstreamProtocolError(f"the upstream broke off the stream: {type(exc).__name__}: {exc}") from exc
+        finally:
+            ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
+            if complete:
+                resp.release()
+            else:
+                resp.close()
+
+
+def _normalise_null_content(resp: ProxyResponse) -> None:
+    """``"content": null`` in a choice's message becomes ``""`` (harnesses call string methods on it)."""
+    body: Any = resp.json
+    if not isinstance(body, dict):
+        return
+    changed = False
+    for choice in body.get("choices") or ():
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(msg, dict) and "content" in msg and msg["content"] is None:
+            msg["content"] = ""
+            changed = True
+    if changed:
+        resp.set_json(body)
+
+
+__all__ = ["EndpointInterceptor", "ProxyError", "Upstream", "split_upstream", "upstream_url_for"]

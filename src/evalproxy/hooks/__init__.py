@@ -1,0 +1,1 @@
+"""Built-in post-eval hooks, one module each."""

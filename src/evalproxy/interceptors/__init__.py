@@ -1,0 +1,1 @@
+"""Built-in interceptors, one module each, named as in config."""

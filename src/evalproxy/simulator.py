@@ -1,0 +1,298 @@
+"""A simulated OpenAI-compatible model: the upstream of ``evalproxy demo``, of the tests and of the benchmarks.
+
+It answers chat, completions, embeddings and ``GET /v1/models``, streams with SSE (``stream_options.include_usage``
+included), can think aloud in ``<think>...</think>``, and has knobs for faults: a queue of scripted answers (status
+codes, ``Retry-After``, delays, broken streams, non-JSON bodies). Answers are deterministic for a deterministic request
+(``temperature`` 0 or a ``seed``) and differ between repeats of a sampled one, like a real model. Every request it
+receives is kept in :attr:`SimulatedModel.log`, so a test can see exactly what reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+_WORDS = (
+    "the answer follows from the premises so we compute each step carefully and check the result against the "
+    "question then we state it plainly"
+).split()
+
+
+@dataclass
+class Fault:
+    """One scripted misbehaviour, used by the next request that reaches the model."""
+
+    status: int | None = None
+    """Answer with this status and an OpenAI-shaped error body."""
+    retry_after: str | None = None
+    delay: float = 0.0
+    """Wait this long before answering."""
+    drop_after_events: int | None = None
+    """For a stream: send this many events, then cut the connection."""
+    body: bytes | None = None
+    """Answer 200 with exactly this body (for example, not JSON)."""
+    content: str | None = None
+    """Answer with this message content instead of the generated one."""
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any] | None
+    at: float = field(default_factory=time.time)
+
+
+class SimulatedModel:
+    """A fake model endpoint; ``app()`` is its aiohttp application."""
+
+    def __init__(
+        self,
+        *,
+        model: str = "sim-model",
+        latency: float = 0.0,
+        chunk_delay: float = 0.0,
+        reasoning: bool = False,
+        reasoning_words: int = 12,
+        answer_words: int = 8,
+        chunk_chars: int = 7,
+    ) -> None:
+        self.model = model
+        self.latency = latency
+        self.chunk_delay = chunk_delay
+        self.reasoning = reasoning
+        self.reasoning_words = reasoning_words
+        self.answer_words = answer_words
+        self.chunk_chars = chunk_chars
+        self.faults: deque[Fault] = deque()
+        self.log: list[Received] = []
+        self._samples = itertools.count(1)
+        self._ids = itertools.count(1)
+        self.keep_log = True
+
+    # -- scripting -------------------------------------------------------------------------------------------------
+    def script(self, *faults: Fault) -> None:
+        """Queue faults for the next requests, one each, in order."""
+        self.faults.extend(faults)
+
+    def requests_to(self, suffix: str) -> list[Received]:
+        return [r for r in self.log if r.path.endswith(suffix)]
+
+    # -- content ---------------------------------------------------------------------------------------------------
+    def _seed_for(self, body: dict[str, Any], prompt: str) -> str:
+        temperature = body.get("temperature", 1.0)
+        deterministic = body.get("seed") is not None or (
+            isinstance(temperature, int | float) and temperature == 0
+        )
+        salt = f"seed={body.get('seed')}" if deterministic else f"sample={next(self._samples)}"
+        return hashlib.sha256(f"{prompt}|{salt}|{body.get('max_tokens')}".encode()).hexdigest()
+
+    def _text(self, digest: str, n: int, offset: int = 0) -> str:
+        vals = bytes.fromhex(digest)
+        return " ".join(_WORDS[(vals[(i + offset) % len(vals)] + i) % len(_WORDS)] for i in range(n))
+
+    def make_content(self, body: dict[str, Any], prompt: str) -> tuple[str, str | None]:
+        """(content, reasoning) for a request: the content includes the ``<think>`` block when reasoning is on."""
+        digest = self._seed_for(body, prompt)
+        answer = f"[{digest[:8]}] " + self._text(digest, self.answer_words)
+        if not self.reasoning:
+            return answer, None
+        thought = self._text(digest, self.reasoning_words, offset=5)
+        return f"<think>{thought}</think>{answer}", thought
+
+    # -- handlers --------------------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "sim"}]}
+        )
+
+    def _record(self, request: web.Request, body: dict[str, Any] | None) -> None:
+        if self.keep_log:
+            self.log.append(Received(request.method, request.path, dict(request.headers), body))
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            return _error(400, "simulated model: body is not JSON")
+        self._record(request, body)
+        fault = self.faults.popleft() if self.faults else None
+        delay = self.latency + (fault.delay if fault else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
+        if fault and fault.status:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return _error(fault.status, f"simulated error {fault.status}", headers)
+        if fault and fault.body is not None:
+            return web.Response(body=fault.body, content_type="application/json")
+        path = request.path.rstrip("/")
+        if path.endswith("/chat/completions"):
+            return await self._chat(request, body, fault)
+        if path.endswith("/completions"):
+            return await self._completions(request, body, fault)
+        if path.endswith("/embeddings"):
+            return self._embeddings(body)
+        return web.json_response({"echo": body, "path": request.path})
+
+    def _usage(self, prompt: str, content: str, reasoning: str | None) -> dict[str, Any]:
+        p = len(prompt.split())
+        c = len(content.split())
+        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        if reasoning is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": len(reasoning.split())}
+        return usage
+
+    async def _chat(self, request: web.Request, body: dict[str, Any], fault: Fault | None) -> web.StreamResponse:
+        messages = body.get("messages") or []
+        prompt = " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
+        n = int(body.get("n") or 1)
+        choices = []
+        contents = []
+        reasoning: str | None = None
+        for i in range(n):
+            content, reasoning = self.make_content(body, prompt)
+            if fault and fault.content is not None:
+                content = fault.content
+            contents.append(content)
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": content},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            )
+        usage = self._usage(prompt, " ".join(contents), reasoning)
+        rid = f"chatcmpl-sim-{next(self._ids)}"
+        if body.get("stream"):
+            return await self._stream_chat(request, body, rid, contents[0], usage, fault)
+        return web.json_response(
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": choices,
+                "usage": usage,
+            }
+        )
+
+    async def _stream_chat(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        rid: str,
+        content: str,
+        usage: dict[str, Any],
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        created = int(time.time())
+        model = body.get("model", self.model)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            obj = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        step = self.chunk_chars
+        events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
+        events.append(chunk({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [], "usage": usage}
+            events.append(b"data: " + orjson.dumps(final) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        for k, ev in enumerate(events):
+            if fault and fault.drop_after_events is not None and k >= fault.drop_after_events:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            await resp.write(ev)
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+        await resp.write_eof()
+        return resp
+
+    async def _completions(
+        self, request: web.Request, body: dict[str, Any], fault: Fault | None
+    ) -> web.StreamResponse:
+        prompts = body.get("prompt", "")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        choices = []
+        total_prompt = ""
+        total_text = ""
+        for i, p in enumerate(prompts):
+            text, _ = self.make_content(body, str(p))
+            if fault and fault.content is not None:
+                text = fault.content
+            total_prompt += " " + str(p)
+            total_text += " " + text
+            choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": "length"})
+        return web.json_response(
+            {
+                "id": f"cmpl-sim-{next(self._ids)}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model", self.model),
+                "choices": choices,
+                "usage": self._usage(total_prompt, total_text, None),
+            }
+        )
+
+    def _embeddings(self, body: dict[str, Any]) -> web.Response:
+        inputs = body.get("input", "")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        data = []
+        for i, text in enumerate(inputs):
+            d = hashlib.sha256(str(text).encode()).digest()
+            data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in d[:8]]})
+        tokens = sum(len(str(t).split()) for t in inputs)
+        return web.json_response(
+            {"object": "list", "data": data, "model": body.get("model", self.model),
+             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": "simulated_error", "code": status}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)

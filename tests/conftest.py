@@ -1,0 +1,74 @@
+"""Shared fixtures: a simulated model on 127.0.0.1, the proxy app in front of it, and a run for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from evalproxy.adapter.config import LoadedConfig, parse_config
+from evalproxy.adapter.context import RunContext
+from evalproxy.adapter.metrics import ProxyMetrics
+from evalproxy.adapter.output import METRICS_FILE, MetricsFile
+from evalproxy.adapter.server import create_app
+from evalproxy.simulator import SimulatedModel
+
+MakeProxy = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def sim() -> SimulatedModel:
+    return SimulatedModel()
+
+
+@pytest.fixture
+async def upstream(sim: SimulatedModel) -> Any:
+    """The simulated model, served on 127.0.0.1; ``str(upstream.make_url('/v1'))`` is its base URL."""
+    server = TestServer(sim.app(), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+def make_loaded(
+    adapter: dict[str, Any] | None, tmp_path: Path, upstream_url: str | None, **server: Any
+) -> LoadedConfig:
+    data: dict[str, Any] = dict(adapter or {})
+    data["server"] = {"upstream_url": upstream_url, "output_dir": str(tmp_path / "out"), **server}
+    return parse_config(data, source="test-config")
+
+
+@pytest.fixture
+async def make_proxy(tmp_path: Path, upstream: TestServer) -> Any:
+    """Start the proxy app (config as a dict, in any accepted shape) in front of the simulated model."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(adapter: dict[str, Any] | None = None, **server: Any) -> TestClient[Any, Any]:
+        url = server.pop("upstream_url", str(upstream.make_url("/v1")))
+        loaded = make_loaded(adapter, tmp_path, url, **server)
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.close()
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunContext:
+    """A run context for calling interceptors directly in unit tests."""
+    loaded = make_loaded(None, tmp_path, "http://127.0.0.1:9/v1")
+    out = tmp_path / "out"
+    return RunContext(
+        output_dir=out,
+        run_id="test-run",
+        config=loaded.adapter,
+        server=loaded.server,
+        metrics=ProxyMetrics(),
+        metrics_file=MetricsFile(out / METRICS_FILE),
+    )
