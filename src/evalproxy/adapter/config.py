@@ -283,9 +283,17 @@ def validate_plugins(loaded: LoadedConfig) -> None:
     from evalproxy.adapter.registry import Registry
 
     adapter = loaded.adapter
-    registry = Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
-    resolve_interceptors(adapter, registry, prefix=loaded.prefix, file=loaded.source)
-    resolve_hooks(adapter, registry, prefix=loaded.prefix, file=loaded.source)
+    try:
+        registry = Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
+        resolve_interceptors(adapter, registry, prefix=loaded.prefix, file=loaded.source)
+        resolve_hooks(adapter, registry, prefix=loaded.prefix, file=loaded.source)
+    except ConfigError as exc:
+        if exc.file is None and loaded.source is not None:
+            field = exc.field
+            if field and field.startswith("discovery") and loaded.prefix:
+                field = f"{loaded.prefix}.{field}"
+            raise ConfigError(exc.reason, field=field, file=loaded.source) from None
+        raise
 
 
 def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None) -> Any:
