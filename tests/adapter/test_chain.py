@@ -1,0 +1,111 @@
+"""build_chain: order, short-circuit, failures named, best-effort layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from evalproxy.adapter.chain import BaseInterceptor, build_chain, check_order
+from evalproxy.adapter.context import ProxyResponse, RequestContext
+from evalproxy.adapter.errors import ConfigError, InterceptorError, UpstreamTimeoutError
+
+
+class Recorder(BaseInterceptor):
+    def __init__(self, name: str, log: list[str], *, answer: bool = False, fail: bool = False,
+                 best_effort: bool = False) -> None:
+        self.name = name  # type: ignore[misc]
+        self.log = log
+        self.answer = answer
+        self.fail = fail
+        self.best_effort = best_effort  # type: ignore[misc]
+
+    async def __call__(self, ctx: RequestContext, call_next: Any) -> ProxyResponse:
+        self.log.append(f"{self.name}:in")
+        if self.fail:
+            raise ValueError("boom")
+        if self.answer:
+            return ProxyResponse.from_json({"from": self.name})
+        resp = await call_next(ctx)
+        self.log.append(f"{self.name}:out")
+        return resp
+
+
+def terminal(log: list[str]) -> Any:
+    async def call(ctx: RequestContext) -> ProxyResponse:
+        log.append("upstream")
+        return ProxyResponse.from_json({"from": "upstream"})
+
+    return call
+
+
+def ctx() -> RequestContext:
+    return RequestContext(method="POST", path="/v1/chat/completions", json={}, raw=b"{}")
+
+
+class TestBuildChain:
+    async def test_order_is_outer_to_inner(self) -> None:
+        """The first configured interceptor sees the request first and the response last."""
+        log: list[str] = []
+        chain = build_chain([Recorder("a", log), Recorder("b", log)], terminal(log))
+        await chain(ctx())
+        assert log == ["a:in", "b:in", "upstream", "b:out", "a:out"]
+
+    async def test_short_circuit_skips_inner_layers(self) -> None:
+        """An interceptor that returns a response stops the chain: nothing inside it runs."""
+        log: list[str] = []
+        chain = build_chain([Recorder("a", log), Recorder("hit", log, answer=True), Recorder("c", log)],
+                            terminal(log))
+        resp = await chain(ctx())
+        assert resp.json == {"from": "hit"}
+        assert log == ["a:in", "hit:in", "a:out"]
+
+    async def test_failure_names_the_interceptor(self) -> None:
+        """A failing interceptor fails the request with an error that names it."""
+        log: list[str] = []
+        chain = build_chain([Recorder("a", log), Recorder("broken", log, fail=True)], terminal(log))
+        with pytest.raises(InterceptorError, match="'broken'") as info:
+            await chain(ctx())
+        assert info.value.status == 500
+
+    async def test_best_effort_failure_is_skipped(self) -> None:
+        """A best-effort interceptor that fails is logged and the request continues without it."""
+        log: list[str] = []
+        chain = build_chain([Recorder("stats", log, fail=True, best_effort=True)], terminal(log))
+        resp = await chain(ctx())
+        assert resp.json == {"from": "upstream"}
+
+    async def test_typed_errors_pass_through_unchanged(self) -> None:
+        """A typed error from further down (an upstream timeout) reaches the server as it was raised."""
+        async def slow(c: RequestContext) -> ProxyResponse:
+            raise UpstreamTimeoutError("too slow")
+
+        chain = build_chain([Recorder("a", [])], slow)
+        with pytest.raises(UpstreamTimeoutError):
+            await chain(ctx())
+
+
+class Changer(BaseInterceptor):
+    name = "changer"
+    modifies_request = True
+
+
+class Observer(BaseInterceptor):
+    name = "observer"
+
+
+class TestCheckOrder:
+    def test_endpoint_twice_is_rejected(self) -> None:
+        """Listing endpoint twice is a config error naming the interceptors field."""
+        with pytest.raises(ConfigError, match="more than once") as info:
+            check_order(["endpoint", "endpoint"], {})
+        assert info.value.field == "interceptors"
+
+    def test_request_changer_after_endpoint_is_rejected(self) -> None:
+        """A request-changing interceptor after endpoint is an error naming it and endpoint."""
+        with pytest.raises(ConfigError, match="'changer'.*after 'endpoint'"):
+            check_order(["endpoint", "changer"], {"changer": Changer})
+
+    def test_observers_after_endpoint_are_fine(self) -> None:
+        """Response-side interceptors may follow endpoint."""
+        check_order(["changer", "endpoint", "observer"], {"changer": Changer, "observer": Observer})
