@@ -78,6 +78,8 @@ class SimulatedModel:
         self._samples = itertools.count(1)
         self._ids = itertools.count(1)
         self.keep_log = True
+        self.streams_finished: list[float] = []
+        """perf_counter() when each stream's last byte was written."""
 
     # -- scripting -------------------------------------------------------------------------------------------------
     def script(self, *faults: Fault) -> None:
@@ -241,6 +243,7 @@ class SimulatedModel:
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
         await resp.write_eof()
+        self.streams_finished.append(time.perf_counter())
         return resp
 
     async def _completions(
