@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import logging
 import random
 import time
@@ -40,6 +41,8 @@ _ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/mode
 _DROP_REQUEST = HOP_BY_HOP | {"accept-encoding"}
 # Upstream headers that must not reach the client: aiohttp already decompressed the body and aiohttp.web frames it.
 _DROP_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+# aiohttp sends bytes above this size as a stream (from a BytesIO), so a large body never holds the event loop.
+_LARGE_BODY = 1 << 20
 
 
 class EndpointInterceptor(BaseInterceptor):
@@ -171,8 +174,11 @@ class Upstream:
         t0 = time.perf_counter()
         while True:
             try:
+                data: bytes | io.BytesIO | None = body
+                if body is not None and len(body) > _LARGE_BODY:
+                    data = io.BytesIO(body)
                 resp = await self.session.request(
-                    ctx.method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                    ctx.method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 self.metrics.errors.labels("upstream_timeout").inc()

@@ -1,0 +1,253 @@
+"""The proxy over real sockets: the openai SDK through it, errors, retries, timeouts, headers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from evalproxy.simulator import Fault, SimulatedModel
+
+ENDPOINT_ONLY = {"interceptors": ["endpoint"], "generate_html_report": False}
+MSGS = [{"role": "user", "content": "What is two plus two?"}]
+
+
+def sdk(base_url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key="test-key", max_retries=0)
+
+
+def strip_ids(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("id", "created")}
+
+
+class TestOpenAISdk:
+    async def test_chat_completions_embeddings_match_direct(self, make_proxy: Any, upstream: TestServer) -> None:
+        """The openai SDK gets the same chat, completions and embeddings answers through the proxy as directly."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        direct, via = sdk(str(upstream.make_url("/v1"))), sdk(str(proxy.make_url("/v1")))
+        for client_pair in ((direct, via),):
+            results = []
+            for c in client_pair:
+                chat = await c.chat.completions.create(model="m", messages=MSGS, temperature=0)  # type: ignore[arg-type]
+                comp = await c.completions.create(model="m", prompt=["a b", "c d e"], temperature=0.0, seed=3)
+                emb = await c.embeddings.create(model="m", input=["x", "y"])
+                results.append((strip_ids(chat.model_dump()), strip_ids(comp.model_dump()), emb.model_dump()))
+            assert results[0] == results[1]
+        await direct.close()
+        await via.close()
+
+    async def test_models_list_is_forwarded(self, make_proxy: Any) -> None:
+        """GET /v1/models reaches the upstream and its list comes back."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        client = sdk(str(proxy.make_url("/v1")))
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["sim-model"]
+        await client.close()
+
+    async def test_stream_first_chunk_arrives_before_upstream_finishes(
+        self, make_proxy: Any, sim: SimulatedModel
+    ) -> None:
+        """A streamed answer is passed through event by event: the first chunk arrives while upstream still sends."""
+        sim.chunk_delay = 0.05
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        client = sdk(str(proxy.make_url("/v1")))
+        stream = await client.chat.completions.create(
+            model="m", messages=MSGS, stream=True, temperature=0, stream_options={"include_usage": True})  # type: ignore[arg-type]
+        first_at = None
+        text = ""
+        usage = None
+        async for chunk in stream:
+            if first_at is None:
+                first_at = time.perf_counter()
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+        assert first_at is not None and sim.streams_finished and first_at < sim.streams_finished[-1]
+        expected, _ = sim.make_content({"temperature": 0}, MSGS[0]["content"])
+        assert text == expected
+        assert usage is not None and usage.completion_tokens == len(expected.split())
+        await client.close()
+
+
+class TestErrors:
+    async def test_upstream_down_is_502(self, make_proxy: Any) -> None:
+        """An upstream that refuses connections gives 502 with an OpenAI-shaped error."""
+        proxy = await make_proxy(ENDPOINT_ONLY, upstream_url="http://127.0.0.1:9/v1", max_retries=0)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 502
+        body = await resp.json()
+        assert body["error"]["code"] == "upstream_unreachable"
+        assert "127.0.0.1:9" in body["error"]["message"]
+
+    async def test_upstream_too_slow_is_504(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """An upstream slower than request_timeout gives 504."""
+        sim.script(Fault(delay=2.0))
+        proxy = await make_proxy(ENDPOINT_ONLY, request_timeout=0.3, max_retries=0)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 504
+        assert (await resp.json())["error"]["code"] == "upstream_timeout"
+
+    async def test_500_then_200_is_retried(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A 500 followed by a 200 is retried and the client sees the 200."""
+        sim.script(Fault(status=500))
+        proxy = await make_proxy(ENDPOINT_ONLY, retry_backoff=0.01)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 200
+        assert len(sim.requests_to("/chat/completions")) == 2
+
+    async def test_429_retry_after_is_waited_out(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A 429 with Retry-After: 1 is retried no sooner than one second later."""
+        sim.script(Fault(status=429, retry_after="1"))
+        proxy = await make_proxy(ENDPOINT_ONLY, retry_backoff=0.01)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 200
+        first, second = sim.requests_to("/chat/completions")
+        assert second.at - first.at >= 0.95
+
+    async def test_retries_are_bounded_and_the_last_status_is_honest(
+        self, make_proxy: Any, sim: SimulatedModel
+    ) -> None:
+        """A storm of 503s is retried max_retries times, then the upstream's own 503 reaches the client."""
+        sim.script(*[Fault(status=503)] * 5)
+        proxy = await make_proxy(ENDPOINT_ONLY, retry_backoff=0.01, max_retries=2)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 503
+        assert len(sim.requests_to("/chat/completions")) == 3
+
+    async def test_client_errors_pass_through_unretried(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """An upstream 400 is passed through with its body and not retried."""
+        sim.script(Fault(status=400))
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 400
+        assert (await resp.json())["error"]["message"] == "simulated error 400"
+        assert len(sim.requests_to("/chat/completions")) == 1
+
+    @pytest.mark.parametrize(
+        ("body", "status", "fragment"),
+        [
+            (b"{not json", 400, "not valid JSON"),
+            (b"[1, 2]", 400, "must be a JSON object"),
+            (b"", 400, "empty"),
+            (b"\xff\xfe{}", 400, "not valid JSON"),
+        ],
+    )
+    async def test_bad_bodies(self, make_proxy: Any, sim: SimulatedModel, body: bytes, status: int,
+                              fragment: str) -> None:
+        """A body that is not a JSON object gets a precise 400 and never reaches the upstream."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status == status
+        assert fragment in (await resp.json())["error"]["message"]
+        assert sim.log == []
+
+    async def test_body_over_limit_is_413(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A body over max_request_bytes gets 413."""
+        proxy = await make_proxy(ENDPOINT_ONLY, max_request_bytes=2048)
+        resp = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 4096}]})
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "request_too_large"
+
+    async def test_large_bodies_under_the_default_limit_pass(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A 3 MiB request (larger than aiohttp's 1 MiB default) is accepted and forwarded."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        big = "word " * (3 * 1024 * 1024 // 5)
+        body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": big}]})
+        resp = await proxy.post("/v1/chat/completions", data=io.BytesIO(body),
+                                headers={"Content-Type": "application/json"})
+        assert resp.status == 200
+        assert sim.log[-1].body == orjson.loads(body)
+
+
+class TestHeadersAndBodies:
+    async def test_api_key_injected_and_hop_by_hop_dropped(
+        self, make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The upstream key comes from the env var api_key_name names; the client's is replaced."""
+        monkeypatch.setenv("EVALPROXY_TEST_KEY", "sk-upstream-secret")
+        proxy = await make_proxy(ENDPOINT_ONLY, api_key_name="EVALPROXY_TEST_KEY")
+        await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS},
+                         headers={"Authorization": "Bearer client", "Connection": "keep-alive",
+                                  "x-stainless-retry-count": "0"})
+        got = sim.log[-1].headers
+        assert got["Authorization"] == "Bearer sk-upstream-secret"
+        assert got["x-stainless-retry-count"] == "0"
+        assert got.get("Connection", "").lower() != "upgrade"
+
+    async def test_unknown_fields_reach_upstream_byte_for_byte(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Vendor extensions and number formats go upstream as the client sent them."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        raw = b'{"model":"m","messages":[],"temperature":0.0,"top_p":1.0,"chat_template_kwargs":{"thinking":true}}'
+        seen: list[bytes] = []
+
+        async def capture(request: Any) -> Any:
+            seen.append(await request.read())
+            from aiohttp import web
+            return web.json_response({"choices": []})
+
+        from aiohttp import web
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", capture)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        proxy = await make_proxy(ENDPOINT_ONLY, upstream_url=str(server.make_url("/v1")))
+        resp = await proxy.post("/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"})
+        assert resp.status == 200
+        assert seen == [raw]
+        await server.close()
+
+    async def test_null_content_becomes_empty_string(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """content: null in an answer is normalised to an empty string."""
+        sim.script(Fault(body=b'{"choices":[{"index":0,"message":{"role":"assistant","content":null},'
+                              b'"finish_reason":"stop"}]}'))
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert (await resp.json())["choices"][0]["message"]["content"] == ""
+
+    async def test_overhead_header_and_health(self, make_proxy: Any) -> None:
+        """Every answer carries the proxy's overhead in a header; /health reports counts."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert float(resp.headers["X-EvalProxy-Overhead-Ms"]) >= 0
+        health = await (await proxy.get("/health")).json()
+        assert health["status"] == "ok" and health["requests"] == 1
+
+    async def test_concurrent_requests_all_answered(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Many concurrent requests through one pooled session all succeed."""
+        sim.latency = 0.05
+        proxy = await make_proxy(ENDPOINT_ONLY, max_concurrent_requests=16)
+        resps = await asyncio.gather(*[
+            proxy.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": str(i)}]})
+            for i in range(100)])
+        assert [r.status for r in resps] == [200] * 100
+
+
+class TestAdminPaths:
+    async def test_run_post_hook_runs_hooks(self, make_proxy: Any, tmp_path: Any) -> None:
+        """POST /adapterserver/run-post-hook runs the configured hooks now."""
+        from pathlib import Path
+        marker = tmp_path / "hooks.txt"
+        proxy = await make_proxy({
+            "interceptors": ["endpoint"], "discovery": {"dirs": [str(Path(__file__).parent / "plugins")]},
+            "post_eval_hooks": [{"name": "touch_file", "config": {"path": str(marker)}}]})
+        resp = await proxy.post("/adapterserver/run-post-hook")
+        assert resp.status == 200
+        assert (await resp.json())["hooks"][0]["ok"] is True
+        assert marker.read_text().count("\n") == 1
+
+    async def test_admin_token_is_required_when_set(
+        self, make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With admin_token_name set, the admin path refuses requests without the token."""
+        monkeypatch.setenv("EVALPROXY_ADMIN", "s3cret")
+        proxy = await make_proxy(ENDPOINT_ONLY, admin_token_name="EVALPROXY_ADMIN")
+        assert (await proxy.post("/adapterserver/run-post-hook")).status == 401
+        ok = await proxy.post("/adapterserver/run-post-hook", headers={"X-Admin-Token": "s3cret"})
+        assert ok.status == 200
