@@ -1,0 +1,134 @@
+"""The command line as a user runs it: real processes, real signals, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from evalproxy.cli import is_loopback, main
+from evalproxy.simulator import SimulatedModel
+
+PLUGINS = str(Path(__file__).parent / "adapter" / "plugins")
+MSGS = [{"role": "user", "content": "hello"}]
+
+
+def config(tmp_path: Path, marker: Path, **extra: Any) -> Path:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "interceptors": ["endpoint"],
+        "discovery": {"dirs": [PLUGINS]},
+        "post_eval_hooks": [{"name": "touch_file", "config": {"path": str(marker)}}],
+        **extra,
+    }))
+    return cfg
+
+
+async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "evalproxy", "serve", "--port", "0", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert b"listening on" in line, line
+    return proc, line.decode().split("listening on ")[1].strip()
+
+
+class TestServe:
+    async def test_sigterm_finishes_in_flight_runs_hooks_once_exits_0(self, tmp_path: Path) -> None:
+        """SIGTERM during a run: in-flight requests complete, hooks run once, exit status 0."""
+        sim = SimulatedModel(latency=1.0)
+        upstream = TestServer(sim.app(), host="127.0.0.1")
+        await upstream.start_server()
+        marker = tmp_path / "hooks.txt"
+        proc, url = await start_serve("-c", str(config(tmp_path, marker)), "--upstream",
+                                      str(upstream.make_url("/v1")), "-o", str(tmp_path / "out"))
+        async with aiohttp.ClientSession() as session:
+            async def one(i: int) -> int:
+                async with session.post(f"{url}/v1/chat/completions",
+                                        json={"model": "m", "messages": [{"role": "user", "content": str(i)}]}) as r:
+                    await r.read()
+                    return r.status
+
+            tasks = [asyncio.create_task(one(i)) for i in range(5)]
+            while len(sim.log) < 5:
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            statuses = await asyncio.gather(*tasks)
+        assert statuses == [200] * 5
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert marker.read_text().count("\n") == 1
+        assert (tmp_path / "out" / "adapter_config.yaml").is_file()
+        await upstream.close()
+
+    async def test_config_error_exits_2_naming_the_field(self, tmp_path: Path) -> None:
+        """A bad config stops serve before it binds, with the file and field in the message."""
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text("interceptors: [endpoint, nosuch]\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "evalproxy", "serve", "-c", str(cfg), "--upstream", "http://127.0.0.1:9/v1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        assert proc.returncode == 2
+        assert b"bad.yaml" in err and b"interceptors[1].name" in err and b"nosuch" in err
+
+    def test_missing_upstream_is_a_config_error(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """serve without an upstream URL says which field to set."""
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("interceptors: [endpoint]\n")
+        assert main(["serve", "-c", str(cfg)]) == 2
+        assert "server.upstream_url" in capsys.readouterr().err
+
+
+CLIENT = """
+import os, sys, openai
+assert sys.argv[1] == os.environ["OPENAI_BASE_URL"], (sys.argv[1], os.environ["OPENAI_BASE_URL"])
+client = openai.OpenAI(max_retries=0)
+r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], temperature=0)
+print("ANSWER", r.choices[0].message.content)
+sys.exit(int(sys.argv[2]))
+"""
+
+
+class TestRun:
+    @pytest.mark.parametrize("status", [0, 3])
+    async def test_run_passes_exit_status_and_runs_hooks(self, tmp_path: Path, status: int) -> None:
+        """evalproxy run -- python client.py: the client reaches the model, its status is ours, hooks ran."""
+        sim = SimulatedModel()
+        upstream = TestServer(sim.app(), host="127.0.0.1")
+        await upstream.start_server()
+        marker = tmp_path / "hooks.txt"
+        script = tmp_path / "client.py"
+        script.write_text(CLIENT)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "evalproxy", "run", "-c", str(config(tmp_path, marker)),
+            "--upstream", str(upstream.make_url("/v1")), "-o", str(tmp_path / "out"),
+            "--", sys.executable, str(script), "{proxy_url}", str(status),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == status, err.decode()
+        assert b"ANSWER [" in out
+        assert len(sim.requests_to("/chat/completions")) == 1
+        assert marker.read_text().count("\n") == 1
+        await upstream.close()
+
+    def test_run_without_command(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """run with nothing after -- is a usage error."""
+        assert main(["run", "--upstream", "http://127.0.0.1:9/v1", "--"]) == 2
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                                ("0.0.0.0", False), ("10.1.2.3", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    """Only loopback binds count as local (others print a warning at start)."""
+    assert is_loopback(host) is loopback
