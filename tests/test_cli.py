@@ -60,7 +60,9 @@ class TestServe:
                     return r.status
 
             tasks = [asyncio.create_task(one(i)) for i in range(5)]
-            while len(sim.log) < 5:
+            for _ in range(500):  # until the upstream holds all five (bounded: at most 10 s)
+                if len(sim.log) >= 5:
+                    break
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             statuses = await asyncio.gather(*tasks)

@@ -64,7 +64,7 @@ class TestBuildChain:
         """A failing interceptor fails the request with an error that names it."""
         log: list[str] = []
         chain = build_chain([Recorder("a", log), Recorder("broken", log, fail=True)], terminal(log))
-        with pytest.raises(InterceptorError, match="'broken'") as info:
+        with pytest.raises(InterceptorError, match=r"'broken'") as info:
             await chain(ctx())
         assert info.value.status == 500
 
@@ -103,7 +103,7 @@ class TestCheckOrder:
 
     def test_request_changer_after_endpoint_is_rejected(self) -> None:
         """A request-changing interceptor after endpoint is an error naming it and endpoint."""
-        with pytest.raises(ConfigError, match="'changer'.*after 'endpoint'"):
+        with pytest.raises(ConfigError, match=r"'changer'.*after 'endpoint'"):
             check_order(["endpoint", "changer"], {"changer": Changer})
 
     def test_observers_after_endpoint_are_fine(self) -> None:

@@ -153,7 +153,7 @@ class TestErrors:
 
     def test_request_changer_after_endpoint(self, tmp_path: Path) -> None:
         """system_message after endpoint is an error naming both."""
-        with pytest.raises(ConfigError, match="'system_message'.*'endpoint'"):
+        with pytest.raises(ConfigError, match=r"'system_message'.*'endpoint'"):
             load_config(write(tmp_path, {"interceptors": [
                 "endpoint", {"name": "system_message", "config": {"system_message": "x"}}]}))
 

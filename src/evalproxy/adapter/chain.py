@@ -47,6 +47,9 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_BaseParams = Params  # nested ``Params`` classes below shadow the name
+
+
 @runtime_checkable
 class Interceptor(Protocol):
     """One layer of the chain. See the module docstring for order and short-circuit semantics."""
@@ -72,7 +75,7 @@ class BaseInterceptor:
     modifies_request: ClassVar[bool] = False
     best_effort: ClassVar[bool] = False
 
-    class Params(Params):
+    class Params(_BaseParams):
         pass
 
     def __init__(self, params: Any, run: RunContext) -> None:

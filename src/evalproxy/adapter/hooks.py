@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from evalproxy.adapter.chain import Params
+from evalproxy.adapter.chain import Params as BaseParams
 
 if TYPE_CHECKING:
     from evalproxy.adapter.context import RunContext
@@ -20,7 +20,7 @@ class BaseHook:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
 
-    class Params(Params):
+    class Params(BaseParams):
         pass
 
     def __init__(self, params: Any, run: RunContext) -> None:

@@ -49,9 +49,8 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
         out = {}
         for k, v in obj.items():
             key = str(k)
-            if _SECRET_FIELD.search(key) and not _NAME_FIELD.search(key) and isinstance(v, str) and v:
-                out[k] = REDACTED
-            elif key.lower() in SECRET_HEADERS and isinstance(v, str):
+            secret_field = bool(_SECRET_FIELD.search(key)) and not _NAME_FIELD.search(key)
+            if isinstance(v, str) and v and (secret_field or key.lower() in SECRET_HEADERS):
                 out[k] = REDACTED
             else:
                 out[k] = _redact(v, secrets)

@@ -49,7 +49,7 @@ from evalproxy.adapter.upstream import Upstream
 
 log = logging.getLogger("evalproxy.server")
 
-PROXY = web.AppKey("evalproxy", "Proxy")
+PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy")
 OVERHEAD_HEADER = "X-EvalProxy-Overhead-Ms"
 STATS_WRITE_INTERVAL = 5.0
 
@@ -263,7 +263,8 @@ class Proxy:
 
     def _observe(self, request: web.Request, ctx: RequestContext | None, status: int) -> None:
         hit = ctx is not None and ctx.state.get(CACHE_HIT, False)
-        cache = "hit" if hit else ("miss" if ctx is not None and ctx.state.get(UPSTREAM_SECONDS) is not None else "none")
+        upstream_called = ctx is not None and ctx.state.get(UPSTREAM_SECONDS) is not None
+        cache = "hit" if hit else ("miss" if upstream_called else "none")
         self.metrics.requests.labels(request_kind(request.path), str(status), cache).inc()
         if ctx is not None:
             total = time.perf_counter() - ctx.started
@@ -293,7 +294,7 @@ class Proxy:
 
     async def run_post_hook(self, request: web.Request) -> web.Response:
         if self.admin_token is not None:
-            given = request.headers.get("X-Admin-Token") or request.headers.get("Authorization", "")
+            given = request.headers.get("X-Admin-Token") or request.headers.get("Authorization") or ""
             if given.removeprefix("Bearer ").strip() != self.admin_token:
                 return _error(UnauthorizedError("this admin path needs the admin token (X-Admin-Token header)"))
         results = await self.run_hooks()

@@ -31,7 +31,6 @@ from evalproxy.adapter.redact import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from evalproxy.adapter.config import ServerConfig
-    from evalproxy.adapter.context import RunContext
     from evalproxy.adapter.metrics import ProxyMetrics
 
 log = logging.getLogger("evalproxy.upstream")
@@ -58,7 +57,7 @@ class EndpointInterceptor(BaseInterceptor):
 
 
 def split_upstream(url: str) -> tuple[str, str | None]:
-    """``(base, kind suffix)`` of an upstream URL: ``.../v1/chat/completions`` -> (``.../v1``, ``/chat/completions``)."""
+    """``(base, suffix)`` of an upstream URL: ``.../v1/chat/completions`` gives ``.../v1`` and ``/chat/completions``."""
     u = url.rstrip("/")
     for suffix in _ENDPOINT_SUFFIXES:
         if u.endswith(suffix):
@@ -76,9 +75,10 @@ def upstream_url_for(upstream: str, path: str) -> str:
     base, suffix = split_upstream(upstream)
     if path in ("", "/"):
         return upstream if suffix else base + "/"
-    if suffix is not None and path.rstrip("/").endswith(suffix):
-        if suffix != "/completions" or not path.rstrip("/").endswith("/chat/completions"):
-            return upstream.rstrip("/")
+    p = path.rstrip("/")
+    # "/chat/completions" also ends with "/completions": a completions URL must not take chat requests.
+    if suffix is not None and p.endswith(suffix) and (suffix != "/completions" or not p.endswith("/chat/completions")):
+        return upstream.rstrip("/")
     if base.endswith("/v1"):
         if path.startswith("/v1/") or path == "/v1":
             return base + path[3:]
@@ -152,8 +152,8 @@ class Upstream:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.request_timeout)
-        d = min(self.max_backoff, self.backoff * (2**attempt))
+            return float(min(retry_after, self.request_timeout))
+        d = min(self.max_backoff, self.backoff * 2.0**attempt)
         return d / 2 + random.uniform(0, d / 2)
 
     async def __call__(self, ctx: RequestContext) -> ProxyResponse:
@@ -219,7 +219,9 @@ class Upstream:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             resp.close()
             self.metrics.errors.labels("upstream_timeout").inc()
-            raise UpstreamTimeoutError(f"the upstream did not finish its answer within {self.request_timeout:g}s") from exc
+            raise UpstreamTimeoutError(
+                f"the upstream did not finish its answer within {self.request_timeout:g}s"
+            ) from exc
         except aiohttp.ClientError as exc:
             resp.close()
             self.metrics.errors.labels("upstream_broken").inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from evalproxy import BaseHook, BaseInterceptor, Next, Params, ProxyResponse, RequestContext, register_for_adapter
@@ -28,5 +29,8 @@ class TouchFile(BaseHook):
         path: str
 
     async def __call__(self) -> None:
+        await asyncio.to_thread(self._append)
+
+    def _append(self) -> None:
         with Path(self.params.path).open("a") as f:
             f.write(f"{self.run.run_id}\n")
