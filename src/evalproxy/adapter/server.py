@@ -45,6 +45,7 @@ from evalproxy.adapter.errors import (
 from evalproxy.adapter.metrics import CONTENT_TYPE, ProxyMetrics
 from evalproxy.adapter.output import METRICS_FILE, MetricsFile, write_effective_config
 from evalproxy.adapter.registry import Registry
+from evalproxy.adapter.status import Snapshot, StatusReporter
 from evalproxy.adapter.upstream import Upstream
 
 log = logging.getLogger("evalproxy.server")
@@ -85,6 +86,10 @@ class Proxy:
         self.answered = 0
         self.errors = 0
         self.in_flight = 0
+        self.cache_hits = 0
+        self.status = StatusReporter(
+            self.snapshot, mode=server.status_line, interval=server.status_interval
+        )
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -103,6 +108,7 @@ class Proxy:
             self.interceptors.append(await asyncio.to_thread(cls, params, self.run))
         self.chain = build_chain(self.interceptors, self.upstream)
         self._tasks.append(asyncio.create_task(self._write_stats_periodically(), name="evalproxy-stats-writer"))
+        self.status.start()
         log.info(
             "run %s: chain %s -> %s",
             self.run.run_id,
@@ -110,7 +116,11 @@ class Proxy:
             self.loaded.server.upstream_url,
         )
 
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.answered, self.errors, self.cache_hits, self.in_flight)
+
     async def aclose(self) -> None:
+        await self.status.aclose()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -263,6 +273,8 @@ class Proxy:
 
     def _observe(self, request: web.Request, ctx: RequestContext | None, status: int) -> None:
         hit = ctx is not None and ctx.state.get(CACHE_HIT, False)
+        if hit:
+            self.cache_hits += 1
         upstream_called = ctx is not None and ctx.state.get(UPSTREAM_SECONDS) is not None
         cache = "hit" if hit else ("miss" if upstream_called else "none")
         self.metrics.requests.labels(request_kind(request.path), str(status), cache).inc()
