@@ -251,3 +251,36 @@ class TestAdminPaths:
         assert (await proxy.post("/adapterserver/run-post-hook")).status == 401
         ok = await proxy.post("/adapterserver/run-post-hook", headers={"X-Admin-Token": "s3cret"})
         assert ok.status == 200
+
+
+class TestStreamUsage:
+    async def test_usage_is_asked_for_but_hidden_from_the_client(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A stream whose client did not ask for usage: upstream is asked, the client sees no usage chunk."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True,
+                                                              "temperature": 0})
+        raw = await resp.read()
+        assert sim.log[-1].body is not None
+        assert sim.log[-1].body["stream_options"] == {"include_usage": True}
+        assert b'"usage"' not in raw
+        assert raw.endswith(b"data: [DONE]\n\n")
+        text = "".join(
+            (orjson.loads(line[6:])["choices"][0]["delta"].get("content") or "")
+            for line in raw.split(b"\n\n") if line.startswith(b"data: {"))
+        assert text == sim.make_content({"temperature": 0}, MSGS[0]["content"])[0]
+
+    async def test_client_asked_usage_is_passed_through(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A client that asked for usage gets the upstream's usage chunk unchanged."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={
+            "model": "m", "messages": MSGS, "stream": True, "stream_options": {"include_usage": True}})
+        events = [e for e in (await resp.read()).split(b"\n\n") if e.startswith(b"data: {")]
+        assert orjson.loads(events[-1][6:])["choices"] == []
+        assert "usage" in orjson.loads(events[-1][6:])
+
+    async def test_stream_usage_can_be_turned_off(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """endpoint's stream_usage: false sends the request upstream exactly as the client did."""
+        proxy = await make_proxy({"interceptors": [{"name": "endpoint", "config": {"stream_usage": False}}],
+                                  "generate_html_report": False})
+        await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
+        assert sim.log[-1].body is not None and "stream_options" not in sim.log[-1].body

@@ -80,6 +80,9 @@ UPSTREAM_SECONDS = StateKey[float]("upstream_seconds", float)
 """Wall time spent waiting for the upstream's response headers (or whole body), set by the endpoint."""
 UPSTREAM_ATTEMPTS = StateKey[int]("upstream_attempts", int)
 """How many times the endpoint sent this request upstream (1 + retries)."""
+STREAM_USAGE = StateKey[dict[str, Any]]("stream_usage", dict)
+"""Token usage of a streamed answer whose client did not ask for it: the endpoint asked upstream for it, took it out
+of the stream before the client saw it, and left it here for statistics."""
 
 
 @dataclass

@@ -17,10 +17,17 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict
 
 from evalproxy.adapter.chain import BaseInterceptor, Params
-from evalproxy.adapter.context import UPSTREAM_ATTEMPTS, UPSTREAM_SECONDS, ProxyResponse, RequestContext
+from evalproxy.adapter.context import (
+    STREAM_USAGE,
+    UPSTREAM_ATTEMPTS,
+    UPSTREAM_SECONDS,
+    ProxyResponse,
+    RequestContext,
+)
 from evalproxy.adapter.errors import (
     ProxyError,
     UpstreamProtocolError,
@@ -28,6 +35,7 @@ from evalproxy.adapter.errors import (
     UpstreamUnreachableError,
 )
 from evalproxy.adapter.redact import HOP_BY_HOP
+from evalproxy.adapter.sse import DONE, event_data, make_event
 
 if TYPE_CHECKING:
     from evalproxy.adapter.config import ServerConfig
@@ -54,6 +62,8 @@ class EndpointInterceptor(BaseInterceptor):
         request_timeout: float | None = None
         max_retries: int | None = None
         retry_backoff: float | None = None
+        stream_usage: bool = True
+        """Ask upstream for usage on streams whose client did not (for statistics); the client never sees it."""
 
 
 def split_upstream(url: str) -> tuple[str, str | None]:
@@ -118,6 +128,7 @@ class Upstream:
         self.max_backoff = server.retry_max_backoff
         self.retry_status = frozenset(server.retry_on_status)
         self.limit = server.max_concurrent_requests
+        self.stream_usage = p.stream_usage
         self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
 
@@ -165,6 +176,14 @@ class Upstream:
         headers = self._headers(ctx)
         body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         stream = ctx.is_stream_request
+        hide_usage = False
+        if stream and self.stream_usage and ctx.json is not None and ctx.kind in ("chat", "completions"):
+            options = ctx.json.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage")):
+                # Only the upstream copy changes: the cache key and the client's answer stay as the client asked.
+                extra = options if isinstance(options, dict) else {}
+                body = orjson.dumps({**ctx.json, "stream_options": {**extra, "include_usage": True}})
+                hide_usage = True
         timeout = (
             aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout)
             if stream
@@ -213,7 +232,9 @@ class Upstream:
         )
         ctype = resp.headers.get("Content-Type", "")
         if resp.status == 200 and ctype.startswith("text/event-stream"):
-            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
+            ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
+            events = self._events(ctx, resp, t0)
+            return ProxyResponse(resp.status, out_headers, stream=_hide_usage(ctx, events) if hide_usage else events)
         try:
             data = await resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -269,6 +290,27 @@ class Upstream:
                 resp.release()
             else:
                 resp.close()
+
+
+async def _hide_usage(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Take the usage we asked for out of the stream, keeping it in ``ctx.state[STREAM_USAGE]``."""
+    async for event in events:
+        if b'"usage"' not in event:
+            yield event
+            continue
+        data = event_data(event)
+        try:
+            obj = orjson.loads(data) if data and data != DONE else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict) or "usage" not in obj:
+            yield event
+            continue
+        usage = obj.pop("usage")
+        if isinstance(usage, dict):
+            ctx.state[STREAM_USAGE] = usage
+        if obj.get("choices"):
+            yield make_event(obj)
 
 
 def _normalise_null_content(resp: ProxyResponse) -> None:
