@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from evalproxy.cli import is_loopback, main
+from evalproxy.cli import is_loopback
 from evalproxy.simulator import SimulatedModel
+from tests.procs import start_serve
 
 PLUGINS = str(Path(__file__).parent / "adapter" / "plugins")
 MSGS = [{"role": "user", "content": "hello"}]
@@ -30,17 +32,6 @@ def config(tmp_path: Path, marker: Path, **extra: Any) -> Path:
         **extra,
     }))
     return cfg
-
-
-async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "evalproxy", "serve", "--port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert b"listening on" in line, line
-    return proc, line.decode().split("listening on ")[1].strip()
 
 
 class TestServe:
@@ -83,12 +74,14 @@ class TestServe:
         assert proc.returncode == 2
         assert b"bad.yaml" in err and b"interceptors[1].name" in err and b"nosuch" in err
 
-    def test_missing_upstream_is_a_config_error(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_missing_upstream_is_a_config_error(self, tmp_path: Path) -> None:
         """serve without an upstream URL says which field to set."""
         cfg = tmp_path / "c.yaml"
         cfg.write_text("interceptors: [endpoint]\n")
-        assert main(["serve", "-c", str(cfg)]) == 2
-        assert "server.upstream_url" in capsys.readouterr().err
+        done = subprocess.run([sys.executable, "-m", "evalproxy", "serve", "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2
+        assert "server.upstream_url" in done.stderr
 
 
 CLIENT = """
@@ -124,9 +117,14 @@ class TestRun:
         assert marker.read_text().count("\n") == 1
         await upstream.close()
 
-    def test_run_without_command(self, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_run_without_command(self, tmp_path: Path) -> None:
         """run with nothing after -- is a usage error."""
-        assert main(["run", "--upstream", "http://127.0.0.1:9/v1", "--"]) == 2
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("interceptors: [endpoint]\ngenerate_html_report: false\n")
+        done = subprocess.run([sys.executable, "-m", "evalproxy", "run", "-c", str(cfg), "--upstream",
+                               "http://127.0.0.1:9/v1", "--"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "give the command after --" in done.stderr
 
 
 @pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("localhost", True), ("::1", True),
