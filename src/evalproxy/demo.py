@@ -37,6 +37,7 @@ QUESTIONS = [
     "What is 2 to the power of 10?",
     "Who wrote 'Pride and Prejudice'?",
 ]
+SYSTEM_PROMPT = "You are a careful assistant. Answer briefly."
 PASS_AT_K = 3
 CONCURRENCY = 8
 
@@ -55,8 +56,7 @@ def demo_config(upstream: str, output_dir: Path) -> LoadedConfig:
     return parse_config(
         {
             "interceptors": [
-                {"name": "system_message",
-                 "config": {"system_message": "You are a careful assistant. Answer briefly.", "strategy": "prepend"}},
+                {"name": "system_message", "config": {"system_message": SYSTEM_PROMPT, "strategy": "prepend"}},
                 {"name": "reasoning", "config": {"start_reasoning_token": "<think>", "end_reasoning_token": "</think>"}},
                 {"name": "caching", "config": {"save_requests": True}},
                 "endpoint",

@@ -284,3 +284,26 @@ class TestStreamUsage:
                                   "generate_html_report": False})
         await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
         assert sim.log[-1].body is not None and "stream_options" not in sim.log[-1].body
+
+
+class TestNemoStyle:
+    @pytest.mark.parametrize(("endpoint_type", "suffix"), [("chat", "/chat/completions"),
+                                                           ("completions", "/completions")])
+    async def test_post_to_root_follows_endpoint_type(
+        self, make_proxy: Any, sim: SimulatedModel, endpoint_type: str, suffix: str
+    ) -> None:
+        """A harness posting to the proxy's root URL reaches the endpoint endpoint_type names."""
+        proxy = await make_proxy({**ENDPOINT_ONLY, "endpoint_type": endpoint_type})
+        body = {"model": "m", "messages": MSGS} if endpoint_type == "chat" else {"model": "m", "prompt": "x"}
+        resp = await proxy.post("/", json=body)
+        assert resp.status == 200
+        assert sim.log[-1].path == "/v1" + suffix
+
+    async def test_log_failed_requests(self, make_proxy: Any, sim: SimulatedModel,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+        """log_failed_requests writes the failed request and the answer to the log."""
+        sim.script(Fault(status=400))
+        proxy = await make_proxy({**ENDPOINT_ONLY, "log_failed_requests": True})
+        await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        failed = [r.getMessage() for r in caplog.records if "request failed with 400" in r.getMessage()]
+        assert failed and "simulated error 400" in failed[0] and "two plus two" in failed[0]

@@ -44,6 +44,7 @@ from evalproxy.adapter.errors import (
 )
 from evalproxy.adapter.metrics import CONTENT_TYPE, ProxyMetrics
 from evalproxy.adapter.output import METRICS_FILE, MetricsFile, write_effective_config
+from evalproxy.adapter.redact import redact_obj
 from evalproxy.adapter.registry import Registry
 from evalproxy.adapter.status import Snapshot, StatusReporter
 from evalproxy.adapter.upstream import Upstream
@@ -52,6 +53,8 @@ log = logging.getLogger("evalproxy.server")
 
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy")
 OVERHEAD_HEADER = "X-EvalProxy-Overhead-Ms"
+_ROOT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
+               "embeddings": "/v1/embeddings"}
 STATS_WRITE_INTERVAL = 5.0
 
 
@@ -187,6 +190,8 @@ class Proxy:
                 resp = _error_response(ProxyError(f"internal proxy error: {type(exc).__name__}: {exc}"))
                 self.metrics.errors.labels("internal").inc()
             status = resp.status
+            if status >= 400 and self.loaded.adapter.log_failed_requests:
+                self._log_failure(ctx, resp)
             if resp.stream is not None:
                 return await self._send_stream(request, ctx, resp)
             headers = resp.headers
@@ -200,6 +205,12 @@ class Proxy:
                 self.errors += 1
             self.metrics.in_flight.dec()
             self._observe(request, ctx, status)
+
+    def _path(self, request: web.Request) -> str:
+        """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""
+        if request.path == "/" and request.method == "POST":
+            return _ROOT_PATHS.get(self.loaded.adapter.endpoint_type, "/v1/chat/completions")
+        return request.path
 
     async def _context(self, request: web.Request) -> RequestContext:
         try:
@@ -223,7 +234,7 @@ class Proxy:
             body = parsed
         return RequestContext(
             method=request.method,
-            path=request.path,
+            path=self._path(request),
             query=request.query_string,
             headers=CIMultiDict(request.headers),
             raw=raw,
@@ -270,6 +281,13 @@ class Proxy:
             with contextlib.suppress(ConnectionResetError, OSError):
                 await out.write_eof()
         return out
+
+    def _log_failure(self, ctx: RequestContext | None, resp: ProxyResponse) -> None:
+        """``log_failed_requests``: the failed request (secrets redacted) and the answer, in the log."""
+        request = redact_obj(ctx.json) if ctx is not None and ctx.json is not None else None
+        body = (resp.body or b"")[:2000].decode("utf-8", "replace")
+        log.warning("request failed with %s: request=%s answer=%s", resp.status,
+                    orjson.dumps(request).decode()[:4000] if request is not None else "-", body)
 
     def _observe(self, request: web.Request, ctx: RequestContext | None, status: int) -> None:
         hit = ctx is not None and ctx.state.get(CACHE_HIT, False)
