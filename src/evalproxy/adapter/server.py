@@ -96,6 +96,7 @@ class Proxy:
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[web.StreamResponse]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -123,6 +124,11 @@ class Proxy:
         return Snapshot(self.answered, self.errors, self.cache_hits, self.in_flight)
 
     async def aclose(self) -> None:
+        if self._pending:
+            # Answers whose clients left: let them finish (bounded), so what was paid for is stored.
+            _, late = await asyncio.wait(self._pending, timeout=self.loaded.server.shutdown_timeout)
+            for t in late:
+                t.cancel()
         await self.status.aclose()
         for t in self._tasks:
             t.cancel()
@@ -173,6 +179,18 @@ class Proxy:
 
     # -- request handling ------------------------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Answer a proxied request in a task of its own that outlives the client.
+
+        A client that disconnects cancels its handler (aiohttp can be set up that way, and its test server is);
+        the answer it asked for is still being paid for, so the work goes on, shielded, until the answer is complete
+        and stored, and only the writing to the client stops.
+        """
+        task = asyncio.create_task(self._answer(request))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return await asyncio.shield(task)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         self.in_flight += 1
         self.metrics.in_flight.inc()
         ctx: RequestContext | None = None

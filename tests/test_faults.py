@@ -1,0 +1,68 @@
+"""Faults injected between the proxy and the model: broken streams, bad bodies, clients that leave."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+
+from evalproxy.simulator import Fault, SimulatedModel
+
+ENDPOINT_ONLY = {"interceptors": ["endpoint"], "generate_html_report": False}
+MSGS = [{"role": "user", "content": "tell me a story"}]
+
+
+def data_events(raw: bytes) -> list[bytes]:
+    return [e[6:] for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+
+
+class TestUpstreamFaults:
+    async def test_stream_cut_mid_way_ends_with_an_error_event(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Upstream drops the connection mid-stream: the client gets the events so far, then an error event."""
+        sim.script(Fault(drop_after_events=3))
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
+        events = data_events(await resp.read())
+        assert len(events) == 4
+        error = orjson.loads(events[-1])["error"]
+        assert error["code"] == "upstream_protocol_error" and "broke off" in error["message"]
+        assert b"[DONE]" not in events
+
+    async def test_non_json_200_is_passed_through(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A 200 whose body is not JSON reaches the client as it came."""
+        sim.script(Fault(body=b"<html>gateway says hi</html>"))
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert resp.status == 200
+        assert await resp.read() == b"<html>gateway says hi</html>"
+
+    async def test_slow_stream_times_out_between_events(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A stream that goes silent for longer than request_timeout ends with a timeout error event."""
+        sim.chunk_delay = 1.0
+        proxy = await make_proxy(ENDPOINT_ONLY, request_timeout=0.3)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
+        events = data_events(await resp.read())
+        assert orjson.loads(events[-1])["error"]["code"] == "upstream_timeout"
+
+
+class TestClientFaults:
+    async def test_client_leaving_mid_stream_lets_the_upstream_answer_finish(
+        self, make_proxy: Any, sim: SimulatedModel
+    ) -> None:
+        """A client that disconnects mid-stream does not cut the upstream answer short: it is read to the end."""
+        sim.chunk_delay = 0.02
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(proxy.make_url("/v1/chat/completions"),
+                                      json={"model": "m", "messages": MSGS, "stream": True})
+            await resp.content.readline()
+            resp.close()  # the client walks away
+        for _ in range(200):  # bounded wait: at most 4 s
+            if sim.streams_finished:
+                break
+            await asyncio.sleep(0.02)
+        assert len(sim.streams_finished) == 1
+        health = await (await proxy.get("/health")).json()
+        assert health["in_flight"] == 0
