@@ -127,8 +127,8 @@ class Proxy:
         if self._pending:
             # Answers whose clients left: let them finish (bounded), so what was paid for is stored.
             _, late = await asyncio.wait(self._pending, timeout=self.loaded.server.shutdown_timeout)
-            for t in late:
-                t.cancel()
+            for leftover in late:
+                leftover.cancel()
         await self.status.aclose()
         for t in self._tasks:
             t.cancel()
