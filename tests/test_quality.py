@@ -1,0 +1,27 @@
+"""The strict tools the project holds itself to: ruff on src and tests, mypy --strict on src."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ruff") is None, reason="ruff is not installed (it is in the test extra)")
+def test_ruff_is_clean() -> None:
+    """ruff finds nothing in src and tests."""
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--quiet", "src", "tests"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed (it is in the test extra)")
+def test_mypy_strict_is_clean() -> None:
+    """mypy --strict (configured in pyproject.toml) finds nothing in src."""
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
