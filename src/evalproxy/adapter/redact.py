@@ -30,12 +30,13 @@ def is_secret_header(name: str) -> bool:
 
 def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers fit to store: secrets and hop-by-hop headers removed."""
-    return {k: v for k, v in headers if k.lower() not in SECRET_HEADERS and k.lower() not in HOP_BY_HOP}
+    # str(k): multidict's case-insensitive keys are a str subclass that JSON encoders refuse.
+    return {str(k): v for k, v in headers if k.lower() not in SECRET_HEADERS and k.lower() not in HOP_BY_HOP}
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers fit to show: secret values replaced by ``***``."""
-    return {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers}
+    return {str(k): (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers}
 
 
 def redact_obj(obj: Any, secrets: Iterable[str] = ()) -> Any:

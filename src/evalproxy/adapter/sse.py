@@ -81,3 +81,44 @@ async def tap(
             on_complete()
         except Exception:
             log.exception("%s: completion observer failed", name)
+
+
+def assemble_stream(events: list[bytes]) -> dict[str, Any] | None:
+    """One chat.completion (or text_completion) object built from the events of a stream, for reports and stats."""
+    out: dict[str, Any] | None = None
+    choices: dict[int, dict[str, Any]] = {}
+    for event in events:
+        obj = event_json(event)
+        if not isinstance(obj, dict):
+            continue
+        if out is None:
+            kind = "text_completion" if obj.get("object") == "text_completion" else "chat.completion"
+            out = {"id": obj.get("id"), "object": kind, "created": obj.get("created"), "model": obj.get("model")}
+        for ch in obj.get("choices") or ():
+            if not isinstance(ch, dict):
+                continue
+            idx = ch.get("index", 0)
+            delta = ch.get("delta")
+            if isinstance(delta, dict):
+                c = choices.setdefault(idx, {"index": idx, "message": {"role": "assistant", "content": ""},
+                                             "finish_reason": None})
+                msg = c["message"]
+                if isinstance(delta.get("content"), str):
+                    msg["content"] += delta["content"]
+                if isinstance(delta.get("reasoning_content"), str):
+                    msg["reasoning_content"] = msg.get("reasoning_content", "") + delta["reasoning_content"]
+                if delta.get("tool_calls"):
+                    msg.setdefault("tool_calls", []).extend(delta["tool_calls"])
+            elif isinstance(ch.get("text"), str):
+                c = choices.setdefault(idx, {"index": idx, "text": "", "finish_reason": None})
+                c["text"] = c.get("text", "") + ch["text"]
+            else:
+                c = choices.setdefault(idx, {"index": idx, "finish_reason": None})
+            if ch.get("finish_reason"):
+                c["finish_reason"] = ch["finish_reason"]
+        if obj.get("usage"):
+            out["usage"] = obj["usage"]
+    if out is None:
+        return None
+    out["choices"] = [choices[i] for i in sorted(choices)]
+    return out
