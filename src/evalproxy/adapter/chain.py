@@ -46,6 +46,9 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    log_level: str | None = None
+    """Accepted as in NeMo Evaluator's configs, where every interceptor has it; evalproxy logs by logger name."""
+
 
 _BaseParams = Params  # nested ``Params`` classes below shadow the name
 

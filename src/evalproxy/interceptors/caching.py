@@ -23,7 +23,8 @@ from typing import Any, Literal, TypeVar
 from multidict import CIMultiDict
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next, Params
+from evalproxy.adapter.chain import BaseInterceptor, Next
+from evalproxy.adapter.chain import Params as BaseParams
 from evalproxy.adapter.context import CACHE_HIT, CACHE_KEY, ProxyResponse, RequestContext, RunContext
 from evalproxy.adapter.errors import ProxyError
 from evalproxy.adapter.redact import redact_obj, safe_headers
@@ -47,7 +48,7 @@ def is_deterministic(body: dict[str, Any]) -> bool:
 
 @register_for_adapter(name="caching", description="Stores answers on disk and replays them on repeats and resume.")
 class CachingInterceptor(BaseInterceptor):
-    class Params(Params):
+    class Params(BaseParams):
         cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
         reuse_cached_responses: bool = True
         save_requests: bool = False

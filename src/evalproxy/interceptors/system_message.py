@@ -1,0 +1,100 @@
+"""system_message: put a custom system prompt into every chat request (replace, prepend or append).
+
+A ``developer`` message counts as a system message (inspect-ai and newer OpenAI clients send one). Content given as
+a list of parts keeps its parts: the prompt is added as a text part, images and other parts are left as they are.
+Completions requests have no messages; they are left alone unless ``apply_to_completions`` is set, and the log says
+so once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import Field
+
+from evalproxy.adapter.chain import BaseInterceptor, Next
+from evalproxy.adapter.chain import Params as BaseParams
+from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.registry import register_for_adapter
+
+log = logging.getLogger("evalproxy.system_message")
+
+_SYSTEM_ROLES = ("system", "developer")
+
+
+def _join(first: Any, second: Any) -> Any:
+    """``first`` then ``second`` as one content: strings joined by a newline, list content keeps its parts."""
+    if isinstance(first, str) and isinstance(second, str):
+        return f"{first}\n{second}" if first and second else first or second
+    parts: list[Any] = []
+    for c in (first, second):
+        if isinstance(c, list):
+            parts.extend(c)
+        elif isinstance(c, str) and c:
+            parts.append({"type": "text", "text": c})
+    return parts
+
+
+@register_for_adapter(name="system_message", description="Injects a custom system prompt into chat requests.")
+class SystemMessageInterceptor(BaseInterceptor):
+    modifies_request = True
+
+    class Params(BaseParams):
+        system_message: str = Field(description="The system prompt to inject")
+        strategy: Literal["replace", "prepend", "append"] = Field(
+            default="prepend",
+            description="replace: drop existing system messages and use ours; prepend/append (NeMo Evaluator's "
+            "default is prepend): put ours before/after the existing system message's content",
+        )
+        apply_to_completions: bool = Field(
+            default=False, description="Also prefix the prompt of completions requests (off: they are left alone)"
+        )
+
+    def __init__(self, params: SystemMessageInterceptor.Params, run: RunContext) -> None:
+        super().__init__(params, run)
+        self._told_about_completions = False
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        body = ctx.json
+        if body is not None:
+            if isinstance(body.get("messages"), list):
+                ctx.set_json(self.apply_chat(body))
+            elif "prompt" in body:
+                self._completions(ctx, body)
+        return await call_next(ctx)
+
+    def apply_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``body`` with the system prompt applied by ``strategy``; other fields untouched."""
+        ours = self.params.system_message
+        messages: list[Any] = body["messages"]
+        is_system = [isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES for m in messages]
+        if self.params.strategy == "replace" or not any(is_system):
+            rest = [m for m, s in zip(messages, is_system, strict=True) if not s]
+            return {**body, "messages": [{"role": "system", "content": ours}, *rest]}
+        i = is_system.index(True)
+        existing = messages[i]
+        content = existing.get("content")
+        if content is None:
+            content = ""
+        merged = _join(ours, content) if self.params.strategy == "prepend" else _join(content, ours)
+        new = list(messages)
+        new[i] = {**existing, "content": merged}
+        return {**body, "messages": new}
+
+    def _completions(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        if not self.params.apply_to_completions:
+            if not self._told_about_completions:
+                self._told_about_completions = True
+                log.info("system_message: completions requests are left alone (set apply_to_completions to "
+                         "prefix their prompt)")
+            return
+        prompt = body["prompt"]
+        prefix = self.params.system_message + "\n"
+        if isinstance(prompt, str):
+            new_prompt: Any = prefix + prompt
+        elif isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+            new_prompt = [prefix + p for p in prompt]
+        else:
+            return  # token-id prompts: nothing sensible to prefix
+        ctx.set_json({**body, "prompt": new_prompt})
