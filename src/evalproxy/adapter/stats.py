@@ -1,0 +1,104 @@
+"""Exact running statistics: integer sums (no float drift), min/max, and bounded samples for percentiles.
+
+Values are integers (tokens, or microseconds for times), so sums and sums of squares are exact however many
+requests a run has. Percentiles come from the samples: all of them up to ``MAX_SAMPLES``, then a uniform reservoir.
+The output follows the seed results format: ``{value, stats: {count, sum, mean, min, max, stddev, stderr}}``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_SAMPLES = 100_000
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not sorted_values:
+        return 0.0
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass
+class Summary:
+    """Count, exact sum and sum of squares, min, max and samples of integer observations."""
+
+    count: int = 0
+    total: int = 0
+    squares: int = 0
+    min: int | None = None
+    max: int | None = None
+    samples: list[int] = field(default_factory=list)
+    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False, compare=False)
+
+    def add(self, value: int) -> None:
+        self.count += 1
+        self.total += value
+        self.squares += value * value
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+        if len(self.samples) < MAX_SAMPLES:
+            self.samples.append(value)
+        else:
+            j = self._rng.randrange(self.count)
+            if j < MAX_SAMPLES:
+                self.samples[j] = value
+
+    def merge(self, other: Summary) -> Summary:
+        out = Summary(self.count + other.count, self.total + other.total, self.squares + other.squares)
+        mins = [m for m in (self.min, other.min) if m is not None]
+        maxs = [m for m in (self.max, other.max) if m is not None]
+        out.min = min(mins) if mins else None
+        out.max = max(maxs) if maxs else None
+        out.samples = (self.samples + other.samples)[:MAX_SAMPLES]
+        return out
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def stddev(self) -> float:
+        """Sample standard deviation, from exact integer sums."""
+        if self.count < 2:
+            return 0.0
+        var_num = self.count * self.squares - self.total * self.total  # exact integer arithmetic
+        return math.sqrt(max(var_num, 0) / (self.count * (self.count - 1)))
+
+    def percentiles(self, qs: tuple[float, ...] = (50, 90, 99), scale: float = 1.0) -> dict[str, float]:
+        ordered = sorted(self.samples)
+        return {f"p{q:g}": round(percentile(ordered, q) * scale, 6) for q in qs}
+
+    def seed_stats(self, scale: float = 1.0) -> dict[str, Any]:
+        """``{value, stats: {...}}`` in the seed results format; ``scale`` converts units (µs to ms: 0.001)."""
+        sd = self.stddev()
+        return {
+            "value": round(self.mean * scale, 6),
+            "stats": {
+                "count": self.count,
+                "sum": round(self.total * scale, 6),
+                "mean": round(self.mean * scale, 6),
+                "min": round((self.min or 0) * scale, 6),
+                "max": round((self.max or 0) * scale, 6),
+                "stddev": round(sd * scale, 6),
+                "stderr": round(sd / math.sqrt(self.count) * scale, 6) if self.count else 0.0,
+            },
+        }
+
+    def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
+        return {"count": self.count, "total": self.total, "squares": self.squares, "min": self.min,
+                "max": self.max, "samples": self.samples[:keep_samples]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Summary:
+        return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
+                   [int(v) for v in data.get("samples", [])])

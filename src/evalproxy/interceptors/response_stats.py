@@ -1,0 +1,310 @@
+"""response_stats: what the model really answered, counted honestly.
+
+Listed after ``endpoint`` it sits inside ``caching``, so it counts real upstream calls only; cache replays never reach
+it (caching counts its hits). Per answer: status code, finish reasons, prompt/completion/total (and reasoning)
+tokens, latency, time to first event for streams, tool calls. Sums are exact integers (times in microseconds);
+percentiles come from bounded samples.
+
+Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json`` (written atomically with the statistics file,
+never per request); on start the earlier runs' files in the same directory are read, so a resumed evaluation reports
+the totals of all its runs, and each run's own numbers under ``runs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import Field
+
+from evalproxy.adapter.chain import BaseInterceptor, Next
+from evalproxy.adapter.chain import Params as BaseParams
+from evalproxy.adapter.context import STREAM_USAGE, ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.errors import ProxyError
+from evalproxy.adapter.output import atomic_write_bytes
+from evalproxy.adapter.registry import register_for_adapter
+from evalproxy.adapter.sse import event_json
+from evalproxy.adapter.stats import Summary
+
+log = logging.getLogger("evalproxy.response_stats")
+
+_TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens")
+
+
+class RunStats:
+    """The numbers of one run."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.count = 0
+        self.successful = 0
+        self.streamed = 0
+        self.streams_without_usage = 0
+        self.tool_calls = 0
+        self.status_codes: Counter[str] = Counter()
+        self.finish_reasons: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.tokens = {k: Summary() for k in _TOKEN_KINDS}
+        self.latency_us = Summary()
+        self.ttft_us = Summary()
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "count": self.count, "successful": self.successful, "streamed": self.streamed,
+            "streams_without_usage": self.streams_without_usage, "tool_calls": self.tool_calls,
+            "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
+            "errors": dict(self.errors), "tokens": {k: v.to_json() for k, v in self.tokens.items()},
+            "latency_us": self.latency_us.to_json(), "ttft_us": self.ttft_us.to_json(),
+            "first_at": self.first_at, "last_at": self.last_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunStats:
+        s = cls(data["run_id"])
+        s.count, s.successful, s.streamed = data["count"], data["successful"], data["streamed"]
+        s.streams_without_usage, s.tool_calls = data["streams_without_usage"], data["tool_calls"]
+        s.status_codes = Counter(data["status_codes"])
+        s.finish_reasons = Counter(data["finish_reasons"])
+        s.errors = Counter(data["errors"])
+        s.tokens = {k: Summary.from_json(data["tokens"][k]) for k in _TOKEN_KINDS}
+        s.latency_us = Summary.from_json(data["latency_us"])
+        s.ttft_us = Summary.from_json(data["ttft_us"])
+        s.first_at, s.last_at = data["first_at"], data["last_at"]
+        return s
+
+    def merge(self, other: RunStats) -> RunStats:
+        out = RunStats("all")
+        out.count = self.count + other.count
+        out.successful = self.successful + other.successful
+        out.streamed = self.streamed + other.streamed
+        out.streams_without_usage = self.streams_without_usage + other.streams_without_usage
+        out.tool_calls = self.tool_calls + other.tool_calls
+        out.status_codes = self.status_codes + other.status_codes
+        out.finish_reasons = self.finish_reasons + other.finish_reasons
+        out.errors = self.errors + other.errors
+        out.tokens = {k: self.tokens[k].merge(other.tokens[k]) for k in _TOKEN_KINDS}
+        out.latency_us = self.latency_us.merge(other.latency_us)
+        out.ttft_us = self.ttft_us.merge(other.ttft_us)
+        firsts = [t for t in (self.first_at, other.first_at) if t is not None]
+        lasts = [t for t in (self.last_at, other.last_at) if t is not None]
+        out.first_at = min(firsts) if firsts else None
+        out.last_at = max(lasts) if lasts else None
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The section written to eval_factory_metrics.json, with NeMo Evaluator's names where it has them."""
+        ms = 0.001
+        lat = self.latency_us
+        out: dict[str, Any] = {
+            "count": self.count,
+            "successful_count": self.successful,
+            "streamed_count": self.streamed,
+            "streams_without_usage": self.streams_without_usage,
+            "tool_calls_count": self.tool_calls,
+            "status_codes": dict(sorted(self.status_codes.items())),
+            "finish_reason": dict(sorted(self.finish_reasons.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "avg_latency_ms": round(lat.mean * ms, 3),
+            "max_latency_ms": round((lat.max or 0) * ms, 3),
+            "min_latency_ms": round((lat.min or 0) * ms, 3),
+            **{f"{k}_latency_ms": v for k, v in lat.percentiles(scale=ms).items()},
+        }
+        if self.ttft_us.count:
+            out["avg_time_to_first_token_ms"] = round(self.ttft_us.mean * ms, 3)
+            out.update({f"{k}_time_to_first_token_ms": v for k, v in self.ttft_us.percentiles(scale=ms).items()})
+        for kind, s in self.tokens.items():
+            out[f"total_{kind}"] = s.total
+            out[f"avg_{kind}"] = round(s.mean, 3)
+            out[f"max_{kind}"] = s.max or 0
+        if self.first_at is not None and self.last_at is not None:
+            span = self.last_at - self.first_at
+            out["inference_time"] = round(span, 3)
+            out["requests_per_second"] = round(self.count / span, 3) if span > 0 else None
+            out["first_request_time"] = self.first_at
+            out["last_request_time"] = self.last_at
+        scores = {"latency_ms": lat.seed_stats(ms)}
+        if self.ttft_us.count:
+            scores["time_to_first_token_ms"] = self.ttft_us.seed_stats(ms)
+        for kind, s in self.tokens.items():
+            if s.count:
+                scores[kind] = s.seed_stats()
+        out["scores"] = scores
+        return out
+
+
+@register_for_adapter(name="response_stats", description="Counts statuses, finish reasons, tokens and latency.")
+class ResponseStatsInterceptor(BaseInterceptor):
+    best_effort = True
+
+    class Params(BaseParams):
+        cache_dir: str | None = Field(default=None, description="Default: <output_dir>/response_stats_cache")
+        logging_aggregated_stats_interval: int = Field(default=100, ge=0, description="Log totals every N answers")
+        collect_token_stats: bool = True
+        save_individuals: bool = False
+        stats_file_saving_interval: int | None = None
+
+    def __init__(self, params: ResponseStatsInterceptor.Params, run: RunContext) -> None:
+        super().__init__(params, run)
+        self.dir = Path(params.cache_dir or run.output_dir / "response_stats_cache")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stats = RunStats(run.run_id)
+        self.earlier = self._load_earlier()
+        self._lock = threading.Lock()  # the statistics writer reads from a thread
+        run.metrics_file.register("response_stats", self.section)
+
+    def _load_earlier(self) -> list[RunStats]:
+        runs = []
+        for path in sorted(self.dir.glob("run-*.json")):
+            if path.stem == f"run-{self.run.run_id}":
+                continue
+            try:
+                runs.append(RunStats.from_json(orjson.loads(path.read_bytes())))
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable statistics file %s: %s", path, exc)
+        return runs
+
+    def section(self) -> dict[str, Any]:
+        """Totals over this and earlier runs in the same directory; persists this run's numbers (in a thread)."""
+        with self._lock:
+            mine = RunStats.from_json(orjson.loads(orjson.dumps(self.stats.to_json())))
+        atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.to_json()))
+        total = mine
+        for r in self.earlier:
+            total = total.merge(r)
+        out = total.summary()
+        out["run_id"] = self.run.run_id
+        out["runs"] = {r.run_id: {"count": r.count, "successful_count": r.successful,
+                                  "inference_time": round((r.last_at or 0) - (r.first_at or 0), 3)}
+                       for r in [*self.earlier, mine]}
+        return out
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        t0 = time.perf_counter()
+        try:
+            resp = await call_next(ctx)
+        except ProxyError as exc:
+            self._record_error(exc.status, exc.code or exc.type)
+            raise
+        if resp.stream is None:
+            self._record(resp.status, resp.json if resp.ok else None, time.perf_counter() - t0, None, False)
+            return resp
+        resp.stream = self._observe(ctx, resp.status, resp.stream, t0)
+        return resp
+
+    async def _observe(
+        self, ctx: RequestContext, status: int, stream: AsyncIterator[bytes], t0: float
+    ) -> AsyncIterator[bytes]:
+        first: float | None = None
+        finish: Counter[str] = Counter()
+        usage: dict[str, Any] | None = None
+        tool_calls = False
+        try:
+            async for event in stream:
+                if first is None:
+                    first = time.perf_counter() - t0
+                if b"finish_reason" in event or b'"usage"' in event or b"tool_calls" in event:
+                    obj = event_json(event)
+                    if isinstance(obj, dict):
+                        for ch in obj.get("choices") or ():
+                            if isinstance(ch, dict):
+                                if ch.get("finish_reason"):
+                                    finish[str(ch["finish_reason"])] += 1
+                                delta = ch.get("delta")
+                                if isinstance(delta, dict) and delta.get("tool_calls"):
+                                    tool_calls = True
+                        if isinstance(obj.get("usage"), dict):
+                            usage = obj["usage"]
+                yield event
+        except ProxyError as exc:
+            self._record_error(exc.status, "stream_" + (exc.code or exc.type))
+            raise
+        usage = usage or ctx.state.get(STREAM_USAGE)
+        body = {"choices": [{"finish_reason": r} for r, n in finish.items() for _ in range(n)], "usage": usage,
+                "_tool_calls": tool_calls}
+        self._record(status, body, time.perf_counter() - t0, first, True)
+
+    def _record_error(self, status: int, kind: str) -> None:
+        with self._lock:
+            s = self.stats
+            s.count += 1
+            s.status_codes[str(status)] += 1
+            s.errors[kind] += 1
+            s.last_at = time.time()
+            s.first_at = s.first_at or s.last_at
+        self.run.metrics_file.touch()
+
+    def _record(self, status: int, body: Any, latency: float, ttft: float | None, streamed: bool) -> None:
+        now = time.time()
+        usage = body.get("usage") if isinstance(body, dict) else None
+        with self._lock:
+            s = self.stats
+            s.count += 1
+            s.status_codes[str(status)] += 1
+            s.first_at = s.first_at or now
+            s.last_at = now
+            s.latency_us.add(round(latency * 1_000_000))
+            if streamed:
+                s.streamed += 1
+                if ttft is not None:
+                    s.ttft_us.add(round(ttft * 1_000_000))
+                if 200 <= status < 300 and not usage:
+                    s.streams_without_usage += 1
+            if 200 <= status < 300:
+                s.successful += 1
+                self._count_body(s, body, usage)
+            count = s.count
+        if self.params.collect_token_stats and isinstance(usage, dict):
+            for kind in ("prompt", "completion"):
+                v = usage.get(f"{kind}_tokens")
+                if isinstance(v, int):
+                    self.run.metrics.tokens.labels(kind).inc(v)
+            if isinstance(usage.get("completion_tokens"), int):
+                self.run.metrics.completion_tokens.observe(usage["completion_tokens"])
+        self.run.metrics_file.touch()
+        interval = self.params.logging_aggregated_stats_interval
+        if interval and count % interval == 0:
+            self._log_totals()
+
+    def _count_body(self, s: RunStats, body: Any, usage: Any) -> None:
+        if not isinstance(body, dict):
+            s.errors["not_json"] += 1
+            return
+        called_tools = bool(body.get("_tool_calls"))
+        for ch in body.get("choices") or ():
+            if not isinstance(ch, dict):
+                continue
+            if ch.get("finish_reason"):
+                s.finish_reasons[str(ch["finish_reason"])] += 1
+            msg = ch.get("message")
+            if isinstance(msg, dict) and msg.get("tool_calls"):
+                called_tools = True
+        if called_tools:
+            s.tool_calls += 1
+        if self.params.collect_token_stats and isinstance(usage, dict):
+            for kind in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                v = usage.get(kind)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    s.tokens[kind].add(v)
+            details = usage.get("completion_tokens_details")
+            if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+                s.tokens["reasoning_tokens"].add(details["reasoning_tokens"])
+
+    def _log_totals(self) -> None:
+        with self._lock:
+            s = self.stats
+            line = (f"{s.count} answers ({s.successful} ok), latency avg {s.latency_us.mean / 1000:.1f} ms, "
+                    f"tokens prompt {s.tokens['prompt_tokens'].total} completion "
+                    f"{s.tokens['completion_tokens'].total}, finish {dict(s.finish_reasons)}")
+        log.info("response_stats: %s", line)
+
+    async def aclose(self) -> None:
+        self._log_totals()
+

@@ -1,0 +1,55 @@
+"""Exact statistics: sums without drift, percentiles, the seed results shape."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from evalproxy.adapter.stats import Summary, percentile
+
+
+class TestSummary:
+    def test_sums_are_exact(self) -> None:
+        """A million additions of the same value sum exactly (integers: no floating-point drift)."""
+        s = Summary()
+        for _ in range(1_000_000):
+            s.add(100_001)
+        assert s.total == 100_001_000_000 and s.mean == 100_001
+
+    def test_stddev_and_stderr_match_the_textbook(self) -> None:
+        """stddev is the sample standard deviation; stderr is stddev / sqrt(n)."""
+        values = [3, 7, 7, 19, 24, 1000]
+        s = Summary()
+        for v in values:
+            s.add(v)
+        out = s.seed_stats()
+        assert out["stats"]["stddev"] == pytest.approx(statistics.stdev(values), rel=1e-9)
+        assert out["stats"]["stderr"] == pytest.approx(statistics.stdev(values) / math.sqrt(6), rel=1e-6)
+        assert (out["stats"]["min"], out["stats"]["max"], out["stats"]["count"]) == (3, 1000, 6)
+        assert out["value"] == out["stats"]["mean"] == pytest.approx(sum(values) / 6)
+
+    @pytest.mark.parametrize(("q", "expected"), [(0, 1), (50, 50.5), (90, 90.1), (99, 99.01), (100, 100)])
+    def test_percentiles_interpolate(self, q: float, expected: float) -> None:
+        """Percentiles of 1..100 follow linear interpolation between closest ranks."""
+        assert percentile(list(range(1, 101)), q) == pytest.approx(expected)
+
+    def test_merge_adds_everything(self) -> None:
+        """Merging two summaries gives the summary of all their values."""
+        a, b, both = Summary(), Summary(), Summary()
+        for v in (1, 2, 3):
+            a.add(v)
+            both.add(v)
+        for v in (10, 20):
+            b.add(v)
+            both.add(v)
+        m = a.merge(b)
+        assert (m.count, m.total, m.squares, m.min, m.max) == (both.count, both.total, both.squares, 1, 20)
+
+    def test_round_trips_through_json(self) -> None:
+        """What is persisted reads back equal."""
+        s = Summary()
+        for v in (5, 9, 2):
+            s.add(v)
+        assert Summary.from_json(s.to_json()) == s
