@@ -10,7 +10,8 @@ import pytest
 
 from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
 from evalproxy.adapter.sse import DONE_EVENT, event_json, make_event
-from evalproxy.interceptors.reasoning import ReasoningInterceptor, StreamSplitter, split_reasoning
+from evalproxy.adapter.thinking import split_reasoning
+from evalproxy.interceptors.reasoning import ReasoningInterceptor, StreamSplitter
 from evalproxy.simulator import SimulatedModel
 
 THINK = "<think>let me add two and two</think>\n\nThe answer is 4."

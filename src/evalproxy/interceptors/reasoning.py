@@ -31,33 +31,9 @@ from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.sse import DONE_EVENT, event_json, make_event
 from evalproxy.adapter.stats import Summary
+from evalproxy.adapter.thinking import Split, split_reasoning
 
 log = logging.getLogger("evalproxy.reasoning")
-
-
-@dataclass
-class Split:
-    """One answer's content taken apart."""
-
-    answer: str
-    reasoning: str | None = None
-    started: bool = False
-    finished: bool = False
-
-
-def split_reasoning(content: str, start: str | None, end: str, include_if_not_finished: bool = True) -> Split:
-    """Separate reasoning from the answer in a whole content string."""
-    i = content.find(end)
-    if i >= 0:
-        reasoning = content[:i]
-        head = reasoning.lstrip()
-        if start and head.startswith(start):
-            reasoning = head[len(start) :]
-        return Split(content[i + len(end) :].lstrip(), reasoning, started=True, finished=True)
-    if start and content.lstrip().startswith(start):
-        reasoning = content.lstrip()[len(start) :]
-        return Split(content if include_if_not_finished else "", reasoning, started=True, finished=False)
-    return Split(content)
 
 
 def _held_back(text: str, token: str) -> int:
