@@ -167,6 +167,8 @@ class SimulatedModel:
 
     async def _chat(self, request: web.Request, body: dict[str, Any], fault: Fault | None) -> web.StreamResponse:
         messages = body.get("messages") or []
+        if not isinstance(messages, list):
+            return _error(400, "simulated model: messages must be a list")
         prompt = " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
         n = int(body.get("n") or 1)
         choices = []
@@ -252,6 +254,8 @@ class SimulatedModel:
         prompts = body.get("prompt", "")
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, list):
+            return _error(400, "simulated model: prompt must be a string or a list")
         choices = []
         total_prompt = ""
         total_text = ""

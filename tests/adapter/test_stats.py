@@ -53,3 +53,12 @@ class TestSummary:
         for v in (5, 9, 2):
             s.add(v)
         assert Summary.from_json(s.to_json()) == s
+
+    def test_histogram_counts_every_sample(self) -> None:
+        """Histogram bins cover all samples, edges ascending from min."""
+        s = Summary()
+        for v in range(100):
+            s.add(v)
+        h = s.histogram(bins=10)
+        assert sum(h["counts"]) == 100 and h["counts"] == [10] * 10
+        assert h["edges"][0] == 0 and h["edges"] == sorted(h["edges"])

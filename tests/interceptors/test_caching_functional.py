@@ -147,6 +147,7 @@ class TestKeys:
         b = {"messages": [{"content": "x", "role": "user"}], "top_p": 1, "temperature": 0.0, "model": "m"}
         assert cache_key("/v1/chat/completions", a) == cache_key("/v1/chat/completions", b)
         assert cache_key("/p", {"x": True}) != cache_key("/p", {"x": 1})
+        assert cache_key("/p", {"x": 1.8446744073709552e19}) != cache_key("/p", {"x": 1e19})
 
     def test_path_is_part_of_the_key(self) -> None:
         """The same body sent to two paths has two keys."""

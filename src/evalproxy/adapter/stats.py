@@ -78,6 +78,18 @@ class Summary:
         ordered = sorted(self.samples)
         return {f"p{q:g}": round(percentile(ordered, q) * scale, 6) for q in qs}
 
+    def histogram(self, bins: int = 12, scale: float = 1.0) -> dict[str, list[float] | list[int]]:
+        """Equal-width bins over the samples: ``edges`` (bins + 1 of them, scaled) and ``counts``."""
+        if not self.samples:
+            return {"edges": [], "counts": []}
+        lo, hi = min(self.samples), max(self.samples)
+        width = max(1, math.ceil((hi - lo + 1) / bins))
+        counts = [0] * bins
+        for v in self.samples:
+            counts[min((v - lo) // width, bins - 1)] += 1
+        edges = [round((lo + i * width) * scale, 6) for i in range(bins + 1)]
+        return {"edges": edges, "counts": counts}
+
     def seed_stats(self, scale: float = 1.0) -> dict[str, Any]:
         """``{value, stats: {...}}`` in the seed results format; ``scale`` converts units (µs to ms: 0.001)."""
         sd = self.stddev()

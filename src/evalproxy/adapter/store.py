@@ -41,7 +41,7 @@ _NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, 
 
 def _canonical(value: Any) -> Any:
     """Numbers compare by value in keys: 0 and 0.0 are one number; booleans stay booleans."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
         return int(value)
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items()}

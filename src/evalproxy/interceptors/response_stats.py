@@ -137,6 +137,8 @@ class RunStats:
             if s.count:
                 scores[kind] = s.seed_stats()
         out["scores"] = scores
+        out["histograms"] = {"latency_ms": lat.histogram(scale=ms),
+                             "completion_tokens": self.tokens["completion_tokens"].histogram()}
         return out
 
 

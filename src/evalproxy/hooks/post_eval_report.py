@@ -1,0 +1,273 @@
+"""post_eval_report: ``report.html`` and ``report.json`` when a run ends (or again with ``evalproxy report DIR``).
+
+The report reads only what the run left on disk: the effective config (``adapter_config.yaml``), the statistics
+(``eval_factory_metrics.json``) and the saved pairs in whatever cache the ``caching`` interceptor was configured with.
+It shows the run summary, statistics with small server-side SVG charts, the first ``html_report_size`` saved pairs
+in the order their requests arrived (reasoning shown apart, raw JSON on demand, a curl command that reproduces each
+request with ``$API_KEY`` in place of any secret) and, apart, failed requests. The HTML is one self-contained file:
+no scripts, no external assets; everything from a request or a model is escaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import orjson
+import yaml
+from markupsafe import Markup, escape
+from pydantic import Field
+
+from evalproxy.adapter.chain import Params as BaseParams
+from evalproxy.adapter.config import AdapterConfig, ServerConfig
+from evalproxy.adapter.hooks import BaseHook
+from evalproxy.adapter.output import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, dump_json
+from evalproxy.adapter.redact import redact_obj
+from evalproxy.adapter.registry import register_for_adapter
+from evalproxy.adapter.store import CacheStore, SavedPair
+from evalproxy.adapter.thinking import split_reasoning
+from evalproxy.adapter.upstream import upstream_url_for
+
+MAX_FAILURES_SHOWN = 50
+GENERATION_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed", "n", "stop",
+                     "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "stream",
+                     "reasoning_effort", "response_format")
+
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("evalproxy.hooks", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+@register_for_adapter(name="post_eval_report", description="Writes report.html and report.json.")
+class PostEvalReportHook(BaseHook):
+    class Params(BaseParams):
+        report_types: list[Literal["html", "json"]] = Field(default=["html", "json"], min_length=1)
+        html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
+
+    async def __call__(self) -> None:
+        size = self.params.html_report_size
+        if size is None:
+            size = self.run.config.html_report_size if self.run.config.html_report_size is not None else 5
+        await render_reports(self.run.output_dir, adapter=self.run.config, server=self.run.server, size=size,
+                             report_types=tuple(self.params.report_types))
+
+
+def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
+    """Where the run's caching interceptor kept its store (as configured: no hard-coded path)."""
+    cfg = adapter.interceptor_config("caching") or {}
+    return Path(cfg.get("cache_dir") or adapter.caching_dir or output_dir / "cache")
+
+
+def _load_effective_config(output_dir: Path) -> tuple[AdapterConfig, ServerConfig]:
+    path = output_dir / CONFIG_FILE
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        return AdapterConfig(), ServerConfig(output_dir=str(output_dir))
+    return AdapterConfig.model_validate(doc.get("adapter_config") or {}), ServerConfig.model_validate(
+        doc.get("server") or {})
+
+
+async def render_reports(
+    output_dir: Path,
+    *,
+    adapter: AdapterConfig | None = None,
+    server: ServerConfig | None = None,
+    size: int | None = None,
+    report_types: tuple[str, ...] = ("html", "json"),
+) -> list[Path]:
+    """Build the report from a run directory and write the requested files; returns their paths."""
+    output_dir = Path(output_dir)
+    return await asyncio.to_thread(_render, output_dir, adapter, server, size, report_types)
+
+
+def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfig | None, size: int | None,
+            report_types: tuple[str, ...]) -> list[Path]:
+    if adapter is None or server is None:
+        adapter, server = _load_effective_config(output_dir)
+    if size is None:
+        size = adapter.html_report_size if adapter.html_report_size is not None else 5
+    report = build_report(output_dir, adapter, server, size)
+    written = []
+    if "json" in report_types:
+        path = output_dir / "report.json"
+        atomic_write_bytes(path, dump_json(report))
+        written.append(path)
+    if "html" in report_types:
+        path = output_dir / "report.html"
+        html = _env.get_template("report.html.j2").render(r=report, charts=_charts(report))
+        atomic_write_bytes(path, html.encode("utf-8"))
+        written.append(path)
+    return written
+
+
+def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size: int) -> dict[str, Any]:
+    """The report's content as plain data (what report.json holds)."""
+    metrics: dict[str, Any] = {}
+    try:
+        loaded = orjson.loads((output_dir / METRICS_FILE).read_bytes())
+        metrics = loaded if isinstance(loaded, dict) else {}
+    except (OSError, orjson.JSONDecodeError):
+        pass
+    cache_dir = cache_dir_of(adapter, output_dir)
+    pairs: list[SavedPair] = []
+    failures: list[Any] = []
+    store_note = None
+    if (cache_dir / "requests").is_dir():
+        store = CacheStore(cache_dir)
+        try:
+            pairs = store.saved_pairs(size)
+            failures = store.failures(MAX_FAILURES_SHOWN)
+            all_params = [p.request for p in store.saved_pairs(None, with_responses=False)]
+        finally:
+            store.close()
+    else:
+        all_params = []
+        store_note = f"no cache at {cache_dir}"
+    reasoning_cfg = adapter.interceptor_config("reasoning")
+    chain = [ic.name for _, ic in adapter.enabled_interceptors()]
+    return {
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "output_dir": str(output_dir),
+        "summary": {
+            "model": server.model_id or _first_model(pairs),
+            "endpoint": server.upstream_url,
+            "interceptors": chain,
+            "post_eval_hooks": [h.name for _, h in adapter.enabled_hooks()],
+            "cache_dir": str(cache_dir),
+            "generation_params": _generation_params(all_params),
+            "html_report_size": size,
+        },
+        "statistics": {k: metrics[k] for k in ("response_stats", "caching", "reasoning") if k in metrics},
+        "pairs": [_pair(p, server, reasoning_cfg) for p in pairs],
+        "pairs_note": store_note if store_note else (None if pairs else "no request/response pairs were saved"),
+        "failures": [_failure(f) for f in failures],
+    }
+
+
+def _first_model(pairs: list[SavedPair]) -> str | None:
+    for p in pairs:
+        if p.request and isinstance(p.request.get("model"), str):
+            return str(p.request["model"])
+    return None
+
+
+def _generation_params(requests: list[dict[str, Any] | None]) -> dict[str, list[Any]]:
+    """Each generation parameter seen in the saved requests, with its distinct values."""
+    seen: dict[str, list[Any]] = {}
+    for req in requests:
+        if not req:
+            continue
+        for name in GENERATION_PARAMS:
+            if name in req:
+                values = seen.setdefault(name, [])
+                if req[name] not in values and len(values) < 10:
+                    values.append(req[name])
+    return seen
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict):
+                parts.append(str(part.get("text")) if part.get("type") == "text" else f"[{part.get('type')}]")
+        return "\n".join(parts)
+    return "" if content is None else str(content)
+
+
+def curl_command(url: str, body: Any) -> str:
+    """A shell command that sends ``body`` again, with ``$API_KEY`` where a key goes."""
+    data = orjson.dumps(redact_obj(body)).decode()
+    return (f"curl -sS {shlex.quote(url)} -H 'Content-Type: application/json' "
+            f"-H \"Authorization: Bearer $API_KEY\" -d {shlex.quote(data)}")
+
+
+def _pair(p: SavedPair, server: ServerConfig, reasoning_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    request = p.request or {}
+    messages = [{"role": str(m.get("role", "?")), "content": _text(m.get("content"))}
+                for m in request.get("messages") or [] if isinstance(m, dict)]
+    if not messages and "prompt" in request:
+        messages = [{"role": "prompt", "content": _text(request["prompt"]) if not isinstance(request["prompt"], list)
+                     else "\n---\n".join(map(str, request["prompt"]))}]
+    answers = []
+    response = p.response if isinstance(p.response, dict) else {}
+    for ch in response.get("choices") or []:
+        if not isinstance(ch, dict):
+            continue
+        msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
+        content = _text(msg.get("content")) if msg else _text(ch.get("text"))
+        reasoning = msg.get("reasoning_content") if msg else None
+        answer = content
+        if reasoning_cfg is not None:
+            split = split_reasoning(content, reasoning_cfg.get("start_reasoning_token", "<think>"),
+                                    reasoning_cfg.get("end_reasoning_token", "</think>"))
+            if split.reasoning is not None:
+                answer, reasoning = split.answer, split.reasoning
+        answers.append({"index": ch.get("index", 0), "content": answer, "reasoning": reasoning,
+                        "finish_reason": ch.get("finish_reason"),
+                        "tool_calls": msg.get("tool_calls") if msg else None})
+    url = upstream_url_for(server.upstream_url, p.path) if server.upstream_url else p.path
+    return {
+        "run_id": p.run_id, "request_id": p.request_id, "cache_key": p.key, "occurrence": p.occurrence,
+        "path": p.path, "status": p.status, "stream": p.stream,
+        "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.received_at)),
+        "messages": messages, "answers": answers, "usage": response.get("usage"),
+        "request": request, "response": p.response, "curl": curl_command(url, request),
+    }
+
+
+def _failure(f: Any) -> dict[str, Any]:
+    return {"run_id": f.run_id, "request_id": f.request_id, "path": f.path, "status": f.status,
+            "error": f.error, "request": f.request,
+            "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.received_at))}
+
+
+def svg_histogram(title: str, edges: list[float], counts: list[int], unit: str) -> Markup:
+    """A small bar chart as inline SVG; every text in it is escaped."""
+    if not counts or not any(counts):
+        return Markup("")
+    w, h, pad = 360, 140, 24
+    bw = (w - 2 * pad) / len(counts)
+    top = max(counts)
+    bars = []
+    for i, c in enumerate(counts):
+        bh = (h - 2 * pad) * c / top
+        x = pad + i * bw
+        y = h - pad - bh
+        label = f"{edges[i]:g} to {edges[i + 1]:g} {unit}: {c}"
+        bars.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" rx="2">'
+                    f"<title>{escape(label)}</title></rect>")
+    axis = (f'<text x="{pad}" y="{h - 6}" class="ax">{escape(f"{edges[0]:g}")}</text>'
+            f'<text x="{w - pad}" y="{h - 6}" class="ax" text-anchor="end">{escape(f"{edges[-1]:g} {unit}")}</text>'
+            f'<text x="{pad}" y="14" class="ttl">{escape(title)} (max bin {top})</text>')
+    return Markup(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{escape(title)}">'
+                  + "".join(bars) + axis + "</svg>")
+
+
+def _charts(report: dict[str, Any]) -> list[Markup]:
+    hist = report["statistics"].get("response_stats", {}).get("histograms", {})
+    charts = []
+    if hist.get("latency_ms", {}).get("counts"):
+        charts.append(svg_histogram("Latency", hist["latency_ms"]["edges"], hist["latency_ms"]["counts"], "ms"))
+    if hist.get("completion_tokens", {}).get("counts"):
+        charts.append(svg_histogram("Completion tokens", hist["completion_tokens"]["edges"],
+                                    hist["completion_tokens"]["counts"], "tok"))
+    return [c for c in charts if c]
+
+
+def pretty_json(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
+
+
+_env.filters["pretty"] = pretty_json
