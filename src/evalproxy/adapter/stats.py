@@ -76,7 +76,7 @@ class Summary:
 
     def percentiles(self, qs: tuple[float, ...] = (50, 90, 99), scale: float = 1.0) -> dict[str, float]:
         ordered = sorted(self.samples)
-        return {f"p{q:g}": round(percentile(ordered, q) * scale, 6) for q in qs}
+        return {f"p{q:g}": round(percentile(ordered, q) * scale, 3) for q in qs}
 
     def histogram(self, bins: int = 12, scale: float = 1.0) -> dict[str, list[float] | list[int]]:
         """Equal-width bins over the samples: ``edges`` (bins + 1 of them, scaled) and ``counts``."""

@@ -94,7 +94,9 @@ def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfi
     if adapter is None or server is None:
         adapter, server = _load_effective_config(output_dir)
     if size is None:
-        size = adapter.html_report_size if adapter.html_report_size is not None else 5
+        hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), {})
+        size = hook.get("html_report_size") or adapter.html_report_size
+        size = 5 if size is None else int(size)
     report = build_report(output_dir, adapter, server, size)
     written = []
     if "json" in report_types:
