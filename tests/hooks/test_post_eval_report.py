@@ -96,8 +96,8 @@ class TestReport:
         before = orjson.loads((out / "report.json").read_bytes())
         (out / "report.json").unlink()
         (out / "report.html").unlink()
-        done = subprocess.run([sys.executable, "-m", "evalproxy", "report", str(out)], capture_output=True,
-                              text=True, timeout=60)
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "evalproxy", "report", str(out)],
+                                       capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         after = orjson.loads((out / "report.json").read_bytes())
         assert [p["cache_key"] for p in after["pairs"]] == [p["cache_key"] for p in before["pairs"]]
