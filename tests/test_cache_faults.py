@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -80,8 +79,8 @@ class TestDiskFaults:
         assert (await proxy.post("/v1/chat/completions", json=old)).status == 200
         # The directory turns read-only under the running proxy: a read-only bind mount over it. (Files SQLite
         # already holds open stay writable, as on a real remount; new files, as large answers need, fail.)
-        subprocess.run(["mount", "--bind", str(cache), str(cache)], check=True)
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(cache)], check=True)
+        await asyncio.to_thread(subprocess.run, ["mount", "--bind", str(cache), str(cache)], check=True)
+        await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro,bind", str(cache)], check=True)
         big = "y " * 40_000
         for i in range(3):
             sim.script(Fault(content=big))
@@ -91,7 +90,7 @@ class TestDiskFaults:
         hit = await proxy.post("/v1/chat/completions", json=old)
         assert hit.status == 200 and hit.headers["X-EvalProxy-Cache"] == "hit"
         assert len([r for r in caplog.records if "cache write failed" in r.getMessage()]) == 1
-        subprocess.run(["umount", "-l", str(small_fs / "cache")], capture_output=True)
+        await asyncio.to_thread(subprocess.run, ["umount", "-l", str(cache)], capture_output=True)
 
 
 async def test_two_processes_share_one_cache(tmp_path: Path) -> None:
@@ -136,4 +135,3 @@ async def test_two_processes_share_one_cache(tmp_path: Path) -> None:
         assert all(store.get_answer(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])) for k in keys)
     finally:
         store.close()
-    assert os.path.isdir(cache / "responses")
