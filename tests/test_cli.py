@@ -35,6 +35,28 @@ def config(tmp_path: Path, marker: Path, **extra: Any) -> Path:
 
 
 class TestServe:
+    async def test_launcher_config_serves(self, tmp_path: Path) -> None:
+        """The launcher-shaped config of the docs serves requests through its chain and writes its report."""
+        from tests.adapter.test_config import LAUNCHER
+
+        sim = SimulatedModel()
+        upstream = TestServer(sim.app(), host="127.0.0.1")
+        await upstream.start_server()
+        cfg = tmp_path / "launcher.yaml"
+        cfg.write_text(LAUNCHER.replace('"./cache"', repr(str(tmp_path / "cache"))))
+        proc, url = await start_serve("-c", str(cfg), "--upstream", str(upstream.make_url("/v1")),
+                                      "-o", str(tmp_path / "out"))
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions",
+                                                        json={"model": "m", "messages": MSGS}) as r:
+            assert r.status == 200
+            await r.read()
+        proc.send_signal(signal.SIGTERM)
+        assert await proc.wait() == 0
+        await upstream.close()
+        assert sim.log[0].body is not None
+        assert sim.log[0].body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
+        assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "cache" / "responses").is_dir()
+
     async def test_sigterm_finishes_in_flight_runs_hooks_once_exits_0(self, tmp_path: Path) -> None:
         """SIGTERM during a run: in-flight requests complete, hooks run once, exit status 0."""
         sim = SimulatedModel(latency=1.0)

