@@ -18,14 +18,17 @@ An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import queue
 import struct
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import diskcache
 import orjson
@@ -34,6 +37,7 @@ from evalproxy.adapter.sse import assemble_stream
 
 log = logging.getLogger("evalproxy.store")
 
+T = TypeVar("T")
 MAGIC = b"EPA1"
 MAX_FAILURES = 1000
 _NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False}
@@ -261,3 +265,78 @@ class CacheStore:
 def runs(pairs: Sequence[SavedPair]) -> list[str]:
     """The run ids of some pairs, in order of first appearance."""
     return list(dict.fromkeys(p.run_id for p in pairs))
+
+
+class StoreWorker:
+    """One thread that owns a :class:`CacheStore` and runs its calls in batches, off the event loop.
+
+    ``await worker.call(fn, *args)`` queues the call; the thread takes everything queued so far, runs it inside one
+    SQLite transaction (one commit per batch instead of one per answer) and wakes the loop once for the whole batch.
+    A result is delivered only after its batch committed, so an answer the client saw is on disk. Under load the
+    batches grow by themselves; a lone request is a batch of one.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._loop = loop
+            self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
+            self._thread.start()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, fut))
+        return await fut
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                with self.store.responses.transact():
+                    for fn, args, fut in batch:
+                        try:
+                            outcomes.append((fut, fn(*args), None))
+                        except Exception as exc:
+                            outcomes.append((fut, None, exc))
+            except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
+                outcomes = [(fut, None, exc) for _, _, fut in batch]
+            self._loop.call_soon_threadsafe(_deliver, outcomes)
+
+    async def aclose(self) -> None:
+        """Finish what is queued, stop the thread, close the store."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        await asyncio.to_thread(self.store.close)
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)

@@ -13,7 +13,6 @@ often it repeats. ``repeats: sample`` or ``reuse`` forces either behaviour.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +29,7 @@ from evalproxy.adapter.errors import ProxyError
 from evalproxy.adapter.redact import redact_obj, safe_headers
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.sse import DONE_EVENT
-from evalproxy.adapter.store import CacheStore, Failure, SavedPair, StoredAnswer, cache_key
+from evalproxy.adapter.store import CacheStore, Failure, SavedPair, StoredAnswer, StoreWorker, cache_key
 
 log = logging.getLogger("evalproxy.caching")
 
@@ -61,6 +60,7 @@ class CachingInterceptor(BaseInterceptor):
         super().__init__(params, run)
         self.cache_dir = Path(params.cache_dir or run.config.caching_dir or run.output_dir / "cache")
         self.store = CacheStore(self.cache_dir)
+        self.worker = StoreWorker(self.store)
         self._occurrences: Counter[str] = Counter()
         self._answers = self.store.count_answers()
         self._pairs = self.store.count_pairs()
@@ -95,7 +95,7 @@ class CachingInterceptor(BaseInterceptor):
         """Run a store call in a thread: (ok, result). A failing disk (full, read-only, damaged) is logged once,
         counted in statistics and metrics, and never fails the request."""
         try:
-            return True, await asyncio.to_thread(fn, *args)
+            return True, await self.worker.call(fn, *args)
         except Exception as exc:
             self.counts[f"{what}_errors"] += 1
             self.run.metrics.cache.labels(f"{what}_error").inc()
@@ -191,7 +191,7 @@ class CachingInterceptor(BaseInterceptor):
             await self._store(ctx, key, occurrence, StoredAnswer(status, headers, events=events))
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.store.close)
+        await self.worker.aclose()
 
 
 def _replay(stored: StoredAnswer) -> ProxyResponse:
