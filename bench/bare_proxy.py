@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 
 import aiohttp
 from aiohttp import web
+from loopback import serve_forever
 
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
@@ -38,15 +38,7 @@ def main() -> None:
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock, backlog=4096).start()
-        print(sock.getsockname()[1], flush=True)
-        while True:
-            await asyncio.sleep(3600)
+        await serve_forever(app)
 
     asyncio.run(serve())
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 
 from aiohttp import web
+from loopback import serve_forever
 
 ANSWER = {
     "id": "chatcmpl-bench",
@@ -67,16 +67,7 @@ def main() -> None:
     async def serve() -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(runner, sock, backlog=4096)
-        await site.start()
-        print(sock.getsockname()[1], flush=True)
-        while True:
-            await asyncio.sleep(3600)
+        await serve_forever(app)
 
     try:
         import uvloop  # optional: faster when installed

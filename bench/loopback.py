@@ -1,0 +1,20 @@
+"""Serving an aiohttp app on a free 127.0.0.1 port for the benchmark's own processes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from aiohttp import web
+
+
+async def serve_forever(app: web.Application) -> None:
+    """Bind a free loopback port, print it (the parent reads it), and serve until killed."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock, backlog=4096).start()
+    print(sock.getsockname()[1], flush=True)
+    await asyncio.Event().wait()
