@@ -154,3 +154,41 @@ class TestRun:
 def test_is_loopback(host: str, loopback: bool) -> None:
     """Only loopback binds count as local (others print a warning at start)."""
     assert is_loopback(host) is loopback
+
+
+class TestCacheCommand:
+    async def test_stats_and_clear(self, make_proxy: Any, tmp_path: Path) -> None:
+        """evalproxy cache stats counts stored answers of a run dir; clear empties it."""
+        proxy = await make_proxy({"interceptors": ["caching", "endpoint"], "generate_html_report": False})
+        for i in range(3):
+            await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": str(i)}],
+                                                           "temperature": 0})
+        await proxy.close()
+        run = [sys.executable, "-m", "evalproxy", "cache"]
+        stats = await asyncio.to_thread(subprocess.run, [*run, "stats", str(tmp_path / "out")], capture_output=True,
+                                        text=True, timeout=60)
+        assert stats.returncode == 0 and '"answers": 3' in stats.stdout
+        cleared = await asyncio.to_thread(subprocess.run, [*run, "clear", str(tmp_path / "out")],
+                                          capture_output=True, text=True, timeout=60)
+        assert cleared.returncode == 0 and "cleared 3 entries" in cleared.stdout
+
+    def test_missing_cache_is_an_error(self, tmp_path: Path) -> None:
+        """cache stats on a directory without a cache says so and exits 1."""
+        done = subprocess.run([sys.executable, "-m", "evalproxy", "cache", "stats", str(tmp_path / "none")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "no cache" in done.stderr
+
+
+def test_open_files_limit_is_raised() -> None:
+    """At start the soft open-files limit is raised to the hard one (where allowed)."""
+    import resource
+
+    from evalproxy.cli import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        raise_open_files_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
