@@ -114,6 +114,27 @@ class TestLegacy:
         assert [h.name for h in loaded.adapter.post_eval_hooks] == ["touch_file"]
         assert loaded.adapter.discovery.dirs == [PLUGINS]
 
+    def test_nemo_order_and_report_driven_saving(self, tmp_path: Path) -> None:
+        """The converted chain has NeMo Evaluator's order; the report needs saved pairs, so they are saved."""
+        loaded = load_config(write(tmp_path, {
+            "use_system_prompt": True, "custom_system_prompt": "x", "params_to_add": {"top_p": 0.9},
+            "use_request_logging": True, "use_response_logging": True, "use_reasoning": True,
+            "html_report_size": 7,
+        }))
+        assert [i.name for i in loaded.adapter.interceptors] == [
+            "system_message", "payload_modifier", "request_logging", "caching", "endpoint", "response_stats",
+            "response_logging", "reasoning"]
+        caching = loaded.adapter.interceptor_config("caching")
+        assert caching is not None
+        assert caching["save_requests"] is True and caching["max_saved_requests"] == 7
+        assert loaded.adapter.post_eval_hooks[0].config == {"report_types": ["html", "json"], "html_report_size": 7}
+
+    def test_unavailable_legacy_feature_is_named(self, tmp_path: Path) -> None:
+        """A legacy switch for a NeMo feature evalproxy lacks is refused by name, not silently dropped."""
+        with pytest.raises(ConfigError, match="progress_tracking") as info:
+            load_config(write(tmp_path, {"use_progress_tracking": True}))
+        assert info.value.field == "use_progress_tracking"
+
     def test_mixing_legacy_and_interceptors_is_an_error(self, tmp_path: Path) -> None:
         """Legacy flat keys beside an explicit interceptors list are rejected, naming the legacy key."""
         with pytest.raises(ConfigError, match="cannot be mixed") as info:

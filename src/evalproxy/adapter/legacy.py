@@ -47,7 +47,8 @@ LEGACY_KEYS = frozenset(LEGACY_DEFAULTS)
 
 _BOOL_KEYS = {k for k, v in LEGACY_DEFAULTS.items() if isinstance(v, bool)}
 # Features NeMo Evaluator has that evalproxy does not implement: refuse rather than silently drop them.
-_UNSUPPORTED = {"use_nvcf": "nvcf", "use_omni_info": "omni_info", "use_megatron": "megatron"}
+_UNSUPPORTED = {"use_nvcf": "nvcf", "use_omni_info": "omni_info", "use_megatron": "megatron",
+                "use_progress_tracking": "progress_tracking", "use_raise_client_errors": "raise_client_errors"}
 
 
 def convert_legacy(
@@ -124,13 +125,6 @@ def convert_legacy(
                 cfg["cache_dir"] = f"{stats_base}/reasoning_stats_cache"
         cfg["logging_aggregated_stats_interval"] = c["logging_aggregated_stats_interval"]
         interceptors.append({"name": "reasoning", "config": cfg})
-    if c["use_progress_tracking"]:
-        cfg = {"progress_tracking_interval": c["progress_tracking_interval"]}
-        if c["progress_tracking_url"] is not None:
-            cfg["progress_tracking_url"] = c["progress_tracking_url"]
-        interceptors.append({"name": "progress_tracking", "config": cfg})
-    if c["use_raise_client_errors"]:
-        interceptors.append({"name": "raise_client_errors", "config": {}})
 
     out = {**rest, "interceptors": interceptors}
     if html and not rest.get("post_eval_hooks"):
