@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 REDACTED = "***"
 
 SECRET_HEADERS = frozenset(
@@ -68,3 +70,12 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if s and s in text:
             text = text.replace(s, REDACTED)
     return _BEARER.sub(r"\1" + REDACTED, text) if "earer" in text else text
+
+
+MAX_LOGGED_CHARS = 10_000
+
+
+def clip(obj: Any, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``obj`` as text for a log line (JSON unless it is a string), cut at ``limit`` characters."""
+    text = obj if isinstance(obj, str) else orjson.dumps(obj, default=str).decode()
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
