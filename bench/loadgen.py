@@ -78,7 +78,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         if r.status != 200:
                             errors[str(r.status)] = errors.get(str(r.status), 0) + 1
                             continue
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                     continue
                 latencies.append(time.perf_counter() - t0)
