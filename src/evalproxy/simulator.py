@@ -137,6 +137,9 @@ class SimulatedModel:
         try:
             body = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
+            if request.path.endswith("/audio/transcriptions"):
+                self._record(request, None)
+                return web.json_response({"text": f"{len(raw)} bytes of audio"})
             return _error(400, "simulated model: body is not JSON")
         self._record(request, body)
         fault = self.faults.popleft() if self.faults else None

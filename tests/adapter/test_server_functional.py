@@ -307,3 +307,18 @@ class TestNemoStyle:
         await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
         failed = [r.getMessage() for r in caplog.records if "request failed with 400" in r.getMessage()]
         assert failed and "simulated error 400" in failed[0] and "two plus two" in failed[0]
+
+
+class TestNonJsonBodies:
+    async def test_multipart_upload_passes_through(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A multipart body (an audio upload) is forwarded as it came, not parsed as JSON."""
+        import aiohttp
+
+        proxy = await make_proxy({"interceptors": ["caching", "endpoint"], "generate_html_report": False})
+        form = aiohttp.FormData()
+        form.add_field("model", "whisper")
+        form.add_field("file", b"RIFF....WAVE", filename="a.wav", content_type="audio/wav")
+        resp = await proxy.post("/v1/audio/transcriptions", data=form)
+        assert resp.status == 200
+        assert (await resp.json())["text"].endswith("bytes of audio")
+        assert sim.log[-1].path == "/v1/audio/transcriptions" and sim.log[-1].body is None

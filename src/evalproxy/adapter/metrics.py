@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -46,6 +48,15 @@ class ProxyMetrics:
         self.retries = Counter("evalproxy_upstream_retries", "Upstream retries, by reason", ["reason"], registry=r)
         self.errors = Counter("evalproxy_errors", "Errors, by type", ["type"], registry=r)
         self.cache = Counter("evalproxy_cache", "Cache lookups and writes, by result", ["result"], registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: label lookups take a lock and build tuples each time."""
+        key = (id(metric), *labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,6 +53,9 @@ log = logging.getLogger("evalproxy.server")
 
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy")
 OVERHEAD_HEADER = "X-EvalProxy-Overhead-Ms"
+# Bodies of these types go upstream untouched and unparsed (audio uploads, images). Every other body must be JSON,
+# whatever its Content-Type says: `curl -d` labels JSON as a form, and some harnesses send none at all.
+_OPAQUE_TYPES = ("multipart/", "audio/", "image/", "video/")
 _ROOT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
                "embeddings": "/v1/embeddings"}
 STATS_WRITE_INTERVAL = 5.0
@@ -238,7 +241,7 @@ class Proxy:
                 f"request body is larger than max_request_bytes ({self.loaded.server.max_request_bytes} bytes)"
             ) from exc
         body: dict[str, Any] | None = None
-        if request.method in ("POST", "PUT", "PATCH"):
+        if request.method in ("POST", "PUT", "PATCH") and not request.content_type.startswith(_OPAQUE_TYPES):
             if not raw.strip():
                 raise BadRequestError("request body is empty; expected a JSON object")
             try:
@@ -313,7 +316,7 @@ class Proxy:
             self.cache_hits += 1
         upstream_called = ctx is not None and ctx.state.get(UPSTREAM_SECONDS) is not None
         cache = "hit" if hit else ("miss" if upstream_called else "none")
-        self.metrics.requests.labels(request_kind(request.path), str(status), cache).inc()
+        self.metrics.child(self.metrics.requests, request_kind(request.path), str(status), cache).inc()
         if ctx is not None:
             total = time.perf_counter() - ctx.started
             self.metrics.request_seconds.observe(total)

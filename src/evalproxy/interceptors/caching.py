@@ -118,12 +118,12 @@ class CachingInterceptor(BaseInterceptor):
             _, stored = await self._io("read", self.store.get_answer, key, occurrence)
             if stored is not None:
                 self.counts["hits"] += 1
-                self.run.metrics.cache.labels("hit").inc()
+                self.run.metrics.child(self.run.metrics.cache, "hit").inc()
                 self.run.metrics_file.touch()
                 ctx.state[CACHE_HIT] = True
                 return _replay(stored)
         self.counts["misses"] += 1
-        self.run.metrics.cache.labels("miss").inc()
+        self.run.metrics.child(self.run.metrics.cache, "miss").inc()
         self.run.metrics_file.touch()
         resp = await call_next(ctx)
         resp.headers[CACHE_HEADER] = "miss"
@@ -150,7 +150,7 @@ class CachingInterceptor(BaseInterceptor):
             if ok:
                 self._answers += 1
                 self.counts["writes"] += 1
-                self.run.metrics.cache.labels("write").inc()
+                self.run.metrics.child(self.run.metrics.cache, "write").inc()
         if p.save_requests and (p.max_saved_requests is None or self._pairs < p.max_saved_requests):
             self._pairs += 1
             pair = SavedPair(

@@ -267,7 +267,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
             for kind in ("prompt", "completion"):
                 v = usage.get(f"{kind}_tokens")
                 if isinstance(v, int):
-                    self.run.metrics.tokens.labels(kind).inc(v)
+                    self.run.metrics.child(self.run.metrics.tokens, kind).inc(v)
             if isinstance(usage.get("completion_tokens"), int):
                 self.run.metrics.completion_tokens.observe(usage["completion_tokens"])
         self.run.metrics_file.touch()
