@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from evalproxy.adapter.context import STREAM_USAGE, ProxyResponse, RequestContext, RunContext
 from evalproxy.adapter.sse import DONE_EVENT, make_event
@@ -133,3 +134,14 @@ class TestThroughTheProxy:
         stats = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["response_stats"]
         assert stats["count"] == 5
         assert sorted(r["count"] for r in stats["runs"].values()) == [2, 3]
+
+
+class TestLongRuns:
+    def test_percentiles_use_every_sample_of_the_run(self, run: RunContext) -> None:
+        """Percentiles of a run longer than the persisted sample share still come from all of its answers."""
+        ic = ResponseStatsInterceptor(ResponseStatsInterceptor.Params(), run)
+        body = answer().json
+        for i in range(20_000):  # the first 10,000 fast, the rest slow
+            ic._record(200, body, 0.001 if i < 10_000 else 0.1, None, False)
+        out = ic.section()
+        assert out["p90_latency_ms"] == 100.0 and out["p50_latency_ms"] == pytest.approx(50.5, abs=0.1)

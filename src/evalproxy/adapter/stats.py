@@ -113,4 +113,4 @@ class Summary:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
         return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
-                   [int(v) for v in data.get("samples", [])])
+                   list(data.get("samples", [])))

@@ -30,7 +30,7 @@ from evalproxy.adapter.errors import ProxyError
 from evalproxy.adapter.output import atomic_write_bytes
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.sse import event_json
-from evalproxy.adapter.stats import Summary
+from evalproxy.adapter.stats import MAX_SAMPLES, Summary
 
 log = logging.getLogger("evalproxy.response_stats")
 
@@ -56,13 +56,15 @@ class RunStats:
         self.first_at: float | None = None
         self.last_at: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
+        """The numbers as JSON; at most ``keep_samples`` samples per summary (persisted files stay small)."""
+        k = keep_samples
         return {
             "run_id": self.run_id, "count": self.count, "successful": self.successful, "streamed": self.streamed,
             "streams_without_usage": self.streams_without_usage, "tool_calls": self.tool_calls,
             "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
-            "errors": dict(self.errors), "tokens": {k: v.to_json() for k, v in self.tokens.items()},
-            "latency_us": self.latency_us.to_json(), "ttft_us": self.ttft_us.to_json(),
+            "errors": dict(self.errors), "tokens": {name: s.to_json(k) for name, s in self.tokens.items()},
+            "latency_us": self.latency_us.to_json(k), "ttft_us": self.ttft_us.to_json(k),
             "first_at": self.first_at, "last_at": self.last_at,
         }
 
@@ -176,7 +178,8 @@ class ResponseStatsInterceptor(BaseInterceptor):
     def section(self) -> dict[str, Any]:
         """Totals over this and earlier runs in the same directory; persists this run's numbers (in a thread)."""
         with self._lock:
-            mine = RunStats.from_json(orjson.loads(orjson.dumps(self.stats.to_json())))
+            # A copy with every sample: this run's percentiles use all of them; the file keeps a bounded share.
+            mine = RunStats.from_json(self.stats.to_json(keep_samples=MAX_SAMPLES))
         atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.to_json()))
         total = mine
         for r in self.earlier:
