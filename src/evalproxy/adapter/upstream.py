@@ -131,6 +131,11 @@ class Upstream:
         self.stream_usage = p.stream_usage
         self.metrics = metrics
         self._session: aiohttp.ClientSession | None = None
+        # A stream may take long in total, but must not go silent for longer than request_timeout.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout)
+        self._timeout = aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.connect_timeout)
+        self._urls: dict[str, str] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=self.limit, ttl_dns_cache=300)
@@ -170,7 +175,11 @@ class Upstream:
     async def __call__(self, ctx: RequestContext) -> ProxyResponse:
         if not self.url:
             raise UpstreamUnreachableError("no upstream URL is configured (set server.upstream_url or --upstream)")
-        url = upstream_url_for(self.url, ctx.path)
+        url = self._urls.get(ctx.path)
+        if url is None:
+            url = upstream_url_for(self.url, ctx.path)
+            if len(self._urls) < 1024:  # paths are few (a harness uses one or two); never grow without bound
+                self._urls[ctx.path] = url
         if ctx.query:
             url = f"{url}?{ctx.query}"
         headers = self._headers(ctx)
@@ -184,11 +193,7 @@ class Upstream:
                 extra = options if isinstance(options, dict) else {}
                 body = orjson.dumps({**ctx.json, "stream_options": {**extra, "include_usage": True}})
                 hide_usage = True
-        timeout = (
-            aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout)
-            if stream
-            else aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.connect_timeout)
-        )
+        timeout = self._stream_timeout if stream else self._timeout
         attempt = 0
         t0 = time.perf_counter()
         while True:
