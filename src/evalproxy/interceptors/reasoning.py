@@ -142,7 +142,8 @@ class ReasoningStats:
         self.started = 0
         self.finished = 0
         self.unfinished = 0
-        self.words = {k: Summary() for k in ("reasoning_words", "original_content_words", "updated_content_words",
+        # Only sums, means and maxima are reported: no samples kept.
+        self.words = {k: Summary(keep=0) for k in ("reasoning_words", "original_content_words", "updated_content_words",
                                              "reasoning_tokens", "updated_content_tokens")}
         self.lock = threading.Lock()
 
