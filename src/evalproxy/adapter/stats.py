@@ -116,6 +116,6 @@ class Summary:
                 "max": self.max, "samples": self.samples[:keep_samples].tolist()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Summary:
+    def from_json(cls, data: dict[str, Any], keep: int = MAX_SAMPLES) -> Summary:
         return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
-                   array("q", data.get("samples", [])))
+                   array("q", data.get("samples", [])[:keep]), keep)

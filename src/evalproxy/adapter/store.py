@@ -40,7 +40,10 @@ log = logging.getLogger("evalproxy.store")
 T = TypeVar("T")
 MAGIC = b"EPA1"
 MAX_FAILURES = 1000
-_NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False}
+# Never evict a paid answer. SQLite's page cache and memory map are kept small (diskcache's defaults allow 32 MiB
+# and 64 MiB per database, which shows as memory growing with the cache over a long run): lookups are by index.
+_NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False,
+                                "sqlite_cache_size": 512, "sqlite_mmap_size": 0}
 
 
 def _canonical(value: Any) -> Any:

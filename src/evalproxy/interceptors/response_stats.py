@@ -50,7 +50,8 @@ class RunStats:
         self.status_codes: Counter[str] = Counter()
         self.finish_reasons: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
-        self.tokens = {k: Summary() for k in _TOKEN_KINDS}
+        # Samples only where a distribution is shown (the completion tokens histogram); the rest are sums.
+        self.tokens = {k: Summary(keep=MAX_SAMPLES if k == "completion_tokens" else 0) for k in _TOKEN_KINDS}
         self.latency_us = Summary()
         self.ttft_us = Summary()
         self.first_at: float | None = None
@@ -76,7 +77,8 @@ class RunStats:
         s.status_codes = Counter(data["status_codes"])
         s.finish_reasons = Counter(data["finish_reasons"])
         s.errors = Counter(data["errors"])
-        s.tokens = {k: Summary.from_json(data["tokens"][k]) for k in _TOKEN_KINDS}
+        for k in _TOKEN_KINDS:
+            s.tokens[k] = Summary.from_json(data["tokens"][k], keep=s.tokens[k].keep)
         s.latency_us = Summary.from_json(data["latency_us"])
         s.ttft_us = Summary.from_json(data["ttft_us"])
         s.first_at, s.last_at = data["first_at"], data["last_at"]
