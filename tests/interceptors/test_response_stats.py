@@ -145,3 +145,18 @@ class TestLongRuns:
             ic._record(200, body, 0.001 if i < 10_000 else 0.1, None, False)
         out = ic.section()
         assert out["p90_latency_ms"] == 100.0 and out["p50_latency_ms"] == pytest.approx(50.5, abs=0.1)
+
+
+@pytest.mark.parametrize(("event", "parse"), [
+    (b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":null}]}\n\n', False),
+    (b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": null}]}\n\n', False),
+    (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n', True),
+    (b'data: {"choices":[{"finish_reason":null},{"finish_reason":"length"}]}\n\n', True),
+    (b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n', True),
+    (b'data: {"choices":[{"delta":{"tool_calls":[]},"finish_reason":null}]}\n\n', True),
+])
+def test_only_events_that_can_matter_are_parsed(event: bytes, parse: bool) -> None:
+    """Chunks with nothing but content are skipped; finish reasons, usage and tool calls are never missed."""
+    from evalproxy.interceptors.response_stats import _worth_parsing
+
+    assert _worth_parsing(event) is parse

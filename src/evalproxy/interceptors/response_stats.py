@@ -146,6 +146,16 @@ class RunStats:
         return out
 
 
+def _worth_parsing(event: bytes) -> bool:
+    """Whether an event can carry a finish reason, usage or tool calls: most chunks of a stream carry none, and are
+    recognised without parsing their JSON."""
+    if b'"usage"' in event or b"tool_calls" in event:
+        return True
+    if b'"finish_reason":null' in event or b'"finish_reason": null' in event:
+        return event.count(b'"finish_reason"') > 1  # n > 1: another choice may have finished
+    return b"finish_reason" in event
+
+
 @register_for_adapter(name="response_stats", description="Counts statuses, finish reasons, tokens and latency.")
 class ResponseStatsInterceptor(BaseInterceptor):
     best_effort = True
@@ -217,7 +227,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
             async for event in stream:
                 if first is None:
                     first = time.perf_counter() - t0
-                if b"finish_reason" in event or b'"usage"' in event or b"tool_calls" in event:
+                if _worth_parsing(event):
                     obj = event_json(event)
                     if isinstance(obj, dict):
                         for ch in obj.get("choices") or ():
