@@ -66,3 +66,16 @@ class TestClientFaults:
         assert len(sim.streams_finished) == 1
         health = await (await proxy.get("/health")).json()
         assert health["in_flight"] == 0
+
+
+async def test_non_json_200_is_counted_as_an_error_type(make_proxy: Any, sim: SimulatedModel, tmp_path: Any) -> None:
+    """A 200 that is not JSON is counted under errors in response_stats and in the cache's not-stored count."""
+    sim.script(Fault(body=b"<html>not json</html>"))
+    proxy = await make_proxy({"interceptors": ["caching", "endpoint", "response_stats"],
+                              "generate_html_report": False})
+    resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+    assert resp.status == 200 and await resp.read() == b"<html>not json</html>"
+    await proxy.close()
+    metrics = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())
+    assert metrics["response_stats"]["errors"] == {"not_json": 1}
+    assert metrics["caching"]["not_stored"] == 1
