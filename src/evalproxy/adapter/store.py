@@ -184,6 +184,13 @@ class CacheStore:
     def put_answer(self, key: str, occurrence: int, answer: StoredAnswer) -> None:
         self.responses.set(self.answer_key(key, occurrence), answer.encode())
 
+    def put(self, key: str, occurrence: int, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
+        """Store an answer and/or its saved pair in one call (one trip to the store thread, one batch)."""
+        if answer is not None:
+            self.put_answer(key, occurrence, answer)
+        if pair is not None:
+            self.save_pair(pair)
+
     def count_answers(self) -> int:
         return len(self.responses)
 

@@ -145,12 +145,8 @@ class CachingInterceptor(BaseInterceptor):
 
     async def _store(self, ctx: RequestContext, key: str, occurrence: int, answer: StoredAnswer) -> None:
         p = self.params
-        if p.save_responses and (p.max_saved_responses is None or self._answers < p.max_saved_responses):
-            ok, _ = await self._io("write", self.store.put_answer, key, occurrence, answer)
-            if ok:
-                self._answers += 1
-                self.counts["writes"] += 1
-                self.run.metrics.child(self.run.metrics.cache, "write").inc()
+        save_answer = p.save_responses and (p.max_saved_responses is None or self._answers < p.max_saved_responses)
+        pair = None
         if p.save_requests and (p.max_saved_requests is None or self._pairs < p.max_saved_requests):
             self._pairs += 1
             pair = SavedPair(
@@ -158,7 +154,13 @@ class CachingInterceptor(BaseInterceptor):
                 request=redact_obj(ctx.json), status=answer.status, stream=answer.is_stream,
                 received_at=ctx.received_at,
             )
-            await self._io("write", self.store.save_pair, pair)
+        if not save_answer and pair is None:
+            return
+        ok, _ = await self._io("write", self.store.put, key, occurrence, answer if save_answer else None, pair)
+        if ok and save_answer:
+            self._answers += 1
+            self.counts["writes"] += 1
+            self.run.metrics.child(self.run.metrics.cache, "write").inc()
 
     async def _record_failure(self, ctx: RequestContext, status: int, error: str) -> None:
         failure = Failure(run_id=self.run.run_id, request_id=ctx.request_id, path=ctx.path,
