@@ -56,6 +56,19 @@ class TestShapes:
         assert loaded.server.api_key_name == "NGC_API_KEY"
         assert loaded.adapter.endpoint_type == "chat"
 
+    def test_launcher_run_config_output_dir(self, tmp_path: Path) -> None:
+        """A launcher file's config.output_dir is the run's output dir (server.output_dir still wins)."""
+        data = yaml.safe_load(LAUNCHER)
+        data["config"] = {"type": "mmlu", "output_dir": "/results/mmlu"}
+        assert load_config(write(tmp_path, data)).server.output_dir == "/results/mmlu"
+        data["server"] = {"output_dir": "/elsewhere"}
+        assert load_config(write(tmp_path, data)).server.output_dir == "/elsewhere"
+
+    def test_default_chain_saves_what_the_report_shows(self) -> None:
+        """With no chain configured, caching saves html_report_size requests for the report, answers uncapped."""
+        loaded = parse_config({"html_report_size": 3})
+        assert loaded.adapter.interceptor_config("caching") == {"save_requests": True, "max_saved_requests": 3}
+
     def test_bare_adapter_config_and_string_entries(self, tmp_path: Path) -> None:
         """A bare adapter_config loads, and a bare string in interceptors means {name: it}."""
         loaded = load_config(write(tmp_path, {"interceptors": ["caching", "endpoint"]}))
@@ -127,6 +140,7 @@ class TestLegacy:
         caching = loaded.adapter.interceptor_config("caching")
         assert caching is not None
         assert caching["save_requests"] is True and caching["max_saved_requests"] == 7
+        assert "max_saved_responses" not in caching  # NeMo caps cached answers at the report size; we do not
         assert loaded.adapter.post_eval_hooks[0].config == {"report_types": ["html", "json"], "html_report_size": 7}
 
     def test_unavailable_legacy_feature_is_named(self, tmp_path: Path) -> None:

@@ -200,6 +200,9 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> LoadedCo
         for k, v in _ENDPOINT_TO_SERVER.items():
             if endpoint.get(k) is not None:
                 server_data[v] = endpoint[k]
+        run_cfg = data.get("config")
+        if isinstance(run_cfg, dict) and isinstance(run_cfg.get("output_dir"), str):
+            server_data["output_dir"] = run_cfg["output_dir"]  # the run config's output dir, as NeMo uses it
         adapter_data = endpoint.get("adapter_config") or {}
         prefix = "target.api_endpoint.adapter_config"
         if endpoint.get("type") and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
@@ -246,6 +249,10 @@ def default_interceptors(adapter: AdapterConfig) -> list[InterceptorConfig]:
     caching: dict[str, Any] = {}
     if adapter.caching_dir:
         caching["cache_dir"] = adapter.caching_dir
+    if adapter.generate_html_report:
+        # The report shows saved pairs: save as many requests as it shows.
+        caching["save_requests"] = True
+        caching["max_saved_requests"] = adapter.html_report_size if adapter.html_report_size is not None else 5
     return [
         InterceptorConfig(name="reasoning"),
         InterceptorConfig(name="caching", config=caching),

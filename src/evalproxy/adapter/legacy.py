@@ -84,11 +84,12 @@ def convert_legacy(
         save_requests, save_responses = c["save_requests"], c["save_responses"]
         max_req, max_resp = c["max_saved_requests"], c["max_saved_responses"]
         if html:
-            # The report needs saved pairs: NeMo Evaluator saves at least html_report_size of each.
+            # The report needs saved pairs, so at least html_report_size requests are saved, as in NeMo Evaluator.
+            # NeMo also caps the cached *answers* at that size, which leaves a resumed run almost nothing to replay:
+            # a known defect we do not copy. Answers are capped only by an explicit max_saved_responses.
             save_requests = save_responses = True
             if html_size is not None:
                 max_req = max(html_size, max_req) if max_req is not None else html_size
-                max_resp = max(html_size, max_resp) if max_resp is not None else html_size
         cfg = {"reuse_cached_responses": c["use_caching"], "save_requests": save_requests,
                "save_responses": save_responses}
         if caching_dir is not None:
