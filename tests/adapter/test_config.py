@@ -132,11 +132,11 @@ class TestLegacy:
         loaded = load_config(write(tmp_path, {
             "use_system_prompt": True, "custom_system_prompt": "x", "params_to_add": {"top_p": 0.9},
             "use_request_logging": True, "use_response_logging": True, "use_reasoning": True,
-            "html_report_size": 7,
+            "use_progress_tracking": True, "html_report_size": 7,
         }))
         assert [i.name for i in loaded.adapter.interceptors] == [
             "system_message", "payload_modifier", "request_logging", "caching", "endpoint", "response_stats",
-            "response_logging", "reasoning"]
+            "response_logging", "reasoning", "progress_tracking"]
         caching = loaded.adapter.interceptor_config("caching")
         assert caching is not None
         assert caching["save_requests"] is True and caching["max_saved_requests"] == 7
@@ -145,9 +145,9 @@ class TestLegacy:
 
     def test_unavailable_legacy_feature_is_named(self, tmp_path: Path) -> None:
         """A legacy switch for a NeMo feature evalproxy lacks is refused by name, not silently dropped."""
-        with pytest.raises(ConfigError, match="progress_tracking") as info:
-            load_config(write(tmp_path, {"use_progress_tracking": True}))
-        assert info.value.field == "use_progress_tracking"
+        with pytest.raises(ConfigError, match="raise_client_errors") as info:
+            load_config(write(tmp_path, {"use_raise_client_errors": True}))
+        assert info.value.field == "use_raise_client_errors"
 
     def test_mixing_legacy_and_interceptors_is_an_error(self, tmp_path: Path) -> None:
         """Legacy flat keys beside an explicit interceptors list are rejected, naming the legacy key."""

@@ -48,7 +48,7 @@ LEGACY_KEYS = frozenset(LEGACY_DEFAULTS)
 _BOOL_KEYS = {k for k, v in LEGACY_DEFAULTS.items() if isinstance(v, bool)}
 # Features NeMo Evaluator has that evalproxy does not implement: refuse rather than silently drop them.
 _UNSUPPORTED = {"use_nvcf": "nvcf", "use_omni_info": "omni_info", "use_megatron": "megatron",
-                "use_progress_tracking": "progress_tracking", "use_raise_client_errors": "raise_client_errors"}
+                "use_raise_client_errors": "raise_client_errors"}
 
 
 def convert_legacy(
@@ -126,6 +126,16 @@ def convert_legacy(
                 cfg["cache_dir"] = f"{stats_base}/reasoning_stats_cache"
         cfg["logging_aggregated_stats_interval"] = c["logging_aggregated_stats_interval"]
         interceptors.append({"name": "reasoning", "config": cfg})
+
+    if c["use_progress_tracking"]:
+        # NeMo Evaluator also switches this on when only output_dir is set (posting to localhost:8000); evalproxy
+        # does it only when asked.
+        cfg = {"progress_tracking_interval": c["progress_tracking_interval"], "request_method": "POST"}
+        if c["progress_tracking_url"] is not None:
+            cfg["progress_tracking_url"] = c["progress_tracking_url"]
+        if output_dir is not None:
+            cfg["output_dir"] = output_dir
+        interceptors.append({"name": "progress_tracking", "config": cfg})
 
     out = {**rest, "interceptors": interceptors}
     if html and not rest.get("post_eval_hooks"):
