@@ -75,6 +75,18 @@ class TestShapes:
         assert [(i.name, i.enabled, i.config) for i in loaded.adapter.interceptors] == [
             ("caching", True, {}), ("endpoint", True, {})]
 
+    def test_newer_mode_field_and_global_adapter_config(self, tmp_path: Path) -> None:
+        """mode: server is accepted, and a launcher's global_adapter_config is merged under the task's own."""
+        data = yaml.safe_load(LAUNCHER)
+        data["target"]["api_endpoint"]["adapter_config"]["mode"] = "server"
+        data["target"]["api_endpoint"]["adapter_config"]["discovery"] = {"dirs": [PLUGINS]}
+        data["global_adapter_config"] = {"log_failed_requests": True, "discovery": {"modules": ["json"]},
+                                         "endpoint_type": "completions"}
+        loaded = load_config(write(tmp_path, data))
+        assert loaded.adapter.mode == "server" and loaded.adapter.log_failed_requests is True
+        assert loaded.adapter.discovery.modules == ["json"] and loaded.adapter.discovery.dirs == [PLUGINS]
+        assert loaded.adapter.endpoint_type == "chat"  # the task's own type wins
+
     def test_json_file(self, tmp_path: Path) -> None:
         """JSON files load like YAML ones."""
         p = tmp_path / "cfg.json"
@@ -148,6 +160,13 @@ class TestLegacy:
         with pytest.raises(ConfigError, match="raise_client_errors") as info:
             load_config(write(tmp_path, {"use_raise_client_errors": True}))
         assert info.value.field == "use_raise_client_errors"
+
+    def test_process_reasoning_traces_is_use_reasoning(self, tmp_path: Path) -> None:
+        """The newer legacy key process_reasoning_traces (as in NeMo's local_reasoning example) adds reasoning."""
+        loaded = load_config(write(tmp_path, {"target": {"api_endpoint": {"adapter_config": {
+            "process_reasoning_traces": True, "use_system_prompt": True, "custom_system_prompt": "/think"}}}}))
+        names = [i.name for i in loaded.adapter.interceptors]
+        assert "reasoning" in names and names[0] == "system_message"
 
     def test_mixing_legacy_and_interceptors_is_an_error(self, tmp_path: Path) -> None:
         """Legacy flat keys beside an explicit interceptors list are rejected, naming the legacy key."""
@@ -254,3 +273,14 @@ class TestDiscovery:
             load_config(write(tmp_path, {"discovery": {"modules": ["no_such_module_xyz"]},
                                          "interceptors": ["endpoint"]}))
         assert info.value.field == "discovery.modules"
+
+
+def test_discovery_dirs_import_only_registering_files(tmp_path: Path) -> None:
+    """A script in a discovery dir that registers nothing is never run."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "user_plugins.py").write_text((Path(PLUGINS) / "user_plugins.py").read_text())
+    (plugins / "helper_script.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
+    load_config(write(tmp_path, {"discovery": {"dirs": [str(plugins)]},
+                                 "interceptors": ["add_header_field", "endpoint"]}))
+    assert not (tmp_path / "ran").exists()

@@ -63,6 +63,8 @@ class DiscoveryConfig(_Strict):
 class AdapterConfig(_Strict):
     """NeMo Evaluator's ``adapter_config``: the chain, the hooks and a few run-wide settings."""
 
+    mode: Literal["server", "client"] = "server"
+    """Accepted as newer NeMo Evaluator configs write it; evalproxy is always a server."""
     interceptors: list[InterceptorConfig] = Field(default_factory=list)
     post_eval_hooks: list[PostEvalHookConfig] = Field(default_factory=list)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
@@ -180,6 +182,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def merge_adapter_configs(shared: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
+    """A launcher's ``global_adapter_config`` under a task's own: local fields win, discovery lists add up."""
+    merged = {**shared, **local}
+    g, lo = shared.get("discovery"), local.get("discovery")
+    if isinstance(g, dict) and isinstance(lo, dict):
+        merged["discovery"] = {k: [*(g.get(k) or []), *(lo.get(k) or [])] for k in ("modules", "dirs")}
+    return merged
+
+
 def parse_config(data: dict[str, Any], *, source: str | None = None) -> LoadedConfig:
     """Turn a config mapping of any accepted shape into an :class:`AdapterConfig` and :class:`ServerConfig`."""
     from evalproxy.adapter.legacy import LEGACY_KEYS, convert_legacy
@@ -206,7 +217,10 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> LoadedCo
         adapter_data = endpoint.get("adapter_config") or {}
         prefix = "target.api_endpoint.adapter_config"
         if endpoint.get("type") and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
-            adapter_data = {**adapter_data, "endpoint_type": endpoint["type"]}
+            adapter_data = {**adapter_data, "endpoint_type": endpoint["type"]}  # the task's own type
+        shared = data.get("global_adapter_config")
+        if isinstance(shared, dict) and isinstance(adapter_data, dict):
+            adapter_data = merge_adapter_configs(shared, adapter_data)
     elif "adapter_config" in data:
         adapter_data = data.get("adapter_config") or {}
         prefix = "adapter_config"

@@ -21,6 +21,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "use_system_prompt": False,
     "custom_system_prompt": None,
     "use_reasoning": False,
+    "process_reasoning_traces": False,  # newer NeMo Evaluator name for use_reasoning
     "start_reasoning_token": None,
     "end_reasoning_token": "</think>",
     "include_if_reasoning_not_finished": None,
@@ -112,7 +113,7 @@ def convert_legacy(
         if c["max_logged_responses"] is not None:
             cfg["max_responses"] = c["max_logged_responses"]
         interceptors.append({"name": "response_logging", "config": cfg})
-    if c["use_reasoning"]:
+    if c["use_reasoning"] or c["process_reasoning_traces"]:
         cfg = {"end_reasoning_token": c["end_reasoning_token"]}
         if c["start_reasoning_token"] is not None:
             cfg["start_reasoning_token"] = c["start_reasoning_token"]

@@ -101,7 +101,9 @@ class Registry:
         if not directory.is_dir():
             raise ConfigError(f"'{directory}' is not a directory", field="discovery.dirs")
         for path in sorted(directory.glob("*.py")):
-            if path.name.startswith("_"):
+            # Only files that register something are imported (as NeMo Evaluator does): a helper script lying
+            # in the same folder is never run.
+            if path.name.startswith("_") or "register_for_adapter" not in path.read_text(errors="replace"):
                 continue
             mod_name = f"evalproxy_user_{abs(hash(str(path.resolve())))}_{path.stem}"
             spec = importlib.util.spec_from_file_location(mod_name, path)

@@ -175,6 +175,7 @@ class ReasoningStats:
     def section(self) -> dict[str, Any]:
         with self.lock:
             out: dict[str, Any] = {
+                "description": "Reasoning statistics saved during processing",
                 "total_responses": self.total,
                 "responses_with_reasoning": self.with_reasoning,
                 "reasoning_started_count": self.started,

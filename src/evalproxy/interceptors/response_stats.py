@@ -108,6 +108,7 @@ class RunStats:
         ms = 0.001
         lat = self.latency_us
         out: dict[str, Any] = {
+            "description": "Response statistics saved during processing",
             "count": self.count,
             "successful_count": self.successful,
             "streamed_count": self.streamed,
