@@ -1,9 +1,8 @@
-"""post_eval_report: reports from real runs, escaping, re-rendering, and a real browser."""
+"""post_eval_report: reports from real runs, escaping, secrets, re-rendering, charts, and a real browser."""
 
 from __future__ import annotations
 
 import asyncio
-import html
 import os
 import re
 import shutil
@@ -16,20 +15,30 @@ import orjson
 import pytest
 
 from evalproxy.adapter.server import PROXY
+from evalproxy.hooks.charts import report_charts, svg_histogram
+from evalproxy.hooks.post_eval_report import render_reports, safe_url
 from evalproxy.simulator import Fault, SimulatedModel
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCRIPT = '<script>document.title="pwned";document.body.innerHTML="gone"</script><b>bold?</b>'
-CHAIN = {"interceptors": ["reasoning", {"name": "caching", "config": {"save_requests": True}}, "endpoint",
-                          "response_stats"],
-         "post_eval_hooks": [{"name": "post_eval_report", "config": {"html_report_size": 3}}]}
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+# Model output that would retitle the page and add a marker element, were it ever executed.
+SCRIPT = ('<script>document.title="pwned";var d=document.createElement("div");d.id="pwned-marker";'
+          'document.body.appendChild(d)</script><b>bold?</b><img src=x onerror="document.title=1">')
+SECRET = "sk-report-secret-999"
 
 
-async def real_run(make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A run with a chat answer, a streamed one, one whose content is HTML/script, and a failure."""
-    monkeypatch.setenv("REPORT_TEST_KEY", "sk-report-secret-999")
+def chain(tmp_path: Path, **adapter: Any) -> dict[str, Any]:
+    """The real chain the tests run: caching saves pairs into a configured cache dir; hooks come from the defaults."""
+    return {"interceptors": ["reasoning",
+                             {"name": "caching", "config": {"save_requests": True, "cache_dir": str(tmp_path / "c")}},
+                             "endpoint", "response_stats"],
+            "html_report_size": 3, **adapter}
+
+
+async def real_run(make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A run with a chat answer, a streamed one, one whose content is HTML/script, a failure and one more answer."""
+    monkeypatch.setenv("REPORT_TEST_KEY", SECRET)
     sim.reasoning = True
-    proxy = await make_proxy(CHAIN, max_retries=0, api_key_name="REPORT_TEST_KEY", model_id="sim-model")
+    proxy = await make_proxy(chain(tmp_path), max_retries=0, api_key_name="REPORT_TEST_KEY", model_id="sim-model")
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "first <i>question</i>"}]
     r = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": msgs, "temperature": 0.0})
     assert r.status == 200
@@ -42,69 +51,187 @@ async def real_run(make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.Mon
     r = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "4th"}]})
     assert r.status == 503
     await proxy.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "fifth"}]})
-    await proxy.close()
+    await proxy.close()  # runs the post-eval hooks
     return Path(str(proxy.server.app[PROXY].run.output_dir))
 
 
+def load(out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = orjson.loads((out / "report.json").read_bytes())
+    return report
+
+
 class TestReport:
-    async def test_report_from_a_real_run(self, make_proxy: Any, sim: SimulatedModel,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    async def test_report_from_a_real_run(self, make_proxy: Any, sim: SimulatedModel, upstream: Any,
+                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         """report.json has the summary, statistics, the first N pairs in arrival order and the failure."""
-        out = await real_run(make_proxy, sim, monkeypatch)
-        report = orjson.loads((out / "report.json").read_bytes())
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        report = load(out)
         summary = report["summary"]
         assert summary["model"] == "sim-model"
         assert summary["interceptors"] == ["reasoning", "caching", "endpoint", "response_stats"]
-        assert summary["generation_params"]["temperature"] == [0.0]
-        assert summary["generation_params"]["max_tokens"] == [64]
+        assert summary["post_eval_hooks"] == ["post_eval_report"]
+        assert summary["cache_dir"] == str(tmp_path / "c")
+        assert summary["generation_params"] == {"temperature": [0.0], "max_tokens": [64], "stream": [True]}
+        assert summary["saved_pairs_total"] == 4 and summary["failures_total"] == 1
         pairs = report["pairs"]
         assert [p["messages"][-1]["content"] for p in pairs] == ["first <i>question</i>", "second", "third"]
+        assert [p["request_id"] for p in pairs] == [0, 1, 2]
         first = pairs[0]
+        assert first["messages"][0] == {"role": "system", "content": "Be brief."}
         assert first["answers"][0]["reasoning"] and "<think>" not in first["answers"][0]["content"]
+        assert first["answers"][0]["finish_reason"] == "stop" and len(first["cache_key"]) == 64
         assert pairs[1]["stream"] is True and pairs[1]["answers"][0]["content"]
-        assert "$API_KEY" in first["curl"] and "sk-report-secret-999" not in first["curl"]
-        assert [f["status"] for f in report["failures"]] == [503]
-        assert report["statistics"]["response_stats"]["count"] == 5
-        assert report["statistics"]["reasoning"]["reasoning_finished_count"] == 3
+        assert pairs[2]["answers"][0]["content"] == SCRIPT
+        assert first["curl"].startswith(f"curl -sS {upstream.make_url('/v1/chat/completions')} ")
+        assert '"Authorization: Bearer $API_KEY"' in first["curl"]
+        [failure] = report["failures"]
+        assert failure["status"] == 503 and failure["last_message"] == "4th" and "503" in failure["error"]
+        stats = report["statistics"]
+        assert stats["response_stats"]["count"] == 5 and stats["response_stats"]["status_codes"]["503"] == 1
+        assert stats["reasoning"]["reasoning_finished_count"] == 3
+        assert stats["caching"]["misses"] == 5
+
+    @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+    async def test_curl_command_reproduces_the_request(self, make_proxy: Any, sim: SimulatedModel,
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """The pair's curl command, run by a shell with API_KEY set, sends the same body and key upstream."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        pair = load(out)["pairs"][0]
+        sim.log.clear()
+        done = await asyncio.to_thread(subprocess.run, ["bash", "-c", pair["curl"]], capture_output=True, text=True,
+                                       timeout=30, env={**os.environ, "API_KEY": "sk-replay"})
+        assert done.returncode == 0, done.stderr
+        [received] = sim.log
+        assert received.body == pair["request"] and received.headers["Authorization"] == "Bearer sk-replay"
+        assert orjson.loads(done.stdout)["choices"][0]["message"]["content"]
+
+    async def test_html_shows_the_run(self, make_proxy: Any, sim: SimulatedModel,
+                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """report.html carries the summary, both charts, the pairs with full cache keys, and the failure."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        page = (out / "report.html").read_text()
+        report = load(out)
+        assert "<title>evalproxy report: sim-model</title>" in page
+        assert page.count('<article class="pair"') == 3
+        assert all(p["cache_key"] in page for p in report["pairs"])
+        assert page.count('<svg class="chart"') == 2
+        assert "<details class=\"reasoning\">" in page and "raw request JSON" in page
+        assert 'id="failures-table"' in page and "simulated error 503" in page
+        assert 'id="pairs-note"' not in page
 
     async def test_html_escapes_model_output(self, make_proxy: Any, sim: SimulatedModel,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-        """Model output with HTML and <script> is in report.html as text, never as markup; no secret appears."""
-        out = await real_run(make_proxy, sim, monkeypatch)
+                                             monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Model output with HTML and <script> is in report.html as text, never as markup; the page has no script."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
         page = (out / "report.html").read_text()
-        assert SCRIPT not in page and "<b>bold?</b>" not in page
-        assert html.escape(SCRIPT, quote=False)[:30] in page or "&lt;script&gt;" in page
+        assert "&lt;script&gt;document.title=" in page and "&lt;b&gt;bold?&lt;/b&gt;" in page
         assert "first &lt;i&gt;question&lt;/i&gt;" in page
-        assert "sk-report-secret-999" not in page
-        assert not re.search(r"<script\b", page)  # the report itself runs no script at all
+        assert not re.search(r"<script\b", page) and "<b>bold?" not in page and "<img" not in page
         assert 'src="http' not in page and 'href="http' not in page  # no external assets
 
-    async def test_no_pairs_still_reports_statistics(self, make_proxy: Any, tmp_path: Path) -> None:
-        """Without a cache the report still has the statistics and says that no pairs were saved."""
-        proxy = await make_proxy({"interceptors": ["endpoint", "response_stats"]})
+    async def test_secrets_never_appear(self, make_proxy: Any, sim: SimulatedModel,
+                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """The run's API key, even pasted into a message, and bearer tokens are redacted in both files."""
+        monkeypatch.setenv("REPORT_TEST_KEY", SECRET)
+        proxy = await make_proxy(chain(tmp_path), api_key_name="REPORT_TEST_KEY")
+        leaky = f"my key is {SECRET}; header Authorization: Bearer abc.def-123"
+        await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": leaky}],
+                                                       "api_key": "sk-in-the-body"})
+        await proxy.close()
+        out = tmp_path / "out"
+        for name in ("report.json", "report.html"):
+            text = (out / name).read_text()
+            assert SECRET not in text and "abc.def-123" not in text and "sk-in-the-body" not in text
+            assert "my key is ***" in text
+        assert load(out)["pairs"][0]["request"]["api_key"] == "***"
+
+    @pytest.mark.parametrize(("adapter", "note"), [
+        ({"interceptors": ["endpoint", "response_stats"]}, "no cache at"),
+        ({"interceptors": ["caching", "endpoint", "response_stats"]}, "no request/response pairs were saved"),
+    ], ids=["no-cache", "nothing-saved"])
+    async def test_no_pairs_still_reports_statistics(self, make_proxy: Any, tmp_path: Path,
+                                                     adapter: dict[str, Any], note: str) -> None:
+        """Without saved pairs the report still has the statistics and says that no pairs were saved."""
+        proxy = await make_proxy(adapter)
         await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         await proxy.close()
-        report = orjson.loads((tmp_path / "out" / "report.json").read_bytes())
-        assert report["pairs"] == [] and "no cache" in report["pairs_note"]
+        report = load(tmp_path / "out")
+        assert report["pairs"] == [] and note in report["pairs_note"]
         assert report["statistics"]["response_stats"]["count"] == 1
-        assert "no cache" in (tmp_path / "out" / "report.html").read_text()
+        page = (tmp_path / "out" / "report.html").read_text()
+        assert 'id="pairs-note"' in page and note in page and 'id="latency"' in page
+
+    async def test_size_falls_back_to_the_adapter_setting(self, make_proxy: Any, sim: SimulatedModel,
+                                                          tmp_path: Path) -> None:
+        """Without its own html_report_size the hook shows the adapter's; report_types picks the files written."""
+        hooks = [{"name": "post_eval_report", "config": {"report_types": ["json"]}}]
+        proxy = await make_proxy(chain(tmp_path, html_report_size=2, post_eval_hooks=hooks))
+        for i in range(4):
+            await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"q{i}"}]})
+        await proxy.close()
+        out = tmp_path / "out"
+        report = load(out)
+        assert [p["messages"][0]["content"] for p in report["pairs"]] == ["q0", "q1"]
+        assert report["summary"]["saved_pairs_total"] == 4
+        assert not (out / "report.html").exists()
+
+    async def test_empty_run_directory(self, tmp_path: Path) -> None:
+        """A directory without config, statistics or cache still gets a report that says what is missing."""
+        written = await render_reports(tmp_path)
+        assert sorted(p.name for p in written) == ["report.html", "report.json"]
+        report = load(tmp_path)
+        assert report["statistics"] == {} and report["pairs"] == [] and report["pairs_note"]
+        assert 'id="stats-note"' in (tmp_path / "report.html").read_text()
 
     async def test_cli_rerenders_from_the_run_directory(self, make_proxy: Any, sim: SimulatedModel,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-        """evalproxy report DIR writes both files again from the directory alone."""
-        out = await real_run(make_proxy, sim, monkeypatch)
-        before = orjson.loads((out / "report.json").read_bytes())
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """evalproxy report DIR writes both files again from the directory alone (config, statistics, cache)."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        before = load(out)
         (out / "report.json").unlink()
         (out / "report.html").unlink()
+        env = {k: v for k, v in os.environ.items() if k != "REPORT_TEST_KEY"}
         done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "evalproxy", "report", str(out)],
-                                       capture_output=True, text=True, timeout=60)
+                                       capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr
-        after = orjson.loads((out / "report.json").read_bytes())
-        assert [p["cache_key"] for p in after["pairs"]] == [p["cache_key"] for p in before["pairs"]]
+        after = load(out)
+        assert after["pairs"] == before["pairs"] and after["failures"] == before["failures"]
+        assert after["summary"] == before["summary"]
         assert (out / "report.html").is_file()
 
 
+class TestSafeUrl:
+    @pytest.mark.parametrize(("url", "expected"), [
+        ("https://api.example.com/v1", "https://api.example.com/v1"),
+        ("https://user:pw@api.example.com/v1", "https://user:***@api.example.com/v1"),
+        ("https://tok@api.example.com/v1", "https://***@api.example.com/v1"),
+        ("https://x.example.com/v1?api-version=2&api-key=s3cr3t", "https://x.example.com/v1?api-version=2&api-key=***"),
+    ])
+    def test_credentials_are_removed(self, url: str, expected: str) -> None:
+        """Passwords in the user info and key-like query values never reach the report."""
+        assert safe_url(url) == expected
+
+
+class TestCharts:
+    def test_histogram_has_one_bar_per_bin_and_escapes_text(self) -> None:
+        """Each bin is a bar with a tooltip; the title and unit are escaped."""
+        svg = svg_histogram("<b>lat</b>", [0.0, 1.0, 2.0, 3.0], [1, 0, 4], "m&s")
+        assert svg.count("<rect") == 3 and "<title>0 to 1 m&amp;s: 1</title>" in svg
+        assert "&lt;b&gt;lat&lt;/b&gt;" in svg and "<b>" not in svg and ">n = 5<" in svg
+
+    @pytest.mark.parametrize(("edges", "counts"), [([], []), ([0.0, 1.0], [0]), ([0.0, 1.0], [1, 2])],
+                             ids=["empty", "all-zero", "mismatched"])
+    def test_no_chart_without_usable_data(self, edges: list[float], counts: list[int]) -> None:
+        """No data, only empty bins, or inconsistent bins draw nothing."""
+        assert svg_histogram("t", edges, counts, "ms") == ""
+
+    def test_report_charts_tolerate_missing_sections(self) -> None:
+        """Statistics without histograms (older files, other writers) give no charts rather than an error."""
+        assert report_charts({}) == [] and report_charts({"histograms": {"latency_ms": None}}) == []
+
+
 def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium with a fresh profile and nothing that talks to the network on its own."""
     assert CHROMIUM is not None
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -113,23 +240,35 @@ def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(user_dir)})
 
 
+async def dump_dom(page: Path, user_dir: Path) -> str:
+    done = await asyncio.to_thread(chromium, "--dump-dom", page.as_uri(), user_dir=user_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (bash .ci/setup installs it)")
+@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
 class TestInBrowser:
     async def test_dom_and_screenshot(self, make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch,
                                       tmp_path: Path) -> None:
-        """Headless Chromium renders the report: the pairs and cards are in the DOM, the model's script never ran."""
-        out = await real_run(make_proxy, sim, monkeypatch)
-        url = (out / "report.html").as_uri()
-        dom = await asyncio.to_thread(chromium, "--dump-dom", url, user_dir=tmp_path / "c1")
-        assert dom.returncode == 0, dom.stderr[-2000:]
-        text = dom.stdout
-        assert "<title>evalproxy report: sim-model</title>" in text  # the injected script would retitle it
-        assert "pwned" not in text.split("</title>")[0]
-        assert len(re.findall(r'<div class="pair" id="pair-\d+">', text)) == 3
-        assert 'id="summary-cards"' in text and 'id="failures"' in text and "<svg" in text
-        assert "&lt;script&gt;" in text  # shown as text
+        """Headless Chromium renders the report: cards, tables, charts, pairs and failures are in the DOM."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        dom = await dump_dom(out / "report.html", tmp_path / "c1")
+        assert len(re.findall(r'<article class="pair" id="pair-\d+">', dom)) == 3
+        for element in ('id="summary-cards"', 'id="status-codes"', 'id="latency"', 'id="reasoning"',
+                        'id="failures-table"'):
+            assert element in dom
+        assert dom.count('<svg class="chart"') == 2 and dom.count("<details") >= 9
         shot = tmp_path / "report.png"
-        done = await asyncio.to_thread(chromium, "--window-size=1280,2000", f"--screenshot={shot}", url,
-                                       user_dir=tmp_path / "c2")
+        done = await asyncio.to_thread(chromium, "--window-size=1280,2000", f"--screenshot={shot}",
+                                       (out / "report.html").as_uri(), user_dir=tmp_path / "c2")
         assert done.returncode == 0 and shot.stat().st_size > 10_000
+
+    async def test_model_script_never_runs(self, make_proxy: Any, sim: SimulatedModel,
+                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """A <script> in model output stays text: the title is unchanged and the marker element is never created."""
+        out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
+        dom = await dump_dom(out / "report.html", tmp_path / "c1")
+        assert "<title>evalproxy report: sim-model</title>" in dom
+        assert not re.search(r"<div[^>]*id=\"pwned-marker\"", dom)
+        assert "&lt;script&gt;document.title=" in dom  # shown, as text

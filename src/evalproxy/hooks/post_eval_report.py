@@ -15,24 +15,27 @@ import shlex
 import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
 import orjson
 import yaml
-from markupsafe import Markup, escape
 from pydantic import Field
 
 from evalproxy.adapter.chain import Params as BaseParams
 from evalproxy.adapter.config import AdapterConfig, ServerConfig
 from evalproxy.adapter.hooks import BaseHook
 from evalproxy.adapter.output import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, dump_json
-from evalproxy.adapter.redact import redact_obj
+from evalproxy.adapter.redact import REDACTED, redact_obj
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.store import CacheStore, SavedPair
 from evalproxy.adapter.thinking import split_reasoning
 from evalproxy.adapter.upstream import upstream_url_for
+from evalproxy.hooks.charts import report_charts
 
 MAX_FAILURES_SHOWN = 50
+# Generation parameters are gathered from at most this many saved requests (saving can be unbounded).
+MAX_REQUESTS_SCANNED = 10_000
 GENERATION_PARAMS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "seed", "n", "stop",
                      "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "stream",
                      "reasoning_effort", "response_format")
@@ -95,7 +98,9 @@ def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfi
         adapter, server = _load_effective_config(output_dir)
     if size is None:
         hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), {})
-        size = hook.get("html_report_size") or adapter.html_report_size
+        size = hook.get("html_report_size")
+        if size is None:
+            size = adapter.html_report_size
         size = 5 if size is None else int(size)
     report = build_report(output_dir, adapter, server, size)
     written = []
@@ -105,7 +110,8 @@ def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfi
         written.append(path)
     if "html" in report_types:
         path = output_dir / "report.html"
-        html = _env.get_template("report.html.j2").render(r=report, charts=_charts(report))
+        charts = report_charts(report["statistics"].get("response_stats") or {})
+        html = _env.get_template("report.html.j2").render(r=report, charts=charts)
         atomic_write_bytes(path, html.encode("utf-8"))
         written.append(path)
     return written
@@ -122,37 +128,70 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     cache_dir = cache_dir_of(adapter, output_dir)
     pairs: list[SavedPair] = []
     failures: list[Any] = []
+    all_params: list[dict[str, Any] | None] = []
+    counts = {"saved_pairs": 0, "failures": 0}
     store_note = None
     if (cache_dir / "requests").is_dir():
         store = CacheStore(cache_dir)
         try:
             pairs = store.saved_pairs(size)
             failures = store.failures(MAX_FAILURES_SHOWN)
-            all_params = [p.request for p in store.saved_pairs(None, with_responses=False)]
+            all_params = [p.request for p in store.saved_pairs(MAX_REQUESTS_SCANNED, with_responses=False)]
+            stats = store.stats()
+            counts = {"saved_pairs": stats["saved_requests"], "failures": stats["failures"]}
         finally:
             store.close()
     else:
-        all_params = []
-        store_note = f"no cache at {cache_dir}"
+        store_note = f"no request/response pairs were saved (no cache at {cache_dir})"
     reasoning_cfg = adapter.interceptor_config("reasoning")
     chain = [ic.name for _, ic in adapter.enabled_interceptors()]
-    return {
+    upstream = safe_url(server.upstream_url) if server.upstream_url else None
+    report = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "output_dir": str(output_dir),
         "summary": {
             "model": server.model_id or _first_model(pairs),
-            "endpoint": server.upstream_url,
+            "endpoint": upstream,
             "interceptors": chain,
             "post_eval_hooks": [h.name for _, h in adapter.enabled_hooks()],
             "cache_dir": str(cache_dir),
             "generation_params": _generation_params(all_params),
+            "generation_params_from": len(all_params),
             "html_report_size": size,
+            "saved_pairs_total": counts["saved_pairs"],
+            "failures_total": counts["failures"],
         },
         "statistics": {k: metrics[k] for k in ("response_stats", "caching", "reasoning") if k in metrics},
-        "pairs": [_pair(p, server, reasoning_cfg) for p in pairs],
-        "pairs_note": store_note if store_note else (None if pairs else "no request/response pairs were saved"),
+        "pairs": [_pair(p, upstream, reasoning_cfg) for p in pairs],
+        "pairs_note": store_note or (None if counts["saved_pairs"] else "no request/response pairs were saved"),
         "failures": [_failure(f) for f in failures],
     }
+    # Saved requests were redacted by field name when stored; a key can still sit in a message, an error text or
+    # an answer, so the whole report goes through the redactor once more, now knowing the run's key.
+    key = server.api_key() if server.api_key_name else None
+    redacted: dict[str, Any] = redact_obj(report, [key] if key else [])
+    return redacted
+
+
+# Query parameters that carry credentials in some providers' URLs (?key=..., ?api-key=..., ?sig=...).
+_SECRET_QUERY = frozenset({"key", "api_key", "api-key", "apikey", "token", "access_token", "sig", "signature",
+                           "code", "password"})
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials: a password in the user info and secret-looking query values become ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY for k, _ in pairs):
+            query = urlencode([(k, REDACTED if k.lower() in _SECRET_QUERY else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _first_model(pairs: list[SavedPair]) -> str | None:
@@ -195,7 +234,7 @@ def curl_command(url: str, body: Any) -> str:
             f"-H \"Authorization: Bearer $API_KEY\" -d {shlex.quote(data)}")
 
 
-def _pair(p: SavedPair, server: ServerConfig, reasoning_cfg: dict[str, Any] | None) -> dict[str, Any]:
+def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | None) -> dict[str, Any]:
     request = p.request or {}
     messages = [{"role": str(m.get("role", "?")), "content": _text(m.get("content"))}
                 for m in request.get("messages") or [] if isinstance(m, dict)]
@@ -216,56 +255,28 @@ def _pair(p: SavedPair, server: ServerConfig, reasoning_cfg: dict[str, Any] | No
                                     reasoning_cfg.get("end_reasoning_token", "</think>"))
             if split.reasoning is not None:
                 answer, reasoning = split.answer, split.reasoning
-        answers.append({"index": ch.get("index", 0), "content": answer, "reasoning": reasoning,
+        answers.append({"index": ch.get("index", 0), "content": answer,
+                        "reasoning": None if reasoning is None else _text(reasoning),
                         "finish_reason": ch.get("finish_reason"),
                         "tool_calls": msg.get("tool_calls") if msg else None})
-    url = upstream_url_for(server.upstream_url, p.path) if server.upstream_url else p.path
+    url = upstream_url_for(upstream, p.path) if upstream else p.path
     return {
         "run_id": p.run_id, "request_id": p.request_id, "cache_key": p.key, "occurrence": p.occurrence,
         "path": p.path, "status": p.status, "stream": p.stream,
         "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.received_at)),
-        "messages": messages, "answers": answers, "usage": response.get("usage"),
+        "messages": messages, "answers": answers,
+        "usage": response.get("usage") if isinstance(response.get("usage"), dict) else None,
         "request": request, "response": p.response, "curl": curl_command(url, request),
     }
 
 
 def _failure(f: Any) -> dict[str, Any]:
+    request = f.request if isinstance(f.request, dict) else {}
+    messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+    prompt = _text(messages[-1].get("content")) if messages else _text(request.get("prompt"))
     return {"run_id": f.run_id, "request_id": f.request_id, "path": f.path, "status": f.status,
-            "error": f.error, "request": f.request,
+            "error": f.error, "request": f.request, "last_message": prompt[:300],
             "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.received_at))}
-
-
-def svg_histogram(title: str, edges: list[float], counts: list[int], unit: str) -> Markup:
-    """A small bar chart as inline SVG; every text in it is escaped."""
-    if not counts or not any(counts):
-        return Markup("")
-    w, h, pad = 360, 140, 24
-    bw = (w - 2 * pad) / len(counts)
-    top = max(counts)
-    bars = []
-    for i, c in enumerate(counts):
-        bh = (h - 2 * pad) * c / top
-        x = pad + i * bw
-        y = h - pad - bh
-        label = f"{edges[i]:g} to {edges[i + 1]:g} {unit}: {c}"
-        bars.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw - 2:.1f}" height="{bh:.1f}" rx="2">'
-                    f"<title>{escape(label)}</title></rect>")
-    axis = (f'<text x="{pad}" y="{h - 6}" class="ax">{escape(f"{edges[0]:g}")}</text>'
-            f'<text x="{w - pad}" y="{h - 6}" class="ax" text-anchor="end">{escape(f"{edges[-1]:g} {unit}")}</text>'
-            f'<text x="{pad}" y="14" class="ttl">{escape(title)} (max bin {top})</text>')
-    return Markup(f'<svg class="chart" viewBox="0 0 {w} {h}" role="img" aria-label="{escape(title)}">'
-                  + "".join(bars) + axis + "</svg>")
-
-
-def _charts(report: dict[str, Any]) -> list[Markup]:
-    hist = report["statistics"].get("response_stats", {}).get("histograms", {})
-    charts = []
-    if hist.get("latency_ms", {}).get("counts"):
-        charts.append(svg_histogram("Latency", hist["latency_ms"]["edges"], hist["latency_ms"]["counts"], "ms"))
-    if hist.get("completion_tokens", {}).get("counts"):
-        charts.append(svg_histogram("Completion tokens", hist["completion_tokens"]["edges"],
-                                    hist["completion_tokens"]["counts"], "tok"))
-    return [c for c in charts if c]
 
 
 def pretty_json(obj: Any) -> str:
