@@ -145,6 +145,21 @@ class TestReport:
             assert "my key is ***" in text
         assert load(out)["pairs"][0]["request"]["api_key"] == "***"
 
+    async def test_model_fields_named_like_secrets_are_kept(self, make_proxy: Any, sim: SimulatedModel,
+                                                           tmp_path: Path) -> None:
+        """An answer's own fields (logprobs "token") survive; only secret values are removed from answers."""
+        answer = {"id": "x", "object": "chat.completion", "model": "m", "choices": [{
+            "index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi Bearer abc.def-9"},
+            "logprobs": {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]}}]}
+        sim.script(Fault(body=orjson.dumps(answer)))
+        proxy = await make_proxy(chain(tmp_path))
+        await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                       "logprobs": True})
+        await proxy.close()
+        [pair] = load(tmp_path / "out")["pairs"]
+        assert pair["response"]["choices"][0]["logprobs"]["content"][0]["token"] == "Hi"
+        assert pair["answers"][0]["content"] == "Hi Bearer ***"
+
     @pytest.mark.parametrize(("adapter", "note"), [
         ({"interceptors": ["endpoint", "response_stats"]}, "no cache at"),
         ({"interceptors": ["caching", "endpoint", "response_stats"]}, "no request/response pairs were saved"),

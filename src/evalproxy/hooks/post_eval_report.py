@@ -26,7 +26,7 @@ from evalproxy.adapter.chain import Params as BaseParams
 from evalproxy.adapter.config import AdapterConfig, ServerConfig
 from evalproxy.adapter.hooks import BaseHook
 from evalproxy.adapter.output import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, dump_json
-from evalproxy.adapter.redact import REDACTED, redact_obj
+from evalproxy.adapter.redact import REDACTED, redact_obj, redact_text
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.store import CacheStore, SavedPair
 from evalproxy.adapter.thinking import split_reasoning
@@ -166,11 +166,36 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
         "pairs_note": store_note or (None if counts["saved_pairs"] else "no request/response pairs were saved"),
         "failures": [_failure(f) for f in failures],
     }
-    # Saved requests were redacted by field name when stored; a key can still sit in a message, an error text or
-    # an answer, so the whole report goes through the redactor once more, now knowing the run's key.
     key = server.api_key() if server.api_key_name else None
-    redacted: dict[str, Any] = redact_obj(report, [key] if key else [])
-    return redacted
+    return redact_report(report, [key] if key else [])
+
+
+# What the model answered is redacted by value only: its field names are the model's (logprobs entries have a
+# "token" field that a by-name redaction would blank).
+_MODEL_SIDE = ("response", "answers")
+
+
+def redact_report(report: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
+    """The report with secrets removed wherever a key could appear.
+
+    Saved requests were redacted by field name when stored; a key can still sit in a message, an error text, an
+    answer or the config, so everything goes through the redactor once more, now knowing the run's key.
+    """
+    out: dict[str, Any] = redact_obj({k: v for k, v in report.items() if k != "pairs"}, secrets)
+    out["pairs"] = [{k: _redact_values(v, secrets) if k in _MODEL_SIDE else redact_obj(v, secrets)
+                     for k, v in pair.items()} for pair in report["pairs"]]
+    return out
+
+
+def _redact_values(obj: Any, secrets: list[str]) -> Any:
+    """``obj`` with the given secrets and bearer tokens removed from every string, field names left alone."""
+    if isinstance(obj, str):
+        return redact_text(obj, secrets)
+    if isinstance(obj, dict):
+        return {k: _redact_values(v, secrets) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_redact_values(v, secrets) for v in obj]
+    return obj
 
 
 # Query parameters that carry credentials in some providers' URLs (?key=..., ?api-key=..., ?sig=...).
