@@ -92,18 +92,20 @@ class TestReport:
         assert stats["caching"]["misses"] == 5
 
     @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+    @pytest.mark.parametrize(("index", "answer"), [(0, '"choices"'), (1, "data: ")], ids=["json", "stream"])
     async def test_curl_command_reproduces_the_request(self, make_proxy: Any, sim: SimulatedModel,
-                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       index: int, answer: str) -> None:
         """The pair's curl command, run by a shell with API_KEY set, sends the same body and key upstream."""
         out = await real_run(make_proxy, sim, monkeypatch, tmp_path)
-        pair = load(out)["pairs"][0]
+        pair = load(out)["pairs"][index]
         sim.log.clear()
         done = await asyncio.to_thread(subprocess.run, ["bash", "-c", pair["curl"]], capture_output=True, text=True,
                                        timeout=30, env={**os.environ, "API_KEY": "sk-replay"})
         assert done.returncode == 0, done.stderr
         [received] = sim.log
         assert received.body == pair["request"] and received.headers["Authorization"] == "Bearer sk-replay"
-        assert orjson.loads(done.stdout)["choices"][0]["message"]["content"]
+        assert answer in done.stdout
 
     async def test_html_shows_the_run(self, make_proxy: Any, sim: SimulatedModel,
                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

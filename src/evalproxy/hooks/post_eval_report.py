@@ -181,10 +181,10 @@ def redact_report(report: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
     Saved requests were redacted by field name when stored; a key can still sit in a message, an error text, an
     answer or the config, so everything goes through the redactor once more, now knowing the run's key.
     """
-    out: dict[str, Any] = redact_obj({k: v for k, v in report.items() if k != "pairs"}, secrets)
-    out["pairs"] = [{k: _redact_values(v, secrets) if k in _MODEL_SIDE else redact_obj(v, secrets)
-                     for k, v in pair.items()} for pair in report["pairs"]]
-    return out
+    rest: dict[str, Any] = redact_obj({k: v for k, v in report.items() if k != "pairs"}, secrets)
+    pairs = [{k: _redact_values(v, secrets) if k in _MODEL_SIDE else redact_obj(v, secrets) for k, v in pair.items()}
+             for pair in report["pairs"]]
+    return {k: pairs if k == "pairs" else rest[k] for k in report}
 
 
 def _redact_values(obj: Any, secrets: list[str]) -> Any:
@@ -255,8 +255,9 @@ def _text(content: Any) -> str:
 def curl_command(url: str, body: Any) -> str:
     """A shell command that sends ``body`` again, with ``$API_KEY`` where a key goes."""
     data = orjson.dumps(redact_obj(body)).decode()
-    return (f"curl -sS {shlex.quote(url)} -H 'Content-Type: application/json' "
-            f"-H \"Authorization: Bearer $API_KEY\" -d {shlex.quote(data)}")
+    stream = " -N" if isinstance(body, dict) and body.get("stream") is True else ""  # print events as they come
+    return (f"curl -sS{stream} {shlex.quote(url)} \\\n  -H 'Content-Type: application/json' \\\n"
+            f"  -H \"Authorization: Bearer $API_KEY\" \\\n  -d {shlex.quote(data)}")
 
 
 def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | None) -> dict[str, Any]:
