@@ -162,6 +162,27 @@ class TestReport:
         assert pair["response"]["choices"][0]["logprobs"]["content"][0]["token"] == "Hi"
         assert pair["answers"][0]["content"] == "Hi Bearer ***"
 
+    async def test_tools_and_media_are_readable(self, make_proxy: Any, tmp_path: Path) -> None:
+        """Tool calls and tool results are shown with their ids; inline images are clipped except in the curl."""
+        image = "data:image/png;base64," + "A" * 5000
+        call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+        messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                                 {"type": "image_url", "image_url": {"url": image}}]},
+                    {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "2"}]
+        proxy = await make_proxy(chain(tmp_path))
+        await proxy.post("/v1/chat/completions", json={"messages": messages})
+        await proxy.close()
+        [pair] = load(tmp_path / "out")["pairs"]
+        assert pair["messages"] == [{"role": "user", "content": "what is this?\n[image_url]"},
+                                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                                    {"role": "tool", "name": "call_1", "content": "2"}]
+        clipped = pair["request"]["messages"][0]["content"][1]["image_url"]["url"]
+        assert clipped.startswith("data:image/png;base64,...") and "5022 chars" in clipped
+        assert image in pair["curl"]
+        page = (tmp_path / "out" / "report.html").read_text()
+        assert page.count(image) == 1 and "tool · call_1" in page and "add({&#34;a&#34;: 1})  [call_1]" in page
+
     @pytest.mark.parametrize(("adapter", "note"), [
         ({"interceptors": ["endpoint", "response_stats"]}, "no cache at"),
         ({"interceptors": ["caching", "endpoint", "response_stats"]}, "no request/response pairs were saved"),

@@ -262,8 +262,7 @@ def curl_command(url: str, body: Any) -> str:
 
 def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | None) -> dict[str, Any]:
     request = p.request or {}
-    messages = [{"role": str(m.get("role", "?")), "content": _text(m.get("content"))}
-                for m in request.get("messages") or [] if isinstance(m, dict)]
+    messages = [_message(m) for m in request.get("messages") or [] if isinstance(m, dict)]
     if not messages and "prompt" in request:
         messages = [{"role": "prompt", "content": _text(request["prompt"]) if not isinstance(request["prompt"], list)
                      else "\n---\n".join(map(str, request["prompt"]))}]
@@ -292,8 +291,38 @@ def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | No
         "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.received_at)),
         "messages": messages, "answers": answers,
         "usage": response.get("usage") if isinstance(response.get("usage"), dict) else None,
-        "request": request, "response": p.response, "curl": curl_command(url, request),
+        # The curl command carries the whole body (it must reproduce the request); the raw view clips media.
+        "request": clip_media(request), "response": p.response, "curl": curl_command(url, request),
     }
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """A request message for reading: role (with the tool's name or call id), text, and any tool calls it made."""
+    role = str(m.get("role", "?"))
+    who = m.get("name") or m.get("tool_call_id")
+    out: dict[str, Any] = {"role": role, "content": _text(m.get("content"))}
+    if isinstance(who, str) and who:
+        out["name"] = who
+    if m.get("tool_calls"):
+        out["tool_calls"] = m["tool_calls"]
+    return out
+
+
+MAX_MEDIA_CHARS = 256
+
+
+def clip_media(obj: Any) -> Any:
+    """``obj`` with inline media (``data:`` URLs: images, audio) cut short; a report shows requests, not pixels."""
+    if isinstance(obj, str):
+        if obj.startswith("data:") and len(obj) > MAX_MEDIA_CHARS:
+            head = obj[: obj.find(",") + 1] if 0 < obj.find(",") < MAX_MEDIA_CHARS else obj[:64]
+            return f"{head}... ({len(obj)} chars, clipped in the report)"
+        return obj
+    if isinstance(obj, dict):
+        return {k: clip_media(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clip_media(v) for v in obj]
+    return obj
 
 
 def _failure(f: Any) -> dict[str, Any]:
@@ -301,7 +330,7 @@ def _failure(f: Any) -> dict[str, Any]:
     messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
     prompt = _text(messages[-1].get("content")) if messages else _text(request.get("prompt"))
     return {"run_id": f.run_id, "request_id": f.request_id, "path": f.path, "status": f.status,
-            "error": f.error, "request": f.request, "last_message": prompt[:300],
+            "error": f.error, "request": clip_media(f.request), "last_message": prompt[:300],
             "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.received_at))}
 
 
@@ -309,4 +338,27 @@ def pretty_json(obj: Any) -> str:
     return orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode()
 
 
+def tool_calls_text(calls: Any) -> str:
+    """Tool calls as one readable line each: ``name(arguments)  [id]``; anything unexpected as JSON."""
+    if not isinstance(calls, list):
+        return pretty_json(calls)
+    lines = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):
+            lines.append(orjson.dumps(c).decode())
+            continue
+        args = fn.get("arguments")
+        lines.append(f"{fn.get('name')}({args if isinstance(args, str) else orjson.dumps(args).decode()})"
+                     + (f"  [{c['id']}]" if c.get("id") else ""))
+    return "\n".join(lines)
+
+
+def or_dash(value: Any) -> Any:
+    """A statistic for display: ``-`` where there is none."""
+    return "-" if value is None else value
+
+
 _env.filters["pretty"] = pretty_json
+_env.filters["calls"] = tool_calls_text
+_env.filters["n"] = or_dash
