@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from evalproxy.adapter.errors import ConfigError
 from evalproxy.adapter.server import PROXY
 from evalproxy.hooks.charts import report_charts, svg_histogram
 from evalproxy.hooks.post_eval_report import render_reports, safe_url
@@ -220,6 +221,21 @@ class TestReport:
         report = load(tmp_path)
         assert report["statistics"] == {} and report["pairs"] == [] and report["pairs_note"]
         assert 'id="stats-note"' in (tmp_path / "report.html").read_text()
+
+    @pytest.mark.parametrize(("config", "error"), [
+        ("server: [unclosed", ConfigError), ("- a list", ConfigError),
+        ("adapter_config: {html_report_size: -1}", ConfigError), (None, FileNotFoundError),
+    ], ids=["bad-yaml", "not-a-mapping", "invalid-field", "no-directory"])
+    async def test_unusable_run_directory_is_refused(self, tmp_path: Path, config: str | None,
+                                                     error: type[Exception]) -> None:
+        """A damaged adapter_config.yaml is a ConfigError naming the file; a missing directory is not created."""
+        out = tmp_path / "run"
+        if config is not None:
+            out.mkdir()
+            (out / "adapter_config.yaml").write_text(config)
+        with pytest.raises(error, match="adapter_config.yaml" if config else "no run directory"):
+            await render_reports(out)
+        assert not (out / "report.json").exists()
 
     async def test_cli_rerenders_from_the_run_directory(self, make_proxy: Any, sim: SimulatedModel,
                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -20,10 +20,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import jinja2
 import orjson
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.config import AdapterConfig, ServerConfig
+from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_error
+from evalproxy.adapter.errors import ConfigError
 from evalproxy.adapter.hooks import BaseHook
 from evalproxy.adapter.output import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, dump_json
 from evalproxy.adapter.redact import REDACTED, redact_obj, redact_text
@@ -70,13 +71,23 @@ def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
 
 
 def _load_effective_config(output_dir: Path) -> tuple[AdapterConfig, ServerConfig]:
+    """The config the run wrote to its directory; defaults when it wrote none, a ConfigError when it is unusable."""
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {output_dir}")
     path = output_dir / CONFIG_FILE
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError:
+    except FileNotFoundError:
         return AdapterConfig(), ServerConfig(output_dir=str(output_dir))
-    return AdapterConfig.model_validate(doc.get("adapter_config") or {}), ServerConfig.model_validate(
-        doc.get("server") or {})
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a mapping with 'server' and 'adapter_config'", file=str(path))
+    try:
+        return (AdapterConfig.model_validate(doc.get("adapter_config") or {}),
+                ServerConfig.model_validate(doc.get("server") or {}))
+    except ValidationError as exc:
+        raise validation_error(exc, file=str(path)) from None
 
 
 async def render_reports(
