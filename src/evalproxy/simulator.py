@@ -173,7 +173,10 @@ class SimulatedModel:
         if not isinstance(messages, list):
             return _error(400, "simulated model: messages must be a list")
         prompt = " ".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
-        n = int(body.get("n") or 1)
+        n = body.get("n") or 1
+        if not isinstance(n, int) or not 1 <= n <= 128:
+            # A real server refuses these too; looping 10**16 times would hang the tests that fuzz bodies.
+            return _error(400, "simulated model: n must be an integer from 1 to 128")
         choices = []
         contents = []
         reasoning: str | None = None
