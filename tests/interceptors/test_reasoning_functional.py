@@ -1,0 +1,121 @@
+"""reasoning through the proxy: a thinking model's answers, JSON and streamed, replayed, and its statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from openai import AsyncOpenAI
+
+from evalproxy.simulator import Fault, SimulatedModel
+
+CHAIN = {"interceptors": ["reasoning", "caching", "endpoint"], "generate_html_report": False}
+
+
+def streamed_text(raw: bytes) -> str:
+    text = ""
+    for e in raw.split(b"\n\n"):
+        if e.startswith(b"data: {"):
+            for ch in orjson.loads(e[6:])["choices"]:
+                text += ch.get("delta", {}).get("content") or ch.get("text") or ""
+    return text
+
+
+def metrics(tmp_path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())
+    return data
+
+
+async def ask(proxy: Any, stream: bool, prompt: str = "q") -> str:
+    body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "stream": stream}
+    resp = await proxy.post("/v1/chat/completions", json=body)
+    assert resp.status == 200
+    raw = await resp.read()
+    return streamed_text(raw) if stream else str(orjson.loads(raw)["choices"][0]["message"]["content"])
+
+
+class TestThinkingModel:
+    @pytest.mark.parametrize("stream", [False, True])
+    async def test_client_never_sees_reasoning_and_replays_are_stripped_again(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path, stream: bool
+    ) -> None:
+        """Fresh and replayed answers reach the client without reasoning; both are counted in the metrics file."""
+        sim.reasoning = True
+        sim.chunk_chars = 3
+        proxy = await make_proxy(CHAIN)
+        full, thought = sim.make_content({"temperature": 0}, "q")
+        assert thought is not None
+        expected = full.split("</think>", 1)[1]
+        assert [await ask(proxy, stream) for _ in range(2)] == [expected, expected]
+        assert len(sim.log) == 1  # the second answer was a replay
+        await proxy.close()
+        section = metrics(tmp_path)["reasoning"]
+        assert (section["total_responses"], section["reasoning_finished_count"]) == (2, 2)
+        assert section["total_reasoning_words"] == 2 * len(thought.split())
+        assert section["total_updated_content_words"] == 2 * len(expected.split())
+
+    async def test_plain_stream_tokens_come_from_the_usage_the_endpoint_asked_for(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path
+    ) -> None:
+        """A stream whose client asked for no usage still has its reasoning tokens counted."""
+        sim.reasoning = True
+        proxy = await make_proxy(CHAIN)
+        _, thought = sim.make_content({"temperature": 0}, "q")
+        assert thought is not None
+        await ask(proxy, True)
+        await proxy.close()
+        assert metrics(tmp_path)["reasoning"]["total_reasoning_tokens"] == len(thought.split())
+
+    @pytest.mark.parametrize("chunk_chars", [1, 2, 4, 5, 6, 9])
+    async def test_tokens_split_by_the_upstream_anywhere(
+        self, make_proxy: Any, sim: SimulatedModel, chunk_chars: int
+    ) -> None:
+        """Whatever size the upstream's chunks are (so wherever the tokens are cut), the stream is stripped exactly."""
+        sim.reasoning = True
+        sim.chunk_chars = chunk_chars
+        proxy = await make_proxy(CHAIN)
+        full, _ = sim.make_content({"temperature": 0}, "q")
+        assert await ask(proxy, True) == full.split("</think>", 1)[1]
+
+    @pytest.mark.parametrize("stream", [False, True])
+    async def test_block_opened_by_the_template(self, make_proxy: Any, sim: SimulatedModel, stream: bool) -> None:
+        """An answer that only closes the block (its template opened it) is stripped up to the end token."""
+        sim.chunk_chars = 4
+        sim.faults.append(Fault(content="the prompt opened this block</think>\n42"))
+        proxy = await make_proxy(CHAIN)
+        assert await ask(proxy, stream) == "42"
+
+    async def test_completions_answers_are_stripped(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Every choice of a completions answer loses its reasoning."""
+        sim.reasoning = True
+        proxy = await make_proxy(CHAIN)
+        resp = await proxy.post("/v1/completions", json={"model": "m", "prompt": ["a", "b"], "temperature": 0})
+        texts = [c["text"] for c in (await resp.json())["choices"]]
+        assert texts == [sim.make_content({"temperature": 0}, p)[0].split("</think>", 1)[1] for p in ("a", "b")]
+
+
+class TestOpenAIClient:
+    async def test_sdk_stream_with_usage(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path
+    ) -> None:
+        """The openai SDK streams a stripped answer and gets the usage chunk; its reasoning tokens are counted."""
+        sim.reasoning = True
+        sim.chunk_chars = 2
+        proxy = await make_proxy(CHAIN)
+        full, thought = sim.make_content({"temperature": 0}, "q")
+        assert thought is not None
+        async with AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key="sk-test", max_retries=0) as client:
+            stream = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "q"}], temperature=0, stream=True,
+                stream_options={"include_usage": True})
+            chunks = [c async for c in stream]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == full.split("</think>", 1)[1]
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.completion_tokens_details is not None
+        assert chunks[-1].usage.completion_tokens_details.reasoning_tokens == len(thought.split())
+        await proxy.close()
+        section = metrics(tmp_path)["reasoning"]
+        assert (section["total_responses"], section["total_reasoning_tokens"]) == (1, len(thought.split()))
