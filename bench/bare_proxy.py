@@ -6,11 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import aiohttp
 from aiohttp import web
-from loopback import serve_forever
+from loopback import run, serve_forever
 
 HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
@@ -40,7 +39,7 @@ def main() -> None:
         app.router.add_route("*", "/{tail:.*}", handle)
         await serve_forever(app)
 
-    asyncio.run(serve())
+    run(serve(), use_uvloop=False)  # the same event loop as evalproxy: like for like
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""Load generator: N requests at a fixed concurrency against one URL; prints one JSON line of results.
+"""Load generator: requests at a fixed concurrency against one URL; prints one JSON line of results.
 
-    python bench/loadgen.py URL --concurrency 64 --requests 5000 [--stream] [--unique TAG | --repeat K]
+    python bench/loadgen.py URL --concurrency 64 --requests 5000 [--seconds 3] [--model bench-d50]
+                               [--stream --expect-events 23 --ramp 1] [--unique TAG | --repeat K]
 
-Latency is measured per request with perf_counter from send to the last byte; for streams also the time to the first
-event and the gaps between events, and events are counted so a lost one shows.
+Each of ``concurrency`` workers sends one request after the other (keep-alive) until ``requests`` were sent or
+``seconds`` passed (bounded both ways). Latency is measured per request with perf_counter from send to the last byte;
+for streams also the time to the first event and the gaps between events, and every stream's events are counted so a
+lost one shows (``lost_events``: streams with fewer events than ``--expect-events``). ``--ramp`` spreads the workers'
+first requests over that many seconds, so a stream test measures the steady state, not one burst of 256 connects.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import time
 
 import aiohttp
+from loopback import run as run_loop
 
 
 def pct(values: list[float], q: float) -> float:
@@ -28,73 +33,84 @@ def pct(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     latencies: list[float] = []
+    overheads: list[float] = []
     ttfts: list[float] = []
     gaps: list[float] = []
     errors: dict[str, int] = {}
     events_seen: list[int] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(args.requests):
-        queue.put_nowait(i)
     url = args.url.rstrip("/") + "/v1/chat/completions"
+    sent = 0
+    deadline = time.perf_counter() + args.seconds
 
     def body(i: int) -> bytes:
         n = i % args.repeat if args.repeat else i
-        obj: dict[str, object] = {"model": "bench", "temperature": 0, "max_tokens": 64,
+        obj: dict[str, object] = {"model": args.model, "temperature": 0, "max_tokens": 64,
                                   "messages": [{"role": "user", "content": f"{args.unique} question {n}: 6 x 7?"}]}
         if args.stream:
             obj["stream"] = True
         return json.dumps(obj).encode()
 
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
+    headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
+
+        async def worker(k: int) -> None:
+            nonlocal sent
+            if args.ramp:
+                await asyncio.sleep(args.ramp * k / args.concurrency)
+            while sent < args.requests and time.perf_counter() < deadline:
+                i = sent
+                sent += 1
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url, data=body(i), headers={"Content-Type": "application/json"}) as r:
+                    async with session.post(url, data=body(i), headers=headers) as r:
                         if args.stream:
-                            n, last = 0, None
-                            buf = b""
+                            n, last, buf = 0, None, b""
                             async for data in r.content.iter_any():
                                 now = time.perf_counter()
                                 buf += data
-                                k = buf.count(b"\n\n")
-                                if k:
-                                    buf = buf[buf.rfind(b"\n\n") + 2:]
+                                k_ev = buf.count(b"\n\n")
+                                if k_ev:
+                                    buf = buf[buf.rfind(b"\n\n") + 2 :]
                                     if last is None:
                                         ttfts.append(now - t0)
                                     else:
                                         gaps.append(now - last)
                                     last = now
-                                    n += k
+                                    n += k_ev
                             events_seen.append(n)
+                            if args.expect_events and n < args.expect_events:
+                                error("lost_events")
                         else:
                             await r.read()
                         if r.status != 200:
-                            errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+                            error(str(r.status))
                             continue
+                        oh = r.headers.get("X-EvalProxy-Overhead-Ms")
+                        if oh:
+                            overheads.append(float(oh) / 1000)
                 except (TimeoutError, aiohttp.ClientError) as exc:
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    error(type(exc).__name__)
                     continue
                 latencies.append(time.perf_counter() - t0)
 
         t_start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        await asyncio.gather(*(worker(k) for k in range(args.concurrency)))
         elapsed = time.perf_counter() - t_start
     ms = 1000.0
     return {
-        "requests": args.requests, "ok": len(latencies), "errors": errors, "seconds": elapsed,
+        "requests": sent, "ok": len(latencies), "errors": errors, "seconds": elapsed,
         "rps": len(latencies) / elapsed if elapsed else 0.0,
         "p50_ms": pct(latencies, 50) * ms, "p90_ms": pct(latencies, 90) * ms, "p99_ms": pct(latencies, 99) * ms,
+        "overhead_p50_ms": pct(overheads, 50) * ms, "overhead_p99_ms": pct(overheads, 99) * ms,
         "ttft_p50_ms": pct(ttfts, 50) * ms, "ttft_p99_ms": pct(ttfts, 99) * ms,
         "gap_p50_ms": pct(gaps, 50) * ms, "gap_p99_ms": pct(gaps, 99) * ms,
-        "events_min": min(events_seen) if events_seen else None,
-        "events_max": max(events_seen) if events_seen else None,
+        "events_min": min(events_seen) if events_seen else 0,
+        "events_max": max(events_seen) if events_seen else 0,
     }
 
 
@@ -103,11 +119,21 @@ def main() -> None:
     p.add_argument("url")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long")
+    p.add_argument("--model", default="bench", help="the fake upstream reads its knobs from it (bench/upstream.py)")
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--expect-events", type=int, default=0)
+    p.add_argument("--ramp", type=float, default=0.0, help="spread the workers' starts over this many seconds")
     p.add_argument("--unique", default="run")
     p.add_argument("--repeat", type=int, default=0, help="cycle through this many prompts (cache hits)")
     args = p.parse_args()
-    print(json.dumps(asyncio.run(run(args))), flush=True)
+    out: dict[str, object] = {}
+
+    async def go() -> None:
+        out.update(await run(args))
+
+    run_loop(go())
+    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Serving an aiohttp app on a free 127.0.0.1 port for the benchmark's own processes."""
+"""Serving an aiohttp app on a free 127.0.0.1 port for the benchmark's own processes, with uvloop where installed."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -18,3 +20,16 @@ async def serve_forever(app: web.Application) -> None:
     await web.SockSite(runner, sock, backlog=4096).start()
     print(sock.getsockname()[1], flush=True)
     await asyncio.Event().wait()
+
+
+def run(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
+    """Run ``main`` on uvloop if it is installed (the fake upstream and the load generator must stay cheap)."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)

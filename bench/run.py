@@ -2,13 +2,21 @@
 
     .venv/bin/python bench/run.py [--quick] [--rounds 3] [--peers bare,nemo028,nemo030] [--out FILE]
 
-Starts fast fake upstreams (bench/upstream.py), the proxies under test, and a load generator (bench/loadgen.py), each
-as its own process. Scenarios run in interleaved rounds (every target once per round, in turn) and the median of the
-rounds is reported. Targets: ``direct`` (the upstream itself), ``bare`` (a bare aiohttp pass-through: the ceiling for
-any Python proxy), ``evalproxy`` (default chain: system_message, reasoning, caching, endpoint, response_stats; the
-cache misses unless the scenario is about hits), and NeMo Evaluator's adapter server 0.2.8 and 0.3.0 with caching on,
-each in its own venv under bench/.venvs (made by this script; a peer that cannot be installed is reported, not
-fatal). The proxy's CPU milliseconds per request come from /proc/<pid>/stat over the measured window.
+Every part is its own process: the fake upstream (bench/upstream.py, uvloop where installed), the proxy under test,
+and one load generator per measurement (bench/loadgen.py). Targets:
+
+* ``direct``: the upstream itself, the baseline for added latency;
+* ``evalproxy``: ``python -m evalproxy serve`` with the default chain (system_message, reasoning, caching, endpoint,
+  response_stats); every prompt is unique, so the cache misses, except in the cache-hit scenarios;
+* ``bare``: a bare aiohttp pass-through (bench/bare_proxy.py), the ceiling for any Python proxy;
+* ``nemo028`` / ``nemo030``: NeMo Evaluator's adapter server with caching on, each in its own venv under
+  bench/.venvs, made here on first use (a peer that cannot be installed is reported, not fatal);
+* ``evalproxy_uvloop``: evalproxy on uvloop (bench/evalproxy_uvloop.py), when asked for in ``--peers``.
+
+A round starts each target once and runs every scenario against it; rounds interleave the targets (each round in a
+rotated order) and every figure is the median over rounds, ratios being taken within a round first. Each measurement
+is bounded in requests and in seconds. The proxy's CPU milliseconds per request come from /proc/<pid>/stat (utime +
+stime, children included) over the measured window; RSS from /proc/<pid>/status.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,49 +43,84 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
-NEMO = {"nemo028": ("0.2.8", "python3.11"), "nemo030": ("0.3.0", "python3.12")}
+NEMO = {"nemo028": ("0.2.8", "3.11"), "nemo030": ("0.3.0", "3.12")}
+ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_uvloop", "nemo028", "nemo030"]
+STREAM_EVENTS = 23  # role, 20 content events, finish, [DONE] (bench/upstream.py)
+DEFAULT_CHAIN = {
+    "interceptors": [
+        {"name": "system_message", "config": {"system_message": "You are a careful assistant.", "strategy": "prepend"}},
+        "reasoning",
+        "caching",
+        "endpoint",
+        "response_stats",
+    ],
+    "generate_html_report": False,
+    "server": {"status_line": "off"},
+}
+
+
+# -- processes ---------------------------------------------------------------------------------------------------------
+def _pids(pid: int) -> list[int]:
+    """A process and its descendants (NeMo Evaluator 0.2.8 may serve from a child)."""
+    out = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for c in children.read_text().split():
+                out += _pids(int(c))
+    return out
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process and its children (NeMo 0.2.8 serves from a child process)."""
-    total = cpu_seconds(pid)
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for c in child.read_text().split():
-            with contextlib.suppress(OSError):
-                total += tree_cpu_seconds(int(c))
+    total = 0.0
+    for p in _pids(pid):
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
     return total
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0.0
+    for p in _pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
-def wait_port(port: int, seconds: float = 60) -> None:
-    import socket
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    deadline = time.time() + seconds
-    while time.time() < deadline:
+
+def wait_port(port: int, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before listening on {port}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
+    raise RuntimeError(f"nothing listens on {port} after {seconds:g}s")
 
 
-def free_port() -> int:
-    import socket
+def first_line(proc: subprocess.Popen[str], seconds: float = 60) -> str:
+    """The first line a child prints (its port or URL), bounded in time."""
+    assert proc.stdout is not None
+    import selectors
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(seconds):
+        proc.kill()
+        raise RuntimeError(f"{proc.args!r} printed nothing in {seconds:g}s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{proc.args!r} exited with {proc.wait()} before printing its address")
+    return line
 
 
 @dataclass
@@ -92,88 +136,54 @@ class Proc:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
-                self.popen.wait(20)
+                self.popen.wait(30)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
 
 
-def start_upstream(**kw: Any) -> Proc:
-    args = [PY, str(HERE / "upstream.py")] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    port = int(p.stdout.readline())
-    return Proc(p, f"http://127.0.0.1:{port}")
+def start_upstream() -> Proc:
+    p = subprocess.Popen([PY, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True)
+    return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
 
 
-EVALPROXY_CHAIN = {
-    "interceptors": [
-        {"name": "system_message", "config": {"system_message": "You are a careful assistant.", "strategy": "prepend"}},
-        "reasoning",
-        "caching",
-        "endpoint",
-        "response_stats",
-    ],
-    "generate_html_report": False,
-}
-
-
-def start_target(name: str, upstream: str, workdir: Path) -> Proc | None:
+def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] | None = None) -> Proc | None:
     if name == "direct":
         return None
     if name == "bare":
         p = subprocess.Popen([PY, str(HERE / "bare_proxy.py"), "--upstream", upstream], stdout=subprocess.PIPE,
                              text=True)
-        assert p.stdout is not None
-        return Proc(p, f"http://127.0.0.1:{int(p.stdout.readline())}")
-    if name == "evalproxy":
+        return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
+    if name in ("evalproxy", "evalproxy_uvloop"):
         cfg = workdir / "evalproxy.json"
-        cfg.write_text(json.dumps({**EVALPROXY_CHAIN, "server": {"status_line": "off"}}))
-        p = subprocess.Popen([PY, "-m", "evalproxy", "serve", "-c", str(cfg), "--port", "0", "--upstream",
-                              f"{upstream}/v1", "-o", str(workdir / "out"), "--log-level", "WARNING"],
+        cfg.write_text(json.dumps(chain or DEFAULT_CHAIN))
+        entry = ["-m", "evalproxy"] if name == "evalproxy" else [str(HERE / "evalproxy_uvloop.py")]
+        p = subprocess.Popen([PY, *entry, "serve", "--config", str(cfg), "--port", "0", "--upstream",
+                              f"{upstream}/v1", "--output-dir", str(workdir / "out"), "--log-level", "WARNING"],
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        return Proc(p, line.split("listening on ")[1].strip())
+        line = first_line(p)
+        if "listening on " not in line:
+            raise RuntimeError(f"unexpected first line from evalproxy: {line!r}")
+        return Proc(p, line.split("listening on ")[1].split()[0].rstrip(";"))
     if name in NEMO:
         py = HERE / ".venvs" / name / "bin" / "python"
         port = free_port()
-        env = {**os.environ, "ADAPTER_HOST": "127.0.0.1", "ADAPTER_PORT": str(port),
-               "LOG_LEVEL": "WARNING", "NEMO_EVALUATOR_LOG_LEVEL": "WARNING"}
+        # Loopback only: NeMo Evaluator's telemetry (not used by the adapter server) is switched off all the same.
+        env = {**os.environ, "NEMO_EVALUATOR_TELEMETRY_LEVEL": "0",
+               "NEMO_EVALUATOR_TELEMETRY_ENDPOINT": "http://127.0.0.1:9/", "LOG_LEVEL": "WARNING",
+               "NEMO_EVALUATOR_LOG_LEVEL": "WARNING", "NO_PROXY": "*"}
         p = subprocess.Popen([str(py), str(HERE / "nemo_server.py"), NEMO[name][0], upstream, str(port),
-                              str(workdir / "out")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             text=True)
-        wait_port(port)
+                              str(workdir / "out")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=open(workdir / "stderr.log", "w"), text=True)  # noqa: SIM115 (closed with p)
+        wait_port(port, p)
         return Proc(p, f"http://127.0.0.1:{port}")
     raise ValueError(name)
 
 
-def loadgen(url: str, **kw: Any) -> dict[str, Any]:
-    args = [PY, str(HERE / "loadgen.py"), url]
-    for k, v in kw.items():
-        if v is True:
-            args.append(f"--{k}")
-        elif v not in (None, False):
-            args += [f"--{k}", str(v)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def measured(target: Proc | None, url: str, **kw: Any) -> dict[str, Any]:
-    before = tree_cpu_seconds(target.pid) if target else 0.0
-    res = loadgen(url, **kw)
-    if target:
-        res["cpu_ms_per_req"] = (tree_cpu_seconds(target.pid) - before) * 1000 / max(1, res["ok"])
-        res["rss_mb"] = rss_mb(target.pid)
-    return res
-
-
 @contextlib.contextmanager
-def running(name: str, upstream: str) -> Iterator[tuple[Proc | None, str]]:
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    proc = start_target(name, upstream, work)
+def running(name: str, upstream: str, chain: dict[str, Any] | None = None) -> Iterator[tuple[Proc | None, str]]:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))  # a fresh cache every time: misses
+    proc = start_target(name, upstream, work, chain)
     try:
         yield proc, (proc.url if proc else upstream)
     finally:
@@ -183,17 +193,17 @@ def running(name: str, upstream: str) -> Iterator[tuple[Proc | None, str]]:
 
 
 def ensure_nemo(name: str) -> str | None:
-    """Make the peer's venv if needed; None if ready, else why it cannot run here."""
-    version, python = NEMO[name]
+    """Make the peer's venv if needed; None when it is ready, else why it cannot run here."""
+    version, pyver = NEMO[name]
     venv = HERE / ".venvs" / name
-    if (venv / "bin" / "python").exists():
-        ok = subprocess.run([str(venv / "bin" / "python"), "-c", "import nemo_evaluator"], capture_output=True)
-        if ok.returncode == 0:
-            return None
-    interpreter = shutil.which(python) or next(
-        (str(p) for p in sorted(Path("/root/.pyenv/versions").glob(f"{python[6:]}*/bin/python"))), None)
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import nemo_evaluator"], capture_output=True).returncode == 0:
+        return None
+    interpreter = shutil.which(f"python{pyver}") or next(
+        (str(p) for p in sorted(Path("/root/.pyenv/versions").glob(f"{pyver}*/bin/python"))), None)
     if interpreter is None:
-        return f"no {python} on this machine"
+        return f"no Python {pyver} on this machine (nemo-evaluator {version} needs it)"
+    print(f"making {venv} (nemo-evaluator=={version}, {interpreter})", flush=True)
     made = subprocess.run([interpreter, "-m", "venv", str(venv)], capture_output=True, text=True)
     if made.returncode != 0:
         return f"venv failed: {made.stderr[-300:]}"
@@ -204,131 +214,363 @@ def ensure_nemo(name: str) -> str | None:
     return None
 
 
+# -- measuring ---------------------------------------------------------------------------------------------------------
+def loadgen(url: str, **kw: Any) -> dict[str, Any]:
+    args = [PY, str(HERE / "loadgen.py"), url]
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            args.append(flag)
+        elif v not in (None, False):
+            args += [flag, str(v)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def measured(target: Proc | None, upstream: Proc, url: str, **kw: Any) -> dict[str, Any]:
+    """One load generator run; CPU of the proxy and of the upstream over exactly that window."""
+    cpu0 = cpu_seconds(target.pid) if target else 0.0
+    up0 = cpu_seconds(upstream.pid)
+    res = loadgen(url, **kw)
+    ok = max(1, res["ok"])
+    res["upstream_cpu_ms_per_req"] = (cpu_seconds(upstream.pid) - up0) * 1000 / ok
+    if target:
+        res["cpu_ms_per_req"] = (cpu_seconds(target.pid) - cpu0) * 1000 / ok
+        res["rss_mb"] = rss_mb(target.pid)
+    return res
+
+
+@dataclass
+class Sizes:
+    seconds: float  # each measurement stops sending after this long
+    n_lat: int
+    n_tput: int
+    n_prime: int
+    stream_rounds: int  # streams per worker in the stream scenarios
+    mem_small: int
+    mem_big: int
+
+
+FULL = Sizes(seconds=3.0, n_lat=2000, n_tput=20000, n_prime=1000, stream_rounds=3, mem_small=10_000,
+             mem_big=100_000)
+QUICK = Sizes(seconds=0.8, n_lat=500, n_tput=5000, n_prime=300, stream_rounds=1, mem_small=2_000, mem_big=20_000)
+
+
+def scenarios(target: str, z: Sizes, tag: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
+    """(name, load generator arguments, what to run first unmeasured) for one target in one round."""
+    s = z.seconds
+    out: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
+        ("latency_c1", {"concurrency": 1, "requests": z.n_lat, "seconds": s, "unique": tag + "l"}, None),
+        ("tput_c64", {"concurrency": 64, "requests": z.n_tput, "seconds": s, "unique": tag + "a"}, None),
+        ("tput_c256", {"concurrency": 256, "requests": z.n_tput, "seconds": s, "unique": tag + "b"}, None),
+        ("tput_c64_50ms", {"concurrency": 64, "requests": z.n_tput, "seconds": s, "unique": tag + "s",
+                           "model": "bench-d50"}, None),
+    ]
+    if target.startswith("evalproxy") or target in NEMO:
+        hits = {"unique": tag + "h", "repeat": z.n_prime}
+        prime = {"concurrency": 32, "requests": z.n_prime, "seconds": 4 * s + 5, **hits}
+        out += [
+            ("cache_hits_c64", {"concurrency": 64, "requests": z.n_tput, "seconds": s, **hits}, prime),
+            ("cache_hits_c1", {"concurrency": 1, "requests": z.n_lat, "seconds": s, **hits}, None),
+        ]
+    if target not in NEMO:  # NeMo Evaluator does not stream to the client: 0.2.8 buffers, 0.3.0 coalesces to JSON
+        stream = {"stream": True, "expect_events": STREAM_EVENTS, "concurrency": 256}
+        out += [
+            # 256 streams at a model's pace (20 events 50 ms apart), starts spread over a second: the steady state.
+            ("stream_c256", {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": 1.0,
+                             "model": "bench-g50", "unique": tag + "t"}, None),
+            # 256 streams as fast as the upstream can send: the proxy saturated; nothing may be lost.
+            ("stream_c256_burst", {**stream, "requests": 256 * z.stream_rounds, "seconds": s, "unique": tag + "u"},
+             None),
+        ]
+    return out
+
+
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in rounds[0]:
-        vals = [r[k] for r in rounds if isinstance(r.get(k), int | float) and not isinstance(r.get(k), bool)]
-        if vals and len(vals) == len(rounds):
-            out[k] = statistics.median(vals)
+        vals = [r.get(k) for r in rounds]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            out[k] = statistics.median(vals)  # type: ignore[type-var]
         elif k == "errors":
             kinds = set().union(*(r["errors"] for r in rounds))
             out[k] = {e: sum(r["errors"].get(e, 0) for r in rounds) for e in kinds}
         else:
             out[k] = rounds[-1][k]
+    out["rounds"] = len(rounds)
     return out
 
 
+def paired(results: dict[str, dict[str, list[dict[str, Any]]]], scenario: str, a: str, b: str,
+           fn: Callable[[dict[str, Any], dict[str, Any]], float]) -> float | None:
+    """Median over rounds of ``fn(a's result, b's result)`` taken within each round."""
+    ra, rb = results.get(scenario, {}).get(a), results.get(scenario, {}).get(b)
+    if not ra or not rb:
+        return None
+    return statistics.median(fn(x, y) for x, y in zip(ra, rb, strict=False))
+
+
+# -- the run -----------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer requests: a smoke run in about two minutes")
+    ap.add_argument("--quick", action="store_true", help="short windows: a smoke run in under three minutes")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--peers", default="bare,nemo028,nemo030")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--peers", default="bare,nemo028,nemo030",
+                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_uvloop")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory scenario")
+    ap.add_argument("--out", default=None, help="JSON results (a Markdown table is written beside it)")
     args = ap.parse_args()
-    q = args.quick
-    n_lat, n_tput, n_stream, n_hits = (300, 2000, 512, 2000) if q else (1000, 6000, 1024, 6000)
+    z = QUICK if args.quick else FULL
+    t_begin = time.monotonic()
     peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in ALL_TARGETS:
+            ap.error(f"unknown peer {p!r}; choose from {', '.join(ALL_TARGETS[1:])}")
     unavailable: dict[str, str] = {}
     for p in peers:
-        if p in NEMO:
-            why = ensure_nemo(p)
-            if why:
-                unavailable[p] = why
-    targets = ["direct", "evalproxy", *[p for p in peers if p not in unavailable]]
-    proxies = [t for t in targets if t != "direct"]
+        if p in NEMO and (why := ensure_nemo(p)):
+            unavailable[p] = why
+            print(f"peer {p} skipped: {why}", flush=True)
+        if p == "evalproxy_uvloop" and subprocess.run([PY, "-c", "import uvloop"]).returncode != 0:
+            unavailable[p] = "uvloop is not installed in this venv"
+    targets = [t for t in ALL_TARGETS if t in ("direct", "evalproxy") or (t in peers and t not in unavailable)]
 
-    ups = {
-        "fast": start_upstream(),
-        "slow": start_upstream(delay_ms=50),
-        "stream": start_upstream(chunks=20, chunk_gap_ms=2),
-    }
+    upstream = start_upstream()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    memory: dict[str, dict[str, list[float]]] = {}
 
     def record(scenario: str, target: str, res: dict[str, Any]) -> None:
         results.setdefault(scenario, {}).setdefault(target, []).append(res)
-        print(f"  {scenario:<16} {target:<10} rps={res['rps']:8.0f} p50={res['p50_ms']:7.2f}ms "
-              f"p99={res['p99_ms']:7.2f}ms cpu/req={res.get('cpu_ms_per_req', 0):.3f}ms errors={res['errors']}",
-              flush=True)
+        cpu = f"{res['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in res else "  -  "
+        extra = (f" ttft_p99={res['ttft_p99_ms']:.1f} gap_p99={res['gap_p99_ms']:.1f} events={res['events_min']}"
+                 if res.get("events_max") else "")
+        print(f"  {scenario:<18} {target:<16} rps={res['rps']:7.0f} p50={res['p50_ms']:7.2f} "
+              f"p99={res['p99_ms']:7.2f} cpu/req={cpu}{extra} errors={res['errors'] or 0}", flush=True)
 
     try:
         for rnd in range(args.rounds):
-            print(f"round {rnd + 1}/{args.rounds}", flush=True)
-            tag = f"r{rnd}-{time.time_ns()}"
-            for target in targets:
-                with running(target, ups["fast"].url) as (proc, url):
-                    loadgen(url, concurrency=4, requests=200, unique=f"warm-{tag}")  # warm up
-                    record("latency_c1", target, measured(proc, url, concurrency=1, requests=n_lat, unique=tag))
-                    if target == "direct":
-                        continue
-                    record("tput_c64", target, measured(proc, url, concurrency=64, requests=n_tput,
-                                                        unique=tag + "b"))
-                    record("tput_c256", target, measured(proc, url, concurrency=256, requests=n_tput,
-                                                         unique=tag + "c"))
-                    if target == "evalproxy" or target in NEMO:
-                        # Cache hits: prime 1000 prompts, then replay them.
-                        loadgen(url, concurrency=32, requests=1000, unique=tag + "h", repeat=1000)
-                        record("cache_hits_c64", target, measured(proc, url, concurrency=64, requests=n_hits,
-                                                                  unique=tag + "h", repeat=1000))
-                        record("cache_hits_c1", target, measured(proc, url, concurrency=1, requests=n_lat,
-                                                                 unique=tag + "h", repeat=1000))
-            for target in ["direct", *proxies]:
-                with running(target, ups["slow"].url) as (proc, url):
-                    record("tput_c64_50ms", target, measured(proc, url, concurrency=64, requests=n_tput // 2,
-                                                             unique=tag + "s"))
-            for target in ["direct", *[t for t in proxies if t not in NEMO]]:
-                with running(target, ups["stream"].url) as (proc, url):
-                    record("stream_c256", target, measured(proc, url, concurrency=256, requests=n_stream,
-                                                           unique=tag + "t", stream=True))
-        # Memory: idle, after 10k and after 100k requests (quick: 2k and 20k).
-        mem: dict[str, Any] = {}
-        small, big = (2000, 20000) if q else (10_000, 100_000)
-        with running("evalproxy", ups["fast"].url) as (proc, url):
-            assert proc is not None
-            time.sleep(1)
-            mem["idle_mb"] = rss_mb(proc.pid)
-            loadgen(url, concurrency=64, requests=small, unique="mem-a")
-            mem[f"after_{small}_mb"] = rss_mb(proc.pid)
-            loadgen(url, concurrency=64, requests=big - small, unique="mem-b")
-            mem[f"after_{big}_mb"] = rss_mb(proc.pid)
-            mem["growth_pct"] = 100 * (mem[f"after_{big}_mb"] - mem[f"after_{small}_mb"]) / mem[f"after_{small}_mb"]
+            print(f"round {rnd + 1}/{args.rounds} ({time.monotonic() - t_begin:.0f}s)", flush=True)
+            order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
+            for target in order:
+                tag = f"r{rnd}-{target}-{time.time_ns()}"
+                with running(target, upstream.url) as (proc, url):
+                    mem = memory.setdefault(target, {})
+                    if proc:
+                        time.sleep(0.5)
+                        mem.setdefault("idle_mb", []).append(rss_mb(proc.pid))
+                    loadgen(url, concurrency=8, requests=300, seconds=5, unique=f"warm-{tag}")
+                    for name, kw, first in scenarios(target, z, tag):
+                        if first:
+                            loadgen(url, **first)
+                        record(name, target, measured(proc, upstream, url, **kw))
+                    if proc:
+                        mem.setdefault("end_of_round_mb", []).append(rss_mb(proc.pid))
+        if not args.no_memory:
+            memory["evalproxy"].update(memory_growth(upstream, z))
     finally:
-        for u in ups.values():
-            u.stop()
+        upstream.stop()
 
-    summary = {s: {t: median_of(r) for t, r in by.items()} for s, by in results.items()}
-    lat = summary["latency_c1"]
-    report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                                 if ln.startswith("model name")), "?")},
-        "quick": q, "rounds": args.rounds, "unavailable": unavailable, "summary": summary, "memory": mem,
-        "added_latency_c1_ms": {t: {"p50": v["p50_ms"] - lat["direct"]["p50_ms"],
-                                    "p99": v["p99_ms"] - lat["direct"]["p99_ms"]}
-                                for t, v in lat.items() if t != "direct"},
-    }
-    if "stream_c256" in summary:
-        st = summary["stream_c256"]
-        report["added_stream_ms"] = {t: {"ttft_p99": v["ttft_p99_ms"] - st["direct"]["ttft_p99_ms"],
-                                         "gap_p99": v["gap_p99_ms"] - st["direct"]["gap_p99_ms"],
-                                         "events_min": v["events_min"], "events_max": v["events_max"]}
-                                     for t, v in st.items() if t != "direct"}
+    report = summarise(args, z, targets, unavailable, results, memory, time.monotonic() - t_begin)
     out = Path(args.out) if args.out else HERE / "results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("added_latency_c1_ms", "memory", "unavailable")}, indent=2))
-    print_table(report)
-    print(f"\nresults: {out}")
+    md = markdown(report)
+    out.with_suffix(".md").write_text(md)
+    print("\n" + md)
+    print(f"results: {out} and {out.with_suffix('.md')} ({report['seconds']:.0f}s)")
 
 
-def print_table(report: dict[str, Any]) -> None:
-    s = report["summary"]
-    print("\n| scenario | target | req/s | p50 ms | p99 ms | proxy CPU ms/req | errors |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for scenario, by in s.items():
-        for target, v in by.items():
-            cpu = f"{v['cpu_ms_per_req']:.3f}" if "cpu_ms_per_req" in v else "-"
-            print(f"| {scenario} | {target} | {v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {cpu} | "
-                  f"{sum(v['errors'].values()) if v['errors'] else 0} |")
+def memory_growth(upstream: Proc, z: Sizes) -> dict[str, Any]:
+    """evalproxy's RSS idle, after ``mem_small`` and after ``mem_big`` unique requests at concurrency 64."""
+    mem: dict[str, Any] = {}
+    print(f"memory: {z.mem_big} requests", flush=True)
+    with running("evalproxy", upstream.url) as (proc, url):
+        assert proc is not None
+        time.sleep(1)
+        mem["idle_before_growth_mb"] = rss_mb(proc.pid)
+        a = loadgen(url, concurrency=64, requests=z.mem_small, seconds=120, unique="mem-a")
+        mem["after_small_mb"] = rss_mb(proc.pid)
+        b = loadgen(url, concurrency=64, requests=z.mem_big - z.mem_small, seconds=300, unique="mem-b")
+        mem["after_big_mb"] = rss_mb(proc.pid)
+        mem["requests_small"] = a["ok"]
+        mem["requests_big"] = a["ok"] + b["ok"]
+        mem["errors"] = {**a["errors"], **b["errors"]}
+    mem["growth_pct"] = 100 * (mem["after_big_mb"] - mem["after_small_mb"]) / mem["after_small_mb"]
+    print(f"  idle {mem['idle_before_growth_mb']:.1f} MB, after {mem['requests_small']} "
+          f"{mem['after_small_mb']:.1f} MB, after {mem['requests_big']} {mem['after_big_mb']:.1f} MB "
+          f"(+{mem['growth_pct']:.1f}%)", flush=True)
+    return mem
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    import aiohttp
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?"),
+        "mem_total_gb": round(int(next(ln for ln in meminfo if ln.startswith("MemTotal")).split()[1]) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "loadavg_at_end": os.getloadavg(),
+    }
+
+
+def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailable: dict[str, str],
+              results: dict[str, dict[str, list[dict[str, Any]]]], memory: dict[str, dict[str, Any]],
+              seconds: float) -> dict[str, Any]:
+    summary = {s: {t: median_of(r) for t, r in by.items()} for s, by in results.items()}
+    proxies = [t for t in targets if t != "direct"]
+    added: dict[str, Any] = {}
+    for t in proxies:
+        a: dict[str, Any] = {}
+        for q in ("p50", "p99"):
+            a[f"c1_{q}_ms"] = paired(results, "latency_c1", t, "direct", lambda x, y, q=q: x[f"{q}_ms"] - y[f"{q}_ms"])
+            for m in ("ttft", "gap"):
+                a[f"stream_{m}_{q}_ms"] = paired(results, "stream_c256", t, "direct",
+                                                 lambda x, y, m=m, q=q: x[f"{m}_{q}_ms"] - y[f"{m}_{q}_ms"])
+        added[t] = {k: v for k, v in a.items() if v is not None}
+    ratios: dict[str, Any] = {}
+    for t in [t for t in proxies if t.startswith("evalproxy")]:
+        for peer in [p for p in proxies if p != t and not p.startswith("evalproxy")]:
+            for s in ("tput_c64", "tput_c256", "tput_c64_50ms", "cache_hits_c64", "stream_c256_burst"):
+                r = paired(results, s, t, peer, lambda x, y: x["rps"] / y["rps"] if y["rps"] else float("inf"))
+                if r is not None:
+                    ratios[f"{t}/{peer} {s} req/s"] = r
+    mem = {t: {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in m.items()}
+           for t, m in memory.items()}
+    report = {"machine": machine(), "quick": args.quick, "rounds": args.rounds, "sizes": z.__dict__,
+              "command": " ".join([Path(PY).name, *sys.argv]), "seconds": seconds, "targets": targets,
+              "unavailable": unavailable, "summary": summary, "added_vs_direct": added, "ratios": ratios,
+              "memory": mem}
+    report["targets_check"] = check_targets(report)
+    return report
+
+
+def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, measured against this run."""
+    s, added, ratios, mem = r["summary"], r["added_vs_direct"].get("evalproxy", {}), r["ratios"], r["memory"]
+    ev = lambda scen, k: s.get(scen, {}).get("evalproxy", {}).get(k)  # noqa: E731
+    errs = lambda scen: sum(s.get(scen, {}).get("evalproxy", {}).get("errors", {}).values())  # noqa: E731
+    m = mem.get("evalproxy", {})
+    rows: list[tuple[str, Any, bool | None]] = [
+        ("added latency c=1 p50 <= 1 ms", added.get("c1_p50_ms"), _le(added.get("c1_p50_ms"), 1)),
+        ("added latency c=1 p99 <= 3 ms", added.get("c1_p99_ms"), _le(added.get("c1_p99_ms"), 3)),
+        ("c=64 throughput >= 70% of bare", ratios.get("evalproxy/bare tput_c64 req/s"),
+         _ge(ratios.get("evalproxy/bare tput_c64 req/s"), 0.7)),
+        ("c=64: 0 errors", errs("tput_c64"), errs("tput_c64") == 0),
+        ("c=256: 0 errors", errs("tput_c256"), errs("tput_c256") == 0),
+        ("256 streams, no lost event", f"min {ev('stream_c256', 'events_min')} / {STREAM_EVENTS} events, "
+         f"burst min {ev('stream_c256_burst', 'events_min')}",
+         errs("stream_c256") == 0 and errs("stream_c256_burst") == 0 and ev("stream_c256", "events_min") is not None),
+        ("added TTFT p99 <= 2 ms (256 streams)", added.get("stream_ttft_p99_ms"),
+         _le(added.get("stream_ttft_p99_ms"), 2)),
+        ("cache hits p50 <= 1 ms (c=1)", ev("cache_hits_c1", "p50_ms"), _le(ev("cache_hits_c1", "p50_ms"), 1)),
+        ("RSS idle <= 60 MB", m.get("idle_mb"), _le(m.get("idle_mb"), 60)),
+        ("RSS growth 10k -> 100k <= 10%", m.get("growth_pct"), _le(m.get("growth_pct"), 10)),
+        ("proxy CPU per request <= 0.7 ms (c=64, default chain)", ev("tput_c64", "cpu_ms_per_req"),
+         _le(ev("tput_c64", "cpu_ms_per_req"), 0.7)),
+        ("c=64 throughput >= 5x NeMo 0.2.8", ratios.get("evalproxy/nemo028 tput_c64 req/s"),
+         _ge(ratios.get("evalproxy/nemo028 tput_c64 req/s"), 5)),
+        ("c=64 throughput >= 5x NeMo 0.3.0", ratios.get("evalproxy/nemo030 tput_c64 req/s"),
+         _ge(ratios.get("evalproxy/nemo030 tput_c64 req/s"), 5)),
+        ("cache-hit replay >= 2,500 req/s (c=64)", ev("cache_hits_c64", "rps"), _ge(ev("cache_hits_c64", "rps"), 2500)),
+    ]
+    return [{"target": name, "measured": value, "met": met} for name, value, met in rows]
+
+
+def _le(v: float | None, limit: float) -> bool | None:
+    return None if v is None else v <= limit
+
+
+def _ge(v: float | None, limit: float) -> bool | None:
+    return None if v is None else v >= limit
+
+
+# -- output ------------------------------------------------------------------------------------------------------------
+ROWS: list[tuple[str, str, str]] = [
+    # (scenario, key, label)
+    ("latency_c1", "p50_ms", "c=1 latency p50 ms"),
+    ("latency_c1", "p99_ms", "c=1 latency p99 ms"),
+    ("latency_c1", "cpu_ms_per_req", "c=1 proxy CPU ms/req"),
+    ("tput_c64", "rps", "c=64 req/s"),
+    ("tput_c64", "p99_ms", "c=64 p99 ms"),
+    ("tput_c64", "cpu_ms_per_req", "c=64 proxy CPU ms/req"),
+    ("tput_c256", "rps", "c=256 req/s"),
+    ("tput_c256", "p99_ms", "c=256 p99 ms"),
+    ("tput_c256", "cpu_ms_per_req", "c=256 proxy CPU ms/req"),
+    ("tput_c64_50ms", "rps", "c=64, upstream 50 ms: req/s"),
+    ("tput_c64_50ms", "p50_ms", "c=64, upstream 50 ms: p50 ms"),
+    ("tput_c64_50ms", "p99_ms", "c=64, upstream 50 ms: p99 ms"),
+    ("tput_c64_50ms", "cpu_ms_per_req", "c=64, upstream 50 ms: proxy CPU ms/req"),
+    ("cache_hits_c64", "rps", "cache hits c=64 req/s"),
+    ("cache_hits_c64", "p99_ms", "cache hits c=64 p99 ms"),
+    ("cache_hits_c64", "cpu_ms_per_req", "cache hits c=64 proxy CPU ms/req"),
+    ("cache_hits_c1", "p50_ms", "cache hits c=1 p50 ms"),
+    ("cache_hits_c1", "p99_ms", "cache hits c=1 p99 ms"),
+    ("stream_c256", "ttft_p50_ms", "256 streams (50 ms/event): TTFT p50 ms"),
+    ("stream_c256", "ttft_p99_ms", "256 streams (50 ms/event): TTFT p99 ms"),
+    ("stream_c256", "gap_p50_ms", "256 streams (50 ms/event): gap p50 ms"),
+    ("stream_c256", "gap_p99_ms", "256 streams (50 ms/event): gap p99 ms"),
+    ("stream_c256", "events_min", "256 streams (50 ms/event): fewest events in a stream"),
+    ("stream_c256", "cpu_ms_per_req", "256 streams (50 ms/event): proxy CPU ms/stream"),
+    ("stream_c256_burst", "rps", "256 streams, no pacing: streams/s"),
+    ("stream_c256_burst", "events_min", "256 streams, no pacing: fewest events"),
+    ("stream_c256_burst", "cpu_ms_per_req", "256 streams, no pacing: proxy CPU ms/stream"),
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    targets, s = r["targets"], r["summary"]
+    lines = [f"| scenario | {' | '.join(targets)} |", "|---|" + "---:|" * len(targets)]
+    for scen, key, label in ROWS:
+        by = s.get(scen, {})
+        if not by:
+            continue
+        cells = []
+        for t in targets:
+            v = by.get(t, {}).get(key)
+            if key == "cpu_ms_per_req" and t == "direct":
+                v = None
+            cells.append(_fmt(v))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    errors = {t: sum(sum(by.get(t, {}).get("errors", {}).values()) for by in s.values()) for t in targets}
+    lines.append(f"| errors, all scenarios and rounds | {' | '.join(str(errors[t]) for t in targets)} |")
+    mem = r["memory"]
+    lines.append(f"| RSS idle MB | {' | '.join(_fmt(mem.get(t, {}).get('idle_mb')) for t in targets)} |")
+    lines.append(f"| RSS after a round MB | "
+                 f"{' | '.join(_fmt(mem.get(t, {}).get('end_of_round_mb')) for t in targets)} |")
+    lines += ["", "| added vs direct (paired within rounds, ms) | " + " | ".join(r["added_vs_direct"]) + " |",
+              "|---|" + "---:|" * len(r["added_vs_direct"])]
+    keys = sorted({k for v in r["added_vs_direct"].values() for k in v})
+    for k in keys:
+        lines.append(f"| {k} | {' | '.join(_fmt(v.get(k)) for v in r['added_vs_direct'].values())} |")
+    lines += ["", "| ratio (paired within rounds) | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
+    m = mem.get("evalproxy", {})
+    if "growth_pct" in m:
+        lines += ["", f"Memory (evalproxy, default chain, c=64): idle {m['idle_before_growth_mb']:.1f} MB, after "
+                      f"{m['requests_small']} requests {m['after_small_mb']:.1f} MB, after {m['requests_big']} "
+                      f"{m['after_big_mb']:.1f} MB: growth {m['growth_pct']:.1f} %."]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {c['target']} | {_fmt(c['measured'])} | {_fmt(c['met'])} |" for c in r["targets_check"]]
+    if r["unavailable"]:
+        lines += [""] + [f"- {k} not run: {v}" for k, v in r["unavailable"].items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
-"""A fast fake model for benchmarks: fixed answers, optional delay, SSE streams. Prints its port, then serves.
+"""A fast fake model for the benchmarks: fixed answers, no JSON parsing. Prints its port, then serves.
 
-    python bench/upstream.py [--delay-ms 0] [--chunks 20] [--chunk-gap-ms 0]
+    python bench/upstream.py
 
-It does no JSON parsing on the hot path (it looks for ``"stream": true`` in the raw body), so it stays cheaper per
-request than any proxy in front of it.
+One process serves every scenario; the request's model name says how to answer, so a proxy under test is started
+once per round and sees one upstream:
+
+    "model": "bench"                  answer at once
+    "model": "bench-d50"              answer after 50 ms (for a stream: first event after 50 ms)
+    "model": "bench-g50"              with "stream": true: 20 content events, 50 ms apart
+    "model": "bench-d20-g50-n40"      combined; n is the number of content events (default 20)
+
+It looks for ``"stream": true`` in the raw body, so it stays cheaper per request than any proxy in front of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+import re
 
 from aiohttp import web
-from loopback import serve_forever
+from loopback import run, serve_forever
 
 ANSWER = {
     "id": "chatcmpl-bench",
@@ -25,6 +32,8 @@ ANSWER = {
     "usage": {"prompt_tokens": 20, "completion_tokens": 40, "total_tokens": 60},
 }
 BODY = json.dumps(ANSWER).encode()
+MODEL = re.compile(rb'"model": ?"bench((?:-[dgn]\d+)*)"')
+KNOB = re.compile(rb"-([dgn])(\d+)")
 
 
 def chunk(content: str | None, finish: str | None = None) -> bytes:
@@ -34,47 +43,58 @@ def chunk(content: str | None, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--delay-ms", type=float, default=0.0)
-    p.add_argument("--chunks", type=int, default=20)
-    p.add_argument("--chunk-gap-ms", type=float, default=0.0)
-    args = p.parse_args()
-    delay = args.delay_ms / 1000
-    gap = args.chunk_gap_ms / 1000
-    events = [chunk("")] + [chunk(f"tok{i} ") for i in range(args.chunks)] + [chunk(None, "stop")]
-    usage = b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "choices": [],
-                                    "usage": ANSWER["usage"]}).encode() + b"\n\n"
+ROLE = b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
+                               "model": "bench", "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                                              "finish_reason": None}]}).encode() + b"\n\n"
+CONTENT = [chunk(f"tok{i} ") for i in range(1000)]
+FINISH = chunk(None, "stop")
+USAGE = b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "choices": [],
+                                "usage": ANSWER["usage"]}).encode() + b"\n\n"
+DONE = b"data: [DONE]\n\n"
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        if delay:
-            await asyncio.sleep(delay)
-        if b'"stream":true' in raw or b'"stream": true' in raw:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            for e in events:
-                await resp.write(e)
-                if gap:
-                    await asyncio.sleep(gap)
-            if b"include_usage" in raw:
-                await resp.write(usage)
-            await resp.write(b"data: [DONE]\n\n")
-            await resp.write_eof()
-            return resp
+
+def knobs(raw: bytes) -> tuple[float, float, int]:
+    """(delay s, gap s, content events) from the model name."""
+    m = MODEL.search(raw)
+    d = g = 0.0
+    n = 20
+    if m and m.group(1):
+        for k, v in KNOB.findall(m.group(1)):
+            if k == b"d":
+                d = int(v) / 1000
+            elif k == b"g":
+                g = int(v) / 1000
+            else:
+                n = min(int(v), len(CONTENT))
+    return d, g, n
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    delay, gap, n = knobs(raw)
+    if delay:
+        await asyncio.sleep(delay)
+    if b'"stream":true' not in raw and b'"stream": true' not in raw:
         return web.Response(body=BODY, content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(ROLE)
+    for e in CONTENT[:n]:
+        if gap:
+            await asyncio.sleep(gap)
+        await resp.write(e)
+    await resp.write(FINISH)
+    if b"include_usage" in raw:
+        await resp.write(USAGE)
+    await resp.write(DONE)
+    await resp.write_eof()
+    return resp
 
-    async def serve() -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", handle)
-        await serve_forever(app)
 
-    try:
-        import uvloop  # optional: faster when installed
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
+def main() -> None:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    run(serve_forever(app))
 
 
 if __name__ == "__main__":
