@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
 from evalproxy.interceptors.system_message import SystemMessageInterceptor
@@ -17,7 +20,7 @@ def make(run: RunContext, **params: Any) -> SystemMessageInterceptor:
     return SystemMessageInterceptor(SystemMessageInterceptor.Params(system_message=OURS, **params), run)
 
 
-async def apply(ic: SystemMessageInterceptor, body: dict[str, Any], path: str = "/v1/chat/completions") -> Any:
+async def apply(ic: SystemMessageInterceptor, body: dict[str, Any] | None, path: str = "/v1/chat/completions") -> Any:
     seen: dict[str, Any] = {}
 
     async def call_next(ctx: RequestContext) -> ProxyResponse:
@@ -82,6 +85,54 @@ class TestChat:
         assert seen["body"]["tools"] == [{"type": "function"}] and seen["body"]["x_vendor"] == {"a": 1}
 
 
+    @pytest.mark.parametrize(("strategy", "expected"), [
+        ("prepend", f"{OURS}\ndev"), ("append", f"dev\n{OURS}")])
+    async def test_developer_role_keeps_its_place_and_role(
+        self, run: RunContext, strategy: str, expected: str
+    ) -> None:
+        """prepend and append change the developer message in place, after earlier non-system messages."""
+        first = {"role": "user", "content": "before"}
+        seen = await apply(make(run, strategy=strategy), {"messages": [first, {"role": "developer", "content": "dev"},
+                                                                        USER]})
+        assert seen["body"]["messages"] == [first, {"role": "developer", "content": expected}, USER]
+
+    async def test_list_content_prepend_puts_a_text_part_first(self, run: RunContext) -> None:
+        """prepend on list content adds our text part before the existing parts."""
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAA"}}
+        seen = await apply(make(run), {"messages": [{"role": "system", "content": [image]}, USER]})
+        assert seen["body"]["messages"][0]["content"] == [{"type": "text", "text": OURS}, image]
+
+    @pytest.mark.parametrize("content", [None, ""])
+    async def test_empty_system_message_gets_ours_alone(self, run: RunContext, content: str | None) -> None:
+        """An empty or null system content becomes our prompt, without a stray newline."""
+        seen = await apply(make(run, strategy="append"), {"messages": [{"role": "system", "content": content}, USER]})
+        assert seen["body"]["messages"][0] == {"role": "system", "content": OURS}
+
+    async def test_only_the_first_system_message_is_merged(self, run: RunContext) -> None:
+        """With two system messages, prepend merges into the first and leaves the second as it is."""
+        second = {"role": "system", "content": "second"}
+        seen = await apply(make(run), {"messages": [{"role": "system", "content": "first"}, USER, second]})
+        assert seen["body"]["messages"] == [{"role": "system", "content": f"{OURS}\nfirst"}, USER, second]
+
+    @pytest.mark.parametrize("strategy", ["replace", "prepend", "append"])
+    async def test_the_clients_body_is_not_mutated(self, run: RunContext, strategy: str) -> None:
+        """The interceptor builds a new body; the parsed original is left as it was."""
+        body = {"messages": [{"role": "system", "content": [{"type": "text", "text": "s"}]}, USER], "n": 2}
+        before = copy.deepcopy(body)
+        await apply(make(run, strategy=strategy), body)
+        assert body == before
+
+    def test_prepend_is_the_default(self) -> None:
+        """The default strategy is NeMo Evaluator's (prepend, since 25.11)."""
+        assert SystemMessageInterceptor.Params(system_message="x").strategy == "prepend"
+
+    @pytest.mark.parametrize("params", [{}, {"system_message": "x", "strategy": "merge"}])
+    def test_bad_params_are_refused(self, params: dict[str, Any]) -> None:
+        """A missing system_message or an unknown strategy is a validation error, not a silent no-op."""
+        with pytest.raises(ValidationError):
+            SystemMessageInterceptor.Params(**params)
+
+
 class TestCompletions:
     async def test_left_alone_by_default(self, run: RunContext) -> None:
         """A completions request goes upstream byte for byte as it came."""
@@ -94,6 +145,26 @@ class TestCompletions:
         assert (await apply(ic, {"prompt": "2+2="}, "/v1/completions"))["body"]["prompt"] == f"{OURS}\n2+2="
         assert (await apply(ic, {"prompt": ["a", "b"]}, "/v1/completions"))["body"]["prompt"] == [
             f"{OURS}\na", f"{OURS}\nb"]
+
+    @pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]]])
+    async def test_token_id_prompts_are_left_alone(self, run: RunContext, prompt: Any) -> None:
+        """Token-id prompts have no text to prefix: they go upstream as they came."""
+        seen = await apply(make(run, apply_to_completions=True), {"prompt": prompt}, "/v1/completions")
+        assert seen["bytes"] == b"original"
+
+    async def test_left_alone_is_logged_once(self, run: RunContext, caplog: pytest.LogCaptureFixture) -> None:
+        """Leaving completions alone is said once in the log, not per request."""
+        ic = make(run)
+        with caplog.at_level(logging.INFO, logger="evalproxy.system_message"):
+            for _ in range(3):
+                await apply(ic, {"prompt": "x"}, "/v1/completions")
+        assert len([r for r in caplog.records if "completions" in r.getMessage()]) == 1
+
+    @pytest.mark.parametrize(("path", "body"), [("/v1/embeddings", {"input": "x"}), ("/v1/models", None)])
+    async def test_other_requests_pass_byte_for_byte(self, run: RunContext, path: str, body: Any) -> None:
+        """Requests without messages or a prompt are not touched."""
+        seen = await apply(make(run), body, path)
+        assert seen["bytes"] == b"original"
 
 
 class TestThroughTheProxy:
@@ -108,3 +179,16 @@ class TestThroughTheProxy:
         assert resp.status == 200
         assert sim.log[-1].body is not None
         assert sim.log[-1].body["messages"][0] == {"role": "system", "content": OURS}
+
+    @pytest.mark.parametrize(("apply_to_completions", "expected"), [(False, "2+2="), (True, f"{OURS}\n2+2=")])
+    async def test_completions_through_the_proxy(
+        self, make_proxy: Any, sim: SimulatedModel, apply_to_completions: bool, expected: str
+    ) -> None:
+        """The upstream receives a completions prompt untouched, or prefixed when configured."""
+        proxy = await make_proxy({"interceptors": [
+            {"name": "system_message", "config": {"system_message": OURS,
+                                                  "apply_to_completions": apply_to_completions}},
+            "endpoint"], "generate_html_report": False})
+        resp = await proxy.post("/v1/completions", json={"model": "m", "prompt": "2+2="})
+        assert resp.status == 200
+        assert sim.log[-1].body is not None and sim.log[-1].body["prompt"] == expected

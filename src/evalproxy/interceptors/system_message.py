@@ -1,9 +1,14 @@
 """system_message: put a custom system prompt into every chat request (replace, prepend or append).
 
-A ``developer`` message counts as a system message (inspect-ai and newer OpenAI clients send one). Content given as
-a list of parts keeps its parts: the prompt is added as a text part, images and other parts are left as they are.
-Completions requests have no messages; they are left alone unless ``apply_to_completions`` is set, and the log says
-so once.
+``strategy`` defaults to ``prepend``, as in NeMo Evaluator since 25.11; earlier NeMo Evaluator versions replaced the
+system message, which ``strategy: replace`` restores. prepend and append join our prompt and the first system
+message's content with a newline, in place (its role and other fields kept); without a system message ours is
+inserted first. A ``developer`` message counts as a system message (inspect-ai and newer OpenAI clients send one).
+Content given as a list of parts keeps its parts: the prompt is added as a text part, images and other parts are left
+as they are. Every other message and request field goes upstream unchanged.
+
+Completions requests have no messages; they are left alone unless ``apply_to_completions`` is set (then each string
+prompt is prefixed), and the log says so once.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ class SystemMessageInterceptor(BaseInterceptor):
         system_message: str = Field(description="The system prompt to inject")
         strategy: Literal["replace", "prepend", "append"] = Field(
             default="prepend",
-            description="replace: drop existing system messages and use ours; prepend/append (NeMo Evaluator's "
-            "default is prepend): put ours before/after the existing system message's content",
+            description="replace: drop existing system and developer messages, ours goes first; prepend/append: ours "
+            "before/after the existing system message's content (prepend is NeMo Evaluator's default since 25.11)",
         )
         apply_to_completions: bool = Field(
             default=False, description="Also prefix the prompt of completions requests (off: they are left alone)"
