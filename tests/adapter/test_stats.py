@@ -62,3 +62,24 @@ class TestSummary:
         h = s.histogram(bins=10)
         assert sum(h["counts"]) == 100 and h["counts"] == [10] * 10
         assert h["edges"][0] == 0 and h["edges"] == sorted(h["edges"])
+
+    def test_merge_weighs_samples_by_count(self) -> None:
+        """A summary that kept few samples for many observations weighs by its count, not its sample count."""
+        persisted = Summary.from_json({"count": 3000, "total": 300_000, "squares": 30_000_000, "min": 100,
+                                       "max": 100, "samples": [100] * 10})
+        live = Summary()
+        for _ in range(1000):
+            live.add(1)
+        for merged in (persisted.merge(live), live.merge(persisted)):
+            ones = sum(1 for v in merged.samples if v == 1)
+            assert (ones, len(merged.samples)) == (3, 13)  # a quarter of the observations were 1s
+            assert merged.percentiles()["p50"] == 100 and merged.count == 4000
+
+    def test_persisted_samples_are_drawn_from_the_whole_run(self) -> None:
+        """to_json keeps a uniform share of the samples, not the first ones (the warm-up)."""
+        s = Summary()
+        for v in range(1000):
+            s.add(v)
+        kept = s.to_json(keep_samples=100)["samples"]
+        assert len(kept) == 100 and kept == sorted(kept) and kept[-1] > 500 and kept[0] < 500
+        assert s.to_json(keep_samples=100) == s.to_json(keep_samples=100)  # seeded: same file each write

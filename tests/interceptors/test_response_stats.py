@@ -1,7 +1,9 @@
-"""response_stats: counts, tokens, latency percentiles, streams, persistence across runs."""
+"""response_stats, called directly: counts, tokens, exact sums, latency percentiles, streams, params, persistence."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -9,142 +11,228 @@ import orjson
 import pytest
 
 from evalproxy.adapter.context import STREAM_USAGE, ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.errors import UpstreamProtocolError, UpstreamTimeoutError
 from evalproxy.adapter.sse import DONE_EVENT, make_event
-from evalproxy.interceptors.response_stats import ResponseStatsInterceptor
-from evalproxy.simulator import Fault, SimulatedModel
+from evalproxy.interceptors.response_stats import ResponseStatsInterceptor, _worth_parsing
+
+Params = ResponseStatsInterceptor.Params
 
 
-def answer(finish: str = "stop", prompt: int = 3, completion: int = 5, tools: bool = False) -> ProxyResponse:
+def answer(finish: str = "stop", prompt: int = 3, completion: int = 5, tools: bool = False,
+           status: int = 200) -> ProxyResponse:
     msg: dict[str, Any] = {"role": "assistant", "content": "x"}
     if tools:
         msg["tool_calls"] = [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     return ProxyResponse.from_json({"choices": [{"index": 0, "message": msg, "finish_reason": finish}],
                                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                                              "total_tokens": prompt + completion}})
+                                              "total_tokens": prompt + completion}}, status=status)
 
 
-def ctx() -> RequestContext:
-    return RequestContext(method="POST", path="/v1/chat/completions", json={}, raw=b"{}")
+def ctx(request_id: int = 0) -> RequestContext:
+    return RequestContext(method="POST", path="/v1/chat/completions", json={}, raw=b"{}", request_id=request_id)
+
+
+class Clock:
+    """A clock the fake upstream advances by exactly the latency it stands for."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def upstream(resp: ProxyResponse, clock: Clock | None = None, seconds: float = 0.0) -> Any:
+    async def call_next(_: RequestContext) -> ProxyResponse:
+        if clock is not None:
+            clock.now += seconds
+        return resp
+    return call_next
+
+
+def stream(*, usage: dict[str, Any] | None, finish: str = "stop", tool: bool = False,
+           clock: Clock | None = None, step: float = 0.0) -> AsyncIterator[bytes]:
+    async def events() -> AsyncIterator[bytes]:
+        delta: dict[str, Any] = {"tool_calls": [{"index": 0, "id": "t"}]} if tool else {"content": "hi"}
+        chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                  {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]
+        if usage is not None:
+            chunks.append({"choices": [], "usage": usage})
+        for c in chunks:
+            if clock is not None:
+                clock.now += step
+            yield make_event(c)
+        yield DONE_EVENT
+    return events()
+
+
+async def drain(resp: ProxyResponse) -> list[bytes]:
+    assert resp.stream is not None
+    return [e async for e in resp.stream]
 
 
 class TestCounting:
     async def test_hand_count(self, run: RunContext) -> None:
-        """Counts, finish reasons, tokens and tool calls equal a hand count over fixed answers."""
-        ic = ResponseStatsInterceptor(ResponseStatsInterceptor.Params(), run)
-        answers = [answer("stop", 3, 5), answer("length", 4, 16), answer("tool_calls", 2, 1, tools=True),
-                   ProxyResponse.from_json({"error": {"message": "no"}}, status=429)]
-        for a in answers:
-            async def call_next(c: RequestContext, a: ProxyResponse = a) -> ProxyResponse:
-                return a
-            await ic(ctx(), call_next)
+        """Counts, finish reasons, status codes, tokens and tool calls equal a hand count over fixed answers."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        for a in [answer("stop", 3, 5), answer("length", 4, 16), answer("tool_calls", 2, 1, tools=True),
+                  ProxyResponse.from_json({"error": {"message": "slow down"}}, status=429)]:
+            await ic(ctx(), upstream(a))
         out = ic.section()
         assert (out["count"], out["successful_count"], out["tool_calls_count"]) == (4, 3, 1)
         assert out["status_codes"] == {"200": 3, "429": 1}
         assert out["finish_reason"] == {"length": 1, "stop": 1, "tool_calls": 1}
         assert (out["total_prompt_tokens"], out["total_completion_tokens"], out["total_total_tokens"]) == (9, 22, 31)
-        assert out["max_completion_tokens"] == 16
+        assert (out["min_completion_tokens"], out["max_completion_tokens"]) == (1, 16)
+        assert out["avg_prompt_tokens"] == 3.0
         assert out["scores"]["completion_tokens"]["stats"]["sum"] == 22
 
-    async def test_latency_percentiles_from_samples(self, run: RunContext) -> None:
-        """Latency percentiles are computed from the recorded samples by linear interpolation."""
-        ic = ResponseStatsInterceptor(ResponseStatsInterceptor.Params(), run)
-        for us in range(1000, 101_000, 1000):  # 1 ms .. 100 ms
-            ic._record(200, answer().json, us / 1_000_000, None, False)
+    @pytest.mark.parametrize(("choice", "tool_calls", "function_calls"), [
+        ({"finish_reason": "tool_calls", "message": {"role": "assistant", "content": ""}}, 1, 0),
+        ({"finish_reason": "stop", "message": {"role": "assistant", "tool_calls": [{"id": "1"}]}}, 1, 0),
+        ({"finish_reason": "function_call", "message": {"function_call": {"name": "f"}}}, 0, 1),
+        ({"finish_reason": "stop", "message": {"role": "assistant", "content": "no tools"}}, 0, 0),
+    ])
+    async def test_tool_calls_by_message_or_finish_reason(
+        self, run: RunContext, choice: dict[str, Any], tool_calls: int, function_calls: int
+    ) -> None:
+        """An answer counts as a tool call if its message has tool_calls or it finished with tool_calls."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        await ic(ctx(), upstream(ProxyResponse.from_json({"choices": [choice]})))
         out = ic.section()
-        assert out["p50_latency_ms"] == 50.5 and out["p90_latency_ms"] == 90.1 and out["p99_latency_ms"] == 99.01
-        assert out["max_latency_ms"] == 100.0 and out["min_latency_ms"] == 1.0
+        assert (out["tool_calls_count"], out["function_calls_count"]) == (tool_calls, function_calls)
 
-    async def test_stream_usage_from_final_chunk_or_state(self, run: RunContext) -> None:
-        """A stream's tokens come from its usage chunk, or from the usage the endpoint kept aside."""
-        ic = ResponseStatsInterceptor(ResponseStatsInterceptor.Params(), run)
-        chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
-        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
-
-        async def events(with_usage: bool) -> Any:
-            yield make_event(chunk)
-            yield make_event(end)
-            if with_usage:
-                yield make_event({"choices": [], "usage": usage})
-            yield DONE_EVENT
-
-        for with_usage in (True, False):
-            c = ctx()
-            if not with_usage:
-                c.state[STREAM_USAGE] = usage
-
-            async def call_next(_: RequestContext, w: bool = with_usage) -> ProxyResponse:
-                return ProxyResponse(200, stream=events(w))
-
-            resp = await ic(c, call_next)
-            assert resp.stream is not None
-            got = [e async for e in resp.stream]
-            assert got[-1] == DONE_EVENT
-        out = ic.section()
-        assert out["streamed_count"] == 2 and out["total_prompt_tokens"] == 14 and out["finish_reason"] == {"stop": 2}
-        assert out["streams_without_usage"] == 0 and "p50_time_to_first_token_ms" in out
-
-
-class TestThroughTheProxy:
-    async def test_mixed_run_matches_a_hand_count(self, make_proxy: Any, sim: SimulatedModel,
-                                                  tmp_path: Path) -> None:
-        """Through the proxy: answers, streams with and without usage, an upstream 500, counted as sent."""
-        sim.script(Fault(status=500))
-        proxy = await make_proxy({"interceptors": ["endpoint", "response_stats"], "generate_html_report": False},
-                                 max_retries=0)
-        msgs = [{"role": "user", "content": "one two three"}]
-        assert (await proxy.post("/v1/chat/completions", json={"messages": msgs})).status == 500
+    async def test_reasoning_tokens_and_stop_reason(self, run: RunContext) -> None:
+        """Reasoning tokens come from completion_tokens_details; vLLM's stop_reason is counted by value."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        body = {"choices": [{"finish_reason": "stop", "stop_reason": "</answer>", "message": {"content": "x"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10,
+                          "completion_tokens_details": {"reasoning_tokens": 6}}}
         for _ in range(2):
-            assert (await proxy.post("/v1/chat/completions", json={"messages": msgs, "temperature": 0})).status == 200
-        for opts in ({"include_usage": True}, None):
-            body: dict[str, Any] = {"messages": msgs, "stream": True, "temperature": 0}
-            if opts:
-                body["stream_options"] = opts
-            await (await proxy.post("/v1/chat/completions", json=body)).read()
-        await proxy.close()
-        stats = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["response_stats"]
-        expected_completion = len(sim.make_content({"temperature": 0}, "one two three")[0].split())
-        assert stats["count"] == 5 and stats["successful_count"] == 4 and stats["streamed_count"] == 2
-        assert stats["status_codes"] == {"200": 4, "500": 1}
-        assert stats["finish_reason"] == {"stop": 4}
-        assert stats["total_prompt_tokens"] == 4 * 3
-        assert stats["total_completion_tokens"] == 4 * expected_completion
-        assert stats["streams_without_usage"] == 0
+            await ic(ctx(), upstream(ProxyResponse.from_json(body)))
+        out = ic.section()
+        assert (out["total_reasoning_tokens"], out["max_reasoning_tokens"]) == (12, 6)
+        assert out["stop_reason"] == {"</answer>": 2}
 
-    async def test_cache_hits_are_not_counted(self, make_proxy: Any, tmp_path: Path) -> None:
-        """Inside caching, replays never reach response_stats: it counts real upstream calls."""
-        proxy = await make_proxy({"interceptors": ["caching", "endpoint", "response_stats"],
-                                  "generate_html_report": False})
-        for _ in range(3):
-            await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
-                                                           "temperature": 0})
-        await proxy.close()
-        metrics = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())
-        assert metrics["response_stats"]["count"] == 1
-        assert metrics["caching"]["hits"] == 2
+    async def test_transport_errors_by_kind(self, run: RunContext) -> None:
+        """Errors raised below are counted by kind and status, and still raised."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        for exc in (UpstreamTimeoutError("late"), UpstreamTimeoutError("late again")):
+            async def failing(_: RequestContext, e: Exception = exc) -> ProxyResponse:
+                raise e
+            with pytest.raises(UpstreamTimeoutError):
+                await ic(ctx(), failing)
+        out = ic.section()
+        assert out["errors"] == {"upstream_timeout": 2} and out["status_codes"] == {"504": 2}
+        assert (out["count"], out["successful_count"]) == (2, 0)
 
-    async def test_runs_add_up_across_restarts(self, make_proxy: Any, tmp_path: Path) -> None:
-        """A second run on the same output dir reports the totals of both runs, and each run apart."""
-        cfg = {"interceptors": ["endpoint", "response_stats"], "generate_html_report": False}
-        for n in (2, 3):
-            proxy = await make_proxy(cfg)
-            for i in range(n):
-                await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": str(i)}]})
-            await proxy.close()
-        stats = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["response_stats"]
-        assert stats["count"] == 5
-        assert sorted(r["count"] for r in stats["runs"].values()) == [2, 3]
+    async def test_not_json_success_is_an_error_kind(self, run: RunContext) -> None:
+        """A 200 whose body is not JSON is successful by status but counted under errors as not_json."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        await ic(ctx(), upstream(ProxyResponse(200, body=b"<html>")))
+        out = ic.section()
+        assert out["errors"] == {"not_json": 1} and out["successful_count"] == 1
+
+    @pytest.mark.parametrize("flag", ["collect_token_stats", "collect_finish_reasons", "collect_tool_calls"])
+    async def test_collect_flags_switch_their_numbers_off(self, run: RunContext, flag: str) -> None:
+        """NeMo's collect_* params turn off exactly their own numbers; counts stay."""
+        ic = ResponseStatsInterceptor(Params(**{flag: False}), run)
+        await ic(ctx(), upstream(answer("tool_calls", 3, 5, tools=True)))
+        out = ic.section()
+        assert out["count"] == 1
+        assert (out["total_prompt_tokens"] == 0) is (flag == "collect_token_stats")
+        assert (out["finish_reason"] == {}) is (flag == "collect_finish_reasons")
+        assert (out["tool_calls_count"] == 0) is (flag == "collect_tool_calls")
 
 
-class TestLongRuns:
+class TestLatency:
+    async def test_percentiles_from_known_samples(self, run: RunContext) -> None:
+        """Latency from a clock the fake upstream advances: p50/p90/p99 match a hand calculation."""
+        clock = Clock()
+        ic = ResponseStatsInterceptor(Params(), run, clock=clock)
+        # 10 answers taking 10, 20, ..., 100 ms. Linear interpolation between closest ranks over 10 sorted samples:
+        # p50 at rank 4.5 -> 55; p90 at rank 8.1 -> 90 + 0.1*10 = 91; p99 at rank 8.91 -> 90 + 0.91*10 = 99.1.
+        for ms in (30, 10, 100, 50, 20, 90, 40, 80, 70, 60):
+            await ic(ctx(), upstream(answer(), clock, ms / 1000))
+        out = ic.section()
+        assert (out["p50_latency_ms"], out["p90_latency_ms"], out["p99_latency_ms"]) == (55.0, 91.0, 99.1)
+        assert (out["min_latency_ms"], out["max_latency_ms"], out["avg_latency_ms"]) == (10.0, 100.0, 55.0)
+
+    async def test_sums_do_not_drift(self, run: RunContext) -> None:
+        """Ten answers of 0.1 s sum to exactly 1000 ms (integer microseconds: no 0.1 + 0.1 + ... drift)."""
+        clock = Clock()
+        ic = ResponseStatsInterceptor(Params(), run, clock=clock)
+        for _ in range(10):
+            await ic(ctx(), upstream(answer(), clock, 0.1))
+        assert sum([0.1] * 10) != 1.0  # what float accumulation would have given
+        stats = ic.section()["scores"]["latency_ms"]["stats"]
+        assert Fraction(stats["sum"]) == 1000 and Fraction(stats["mean"]) == 100 and stats["stddev"] == 0
+
+    async def test_stream_latency_to_last_event_and_ttft(self, run: RunContext) -> None:
+        """A stream's latency runs to its last event; time to first token to its first event."""
+        clock = Clock()
+        ic = ResponseStatsInterceptor(Params(), run, clock=clock)
+        for step_ms in (10, 30):
+            resp = await ic(ctx(), upstream(ProxyResponse(200, stream=stream(usage=None, clock=clock,
+                                                                              step=step_ms / 1000))))
+            await drain(resp)
+        out = ic.section()
+        # Each stream: 2 events, each after `step`: first event at 1 step, last at 2 steps.
+        assert (out["min_time_to_first_token_ms"], out["max_time_to_first_token_ms"]) == (10.0, 30.0)
+        assert out["p50_time_to_first_token_ms"] == 20.0 and out["avg_time_to_first_token_ms"] == 20.0
+        assert (out["min_latency_ms"], out["max_latency_ms"]) == (20.0, 60.0)
+
     def test_percentiles_use_every_sample_of_the_run(self, run: RunContext) -> None:
         """Percentiles of a run longer than the persisted sample share still come from all of its answers."""
-        ic = ResponseStatsInterceptor(ResponseStatsInterceptor.Params(), run)
+        ic = ResponseStatsInterceptor(Params(), run)
         body = answer().json
         for i in range(20_000):  # the first 10,000 fast, the rest slow
             ic._record(200, body, 0.001 if i < 10_000 else 0.1, None, False)
         out = ic.section()
         assert out["p90_latency_ms"] == 100.0 and out["p50_latency_ms"] == pytest.approx(50.5, abs=0.1)
+
+
+class TestStreams:
+    @pytest.mark.parametrize(("in_stream", "kept_aside", "tokens", "without_usage"), [
+        (True, False, 9, 0),
+        (False, True, 9, 0),
+        (False, False, 0, 1),
+    ], ids=["usage-chunk", "endpoint-kept-usage", "usage-unknown"])
+    async def test_usage_sources(
+        self, run: RunContext, in_stream: bool, kept_aside: bool, tokens: int, without_usage: int
+    ) -> None:
+        """Tokens come from the final usage chunk or the usage the endpoint kept aside; else usage is unknown."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        usage = {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+        c = ctx()
+        if kept_aside:
+            c.state[STREAM_USAGE] = usage
+        resp = await ic(c, upstream(ProxyResponse(200, stream=stream(usage=usage if in_stream else None))))
+        events = await drain(resp)
+        assert events[-1] == DONE_EVENT and len(events) == 3 + in_stream  # passed through untouched
+        out = ic.section()
+        assert (out["streamed_count"], out["total_total_tokens"], out["streams_without_usage"]) == (
+            1, tokens, without_usage)
+        assert out["finish_reason"] == {"stop": 1}
+
+    async def test_streamed_tool_calls(self, run: RunContext) -> None:
+        """A stream whose deltas carry tool_calls counts once as a tool call."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        await drain(await ic(ctx(), upstream(ProxyResponse(200, stream=stream(usage=None, tool=True)))))
+        assert ic.section()["tool_calls_count"] == 1
+
+    async def test_a_broken_stream_is_an_error(self, run: RunContext) -> None:
+        """A stream that breaks off is counted under stream_<code> and the error reaches the client."""
+        ic = ResponseStatsInterceptor(Params(), run)
+
+        async def broken() -> AsyncIterator[bytes]:
+            yield make_event({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]})
+            raise UpstreamProtocolError("cut")
+
+        with pytest.raises(UpstreamProtocolError):
+            await drain(await ic(ctx(), upstream(ProxyResponse(200, stream=broken()))))
+        out = ic.section()
+        assert out["errors"] == {"stream_upstream_protocol_error": 1} and out["successful_count"] == 0
 
 
 @pytest.mark.parametrize(("event", "parse"), [
@@ -157,6 +245,56 @@ class TestLongRuns:
 ])
 def test_only_events_that_can_matter_are_parsed(event: bytes, parse: bool) -> None:
     """Chunks with nothing but content are skipped; finish reasons, usage and tool calls are never missed."""
-    from evalproxy.interceptors.response_stats import _worth_parsing
-
     assert _worth_parsing(event) is parse
+
+
+class TestPersistence:
+    async def test_earlier_runs_add_up_with_weighted_percentiles(self, run: RunContext) -> None:
+        """A new run in the same directory adds the earlier run's counts, and percentiles weigh runs by count."""
+        clock = Clock()
+        first = ResponseStatsInterceptor(Params(), run, clock=clock)
+        for _ in range(30):
+            await first(ctx(), upstream(answer(), clock, 0.1))
+        first.section()  # what the statistics writer does: persists run-test-run.json
+        second_run = RunContext(output_dir=run.output_dir, run_id="second", config=run.config, server=run.server,
+                                metrics=run.metrics, metrics_file=run.metrics_file)
+        second = ResponseStatsInterceptor(Params(), second_run, clock=clock)
+        for _ in range(10):
+            await second(ctx(), upstream(answer(), clock, 0.001))
+        out = second.section()
+        assert out["count"] == 40 and out["total_prompt_tokens"] == 120
+        assert {r: v["count"] for r, v in out["runs"].items()} == {"test-run": 30, "second": 10}
+        assert out["p50_latency_ms"] == 100.0 and out["min_latency_ms"] == 1.0  # 3 of 4 answers took 100 ms
+
+    async def test_unreadable_earlier_file_is_skipped(self, run: RunContext, tmp_path: Path) -> None:
+        """A damaged file from an earlier run is ignored with a warning; this run's numbers still count."""
+        d = run.output_dir / "response_stats_cache"
+        d.mkdir(parents=True)
+        (d / "run-old.json").write_bytes(b"{not json")
+        ic = ResponseStatsInterceptor(Params(), run)
+        await ic(ctx(), upstream(answer()))
+        assert ic.section()["count"] == 1
+
+    async def test_individuals_are_saved_in_batches(self, run: RunContext, tmp_path: Path) -> None:
+        """save_individuals appends one line per answer when the statistics are written, not per request."""
+        d = tmp_path / "stats"
+        ic = ResponseStatsInterceptor(Params(save_individuals=True, cache_dir=str(d)), run)
+        path = d / "run-test-run.individuals.jsonl"
+        for i in (1, 2):
+            await ic(ctx(i), upstream(answer(completion=i)))
+        assert not path.exists()
+        ic.section()
+        await ic(ctx(3), upstream(answer(status=500)))
+        ic.section()
+        rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        assert [(r["request_id"], r["status_code"], r["completion_tokens"]) for r in rows] == [
+            (1, 200, 1), (2, 200, 2), (3, 500, None)]  # tokens only from successes
+
+    async def test_stats_file_saving_interval_writes_every_n(self, run: RunContext) -> None:
+        """stats_file_saving_interval=2 writes eval_factory_metrics.json after the 2nd answer, in the background."""
+        ic = ResponseStatsInterceptor(Params(stats_file_saving_interval=2), run)
+        await ic(ctx(), upstream(answer()))
+        assert not run.metrics_file.path.exists()
+        await ic(ctx(), upstream(answer()))
+        await ic.aclose()  # waits for the write in flight
+        assert orjson.loads(run.metrics_file.path.read_bytes())["response_stats"]["count"] == 2

@@ -28,6 +28,17 @@ def percentile(sorted_values: list[int], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def subsample(samples: array[int], n: int) -> array[int]:
+    """``n`` of ``samples`` drawn uniformly without replacement, in their original order (all of them if fewer).
+
+    Seeded, so the same samples give the same persisted file and the same percentiles.
+    """
+    if n >= len(samples):
+        return array("q", samples)
+    picked = sorted(random.Random(len(samples)).sample(range(len(samples)), max(n, 0)))
+    return array("q", (samples[i] for i in picked))
+
+
 @dataclass
 class Summary:
     """Count, exact sum and sum of squares, min, max and samples of integer observations."""
@@ -59,13 +70,26 @@ class Summary:
                 self.samples[j] = value
 
     def merge(self, other: Summary) -> Summary:
+        """The summary of both: sums, extremes, and samples drawn in proportion to the counts they stand for.
+
+        A persisted run keeps fewer samples than it had observations, so concatenating samples would over-weight the
+        run with more samples kept; each side instead contributes ``size * its_count / total_count`` samples, with
+        ``size`` as large as the side with the fewest samples per observation allows.
+        """
         out = Summary(self.count + other.count, self.total + other.total, self.squares + other.squares)
         mins = [m for m in (self.min, other.min) if m is not None]
         maxs = [m for m in (self.max, other.max) if m is not None]
         out.min = min(mins) if mins else None
         out.max = max(maxs) if maxs else None
         out.keep = max(self.keep, other.keep)
-        out.samples = (self.samples + other.samples)[: out.keep]
+        sides = [s for s in (self, other) if s.count and s.samples]
+        if not sides or not out.keep:
+            return out
+        weight = sum(s.count for s in sides)
+        # Largest sample size at which every side can supply its share (shares are exact up to rounding).
+        size = min([out.keep, *(len(s.samples) * weight // s.count for s in sides)])
+        for s in sides:
+            out.samples.extend(subsample(s.samples, round(size * s.count / weight)))
         return out
 
     @property
@@ -112,8 +136,9 @@ class Summary:
         }
 
     def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
+        """JSON form; at most ``keep_samples`` samples, drawn uniformly (not the first ones: those are the warm-up)."""
         return {"count": self.count, "total": self.total, "squares": self.squares, "min": self.min,
-                "max": self.max, "samples": self.samples[:keep_samples].tolist()}
+                "max": self.max, "samples": subsample(self.samples, keep_samples).tolist()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], keep: int = MAX_SAMPLES) -> Summary:

@@ -8,15 +8,25 @@ percentiles come from bounded samples.
 Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json`` (written atomically with the statistics file,
 never per request); on start the earlier runs' files in the same directory are read, so a resumed evaluation reports
 the totals of all its runs, and each run's own numbers under ``runs``.
+
+Streams: finish reasons and tool calls come from the events as they pass; usage from the stream's final usage chunk.
+A client that did not ask ``stream_options.include_usage`` gets no such chunk, and this interceptor, listed after
+``endpoint``, may not change the request. The endpoint asks for usage on the client's behalf (its ``stream_usage``
+setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden from the client; with that setting
+off such a stream's tokens are unknown: it is counted under ``streams_without_usage`` and adds no tokens.
+
+Latency is the upstream round trip as seen around ``call_next`` (for a stream, to its last event); percentiles use an
+exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see :mod:`evalproxy.adapter.stats`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +57,10 @@ class RunStats:
         self.streamed = 0
         self.streams_without_usage = 0
         self.tool_calls = 0
+        self.function_calls = 0
         self.status_codes: Counter[str] = Counter()
         self.finish_reasons: Counter[str] = Counter()
+        self.stop_reasons: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         # Samples only where a distribution is shown (the completion tokens histogram); the rest are sums.
         self.tokens = {k: Summary(keep=MAX_SAMPLES if k == "completion_tokens" else 0) for k in _TOKEN_KINDS}
@@ -63,6 +75,7 @@ class RunStats:
         return {
             "run_id": self.run_id, "count": self.count, "successful": self.successful, "streamed": self.streamed,
             "streams_without_usage": self.streams_without_usage, "tool_calls": self.tool_calls,
+            "function_calls": self.function_calls, "stop_reasons": dict(self.stop_reasons),
             "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
             "errors": dict(self.errors), "tokens": {name: s.to_json(k) for name, s in self.tokens.items()},
             "latency_us": self.latency_us.to_json(k), "ttft_us": self.ttft_us.to_json(k),
@@ -74,6 +87,9 @@ class RunStats:
         s = cls(data["run_id"])
         s.count, s.successful, s.streamed = data["count"], data["successful"], data["streamed"]
         s.streams_without_usage, s.tool_calls = data["streams_without_usage"], data["tool_calls"]
+        # Files written before these counters existed read as zero.
+        s.function_calls = data.get("function_calls", 0)
+        s.stop_reasons = Counter(data.get("stop_reasons", {}))
         s.status_codes = Counter(data["status_codes"])
         s.finish_reasons = Counter(data["finish_reasons"])
         s.errors = Counter(data["errors"])
@@ -91,6 +107,8 @@ class RunStats:
         out.streamed = self.streamed + other.streamed
         out.streams_without_usage = self.streams_without_usage + other.streams_without_usage
         out.tool_calls = self.tool_calls + other.tool_calls
+        out.function_calls = self.function_calls + other.function_calls
+        out.stop_reasons = self.stop_reasons + other.stop_reasons
         out.status_codes = self.status_codes + other.status_codes
         out.finish_reasons = self.finish_reasons + other.finish_reasons
         out.errors = self.errors + other.errors
@@ -114,8 +132,10 @@ class RunStats:
             "streamed_count": self.streamed,
             "streams_without_usage": self.streams_without_usage,
             "tool_calls_count": self.tool_calls,
+            "function_calls_count": self.function_calls,
             "status_codes": dict(sorted(self.status_codes.items())),
             "finish_reason": dict(sorted(self.finish_reasons.items())),
+            "stop_reason": dict(sorted(self.stop_reasons.items())),
             "errors": dict(sorted(self.errors.items())),
             "avg_latency_ms": round(lat.mean * ms, 3),
             "max_latency_ms": round((lat.max or 0) * ms, 3),
@@ -124,11 +144,14 @@ class RunStats:
         }
         if self.ttft_us.count:
             out["avg_time_to_first_token_ms"] = round(self.ttft_us.mean * ms, 3)
+            out["min_time_to_first_token_ms"] = round((self.ttft_us.min or 0) * ms, 3)
+            out["max_time_to_first_token_ms"] = round((self.ttft_us.max or 0) * ms, 3)
             out.update({f"{k}_time_to_first_token_ms": v for k, v in self.ttft_us.percentiles(scale=ms).items()})
         for kind, s in self.tokens.items():
             out[f"total_{kind}"] = s.total
             out[f"avg_{kind}"] = round(s.mean, 3)
             out[f"max_{kind}"] = s.max or 0
+            out[f"min_{kind}"] = s.min or 0
         if self.first_at is not None and self.last_at is not None:
             span = self.last_at - self.first_at
             out["inference_time"] = round(span, 3)
@@ -146,6 +169,21 @@ class RunStats:
                              "completion_tokens": self.tokens["completion_tokens"].histogram()}
         return out
 
+    def brief(self) -> dict[str, Any]:
+        """This run's own numbers, for the ``runs`` map (no samples, scores or histograms: those are in the totals)."""
+        ms = 0.001
+        return {
+            "count": self.count, "successful_count": self.successful, "streamed_count": self.streamed,
+            "streams_without_usage": self.streams_without_usage, "tool_calls_count": self.tool_calls,
+            "status_codes": dict(sorted(self.status_codes.items())),
+            "finish_reason": dict(sorted(self.finish_reasons.items())),
+            "errors": dict(sorted(self.errors.items())),
+            **{f"total_{kind}": s.total for kind, s in self.tokens.items()},
+            "avg_latency_ms": round(self.latency_us.mean * ms, 3),
+            "first_request_time": self.first_at, "last_request_time": self.last_at,
+            "inference_time": round((self.last_at or 0) - (self.first_at or 0), 3),
+        }
+
 
 def _worth_parsing(event: bytes) -> bool:
     """Whether an event can carry a finish reason, usage or tool calls: most chunks of a stream carry none, and are
@@ -162,19 +200,37 @@ class ResponseStatsInterceptor(BaseInterceptor):
     best_effort = True
 
     class Params(BaseParams):
+        """NeMo Evaluator's names; ``cache_dir`` defaults to where NeMo's legacy config puts it."""
+
         cache_dir: str | None = Field(default=None, description="Default: <output_dir>/response_stats_cache")
         logging_aggregated_stats_interval: int = Field(default=100, ge=0, description="Log totals every N answers")
         collect_token_stats: bool = True
-        save_individuals: bool = False
-        stats_file_saving_interval: int | None = None
+        collect_finish_reasons: bool = True
+        collect_tool_calls: bool = True
+        save_individuals: bool = Field(
+            default=False,
+            description="Also append one line per answer to <cache_dir>/run-<run_id>.individuals.jsonl, in batches "
+            "with the statistics file (NeMo keeps these in its cache; off here unless asked for)",
+        )
+        stats_file_saving_interval: int | None = Field(
+            default=None, ge=1,
+            description="Also write the statistics file every N answers (it is written every few seconds anyway)",
+        )
 
-    def __init__(self, params: ResponseStatsInterceptor.Params, run: RunContext) -> None:
+    def __init__(
+        self, params: ResponseStatsInterceptor.Params, run: RunContext,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """``clock`` measures latency (seconds, monotonic); tests pass one they advance by hand."""
         super().__init__(params, run)
         self.dir = Path(params.cache_dir or run.output_dir / "response_stats_cache")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.stats = RunStats(run.run_id)
         self.earlier = self._load_earlier()
+        self._clock = clock
         self._lock = threading.Lock()  # the statistics writer reads from a thread
+        self._individuals: list[bytes] = []  # lines not yet appended (save_individuals), flushed with the file
+        self._saving: asyncio.Task[None] | None = None
         run.metrics_file.register("response_stats", self.section)
 
     def _load_earlier(self) -> list[RunStats]:
@@ -193,26 +249,30 @@ class ResponseStatsInterceptor(BaseInterceptor):
         with self._lock:
             # A copy with every sample: this run's percentiles use all of them; the file keeps a bounded share.
             mine = RunStats.from_json(self.stats.to_json(keep_samples=MAX_SAMPLES))
+            rows, self._individuals = self._individuals, []
         atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.to_json()))
+        if rows:
+            # Appended whole lines at a time; a crash can at worst cut the last line, which readers skip.
+            with (self.dir / f"run-{mine.run_id}.individuals.jsonl").open("ab") as f:
+                f.write(b"".join(rows))
         total = mine
         for r in self.earlier:
             total = total.merge(r)
         out = total.summary()
         out["run_id"] = self.run.run_id
-        out["runs"] = {r.run_id: {"count": r.count, "successful_count": r.successful,
-                                  "inference_time": round((r.last_at or 0) - (r.first_at or 0), 3)}
-                       for r in [*self.earlier, mine]}
+        out["runs"] = {r.run_id: r.brief() for r in [*self.earlier, mine]}
         return out
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        t0 = time.perf_counter()
+        t0 = self._clock()
         try:
             resp = await call_next(ctx)
         except ProxyError as exc:
-            self._record_error(exc.status, exc.code or exc.type)
+            self._record_error(exc.status, exc.code or exc.type, ctx.request_id)
             raise
         if resp.stream is None:
-            self._record(resp.status, resp.json if resp.ok else None, time.perf_counter() - t0, None, False)
+            self._record(resp.status, resp.json if resp.ok else None, self._clock() - t0, None, False,
+                         ctx.request_id)
             return resp
         resp.stream = self._observe(ctx, resp.status, resp.stream, t0)
         return resp
@@ -227,7 +287,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
         try:
             async for event in stream:
                 if first is None:
-                    first = time.perf_counter() - t0
+                    first = self._clock() - t0
                 if _worth_parsing(event):
                     obj = event_json(event)
                     if isinstance(obj, dict):
@@ -242,14 +302,15 @@ class ResponseStatsInterceptor(BaseInterceptor):
                             usage = obj["usage"]
                 yield event
         except ProxyError as exc:
-            self._record_error(exc.status, "stream_" + (exc.code or exc.type))
+            self._record_error(exc.status, "stream_" + (exc.code or exc.type), ctx.request_id)
             raise
+        # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
         usage = usage or ctx.state.get(STREAM_USAGE)
         body = {"choices": [{"finish_reason": r} for r, n in finish.items() for _ in range(n)], "usage": usage,
                 "_tool_calls": tool_calls}
-        self._record(status, body, time.perf_counter() - t0, first, True)
+        self._record(status, body, self._clock() - t0, first, True, ctx.request_id)
 
-    def _record_error(self, status: int, kind: str) -> None:
+    def _record_error(self, status: int, kind: str, request_id: int = 0) -> None:
         with self._lock:
             s = self.stats
             s.count += 1
@@ -257,9 +318,13 @@ class ResponseStatsInterceptor(BaseInterceptor):
             s.errors[kind] += 1
             s.last_at = time.time()
             s.first_at = s.first_at or s.last_at
+            if self.params.save_individuals:
+                self._individuals.append(self._individual(request_id, s.last_at, status, None, None, None, None))
         self.run.metrics_file.touch()
 
-    def _record(self, status: int, body: Any, latency: float, ttft: float | None, streamed: bool) -> None:
+    def _record(
+        self, status: int, body: Any, latency: float, ttft: float | None, streamed: bool, request_id: int = 0
+    ) -> None:
         now = time.time()
         usage = body.get("usage") if isinstance(body, dict) else None
         with self._lock:
@@ -279,6 +344,8 @@ class ResponseStatsInterceptor(BaseInterceptor):
                 s.successful += 1
                 self._count_body(s, body, usage)
             count = s.count
+            if self.params.save_individuals:
+                self._individuals.append(self._individual(request_id, now, status, body, usage, latency, ttft))
         if self.params.collect_token_stats and isinstance(usage, dict):
             for kind in ("prompt", "completion"):
                 v = usage.get(f"{kind}_tokens")
@@ -290,22 +357,51 @@ class ResponseStatsInterceptor(BaseInterceptor):
         interval = self.params.logging_aggregated_stats_interval
         if interval and count % interval == 0:
             self._log_totals()
+        every = self.params.stats_file_saving_interval
+        if every and count % every == 0 and (self._saving is None or self._saving.done()):
+            # In the background, and never two at once: a burst of answers never queues writes behind each other.
+            self._saving = asyncio.get_running_loop().create_task(self.run.metrics_file.write())
+
+    def _individual(
+        self, request_id: int, now: float, status: int, body: Any, usage: Any, latency: float | None,
+        ttft: float | None,
+    ) -> bytes:
+        """One answer's line in NeMo Evaluator's per-request shape, plus latency."""
+        u = usage if isinstance(usage, dict) else {}
+        choices = body.get("choices") if isinstance(body, dict) else None
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        return orjson.dumps({
+            "request_id": request_id, "timestamp": now, "status_code": status, "count": 1,
+            "run_id": self.run.run_id, "prompt_tokens": u.get("prompt_tokens"),
+            "completion_tokens": u.get("completion_tokens"), "total_tokens": u.get("total_tokens"),
+            "finish_reason": first.get("finish_reason"),
+            "latency_ms": None if latency is None else round(latency * 1000, 3),
+            "time_to_first_token_ms": None if ttft is None else round(ttft * 1000, 3),
+        }) + b"\n"
 
     def _count_body(self, s: RunStats, body: Any, usage: Any) -> None:
         if not isinstance(body, dict):
             s.errors["not_json"] += 1
             return
+        p = self.params
         called_tools = bool(body.get("_tool_calls"))
+        called_function = False
         for ch in body.get("choices") or ():
             if not isinstance(ch, dict):
                 continue
-            if ch.get("finish_reason"):
-                s.finish_reasons[str(ch["finish_reason"])] += 1
+            reason = ch.get("finish_reason")
+            if reason and p.collect_finish_reasons:
+                s.finish_reasons[str(reason)] += 1
+            if ch.get("stop_reason") is not None and p.collect_finish_reasons:
+                s.stop_reasons[str(ch["stop_reason"])] += 1  # vLLM: the stop string or token id that ended it
             msg = ch.get("message")
-            if isinstance(msg, dict) and msg.get("tool_calls"):
+            if reason == "tool_calls" or (isinstance(msg, dict) and msg.get("tool_calls")):
                 called_tools = True
-        if called_tools:
-            s.tool_calls += 1
+            if reason == "function_call" or (isinstance(msg, dict) and msg.get("function_call")):
+                called_function = True  # the legacy single-function form, counted apart as NeMo does
+        if p.collect_tool_calls:
+            s.tool_calls += called_tools
+            s.function_calls += called_function
         if self.params.collect_token_stats and isinstance(usage, dict):
             for kind in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 v = usage.get(kind)
@@ -324,5 +420,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
         log.info("response_stats: %s", line)
 
     async def aclose(self) -> None:
+        if self._saving is not None:
+            await self._saving
         self._log_totals()
 
