@@ -256,6 +256,10 @@ class TestPersistence:
         for _ in range(30):
             await first(ctx(), upstream(answer(), clock, 0.1))
         first.section()  # what the statistics writer does: persists run-test-run.json
+        saved = run.output_dir / "response_stats_cache" / "run-test-run.json"
+        data = orjson.loads(saved.read_bytes())
+        data["first_at"], data["last_at"] = data["first_at"] - 7200, data["last_at"] - 3600  # an hour's run, ago
+        saved.write_bytes(orjson.dumps(data))
         second_run = RunContext(output_dir=run.output_dir, run_id="second", config=run.config, server=run.server,
                                 metrics=run.metrics, metrics_file=run.metrics_file)
         second = ResponseStatsInterceptor(Params(), second_run, clock=clock)
@@ -265,8 +269,13 @@ class TestPersistence:
         assert out["count"] == 40 and out["total_prompt_tokens"] == 120
         assert {r: v["count"] for r, v in out["runs"].items()} == {"test-run": 30, "second": 10}
         assert out["p50_latency_ms"] == 100.0 and out["min_latency_ms"] == 1.0  # 3 of 4 answers took 100 ms
+        # Time between the runs is not inference time: the total is the sum of each run's span.
+        assert out["runs"]["test-run"]["inference_time"] == pytest.approx(3600, abs=1)
+        assert out["inference_time"] == pytest.approx(sum(r["inference_time"] for r in out["runs"].values()),
+                                                      abs=0.002)
+        assert out["inference_time"] < 3601 and out["requests_per_second"] == pytest.approx(40 / 3600, abs=0.001)
 
-    async def test_unreadable_earlier_file_is_skipped(self, run: RunContext, tmp_path: Path) -> None:
+    async def test_unreadable_earlier_file_is_skipped(self, run: RunContext) -> None:
         """A damaged file from an earlier run is ignored with a warning; this run's numbers still count."""
         d = run.output_dir / "response_stats_cache"
         d.mkdir(parents=True)

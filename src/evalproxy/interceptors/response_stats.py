@@ -68,6 +68,15 @@ class RunStats:
         self.ttft_us = Summary()
         self.first_at: float | None = None
         self.last_at: float | None = None
+        self.merged_span: float | None = None
+        """For totals over runs: the sum of each run's span (the gaps between runs are not inference time)."""
+
+    @property
+    def inference_time(self) -> float:
+        """Wall-clock seconds from the first answer to the last (summed per run for totals)."""
+        if self.merged_span is not None:
+            return self.merged_span
+        return (self.last_at or 0.0) - (self.first_at or 0.0)
 
     def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
         """The numbers as JSON; at most ``keep_samples`` samples per summary (persisted files stay small)."""
@@ -119,6 +128,7 @@ class RunStats:
         lasts = [t for t in (self.last_at, other.last_at) if t is not None]
         out.first_at = min(firsts) if firsts else None
         out.last_at = max(lasts) if lasts else None
+        out.merged_span = self.inference_time + other.inference_time
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -153,7 +163,7 @@ class RunStats:
             out[f"max_{kind}"] = s.max or 0
             out[f"min_{kind}"] = s.min or 0
         if self.first_at is not None and self.last_at is not None:
-            span = self.last_at - self.first_at
+            span = self.inference_time
             out["inference_time"] = round(span, 3)
             out["requests_per_second"] = round(self.count / span, 3) if span > 0 else None
             out["first_request_time"] = self.first_at
@@ -181,7 +191,7 @@ class RunStats:
             **{f"total_{kind}": s.total for kind, s in self.tokens.items()},
             "avg_latency_ms": round(self.latency_us.mean * ms, 3),
             "first_request_time": self.first_at, "last_request_time": self.last_at,
-            "inference_time": round((self.last_at or 0) - (self.first_at or 0), 3),
+            "inference_time": round(self.inference_time, 3),
         }
 
 
@@ -360,7 +370,13 @@ class ResponseStatsInterceptor(BaseInterceptor):
         every = self.params.stats_file_saving_interval
         if every and count % every == 0 and (self._saving is None or self._saving.done()):
             # In the background, and never two at once: a burst of answers never queues writes behind each other.
-            self._saving = asyncio.get_running_loop().create_task(self.run.metrics_file.write())
+            self._saving = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        try:
+            await self.run.metrics_file.write()
+        except OSError as exc:  # the periodic and the final write try again; a full disk must not fail requests
+            log.warning("cannot write %s: %s", self.run.metrics_file.path, exc)
 
     def _individual(
         self, request_id: int, now: float, status: int, body: Any, usage: Any, latency: float | None,
