@@ -386,3 +386,18 @@ class TestStreams:
         assert (s["total_responses"], s["reasoning_finished_count"], s["total_reasoning_words"]) == (1, 1, 2)
         assert (s["total_original_content_words"], s["total_updated_content_words"]) == (2, 1)  # split on whitespace
         assert (s["total_reasoning_tokens"], s["total_updated_content_tokens"]) == (6, 4)
+
+
+class TestStreamUnmarkedPass:
+    def test_pass_streams_plain_answers_at_once(self) -> None:
+        """stream_unmarked: pass lets an answer without the start token through as it arrives."""
+        held = StreamSplitter("<think>", "</think>", True)
+        passing = StreamSplitter("<think>", "</think>", True, hold_unmarked=False)
+        assert held.feed("Hello")[0] == "" and held.close() == "Hello"
+        assert passing.feed("Hello")[0] == "Hello" and passing.feed(" world")[0] == " world"
+
+    def test_pass_still_strips_marked_blocks(self) -> None:
+        """With pass, an answer that opens with the start token is still stripped."""
+        s = StreamSplitter("<think>", "</think>", True, hold_unmarked=False)
+        out = s.feed("<think>hmm</thi")[0] + s.feed("nk> 4")[0] + s.close()
+        assert out == "4"

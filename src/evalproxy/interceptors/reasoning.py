@@ -27,7 +27,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -63,6 +63,8 @@ class StreamSplitter:
     start: str | None
     end: str
     include_if_not_finished: bool
+    hold_unmarked: bool = True
+    """False: an answer that does not open with the start token streams at once (a block opened by the prompt leaks)."""
     mode: str = "detect"
     pending: str = ""
     scanned: int = 0  # how much of ``pending`` was already searched for the end token (unmarked mode)
@@ -93,7 +95,7 @@ class StreamSplitter:
                 if self.start.startswith(head):
                     self.pending = buf  # whitespace or a piece of the start token: not decidable yet
                     break
-                self.mode = "unmarked"
+                self.mode = "unmarked" if self.hold_unmarked else "answer"
                 continue
             if self.mode in ("marked", "unmarked"):
                 at = max(0, self.scanned - len(self.end) + 1) if self.mode == "unmarked" else 0
@@ -266,6 +268,11 @@ class ReasoningInterceptor(BaseInterceptor):
         cache_dir: str | None = None
         save_individuals: bool = False
         logging_aggregated_stats_interval: int = Field(default=100, ge=0)
+        stream_unmarked: Literal["hold", "pass"] = Field(
+            default="hold",
+            description="A streamed answer that does not open with the start token: 'hold' it until the end token "
+            "or the end (never leaks a block the chat template opened; the answer arrives at once), or 'pass' it "
+            "through as it streams (for models that always write the start token, or none at all)")
 
     def __init__(self, params: ReasoningInterceptor.Params, run: RunContext) -> None:
         super().__init__(params, run)
@@ -353,7 +360,7 @@ class ReasoningInterceptor(BaseInterceptor):
             c = choices.get(i)
             if c is None:
                 c = choices[i] = _Choice(StreamSplitter(p.start_reasoning_token, p.end_reasoning_token,
-                                                        p.include_if_not_finished))
+                                                        p.include_if_not_finished, p.stream_unmarked == "hold"))
             return c
 
         def flush() -> list[bytes]:
