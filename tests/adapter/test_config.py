@@ -64,6 +64,10 @@ class TestShapes:
         data["server"] = {"output_dir": "/elsewhere"}
         assert load_config(write(tmp_path, data)).server.output_dir == "/elsewhere"
 
+    def test_report_size_zero_is_kept(self) -> None:
+        """html_report_size: 0 means no pairs in the report, not the default of 5."""
+        assert parse_config({"html_report_size": 0}).adapter.post_eval_hooks[0].config["html_report_size"] == 0
+
     def test_default_chain_saves_what_the_report_shows(self) -> None:
         """With no chain configured, caching saves html_report_size requests for the report, answers uncapped."""
         loaded = parse_config({"html_report_size": 3})

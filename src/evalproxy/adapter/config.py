@@ -279,7 +279,8 @@ def default_hooks(adapter: AdapterConfig) -> list[PostEvalHookConfig]:
     return [
         PostEvalHookConfig(
             name="post_eval_report",
-            config={"report_types": ["html", "json"], "html_report_size": adapter.html_report_size or 5},
+            config={"report_types": ["html", "json"],
+                    "html_report_size": 5 if adapter.html_report_size is None else adapter.html_report_size},
         )
     ]
 
