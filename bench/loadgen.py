@@ -1,6 +1,6 @@
 """Load generator: requests at a fixed concurrency against one URL; prints one JSON line of results.
 
-    python bench/loadgen.py URL --concurrency 64 --requests 5000 [--seconds 3] [--model bench-d50]
+    python bench/loadgen.py URL|- --concurrency 64 --requests 5000 [--seconds 3] [--model bench-d50]
                                [--stream --expect-events 23 --ramp 1] [--unique TAG | --repeat K]
 
 Each of ``concurrency`` workers sends one request after the other (keep-alive) until ``requests`` were sent or
@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import sys
 import time
 
 import aiohttp
 from loopback import run as run_loop
+
+# An event that carries answer text (a non-empty content or text): what a user sees as the first token.
+CONTENT = re.compile(rb'"(?:content|text)": ?"[^"]')
 
 
 def pct(values: list[float], q: float) -> float:
@@ -35,6 +40,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     latencies: list[float] = []
     overheads: list[float] = []
     ttfts: list[float] = []
+    ttfcs: list[float] = []
     gaps: list[float] = []
     errors: dict[str, int] = {}
     events_seen: list[int] = []
@@ -69,7 +75,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 try:
                     async with session.post(url, data=body(i), headers=headers) as r:
                         if args.stream:
-                            n, last, buf = 0, None, b""
+                            n, last, buf, seen_content = 0, None, b"", False
                             async for data in r.content.iter_any():
                                 now = time.perf_counter()
                                 buf += data
@@ -82,6 +88,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                                         gaps.append(now - last)
                                     last = now
                                     n += k_ev
+                                    if not seen_content and CONTENT.search(data):
+                                        seen_content = True
+                                        ttfcs.append(now - t0)
                             events_seen.append(n)
                             if args.expect_events and n < args.expect_events:
                                 error("lost_events")
@@ -108,15 +117,16 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p50_ms": pct(latencies, 50) * ms, "p90_ms": pct(latencies, 90) * ms, "p99_ms": pct(latencies, 99) * ms,
         "overhead_p50_ms": pct(overheads, 50) * ms, "overhead_p99_ms": pct(overheads, 99) * ms,
         "ttft_p50_ms": pct(ttfts, 50) * ms, "ttft_p99_ms": pct(ttfts, 99) * ms,
+        "ttfc_p50_ms": pct(ttfcs, 50) * ms, "ttfc_p99_ms": pct(ttfcs, 99) * ms,
         "gap_p50_ms": pct(gaps, 50) * ms, "gap_p99_ms": pct(gaps, 99) * ms,
         "events_min": min(events_seen) if events_seen else 0,
         "events_max": max(events_seen) if events_seen else 0,
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    p.add_argument("url")
+    p.add_argument("url", help="the target; '-' reads one argument list (JSON) per line from stdin")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=60.0, help="stop sending after this long")
@@ -126,14 +136,24 @@ def main() -> None:
     p.add_argument("--ramp", type=float, default=0.0, help="spread the workers' starts over this many seconds")
     p.add_argument("--unique", default="run")
     p.add_argument("--repeat", type=int, default=0, help="cycle through this many prompts (cache hits)")
+    return p
+
+
+def main() -> None:
+    p = parser()
     args = p.parse_args()
-    out: dict[str, object] = {}
 
     async def go() -> None:
-        out.update(await run(args))
+        if args.url != "-":
+            print(json.dumps(await run(args)), flush=True)
+            return
+        # One process for a whole benchmark run (bench/run.py): no interpreter start per measurement. Every
+        # measurement still opens its own session and connections.
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            print(json.dumps(await run(p.parse_args(json.loads(line)))), flush=True)
 
     run_loop(go())
-    print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

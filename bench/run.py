@@ -108,7 +108,7 @@ def wait_port(port: int, proc: subprocess.Popen[str], seconds: float = 60) -> No
 
 
 def first_line(proc: subprocess.Popen[str], seconds: float = 60) -> str:
-    """The first line a child prints (its port or URL), bounded in time."""
+    """The next line a child prints (its port, its URL, a result), bounded in time."""
     assert proc.stdout is not None
     import selectors
 
@@ -215,18 +215,41 @@ def ensure_nemo(name: str) -> str | None:
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------------
-def loadgen(url: str, **kw: Any) -> dict[str, Any]:
-    args = [PY, str(HERE / "loadgen.py"), url]
-    for k, v in kw.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            args.append(flag)
-        elif v not in (None, False):
-            args += [flag, str(v)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-2000:])
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+class LoadGen:
+    """The load generator process (bench/loadgen.py), one for the whole run, driven a line at a time."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __call__(self, url: str, **kw: Any) -> dict[str, Any]:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen([PY, str(HERE / "loadgen.py"), "-"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+        args = [url]
+        for k, v in kw.items():
+            flag = "--" + k.replace("_", "-")
+            if v is True:
+                args.append(flag)
+            elif v not in (None, False):
+                args += [flag, str(v)]
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+        limit = float(kw.get("seconds", 60)) + 180  # a measurement stops sending after ``seconds``; then drains
+        return dict(json.loads(first_line(self.proc, limit)))
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+loadgen = LoadGen()
 
 
 def measured(target: Proc | None, upstream: Proc, url: str, **kw: Any) -> dict[str, Any]:
@@ -251,11 +274,13 @@ class Sizes:
     stream_rounds: int  # streams per worker in the stream scenarios
     mem_small: int
     mem_big: int
+    n_warm: int = 300
 
 
-FULL = Sizes(seconds=3.0, n_lat=2000, n_tput=20000, n_prime=1000, stream_rounds=3, mem_small=10_000,
+FULL = Sizes(seconds=2.5, n_lat=2000, n_tput=20000, n_prime=600, stream_rounds=3, mem_small=10_000,
              mem_big=100_000)
-QUICK = Sizes(seconds=0.8, n_lat=500, n_tput=5000, n_prime=300, stream_rounds=1, mem_small=2_000, mem_big=20_000)
+QUICK = Sizes(seconds=0.5, n_lat=400, n_tput=5000, n_prime=100, stream_rounds=1, mem_small=2_000, mem_big=10_000,
+              n_warm=100)
 
 
 def scenarios(target: str, z: Sizes, tag: str) -> list[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -279,7 +304,7 @@ def scenarios(target: str, z: Sizes, tag: str) -> list[tuple[str, dict[str, Any]
         stream = {"stream": True, "expect_events": STREAM_EVENTS, "concurrency": 256}
         out += [
             # 256 streams at a model's pace (20 events 50 ms apart), starts spread over a second: the steady state.
-            ("stream_c256", {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": 1.0,
+            ("stream_c256", {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": min(1.0, 2 * s),
                              "model": "bench-g50", "unique": tag + "t"}, None),
             # 256 streams as fast as the upstream can send: the proxy saturated; nothing may be lost.
             ("stream_c256_burst", {**stream, "requests": 256 * z.stream_rounds, "seconds": s, "unique": tag + "u"},
@@ -354,13 +379,14 @@ def main() -> None:
             print(f"round {rnd + 1}/{args.rounds} ({time.monotonic() - t_begin:.0f}s)", flush=True)
             order = targets[rnd % len(targets):] + targets[: rnd % len(targets)]
             for target in order:
+                print(f" {target} ({time.monotonic() - t_begin:.0f}s)", flush=True)
                 tag = f"r{rnd}-{target}-{time.time_ns()}"
                 with running(target, upstream.url) as (proc, url):
                     mem = memory.setdefault(target, {})
                     if proc:
                         time.sleep(0.5)
                         mem.setdefault("idle_mb", []).append(rss_mb(proc.pid))
-                    loadgen(url, concurrency=8, requests=300, seconds=5, unique=f"warm-{tag}")
+                    loadgen(url, concurrency=8, requests=z.n_warm, seconds=5, unique=f"warm-{tag}")
                     for name, kw, first in scenarios(target, z, tag):
                         if first:
                             loadgen(url, **first)
@@ -370,6 +396,7 @@ def main() -> None:
         if not args.no_memory:
             memory["evalproxy"].update(memory_growth(upstream, z))
     finally:
+        loadgen.close()
         upstream.stop()
 
     report = summarise(args, z, targets, unavailable, results, memory, time.monotonic() - t_begin)
@@ -430,7 +457,7 @@ def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailabl
         a: dict[str, Any] = {}
         for q in ("p50", "p99"):
             a[f"c1_{q}_ms"] = paired(results, "latency_c1", t, "direct", lambda x, y, q=q: x[f"{q}_ms"] - y[f"{q}_ms"])
-            for m in ("ttft", "gap"):
+            for m in ("ttft", "ttfc", "gap"):
                 a[f"stream_{m}_{q}_ms"] = paired(results, "stream_c256", t, "direct",
                                                  lambda x, y, m=m, q=q: x[f"{m}_{q}_ms"] - y[f"{m}_{q}_ms"])
         added[t] = {k: v for k, v in a.items() if v is not None}
@@ -469,6 +496,8 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
          errs("stream_c256") == 0 and errs("stream_c256_burst") == 0 and ev("stream_c256", "events_min") is not None),
         ("added TTFT p99 <= 2 ms (256 streams)", added.get("stream_ttft_p99_ms"),
          _le(added.get("stream_ttft_p99_ms"), 2)),
+        ("(same, to the first event with answer text)", added.get("stream_ttfc_p99_ms"),
+         _le(added.get("stream_ttfc_p99_ms"), 2)),
         ("cache hits p50 <= 1 ms (c=1)", ev("cache_hits_c1", "p50_ms"), _le(ev("cache_hits_c1", "p50_ms"), 1)),
         ("RSS idle <= 60 MB", m.get("idle_mb"), _le(m.get("idle_mb"), 60)),
         ("RSS growth 10k -> 100k <= 10%", m.get("growth_pct"), _le(m.get("growth_pct"), 10)),
@@ -512,8 +541,10 @@ ROWS: list[tuple[str, str, str]] = [
     ("cache_hits_c64", "cpu_ms_per_req", "cache hits c=64 proxy CPU ms/req"),
     ("cache_hits_c1", "p50_ms", "cache hits c=1 p50 ms"),
     ("cache_hits_c1", "p99_ms", "cache hits c=1 p99 ms"),
-    ("stream_c256", "ttft_p50_ms", "256 streams (50 ms/event): TTFT p50 ms"),
-    ("stream_c256", "ttft_p99_ms", "256 streams (50 ms/event): TTFT p99 ms"),
+    ("stream_c256", "ttft_p50_ms", "256 streams (50 ms/event): first event p50 ms"),
+    ("stream_c256", "ttft_p99_ms", "256 streams (50 ms/event): first event p99 ms"),
+    ("stream_c256", "ttfc_p50_ms", "256 streams (50 ms/event): first answer text p50 ms"),
+    ("stream_c256", "ttfc_p99_ms", "256 streams (50 ms/event): first answer text p99 ms"),
     ("stream_c256", "gap_p50_ms", "256 streams (50 ms/event): gap p50 ms"),
     ("stream_c256", "gap_p99_ms", "256 streams (50 ms/event): gap p99 ms"),
     ("stream_c256", "events_min", "256 streams (50 ms/event): fewest events in a stream"),
