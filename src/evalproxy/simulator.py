@@ -37,6 +37,12 @@ class Fault:
     """Wait this long before answering."""
     drop_after_events: int | None = None
     """For a stream: send this many events, then cut the connection."""
+    end_after_events: int | None = None
+    """For a stream: send this many events, then end the response cleanly (negative: all but that many, so -1
+    leaves out only ``[DONE]``)."""
+    error_event_after: int | None = None
+    """For a stream: send this many events, then an ``{"error": ...}`` event and ``[DONE]``, as vLLM does when
+    generation fails after the 200 went out."""
     body: bytes | None = None
     """Answer 200 with exactly this body (for example, not JSON)."""
     content: str | None = None
@@ -242,6 +248,13 @@ class SimulatedModel:
                      "choices": [], "usage": usage}
             events.append(b"data: " + orjson.dumps(final) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
+        if fault and fault.end_after_events is not None:
+            events = events[: fault.end_after_events]
+        if fault and fault.error_event_after is not None:
+            error = {"error": {"message": "simulated failure mid-stream", "type": "InternalServerError",
+                               "code": 500}}
+            events = [*events[: fault.error_event_after], b"data: " + orjson.dumps(error) + b"\n\n",
+                      b"data: [DONE]\n\n"]
         for k, ev in enumerate(events):
             if fault and fault.drop_after_events is not None and k >= fault.drop_after_events:
                 assert request.transport is not None

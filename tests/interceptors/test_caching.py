@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from evalproxy.adapter.context import CACHE_HIT, ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.errors import UpstreamUnreachableError
+from evalproxy.adapter.sse import DONE_EVENT, make_event
+from evalproxy.adapter.store import cache_key
 from evalproxy.interceptors.caching import CachingInterceptor, is_deterministic
+
+SAMPLED = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.9}
+
+
+def make(run: RunContext, **params: Any) -> CachingInterceptor:
+    return CachingInterceptor(CachingInterceptor.Params(cache_dir=str(run.output_dir / "c"), **params), run)
+
+
+def request(run: RunContext, body: dict[str, Any]) -> RequestContext:
+    return RequestContext(method="POST", path="/v1/chat/completions", json=dict(body), run=run)
+
+
+async def chunks() -> AsyncIterator[bytes]:
+    yield make_event({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]})
+    yield make_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    yield DONE_EVENT
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -42,10 +62,69 @@ class TestCachingDirect:
     @pytest.mark.parametrize(("repeats", "temperature", "expected"), [
         ("auto", 0.8, [0, 1, 2]), ("auto", 0, [0, 0, 0]), ("sample", 0, [0, 1, 2]), ("reuse", 0.8, [0, 0, 0]),
     ])
-    def test_occurrences(self, run: RunContext, repeats: str, temperature: float, expected: list[int]) -> None:
+    async def test_occurrences(self, run: RunContext, repeats: str, temperature: float,
+                               expected: list[int]) -> None:
         """Sampled repeats count up per key; deterministic or reused ones share occurrence 0."""
-        ic = CachingInterceptor(CachingInterceptor.Params(cache_dir=str(run.output_dir / "c"),
-                                                          repeats=repeats), run)  # type: ignore[arg-type]
+        ic = make(run, repeats=repeats)
         body = {"temperature": temperature}
         assert [ic.occurrence("k", body) for _ in range(3)] == expected
-        ic.store.close()
+        await ic.aclose()
+
+    async def test_released_slot_is_taken_first(self, run: RunContext) -> None:
+        """An occurrence handed back is the next one given out, lowest first, before new ones."""
+        ic = make(run)
+        assert [ic.occurrence("k", SAMPLED) for _ in range(4)] == [0, 1, 2, 3]
+        ic.release("k", 2, SAMPLED)
+        ic.release("k", 1, SAMPLED)
+        assert [ic.occurrence("k", SAMPLED) for _ in range(3)] == [1, 2, 4]
+        ic.release("k", 0, {"temperature": 0})  # shared answers have no slots to hand back
+        assert ic.occurrence("k", SAMPLED) == 5
+        await ic.aclose()
+
+    async def test_upstream_error_hands_back_its_slot(self, run: RunContext) -> None:
+        """A sampled request whose upstream call raised leaves its occurrence to the retry."""
+        ic = make(run)
+
+        async def unreachable(ctx: RequestContext) -> ProxyResponse:
+            raise UpstreamUnreachableError("down")
+
+        with pytest.raises(UpstreamUnreachableError):
+            await ic(request(run, SAMPLED), unreachable)
+        assert ic.occurrence(cache_key("/v1/chat/completions", SAMPLED), SAMPLED) == 0
+        await ic.aclose()
+
+    @pytest.mark.parametrize("read", [1, 2])
+    async def test_stream_closed_early_is_not_stored(self, run: RunContext, read: int) -> None:
+        """A stream its consumer closed before [DONE] (the server shutting down) is not stored; its slot is free."""
+        ic = make(run)
+
+        async def streaming(ctx: RequestContext) -> ProxyResponse:
+            return ProxyResponse(200, stream=chunks())
+
+        resp = await ic(request(run, SAMPLED), streaming)
+        assert resp.stream is not None
+        it = aiter(resp.stream)
+        for _ in range(read):
+            await anext(it)
+        await it.aclose()  # type: ignore[attr-defined]
+        key = cache_key("/v1/chat/completions", SAMPLED)
+        assert ic.occurrence(key, SAMPLED) == 0
+        assert ic.store is not None and ic.store.count_answers() == 0
+        await ic.aclose()
+
+    async def test_whole_stream_is_stored_before_done_is_passed_on(self, run: RunContext) -> None:
+        """[DONE] reaches the consumer only after the answer is on disk."""
+        ic = make(run)
+
+        async def streaming(ctx: RequestContext) -> ProxyResponse:
+            return ProxyResponse(200, stream=chunks())
+
+        resp = await ic(request(run, SAMPLED), streaming)
+        assert resp.stream is not None
+        seen = []
+        async for event in resp.stream:
+            if event == DONE_EVENT:
+                assert ic.store is not None and ic.store.count_answers() == 1
+            seen.append(event)
+        assert seen == [e async for e in chunks()]
+        await ic.aclose()

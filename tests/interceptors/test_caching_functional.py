@@ -79,16 +79,37 @@ class TestNotStored:
         assert (await post(proxy, chat()))[0] == 200
         assert len(sim.requests_to("/chat/completions")) == 2
 
-    async def test_broken_stream_is_not_stored(self, make_proxy: Any, sim: SimulatedModel) -> None:
-        """A stream the upstream cut short is not stored; the retry goes upstream and is stored whole."""
-        sim.script(Fault(drop_after_events=3))
+    @pytest.mark.parametrize(("fault", "reason"), [
+        (Fault(drop_after_events=3), "stream broke off"),
+        (Fault(end_after_events=3), "stream ended before the answer finished"),
+        (Fault(error_event_after=2), "error event in stream: simulated failure mid-stream"),
+    ], ids=["cut", "clean-eof-unfinished", "error-event"])
+    async def test_unfinished_stream_is_not_stored(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path,
+                                                   fault: Fault, reason: str) -> None:
+        """A stream cut short, ended early or reporting an error is not stored but listed as a failure; the retry
+        goes upstream and is stored whole."""
+        sim.script(fault)
         proxy = await make_proxy(CHAIN)
         _, broken, _ = await post(proxy, chat(stream=True))
-        assert b'"error"' in broken
+        assert not broken.endswith(b"data: [DONE]\n\n") or b'"error"' in broken
         _, whole, h = await post(proxy, chat(stream=True))
         assert h["X-EvalProxy-Cache"] == "miss" and whole.endswith(b"data: [DONE]\n\n")
         _, again, h = await post(proxy, chat(stream=True))
         assert h["X-EvalProxy-Cache"] == "hit" and again == whole
+        await proxy.close()
+        store = CacheStore(tmp_path / "out" / "cache")
+        failures = store.failures()
+        store.close()
+        assert len(failures) == 1 and failures[0].error.startswith(reason)
+
+    async def test_finished_stream_without_done_is_stored(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A stream whose answer finished (finish_reason sent) but that ends without [DONE] is stored."""
+        sim.script(Fault(end_after_events=-1))
+        proxy = await make_proxy(CHAIN)
+        _, first, h1 = await post(proxy, chat(stream=True))
+        _, second, h2 = await post(proxy, chat(stream=True))
+        assert b"[DONE]" not in first and first == second
+        assert (h1["X-EvalProxy-Cache"], h2["X-EvalProxy-Cache"]) == ("miss", "hit")
 
     async def test_non_json_answer_is_not_stored(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """A 200 that is not JSON is passed through and not stored."""
@@ -170,6 +191,46 @@ class TestRepeats:
         assert again == first
         assert len(sim.log) == calls
 
+    @pytest.mark.parametrize("fault", [Fault(status=500), Fault(drop_after_events=2)], ids=["500", "broken-stream"])
+    async def test_retried_failure_fills_its_own_slot(self, make_proxy: Any, sim: SimulatedModel,
+                                                      fault: Fault) -> None:
+        """A sample that failed and was retried by the harness takes the failed one's place, so a resumed pass@k
+        run replays all k answers and pays for none."""
+        body = {"model": "m", "messages": MSGS, "temperature": 0.8, "stream": True}
+        proxy = await make_proxy(CHAIN, max_retries=0)
+        first = []
+        for i in range(4):
+            if i == 1:
+                sim.script(fault)
+                status, broken, _ = await post(proxy, body)
+                assert status != 200 or not broken.endswith(b"data: [DONE]\n\n")
+            first.append((await post(proxy, body))[1])  # the harness retries
+        assert len(set(first)) == 4
+        await proxy.close()
+        calls = len(sim.log)
+        resumed = await make_proxy(CHAIN)
+        assert [(await post(resumed, body))[1] for _ in range(4)] == first
+        assert len(sim.log) == calls
+
+    async def test_concurrent_identical_requests_store_one_whole_answer(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path
+    ) -> None:
+        """Identical deterministic requests in flight together all get the answer and leave one readable entry."""
+        sim.latency = 0.05
+        proxy = await make_proxy(CHAIN)
+        answers = await asyncio.gather(*(post(proxy, chat()) for _ in range(6)))
+        assert {a[0] for a in answers} == {200}
+        contents = {orjson.loads(a[1])["choices"][0]["message"]["content"] for a in answers}
+        assert len(contents) == 1
+        _, again, h = await post(proxy, chat())
+        assert h["X-EvalProxy-Cache"] == "hit" and again in {a[1] for a in answers}  # one of them, whole
+        await proxy.close()
+        store = CacheStore(tmp_path / "out" / "cache")
+        try:
+            assert store.count_answers() == 1 and store.get_answer(cache_key("/v1/chat/completions", chat()))
+        finally:
+            store.close()
+
     async def test_deterministic_repeats_share_one_answer(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """A seeded request repeated 3 times reaches the upstream once."""
         proxy = await make_proxy(CHAIN)
@@ -184,6 +245,57 @@ class TestRepeats:
         for _ in range(3):
             await post(proxy, {"model": "m", "messages": MSGS, "temperature": 1.0})
         assert len(sim.requests_to("/chat/completions")) == 1
+
+
+class TestParams:
+    @pytest.mark.parametrize(("config", "stored"), [
+        ({"reuse_cached_responses": True, "save_responses": False, "max_saved_responses": 1}, 3),
+        ({"reuse_cached_responses": False, "max_saved_responses": 1}, 1),
+        ({"reuse_cached_responses": False, "save_responses": False}, 0),
+    ], ids=["reuse-overrides", "cap-without-reuse", "no-saving"])
+    async def test_saving_follows_nemo_rules(self, make_proxy: Any, tmp_path: Path, config: dict[str, Any],
+                                             stored: int) -> None:
+        """As in NeMo Evaluator, reuse_cached_responses saves every answer whatever save_responses and
+        max_saved_responses say; without reuse they apply."""
+        proxy = await make_proxy({"interceptors": [{"name": "caching", "config": config}, "endpoint"],
+                                  "generate_html_report": False})
+        for i in range(3):
+            assert (await post(proxy, chat(messages=[{"role": "user", "content": f"q{i}"}])))[0] == 200
+        await proxy.close()
+        store = CacheStore(tmp_path / "out" / "cache")
+        assert store.count_answers() == stored
+        store.close()
+
+    async def test_metrics_file_has_the_caching_section(self, make_proxy: Any, tmp_path: Path) -> None:
+        """eval_factory_metrics.json reports hits, misses, writes and errors under "caching"."""
+        proxy = await make_proxy(CHAIN)
+        for _ in range(3):
+            await post(proxy, chat())
+        await proxy.close()
+        section = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["caching"]
+        assert {k: section[k] for k in ("hits", "misses", "writes", "errors")} == {
+            "hits": 2, "misses": 1, "writes": 1, "errors": 0}
+
+
+class TestUnusableCache:
+    async def test_damaged_database_degrades_to_pass_through(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A cache database that is not SQLite at all does not stop the run: requests go upstream, the failure is
+        logged once and reported."""
+        db = tmp_path / "out" / "cache" / "responses" / "cache.db"
+        db.parent.mkdir(parents=True)
+        db.write_bytes(b"this is not a database" * 100)
+        proxy = await make_proxy(CHAIN)
+        for _ in range(2):
+            status, body, h = await post(proxy, chat())
+            assert status == 200 and orjson.loads(body)["choices"] and h["X-EvalProxy-Cache"] == "miss"
+        assert len(sim.requests_to("/chat/completions")) == 2
+        await proxy.close()
+        assert len([r for r in caplog.records if "cache read failed" in r.getMessage()]) == 1
+        assert db.read_bytes() == b"this is not a database" * 100  # never "repaired" by deleting the user's data
+        section = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["caching"]
+        assert section["available"] is False and section["errors"] == 1 and section["misses"] == 2
 
 
 class TestSavedPairs:
@@ -201,6 +313,26 @@ class TestSavedPairs:
         store.close()
         assert [p.request["messages"][0]["content"] for p in pairs] == prompts[:4]  # type: ignore[index]
         assert all(p.response and p.response["choices"] for p in pairs)
+
+    async def test_pairs_follow_arrival_not_completion(self, make_proxy: Any, sim: SimulatedModel,
+                                                       tmp_path: Path) -> None:
+        """A slow request that arrived first is listed first even though later ones finished before it."""
+        proxy = await make_proxy(CHAIN)
+        sim.script(Fault(delay=0.3))
+        slow = asyncio.create_task(post(proxy, chat(messages=[{"role": "user", "content": "slow"}])))
+        for _ in range(400):  # bounded; once the slow one reached the upstream, it arrived at the proxy first
+            if sim.log:
+                break
+            await asyncio.sleep(0.005)
+        for name in ("fast 1", "fast 2"):
+            await post(proxy, chat(messages=[{"role": "user", "content": name}]))
+        await slow
+        await proxy.close()
+        store = CacheStore(tmp_path / "out" / "cache")
+        pairs = store.saved_pairs()
+        store.close()
+        assert [p.request["messages"][0]["content"] for p in pairs] == ["slow", "fast 1", "fast 2"]  # type: ignore[index]
+        assert [p.request_id for p in pairs] == sorted(p.request_id for p in pairs)
 
     async def test_failures_are_kept_for_the_report(self, make_proxy: Any, sim: SimulatedModel,
                                                     tmp_path: Path) -> None:
