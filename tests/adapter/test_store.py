@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from evalproxy.adapter.store import CacheStore, SavedPair, StoredAnswer, StoreWorker
+from evalproxy.adapter.sse import DONE_EVENT, make_event
+from evalproxy.adapter.store import MAX_FAILURES, CacheStore, Failure, SavedPair, StoredAnswer, StoreWorker, cache_key
 
 
 def pair(run_id: str, request_id: int) -> SavedPair:
@@ -31,7 +33,95 @@ class TestStoredAnswer:
             StoredAnswer.decode(damage(blob))  # type: ignore[operator]
 
 
+class TestCacheKey:
+    @pytest.mark.parametrize(("a", "b"), [
+        ({"t": 0, "x": [{"y": 2.0}]}, {"x": [{"y": 2}], "t": 0.0}),
+        ({"top_p": 1.0, "m": "a"}, {"m": "a", "top_p": 1}),
+    ])
+    def test_same_numbers_same_key(self, a: dict[str, Any], b: dict[str, Any]) -> None:
+        """Integral floats equal their integers at any depth, and key order never matters."""
+        assert cache_key("/v1/chat/completions", a) == cache_key("/v1/chat/completions", b)
+
+    @pytest.mark.parametrize(("a", "b"), [
+        ({"x": True}, {"x": 1}), ({"x": [False]}, {"x": [0]}), ({"x": 0.5}, {"x": 0}), ({"x": "1"}, {"x": 1}),
+    ])
+    def test_different_values_different_key(self, a: dict[str, Any], b: dict[str, Any]) -> None:
+        """Booleans, strings and fractions never collapse into integers."""
+        assert cache_key("/p", a) != cache_key("/p", b)
+
+
 class TestCacheStore:
+    def test_answers_survive_reopening(self, tmp_path: Path) -> None:
+        """A stored body and a stored stream read back whole from a new store on the same directory."""
+        s = CacheStore(tmp_path)
+        events = [make_event({"choices": [{"index": 0, "delta": {"content": "hi"}}]}), DONE_EVENT]
+        s.put_answer("a", 0, StoredAnswer(200, {"Content-Type": "application/json"}, body=b'{"ok": 1}'))
+        s.put_answer("a", 1, StoredAnswer(200, {}, events=events))
+        s.close()
+        s = CacheStore(tmp_path)
+        body, stream = s.get_answer("a", 0), s.get_answer("a", 1)
+        assert s.get_answer("a", 2) is None and s.get_answer("b", 0) is None
+        s.close()
+        assert body is not None and body.body == b'{"ok": 1}' and body.headers == {"Content-Type": "application/json"}
+        assert stream is not None and stream.events == events and stream.is_stream
+
+    @pytest.mark.parametrize("garbage", [b"junk", "a string", {"a": "dict"}, 42])
+    def test_foreign_value_is_a_miss_and_deleted(self, tmp_path: Path, garbage: Any) -> None:
+        """Whatever else lies under an answer's key is never served: it is a miss and is removed."""
+        s = CacheStore(tmp_path)
+        s.responses.set(CacheStore.answer_key("k", 0), garbage)
+        assert s.get_answer("k", 0) is None
+        assert CacheStore.answer_key("k", 0) not in s.responses
+        s.close()
+
+    def test_truncated_large_answer_is_a_miss(self, tmp_path: Path) -> None:
+        """A large answer (kept by diskcache in its own file) cut short on disk is detected and not served."""
+        s = CacheStore(tmp_path)
+        s.put_answer("big", 0, StoredAnswer(200, {}, body=b"x" * 200_000))
+        files = list((tmp_path / "responses").rglob("*.val"))
+        assert len(files) == 1
+        files[0].write_bytes(files[0].read_bytes()[:1000])
+        assert s.get_answer("big", 0) is None
+        s.close()
+
+    def test_saved_pairs_carry_their_answers(self, tmp_path: Path) -> None:
+        """Pairs come with the parsed body, or for a stream the assembled message plus the raw events; limit
+        keeps the first ones."""
+        s = CacheStore(tmp_path)
+        events = [make_event({"object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": "po"}}]}), make_event({"choices": [
+                {"index": 0, "delta": {"content": "ng"}, "finish_reason": "stop"}]}), DONE_EVENT]
+        s.put_answer("k0", 0, StoredAnswer(200, {}, body=b'{"choices": []}'))
+        s.put_answer("k1", 0, StoredAnswer(200, {}, events=events))
+        for rid in (0, 1, 2):
+            s.save_pair(SavedPair(run_id="r", request_id=rid, key=f"k{rid}", occurrence=0, path="/v1/x",
+                                  request={"i": rid}, status=200, stream=rid == 1, received_at=float(rid)))
+        pairs = s.saved_pairs()
+        first_two = s.saved_pairs(2)
+        s.close()
+        assert [p.request_id for p in first_two] == [0, 1]
+        assert pairs[0].response == {"choices": []} and pairs[0].events is None
+        assert pairs[1].events == events
+        assert pairs[1].response["choices"][0]["message"]["content"] == "pong"
+        assert pairs[1].response["choices"][0]["finish_reason"] == "stop"
+        assert pairs[2].response is None  # its answer was not saved
+
+    def test_failures_are_bounded(self, tmp_path: Path) -> None:
+        """At most MAX_FAILURES failures are kept, across reopening; the rest are refused."""
+        s = CacheStore(tmp_path)
+        with s.failures_db.transact():
+            kept = [s.record_failure(Failure("r", i, "/v1/x", {"i": i}, 500, "boom", 0.0))
+                    for i in range(MAX_FAILURES + 3)]
+        s.close()
+        s = CacheStore(tmp_path)
+        refused = s.record_failure(Failure("r2", 0, "/v1/x", None, 502, "boom", 0.0))
+        failures = s.failures()
+        stats = s.stats()
+        s.close()
+        assert kept.count(False) == 3 and not refused
+        assert len(failures) == MAX_FAILURES and [f.request_id for f in failures[:3]] == [0, 1, 2]
+        assert stats["failures"] == MAX_FAILURES and stats["bytes"] > 0
+
     def test_pairs_come_back_in_arrival_order_across_runs(self, tmp_path: Path) -> None:
         """Pairs sort by run start, then by arrival within the run (request id 10 after 9)."""
         s = CacheStore(tmp_path)
