@@ -334,14 +334,18 @@ class TestSavedPairs:
         assert [p.request["messages"][0]["content"] for p in pairs] == ["slow", "fast 1", "fast 2"]  # type: ignore[index]
         assert [p.request_id for p in pairs] == sorted(p.request_id for p in pairs)
 
-    async def test_failures_are_kept_for_the_report(self, make_proxy: Any, sim: SimulatedModel,
-                                                    tmp_path: Path) -> None:
-        """Failed requests are listed apart with their status."""
+    @pytest.mark.parametrize(("settings", "status"), [
+        ({}, 503), ({"upstream_url": "http://127.0.0.1:9/v1"}, 502),
+    ], ids=["upstream-status", "unreachable"])
+    async def test_failures_are_kept_for_the_report(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path,
+                                                    settings: dict[str, Any], status: int) -> None:
+        """Failed requests, answered with an error or not answered at all, are listed apart with their status."""
         sim.script(Fault(status=503))
-        proxy = await make_proxy(CHAIN, max_retries=0)
-        await post(proxy, chat())
+        proxy = await make_proxy(CHAIN, max_retries=0, **settings)
+        assert (await post(proxy, chat()))[0] == status
         await proxy.close()
         store = CacheStore(tmp_path / "out" / "cache")
-        failures = store.failures()
+        failures, pairs, answers = store.failures(), store.saved_pairs(), store.count_answers()
         store.close()
-        assert [f.status for f in failures] == [503]
+        assert [f.status for f in failures] == [status] and failures[0].request == chat()
+        assert pairs == [] and answers == 0

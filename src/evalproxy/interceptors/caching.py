@@ -184,7 +184,12 @@ class CachingInterceptor(BaseInterceptor):
         self._count("miss")
         try:
             resp = await call_next(ctx)
-        except BaseException:  # upstream error, timeout, or the client gave up (cancelled)
+        except ProxyError as exc:  # upstream unreachable, timed out, or a failing inner interceptor
+            self.release(key, occurrence, body)
+            self.counts["not_stored"] += 1
+            await self._record_failure(ctx, exc.status, exc.message)
+            raise
+        except BaseException:  # the client gave up (cancelled)
             self.release(key, occurrence, body)
             raise
         resp.headers[CACHE_HEADER] = "miss"
