@@ -3,7 +3,9 @@
 The key is the sha256 of the request path and the canonical JSON of the body as the interceptors before this one
 left it (a system prompt injected earlier is part of the key; headers never are). The model's raw answer is stored:
 status, safe headers and body, or for a stream its whole event sequence, written only once the stream completed (the
-final ``[DONE]`` is held back until the answer is on disk). Errors and broken streams are never stored.
+final ``[DONE]`` is held back until the answer is on disk). Errors are never stored, nor are streams that broke off,
+ended before the answer finished, or reported an error inside a 200 (vLLM does); they are kept in the store's list of
+failures for the report instead.
 
 Repeats: a request that samples (temperature absent or above 0, and no ``seed``) may be sent k times on purpose
 (pass@k). Within one run, the k-th occurrence of its key maps to the k-th stored answer, so a pass@k run gets k real
