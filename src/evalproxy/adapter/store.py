@@ -25,7 +25,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -271,10 +271,6 @@ class CacheStore:
         self._n_failures = 0
         return n
 
-
-def runs(pairs: Sequence[SavedPair]) -> list[str]:
-    """The run ids of some pairs, in order of first appearance."""
-    return list(dict.fromkeys(p.run_id for p in pairs))
 
 
 class StoreWorker:

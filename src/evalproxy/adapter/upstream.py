@@ -29,7 +29,6 @@ from evalproxy.adapter.context import (
     RequestContext,
 )
 from evalproxy.adapter.errors import (
-    ProxyError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -332,5 +331,3 @@ def _normalise_null_content(resp: ProxyResponse) -> None:
     if changed:
         resp.set_json(body)
 
-
-__all__ = ["EndpointInterceptor", "ProxyError", "Upstream", "split_upstream", "upstream_url_for"]
