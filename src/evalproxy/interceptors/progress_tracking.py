@@ -51,6 +51,7 @@ class ProgressTrackingInterceptor(BaseInterceptor):
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._warned = False
+        self._in_order = asyncio.Lock()  # FIFO: reports reach the file and the webhook in the order they were made
 
     def _read_file(self) -> int:
         if self.file is None or not self.file.exists():
@@ -85,6 +86,10 @@ class ProgressTrackingInterceptor(BaseInterceptor):
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, n: int) -> None:
+        async with self._in_order:
+            await self._send_now(n)
+
+    async def _send_now(self, n: int) -> None:
         if self.file is not None:
             await asyncio.to_thread(atomic_write_bytes, self.file, str(n).encode())
         if self.url is None:
