@@ -10,10 +10,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from evalproxy.adapter.config import LoadedConfig, parse_config
-from evalproxy.adapter.context import RunContext
-from evalproxy.adapter.metrics import ProxyMetrics
-from evalproxy.adapter.output import METRICS_FILE, MetricsFile
-from evalproxy.adapter.server import create_app
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.server.app import create_app
+from evalproxy.adapter.server.prometheus import Prometheus
 from evalproxy.simulator import SimulatedModel
 
 MakeProxy = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -69,6 +68,5 @@ def run(tmp_path: Path) -> RunContext:
         run_id="test-run",
         config=loaded.adapter,
         server=loaded.server,
-        metrics=ProxyMetrics(),
-        metrics_file=MetricsFile(out / METRICS_FILE),
+        prometheus=Prometheus(),
     )

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evalproxy.adapter.config import parse_config
-from evalproxy.adapter.server import create_app
+from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import SimulatedModel
 
 OUR_ERROR_TYPES = {"interceptor_error", "proxy_error"}

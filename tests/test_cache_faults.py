@@ -17,8 +17,8 @@ import yaml
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from evalproxy.adapter.store import CacheStore
 from evalproxy.simulator import Fault, SimulatedModel
+from evalproxy.storage.disk import CacheStore
 from tests.procs import start_serve
 
 

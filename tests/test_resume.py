@@ -12,8 +12,8 @@ import orjson
 import yaml
 from aiohttp.test_utils import TestServer
 
-from evalproxy.adapter.store import CacheStore
 from evalproxy.simulator import SimulatedModel
+from evalproxy.storage.disk import CacheStore
 from tests.procs import start_serve
 
 N = 50

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -14,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from evalproxy import __version__
 from evalproxy.adapter.config import LoadedConfig, load_config
-from evalproxy.adapter.errors import ConfigError
-from evalproxy.adapter.redact import redact_text
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.redact import redact_text
+from evalproxy.adapter.registry import Resolved, resolve
+from evalproxy.adapter.server.running import RunningProxy, run_command
 
 log = logging.getLogger("evalproxy")
 
@@ -109,44 +108,13 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
 
 
-def _load(args: argparse.Namespace) -> LoadedConfig:
+def _load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
+    """The config, checked against the plugins it names (discovery runs here, once)."""
     loaded = load_config(args.config, overrides=_server_overrides(args))
     if not loaded.server.upstream_url:
         raise ConfigError("no upstream URL: set server.upstream_url (or target.api_endpoint.url) or --upstream",
                           field="server.upstream_url", file=loaded.source)
-    return loaded
-
-
-class RunningProxy:
-    """The proxy served on a real socket, for ``serve`` and ``run``; :meth:`stop` runs hooks and closes."""
-
-    def __init__(self, loaded: LoadedConfig) -> None:
-        from evalproxy.adapter.server import PROXY, create_app
-
-        self.loaded = loaded
-        self.app = create_app(loaded)
-        self.proxy = self.app[PROXY]
-        self.runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout
-        )
-        self.url = ""
-
-    async def start(self) -> str:
-        await self.runner.setup()
-        s = self.loaded.server
-        site = web.TCPSite(self.runner, s.host, s.port, backlog=4096, reuse_address=True)
-        await site.start()
-        port = s.port
-        for addr in self.runner.addresses:
-            if isinstance(addr, tuple):
-                port = addr[1]
-                break
-        host = s.host if ":" not in s.host else f"[{s.host}]"
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+    return loaded, resolve(loaded)
 
 
 async def _wait_for_signal() -> None:
@@ -169,12 +137,12 @@ def _warn_bind(host: str) -> None:
         )
 
 
-async def _serve(loaded: LoadedConfig) -> int:
-    running = RunningProxy(loaded)
+async def _serve(loaded: LoadedConfig, resolved: Resolved) -> int:
+    running = RunningProxy(loaded, resolved=resolved)
     url = await running.start()
     _warn_bind(loaded.server.host)
     print(f"evalproxy listening on {url}", flush=True)
-    print(f"  point your harness at {url}/v1  (output: {loaded.server.output_dir})", flush=True)
+    print(f"  point your harness at {url}/v1  (output: {running.proxy.run.output_dir})", flush=True)
     await _wait_for_signal()
     log.info("stopping: finishing in-flight requests, then post-eval hooks")
     await running.stop()
@@ -182,43 +150,14 @@ async def _serve(loaded: LoadedConfig) -> int:
     return 0
 
 
-async def _run(loaded: LoadedConfig, command: list[str]) -> int:
-    running = RunningProxy(loaded)
-    url = await running.start()
+async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str]) -> int:
+    running = RunningProxy(loaded, resolved=resolved)
+    await running.start()
     _warn_bind(loaded.server.host)
-    base = f"{url}/v1"
-    env = dict(os.environ)
-    env["OPENAI_BASE_URL"] = base
-    env["OPENAI_API_BASE"] = base
-    env["EVALPROXY_URL"] = url
-    # The proxy adds the real key upstream; SDKs insist on having one.
-    env.setdefault("OPENAI_API_KEY", "evalproxy")
-    argv = [a.replace("{proxy_url}", base) for a in command]
-    print(f"evalproxy listening on {url}; running: {' '.join(argv)}", file=sys.stderr, flush=True)
-    status = 1
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, env=env)
-    except OSError as exc:
-        print(f"evalproxy: cannot start {argv[0]!r}: {exc}", file=sys.stderr)
-        status = 127
-    else:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _forward, proc, sig)
-        try:
-            status = await proc.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-        if status < 0:  # killed by a signal: report it the way a shell does
-            status = 128 - status
-    await running.stop()
-    return status
-
-
-def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(sig)
+        return await run_command(running, command)
+    finally:
+        await running.stop()
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -237,7 +176,7 @@ def _cache_dir(path: Path) -> Path:
 def _cmd_cache(args: argparse.Namespace) -> int:
     import json
 
-    from evalproxy.adapter.store import CacheStore
+    from evalproxy.storage.disk import CacheStore
 
     cache_dir = _cache_dir(Path(args.dir))
     if not cache_dir.is_dir():
@@ -285,19 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in ("serve", "run"):
             setup_logging(args.log_level)
-            loaded = _load(args)
+            loaded, resolved = _load(args)
             key = loaded.server.api_key()
             setup_logging(args.log_level, [key] if key else [])
             raise_open_files_limit()
             if args.command == "serve":
-                return asyncio.run(_serve(loaded))
+                return asyncio.run(_serve(loaded, resolved))
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":
                 cmd = cmd[1:]
             if not cmd:
                 print("evalproxy run: give the command after --", file=sys.stderr)
                 return EXIT_CONFIG
-            return asyncio.run(_run(loaded, cmd))
+            return asyncio.run(_run(loaded, resolved, cmd))
         setup_logging(os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
         if args.command == "report":
             return _cmd_report(args)

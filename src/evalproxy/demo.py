@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from evalproxy.adapter.config import LoadedConfig, parse_config
+from evalproxy.adapter.server.running import RunningProxy
 from evalproxy.simulator import SimulatedModel
 
 QUESTIONS = [
@@ -113,7 +114,6 @@ async def _ask(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -
 
 
 async def one_run(label: str, upstream_url: str, sim: SimulatedModel, output_dir: Path, n: int) -> RunResult:
-    from evalproxy.cli import RunningProxy
 
     running = RunningProxy(demo_config(upstream_url, output_dir))
     url = await running.start()

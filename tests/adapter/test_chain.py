@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from evalproxy.adapter.chain import BaseInterceptor, build_chain, check_order
-from evalproxy.adapter.context import ProxyResponse, RequestContext
-from evalproxy.adapter.errors import ConfigError, InterceptorError, UpstreamTimeoutError
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, build_chain, check_order
+from evalproxy.adapter.core.errors import ConfigError, InterceptorError, UpstreamTimeoutError
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
 
 
 class Recorder(BaseInterceptor):

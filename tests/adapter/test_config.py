@@ -8,8 +8,17 @@ from typing import Any
 import pytest
 import yaml
 
-from evalproxy.adapter.config import load_config, parse_config
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.config import LoadedConfig, parse_config
+from evalproxy.adapter.config import load_config as read_config
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.registry import resolve
+
+
+def load_config(path: Any = None, **kw: Any) -> LoadedConfig:
+    """Read a config and check it against the registry, as the CLI does before it starts a proxy."""
+    loaded = read_config(path, **kw)
+    resolve(loaded)
+    return loaded
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 

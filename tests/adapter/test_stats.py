@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from evalproxy.adapter.stats import Summary, percentile
+from evalproxy.adapter.core.summary import Summary, percentile
 
 
 class TestSummary:
@@ -52,7 +52,7 @@ class TestSummary:
         s = Summary()
         for v in (5, 9, 2):
             s.add(v)
-        assert Summary.from_json(s.to_json()) == s
+        assert Summary.load(s.dump()) == s
 
     def test_histogram_counts_every_sample(self) -> None:
         """Histogram bins cover all samples, edges ascending from min."""
@@ -65,7 +65,7 @@ class TestSummary:
 
     def test_merge_weighs_samples_by_count(self) -> None:
         """A summary that kept few samples for many observations weighs by its count, not its sample count."""
-        persisted = Summary.from_json({"count": 3000, "total": 300_000, "squares": 30_000_000, "min": 100,
+        persisted = Summary.load({"count": 3000, "total": 300_000, "squares": 30_000_000, "min": 100,
                                        "max": 100, "samples": [100] * 10})
         live = Summary()
         for _ in range(1000):
@@ -80,6 +80,6 @@ class TestSummary:
         s = Summary()
         for v in range(1000):
             s.add(v)
-        kept = s.to_json(keep_samples=100)["samples"]
+        kept = s.dump(keep_samples=100)["samples"]
         assert len(kept) == 100 and kept == sorted(kept) and kept[-1] > 500 and kept[0] < 500
-        assert s.to_json(keep_samples=100) == s.to_json(keep_samples=100)  # seeded: same file each write
+        assert s.dump(keep_samples=100) == s.dump(keep_samples=100)  # seeded: same file each write

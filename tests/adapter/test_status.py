@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from evalproxy.adapter.status import Snapshot, StatusReporter
+from evalproxy.adapter.server.status import Snapshot, StatusReporter
 
 
 class TestStatusReporter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalproxy.adapter.upstream import parse_retry_after, upstream_url_for
+from evalproxy.adapter.server.upstream import parse_retry_after, upstream_url_for
 
 
 class TestUpstreamUrl:

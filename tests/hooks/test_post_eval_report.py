@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from evalproxy.adapter.errors import ConfigError
-from evalproxy.adapter.server import PROXY
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.server.app import PROXY
 from evalproxy.hooks.charts import report_charts, svg_histogram
 from evalproxy.hooks.post_eval_report import render_reports, safe_url
 from evalproxy.simulator import Fault, SimulatedModel

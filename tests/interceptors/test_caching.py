@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from evalproxy.adapter.context import CACHE_HIT, ProxyResponse, RequestContext, RunContext
-from evalproxy.adapter.errors import UpstreamUnreachableError
-from evalproxy.adapter.sse import DONE_EVENT, make_event
-from evalproxy.adapter.store import cache_key
+from evalproxy.adapter.core.errors import UpstreamUnreachableError
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import DONE, Event, make_event
+from evalproxy.adapter.flow.state import CACHE_HIT
 from evalproxy.interceptors.caching import CachingInterceptor, is_deterministic
+from evalproxy.storage import cache_key
 
 SAMPLED = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.9}
 
@@ -20,14 +24,22 @@ def make(run: RunContext, **params: Any) -> CachingInterceptor:
     return CachingInterceptor(CachingInterceptor.Params(cache_dir=str(run.output_dir / "c"), **params), run)
 
 
+async def slot(ic: CachingInterceptor, key: str, body: dict[str, Any]) -> int:
+    """The slot the next request with ``key`` and ``body`` claims (another owner each time: no lease is shared)."""
+    assert ic.store is not None
+    claim = await ic.store.claim(key, ic.run.run_id, sampled=ic.sampled(body), reuse=True,
+                                 owner=f"probe-{secrets.token_hex(4)}")
+    return claim.slot
+
+
 def request(run: RunContext, body: dict[str, Any]) -> RequestContext:
     return RequestContext(method="POST", path="/v1/chat/completions", json=dict(body), run=run)
 
 
-async def chunks() -> AsyncIterator[bytes]:
-    yield make_event({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]})
-    yield make_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    yield DONE_EVENT
+async def chunks() -> AsyncIterator[Event]:
+    yield Event(make_event({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}))
+    yield Event(make_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    yield DONE
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -62,27 +74,25 @@ class TestCachingDirect:
     @pytest.mark.parametrize(("repeats", "temperature", "expected"), [
         ("auto", 0.8, [0, 1, 2]), ("auto", 0, [0, 0, 0]), ("sample", 0, [0, 1, 2]), ("reuse", 0.8, [0, 0, 0]),
     ])
-    async def test_occurrences(self, run: RunContext, repeats: str, temperature: float,
-                               expected: list[int]) -> None:
-        """Sampled repeats count up per key; deterministic or reused ones share occurrence 0."""
+    async def test_slots(self, run: RunContext, repeats: str, temperature: float, expected: list[int]) -> None:
+        """Sampled repeats claim slots counting up per key; deterministic or reused ones share slot 0."""
         ic = make(run, repeats=repeats)
         body = {"temperature": temperature}
-        assert [ic.occurrence("k", body) for _ in range(3)] == expected
+        assert [await slot(ic, "k", body) for _ in range(3)] == expected
         await ic.aclose()
 
     async def test_released_slot_is_taken_first(self, run: RunContext) -> None:
-        """An occurrence handed back is the next one given out, lowest first, before new ones."""
+        """A slot handed back is the next one given out, lowest first, before new ones."""
         ic = make(run)
-        assert [ic.occurrence("k", SAMPLED) for _ in range(4)] == [0, 1, 2, 3]
-        ic.release("k", 2, SAMPLED)
-        ic.release("k", 1, SAMPLED)
-        assert [ic.occurrence("k", SAMPLED) for _ in range(3)] == [1, 2, 4]
-        ic.release("k", 0, {"temperature": 0})  # shared answers have no slots to hand back
-        assert ic.occurrence("k", SAMPLED) == 5
+        assert ic.store is not None
+        assert [await slot(ic, "k", SAMPLED) for _ in range(4)] == [0, 1, 2, 3]
+        for k in (2, 1):
+            await ic.store.abandon("k", k, owner=ic.owner, run_id=run.run_id, sampled=True)
+        assert [await slot(ic, "k", SAMPLED) for _ in range(3)] == [1, 2, 4]
         await ic.aclose()
 
     async def test_upstream_error_hands_back_its_slot(self, run: RunContext) -> None:
-        """A sampled request whose upstream call raised leaves its occurrence to the retry."""
+        """A sampled request whose upstream call raised leaves its slot to the retry."""
         ic = make(run)
 
         async def unreachable(ctx: RequestContext) -> ProxyResponse:
@@ -90,7 +100,7 @@ class TestCachingDirect:
 
         with pytest.raises(UpstreamUnreachableError):
             await ic(request(run, SAMPLED), unreachable)
-        assert ic.occurrence(cache_key("/v1/chat/completions", SAMPLED), SAMPLED) == 0
+        assert await slot(ic, cache_key("/v1/chat/completions", SAMPLED), SAMPLED) == 0
         await ic.aclose()
 
     @pytest.mark.parametrize("read", [1, 2])
@@ -108,8 +118,8 @@ class TestCachingDirect:
             await anext(it)
         await it.aclose()  # type: ignore[attr-defined]
         key = cache_key("/v1/chat/completions", SAMPLED)
-        assert ic.occurrence(key, SAMPLED) == 0
-        assert ic.store is not None and ic.store.count_answers() == 0
+        assert await slot(ic, key, SAMPLED) == 0
+        assert ic.store is not None and await ic.store.count_answers() == 0
         await ic.aclose()
 
     async def test_whole_stream_is_stored_before_done_is_passed_on(self, run: RunContext) -> None:
@@ -123,8 +133,8 @@ class TestCachingDirect:
         assert resp.stream is not None
         seen = []
         async for event in resp.stream:
-            if event == DONE_EVENT:
-                assert ic.store is not None and ic.store.count_answers() == 1
-            seen.append(event)
-        assert seen == [e async for e in chunks()]
+            if event.is_done:
+                assert ic.store is not None and await ic.store.count_answers() == 1
+            seen.append(event.raw)
+        assert seen == [e.raw async for e in chunks()]
         await ic.aclose()

@@ -10,8 +10,9 @@ import diskcache
 import orjson
 import pytest
 
-from evalproxy.adapter.store import CacheStore, cache_key
 from evalproxy.simulator import Fault, SimulatedModel
+from evalproxy.storage import cache_key
+from evalproxy.storage.disk import CacheStore
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 CHAIN = {"interceptors": [{"name": "caching", "config": {"save_requests": True}}, "endpoint"],

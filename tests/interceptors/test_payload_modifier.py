@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from evalproxy.adapter.context import RunContext
+from evalproxy.adapter.flow.run import RunContext
 from evalproxy.interceptors.payload_modifier import PayloadModifierInterceptor
 from evalproxy.simulator import SimulatedModel
 

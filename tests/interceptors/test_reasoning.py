@@ -8,10 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
-from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
-from evalproxy.adapter.sse import DONE_EVENT, event_json, make_event
-from evalproxy.adapter.thinking import split_reasoning
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import DONE_EVENT, Event, event_json, make_event
 from evalproxy.interceptors.reasoning import ReasoningInterceptor, StreamSplitter, usage_tokens
+from evalproxy.interceptors.reasoning.thinking import split_reasoning
 
 THINK = "<think>let me add two and two</think>\n\nThe answer is 4."
 ANSWER = "The answer is 4."
@@ -131,13 +133,13 @@ async def through(ic: ReasoningInterceptor, resp: ProxyResponse, path: str = "/v
 
 
 async def stream_through(ic: ReasoningInterceptor, events: list[bytes]) -> list[bytes]:
-    async def gen() -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[Event]:
         for e in events:
-            yield e
+            yield Event(e)
 
     resp = await through(ic, ProxyResponse(200, stream=gen()))
     assert resp.stream is not None
-    return [e async for e in resp.stream]
+    return [e.raw async for e in resp.stream]
 
 
 def content_events(pieces: list[str], usage: dict[str, Any] | None = None) -> list[bytes]:
@@ -282,8 +284,7 @@ class TestStatistics:
     async def test_no_section_without_tracking(self, run: RunContext, params: dict[str, Any]) -> None:
         """Without tracking there is no reasoning section in eval_factory_metrics.json."""
         await through(make(run, **params), json_answer(THINK))
-        run.metrics_file.write_now()
-        assert not run.metrics_file.path.exists() or "reasoning" not in run.metrics_file.read()
+        assert "reasoning" not in run.statistics.collect()
 
 
 SPLIT_STREAM = "<think>weighing it</think>\n\nFour."

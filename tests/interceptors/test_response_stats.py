@@ -10,10 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from evalproxy.adapter.context import STREAM_USAGE, ProxyResponse, RequestContext, RunContext
-from evalproxy.adapter.errors import UpstreamProtocolError, UpstreamTimeoutError
-from evalproxy.adapter.sse import DONE_EVENT, make_event
-from evalproxy.interceptors.response_stats import ResponseStatsInterceptor, _worth_parsing
+from evalproxy.adapter.core.errors import UpstreamProtocolError, UpstreamTimeoutError
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import DONE, Event
+from evalproxy.adapter.flow.state import STREAM_USAGE
+from evalproxy.interceptors.response_stats import ResponseStatsInterceptor
 
 Params = ResponseStatsInterceptor.Params
 
@@ -51,8 +54,8 @@ def upstream(resp: ProxyResponse, clock: Clock | None = None, seconds: float = 0
 
 
 def stream(*, usage: dict[str, Any] | None, finish: str = "stop", tool: bool = False,
-           clock: Clock | None = None, step: float = 0.0) -> AsyncIterator[bytes]:
-    async def events() -> AsyncIterator[bytes]:
+           clock: Clock | None = None, step: float = 0.0) -> AsyncIterator[Event]:
+    async def events() -> AsyncIterator[Event]:
         delta: dict[str, Any] = {"tool_calls": [{"index": 0, "id": "t"}]} if tool else {"content": "hi"}
         chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
                   {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}]
@@ -61,14 +64,14 @@ def stream(*, usage: dict[str, Any] | None, finish: str = "stop", tool: bool = F
         for c in chunks:
             if clock is not None:
                 clock.now += step
-            yield make_event(c)
-        yield DONE_EVENT
+            yield Event.of(c)
+        yield DONE
     return events()
 
 
 async def drain(resp: ProxyResponse) -> list[bytes]:
     assert resp.stream is not None
-    return [e async for e in resp.stream]
+    return [e.raw async for e in resp.stream]
 
 
 class TestCounting:
@@ -209,7 +212,7 @@ class TestStreams:
             c.state[STREAM_USAGE] = usage
         resp = await ic(c, upstream(ProxyResponse(200, stream=stream(usage=usage if in_stream else None))))
         events = await drain(resp)
-        assert events[-1] == DONE_EVENT and len(events) == 3 + in_stream  # passed through untouched
+        assert events[-1] == DONE.raw and len(events) == 3 + in_stream  # passed through untouched
         out = ic.section()
         assert (out["streamed_count"], out["total_total_tokens"], out["streams_without_usage"]) == (
             1, tokens, without_usage)
@@ -225,27 +228,14 @@ class TestStreams:
         """A stream that breaks off is counted under stream_<code> and the error reaches the client."""
         ic = ResponseStatsInterceptor(Params(), run)
 
-        async def broken() -> AsyncIterator[bytes]:
-            yield make_event({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]})
+        async def broken() -> AsyncIterator[Event]:
+            yield Event.of({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]})
             raise UpstreamProtocolError("cut")
 
         with pytest.raises(UpstreamProtocolError):
             await drain(await ic(ctx(), upstream(ProxyResponse(200, stream=broken()))))
         out = ic.section()
         assert out["errors"] == {"stream_upstream_protocol_error": 1} and out["successful_count"] == 0
-
-
-@pytest.mark.parametrize(("event", "parse"), [
-    (b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":null}]}\n\n', False),
-    (b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": null}]}\n\n', False),
-    (b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n', True),
-    (b'data: {"choices":[{"finish_reason":null},{"finish_reason":"length"}]}\n\n', True),
-    (b'data: {"choices":[],"usage":{"prompt_tokens":1}}\n\n', True),
-    (b'data: {"choices":[{"delta":{"tool_calls":[]},"finish_reason":null}]}\n\n', True),
-])
-def test_only_events_that_can_matter_are_parsed(event: bytes, parse: bool) -> None:
-    """Chunks with nothing but content are skipped; finish reasons, usage and tool calls are never missed."""
-    assert _worth_parsing(event) is parse
 
 
 class TestPersistence:
@@ -261,7 +251,7 @@ class TestPersistence:
         data["first_at"], data["last_at"] = data["first_at"] - 7200, data["last_at"] - 3600  # an hour's run, ago
         saved.write_bytes(orjson.dumps(data))
         second_run = RunContext(output_dir=run.output_dir, run_id="second", config=run.config, server=run.server,
-                                metrics=run.metrics, metrics_file=run.metrics_file)
+                                prometheus=run.prometheus)
         second = ResponseStatsInterceptor(Params(), second_run, clock=clock)
         for _ in range(10):
             await second(ctx(), upstream(answer(), clock, 0.001))
@@ -300,10 +290,12 @@ class TestPersistence:
             (1, 200, 1), (2, 200, 2), (3, 500, None)]  # tokens only from successes
 
     async def test_stats_file_saving_interval_writes_every_n(self, run: RunContext) -> None:
-        """stats_file_saving_interval=2 writes eval_factory_metrics.json after the 2nd answer, in the background."""
+        """stats_file_saving_interval=2 asks the statistics writer for a write after the 2nd answer, not the 1st."""
         ic = ResponseStatsInterceptor(Params(stats_file_saving_interval=2), run)
+        asked: list[int] = []
+        run.statistics.wake = lambda: asked.append(ic.stats.count)
         await ic(ctx(), upstream(answer()))
-        assert not run.metrics_file.path.exists()
+        assert asked == []
         await ic(ctx(), upstream(answer()))
-        await ic.aclose()  # waits for the write in flight
-        assert orjson.loads(run.metrics_file.path.read_bytes())["response_stats"]["count"] == 2
+        assert asked == [2]
+        await ic.aclose()

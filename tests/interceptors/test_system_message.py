@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
 from evalproxy.interceptors.system_message import SystemMessageInterceptor
 from evalproxy.simulator import SimulatedModel
 

@@ -22,17 +22,18 @@ import orjson
 import yaml
 from pydantic import Field, ValidationError
 
-from evalproxy.adapter.chain import Params as BaseParams
+from evalproxy.adapter.chain.hook import BaseHook
 from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_error
-from evalproxy.adapter.errors import ConfigError
-from evalproxy.adapter.hooks import BaseHook
-from evalproxy.adapter.output import CONFIG_FILE, METRICS_FILE, atomic_write_bytes, dump_json
-from evalproxy.adapter.redact import REDACTED, redact_obj, redact_text
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.adapter.store import CacheStore, SavedPair
-from evalproxy.adapter.thinking import split_reasoning
-from evalproxy.adapter.upstream import upstream_url_for
+from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
+from evalproxy.adapter.server.upstream import upstream_url_for
 from evalproxy.hooks.charts import report_charts
+from evalproxy.storage import SavedPair
+from evalproxy.storage.disk import CacheStore
 
 MAX_FAILURES_SHOWN = 50
 # Generation parameters are gathered from at most this many saved requests (saving can be unbounded).
@@ -50,11 +51,14 @@ _env = jinja2.Environment(
 )
 
 
+class PostEvalReportParams(BaseParams):
+    report_types: list[Literal["html", "json"]] = Field(default=["html", "json"], min_length=1)
+    html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
+
+
 @register_for_adapter(name="post_eval_report", description="Writes report.html and report.json.")
-class PostEvalReportHook(BaseHook):
-    class Params(BaseParams):
-        report_types: list[Literal["html", "json"]] = Field(default=["html", "json"], min_length=1)
-        html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
+class PostEvalReportHook(BaseHook[PostEvalReportParams]):
+    Params = PostEvalReportParams
 
     async def __call__(self) -> None:
         size = self.params.html_report_size
@@ -132,7 +136,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     """The report's content as plain data (what report.json holds)."""
     metrics: dict[str, Any] = {}
     try:
-        loaded = orjson.loads((output_dir / METRICS_FILE).read_bytes())
+        loaded = orjson.loads((output_dir / STATISTICS_FILE).read_bytes())
         metrics = loaded if isinstance(loaded, dict) else {}
     except (OSError, orjson.JSONDecodeError):
         pass
@@ -263,6 +267,15 @@ def _text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def _reasoning_apart(content: str, start: str | None, end: str) -> tuple[str, str] | None:
+    """(reasoning, answer) of a stored raw answer, for display: the text up to the end token is the reasoning."""
+    reasoning, found, answer = content.partition(end)
+    if not found:
+        return None
+    head = reasoning.lstrip()
+    return (head[len(start):] if start and head.startswith(start) else reasoning), answer.lstrip()
+
+
 def curl_command(url: str, body: Any) -> str:
     """A shell command that sends ``body`` again, with ``$API_KEY`` where a key goes."""
     data = orjson.dumps(redact_obj(body)).decode()
@@ -287,10 +300,10 @@ def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | No
         reasoning = msg.get("reasoning_content") if msg else None
         answer = content
         if reasoning_cfg is not None:
-            split = split_reasoning(content, reasoning_cfg.get("start_reasoning_token", "<think>"),
-                                    reasoning_cfg.get("end_reasoning_token", "</think>"))
-            if split.reasoning is not None:
-                answer, reasoning = split.answer, split.reasoning
+            shown = _reasoning_apart(content, reasoning_cfg.get("start_reasoning_token", "<think>"),
+                                     reasoning_cfg.get("end_reasoning_token", "</think>"))
+            if shown is not None:
+                reasoning, answer = shown
         answers.append({"index": ch.get("index", 0), "content": answer,
                         "reasoning": None if reasoning is None else _text(reasoning),
                         "finish_reason": ch.get("finish_reason"),

@@ -9,23 +9,27 @@ from typing import Any
 
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import ProxyResponse, RequestContext
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.registry import register_for_adapter
 
 
+class PayloadModifierParams(BaseParams):
+    params_to_remove: list[str] | None = Field(default=None, description="Top-level fields to drop")
+    params_to_add: dict[str, Any] | None = Field(default=None, description="Top-level fields to set")
+    params_to_rename: dict[str, str] | None = Field(default=None, description="old name -> new name")
+    headers_to_add: dict[str, str] | None = None
+    headers_to_remove: list[str] | None = None
+    headers_to_rename: dict[str, str] | None = None
+
+
 @register_for_adapter(name="payload_modifier", description="Adds, removes or renames request fields and headers.")
-class PayloadModifierInterceptor(BaseInterceptor):
+class PayloadModifierInterceptor(BaseInterceptor[PayloadModifierParams]):
     modifies_request = True
 
-    class Params(BaseParams):
-        params_to_remove: list[str] | None = Field(default=None, description="Top-level fields to drop")
-        params_to_add: dict[str, Any] | None = Field(default=None, description="Top-level fields to set")
-        params_to_rename: dict[str, str] | None = Field(default=None, description="old name -> new name")
-        headers_to_add: dict[str, str] | None = None
-        headers_to_remove: list[str] | None = None
-        headers_to_rename: dict[str, str] | None = None
+    Params = PayloadModifierParams
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         p = self.params

@@ -14,34 +14,43 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import CACHE_HIT, ProxyResponse, RequestContext, RunContext
-from evalproxy.adapter.output import atomic_write_bytes
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.files import atomic_write_bytes
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import Event
+from evalproxy.adapter.flow.state import CACHE_HIT
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.adapter.sse import tap
 
 log = logging.getLogger("evalproxy.progress")
 
 
+class ProgressTrackingParams(BaseParams):
+    progress_tracking_url: str | None = Field(
+        default="http://localhost:8000", description="Where to send progress; shell variables are expanded")
+    progress_tracking_interval: int = Field(default=1, gt=0, description="Send every N answers")
+    progress_tracking_interval_seconds: float | None = Field(default=None, gt=0, description="Also every N s")
+    request_method: str = "PATCH"
+    output_dir: str | None = Field(default=None, description="Where the progress file goes")
+
+
 @register_for_adapter(name="progress_tracking", description="Reports the number of answers to a webhook and a file.")
-class ProgressTrackingInterceptor(BaseInterceptor):
+class ProgressTrackingInterceptor(BaseInterceptor[ProgressTrackingParams]):
     best_effort = True
 
-    class Params(BaseParams):
-        progress_tracking_url: str | None = Field(
-            default="http://localhost:8000", description="Where to send progress; shell variables are expanded")
-        progress_tracking_interval: int = Field(default=1, gt=0, description="Send every N answers")
-        progress_tracking_interval_seconds: float | None = Field(default=None, gt=0, description="Also every N s")
-        request_method: str = "PATCH"
-        output_dir: str | None = Field(default=None, description="Where the progress file goes")
+    Params = ProgressTrackingParams
 
-    def __init__(self, params: ProgressTrackingInterceptor.Params, run: RunContext) -> None:
+    def __init__(self, params: ProgressTrackingParams, run: RunContext) -> None:
         super().__init__(params, run)
         self.url = os.path.expandvars(params.progress_tracking_url) if params.progress_tracking_url else None
         self.file = Path(params.output_dir) / "progress" if params.output_dir else None
@@ -68,11 +77,7 @@ class ProgressTrackingInterceptor(BaseInterceptor):
         resp = await call_next(ctx)
         if resp.status != 200 or ctx.state.get(CACHE_HIT):
             return resp
-        if resp.stream is not None:
-            resp.stream = tap(resp.stream, on_complete=self._answered, name="progress_tracking")
-        else:
-            self._answered()
-        return resp
+        return await handle(resp, _Answered(self._answered))
 
     def _answered(self) -> None:
         self.count += 1
@@ -125,3 +130,14 @@ class ProgressTrackingInterceptor(BaseInterceptor):
             await asyncio.wait(self._tasks, timeout=15)
         if self._session is not None:
             await self._session.close()
+
+
+class _Answered(AnswerHandler):
+    """Calls ``done`` once the answer is complete (a stream that breaks off never is)."""
+
+    def __init__(self, done: Callable[[], None]) -> None:
+        self.done = done
+
+    async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
+        self.done()
+        return []

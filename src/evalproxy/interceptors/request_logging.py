@@ -7,23 +7,27 @@ from typing import Any
 
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import ProxyResponse, RequestContext
-from evalproxy.adapter.redact import clip, redact_headers, redact_obj
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.core.redact import clip, redact_headers, redact_obj
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.logging")
 
 
+class RequestLoggingParams(BaseParams):
+    log_request_body: bool = True
+    log_request_headers: bool = True
+    max_requests: int | None = Field(default=2, ge=0, description="None: every request")
+
+
 @register_for_adapter(name="request_logging", description="Logs the first requests (secrets redacted).")
-class RequestLoggingInterceptor(BaseInterceptor):
+class RequestLoggingInterceptor(BaseInterceptor[RequestLoggingParams]):
     best_effort = True
 
-    class Params(BaseParams):
-        log_request_body: bool = True
-        log_request_headers: bool = True
-        max_requests: int | None = Field(default=2, ge=0, description="None: every request")
+    Params = RequestLoggingParams
 
     def __init__(self, params: Any, run: Any) -> None:
         super().__init__(params, run)

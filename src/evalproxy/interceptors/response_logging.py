@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import ProxyResponse, RequestContext
-from evalproxy.adapter.redact import clip, redact_headers
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.core.redact import clip, redact_headers
+from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.sse import Event, assemble_stream
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.adapter.sse import assemble_stream
 
 log = logging.getLogger("evalproxy.logging")
 
 
+class ResponseLoggingParams(BaseParams):
+    log_response_body: bool = True
+    log_response_headers: bool = True
+    max_responses: int | None = Field(default=None, ge=0, description="None: every answer")
+
+
 @register_for_adapter(name="response_logging", description="Logs the first answers.")
-class ResponseLoggingInterceptor(BaseInterceptor):
+class ResponseLoggingInterceptor(BaseInterceptor[ResponseLoggingParams]):
     best_effort = True
 
-    class Params(BaseParams):
-        log_response_body: bool = True
-        log_response_headers: bool = True
-        max_responses: int | None = Field(default=None, ge=0, description="None: every answer")
+    Params = ResponseLoggingParams
 
     def __init__(self, params: Any, run: Any) -> None:
         super().__init__(params, run)
@@ -37,11 +41,7 @@ class ResponseLoggingInterceptor(BaseInterceptor):
         if p.max_responses is not None and self.count >= p.max_responses:
             return resp
         self.count += 1
-        if resp.stream is not None:
-            resp.stream = self._log_stream(ctx, resp.status, resp.headers.items(), resp.stream)
-        else:
-            self._log(ctx, resp.status, resp.headers.items(), resp.json if resp.json is not None else resp.body)
-        return resp
+        return await handle(resp, _Logged(self, ctx, resp))
 
     def _log(self, ctx: RequestContext, status: int, headers: Any, body: Any) -> None:
         parts = [f"answer to #{ctx.request_id} status={status}"]
@@ -52,11 +52,18 @@ class ResponseLoggingInterceptor(BaseInterceptor):
             parts.append(f"body={clip(shown)}")
         log.info(" ".join(parts))
 
-    async def _log_stream(self, ctx: RequestContext, status: int, headers: Any,
-                          stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        events: list[bytes] = []
-        headers = list(headers)
-        async for event in stream:
-            events.append(event)
-            yield event
-        self._log(ctx, status, headers, assemble_stream(events))
+
+class _Logged(AnswerHandler):
+    """Logs one answer once complete (a stream assembled into one object)."""
+
+    keep_events = True
+
+    def __init__(self, ic: ResponseLoggingInterceptor, ctx: RequestContext, resp: ProxyResponse) -> None:
+        self.ic, self.ctx, self.resp = ic, ctx, resp
+        self.headers = list(resp.headers.items())
+
+    async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
+        body: Any = assemble_stream(events) if events is not None else (
+            self.resp.json if self.resp.json is not None else self.resp.body)
+        self.ic._log(self.ctx, self.resp.status, self.headers, body)
+        return []

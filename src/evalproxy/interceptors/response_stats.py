@@ -21,26 +21,28 @@ exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import STREAM_USAGE, ProxyResponse, RequestContext, RunContext
-from evalproxy.adapter.errors import ProxyError
-from evalproxy.adapter.output import atomic_write_bytes
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.errors import ProxyError
+from evalproxy.adapter.core.files import atomic_write_bytes
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.core.summary import MAX_SAMPLES, Summary
+from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import Event
+from evalproxy.adapter.flow.state import STREAM_USAGE
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.adapter.sse import event_json
-from evalproxy.adapter.stats import MAX_SAMPLES, Summary
 
 log = logging.getLogger("evalproxy.response_stats")
 
@@ -78,7 +80,7 @@ class RunStats:
             return self.merged_span
         return (self.last_at or 0.0) - (self.first_at or 0.0)
 
-    def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
+    def dump(self, keep_samples: int = 10_000) -> dict[str, Any]:
         """The numbers as JSON; at most ``keep_samples`` samples per summary (persisted files stay small)."""
         k = keep_samples
         return {
@@ -86,13 +88,13 @@ class RunStats:
             "streams_without_usage": self.streams_without_usage, "tool_calls": self.tool_calls,
             "function_calls": self.function_calls, "stop_reasons": dict(self.stop_reasons),
             "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
-            "errors": dict(self.errors), "tokens": {name: s.to_json(k) for name, s in self.tokens.items()},
-            "latency_us": self.latency_us.to_json(k), "ttft_us": self.ttft_us.to_json(k),
+            "errors": dict(self.errors), "tokens": {name: s.dump(k) for name, s in self.tokens.items()},
+            "latency_us": self.latency_us.dump(k), "ttft_us": self.ttft_us.dump(k),
             "first_at": self.first_at, "last_at": self.last_at,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunStats:
+    def load(cls, data: dict[str, Any]) -> RunStats:
         s = cls(data["run_id"])
         s.count, s.successful, s.streamed = data["count"], data["successful"], data["streamed"]
         s.streams_without_usage, s.tool_calls = data["streams_without_usage"], data["tool_calls"]
@@ -103,9 +105,9 @@ class RunStats:
         s.finish_reasons = Counter(data["finish_reasons"])
         s.errors = Counter(data["errors"])
         for k in _TOKEN_KINDS:
-            s.tokens[k] = Summary.from_json(data["tokens"][k], keep=s.tokens[k].keep)
-        s.latency_us = Summary.from_json(data["latency_us"])
-        s.ttft_us = Summary.from_json(data["ttft_us"])
+            s.tokens[k] = Summary.load(data["tokens"][k], keep=s.tokens[k].keep)
+        s.latency_us = Summary.load(data["latency_us"])
+        s.ttft_us = Summary.load(data["ttft_us"])
         s.first_at, s.last_at = data["first_at"], data["last_at"]
         return s
 
@@ -195,53 +197,45 @@ class RunStats:
         }
 
 
-def _worth_parsing(event: bytes) -> bool:
-    """Whether an event can carry a finish reason, usage or tool calls: most chunks of a stream carry none, and are
-    recognised without parsing their JSON."""
-    if b'"usage"' in event or b"tool_calls" in event:
-        return True
-    if b'"finish_reason":null' in event or b'"finish_reason": null' in event:
-        return event.count(b'"finish_reason"') > 1  # n > 1: another choice may have finished
-    return b"finish_reason" in event
+class ResponseStatsParams(BaseParams):
+    """NeMo Evaluator's names; ``cache_dir`` defaults to where NeMo's legacy config puts it."""
+
+    cache_dir: str | None = Field(default=None, description="Default: <output_dir>/response_stats_cache")
+    logging_aggregated_stats_interval: int = Field(default=100, ge=0, description="Log totals every N answers")
+    collect_token_stats: bool = True
+    collect_finish_reasons: bool = True
+    collect_tool_calls: bool = True
+    save_individuals: bool = Field(
+        default=False,
+        description="Also append one line per answer to <cache_dir>/run-<run_id>.individuals.jsonl, in batches "
+        "with the statistics file (NeMo keeps these in its cache; off here unless asked for)",
+    )
+    stats_file_saving_interval: int | None = Field(
+        default=None, ge=1,
+        description="Also write the statistics file every N answers (it is written every few seconds anyway)",
+    )
 
 
 @register_for_adapter(name="response_stats", description="Counts statuses, finish reasons, tokens and latency.")
-class ResponseStatsInterceptor(BaseInterceptor):
+class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
     best_effort = True
 
-    class Params(BaseParams):
-        """NeMo Evaluator's names; ``cache_dir`` defaults to where NeMo's legacy config puts it."""
-
-        cache_dir: str | None = Field(default=None, description="Default: <output_dir>/response_stats_cache")
-        logging_aggregated_stats_interval: int = Field(default=100, ge=0, description="Log totals every N answers")
-        collect_token_stats: bool = True
-        collect_finish_reasons: bool = True
-        collect_tool_calls: bool = True
-        save_individuals: bool = Field(
-            default=False,
-            description="Also append one line per answer to <cache_dir>/run-<run_id>.individuals.jsonl, in batches "
-            "with the statistics file (NeMo keeps these in its cache; off here unless asked for)",
-        )
-        stats_file_saving_interval: int | None = Field(
-            default=None, ge=1,
-            description="Also write the statistics file every N answers (it is written every few seconds anyway)",
-        )
+    Params = ResponseStatsParams
 
     def __init__(
-        self, params: ResponseStatsInterceptor.Params, run: RunContext,
+        self, params: ResponseStatsParams, run: RunContext,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``clock`` measures latency (seconds, monotonic); tests pass one they advance by hand."""
         super().__init__(params, run)
-        self.dir = Path(params.cache_dir or run.output_dir / "response_stats_cache")
+        self.dir = run.resolve(params.cache_dir or run.output_dir / "response_stats_cache")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.stats = RunStats(run.run_id)
         self.earlier = self._load_earlier()
         self._clock = clock
         self._lock = threading.Lock()  # the statistics writer reads from a thread
         self._individuals: list[bytes] = []  # lines not yet appended (save_individuals), flushed with the file
-        self._saving: asyncio.Task[None] | None = None
-        run.metrics_file.register("response_stats", self.section)
+        run.statistics.register("response_stats", self.section)
 
     def _load_earlier(self) -> list[RunStats]:
         runs = []
@@ -249,7 +243,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
             if path.stem == f"run-{self.run.run_id}":
                 continue
             try:
-                runs.append(RunStats.from_json(orjson.loads(path.read_bytes())))
+                runs.append(RunStats.load(orjson.loads(path.read_bytes())))
             except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable statistics file %s: %s", path, exc)
         return runs
@@ -258,9 +252,9 @@ class ResponseStatsInterceptor(BaseInterceptor):
         """Totals over this and earlier runs in the same directory; persists this run's numbers (in a thread)."""
         with self._lock:
             # A copy with every sample: this run's percentiles use all of them; the file keeps a bounded share.
-            mine = RunStats.from_json(self.stats.to_json(keep_samples=MAX_SAMPLES))
+            mine = RunStats.load(self.stats.dump(keep_samples=MAX_SAMPLES))
             rows, self._individuals = self._individuals, []
-        atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.to_json()))
+        atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.dump()))
         if rows:
             # Appended whole lines at a time; a crash can at worst cut the last line, which readers skip.
             with (self.dir / f"run-{mine.run_id}.individuals.jsonl").open("ab") as f:
@@ -280,45 +274,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
         except ProxyError as exc:
             self._record_error(exc.status, exc.code or exc.type, ctx.request_id)
             raise
-        if resp.stream is None:
-            self._record(resp.status, resp.json if resp.ok else None, self._clock() - t0, None, False,
-                         ctx.request_id)
-            return resp
-        resp.stream = self._observe(ctx, resp.status, resp.stream, t0)
-        return resp
-
-    async def _observe(
-        self, ctx: RequestContext, status: int, stream: AsyncIterator[bytes], t0: float
-    ) -> AsyncIterator[bytes]:
-        first: float | None = None
-        finish: Counter[str] = Counter()
-        usage: dict[str, Any] | None = None
-        tool_calls = False
-        try:
-            async for event in stream:
-                if first is None:
-                    first = self._clock() - t0
-                if _worth_parsing(event):
-                    obj = event_json(event)
-                    if isinstance(obj, dict):
-                        for ch in obj.get("choices") or ():
-                            if isinstance(ch, dict):
-                                if ch.get("finish_reason"):
-                                    finish[str(ch["finish_reason"])] += 1
-                                delta = ch.get("delta")
-                                if isinstance(delta, dict) and delta.get("tool_calls"):
-                                    tool_calls = True
-                        if isinstance(obj.get("usage"), dict):
-                            usage = obj["usage"]
-                yield event
-        except ProxyError as exc:
-            self._record_error(exc.status, "stream_" + (exc.code or exc.type), ctx.request_id)
-            raise
-        # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
-        usage = usage or ctx.state.get(STREAM_USAGE)
-        body = {"choices": [{"finish_reason": r} for r, n in finish.items() for _ in range(n)], "usage": usage,
-                "_tool_calls": tool_calls}
-        self._record(status, body, self._clock() - t0, first, True, ctx.request_id)
+        return await handle(resp, _Observe(self, ctx, resp, t0))
 
     def _record_error(self, status: int, kind: str, request_id: int = 0) -> None:
         with self._lock:
@@ -330,7 +286,7 @@ class ResponseStatsInterceptor(BaseInterceptor):
             s.first_at = s.first_at or s.last_at
             if self.params.save_individuals:
                 self._individuals.append(self._individual(request_id, s.last_at, status, None, None, None, None))
-        self.run.metrics_file.touch()
+        self.run.statistics.touch()
 
     def _record(
         self, status: int, body: Any, latency: float, ttft: float | None, streamed: bool, request_id: int = 0
@@ -360,23 +316,16 @@ class ResponseStatsInterceptor(BaseInterceptor):
             for kind in ("prompt", "completion"):
                 v = usage.get(f"{kind}_tokens")
                 if isinstance(v, int):
-                    self.run.metrics.child(self.run.metrics.tokens, kind).inc(v)
+                    self.run.prometheus.child(self.run.prometheus.tokens, kind).inc(v)
             if isinstance(usage.get("completion_tokens"), int):
-                self.run.metrics.completion_tokens.observe(usage["completion_tokens"])
-        self.run.metrics_file.touch()
+                self.run.prometheus.completion_tokens.observe(usage["completion_tokens"])
+        self.run.statistics.touch()
         interval = self.params.logging_aggregated_stats_interval
         if interval and count % interval == 0:
             self._log_totals()
         every = self.params.stats_file_saving_interval
-        if every and count % every == 0 and (self._saving is None or self._saving.done()):
-            # In the background, and never two at once: a burst of answers never queues writes behind each other.
-            self._saving = asyncio.get_running_loop().create_task(self._save())
-
-    async def _save(self) -> None:
-        try:
-            await self.run.metrics_file.write()
-        except OSError as exc:  # the periodic and the final write try again; a full disk must not fail requests
-            log.warning("cannot write %s: %s", self.run.metrics_file.path, exc)
+        if every and count % every == 0:
+            self.run.statistics.write_soon()
 
     def _individual(
         self, request_id: int, now: float, status: int, body: Any, usage: Any, latency: float | None,
@@ -436,7 +385,50 @@ class ResponseStatsInterceptor(BaseInterceptor):
         log.info("response_stats: %s", line)
 
     async def aclose(self) -> None:
-        if self._saving is not None:
-            await self._saving
         self._log_totals()
 
+
+class _Observe(AnswerHandler):
+    """Counts one answer, whole or streamed: finish reasons, tool calls and usage as they pass, the rest at the end."""
+
+    def __init__(self, ic: ResponseStatsInterceptor, ctx: RequestContext, resp: ProxyResponse, t0: float) -> None:
+        self.ic, self.ctx, self.resp, self.t0 = ic, ctx, resp, t0
+        self.streamed = resp.stream is not None
+        self.first: float | None = None
+        self.body: Any = None
+        self.finish: list[dict[str, Any]] = []
+        self.usage: dict[str, Any] | None = None
+        self.tool_calls = False
+
+    def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
+        if whole:
+            self.body = obj
+            return False
+        if self.first is None:
+            self.first = self.ic._clock() - self.t0
+        for ch in obj.get("choices") or ():
+            if isinstance(ch, dict):
+                if ch.get("finish_reason"):
+                    self.finish.append({"finish_reason": ch["finish_reason"], "stop_reason": ch.get("stop_reason")})
+                delta = ch.get("delta")
+                if isinstance(delta, dict) and delta.get("tool_calls"):
+                    self.tool_calls = True
+        if isinstance(obj.get("usage"), dict):
+            self.usage = obj["usage"]
+        return False
+
+    async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
+        latency = self.ic._clock() - self.t0
+        if not self.streamed:
+            self.ic._record(self.resp.status, self.body if self.resp.ok else None, latency, None, False,
+                            self.ctx.request_id)
+            return []
+        # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
+        usage = self.usage or self.ctx.state.get(STREAM_USAGE)
+        body = {"choices": self.finish, "usage": usage, "_tool_calls": self.tool_calls}
+        self.ic._record(self.resp.status, body, latency, self.first, True, self.ctx.request_id)
+        return []
+
+    async def on_error(self, exc: BaseException) -> None:
+        if isinstance(exc, ProxyError):
+            self.ic._record_error(exc.status, "stream_" + (exc.code or exc.type), self.ctx.request_id)

@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from evalproxy.adapter.chain import BaseInterceptor, Next
-from evalproxy.adapter.chain import Params as BaseParams
-from evalproxy.adapter.context import ProxyResponse, RequestContext, RunContext
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.system_message")
@@ -41,22 +43,25 @@ def _join(first: Any, second: Any) -> Any:
     return parts
 
 
+class SystemMessageParams(BaseParams):
+    system_message: str = Field(description="The system prompt to inject")
+    strategy: Literal["replace", "prepend", "append"] = Field(
+        default="prepend",
+        description="replace: drop existing system and developer messages, ours goes first; prepend/append: ours "
+        "before/after the existing system message's content (prepend is NeMo Evaluator's default since 25.11)",
+    )
+    apply_to_completions: bool = Field(
+        default=False, description="Also prefix the prompt of completions requests (off: they are left alone)"
+    )
+
+
 @register_for_adapter(name="system_message", description="Injects a custom system prompt into chat requests.")
-class SystemMessageInterceptor(BaseInterceptor):
+class SystemMessageInterceptor(BaseInterceptor[SystemMessageParams]):
     modifies_request = True
 
-    class Params(BaseParams):
-        system_message: str = Field(description="The system prompt to inject")
-        strategy: Literal["replace", "prepend", "append"] = Field(
-            default="prepend",
-            description="replace: drop existing system and developer messages, ours goes first; prepend/append: ours "
-            "before/after the existing system message's content (prepend is NeMo Evaluator's default since 25.11)",
-        )
-        apply_to_completions: bool = Field(
-            default=False, description="Also prefix the prompt of completions requests (off: they are left alone)"
-        )
+    Params = SystemMessageParams
 
-    def __init__(self, params: SystemMessageInterceptor.Params, run: RunContext) -> None:
+    def __init__(self, params: SystemMessageParams, run: RunContext) -> None:
         super().__init__(params, run)
         self._told_about_completions = False
 

@@ -1,20 +1,18 @@
-"""Server-sent events as the chain sees them: one complete event per item, as bytes.
+"""Server-sent events as the chain sees them: one :class:`Event` per complete event.
 
-OpenAI streams are ``data: {json}\\n\\n`` events ended by ``data: [DONE]\\n\\n``. Helpers here read the data of an
-event, build one, and observe a stream without owning it.
+OpenAI streams are ``data: {json}\\n\\n`` events ended by ``data: [DONE]\\n\\n``. An :class:`Event` keeps the bytes
+as they came and parses its JSON at most once, however many layers read it; a layer that changes an event makes a new
+one from the changed object, and its bytes are serialised once, when they are needed.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-log = logging.getLogger("evalproxy.sse")
-
-DONE = b"[DONE]"
+DONE_DATA = b"[DONE]"
 
 
 def event_data(event: bytes) -> bytes | None:
@@ -37,7 +35,7 @@ def event_data(event: bytes) -> bytes | None:
 def event_json(event: bytes) -> Any:
     """The JSON payload of an event, or None for ``[DONE]``, comments and data that is not JSON."""
     data = event_data(event)
-    if data is None or data == DONE:
+    if data is None or data == DONE_DATA:
         return None
     try:
         return orjson.loads(data)
@@ -52,43 +50,54 @@ def make_event(payload: Any) -> bytes:
 
 
 DONE_EVENT = b"data: [DONE]\n\n"
+_UNSET: Any = object()
 
 
-async def tap(
-    stream: AsyncIterator[bytes],
-    on_event: Callable[[bytes], None] | None = None,
-    on_complete: Callable[[], None] | None = None,
-    *,
-    name: str = "stream",
-) -> AsyncIterator[bytes]:
-    """Pass ``stream`` through unchanged while telling observers about it.
+class Event:
+    """One server-sent event: its bytes and, parsed on first use and then kept, its JSON payload."""
 
-    ``on_event`` sees every event, ``on_complete`` is called once only if the stream ended normally (an upstream
-    error or a cancelled stream never completes). Observer failures are logged and never break the stream: observers
-    are for statistics and storage, not for the answer itself.
-    """
-    broken = False
-    async for event in stream:
-        if on_event is not None and not broken:
-            try:
-                on_event(event)
-            except Exception:
-                broken = True
-                log.exception("%s: observer failed; it sees no more events of this stream", name)
-        yield event
-    if on_complete is not None and not broken:
-        try:
-            on_complete()
-        except Exception:
-            log.exception("%s: completion observer failed", name)
+    __slots__ = ("_json", "_raw")
+
+    def __init__(self, raw: bytes | None = None, json: Any = _UNSET) -> None:
+        self._raw = raw
+        self._json = json
+
+    @classmethod
+    def of(cls, payload: Any) -> Event:
+        """An event carrying ``payload`` (a JSON object), serialised when its bytes are first needed."""
+        return cls(None, payload)
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = make_event(self._json)
+        return self._raw
+
+    @property
+    def json(self) -> Any:
+        """The JSON payload, or None for ``[DONE]``, comments and data that is not JSON."""
+        if self._json is _UNSET:
+            self._json = event_json(self._raw or b"")
+        return self._json
+
+    @property
+    def is_done(self) -> bool:
+        return self._raw == DONE_EVENT
+
+    def __repr__(self) -> str:
+        return f"<Event {self.raw[:60]!r}>"
 
 
-def assemble_stream(events: list[bytes]) -> dict[str, Any] | None:
+DONE = Event(DONE_EVENT, None)
+"""The final ``data: [DONE]`` event."""
+
+
+def assemble_stream(events: Iterable[bytes | Event]) -> dict[str, Any] | None:
     """One chat.completion (or text_completion) object built from the events of a stream, for reports and stats."""
     out: dict[str, Any] | None = None
     choices: dict[int, dict[str, Any]] = {}
     for event in events:
-        obj = event_json(event)
+        obj = event.json if isinstance(event, Event) else event_json(event)
         if not isinstance(obj, dict):
             continue
         if out is None:

@@ -135,12 +135,12 @@ class Summary:
             },
         }
 
-    def to_json(self, keep_samples: int = 10_000) -> dict[str, Any]:
+    def dump(self, keep_samples: int = 10_000) -> dict[str, Any]:
         """JSON form; at most ``keep_samples`` samples, drawn uniformly (not the first ones: those are the warm-up)."""
         return {"count": self.count, "total": self.total, "squares": self.squares, "min": self.min,
                 "max": self.max, "samples": subsample(self.samples, keep_samples).tolist()}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], keep: int = MAX_SAMPLES) -> Summary:
+    def load(cls, data: dict[str, Any], keep: int = MAX_SAMPLES) -> Summary:
         return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
                    array("q", data.get("samples", [])[:keep]), keep)

@@ -14,7 +14,7 @@ _TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 6
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class ProxyMetrics:
+class Prometheus:
     """All collectors of one proxy app. Label sets are small and fixed (no per-request label values)."""
 
     def __init__(self) -> None:

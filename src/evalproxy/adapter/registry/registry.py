@@ -1,13 +1,16 @@
-"""Finding interceptors and hooks by the name a config gives them.
+"""Finding interceptors and hooks by the name a config gives them, and resolving a config against them.
 
 The decorator :func:`register_for_adapter` (NeMo Evaluator's name for it) only *marks* a class with its name and
 description; nothing global is mutated at import. A :class:`Registry` is built per app by scanning modules for marked
 classes: the built-in packages ``evalproxy.interceptors`` and ``evalproxy.hooks``, the modules and directories named
 in ``discovery``, and the modules advertised by installed packages under the ``evalproxy.plugins`` entry point group.
+:func:`resolve` turns a loaded config into classes with validated params, in chain order: every name, param and
+order error is a :class:`ConfigError` naming the file and field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -20,10 +23,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from evalproxy.adapter.errors import ConfigError
-from evalproxy.adapter.hooks import BaseHook
+from evalproxy.adapter.chain.hook import BaseHook
+from evalproxy.adapter.chain.interceptor import check_order
+from evalproxy.adapter.config.schema import AdapterConfig, LoadedConfig, validation_error
+from evalproxy.adapter.core.errors import ConfigError
 
 C = TypeVar("C", bound=type)
 
@@ -68,7 +73,12 @@ class Registry:
         for pkg in BUILTIN_PACKAGES:
             reg.scan_package(pkg)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            reg.scan_module(ep.load() if ":" in ep.value else importlib.import_module(ep.value))
+            try:
+                reg.scan_module(ep.load() if ":" in ep.value else importlib.import_module(ep.value))
+            except Exception as exc:  # a broken plugin package names itself, never a traceback
+                raise ConfigError(
+                    f"plugin entry point '{ep.name} = {ep.value}' (group {ENTRY_POINT_GROUP}) failed to load: "
+                    f"{type(exc).__name__}: {exc}", field="discovery") from exc
         for m in modules:
             try:
                 mod = importlib.import_module(m)
@@ -105,7 +115,11 @@ class Registry:
             # in the same folder is never run.
             if path.name.startswith("_") or "register_for_adapter" not in path.read_text(errors="replace"):
                 continue
-            mod_name = f"evalproxy_user_{abs(hash(str(path.resolve())))}_{path.stem}"
+            mod_name = f"evalproxy_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}_{path.stem}"
+            loaded = sys.modules.get(mod_name)
+            if loaded is not None:  # imported already in this process: a file is executed once
+                self.scan_module(loaded)
+                continue
             spec = importlib.util.spec_from_file_location(mod_name, path)
             if spec is None or spec.loader is None:
                 raise ConfigError(f"cannot load '{path}'", field="discovery.dirs")
@@ -114,18 +128,15 @@ class Registry:
             try:
                 spec.loader.exec_module(mod)
             except Exception as exc:
+                del sys.modules[mod_name]
                 raise ConfigError(f"importing '{path}' failed: {exc}", field="discovery.dirs") from exc
             self.scan_module(mod)
 
     def interceptor(self, name: str, field_path: str = "interceptors") -> type[Any]:
-        if name == "endpoint":
-            from evalproxy.adapter.upstream import EndpointInterceptor
-
-            return EndpointInterceptor
         try:
             return self.interceptors[name]
         except KeyError:
-            known = ", ".join(sorted({*self.interceptors, "endpoint"}))
+            known = ", ".join(sorted(self.interceptors))
             raise ConfigError(f"unknown interceptor '{name}'; known interceptors: {known}", field=field_path) from None
 
     def hook(self, name: str, field_path: str = "post_eval_hooks") -> type[Any]:
@@ -134,3 +145,68 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.hooks)) or "(none)"
             raise ConfigError(f"unknown post-eval hook '{name}'; known hooks: {known}", field=field_path) from None
+
+
+@dataclass
+class Resolved:
+    """A config resolved against a registry: classes with validated params, in config order (``endpoint`` included)."""
+
+    registry: Registry
+    interceptors: list[tuple[type[Any], Any]]
+    hooks: list[tuple[type[Any], Any]]
+
+
+def resolve(loaded: LoadedConfig, registry: Registry | None = None) -> Resolved:
+    """Check names, params and order of interceptors and hooks (discovery included); errors name file and field."""
+    adapter = loaded.adapter
+    try:
+        reg = registry or Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
+        return Resolved(
+            reg,
+            resolve_interceptors(adapter, reg, prefix=loaded.prefix, file=loaded.source),
+            resolve_hooks(adapter, reg, prefix=loaded.prefix, file=loaded.source),
+        )
+    except ConfigError as exc:
+        if exc.file is None and loaded.source is not None:
+            field_path = exc.field
+            if field_path and field_path.startswith("discovery") and loaded.prefix:
+                field_path = f"{loaded.prefix}.{field_path}"
+            raise ConfigError(exc.reason, field=field_path, file=loaded.source) from None
+        raise
+
+
+def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None) -> Any:
+    try:
+        return cls.Params.model_validate(config)
+    except ValidationError as exc:
+        err = validation_error(exc, prefix=field_path, file=file)
+        raise ConfigError(f"{cls.name}: {err.reason}", field=err.field, file=file) from None
+
+
+def resolve_interceptors(
+    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None
+) -> list[tuple[type[Any], Any]]:
+    """(class, validated params) for each enabled interceptor, ``endpoint`` included, in config order."""
+    p = f"{prefix}." if prefix else ""
+    out: list[tuple[type[Any], Any]] = []
+    for i, ic in adapter.enabled_interceptors():
+        cls = registry.interceptor(ic.name, field_path=f"{p}interceptors[{i}].name")
+        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file)))
+    names = [cls.name for cls, _ in out]
+    try:
+        check_order(names, {cls.name: cls for cls, _ in out})
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, field=f"{p}interceptors", file=file) from None
+    return out
+
+
+def resolve_hooks(
+    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None
+) -> list[tuple[type[Any], Any]]:
+    """(class, validated params) for each enabled post-eval hook, in config order."""
+    p = f"{prefix}." if prefix else ""
+    out: list[tuple[type[Any], Any]] = []
+    for i, h in adapter.enabled_hooks():
+        cls = registry.hook(h.name, field_path=f"{p}post_eval_hooks[{i}].name")
+        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file)))
+    return out

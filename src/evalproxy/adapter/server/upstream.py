@@ -1,6 +1,7 @@
 """The terminal of the chain: the model endpoint, over one pooled aiohttp ``ClientSession``.
 
-``endpoint`` in the interceptor list names where this transport sits; it is not itself a layer. It retries 429, 5xx
+``endpoint`` in the interceptor list names where this transport sits; it is not itself a layer. The built-in
+``endpoint`` (:mod:`evalproxy.interceptors.endpoint`) is this transport, registered with its params. It retries 429, 5xx
 and connection failures with exponential backoff and jitter (honouring ``Retry-After``) until an answer has started
 to reach the client, passes streams through event by event, and turns what cannot be answered into typed errors.
 """
@@ -14,31 +15,25 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from evalproxy.adapter.chain import BaseInterceptor, Params
-from evalproxy.adapter.context import (
-    STREAM_USAGE,
-    UPSTREAM_ATTEMPTS,
-    UPSTREAM_SECONDS,
-    ProxyResponse,
-    RequestContext,
-)
-from evalproxy.adapter.errors import (
+from evalproxy.adapter.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from evalproxy.adapter.redact import HOP_BY_HOP
-from evalproxy.adapter.sse import DONE, event_data, make_event
-
-if TYPE_CHECKING:
-    from evalproxy.adapter.config import ServerConfig
-    from evalproxy.adapter.metrics import ProxyMetrics
+from evalproxy.adapter.core.params import Params
+from evalproxy.adapter.core.redact import HOP_BY_HOP, redact_url
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import Event
+from evalproxy.adapter.flow.state import STREAM_USAGE, UPSTREAM_SECONDS
 
 log = logging.getLogger("evalproxy.upstream")
 
@@ -51,48 +46,54 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-encoding"}
 _LARGE_BODY = 1 << 20
 
 
-class EndpointInterceptor(BaseInterceptor):
-    """Marks where the upstream call sits in the chain; its config overrides the server's upstream settings."""
+class EndpointParams(Params):
+    """``endpoint``'s params: they override the server's upstream settings for this chain."""
 
-    name = "endpoint"
-    description = "Sends the request to the model endpoint (the terminal of the chain)."
-
-    class Params(Params):
-        request_timeout: float | None = None
-        max_retries: int | None = None
-        retry_backoff: float | None = None
-        stream_usage: bool = True
-        """Ask upstream for usage on streams whose client did not (for statistics); the client never sees it."""
+    request_timeout: float | None = None
+    max_retries: int | None = None
+    retry_backoff: float | None = None
+    stream_usage: bool = True
+    """Ask upstream for usage on streams whose client did not (for statistics); the client never sees it."""
 
 
 def split_upstream(url: str) -> tuple[str, str | None]:
-    """``(base, suffix)`` of an upstream URL: ``.../v1/chat/completions`` gives ``.../v1`` and ``/chat/completions``."""
-    u = url.rstrip("/")
+    """``(base, suffix)`` of an upstream URL's path part: ``.../v1/chat/completions`` gives ``.../v1`` and
+    ``/chat/completions``; a base URL gives itself and None. The query string is not part of either."""
+    u = url.split("?", 1)[0].rstrip("/")
     for suffix in _ENDPOINT_SUFFIXES:
         if u.endswith(suffix):
             return u[: -len(suffix)], suffix
     return u, None
 
 
-def upstream_url_for(upstream: str, path: str) -> str:
-    """Where a request for ``path`` goes, for an upstream given as a base URL or as a full endpoint URL.
+def upstream_url_for(upstream: str, path: str, query: str = "") -> str:
+    """Where a request for ``path`` (and its ``query``) goes, for an upstream given as a base or an endpoint URL.
 
-    A full endpoint URL (``.../v1/chat/completions``) receives requests for its own kind and requests to ``/``;
-    other paths go to its base. ``/v1/...`` paths join a base ending in ``/v1`` without doubling it; paths outside
-    ``/v1`` (``/tokenize``) go beside it.
+    As the OpenAI SDKs join ``base_url`` and a relative path: a request to the proxy's ``/v1/chat/completions`` goes
+    to ``<base>/chat/completions`` whatever the base ends with (``.../v1``, ``.../v1beta/openai``, ``.../openai/v1``).
+    A full endpoint URL (``.../v1/chat/completions``) receives requests of its own kind and requests to ``/``; other
+    paths go to its base. A base that is only a host (``http://host:8000``) is the server's root: paths keep their
+    ``/v1``. Paths outside ``/v1`` (``/tokenize``) go beside a base that ends in ``/v1``, else under it.
+    The upstream URL's own query (``?api-version=...``) is kept, and the request's is added to it.
     """
+    up_query = urlsplit(upstream).query
+    full = upstream.split("?", 1)[0].rstrip("/")
     base, suffix = split_upstream(upstream)
-    if path in ("", "/"):
-        return upstream if suffix else base + "/"
     p = path.rstrip("/")
+    if path in ("", "/"):
+        target = full if suffix else base + "/"
     # "/chat/completions" also ends with "/completions": a completions URL must not take chat requests.
-    if suffix is not None and p.endswith(suffix) and (suffix != "/completions" or not p.endswith("/chat/completions")):
-        return upstream.rstrip("/")
-    if base.endswith("/v1"):
-        if path.startswith("/v1/") or path == "/v1":
-            return base + path[3:]
-        return base[:-3] + path
-    return base + path
+    elif suffix is not None and p.endswith(suffix) and (
+            suffix != "/completions" or not p.endswith("/chat/completions")):
+        target = full
+    elif (path == "/v1" or path.startswith("/v1/")) and urlsplit(base).path not in ("", "/"):
+        target = base + path[3:]
+    elif base.endswith("/v1"):
+        target = base[:-3] + path
+    else:
+        target = base + path
+    q = "&".join(x for x in (up_query, query) if x)
+    return f"{target}?{q}" if q else target
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -109,15 +110,18 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class Upstream:
+class UpstreamTransport:
     """The transport: owns the ``ClientSession`` (opened in :meth:`start`, closed in :meth:`aclose`)."""
 
     name = "endpoint"
+    description = "Sends the request to the model endpoint (the terminal of the chain)."
     best_effort = False
     modifies_request = False
+    Params = EndpointParams
 
-    def __init__(self, server: ServerConfig, metrics: ProxyMetrics, params: EndpointInterceptor.Params | None = None):
-        p = params or EndpointInterceptor.Params()
+    def __init__(self, params: EndpointParams, run: RunContext) -> None:
+        p = params
+        server = run.server
         self.url = server.upstream_url
         self.api_key = server.api_key()
         self.request_timeout = p.request_timeout or server.request_timeout
@@ -128,7 +132,7 @@ class Upstream:
         self.retry_status = frozenset(server.retry_on_status)
         self.limit = server.max_concurrent_requests
         self.stream_usage = p.stream_usage
-        self.metrics = metrics
+        self.prometheus = run.prometheus
         self._session: aiohttp.ClientSession | None = None
         # A stream may take long in total, but must not go silent for longer than request_timeout.
         self._stream_timeout = aiohttp.ClientTimeout(
@@ -180,7 +184,8 @@ class Upstream:
             if len(self._urls) < 1024:  # paths are few (a harness uses one or two); never grow without bound
                 self._urls[ctx.path] = url
         if ctx.query:
-            url = f"{url}?{ctx.query}"
+            url = f"{url}{'&' if '?' in url else '?'}{ctx.query}"
+        shown = redact_url(url)
         headers = self._headers(ctx)
         body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         stream = ctx.is_stream_request
@@ -204,33 +209,32 @@ class Upstream:
                     ctx.method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                self.metrics.errors.labels("upstream_timeout").inc()
+                self.prometheus.errors.labels("upstream_timeout").inc()
                 raise UpstreamTimeoutError(
-                    f"the upstream did not answer within {self.request_timeout:g}s ({url})"
+                    f"the upstream did not answer within {self.request_timeout:g}s ({shown})"
                 ) from exc
             except aiohttp.ClientError as exc:
                 if attempt < self.max_retries:
-                    self.metrics.retries.labels("connection").inc()
+                    self.prometheus.retries.labels("connection").inc()
                     await asyncio.sleep(self._delay(attempt, None))
                     attempt += 1
                     continue
-                self.metrics.errors.labels("upstream_unreachable").inc()
+                self.prometheus.errors.labels("upstream_unreachable").inc()
                 raise UpstreamUnreachableError(
-                    f"cannot reach the upstream at {url}: {type(exc).__name__}: {exc}"
+                    f"cannot reach the upstream at {shown}: {type(exc).__name__}: {redact_url(str(exc))}"
                     + (f" (after {attempt + 1} attempts)" if attempt else "")
                 ) from exc
 
             if resp.status in self.retry_status and attempt < self.max_retries:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 resp.release()
-                self.metrics.retries.labels(str(resp.status)).inc()
+                self.prometheus.retries.labels(str(resp.status)).inc()
                 log.info("upstream answered %s; retry %d/%d", resp.status, attempt + 1, self.max_retries)
                 await asyncio.sleep(self._delay(attempt, retry_after))
                 attempt += 1
                 continue
             break
 
-        ctx.state[UPSTREAM_ATTEMPTS] = attempt + 1
         out_headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
         )
@@ -243,13 +247,13 @@ class Upstream:
             data = await resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             resp.close()
-            self.metrics.errors.labels("upstream_timeout").inc()
+            self.prometheus.errors.labels("upstream_timeout").inc()
             raise UpstreamTimeoutError(
                 f"the upstream did not finish its answer within {self.request_timeout:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
             resp.close()
-            self.metrics.errors.labels("upstream_broken").inc()
+            self.prometheus.errors.labels("upstream_broken").inc()
             raise UpstreamProtocolError(f"the upstream broke off its answer: {type(exc).__name__}: {exc}") from exc
         finally:
             resp.release()
@@ -261,7 +265,7 @@ class Upstream:
 
     async def _events(
         self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Event]:
         """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream."""
         buf = b""
         complete = False
@@ -276,17 +280,17 @@ class Upstream:
                         break
                     event, buf = buf[: i + 2], buf[i + 2 :]
                     if event.strip():
-                        yield event
+                        yield Event(event)
             if buf.strip():
-                yield buf.rstrip(b"\n") + b"\n\n"
+                yield Event(buf.rstrip(b"\n") + b"\n\n")
             complete = True
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            self.metrics.errors.labels("upstream_timeout").inc()
+            self.prometheus.errors.labels("upstream_timeout").inc()
             raise UpstreamTimeoutError(
                 f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
             ) from exc
         except aiohttp.ClientError as exc:
-            self.metrics.errors.labels("upstream_broken_stream").inc()
+            self.prometheus.errors.labels("upstream_broken_stream").inc()
             raise UpstreamProtocolError(f"the upstream broke off the stream: {type(exc).__name__}: {exc}") from exc
         finally:
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
@@ -296,25 +300,22 @@ class Upstream:
                 resp.close()
 
 
-async def _hide_usage(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _hide_usage(ctx: RequestContext, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
     """Take the usage we asked for out of the stream, keeping it in ``ctx.state[STREAM_USAGE]``."""
     async for event in events:
-        if b'"usage"' not in event:
+        if b'"usage"' not in event.raw:
             yield event
             continue
-        data = event_data(event)
-        try:
-            obj = orjson.loads(data) if data and data != DONE else None
-        except orjson.JSONDecodeError:
-            obj = None
+        obj = event.json
         if not isinstance(obj, dict) or "usage" not in obj:
             yield event
             continue
+        obj = dict(obj)
         usage = obj.pop("usage")
         if isinstance(usage, dict):
             ctx.state[STREAM_USAGE] = usage
         if obj.get("choices"):
-            yield make_event(obj)
+            yield Event.of(obj)
 
 
 def _normalise_null_content(resp: ProxyResponse) -> None:

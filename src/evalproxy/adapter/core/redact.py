@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 REDACTED = "***"
 
-SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "api-key", "x-api-key", "openai-api-key", "cookie", "set-cookie",
-     "x-goog-api-key", "x-admin-token"}
+# A header is secret when one of the words of its name (split at '-' and '_') is one of these: Authorization,
+# api-key, X-Api-Key, X-Auth-Token, Ocp-Apim-Subscription-Key, Cookie ... but not x-ratelimit-remaining-tokens.
+_SECRET_HEADER_WORDS = frozenset(
+    {"authorization", "auth", "key", "apikey", "token", "secret", "password", "passwd", "cookie", "credential",
+     "credentials", "signature", "session"}
 )
-# Field names whose *values* are secrets wherever they appear in config or saved data.
-_SECRET_FIELD = re.compile(r"(^|_)(api_?key|token|secret|password|authorization)$", re.IGNORECASE)
+_WORDS = re.compile(r"[-_]")
+# Field names whose *values* are secrets wherever they appear in config or saved data. Names are matched whole (or
+# by a secret-bearing last part), so start_reasoning_token or max_tokens are never taken for secrets.
+_SECRET_FIELD = re.compile(
+    r"^(?:.*[_-])?(?:api[_-]?key|apikey|secret|client[_-]secret|password|passwd|authorization|credentials?"
+    r"|(?:access|auth|admin|bearer|refresh|id|session|api)[_-]?token)$",
+    re.IGNORECASE,
+)
 # Field names that name an env var rather than hold a secret.
 _NAME_FIELD = re.compile(r"_name$|_env$", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
@@ -26,19 +36,35 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def is_secret_header(name: str) -> bool:
-    return name.lower() in SECRET_HEADERS
+@functools.lru_cache(maxsize=1024)
+def secret_header(name: str) -> bool:
+    """Whether a header carries a credential (by the words of its name; see ``_SECRET_HEADER_WORDS``)."""
+    low = name.lower()
+    return low == "authorization" or any(w in _SECRET_HEADER_WORDS for w in _WORDS.split(low))
 
 
 def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers fit to store: secrets and hop-by-hop headers removed."""
     # str(k): multidict's case-insensitive keys are a str subclass that JSON encoders refuse.
-    return {str(k): v for k, v in headers if k.lower() not in SECRET_HEADERS and k.lower() not in HOP_BY_HOP}
+    return {str(k): v for k, v in headers if k.lower() not in HOP_BY_HOP and not secret_header(k)}
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Headers fit to show: secret values replaced by ``***``."""
-    return {str(k): (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers}
+    return {str(k): (REDACTED if secret_header(k) else v) for k, v in headers}
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without the credentials it may carry (``https://user:pass@host`` gives ``https://***@host``)."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def redact_obj(obj: Any, secrets: Iterable[str] = ()) -> Any:
@@ -53,8 +79,10 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
         for k, v in obj.items():
             key = str(k)
             secret_field = bool(_SECRET_FIELD.search(key)) and not _NAME_FIELD.search(key)
-            if isinstance(v, str) and v and (secret_field or key.lower() in SECRET_HEADERS):
+            if isinstance(v, str) and v and (secret_field or ("-" in key and secret_header(key))):
                 out[k] = REDACTED
+            elif isinstance(v, str) and "://" in v and "@" in v:
+                out[k] = redact_url(redact_text(v, secrets)) or v
             else:
                 out[k] = _redact(v, secrets)
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 
 # Legacy keys with NeMo Evaluator's defaults. (Run-wide keys such as html_report_size are AdapterConfig fields.)
 LEGACY_DEFAULTS: dict[str, Any] = {

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from evalproxy.adapter.sse import DONE_EVENT, make_event
-from evalproxy.adapter.store import MAX_FAILURES, CacheStore, Failure, SavedPair, StoredAnswer, StoreWorker, cache_key
+from evalproxy.adapter.flow.sse import DONE_EVENT, make_event
+from evalproxy.storage.base import MAX_FAILURES, Failure, SavedPair, StoredAnswer, answer_key, cache_key
+from evalproxy.storage.disk import CacheStore, StoreWorker
 
 
 def pair(run_id: str, request_id: int) -> SavedPair:
@@ -69,9 +70,9 @@ class TestCacheStore:
     def test_foreign_value_is_a_miss_and_deleted(self, tmp_path: Path, garbage: Any) -> None:
         """Whatever else lies under an answer's key is never served: it is a miss and is removed."""
         s = CacheStore(tmp_path)
-        s.responses.set(CacheStore.answer_key("k", 0), garbage)
+        s.responses.set(answer_key("k", 0), garbage)
         assert s.get_answer("k", 0) is None
-        assert CacheStore.answer_key("k", 0) not in s.responses
+        assert answer_key("k", 0) not in s.responses
         s.close()
 
     def test_truncated_large_answer_is_a_miss(self, tmp_path: Path) -> None:

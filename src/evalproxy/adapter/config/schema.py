@@ -1,0 +1,154 @@
+"""The config schema, compatible with NeMo Evaluator's ``adapter_config``, and the proxy's own server settings.
+
+Models only: reading files and the shapes a file may take are in :mod:`evalproxy.adapter.config.files`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evalproxy.adapter.core.errors import ConfigError
+
+DEFAULT_PORT = 3825
+MiB = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginConfig(_Strict):
+    """One entry of ``interceptors`` or ``post_eval_hooks``; a bare string means ``{name: that}``."""
+
+    name: str
+    enabled: bool = True
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and data.get("config") is None and "config" in data:
+            return {**data, "config": {}}
+        return data
+
+
+class InterceptorConfig(PluginConfig):
+    pass
+
+
+class PostEvalHookConfig(PluginConfig):
+    pass
+
+
+class DiscoveryConfig(_Strict):
+    modules: list[str] = Field(default_factory=list)
+    dirs: list[str] = Field(default_factory=list)
+
+
+class AdapterConfig(_Strict):
+    """NeMo Evaluator's ``adapter_config``: the chain, the hooks and a few run-wide settings."""
+
+    mode: Literal["server", "client"] = "server"
+    """Accepted as newer NeMo Evaluator configs write it; evalproxy is always a server."""
+    interceptors: list[InterceptorConfig] = Field(default_factory=list)
+    post_eval_hooks: list[PostEvalHookConfig] = Field(default_factory=list)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    endpoint_type: str = "chat"
+    caching_dir: str | None = None
+    generate_html_report: bool = True
+    html_report_size: int | None = Field(default=5, ge=0)
+    log_failed_requests: bool = False
+    tracking_requests_stats: bool = True
+
+    def enabled_interceptors(self) -> list[tuple[int, InterceptorConfig]]:
+        return [(i, ic) for i, ic in enumerate(self.interceptors) if ic.enabled]
+
+    def enabled_hooks(self) -> list[tuple[int, PostEvalHookConfig]]:
+        return [(i, h) for i, h in enumerate(self.post_eval_hooks) if h.enabled]
+
+    def interceptor_config(self, name: str) -> dict[str, Any] | None:
+        """The config of the first enabled interceptor called ``name``, or None."""
+        for _, ic in self.enabled_interceptors():
+            if ic.name == name:
+                return ic.config
+        return None
+
+
+class ServerConfig(_Strict):
+    """How the proxy itself runs. Set in the file's ``server:`` mapping or on the command line (which wins)."""
+
+    upstream_url: str | None = None
+    model_id: str | None = None
+    api_key_name: str | None = Field(default=None, description="Name of the env var holding the upstream API key")
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    output_dir: str = "evalproxy_output"
+    request_timeout: float = Field(default=600.0, gt=0)
+    connect_timeout: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    retry_backoff: float = Field(default=0.5, ge=0, description="First retry delay in seconds; doubles per try")
+    retry_max_backoff: float = Field(default=30.0, ge=0)
+    retry_on_status: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+    max_concurrent_requests: int = Field(default=512, ge=1, description="Upstream connection limit")
+    max_request_bytes: int = Field(default=64 * MiB, ge=1024)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    admin_token_name: str | None = Field(
+        default=None, description="Env var holding a token that admin paths (/adapterserver/*) require"
+    )
+    status_line: Literal["auto", "tty", "log", "off"] = "auto"
+    status_interval: float = Field(default=10.0, gt=0)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+    def api_key(self) -> str | None:
+        """The upstream API key, read from the env var ``api_key_name`` names (never stored in config)."""
+        if not self.api_key_name:
+            return None
+        return os.environ.get(self.api_key_name) or None
+
+    def admin_token(self) -> str | None:
+        if not self.admin_token_name:
+            return None
+        return os.environ.get(self.admin_token_name) or None
+
+
+@dataclass
+class LoadedConfig:
+    adapter: AdapterConfig
+    server: ServerConfig
+    source: str | None = None
+    prefix: str = ""
+    """Where the adapter_config sat in the file (``target.api_endpoint.adapter_config``), for error paths."""
+
+
+
+def format_loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def validation_error(exc: ValidationError, *, prefix: str = "", file: str | None = None) -> ConfigError:
+    """The first problem of a pydantic error as a ConfigError naming the field path (all problems in the text)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    field_path = format_loc(tuple(first["loc"]), prefix)
+    lines = [f"{format_loc(tuple(e['loc']), prefix) or '(top level)'}: {e['msg']}" for e in errors]
+    message = first["msg"] if len(lines) == 1 else first["msg"] + "; all problems:\n  " + "\n  ".join(lines)
+    return ConfigError(message, field=field_path or None, file=file)
+

@@ -1,0 +1,74 @@
+"""Immutable JSON: a request body that cannot be changed in place.
+
+The cache key is computed from the parsed body and the bytes sent upstream are the client's own unless the body was
+replaced, so a body changed in place would be keyed as one request and sent as another. :func:`freeze` makes that
+impossible: the parsed body is a :class:`FrozenDict` of :class:`FrozenList` s, which read like ``dict`` and ``list``
+(``isinstance`` holds, orjson serialises them) and refuse every change. To change a request, build a new body
+(``{**ctx.json, "temperature": 0}``) and pass it to :meth:`RequestContext.set_json`. ``copy.deepcopy`` gives plain,
+mutable containers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+_MESSAGE = "a request body is immutable: build a new one and pass it to ctx.set_json()"
+
+
+def _refuse(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    raise TypeError(_MESSAGE)
+
+
+class FrozenDict(dict[str, Any]):
+    """A JSON object that refuses changes."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (thaw(self),))
+
+
+class FrozenList(list[Any]):
+    """A JSON array that refuses changes."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __iadd__ = __imul__ = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return thaw(self)  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (thaw(self),))
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict and list replaced by its frozen twin (scalars are already immutable)."""
+    if isinstance(value, dict):
+        if type(value) is FrozenDict:
+            return value
+        return FrozenDict({k: freeze(v) if isinstance(v, dict | list) else v for k, v in value.items()})
+    if isinstance(value, list):
+        if type(value) is FrozenList:
+            return value
+        return FrozenList([freeze(v) if isinstance(v, dict | list) else v for v in value])
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a (frozen) JSON value."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value

@@ -1,0 +1,105 @@
+"""One client request on its way through the chain."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from multidict import CIMultiDict
+
+from evalproxy.adapter.flow.frozen import FrozenDict, freeze
+from evalproxy.adapter.flow.state import State
+
+if TYPE_CHECKING:
+    from evalproxy.adapter.flow.run import RunContext
+
+
+class RequestContext:
+    """One client request on its way through the chain.
+
+    :attr:`json` is the parsed body, immutable (see :mod:`evalproxy.adapter.flow.frozen`). An interceptor that changes
+    the request passes a new body to :meth:`set_json`; an untouched request goes upstream byte for byte as the client
+    sent it, and a changed one is serialised from the same object the cache key is computed from.
+    """
+
+    __slots__ = (
+        "_body",
+        "_json",
+        "headers",
+        "method",
+        "path",
+        "query",
+        "raw",
+        "received_at",
+        "request_id",
+        "run",
+        "started",
+        "state",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        headers: CIMultiDict[str] | None = None,
+        raw: bytes = b"",
+        json: Mapping[str, Any] | None = None,
+        query: str = "",
+        run: RunContext | None = None,
+        request_id: int = 0,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers: CIMultiDict[str] = headers if headers is not None else CIMultiDict()
+        self.raw = raw
+        self._json: FrozenDict | None = freeze(json) if json is not None else None
+        self._body: bytes | None = raw if json is None or raw else None
+        self.run = run
+        self.request_id = request_id
+        self.state = State()
+        self.started = time.perf_counter()
+        self.received_at = time.time()
+
+    @property
+    def json(self) -> FrozenDict | None:
+        """The request body as an immutable JSON object, or None for a request without one (GET)."""
+        return self._json
+
+    def set_json(self, body: Mapping[str, Any]) -> None:
+        """Replace the request body; it is serialised again before it goes upstream."""
+        self._json = freeze(body)
+        self._body = None
+
+    def body_bytes(self) -> bytes:
+        """The body to send upstream: the client's own bytes unless an interceptor replaced the body."""
+        if self._body is None:
+            self._body = orjson.dumps(self._json) if self._json is not None else b""
+        return self._body
+
+    @property
+    def kind(self) -> str:
+        """What the request asks for, from its path: chat, completions, embeddings, models, responses or other."""
+        return request_kind(self.path)
+
+    @property
+    def is_stream_request(self) -> bool:
+        return bool(self._json and self._json.get("stream"))
+
+
+def request_kind(path: str) -> str:
+    p = path.rstrip("/")
+    if p.endswith("/chat/completions"):
+        return "chat"
+    if p.endswith("/completions"):
+        return "completions"
+    if p.endswith("/embeddings"):
+        return "embeddings"
+    if p.endswith("/models"):
+        return "models"
+    if p.endswith("/responses"):
+        return "responses"
+    return "other"

@@ -1,0 +1,30 @@
+"""The aiohttp app: routes around one :class:`~evalproxy.adapter.server.proxy.Proxy`.
+
+    GET  /health                      liveness and a few counters
+    GET  /metrics                     Prometheus text
+    POST /adapterserver/run-post-hook run the post-eval hooks now (NeMo Evaluator compatible)
+    *    /{anything}                  proxied through the chain (any method)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from evalproxy.adapter.config.schema import LoadedConfig
+from evalproxy.adapter.registry.registry import Resolved
+from evalproxy.adapter.server.proxy import Proxy
+
+PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy", Proxy)
+
+
+def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None) -> web.Application:
+    """The proxy as an aiohttp Application. Its resources open on start-up and close on cleanup, one context each."""
+    proxy = Proxy(loaded, resolved, run_id)
+    app = web.Application(client_max_size=loaded.server.max_request_bytes, handler_args={"max_field_size": 65536})
+    app[PROXY] = proxy
+    app.cleanup_ctx.extend(proxy.cleanup_contexts())
+    app.router.add_get("/health", proxy.health)
+    app.router.add_get("/metrics", proxy.prometheus_text)
+    app.router.add_post("/adapterserver/run-post-hook", proxy.run_post_hook)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app

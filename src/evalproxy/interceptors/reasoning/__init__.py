@@ -1,0 +1,377 @@
+"""reasoning: take the model's thinking out of its answers, and count it.
+
+Reasoning is the text up to ``end_reasoning_token`` (``</think>``); a leading ``start_reasoning_token`` (``<think>``)
+is optional, since chat templates often open the block in the prompt. With ``start_reasoning_token: null`` every
+answer is taken to begin inside the block. An answer that has no reasoning is never blanked; an unfinished block
+(start token, no end token) is kept as it is with ``include_if_not_finished`` (the default) or becomes ``""``.
+A ``reasoning_content`` field set by the server is left untouched (and counted); with ``migrate_reasoning_content``
+the stripped text is moved there instead of dropped. With ``add_reasoning: false`` answers pass untouched, except that
+``migrate_reasoning_content`` then does what it does in NeMo Evaluator: ``reasoning_content`` goes back into
+``content`` between the two tokens.
+
+Whole answers and streams take one path (:mod:`evalproxy.adapter.flow.answers`): each choice has a small state
+machine (:class:`~evalproxy.interceptors.reasoning.thinking.StreamSplitter`) fed a whole content at once or the
+content of each event as it passes, with the same result.
+An answer that opens with the start token is reasoning from there on, and only text that could be the beginning of
+the end token is held back, so a ``</think>`` split across two events is still found. An answer that does not open
+with it may still end a block the prompt opened, so it is held until the end token comes (everything before it was
+reasoning) or the choice ends (it was all answer); its events still flow, with empty content, so the client's
+connection never goes quiet. The client never sees reasoning. Events that need no change pass byte for byte.
+
+This interceptor sits outside ``caching`` in the default order, so the cache keeps the raw answer and the stripping
+runs again on replay. Statistics: each run keeps its numbers in ``<cache_dir>/run-<run_id>.json`` (default
+``<output_dir>/reasoning_stats``), and the section covers every run in that directory, as NeMo Evaluator's persisted
+statistics do. The first run there counts every answer it serves; a run that resumes one (earlier files exist)
+counts only answers fresh from the model, since the replayed ones were counted by the run that paid for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field
+
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.params import Params
+from evalproxy.adapter.core.summary import Summary
+from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.sse import Event
+from evalproxy.adapter.flow.state import CACHE_HIT, STREAM_USAGE
+from evalproxy.adapter.registry import register_for_adapter
+from evalproxy.interceptors.reasoning.thinking import Split, StreamSplitter, split_reasoning
+
+log = logging.getLogger("evalproxy.reasoning")
+
+__all__ = ["ReasoningInterceptor", "ReasoningParams", "ReasoningStats", "Split", "StreamSplitter",
+           "split_reasoning", "usage_tokens"]
+
+
+def usage_tokens(usage: Any) -> tuple[int | None, int | None]:
+    """(reasoning tokens, answer tokens) of a response's usage, where the server reports them.
+
+    Reasoning tokens come from ``usage.reasoning_tokens`` or ``{completion,output}_tokens_details.reasoning_tokens``;
+    answer tokens from ``usage.content_tokens``, else completion tokens minus reasoning tokens.
+    """
+    if not isinstance(usage, dict):
+        return None, None
+    rt = usage.get("reasoning_tokens")
+    if not isinstance(rt, int):
+        rt = None
+        for key in ("completion_tokens_details", "output_tokens_details"):
+            details = usage.get(key)
+            if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+                rt = details["reasoning_tokens"]
+                break
+    ct = usage.get("content_tokens")
+    if not isinstance(ct, int):
+        ct = None
+        completion = usage.get("completion_tokens", usage.get("output_tokens"))
+        if rt is not None and isinstance(completion, int):
+            ct = max(0, completion - rt)
+    return rt, ct
+
+
+class ReasoningStats:
+    """NeMo Evaluator's reasoning statistics, from exact integer sums; averages are computed when read.
+
+    ``reasoning_finished_ratio`` is finished / started (NeMo Evaluator divides by responses_with_reasoning, which
+    can exceed 1 when a block is empty); both are equal whenever every started block has words in it.
+    """
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.with_reasoning = 0
+        self.started = 0
+        self.finished = 0
+        self.unfinished = 0
+        # Only sums, means and maxima are reported: no samples kept.
+        self.words = {k: Summary(keep=0) for k in ("reasoning_words", "original_content_words", "updated_content_words",
+                                             "reasoning_tokens", "updated_content_tokens")}
+        self.lock = threading.Lock()
+
+    def add(self, original: str, split: Split, server_reasoning: str | None, usage: Any) -> None:
+        """Count one answer. ``server_reasoning`` is a ``reasoning_content`` the server sent; ``usage`` is given
+        with the first choice of a response only, since its token counts cover the whole response."""
+        rt, ct = usage_tokens(usage)
+        with self.lock:
+            self.total += 1
+            if server_reasoning and server_reasoning.strip():
+                # As NeMo Evaluator counts it: started if there is reasoning, finished if an answer followed.
+                started, finished = True, bool(split.answer.strip())
+                reasoning = server_reasoning + (split.reasoning or "")
+            else:
+                started, finished, reasoning = split.started, split.finished, split.reasoning or ""
+            reasoning_words = len(reasoning.split())
+            if reasoning_words:
+                self.with_reasoning += 1
+            if started:
+                self.started += 1
+                if finished:
+                    self.finished += 1
+                else:
+                    self.unfinished += 1
+            self.words["reasoning_words"].add(reasoning_words)
+            self.words["original_content_words"].add(len(original.split()))
+            self.words["updated_content_words"].add(len(split.answer.split()))
+            if rt is not None:
+                self.words["reasoning_tokens"].add(rt)
+            if ct is not None:
+                self.words["updated_content_tokens"].add(ct)
+
+    def merge(self, other: ReasoningStats) -> ReasoningStats:
+        out = ReasoningStats()
+        for name in ("total", "with_reasoning", "started", "finished", "unfinished"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        out.words = {k: self.words[k].merge(other.words[k]) for k in self.words}
+        return out
+
+    def dump(self) -> dict[str, Any]:
+        """The numbers as JSON, to persist (no samples are kept)."""
+        with self.lock:
+            return {"total": self.total, "with_reasoning": self.with_reasoning, "started": self.started,
+                    "finished": self.finished, "unfinished": self.unfinished,
+                    "words": {k: s.dump(0) for k, s in self.words.items()}}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> ReasoningStats:
+        out = cls()
+        for name in ("total", "with_reasoning", "started", "finished", "unfinished"):
+            setattr(out, name, int(data[name]))
+        for k, v in data["words"].items():
+            if k in out.words:
+                out.words[k] = Summary.load(v, keep=0)
+        return out
+
+    def section(self) -> dict[str, Any]:
+        with self.lock:
+            out: dict[str, Any] = {
+                "description": "Reasoning statistics saved during processing",
+                "total_responses": self.total,
+                "responses_with_reasoning": self.with_reasoning,
+                "reasoning_started_count": self.started,
+                "reasoning_finished_count": self.finished,
+                "reasoning_unfinished_count": self.unfinished,
+                "reasoning_finished_ratio": round(self.finished / self.started, 6) if self.started else 0.0,
+            }
+            for name, s in self.words.items():
+                out[f"avg_{name}"] = round(s.mean, 3) if s.count else None
+                out[f"max_{name}"] = s.max
+                out[f"total_{name}"] = s.total
+            return out
+
+
+class ReasoningParams(Params):
+    start_reasoning_token: str | None = Field(default="<think>", description="null: answers start inside it")
+    end_reasoning_token: str = Field(default="</think>", min_length=1)
+    include_if_not_finished: bool = Field(default=True, description="Keep an unfinished block as it is")
+    enable_reasoning_tracking: bool = Field(default=True, description="Count reasoning statistics")
+    add_reasoning: bool = Field(
+        default=True, description="Process reasoning (off: answers pass untouched, except for migration)")
+    migrate_reasoning_content: bool = Field(
+        default=False,
+        description="With add_reasoning: move stripped reasoning into reasoning_content instead of dropping "
+        "it. Without (NeMo Evaluator's meaning): move reasoning_content into content between the tokens")
+    cache_dir: str | None = Field(default=None, description="Where runs keep their statistics "
+                                  "(default <output_dir>/reasoning_stats)")
+    logging_aggregated_stats_interval: int = Field(default=100, ge=0)
+    # Accepted as NeMo Evaluator writes them; statistics are persisted per run whatever they say.
+    stats_file_saving_interval: int | None = None
+    enable_caching: bool = True
+    save_individuals: bool = False
+    stream_unmarked: Literal["hold", "pass"] = Field(
+        default="hold",
+        description="A streamed answer that does not open with the start token: 'hold' it until the end token "
+        "or the end (never leaks a block the chat template opened; the answer arrives at once), or 'pass' it "
+        "through as it streams (for models that always write the start token, or none at all)")
+
+
+@register_for_adapter(name="reasoning", description="Strips <think> reasoning from answers and counts it.")
+class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
+    Params = ReasoningParams
+
+    def __init__(self, params: ReasoningParams, run: RunContext) -> None:
+        super().__init__(params, run)
+        self.stats = ReasoningStats()
+        self._tracking = params.enable_reasoning_tracking and params.add_reasoning
+        self.dir = run.resolve(params.cache_dir or run.output_dir / "reasoning_stats")
+        self.earlier = ReasoningStats()
+        self.count_replays = True
+        if self._tracking:
+            self.earlier, n = self._load_earlier()
+            self.count_replays = n == 0
+            run.statistics.register("reasoning", self.section)
+
+    def _load_earlier(self) -> tuple[ReasoningStats, int]:
+        total, n = ReasoningStats(), 0
+        for path in sorted(self.dir.glob("run-*.json")) if self.dir.is_dir() else ():
+            if path.stem == f"run-{self.run.run_id}":
+                continue
+            try:
+                total = total.merge(ReasoningStats.load(orjson.loads(path.read_bytes())))
+                n += 1
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
+        return total, n
+
+    def section(self) -> dict[str, Any]:
+        """Every run in the statistics dir; persists this run's numbers (called from the statistics writer thread)."""
+        mine = self.stats.dump()
+        try:
+            atomic_write_bytes(self.dir / f"run-{self.run.run_id}.json", dump_json(mine))
+        except OSError as exc:
+            log.warning("cannot persist reasoning statistics in %s: %s", self.dir, exc)
+        return self.earlier.merge(self.stats).section()
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        resp = await call_next(ctx)
+        p = self.params
+        if not resp.ok:
+            return resp
+        if p.add_reasoning:
+            counted = self._tracking and (self.count_replays or not ctx.state.get(CACHE_HIT, False))
+            return await handle(resp, _Strip(self, ctx, counted))
+        if p.migrate_reasoning_content:
+            return await handle(resp, _Unmigrate(p.start_reasoning_token or "", p.end_reasoning_token))
+        return resp
+
+    def track(self, original: str, split: Split, server_reasoning: str | None, usage: Any) -> None:
+        self.stats.add(original, split, server_reasoning, usage)
+        self.run.statistics.touch()
+        n = self.params.logging_aggregated_stats_interval
+        if n and self.stats.total % n == 0:
+            log.info("reasoning: %s", self.stats.section())
+
+
+class _Choice:
+    """One choice of an answer: its splitter and what the server sent as reasoning_content."""
+
+    __slots__ = ("counted", "server_reasoning", "splitter")
+
+    def __init__(self, splitter: StreamSplitter) -> None:
+        self.splitter = splitter
+        self.server_reasoning: list[str] = []
+        self.counted = False
+
+
+class _Strip(AnswerHandler):
+    """Strips reasoning from one answer's choices (whole or streamed) and counts it."""
+
+    def __init__(self, ic: ReasoningInterceptor, ctx: RequestContext, counted: bool) -> None:
+        self.ic, self.ctx, self.counted = ic, ctx, counted
+        self.p = ic.params
+        self.choices: dict[int, _Choice] = {}
+        self.template: dict[str, Any] = {}
+        self.usage: Any = None
+
+    def choice(self, i: int, whole: bool) -> _Choice:
+        c = self.choices.get(i)
+        if c is None:
+            p = self.p
+            # A whole answer is split at the end token whether or not it opened with the start token.
+            hold = whole or p.stream_unmarked == "hold"
+            c = self.choices[i] = _Choice(StreamSplitter(p.start_reasoning_token, p.end_reasoning_token,
+                                                         p.include_if_not_finished, hold))
+        return c
+
+    def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
+        if obj.get("usage"):
+            self.usage = obj["usage"]  # a stream's usage chunk comes after finish_reason: counted at the end
+        choices = obj.get("choices")
+        if not isinstance(choices, list):
+            return False
+        if not self.template:
+            self.template = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
+        changed = False
+        for ch in choices:
+            if not isinstance(ch, dict):
+                continue
+            i = ch.get("index", 0)
+            c = self.choice(i if isinstance(i, int) else 0, whole)
+            part = ch.get("message") if whole else ch.get("delta")
+            holder, key = (part, "content") if isinstance(part, dict) else (ch, "text")
+            text = holder.get(key)
+            rc = part.get("reasoning_content") if isinstance(part, dict) else None
+            if isinstance(rc, str):
+                c.server_reasoning.append(rc)
+            out, thought = c.splitter.feed(text) if isinstance(text, str) and text else ("", "")
+            if whole or ch.get("finish_reason"):
+                out += c.splitter.close()
+            if (isinstance(text, str) and out != text) or (not isinstance(text, str) and out):
+                holder[key] = out
+                changed = True
+            if self.p.migrate_reasoning_content and isinstance(part, dict) and not c.server_reasoning:
+                reasoning = c.splitter.result().reasoning if whole else thought
+                if reasoning:
+                    part["reasoning_content"] = reasoning
+                    changed = True
+        if whole:
+            self._count()
+        return changed
+
+    async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
+        extras = []
+        if events is not None or self.template:
+            for i in sorted(self.choices):
+                tail = self.choices[i].splitter.close()
+                if tail:  # a stream that ended without finish_reason: still give the client what it is owed
+                    ch: dict[str, Any] = {"index": i, "finish_reason": None}
+                    if self.template.get("object") == "text_completion":
+                        ch["text"] = tail
+                    else:
+                        ch["delta"] = {"content": tail}
+                    extras.append({**self.template, "choices": [ch]})
+        self._count()
+        return extras
+
+    def _count(self) -> None:
+        if not self.counted:
+            return
+        usage = self.usage or self.ctx.state.get(STREAM_USAGE)
+        for i in sorted(self.choices):
+            c = self.choices[i]
+            if not c.counted:
+                c.counted = True
+                s = c.splitter
+                self.ic.track("".join(s.original), s.result(), "".join(c.server_reasoning) or None, usage)
+                usage = None  # the response's token counts are counted once, with its first choice
+
+
+class _Unmigrate(AnswerHandler):
+    """NeMo Evaluator's migration with add_reasoning off: reasoning_content goes back into content between the
+    tokens (a whole answer keeps its reasoning_content; a stream's deltas lose it, since their content carries it)."""
+
+    def __init__(self, start: str, end: str) -> None:
+        self.start, self.end = start, end
+        self.state: dict[Any, str] = {}  # choice index -> "open" (start token sent) or "closed" (end token sent)
+
+    def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
+        changed = False
+        for ch in obj.get("choices") or ():
+            part = ch.get("message" if whole else "delta") if isinstance(ch, dict) else None
+            if not isinstance(part, dict) or ("reasoning_content" not in part and not self.state):
+                continue
+            i = ch.get("index", 0)
+            st = self.state.get(i)
+            rc = part.get("reasoning_content") if whole else part.pop("reasoning_content", None)
+            changed = changed or (rc is not None and not whole)
+            content = part.get("content")
+            text = ""
+            if isinstance(rc, str) and (rc.strip() if whole else rc):
+                text = (self.start if st is None else "") + rc
+                st = st or "open"
+            if st == "open" and (whole or (isinstance(content, str) and content) or ch.get("finish_reason")):
+                text += self.end
+                st = "closed"
+            if st is not None and not whole:
+                self.state[i] = st
+            if text:
+                part["content"] = text + (content if isinstance(content, str) else "")
+                changed = True
+        return changed

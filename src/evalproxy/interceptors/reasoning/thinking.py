@@ -1,0 +1,136 @@
+"""Reasoning in an answer's text: where it is and what is left once it is taken out, whole or as it streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Split:
+    """One answer's content taken apart."""
+
+    answer: str
+    reasoning: str | None = None
+    started: bool = False
+    finished: bool = False
+
+
+def split_reasoning(content: str, start: str | None, end: str, include_if_not_finished: bool = True) -> Split:
+    """Separate reasoning from the answer in a whole content string."""
+    i = content.find(end)
+    if i >= 0:
+        reasoning = content[:i]
+        head = reasoning.lstrip()
+        if start and head.startswith(start):
+            reasoning = head[len(start) :]
+        return Split(content[i + len(end) :].lstrip(), reasoning, started=True, finished=True)
+    if start and content.lstrip().startswith(start):
+        reasoning = content.lstrip()[len(start) :]
+        return Split(content if include_if_not_finished else "", reasoning, started=True, finished=False)
+    return Split(content)
+
+
+def _held_back(text: str, token: str) -> int:
+    """Length of the longest end of ``text`` that could be the beginning of ``token``."""
+    for k in range(min(len(token) - 1, len(text)), 0, -1):
+        if token.startswith(text[-k:]):
+            return k
+    return 0
+
+
+@dataclass
+class StreamSplitter:
+    """Per-choice state machine for streamed content; its result equals :func:`split_reasoning` on the whole text.
+
+    Modes: ``detect`` (is the start token coming?), ``marked`` (inside a block the start token opened: reasoning is
+    decided as it arrives, only a possible end-token prefix is held), ``unmarked`` (no start token: reasoning if an end
+    token follows, else the answer; held until that is known), ``after_end`` (dropping whitespace after the end
+    token) and ``answer`` (passed on as it arrives).
+    """
+
+    start: str | None
+    end: str
+    include_if_not_finished: bool
+    hold_unmarked: bool = True
+    """False: an answer that does not open with the start token streams at once (a block opened by the prompt leaks)."""
+    mode: str = "detect"
+    pending: str = ""
+    scanned: int = 0  # how much of ``pending`` was already searched for the end token (unmarked mode)
+    reasoning: list[str] = field(default_factory=list)
+    original: list[str] = field(default_factory=list)
+    answer_parts: list[str] = field(default_factory=list)
+    started: bool = False
+    finished: bool = False
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.start:
+            self.mode = "unmarked"
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """(answer text to emit now, reasoning text decided now)."""
+        self.original.append(text)
+        buf, self.pending = self.pending + text, ""
+        out, thought = "", ""
+        while True:
+            if self.mode == "detect":
+                assert self.start is not None
+                head = buf.lstrip()
+                if head.startswith(self.start):
+                    self.mode, self.started = "marked", True
+                    buf = head[len(self.start) :]
+                    continue
+                if self.start.startswith(head):
+                    self.pending = buf  # whitespace or a piece of the start token: not decidable yet
+                    break
+                self.mode = "unmarked" if self.hold_unmarked else "answer"
+                continue
+            if self.mode in ("marked", "unmarked"):
+                at = max(0, self.scanned - len(self.end) + 1) if self.mode == "unmarked" else 0
+                i = buf.find(self.end, at)
+                if i >= 0:
+                    thought += buf[:i]
+                    self.started = self.finished = True
+                    self.mode, self.scanned = "after_end", 0
+                    buf = buf[i + len(self.end) :]
+                    continue
+                if self.mode == "unmarked":
+                    # Models whose chat template opens the block in the prompt never send the start token, so
+                    # anything may still turn out to be reasoning until the end token comes or the choice ends.
+                    self.pending, self.scanned = buf, len(buf)
+                    break
+                k = _held_back(buf, self.end)
+                thought += buf[: len(buf) - k]
+                self.pending = buf[len(buf) - k :]
+                break
+            if self.mode == "after_end":
+                buf = buf.lstrip()
+                if not buf:
+                    break
+                self.mode = "answer"
+                continue
+            out += buf
+            break
+        if thought:
+            self.reasoning.append(thought)
+        self.answer_parts.append(out)
+        return out, thought
+
+    def close(self) -> str:
+        """The text still owed to the client when the choice ends."""
+        if self.closed:
+            return ""
+        self.closed = True
+        out = ""
+        if self.mode in ("detect", "unmarked"):
+            out = self.pending  # no end token came: it was all answer
+        elif self.mode == "marked":  # unfinished block
+            self.reasoning.append(self.pending)
+            out = "".join(self.original) if self.include_if_not_finished else ""
+        self.pending = ""
+        self.answer_parts.append(out)
+        return out
+
+    def result(self) -> Split:
+        return Split("".join(self.answer_parts), "".join(self.reasoning) if self.started else None,
+                     started=self.started, finished=self.finished)

@@ -1,0 +1,212 @@
+"""What every store holds, and the interface its backends share.
+
+A store keeps, for a cache shared by any number of runs and processes:
+
+* answers, by cache key and slot (slot 0 for a deterministic request; slot k for the k-th sample of a sampled one),
+  each encoded with a checksum so a damaged entry is never served;
+* pass@k slot counters per (run, key), claimed atomically, and the slots handed back by failed samples;
+* leases: who is filling a slot right now, so identical requests in flight share one upstream call and another
+  process waits instead of paying twice (a lease whose holder died expires);
+* saved request/response pairs in arrival order, and a bounded list of failures, for reports.
+
+Backends: :mod:`evalproxy.storage.disk` (diskcache under the run's output dir, the default; safe for several processes
+on one machine). Every method is async; a backend that blocks runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from evalproxy.adapter.flow.sse import assemble_stream
+
+MAGIC = b"EPA1"
+MAX_FAILURES = 1000
+LEASE_SECONDS = 30.0
+"""How long a lease lives without renewal; holders renew theirs every third of it while they work."""
+
+
+class StoreClosedError(RuntimeError):
+    """A call to a store after :meth:`Store.aclose`."""
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers compare by value in keys: 0 and 0.0 are one number; booleans stay booleans."""
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def cache_key(path: str, body: Any, query: str = "") -> str:
+    """sha256 of the path (with its query string) and the canonical JSON (sorted keys) of the body.
+
+    Headers never take part: clients send per-request ids in them."""
+    canon = orjson.dumps(_canonical(body), option=orjson.OPT_SORT_KEYS)
+    target = f"{path}?{query}" if query else path
+    return hashlib.sha256(target.encode() + b"\n" + canon).hexdigest()
+
+
+@dataclass
+class StoredAnswer:
+    """An answer as the model gave it: a whole body, or the SSE events of a stream."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None
+    events: list[bytes] | None = None
+    stored_at: float = field(default_factory=time.time)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.events is not None
+
+    def encode(self) -> bytes:
+        header: dict[str, Any] = {"status": self.status, "headers": self.headers, "stored_at": self.stored_at}
+        if self.events is not None:
+            header["events"] = [len(e) for e in self.events]
+            body = b"".join(self.events)
+        else:
+            body = self.body or b""
+        h = orjson.dumps(header)
+        payload = struct.pack(">I", len(h)) + h + body
+        return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
+
+    @classmethod
+    def decode(cls, blob: bytes) -> StoredAnswer:
+        if not isinstance(blob, bytes) or blob[:4] != MAGIC:
+            raise ValueError("not an evalproxy cache entry")
+        digest, payload = blob[4:12], blob[12:]
+        if hashlib.sha256(payload).digest()[:8] != digest:
+            raise ValueError("checksum mismatch")
+        (n,) = struct.unpack(">I", payload[:4])
+        header = orjson.loads(payload[4 : 4 + n])
+        body = payload[4 + n :]
+        answer = cls(status=header["status"], headers=header["headers"], stored_at=header.get("stored_at", 0.0))
+        if "events" in header:
+            events, at = [], 0
+            for size in header["events"]:
+                events.append(body[at : at + size])
+                at += size
+            answer.events = events
+        else:
+            answer.body = body
+        return answer
+
+    def json(self) -> Any:
+        """The answer as JSON: the body parsed, or a stream assembled into one chat/completion object."""
+        if self.events is not None:
+            return assemble_stream(self.events)
+        try:
+            return orjson.loads(self.body or b"")
+        except orjson.JSONDecodeError:
+            return None
+
+
+@dataclass
+class SavedPair:
+    """A request and the answer it got, for reports."""
+
+    run_id: str
+    request_id: int
+    key: str
+    occurrence: int
+    path: str
+    request: dict[str, Any] | None
+    status: int
+    stream: bool
+    received_at: float
+    response: Any = None
+    """The answer's JSON (a stream assembled), when the answer was saved too."""
+    events: list[bytes] | None = None
+
+
+@dataclass
+class Failure:
+    run_id: str
+    request_id: int
+    path: str
+    request: dict[str, Any] | None
+    status: int
+    error: str
+    received_at: float
+
+
+
+@dataclass
+class Claim:
+    """The outcome of claiming a request's slot."""
+
+    slot: int
+    answer: StoredAnswer | None = None
+    """The stored answer of the slot, to replay."""
+    leased: bool = False
+    """No answer yet and this caller holds the lease: it calls upstream and then finishes or abandons the slot.
+    Neither an answer nor the lease: another caller is filling the slot; wait for it (:meth:`Store.acquire`)."""
+
+
+def answer_key(key: str, slot: int) -> str:
+    return f"{key}:{slot}"
+
+
+def pair_key(run_id: str, request_id: int) -> str:
+    return f"{run_id}/{request_id:010d}"
+
+
+def now() -> float:
+    return time.time()
+
+
+class Store(Protocol):
+    """The interface of every backend. ``owner`` identifies one caching interceptor (one process's claim holder)."""
+
+    location: str
+
+    async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
+        """Map this request to its slot (the run's next free one for a sampled request, else 0), then look the slot
+        up and, if it is empty and nobody fills it, lease it to ``owner``. With ``reuse`` false nothing is looked
+        up: the caller always gets the lease."""
+        ...
+
+    async def acquire(self, key: str, slot: int, *, owner: str) -> Claim:
+        """Look up a known slot again and lease it if it is empty and its lease is free or expired."""
+        ...
+
+    async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
+                     pair: SavedPair | None) -> None:
+        """Store the slot's answer and/or a saved pair, and release the lease, in one step."""
+        ...
+
+    async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
+        """The slot got no answer: release the lease and hand a sampled slot back to its run (the retry fills it)."""
+        ...
+
+    async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
+        """Extend the leases ``owner`` holds on ``slots``."""
+        ...
+
+    async def save_pair(self, pair: SavedPair) -> None: ...
+
+    async def record_failure(self, failure: Failure) -> None: ...
+
+    async def count_answers(self) -> int: ...
+
+    async def count_pairs(self) -> int: ...
+
+    async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]: ...
+
+    async def failures(self, limit: int | None = None) -> list[Failure]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def clear(self) -> int: ...
+
+    async def aclose(self) -> None: ...

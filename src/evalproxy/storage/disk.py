@@ -1,0 +1,404 @@
+"""The default store: diskcache (SQLite) under the run's output dir; safe for several processes on one machine.
+
+Layout of ``cache_dir`` (each a diskcache directory; SQLite in WAL mode, so a killed process leaves every committed
+entry intact and at most loses what it was writing)::
+
+    responses/   "<key>:<slot>" -> an encoded answer (status, safe headers, body or SSE events)
+    requests/    "<run_id>/<request_id>" -> a saved pair: the request as sent upstream (secrets redacted), key, path,
+                 status, when; keys sort in arrival order (run ids start with their start time)
+    failures/    "<run_id>/<request_id>" -> a failed request (upstream error or broken stream), at most MAX_FAILURES
+    slots/       "count:<run>:<key>" -> the run's next pass@k slot of a key; "free:<run>:<key>" -> slots handed back;
+                 "lease:<key>:<slot>" -> who fills that slot now, until when
+
+An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = len(header) (4 bytes) + header JSON
++ body``: a truncated or altered entry fails its checksum and is treated as a miss, deleted, never served.
+
+Every diskcache call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one
+SQLite transaction per database; claims take the ``slots`` database's write lock, so they are atomic across
+processes sharing the directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, TypeVar
+
+import diskcache
+import orjson
+
+from evalproxy.storage.base import (
+    LEASE_SECONDS,
+    MAX_FAILURES,
+    Claim,
+    Failure,
+    SavedPair,
+    StoreClosedError,
+    StoredAnswer,
+    answer_key,
+    now,
+    pair_key,
+)
+
+log = logging.getLogger("evalproxy.store")
+
+T = TypeVar("T")
+# Never evict a paid answer. SQLite's page cache and memory map are kept small (diskcache's defaults allow 32 MiB
+# and 64 MiB per database, which shows as memory growing with the cache over a long run): lookups are by index.
+_NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False,
+                                "sqlite_cache_size": 512, "sqlite_mmap_size": 0}
+HOST = socket.gethostname()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True
+
+
+def lease_value(owner: str) -> bytes:
+    return orjson.dumps({"owner": owner, "host": HOST, "pid": os.getpid(), "expires": now() + LEASE_SECONDS})
+
+
+def lease_live(raw: Any, owner: str) -> bool:
+    """Whether a lease still holds against ``owner``: not expired, not its own, and its process (on this host)
+    still alive."""
+    try:
+        lease = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        return False
+    if lease.get("owner") == owner or lease.get("expires", 0) < now():
+        return False
+    return not (lease.get("host") == HOST and isinstance(lease.get("pid"), int) and not _alive(lease["pid"]))
+
+
+class CacheStore:
+    """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`)."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.dir = Path(cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
+        self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
+        self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
+        self.slots = diskcache.Cache(str(self.dir / "slots"), **_NEVER_EVICT)
+        self._n_failures = len(self.failures_db)
+
+    @property
+    def databases(self) -> tuple[diskcache.Cache, ...]:
+        return (self.responses, self.requests, self.failures_db, self.slots)
+
+    def close(self) -> None:
+        for c in self.databases:
+            c.close()
+
+    # -- answers ---------------------------------------------------------------------------------------------------
+    def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
+        """The stored answer, or None; a corrupted entry is logged, deleted and reported as a miss."""
+        k = answer_key(key, slot)
+        blob = self.responses.get(k)
+        if blob is None:
+            return None
+        try:
+            return StoredAnswer.decode(blob)
+        except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
+            log.warning("cache entry %s is corrupted (%s): deleted, the request goes upstream", k, exc)
+            self.responses.delete(k)
+            return None
+
+    def put_answer(self, key: str, slot: int, answer: StoredAnswer) -> None:
+        self.responses.set(answer_key(key, slot), answer.encode())
+
+    def count_answers(self) -> int:
+        return len(self.responses)
+
+    # -- slots and leases ------------------------------------------------------------------------------------------
+    def claim(self, key: str, run_id: str, sampled: bool, reuse: bool, owner: str) -> Claim:
+        slot = 0
+        if sampled:
+            with self.slots.transact():
+                free_key = f"free:{run_id}:{key}"
+                free: list[int] = self.slots.get(free_key) or []
+                if free:
+                    slot = min(free)
+                    free.remove(slot)
+                    if free:
+                        self.slots.set(free_key, free)
+                    else:
+                        self.slots.delete(free_key)
+                else:
+                    count_key = f"count:{run_id}:{key}"
+                    slot = int(self.slots.get(count_key, 0))
+                    self.slots.set(count_key, slot + 1)
+        if not reuse:
+            return Claim(slot, None, leased=True)
+        return self.acquire(key, slot, owner)
+
+    def acquire(self, key: str, slot: int, owner: str) -> Claim:
+        answer = self.get_answer(key, slot)
+        if answer is not None:
+            return Claim(slot, answer)
+        lease_key = f"lease:{key}:{slot}"
+        with self.slots.transact():
+            held = self.slots.get(lease_key)
+            if held is not None and lease_live(held, owner):
+                return Claim(slot, None, leased=False)
+            # Filled between the look-up and the lease? Then it is an answer after all.
+            answer = self.get_answer(key, slot)
+            if answer is not None:
+                return Claim(slot, answer)
+            self.slots.set(lease_key, lease_value(owner))
+        return Claim(slot, None, leased=True)
+
+    def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
+        if answer is not None:
+            self.put_answer(key, slot, answer)
+        if pair is not None:
+            self.save_pair(pair)
+        self._release(key, slot, owner)
+
+    def abandon(self, key: str, slot: int, owner: str, run_id: str, sampled: bool) -> None:
+        with self.slots.transact():
+            self._release(key, slot, owner)
+            if sampled:
+                free_key = f"free:{run_id}:{key}"
+                free: list[int] = self.slots.get(free_key) or []
+                if slot not in free:
+                    self.slots.set(free_key, sorted([*free, slot]))
+
+    def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
+        with self.slots.transact():
+            for key, slot in slots:
+                lease_key = f"lease:{key}:{slot}"
+                held = self.slots.get(lease_key)
+                if held is not None and orjson.loads(held).get("owner") == owner:
+                    self.slots.set(lease_key, lease_value(owner))
+
+    def _release(self, key: str, slot: int, owner: str) -> None:
+        lease_key = f"lease:{key}:{slot}"
+        held = self.slots.get(lease_key)
+        if held is not None:
+            try:
+                mine = orjson.loads(held).get("owner") == owner
+            except orjson.JSONDecodeError:
+                mine = True
+            if mine:
+                self.slots.delete(lease_key)
+
+    # -- saved pairs -----------------------------------------------------------------------------------------------
+    def save_pair(self, pair: SavedPair) -> None:
+        record = {
+            "run_id": pair.run_id, "request_id": pair.request_id, "key": pair.key, "occurrence": pair.occurrence,
+            "path": pair.path, "request": pair.request, "status": pair.status, "stream": pair.stream,
+            "received_at": pair.received_at,
+        }
+        self.requests.set(pair_key(pair.run_id, pair.request_id), orjson.dumps(record))
+
+    def count_pairs(self) -> int:
+        return len(self.requests)
+
+    def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]:
+        """Saved pairs in the order their requests arrived (runs in start order), the first ``limit`` of them."""
+        keys = sorted(self.requests.iterkeys())
+        if limit is not None:
+            keys = keys[:limit]
+        pairs = []
+        for k in keys:
+            raw = self.requests.get(k)
+            try:
+                rec = orjson.loads(raw)
+            except (orjson.JSONDecodeError, TypeError):
+                log.warning("saved pair %s is unreadable; skipped", k)
+                continue
+            pair = SavedPair(**rec)
+            if with_responses:
+                answer = self.get_answer(pair.key, pair.occurrence)
+                if answer is not None:
+                    pair.response = answer.json()
+                    pair.events = answer.events
+            pairs.append(pair)
+        return pairs
+
+    # -- failures --------------------------------------------------------------------------------------------------
+    def record_failure(self, failure: Failure) -> bool:
+        """Keep a failed request for the report; False once MAX_FAILURES are kept."""
+        if self._n_failures >= MAX_FAILURES:
+            return False
+        rec = {k: getattr(failure, k) for k in Failure.__dataclass_fields__}
+        self.failures_db.set(pair_key(failure.run_id, failure.request_id), orjson.dumps(rec))
+        self._n_failures += 1
+        return True
+
+    def failures(self, limit: int | None = None) -> list[Failure]:
+        keys = sorted(self.failures_db.iterkeys())
+        if limit is not None:
+            keys = keys[:limit]
+        out = []
+        for k in keys:
+            try:
+                out.append(Failure(**orjson.loads(self.failures_db.get(k))))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+        return out
+
+    # -- whole store -----------------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {
+            "location": str(self.dir),
+            "backend": "diskcache",
+            "answers": len(self.responses),
+            "saved_requests": len(self.requests),
+            "failures": len(self.failures_db),
+            "bytes": sum(c.volume() for c in self.databases),
+        }
+
+    def clear(self) -> int:
+        n: int = sum(int(c.clear()) for c in (self.responses, self.requests, self.failures_db))
+        self.slots.clear()
+        self._n_failures = 0
+        return n
+
+
+class StoreWorker:
+    """One thread that owns a :class:`CacheStore` and runs its calls in batches, off the event loop.
+
+    ``await worker.call(fn, *args)`` queues the call; the thread takes everything queued so far, runs it inside one
+    transaction per database (one commit per batch instead of one per answer) and wakes the loop once for the whole
+    batch. A result is delivered only after its batch committed, so an answer the client saw is on disk. Under load
+    the batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreClosedError(f"the store at {self.store.dir} is closed")
+        loop = asyncio.get_running_loop()
+        if self._thread is None:
+            self._loop = loop
+            self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
+            self._thread.start()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((fn, args, fut))
+        return await fut
+
+    def _run(self) -> None:
+        assert self._loop is not None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                with ExitStack() as stack:
+                    stack.enter_context(self.store.responses.transact())
+                    for fn, args, fut in batch:
+                        try:
+                            outcomes.append((fut, fn(*args), None))
+                        except Exception as exc:
+                            outcomes.append((fut, None, exc))
+            except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
+                outcomes = [(fut, None, exc) for _, _, fut in batch]
+            self._loop.call_soon_threadsafe(_deliver, outcomes)
+
+    async def aclose(self) -> None:
+        """Finish what is queued, stop the thread, close the store; later calls raise StoreClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        await asyncio.to_thread(self.store.close)
+
+
+def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, exc in outcomes:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+class DiskStore:
+    """The :class:`~evalproxy.storage.base.Store` interface over a cache directory."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.sync = CacheStore(cache_dir)
+        self.location = str(self.sync.dir)
+        self._worker = StoreWorker(self.sync)
+
+    async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
+        return await self._worker.call(self.sync.claim, key, run_id, sampled, reuse, owner)
+
+    async def acquire(self, key: str, slot: int, *, owner: str) -> Claim:
+        return await self._worker.call(self.sync.acquire, key, slot, owner)
+
+    async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
+                     pair: SavedPair | None) -> None:
+        await self._worker.call(self.sync.finish, key, slot, owner, answer, pair)
+
+    async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
+        await self._worker.call(self.sync.abandon, key, slot, owner, run_id, sampled)
+
+    async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
+        await self._worker.call(self.sync.renew, slots, owner)
+
+    async def save_pair(self, pair: SavedPair) -> None:
+        await self._worker.call(self.sync.save_pair, pair)
+
+    async def record_failure(self, failure: Failure) -> None:
+        await self._worker.call(self.sync.record_failure, failure)
+
+    async def count_answers(self) -> int:
+        return await self._worker.call(self.sync.count_answers)
+
+    async def count_pairs(self) -> int:
+        return await self._worker.call(self.sync.count_pairs)
+
+    async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]:
+        return await self._worker.call(lambda: self.sync.saved_pairs(limit, with_responses=with_responses))
+
+    async def failures(self, limit: int | None = None) -> list[Failure]:
+        return await self._worker.call(self.sync.failures, limit)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._worker.call(self.sync.stats)
+
+    async def clear(self) -> int:
+        return await self._worker.call(self.sync.clear)
+
+    async def aclose(self) -> None:
+        await self._worker.aclose()
