@@ -105,6 +105,8 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
     p.add_argument("--request-timeout", type=float, help="seconds to wait for an upstream answer")
     p.add_argument("--max-retries", type=int, help="retries on 429/5xx/connection errors")
     p.add_argument("--max-concurrent-requests", type=int, help="upstream connection limit")
+    p.add_argument("--run-id", help="join this run: proxies started with one run id share its pass@k slots "
+                   "(default: a new run id)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
 
 
@@ -137,8 +139,8 @@ def _warn_bind(host: str) -> None:
         )
 
 
-async def _serve(loaded: LoadedConfig, resolved: Resolved) -> int:
-    running = RunningProxy(loaded, resolved=resolved)
+async def _serve(loaded: LoadedConfig, resolved: Resolved, run_id: str | None) -> int:
+    running = RunningProxy(loaded, resolved=resolved, run_id=run_id)
     url = await running.start()
     _warn_bind(loaded.server.host)
     print(f"evalproxy listening on {url}", flush=True)
@@ -150,8 +152,8 @@ async def _serve(loaded: LoadedConfig, resolved: Resolved) -> int:
     return 0
 
 
-async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str]) -> int:
-    running = RunningProxy(loaded, resolved=resolved)
+async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str], run_id: str | None) -> int:
+    running = RunningProxy(loaded, resolved=resolved, run_id=run_id)
     await running.start()
     _warn_bind(loaded.server.host)
     try:
@@ -229,14 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(args.log_level, [key] if key else [])
             raise_open_files_limit()
             if args.command == "serve":
-                return asyncio.run(_serve(loaded, resolved))
+                return asyncio.run(_serve(loaded, resolved, args.run_id))
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":
                 cmd = cmd[1:]
             if not cmd:
                 print("evalproxy run: give the command after --", file=sys.stderr)
                 return EXIT_CONFIG
-            return asyncio.run(_run(loaded, resolved, cmd))
+            return asyncio.run(_run(loaded, resolved, cmd, args.run_id))
         setup_logging(os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
         if args.command == "report":
             return _cmd_report(args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from evalproxy.adapter.chain.interceptor import BaseInterceptor, build_chain, ch
 from evalproxy.adapter.core.errors import ConfigError, InterceptorError, UpstreamTimeoutError
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.sse import DONE, Event
 
 
 class Recorder(BaseInterceptor):
@@ -110,3 +112,61 @@ class TestCheckOrder:
     def test_observers_after_endpoint_are_fine(self) -> None:
         """Response-side interceptors may follow endpoint."""
         check_order(["changer", "endpoint", "observer"], {"changer": Changer, "observer": Observer})
+
+
+class _BreaksMidStream(BaseInterceptor):
+    """Passes two events of a stream on, then fails while reading the third."""
+
+    def __init__(self, best_effort: bool) -> None:
+        self.name = "breaker"  # type: ignore[misc]
+        self.best_effort = best_effort  # type: ignore[misc]
+
+    async def __call__(self, ctx: RequestContext, call_next: Any) -> ProxyResponse:
+        resp = await call_next(ctx)
+        inner = resp.stream
+        assert inner is not None
+
+        async def wrapped() -> AsyncIterator[Event]:
+            n = 0
+            async for event in inner:
+                n += 1
+                if n == 3:
+                    raise RuntimeError("broke at the third event")
+                yield event
+
+        resp.stream = wrapped()
+        return resp
+
+
+def streaming_terminal(events: int = 5) -> Any:
+    async def call(ctx: RequestContext) -> ProxyResponse:
+        async def gen() -> AsyncIterator[Event]:
+            for i in range(events):
+                yield Event.of({"choices": [{"index": 0, "delta": {"content": str(i)}, "finish_reason": None}]})
+            yield DONE
+
+        return ProxyResponse(200, stream=gen())
+
+    return call
+
+
+class TestStreamFailures:
+    async def test_strict_failure_mid_stream_names_the_interceptor(self) -> None:
+        """A strict interceptor failing while its stream is read raises an InterceptorError naming it."""
+        chain = build_chain([_BreaksMidStream(best_effort=False)], streaming_terminal())
+        resp = await chain(RequestContext(method="POST", path="/v1/chat/completions", json={}))
+        assert resp.stream is not None
+        seen = []
+        with pytest.raises(InterceptorError, match="breaker"):
+            async for event in resp.stream:
+                seen.append(event)
+        assert len(seen) == 2
+
+    async def test_best_effort_failure_mid_stream_loses_no_event(self) -> None:
+        """A best-effort interceptor failing mid-stream drops out; the client still gets every event, in order."""
+        chain = build_chain([_BreaksMidStream(best_effort=True)], streaming_terminal())
+        resp = await chain(RequestContext(method="POST", path="/v1/chat/completions", json={}))
+        assert resp.stream is not None
+        got = [e.json async for e in resp.stream]
+        assert [g["choices"][0]["delta"]["content"] for g in got if g] == ["0", "1", "2", "3", "4"]
+        assert got[-1] is None  # [DONE]

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
+from evalproxy import BaseInterceptor, Next, ProxyResponse, RequestContext, register_for_adapter
+from evalproxy.adapter.flow.sse import Event
+from evalproxy.adapter.registry import Registry, resolve
+from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import Fault, SimulatedModel
+from tests.conftest import make_loaded
 
 ENDPOINT_ONLY = {"interceptors": ["endpoint"], "generate_html_report": False}
 MSGS = [{"role": "user", "content": "What is two plus two?"}]
@@ -322,3 +329,45 @@ class TestNonJsonBodies:
         assert resp.status == 200
         assert (await resp.json())["text"].endswith("bytes of audio")
         assert sim.log[-1].path == "/v1/audio/transcriptions" and sim.log[-1].body is None
+
+
+@register_for_adapter(name="breaks_streams", description="Fails while a stream it wraps is read (for tests).")
+class BreaksStreams(BaseInterceptor):
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        resp = await call_next(ctx)
+        inner = resp.stream
+        if inner is None:
+            return resp
+
+        async def wrapped() -> AsyncIterator[Event]:
+            async for event in inner:
+                if event.json and event.json.get("choices") and event.json["choices"][0].get("finish_reason"):
+                    raise RuntimeError("cannot handle the finish")
+                yield event
+
+        resp.stream = wrapped()
+        return resp
+
+
+class TestStreamErrorPolicy:
+    async def test_interceptor_failing_mid_stream_ends_it_with_an_error_event(
+        self, tmp_path: Path, upstream: TestServer
+    ) -> None:
+        """The stream ends with an OpenAI error naming the interceptor, and /metrics counts a 500, not a 200."""
+        registry = Registry.default()
+        registry.add(BreaksStreams)
+        loaded = make_loaded({"interceptors": ["breaks_streams", "endpoint"], "post_eval_hooks": []}, tmp_path,
+                             str(upstream.make_url("/v1")))
+        client = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
+        await client.start_server()
+        try:
+            resp = await client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "hi"}], "stream": True})
+            text = await resp.text()
+            last = [line for line in text.splitlines() if line.startswith("data: ")][-1]
+            error = orjson.loads(last[6:])["error"]
+            assert "breaks_streams" in error["message"] and error["code"] == "interceptor_failed"
+            metrics = await (await client.get("/metrics")).text()
+            assert 'evalproxy_requests_total{cache="miss",path="chat",status="500"} 1.0' in metrics
+        finally:
+            await client.close()

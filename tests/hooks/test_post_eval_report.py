@@ -16,8 +16,8 @@ import pytest
 
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.server.app import PROXY
-from evalproxy.hooks.charts import report_charts, svg_histogram
 from evalproxy.hooks.post_eval_report import render_reports, safe_url
+from evalproxy.hooks.post_eval_report.charts import report_charts, svg_histogram
 from evalproxy.simulator import Fault, SimulatedModel
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None

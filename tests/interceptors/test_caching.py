@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from evalproxy.adapter.core.errors import UpstreamUnreachableError
+from evalproxy.adapter.core.errors import UpstreamProtocolError, UpstreamUnreachableError
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import DONE, Event, make_event
 from evalproxy.adapter.flow.state import CACHE_HIT
 from evalproxy.interceptors.caching import CachingInterceptor, is_deterministic
-from evalproxy.storage import cache_key
+from evalproxy.storage import StoreClosedError, cache_key
 
 SAMPLED = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.9}
 
@@ -138,3 +138,34 @@ class TestCachingDirect:
             seen.append(event.raw)
         assert seen == [e.raw async for e in chunks()]
         await ic.aclose()
+
+    async def test_break_after_done_keeps_the_stored_slot(self, run: RunContext) -> None:
+        """An upstream that breaks off after [DONE] leaves the stored answer in its slot: the next repeat of the
+        sampled request takes a new slot instead of replaying the same sample."""
+        ic = make(run)
+
+        async def breaks_after_done() -> AsyncIterator[Event]:
+            async for event in chunks():
+                yield event
+            raise UpstreamProtocolError("connection reset after the end")
+
+        async def streaming(ctx: RequestContext) -> ProxyResponse:
+            return ProxyResponse(200, stream=breaks_after_done())
+
+        resp = await ic(request(run, SAMPLED), streaming)
+        assert resp.stream is not None
+        with pytest.raises(UpstreamProtocolError):
+            async for _ in resp.stream:
+                pass
+        assert ic.store is not None and await ic.store.count_answers() == 1
+        assert await slot(ic, cache_key("/v1/chat/completions", SAMPLED), SAMPLED) == 1
+        await ic.aclose()
+
+    async def test_store_refuses_calls_after_close(self, run: RunContext) -> None:
+        """A closed store raises StoreClosedError instead of starting a new thread."""
+        ic = make(run)
+        store = ic.store
+        assert store is not None
+        await ic.aclose()
+        with pytest.raises(StoreClosedError):
+            await store.count_answers()

@@ -119,3 +119,28 @@ class TestOpenAIClient:
         await proxy.close()
         section = metrics(tmp_path)["reasoning"]
         assert (section["total_responses"], section["total_reasoning_tokens"]) == (1, len(thought.split()))
+
+
+class TestResumedRun:
+    @pytest.mark.parametrize("chain", [
+        ["reasoning", "caching", "endpoint"],  # evalproxy's order: reasoning sees replays
+        ["caching", "endpoint", "reasoning"],  # NeMo's usual order: reasoning sits inside the cache, sees misses
+    ])
+    async def test_reasoning_section_covers_the_whole_resumed_run(
+        self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path, chain: list[str]
+    ) -> None:
+        """A run stopped after 3 answers and resumed with all 5 counts each of the 5 answers once, in either order."""
+        sim.reasoning = True
+        config = {"interceptors": chain, "generate_html_report": False}
+        first = await make_proxy(config)
+        for i in range(3):
+            await ask(first, False, f"q{i}")
+        await first.close()
+        assert metrics(tmp_path)["reasoning"]["total_responses"] == 3
+        second = await make_proxy(config)
+        for i in range(5):
+            await ask(second, False, f"q{i}")
+        await second.close()
+        assert len(sim.log) == 5
+        section = metrics(tmp_path)["reasoning"]
+        assert (section["total_responses"], section["reasoning_finished_count"]) == (5, 5)

@@ -71,14 +71,14 @@ def lease_value(owner: str) -> bytes:
     return orjson.dumps({"owner": owner, "host": HOST, "pid": os.getpid(), "expires": now() + LEASE_SECONDS})
 
 
-def lease_live(raw: Any, owner: str) -> bool:
-    """Whether a lease still holds against ``owner``: not expired, not its own, and its process (on this host)
-    still alive."""
+def lease_live(raw: Any) -> bool:
+    """Whether a lease still holds: not expired, and its process (when on this host) still alive. A lease of the
+    asking owner holds too: a sibling request of the same process is filling the slot."""
     try:
         lease = orjson.loads(raw)
     except (orjson.JSONDecodeError, TypeError):
         return False
-    if lease.get("owner") == owner or lease.get("expires", 0) < now():
+    if lease.get("expires", 0) < now():
         return False
     return not (lease.get("host") == HOST and isinstance(lease.get("pid"), int) and not _alive(lease["pid"]))
 
@@ -152,7 +152,7 @@ class CacheStore:
         lease_key = f"lease:{key}:{slot}"
         with self.slots.transact():
             held = self.slots.get(lease_key)
-            if held is not None and lease_live(held, owner):
+            if held is not None and lease_live(held):
                 return Claim(slot, None, leased=False)
             # Filled between the look-up and the lease? Then it is an answer after all.
             answer = self.get_answer(key, slot)

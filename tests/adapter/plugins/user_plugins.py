@@ -18,8 +18,7 @@ class AddField(BaseInterceptor):
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         if ctx.json is not None:
-            ctx.json[self.params.field] = self.params.value
-            ctx.mark_modified()
+            ctx.set_json({**ctx.json, self.params.field: self.params.value})
         return await call_next(ctx)
 
 

@@ -31,7 +31,7 @@ from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
-from evalproxy.hooks.charts import report_charts
+from evalproxy.hooks.post_eval_report.charts import report_charts
 from evalproxy.storage import SavedPair
 from evalproxy.storage.disk import CacheStore
 

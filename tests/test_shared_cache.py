@@ -1,0 +1,122 @@
+"""Several real proxy processes on one cache directory: pass@k slots are claimed in the store, never per process,
+and identical requests in flight are paid once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp.test_utils import TestServer
+
+from evalproxy.simulator import SimulatedModel
+from tests.procs import start_serve
+
+PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku."}], "temperature": 0.8}
+
+
+def config(tmp_path: Path, name: str, cache: Path) -> Path:
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "interceptors": [{"name": "caching", "config": {"cache_dir": str(cache)}}, "endpoint"],
+        "post_eval_hooks": [],
+        "server": {"output_dir": str(tmp_path / name), "status_line": "off"},
+    }))
+    return cfg
+
+
+async def answers(url: str, times: int, body: dict[str, Any] = PROMPT) -> list[str]:
+    async with aiohttp.ClientSession() as s:
+        async def one() -> str:
+            async with s.post(f"{url}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                return str((await resp.json())["choices"][0]["message"]["content"])
+
+        return list(await asyncio.gather(*(one() for _ in range(times))))
+
+
+class Proxies:
+    """Proxy processes against one simulated model, stopped with SIGTERM at the end."""
+
+    def __init__(self, tmp_path: Path, upstream: str) -> None:
+        self.tmp_path, self.upstream = tmp_path, upstream
+        self.cache = tmp_path / "shared-cache"
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, name: str, *args: str) -> str:
+        proc, url = await start_serve("-c", str(config(self.tmp_path, name, self.cache)), "--upstream", self.upstream,
+                                      *args)
+        self.procs.append(proc)
+        return url
+
+    async def stop(self) -> None:
+        for p in self.procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            await asyncio.wait_for(p.communicate(), 30)
+
+
+async def with_model(sim: SimulatedModel) -> TestServer:
+    server = TestServer(sim.app(), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_one_run_on_two_processes_gets_distinct_samples(tmp_path: Path) -> None:
+    """Two proxies started with one --run-id: a sampled prompt asked 3 times through each gets 6 distinct answers,
+    and a third proxy (a new run, a resume elsewhere) replays exactly those 6 without calling the model."""
+    sim = SimulatedModel(latency=0.02)
+    server = await with_model(sim)
+    procs = Proxies(tmp_path, str(server.make_url("/v1")))
+    try:
+        a = await procs.start("a", "--run-id", "shared-run")
+        b = await procs.start("b", "--run-id", "shared-run")
+        got = await asyncio.gather(answers(a, 3), answers(b, 3))
+        first = [*got[0], *got[1]]
+        assert len(set(first)) == 6
+        assert len(sim.requests_to("/chat/completions")) == 6
+        c = await procs.start("c")
+        replayed = await answers(c, 6)
+        assert sorted(replayed) == sorted(first)
+        assert len(sim.requests_to("/chat/completions")) == 6
+    finally:
+        await procs.stop()
+        await server.close()
+
+
+async def test_two_runs_at_once_pay_once(tmp_path: Path) -> None:
+    """Two proxies of different runs asking a sampled prompt 3 times each at the same time pay for 3 samples: the
+    later run waits for slots being filled and replays them."""
+    sim = SimulatedModel(latency=0.3)
+    server = await with_model(sim)
+    procs = Proxies(tmp_path, str(server.make_url("/v1")))
+    try:
+        a = await procs.start("a")
+        b = await procs.start("b")
+        got = await asyncio.gather(answers(a, 3), answers(b, 3))
+        assert len(sim.requests_to("/chat/completions")) == 3
+        assert sorted(got[0]) == sorted(got[1]) and len(set(got[0])) == 3
+    finally:
+        await procs.stop()
+        await server.close()
+
+
+async def test_identical_deterministic_requests_in_flight_share_one_call(tmp_path: Path) -> None:
+    """Eight identical temperature-0 requests sent at once, four to each of two processes, reach the model once."""
+    sim = SimulatedModel(latency=0.3)
+    server = await with_model(sim)
+    procs = Proxies(tmp_path, str(server.make_url("/v1")))
+    body = {**PROMPT, "temperature": 0}
+    try:
+        a = await procs.start("a")
+        b = await procs.start("b")
+        got = await asyncio.gather(answers(a, 4, body), answers(b, 4, body))
+        assert len(sim.requests_to("/chat/completions")) == 1
+        assert len({*got[0], *got[1]}) == 1
+    finally:
+        await procs.stop()
+        await server.close()
