@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -89,3 +92,123 @@ class TestJobRuns:
         assert fake_model.calls == N
         resp = await client.get(f"/v1/evaluation/jobs/{again['id']}/results")
         assert (await resp.json())["tasks"] == results["tasks"]
+
+    async def test_api_key_stays_out_of_records_logs_and_downloads(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
+        tmp_path: Path,
+    ) -> None:
+        """The key reaches the model, but no record, log, download or database byte holds it, even if the harness prints it."""
+        client = await make_service()
+        await make_target_and_config(client, fake_upstream, limit=2,
+                                     command=client_command("--print-env", API_KEY_ENV))
+        job = await post_job(client)
+        done = await wait_for_status(client, job["id"], "completed", "failed")
+        assert done["status"] == "completed"
+        assert fake_model.auth_seen == [f"Bearer {api_key}"] * 2
+
+        seen: list[bytes] = []
+        for path in (f"/v1/evaluation/jobs/{job['id']}", f"/v1/evaluation/jobs/{job['id']}/logs",
+                     "/v1/evaluation/jobs", "/v1/evaluation/targets", "/v1/evaluation/configs",
+                     f"/v1/evaluation/jobs/{job['id']}/results", f"/v1/evaluation/jobs/{job['id']}/status"):
+            resp = await client.get(path)
+            assert resp.status == 200
+            seen.append(await resp.read())
+        logs = seen[1].decode()
+        assert f"{API_KEY_ENV}=***" in logs  # the harness did print it: the service redacted the line
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/download")
+        archive = zipfile.ZipFile(io.BytesIO(await resp.read()))
+        seen += [archive.read(name) for name in archive.namelist()]
+        seen += [p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()]
+        assert not [s for s in seen if api_key.encode() in s]
+
+
+class TestCancel:
+    async def test_cancel_while_running_stops_the_harness_and_hooks_still_run(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
+        tmp_path: Path,
+    ) -> None:
+        """Cancelling a running job ends it as cancelled, and its proxy still writes the report."""
+        client = await make_service()
+        await make_target_and_config(client, fake_upstream,
+                                     command=client_command("--hold", str(tmp_path / "never")))
+        job = await post_job(client)
+        await wait_for_status(client, job["id"], "running")
+        while fake_model.calls < 1:
+            await asyncio.sleep(0.05)
+
+        resp = await client.post(f"/v1/evaluation/jobs/{job['id']}/cancel")
+        assert resp.status == 200
+        cancelled = await resp.json()
+        assert cancelled["status"] == "cancelled"
+        assert cancelled["status_details"]["message"] == "Job was cancelled"
+        assert fake_model.calls == 1
+
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/download")
+        names = zipfile.ZipFile(io.BytesIO(await resp.read())).namelist()
+        assert f"{job['id']}/report.html" in names
+        resp = await client.post(f"/v1/evaluation/jobs/{job['id']}/cancel")
+        assert resp.status == 409
+
+    async def test_delete_of_a_running_job_cancels_it_then_removes_it(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
+        tmp_path: Path,
+    ) -> None:
+        """DELETE on a running job answers with its final cancelled record, and then the job is gone."""
+        client = await make_service()
+        await make_target_and_config(client, fake_upstream,
+                                     command=client_command("--hold", str(tmp_path / "never")))
+        job = await post_job(client)
+        await wait_for_status(client, job["id"], "running")
+
+        resp = await client.delete(f"/v1/evaluation/jobs/{job['id']}")
+        assert resp.status == 200
+        assert (await resp.json())["status"] == "cancelled"
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}")
+        assert resp.status == 404
+        assert not (tmp_path / "data" / "jobs" / job["id"]).exists()
+
+
+class TestFailures:
+    @pytest.mark.parametrize("command", [
+        [sys.executable, "-c", "import sys; sys.exit(3)"],
+        ["/nonexistent/harness", "--url", "{proxy_url}"],
+    ], ids=["exits-non-zero", "cannot-start"])
+    async def test_failing_command_fails_with_the_launch_message(
+        self, make_service: MakeService, fake_upstream: TestServer, api_key: str, command: list[str],
+    ) -> None:
+        """A harness that exits non-zero, or cannot start at all, leaves the job failed with NeMo's launch message."""
+        client = await make_service()
+        await make_target_and_config(client, fake_upstream, command=command)
+        job = await post_job(client)
+        failed = await wait_for_status(client, job["id"], "completed", "failed")
+        assert failed["status"] == "failed"
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/status")
+        status = await resp.json()
+        assert status["message"] == ("Unable to launch the evaluation job because there is a problem in the "
+                                     "target, config, or environment")
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/results")
+        assert resp.status == 404
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/logs")
+        assert "evalproxy" in await resp.text()
+
+
+class TestQueue:
+    async def test_max_concurrent_one_keeps_the_second_job_pending(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
+        tmp_path: Path,
+    ) -> None:
+        """With one slot, a second job waits as pending until the first ends, then runs to completion."""
+        client = await make_service(max_concurrent=1)
+        release = tmp_path / "release"
+        await make_target_and_config(client, fake_upstream, limit=2, command=client_command("--hold", str(release)))
+        first = await post_job(client)
+        await wait_for_status(client, first["id"], "running")
+        second = await post_job(client)
+        pending = await wait_for_status(client, second["id"], "pending")
+        assert pending["status_details"]["message"] == "Job is pending"
+        resp = await client.get(f"/v1/evaluation/jobs/{first['id']}/status")
+        assert (await resp.json())["message"] == "Job is running"
+
+        release.touch()
+        assert (await wait_for_status(client, first["id"], "completed", "failed"))["status"] == "completed"
+        assert (await wait_for_status(client, second["id"], "completed", "failed"))["status"] == "completed"

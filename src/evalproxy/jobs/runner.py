@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 from typing import IO, Any
 
+from evalproxy.adapter.redact import redact_text
 from evalproxy.jobs import launch
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
@@ -34,6 +35,8 @@ MSG_LAUNCH_FAILED = ("Unable to launch the evaluation job because there is a pro
                      "environment")
 MSG_CANCELLED = "Job was cancelled"
 MSG_INTERRUPTED = "Job failed because the evaluation service stopped while it was running"
+
+PUMP_DRAIN_SECONDS = 5.0
 
 ACTIVE = ("created", "pending", "running")
 FINAL = ("completed", "failed", "cancelled")
@@ -148,25 +151,33 @@ class JobRunner:
             log.error("job %s: cannot prepare %s: %s", job_id, job_dir, exc)
             await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
             return
+        secrets = self._secrets(job)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                cwd=job_dir, start_new_session=True,
-            )
-        except OSError as exc:
-            await asyncio.to_thread(logfile.write, f"evalproxy jobs: cannot start the job: {exc}\n")
-            await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
-            return
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT, cwd=job_dir, start_new_session=True,
+                )
+            except OSError as exc:
+                await asyncio.to_thread(logfile.write, f"evalproxy jobs: cannot start the job: {exc}\n")
+                await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
+                return
+            self._procs[job_id] = proc
+            await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)
+            log.info("job %s: running as process %d", job_id, proc.pid)
+            assert proc.stdout is not None  # asked for above
+            pump = asyncio.create_task(_copy_redacted(proc.stdout, logfile, secrets))
+            try:
+                progress = await self._watch(job_id, proc, job_dir, limit)
+            finally:
+                self._procs.pop(job_id, None)
+                await asyncio.to_thread(self.db.set_pid, job_id, None)
+                # A daemon the harness left behind may hold the pipe open: its later output is not waited for.
+                _, unfinished = await asyncio.wait({pump}, timeout=PUMP_DRAIN_SECONDS)
+                for task in unfinished:
+                    task.cancel()
         finally:
             await asyncio.to_thread(logfile.close)
-        self._procs[job_id] = proc
-        await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)
-        log.info("job %s: running as process %d", job_id, proc.pid)
-        try:
-            progress = await self._watch(job_id, proc, job_dir, limit)
-        finally:
-            self._procs.pop(job_id, None)
-            await asyncio.to_thread(self.db.set_pid, job_id, None)
         code = proc.returncode
         log.info("job %s: exited with status %s", job_id, code)
         if job_id in self._cancel_requested:
@@ -215,6 +226,12 @@ class JobRunner:
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
 
+    def _secrets(self, job: dict[str, Any]) -> list[str]:
+        """Values that must never reach a job's log: its API key and the service's token."""
+        name = job["target"]["api_endpoint"].get("api_key_name")
+        values = [os.environ.get(name, "") if name else "", self.settings.token or ""]
+        return [v for v in values if v]
+
     async def _set(self, job_id: str, status: str, message: str, *, progress: float | None = None,
                    **changes: Any) -> None:
         await asyncio.to_thread(self.db.update_job, job_id, {
@@ -223,4 +240,30 @@ class JobRunner:
 
 
 def _open_log(path: Path) -> IO[str]:
-    return path.open("a", encoding="utf-8")
+    return path.open("a", encoding="utf-8", errors="replace")
+
+
+async def _copy_redacted(source: asyncio.StreamReader, sink: IO[str], secrets: list[str]) -> None:
+    """Copy the job's output to its log whole lines at a time, so no secret is split across two writes."""
+    pending = b""
+    while True:
+        chunk = await source.read(65536)
+        if chunk:
+            pending += chunk
+            cut = pending.rfind(b"\n") + 1
+            if cut == 0 and len(pending) < 1 << 20:
+                continue
+            cut = cut or len(pending)
+        else:
+            cut = len(pending)
+        if cut:
+            text = redact_text(pending[:cut].decode("utf-8", errors="replace"), secrets)
+            pending = pending[cut:]
+            await asyncio.to_thread(_write, sink, text)
+        if not chunk:
+            return
+
+
+def _write(sink: IO[str], text: str) -> None:
+    sink.write(text)
+    sink.flush()
