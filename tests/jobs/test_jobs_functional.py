@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sys
 import zipfile
@@ -54,7 +53,7 @@ class TestJobRuns:
         self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
         tmp_path: Path,
     ) -> None:
-        """A job runs the client to completed with its own score and a ZIP holding the report; a repeat costs 0 calls."""
+        """A job completes with the client's own score and a ZIP holding the report; a repeat costs 0 calls."""
         client = await make_service()
         await make_target_and_config(client, fake_upstream)
 
@@ -97,7 +96,7 @@ class TestJobRuns:
         self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
         tmp_path: Path,
     ) -> None:
-        """The key reaches the model, but no record, log, download or database byte holds it, even if the harness prints it."""
+        """The key reaches the model but no record, log, download or database file, even if the harness prints it."""
         client = await make_service()
         await make_target_and_config(client, fake_upstream, limit=2,
                                      command=client_command("--print-env", API_KEY_ENV))
@@ -133,8 +132,7 @@ class TestCancel:
                                      command=client_command("--hold", str(tmp_path / "never")))
         job = await post_job(client)
         await wait_for_status(client, job["id"], "running")
-        while fake_model.calls < 1:
-            await asyncio.sleep(0.05)
+        await fake_model.answered.wait()
 
         resp = await client.post(f"/v1/evaluation/jobs/{job['id']}/cancel")
         assert resp.status == 200
