@@ -29,20 +29,26 @@ class FakeModel:
     def __init__(self) -> None:
         self.calls = 0
         self.auth_seen: list[str] = []
-        self.answered = asyncio.Event()
+        self._changed = asyncio.Condition()
 
     @staticmethod
     def answer(a: int, b: int) -> int:
         return a + b + 1 if (a + b) % 3 == 0 else a + b
 
+    async def wait_for_calls(self, n: int) -> None:
+        """Return once the model has been asked ``n`` questions in all."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.calls >= n)
+
     async def chat(self, request: web.Request) -> web.Response:
-        self.calls += 1
+        async with self._changed:
+            self.calls += 1
+            self._changed.notify_all()
         self.auth_seen.append(request.headers.get("Authorization", ""))
         body = await request.json()
         text = body["messages"][-1]["content"]
         m = QUESTION.search(text)
         content = str(self.answer(int(m.group(1)), int(m.group(2)))) if m else "?"
-        self.answered.set()
         return web.json_response({
             "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "fake"),

@@ -132,7 +132,7 @@ class TestCancel:
                                      command=client_command("--hold", str(tmp_path / "never")))
         job = await post_job(client)
         await wait_for_status(client, job["id"], "running")
-        await fake_model.answered.wait()
+        await fake_model.wait_for_calls(1)
 
         resp = await client.post(f"/v1/evaluation/jobs/{job['id']}/cancel")
         assert resp.status == 200
