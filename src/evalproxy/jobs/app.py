@@ -176,7 +176,8 @@ def resource_routes(kind: Kind, build: Callable[[dict[str, Any]], dict[str, Any]
     singular = kind[:-1]
 
     async def create(request: web.Request) -> web.Response:
-        record = build(await read_json(request))
+        # Checking an adapter config may import interceptor modules: off the event loop.
+        record = await asyncio.to_thread(build, await read_json(request))
         if record["name"] is None:
             raise InvalidFieldError("name: required", field="name")
         record["created_at"] = record["updated_at"] = now()
@@ -217,7 +218,7 @@ async def _resolve(request: web.Request, kind: Kind, value: Any,
         if record is None:
             raise InvalidFieldError(f"{field}: no {field} '{ns}/{name}'", field=field)
         return record, f"{ns}/{name}"
-    return build(value, field), None
+    return await asyncio.to_thread(build, value, field), None
 
 
 async def create_job(request: web.Request) -> web.Response:
@@ -227,7 +228,7 @@ async def create_job(request: web.Request) -> web.Response:
     check_placeholders(config, prefix="config")
     merged = launch.merged_adapter_config(target, config)
     if merged:
-        launch.check_adapter_config(merged, field="config.adapter_config")
+        await asyncio.to_thread(launch.check_adapter_config, merged, field="config.adapter_config")
     stamp, job_id = now(), new_job_id()
     job: dict[str, Any] = {
         "created_at": stamp, "updated_at": stamp, "id": job_id, "namespace": body.namespace,
