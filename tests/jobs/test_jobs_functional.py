@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
 import zipfile
@@ -126,13 +127,21 @@ class TestCancel:
         self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
         tmp_path: Path,
     ) -> None:
-        """Cancelling a running job ends it as cancelled, and its proxy still writes the report."""
+        """A running job shows its progress; cancelled, it ends as cancelled and its proxy still writes the report."""
         client = await make_service()
         await make_target_and_config(client, fake_upstream,
                                      command=client_command("--hold", str(tmp_path / "never")))
         job = await post_job(client)
         await wait_for_status(client, job["id"], "running")
         await fake_model.wait_for_calls(1)
+        for _ in range(300):  # the proxy writes its statistics every few seconds
+            resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/status")
+            status = await resp.json()
+            if status["progress"]:
+                break
+            await asyncio.sleep(0.1)
+        assert status == {"message": "Job is running", "task_status": {}, "progress": pytest.approx(100 / N),
+                          "status": "running"}
 
         resp = await client.post(f"/v1/evaluation/jobs/{job['id']}/cancel")
         assert resp.status == 200
