@@ -198,13 +198,28 @@ class TestFailures:
         resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/logs")
         assert "evalproxy" in await resp.text()
 
+    async def test_missing_api_key_variable_fails_the_job_before_it_starts(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A target whose api_key_name is not set in the service's environment fails with the launch message."""
+        monkeypatch.delenv(API_KEY_ENV, raising=False)
+        client = await make_service()
+        await make_target_and_config(client, fake_upstream)
+        job = await post_job(client)
+        failed = await wait_for_status(client, job["id"], "completed", "failed")
+        assert failed["status_details"]["message"].startswith("Unable to launch the evaluation job")
+        resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/logs")
+        assert API_KEY_ENV in await resp.text()
+        assert fake_model.calls == 0
+
 
 class TestQueue:
     async def test_max_concurrent_one_keeps_the_second_job_pending(
         self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
         tmp_path: Path,
     ) -> None:
-        """With one slot, a second job waits as pending until the first ends, then runs to completion."""
+        """With one slot a second job stays pending until the first ends, then runs; a queued job can be cancelled."""
         client = await make_service(max_concurrent=1)
         release = tmp_path / "release"
         await make_target_and_config(client, fake_upstream, limit=2, command=client_command("--hold", str(release)))
@@ -215,6 +230,12 @@ class TestQueue:
         assert pending["status_details"]["message"] == "Job is pending"
         resp = await client.get(f"/v1/evaluation/jobs/{first['id']}/status")
         assert (await resp.json())["message"] == "Job is running"
+
+        third = await post_job(client)
+        await wait_for_status(client, third["id"], "pending")
+        resp = await client.post(f"/v1/evaluation/jobs/{third['id']}/cancel")
+        assert (await resp.json())["status"] == "cancelled"
+        assert not (tmp_path / "data" / "jobs" / third["id"]).exists()  # it never started
 
         release.touch()
         assert (await wait_for_status(client, first["id"], "completed", "failed"))["status"] == "completed"

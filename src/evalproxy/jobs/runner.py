@@ -152,14 +152,20 @@ class JobRunner:
             await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
             return
         secrets = self._secrets(job)
+        key_name = job["target"]["api_endpoint"].get("api_key_name")
         try:
+            if key_name and not os.environ.get(key_name):
+                await asyncio.to_thread(_write, logfile, f"evalproxy jobs: the target's api_key_name is {key_name}, "
+                                        "but the service's environment has no such variable\n")
+                await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
+                return
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, cwd=job_dir, start_new_session=True,
+                    stderr=asyncio.subprocess.STDOUT, cwd=job_dir, start_new_session=True, env=self._job_env(),
                 )
             except OSError as exc:
-                await asyncio.to_thread(logfile.write, f"evalproxy jobs: cannot start the job: {exc}\n")
+                await asyncio.to_thread(_write, logfile, f"evalproxy jobs: cannot start the job: {exc}\n")
                 await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
                 return
             self._procs[job_id] = proc
@@ -225,6 +231,11 @@ class JobRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+    def _job_env(self) -> dict[str, str]:
+        """The service's environment without its own token: a harness has no business calling the service."""
+        token = self.settings.token
+        return {k: v for k, v in os.environ.items() if not (token and v == token)}
 
     def _secrets(self, job: dict[str, Any]) -> list[str]:
         """Values that must never reach a job's log: its API key and the service's token."""
