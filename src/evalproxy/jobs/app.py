@@ -1,0 +1,356 @@
+"""The jobs service's HTTP face: NeMo Evaluator's ``/v1/evaluation/{targets,configs,jobs}`` on aiohttp.
+
+Targets and configs are created, listed, read and deleted by ``namespace/name``; a job names (or carries inline) one
+of each and is stored with both resolved in full, so deleting a target later never changes a job's record. Listings
+take ``page``, ``page_size``, ``sort`` (``-created_at`` by default) and filters as ``filter[field]=value`` or
+``field=value``, and answer ``{object, data, pagination, sort, filter}``.
+
+Errors are JSON ``{"detail", "field"}``: 400 for a malformed body or query, 401 without the token, 404 for an
+unknown path, 409 for a taken ``namespace/name``, 422 for an invalid field of the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from evalproxy.jobs import launch
+from evalproxy.jobs.errors import (
+    BadRequestError,
+    ConflictError,
+    InvalidFieldError,
+    JobsError,
+    NotFoundError,
+    UnauthorizedError,
+)
+from evalproxy.jobs.models import (
+    ConfigIn,
+    JobIn,
+    TargetIn,
+    check_placeholders,
+    new_job_id,
+    normalise_target,
+    now,
+    parse_model,
+)
+from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, status_details
+from evalproxy.jobs.settings import Settings
+from evalproxy.jobs.store import JobsDB, Kind
+
+log = logging.getLogger("evalproxy.jobs")
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", JobsDB)
+RUNNER = web.AppKey("runner", JobRunner)
+
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 1000
+JOB_FILTERS = {"status": "status", "namespace": "namespace", "target": "target_ref", "config": "config_ref"}
+RESOURCE_FILTERS = {"namespace": "namespace", "name": "name"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except JobsError as exc:
+        return json_response(exc.body(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_response({"detail": exc.reason, "field": None}, status=exc.status)
+
+
+def bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise UnauthorizedError("a bearer token is required: Authorization: Bearer <token>")
+        return await handler(request)
+
+    return check
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("the body must be a JSON object")
+    return data
+
+
+def _positive_int(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"{name}: must be a whole number, not {raw!r}", field=name) from None
+    if value < 1 or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum else ""
+        raise BadRequestError(f"{name}: must be at least 1{upper}", field=name)
+    return value
+
+
+async def list_page(request: web.Request, table: str, columns: dict[str, str]) -> web.Response:
+    page = _positive_int(request, "page", 1)
+    page_size = _positive_int(request, "page_size", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    sort = request.query.get("sort", "-created_at")
+    shown: dict[str, str] = {}
+    for key, value in request.query.items():
+        name = key[len("filter["):-1] if key.startswith("filter[") and key.endswith("]") else key
+        if name in ("page", "page_size", "sort"):
+            continue
+        if name not in columns:
+            raise BadRequestError(f"{key}: unknown filter (one of {', '.join(columns)})", field=key)
+        shown[name] = value.lower() if name == "status" else value
+    if "status" in shown and shown["status"] not in (*ACTIVE, *FINAL):
+        raise BadRequestError(f"status: no such status '{shown['status']}'", field="status")
+    filters = {columns[k]: v for k, v in shown.items()}
+    result = await asyncio.to_thread(request.app[DB].list, table, filters=filters, sort=sort, page=page,
+                                     page_size=page_size)
+    return json_response({
+        "object": "list",
+        "data": result.items,
+        "pagination": {"page": page, "page_size": page_size, "current_page_size": len(result.items),
+                       "total_pages": -(-result.total // page_size), "total_results": result.total},
+        "sort": sort,
+        "filter": shown,
+    })
+
+
+# targets and configs
+
+
+def _ref(value: str, field: str) -> tuple[str, str]:
+    namespace, sep, name = value.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise InvalidFieldError(f"{field}: expected 'namespace/name', got {value!r}", field=field)
+    return namespace, name
+
+
+def _target_record(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    record = normalise_target(parse_model(TargetIn, data, prefix=prefix), prefix=prefix)
+    adapter_config = record["api_endpoint"]["adapter_config"]
+    if adapter_config is not None:
+        p = f"{prefix}." if prefix else ""
+        launch.check_adapter_config(adapter_config, field=f"{p}api_endpoint.adapter_config")
+    return record
+
+
+def _config_record(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    record = parse_model(ConfigIn, data, prefix=prefix).model_dump()
+    check_placeholders(record, prefix=prefix)
+    if record["adapter_config"] is not None:
+        p = f"{prefix}." if prefix else ""
+        launch.check_adapter_config(record["adapter_config"], field=f"{p}adapter_config")
+    return record
+
+
+def resource_routes(kind: Kind, build: Callable[[dict[str, Any]], dict[str, Any]]) -> list[web.RouteDef]:
+    base = f"/v1/evaluation/{kind}"
+    singular = kind[:-1]
+
+    async def create(request: web.Request) -> web.Response:
+        # Checking an adapter config may import interceptor modules: off the event loop.
+        record = await asyncio.to_thread(build, await read_json(request))
+        if record["name"] is None:
+            raise InvalidFieldError("name: required", field="name")
+        record["created_at"] = record["updated_at"] = now()
+        await asyncio.to_thread(request.app[DB].add_resource, kind, record)
+        return json_response(record)
+
+    async def listing(request: web.Request) -> web.Response:
+        return await list_page(request, kind, RESOURCE_FILTERS)
+
+    async def get(request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        record = await asyncio.to_thread(request.app[DB].get_resource, kind, ns, name)
+        if record is None:
+            raise NotFoundError(f"no {singular} '{ns}/{name}'")
+        return json_response(record)
+
+    async def delete(request: web.Request) -> web.Response:
+        ns, name = request.match_info["namespace"], request.match_info["name"]
+        if not await asyncio.to_thread(request.app[DB].delete_resource, kind, ns, name):
+            raise NotFoundError(f"no {singular} '{ns}/{name}'")
+        return json_response({"message": "Resource deleted successfully.", "id": f"{ns}/{name}",
+                              "deleted_at": now()})
+
+    return [web.post(base, create), web.get(base, listing), web.get(base + "/{namespace}/{name}", get),
+            web.delete(base + "/{namespace}/{name}", delete)]
+
+
+# jobs
+
+
+async def _resolve(request: web.Request, kind: Kind, value: Any,
+                   build: Callable[[dict[str, Any], str], dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """(record, 'namespace/name' or None when inline) of the job's target or config."""
+    field = kind[:-1]
+    if isinstance(value, str):
+        ns, name = _ref(value, field)
+        record = await asyncio.to_thread(request.app[DB].get_resource, kind, ns, name)
+        if record is None:
+            raise InvalidFieldError(f"{field}: no {field} '{ns}/{name}'", field=field)
+        return record, f"{ns}/{name}"
+    return await asyncio.to_thread(build, value, field), None
+
+
+async def create_job(request: web.Request) -> web.Response:
+    body = parse_model(JobIn, await read_json(request))
+    target, target_ref = await _resolve(request, "targets", body.target, _target_record)
+    config, config_ref = await _resolve(request, "configs", body.config, _config_record)
+    check_placeholders(config, prefix="config")
+    merged = launch.merged_adapter_config(target, config)
+    if merged:
+        await asyncio.to_thread(launch.check_adapter_config, merged, field="config.adapter_config")
+    stamp, job_id = now(), new_job_id()
+    job: dict[str, Any] = {
+        "created_at": stamp, "updated_at": stamp, "id": job_id, "namespace": body.namespace,
+        "description": body.description, "target": target, "config": config, "result": None,
+        "output_files_url": None, "status_details": status_details(None), "status": "created",
+        "project": body.project, "custom_fields": body.custom_fields, "ownership": body.ownership,
+    }
+    db = request.app[DB]
+    await asyncio.to_thread(db.add_job, job, target_ref=target_ref, config_ref=config_ref)
+    request.app[RUNNER].submit(job_id)
+    return json_response(job)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    return await list_page(request, "jobs", JOB_FILTERS)
+
+
+async def _job(request: web.Request) -> dict[str, Any]:
+    job_id = request.match_info["job_id"]
+    job = await asyncio.to_thread(request.app[DB].get_job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job '{job_id}'")
+    return job
+
+
+async def get_job(request: web.Request) -> web.Response:
+    return json_response(await _job(request))
+
+
+async def job_status(request: web.Request) -> web.Response:
+    job = await _job(request)
+    return json_response({**job["status_details"], "status": job["status"]})
+
+
+async def job_results(request: web.Request) -> web.Response:
+    job = await _job(request)
+    results = await asyncio.to_thread(request.app[DB].get_results, job["id"])
+    if results is None:
+        raise NotFoundError(f"job '{job['id']}' has no results (status {job['status']})")
+    return json_response({
+        "created_at": job["updated_at"], "updated_at": job["updated_at"], "id": job["result"],
+        "job": job["id"], "namespace": job["namespace"], "description": job["description"],
+        "files_url": job["output_files_url"], "tasks": results["tasks"], "groups": results["groups"],
+        "custom_fields": {},
+    })
+
+
+async def job_download(request: web.Request) -> web.Response:
+    job = await _job(request)
+    job_dir = request.app[SETTINGS].jobs_dir / job["id"]
+    if not await asyncio.to_thread(job_dir.is_dir):
+        raise NotFoundError(f"job '{job['id']}' has no files yet (status {job['status']})")
+    body = await asyncio.to_thread(launch.zip_dir, job_dir, job["id"])
+    return web.Response(body=body, content_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{job["id"]}.zip"'})
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    job = await _job(request)
+    path = request.app[SETTINGS].jobs_dir / job["id"] / launch.LOG_FILE
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
+    return web.Response(text=text, content_type="text/plain")
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await _job(request)
+    if job["status"] in FINAL:
+        raise ConflictError(f"job '{job['id']}' has already ended ({job['status']})", field="status")
+    await request.app[RUNNER].cancel(job["id"])
+    return json_response(await _job(request))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """Delete a job, its record and its files; a queued or running job is cancelled first."""
+    job = await _job(request)
+    await request.app[RUNNER].cancel(job["id"])
+    final = await _job(request)
+    await asyncio.to_thread(request.app[DB].delete_job, job["id"])
+    job_dir = request.app[SETTINGS].jobs_dir / job["id"]
+    await asyncio.to_thread(shutil.rmtree, job_dir, ignore_errors=True)
+    return json_response(final)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "healthy"})
+
+
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    """The database and the runner: opened here, closed here (running jobs are stopped first)."""
+    settings = app[SETTINGS]
+    await asyncio.to_thread(settings.jobs_dir.mkdir, parents=True, exist_ok=True)
+    db = await asyncio.to_thread(JobsDB, settings.db_path)
+    runner = JobRunner(db, settings)
+    app[DB], app[RUNNER] = db, runner
+    await runner.recover()
+    yield
+    await runner.aclose()
+    await asyncio.to_thread(db.close)
+
+
+def create_app(settings: Settings) -> web.Application:
+    middlewares: list[Any] = [errors_as_json]
+    if settings.token:
+        middlewares.append(bearer_auth(settings.token))
+    app = web.Application(middlewares=middlewares)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_state)
+    app.add_routes([
+        *resource_routes("targets", _target_record),
+        *resource_routes("configs", _config_record),
+        web.post("/v1/evaluation/jobs", create_job),
+        web.get("/v1/evaluation/jobs", list_jobs),
+        web.get("/v1/evaluation/jobs/{job_id}", get_job),
+        web.delete("/v1/evaluation/jobs/{job_id}", delete_job),
+        web.get("/v1/evaluation/jobs/{job_id}/status", job_status),
+        web.get("/v1/evaluation/jobs/{job_id}/results", job_results),
+        web.get("/v1/evaluation/jobs/{job_id}/download", job_download),
+        web.get("/v1/evaluation/jobs/{job_id}/logs", job_logs),
+        web.post("/v1/evaluation/jobs/{job_id}/cancel", cancel_job),
+        web.get("/health", health),
+    ])
+    return app

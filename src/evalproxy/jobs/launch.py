@@ -1,0 +1,146 @@
+"""What a job hands to ``evalproxy run`` and what it reads back from the job directory.
+
+A job runs ``python -m evalproxy run -c <job_dir>/adapter_config_input.yaml -o <job_dir> --upstream URL
+--model-id ID [--api-key-name NAME] -- <command>``: the same code as the ``run`` command. The config file is
+launcher-shaped, ``{target: {api_endpoint: {url, model_id, api_key_name, type, adapter_config}}}``, where
+``adapter_config`` is the target's with the config's fields laid over it (a field the config sets replaces the
+target's whole, ``interceptors`` included). Unless the merged config names a ``caching_dir``, jobs with the same
+endpoint, adapter config, command and params share one cache under the data dir, so a re-submitted job replays
+the answers a failed or cancelled one already paid for.
+
+Everything here touches the disk and is called through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from evalproxy.adapter.config import parse_config, validate_plugins
+from evalproxy.adapter.errors import ConfigError
+from evalproxy.jobs.errors import InvalidFieldError
+from evalproxy.jobs.models import expand_command
+
+CONFIG_INPUT = "adapter_config_input.yaml"
+LOG_FILE = "evalproxy_run.log"
+RUN_RECORD = "results.yaml"
+METRICS_FILE = "eval_factory_metrics.json"
+HARNESS_RESULTS = ("results.yaml", "results.yml")
+
+
+def merged_adapter_config(target: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    return {**(target["api_endpoint"].get("adapter_config") or {}), **(config.get("adapter_config") or {})}
+
+
+def check_adapter_config(adapter_config: dict[str, Any], *, field: str) -> None:
+    """Refuse an adapter config ``evalproxy run`` would refuse, naming the field under ``field``.
+
+    Interceptor and hook names are resolved too, unless the config asks for ``discovery`` (user modules): those are
+    imported by the job's own proxy, never into the service.
+    """
+    try:
+        loaded = parse_config({"adapter_config": adapter_config})
+        discovery = adapter_config.get("discovery")
+        if not (isinstance(discovery, dict) and (discovery.get("modules") or discovery.get("dirs"))):
+            validate_plugins(loaded)
+    except ConfigError as exc:
+        inner = (exc.field or "").removeprefix("adapter_config").lstrip(".")
+        path = f"{field}.{inner}" if inner and not inner.startswith("[") else f"{field}{inner}"
+        raise InvalidFieldError(f"{path}: {exc.reason}", field=path) from None
+
+
+def cache_dir(root: Path, target: dict[str, Any], config: dict[str, Any]) -> Path:
+    """The shared cache of every job with this endpoint, adapter config, command and params."""
+    endpoint = target["api_endpoint"]
+    identity = {
+        "endpoint": {k: endpoint.get(k) for k in ("url", "model_id", "type")},
+        "adapter_config": merged_adapter_config(target, config),
+        "command": config["command"],
+        "params": config["params"],
+    }
+    digest = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return root / digest[:16]
+
+
+def launch_config(target: dict[str, Any], config: dict[str, Any], cache: Path) -> dict[str, Any]:
+    adapter = merged_adapter_config(target, config)
+    adapter.setdefault("caching_dir", str(cache))
+    ep = target["api_endpoint"]
+    endpoint: dict[str, Any] = {"url": ep["url"], "model_id": ep["model_id"], "type": ep["type"]}
+    if ep.get("api_key_name"):
+        endpoint["api_key_name"] = ep["api_key_name"]
+    endpoint["adapter_config"] = adapter
+    return {"target": {"api_endpoint": endpoint}}
+
+
+def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache_root: Path,
+            python: str) -> list[str]:
+    """Write the job's config file; the argv that runs the job."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir(cache_root, target, config)
+    cfg = job_dir / CONFIG_INPUT
+    cfg.write_text(yaml.safe_dump(launch_config(target, config, cache), sort_keys=False), encoding="utf-8")
+    ep = target["api_endpoint"]
+    argv = [python, "-m", "evalproxy", "run", "-c", str(cfg), "-o", str(job_dir),
+            "--upstream", ep["url"], "--model-id", ep["model_id"]]
+    if ep.get("api_key_name"):
+        argv += ["--api-key-name", ep["api_key_name"]]
+    return [*argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
+
+
+def answered(job_dir: Path) -> int | None:
+    """Requests the job's proxy has answered so far (from upstream or cache), or None before the first report."""
+    try:
+        data = orjson.loads((job_dir / METRICS_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    total = 0
+    for section, key in (("response_stats", "count"), ("caching", "hits")):
+        part = data.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, int):
+            total += value
+    return total
+
+
+def _scores_of(data: Any) -> dict[str, Any] | None:
+    if not isinstance(data, dict):
+        return None
+    inner = data["results"] if isinstance(data.get("results"), dict) else data
+    if not any(isinstance(inner.get(k), dict) for k in ("tasks", "groups")):
+        return None
+    return {"tasks": inner.get("tasks") or {}, "groups": inner.get("groups") or {}}
+
+
+def read_results(job_dir: Path) -> dict[str, Any] | None:
+    """``{tasks, groups}`` from the run record ``results.yaml``, else from a results file the harness wrote."""
+    record = job_dir / RUN_RECORD
+    found = [p for p in job_dir.rglob("results.y*ml") if p.name in HARNESS_RESULTS and p != record and p.is_file()]
+    found.sort(key=lambda p: (len(p.parts), str(p)))
+    for path in ([record] if record.is_file() else []) + found:
+        try:
+            scores = _scores_of(yaml.safe_load(path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError):
+            continue
+        if scores is not None:
+            return scores
+    return None
+
+
+def zip_dir(job_dir: Path, top: str) -> bytes:
+    """The job directory as a ZIP whose entries sit under ``top/``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        if job_dir.is_dir():
+            for path in sorted(job_dir.rglob("*")):
+                if path.is_file():
+                    zf.write(path, f"{top}/{path.relative_to(job_dir).as_posix()}")
+    return buf.getvalue()

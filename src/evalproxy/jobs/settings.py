@@ -1,0 +1,36 @@
+"""How the jobs service runs: where its state lives, how many jobs at once, who may call it."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 3826
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    """Holds ``jobs.db``, one directory per job under ``jobs/`` and the shared answer caches under ``cache/``."""
+    max_concurrent: int = 2
+    token: str | None = None
+    """When set, every call needs ``Authorization: Bearer <token>``."""
+    grace_period: float = 30.0
+    """Seconds a cancelled job has between SIGTERM (its hooks still run) and SIGKILL."""
+    poll_interval: float = 0.5
+    """How often a running job's progress is read from its statistics file."""
+    python: str = sys.executable
+    """The interpreter that runs ``python -m evalproxy run`` for each job."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "jobs.db"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def cache_root(self) -> Path:
+        return self.data_dir / "cache"
