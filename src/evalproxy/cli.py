@@ -1,4 +1,4 @@
-"""The command line: ``evalproxy serve | run | report | cache | demo``."""
+"""The command line: ``evalproxy serve | run | report | cache | demo | jobs``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.redact import redact_text
 from evalproxy.adapter.registry import Resolved, resolve
 from evalproxy.adapter.server.running import RunningProxy, run_command
+from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
 
 log = logging.getLogger("evalproxy")
 
@@ -218,12 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a self-contained run against a simulated model")
     p.add_argument("--output-dir", "-o", default=None, help="where the demo writes (default: a new temp dir)")
     p.add_argument("--requests", type=int, default=24)
+
+    add_jobs_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "jobs":
+            return run_jobs_command(args)
         if args.command in ("serve", "run"):
             setup_logging(args.log_level)
             loaded, resolved = _load(args)

@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 import yaml
 
-from evalproxy.adapter.config import parse_config, validate_plugins
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.config import parse_config
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.registry import resolve
 from evalproxy.jobs.errors import InvalidFieldError
 from evalproxy.jobs.models import expand_command
 
@@ -48,7 +49,7 @@ def check_adapter_config(adapter_config: dict[str, Any], *, field: str) -> None:
         loaded = parse_config({"adapter_config": adapter_config})
         discovery = adapter_config.get("discovery")
         if not (isinstance(discovery, dict) and (discovery.get("modules") or discovery.get("dirs"))):
-            validate_plugins(loaded)
+            resolve(loaded)
     except ConfigError as exc:
         inner = (exc.field or "").removeprefix("adapter_config").lstrip(".")
         path = f"{field}.{inner}" if inner and not inner.startswith("[") else f"{field}{inner}"

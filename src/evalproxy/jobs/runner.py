@@ -20,7 +20,7 @@ import signal
 from pathlib import Path
 from typing import IO, Any
 
-from evalproxy.adapter.redact import redact_text
+from evalproxy.adapter.core.redact import redact_text
 from evalproxy.jobs import launch
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
