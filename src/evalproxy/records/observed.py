@@ -30,19 +30,19 @@ _SAMPLING_FIELDS = frozenset({*GENERATION_PARAMS, "model", "stream", "stream_opt
 ABSENT = "<absent>"
 
 
-def _by_value(obj: Any) -> Any:
+def by_value(obj: Any) -> Any:
     """Numbers by value (``0`` and ``0.0`` are one), recursively; bools stay bools."""
     if isinstance(obj, float) and obj.is_integer():
         return int(obj)
     if isinstance(obj, Mapping):
-        return {str(k): _by_value(v) for k, v in obj.items()}
+        return {str(k): by_value(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_by_value(v) for v in obj]
+        return [by_value(v) for v in obj]
     return obj
 
 
 def canonical_json(obj: Any) -> bytes:
-    return orjson.dumps(_by_value(obj), option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(by_value(obj), option=orjson.OPT_SORT_KEYS)
 
 
 def prompt_key(body: Mapping[str, Any]) -> str:
