@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from evalproxy.adapter.errors import ConfigError
+from evalproxy.records.harnesses.base import add_score
 from evalproxy.records.results import (
     HarnessInfo,
     Results,
@@ -20,7 +21,6 @@ from evalproxy.records.results import (
     redact_command,
     write_results,
 )
-from evalproxy.records.harnesses.base import add_score
 
 
 def _results() -> Results:
@@ -96,10 +96,10 @@ class TestRecord:
 
     def test_missing_or_bad_file_is_a_config_error(self, tmp_path: Path) -> None:
         """A run dir without results.yaml, or with YAML that is not a mapping, raises ConfigError naming the file."""
-        with pytest.raises(ConfigError, match="no results.yaml"):
+        with pytest.raises(ConfigError, match=r"no results\.yaml"):
             read_results(tmp_path)
         (tmp_path / "results.yaml").write_text("- 1\n")
-        with pytest.raises(ConfigError, match="results.yaml"):
+        with pytest.raises(ConfigError, match=r"results\.yaml"):
             read_results(tmp_path)
 
     def test_git_hash_of_a_work_tree(self, tmp_path: Path) -> None:
