@@ -360,8 +360,11 @@ def _summary(values: list[float]) -> dict[str, Any]:
     v = sorted(values)
     if not v:
         return {"n": 0}
-    return {"n": len(v), "mean": round(sum(v) / len(v), 3), "p50": quantile(v, 0.5), "p90": quantile(v, 0.9),
-            "p99": quantile(v, 0.99), "max": v[-1], "sum": sum(v)}
+    def r(x: float | None) -> float | None:
+        return None if x is None else round(x, 3)
+
+    return {"n": len(v), "mean": r(sum(v) / len(v)), "p50": r(quantile(v, 0.5)), "p90": r(quantile(v, 0.9)),
+            "p99": r(quantile(v, 0.99)), "max": r(v[-1]), "sum": r(sum(v))}
 
 
 def _distributions(base: _Run, cand: _Run) -> list[Distribution]:
@@ -455,8 +458,17 @@ def render_text(c: Comparison) -> str:
     lines.append(f"answers changed: {c.changed_total} of {c.pairs_compared} paired prompts")
     for ch in c.changed:
         lines.append(f"  [{ch.key}] baseline: {_clip(ch.baseline)!r}  candidate: {_clip(ch.candidate)!r}")
+    if c.distributions:
+        lines.append("")
+        lines.append("distributions (baseline -> candidate):")
     for d in c.distributions:
-        lines.append(f"{d.name}: baseline {d.baseline}  candidate {d.candidate}")
+        if "n" in d.baseline or "n" in d.candidate:
+            parts = [f"{k} {_num(d.baseline.get(k))} -> {_num(d.candidate.get(k))}"
+                     for k in ("n", "mean", "p50", "p90", "p99", "max")]
+        else:
+            keys = list(dict.fromkeys([*d.baseline, *d.candidate]))
+            parts = [f"{k} {d.baseline.get(k, 0)} -> {d.candidate.get(k, 0)}" for k in keys]
+        lines.append(f"  {d.name}: " + ", ".join(parts))
     lines.append("")
     lines.append(f"exit status {c.exit_code}")
     return "\n".join(lines) + "\n"
