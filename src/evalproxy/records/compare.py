@@ -29,7 +29,7 @@ import yaml
 from evalproxy.adapter.errors import ConfigError
 from evalproxy.records.explain import explain_miss
 from evalproxy.records.harnesses.base import SampleScore, read_samples
-from evalproxy.records.observed import GENERATION_PARAMS, LedgerEntry, input_key, read_ledger
+from evalproxy.records.observed import GENERATION_PARAMS, LedgerEntry, prompt_key, read_ledger
 from evalproxy.records.results import RunRecord, read_results
 from evalproxy.records.stats import TestResult, is_binary, mcnemar, paired_bootstrap, quantile, stderr_z
 
@@ -386,10 +386,11 @@ def _distributions(base: _Run, cand: _Run) -> list[Distribution]:
 def _explain_one_run_prompts(base: _Run, cand: _Run, bodies: RequestBodies, limit: int) -> list[dict[str, Any]]:
     stored_b = list(bodies(base.path))
     stored_c = list(bodies(cand.path))
-    keys_b = {input_key(b) for b in stored_b}
+    # The full prompt key (all but the model), as a cache lookup sees it: a new seed alone is a miss.
+    keys_b = {prompt_key(b) for b in stored_b}
     out = []
     for body in stored_c:
-        if input_key(body) in keys_b:
+        if prompt_key(body) in keys_b:
             continue
         near = explain_miss(body, stored_b, limit=1)
         out.append({"request": dict(body), "nearest_distance": near[0].distance if near else None,
