@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,31 @@ class TestOutput:
 
         with pytest.raises(ConfigError, match="not a run directory"):
             compare_runs(tmp_path / "nope", tmp_path)
+
+
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
+class TestInBrowser:
+    def test_page_renders_and_model_script_never_runs(self, tmp_path: Path) -> None:
+        """Headless Chromium shows the three sections; a <script> in a model answer stays text and never runs."""
+        assert CHROMIUM is not None
+        a = make_run(tmp_path / "a", values=[1.0] * 20)
+        b = make_run(tmp_path / "b", values=[1.0] * 20,
+                     answers={0: "<script>document.title='pwned'</script>"})
+        page = tmp_path / "compare.html"
+        page.write_text(compare_runs(a, b).to_html())
+        profile = tmp_path / "chromium"
+        done = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+             "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(profile)})
+        assert done.returncode == 0, done.stderr[-2000:]
+        dom = done.stdout
+        assert "<title>evalproxy compare</title>" in dom
+        for section in ('id="comparable"', 'id="scores"', 'id="changed"'):
+            assert section in dom
+        assert "&lt;script&gt;document.title=" in dom

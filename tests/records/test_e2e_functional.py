@@ -131,9 +131,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
             shutil.copy2(FIXTURES / "sums.jsonl", work)
             argv = [INSPECT, "eval", "sums_task.py", "--model", "openai-api/fake/fake-model",
                     "--temperature", temperature, "--display", "none"]
-            env = {**os.environ, "FAKE_BASE_URL": proxy + "/v1", "FAKE_API_KEY": "sk-not-a-real-key",
-                   "INSPECT_LOG_DIR": "", "NO_COLOR": "1"}
-            env.pop("INSPECT_LOG_DIR")
+            env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
+            env.update(FAKE_BASE_URL=proxy + "/v1", FAKE_API_KEY="sk-not-a-real-key", NO_COLOR="1")
             started = time.time()
             procs[name] = (subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
                            argv, work, started)

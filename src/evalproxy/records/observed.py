@@ -184,7 +184,10 @@ class RequestLedger:
         finish_reason: str | None = None,
         cache_hit: bool | None = None,
     ) -> None:
-        """Queue one request (its final body, as sent upstream) and what came of it. Never blocks."""
+        """Queue one request (its final body, as sent upstream) and what came of it. Never blocks.
+
+        The body is hashed later, on the writer thread: it must not be changed after this call.
+        """
         if self._closed:
             raise RuntimeError("ledger is closed")
         fields = {"path": path, "cache_key": cache_key, "slot": slot, "status": status, "latency_ms": latency_ms,

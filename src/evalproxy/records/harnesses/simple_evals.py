@@ -30,11 +30,13 @@ class SimpleEvalsParser:
         return runs_program(argv, ("simple_evals", "simple-evals"))
 
     def paths_from_args(self, argv: Sequence[str], workdir: Path) -> list[Path]:
-        dirs = [workdir / v for v in arg_values(argv, "--out_dir", "--out-dir")] or [Path("/tmp")]
+        given = [workdir / v for v in arg_values(argv, "--out_dir", "--out-dir")]
+        dirs = given or [Path("/tmp")]  # simple-evals' own default
         names = arg_values(argv, "--eval_name", "--eval-name", "--eval")
         if names:
             return [d / f"{n}.json" for d in dirs for n in names[0].split(",")]
-        return dirs
+        # Without an eval name, only the top level of the default /tmp is looked at, never the whole tree.
+        return given or sorted(Path("/tmp").glob("*.json"))
 
     def is_output(self, path: Path) -> bool:
         if path.suffix != ".json":
