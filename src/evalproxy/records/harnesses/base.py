@@ -1,0 +1,151 @@
+"""What a harness parser gives back, and the helpers parsers share."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from evalproxy.records.results import HarnessInfo, Metric, Results, Score, ScoreStats, TaskResult
+
+Status = Literal["success", "error", "empty", "unknown"]
+
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    """One sample's score for one metric, as the harness graded it (for paired tests between runs)."""
+
+    task: str
+    sample_id: str
+    metric: str
+    value: float
+    answer: str | None = None
+
+
+@dataclass
+class HarnessResult:
+    """Scores read from a harness's own files, or the reason there are none."""
+
+    harness: str | None
+    status: Status
+    results: Results = field(default_factory=Results)
+    samples: list[SampleScore] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    version: str | None = None
+    reason: str | None = None
+
+    def info(self) -> HarnessInfo:
+        return HarnessInfo(name=self.harness, version=self.version, files=[str(f) for f in self.files],
+                           status=self.status, reason=self.reason)
+
+
+class HarnessParser(Protocol):
+    """Reads one harness's output. ``name`` is what goes into ``results.yaml`` and the export's ``harness`` field."""
+
+    name: str
+
+    def matches(self, argv: Sequence[str]) -> bool:
+        """True when ``argv`` runs this harness."""
+        ...
+
+    def paths_from_args(self, argv: Sequence[str], workdir: Path) -> list[Path]:
+        """Files or directories the command names as its output (with the harness's defaults)."""
+        ...
+
+    def is_output(self, path: Path) -> bool:
+        """True for a file this harness writes its scores to (checked on name and, cheaply, content)."""
+        ...
+
+    def parse(self, files: list[Path]) -> HarnessResult:
+        """Scores and per-sample results from the output files found."""
+        ...
+
+
+def flatten_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with shell strings (``sh -c "lm_eval ..."``) split into their words."""
+    out: list[str] = []
+    for a in argv:
+        if " " in a:
+            try:
+                out.extend(shlex.split(a))
+            except ValueError:
+                out.append(a)
+        else:
+            out.append(a)
+    return out
+
+
+def runs_program(argv: Sequence[str], names: Iterable[str]) -> bool:
+    """True when a word of ``argv`` is one of ``names`` as a program (by basename) or a ``-m`` module."""
+    wanted = set(names)
+    words = flatten_argv(argv)
+    for i, w in enumerate(words):
+        if os.path.basename(w) in wanted:
+            return True
+        if w == "-m" and i + 1 < len(words) and words[i + 1] in wanted:
+            return True
+    return False
+
+
+def arg_values(argv: Sequence[str], *flags: str) -> list[str]:
+    """Values given to any of ``flags`` (``--flag v`` or ``--flag=v``)."""
+    words = flatten_argv(argv)
+    out = []
+    for i, w in enumerate(words):
+        for f in flags:
+            if w == f and i + 1 < len(words):
+                out.append(words[i + 1])
+            elif w.startswith(f + "="):
+                out.append(w[len(f) + 1:])
+    return out
+
+
+def as_float(v: Any) -> float | None:
+    """A finite number as float; ``None`` for anything else (``"N/A"``, NaN, strings)."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def add_score(section: dict[str, TaskResult], task: str, metric: str, score: str, value: float,
+              stats: ScoreStats | None = None) -> None:
+    tr = section.setdefault(task, TaskResult())
+    m = tr.metrics.setdefault(metric, Metric())
+    m.scores[score] = Score(value=value, stats=stats)
+
+
+def load_json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def write_samples(run_dir: str | os.PathLike[str], samples: Sequence[SampleScore]) -> Path:
+    """Write per-sample scores to ``run_dir/samples.jsonl`` (one line each) and return the path."""
+    target = Path(run_dir) / SAMPLES_FILE
+    tmp = target.with_name(f".{SAMPLES_FILE}.tmp")
+    with open(tmp, "wb") as f:
+        for s in samples:
+            f.write(orjson.dumps(s.__dict__) + b"\n")
+    os.replace(tmp, target)
+    return target
+
+
+def read_samples(run_dir: str | os.PathLike[str]) -> Iterator[SampleScore]:
+    p = Path(run_dir) / SAMPLES_FILE
+    if not p.exists():
+        return
+    with open(p, "rb") as f:
+        for line in f:
+            if line.strip():
+                d = orjson.loads(line)
+                yield SampleScore(task=d["task"], sample_id=d["sample_id"], metric=d["metric"],
+                                  value=float(d["value"]), answer=d.get("answer"))

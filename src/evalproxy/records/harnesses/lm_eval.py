@@ -1,0 +1,129 @@
+"""lm-evaluation-harness: ``results_<date>.json`` under ``--output_path`` (per model), samples beside it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from evalproxy.records.harnesses.base import (
+    HarnessResult,
+    SampleScore,
+    Status,
+    add_score,
+    arg_values,
+    as_float,
+    load_json,
+    runs_program,
+)
+from evalproxy.records.results import Results, ScoreStats
+
+_RESULTS = re.compile(r"^results_(.+)\.json$")
+_SKIP = frozenset({"alias", "name", "sample_len", "sample_count", " "})
+
+
+class LmEvalParser:
+    name = "lm-evaluation-harness"
+
+    def matches(self, argv: Sequence[str]) -> bool:
+        return runs_program(argv, ("lm_eval", "lm-eval"))
+
+    def paths_from_args(self, argv: Sequence[str], workdir: Path) -> list[Path]:
+        return [workdir / v for v in arg_values(argv, "--output_path", "--output-path", "-o")]
+
+    def is_output(self, path: Path) -> bool:
+        return bool(_RESULTS.match(path.name)) or (path.suffix == ".json" and _looks_like_results(path))
+
+    def parse(self, files: list[Path]) -> HarnessResult:
+        # A directory that several runs wrote to holds several results files: the newest is this run's.
+        newest = max(files, key=lambda p: (p.stat().st_mtime, p.name))
+        try:
+            data = load_json(newest)
+        except (OSError, ValueError) as e:
+            return HarnessResult(self.name, "error", files=[newest], reason=f"unreadable results file: {e}")
+        results = _scores(data)
+        samples = _samples(newest, data)
+        status: Status = "empty" if results.is_empty() else "success"
+        return HarnessResult(self.name, status, results=results, samples=samples, files=[newest],
+                             version=data.get("lm_eval_version"),
+                             reason="the results file holds no scores" if status == "empty" else None)
+
+
+def _looks_like_results(path: Path) -> bool:
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return False
+    return b'"results"' in head and (b'"configs"' in head or b'"versions"' in head or b'"n-shot"' in head)
+
+
+def _split(key: str) -> tuple[str, str]:
+    metric, _, flt = key.partition(",")
+    return metric, flt or "none"
+
+
+def _metric_name(metric: str, flt: str) -> str:
+    return metric if flt == "none" else f"{metric}_{flt}"
+
+
+def _scores(data: dict[str, Any]) -> Results:
+    results = Results()
+    group_names = {g for g, subs in (data.get("group_subtasks") or {}).items() if subs}
+    counts = {t: (v or {}).get("effective") for t, v in (data.get("n-samples") or {}).items()}
+    sections: list[tuple[dict[str, Any], bool]] = [(data.get("results") or {}, False),
+                                                  (data.get("groups") or {}, True)]
+    for block, are_groups in sections:
+        for task, values in block.items():
+            if not isinstance(values, dict):
+                continue
+            target = results.groups if (are_groups or task in group_names) else results.tasks
+            stderrs = {}
+            for key, v in values.items():
+                metric, flt = _split(key)
+                if metric.endswith("_stderr"):
+                    stderrs[(metric[: -len("_stderr")], flt)] = as_float(v)
+            for key, v in values.items():
+                metric, flt = _split(key)
+                value = as_float(v)
+                if metric in _SKIP or metric.endswith("_stderr") or value is None or "," not in key:
+                    continue
+                name = _metric_name(metric, flt)
+                stderr = stderrs.get((metric, flt))
+                count = counts.get(task)
+                stats = ScoreStats(stderr=stderr, count=count) if (stderr is not None or count) else None
+                add_score(target, task, name, name, value, stats)
+    return results
+
+
+def _samples(results_file: Path, data: dict[str, Any]) -> list[SampleScore]:
+    m = _RESULTS.match(results_file.name)
+    if not m:
+        return []
+    stamp = m.group(1)
+    out: list[SampleScore] = []
+    for task in (data.get("configs") or {}):
+        path = results_file.with_name(f"samples_{task}_{stamp}.jsonl")
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = load_json_line(line)
+                flt = row.get("filter", "none")
+                resp = row.get("filtered_resps")
+                answer = resp[0] if isinstance(resp, list) and resp and isinstance(resp[0], str) else None
+                for metric in row.get("metrics") or []:
+                    value = as_float(row.get(metric))
+                    if value is not None:
+                        out.append(SampleScore(task=task, sample_id=str(row.get("doc_id")),
+                                               metric=_metric_name(metric, flt), value=value, answer=answer))
+    return out
+
+
+def load_json_line(line: bytes) -> dict[str, Any]:
+    d = orjson.loads(line)
+    return d if isinstance(d, dict) else {}

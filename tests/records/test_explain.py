@@ -1,0 +1,31 @@
+"""Why a request missed the cache."""
+
+from __future__ import annotations
+
+from evalproxy.records.explain import explain_miss, field_diffs
+
+BASE = {"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+        "temperature": 0, "max_tokens": 16}
+
+
+class TestExplain:
+    def test_nearest_request_and_its_differences(self) -> None:
+        """The nearest stored request comes first, with a changed system prompt named as such."""
+        request = {**BASE, "messages": [{"role": "system", "content": "Think step by step."}, BASE["messages"][1]]}
+        stored = [{**BASE, "messages": [{"role": "user", "content": "other"}], "max_tokens": 99}, BASE]
+        near = explain_miss(request, stored)
+        assert near[0].index == 1 and near[0].distance == 1
+        assert near[0].summary() == "system prompt changed (messages[0].content)"
+
+    def test_max_tokens_bump_and_new_seed(self) -> None:
+        """A larger max_tokens reads as bumped and an added seed as a new seed."""
+        diffs = [d.description for d in field_diffs({**BASE, "max_tokens": 32, "seed": 7}, BASE)]
+        assert diffs == ["max_tokens bumped: 16 -> 32", "new seed 7"]
+
+    def test_numbers_by_value(self) -> None:
+        """Integer 0 and float 0.0 are the same temperature, as in the cache key."""
+        assert field_diffs({**BASE, "temperature": 0.0}, BASE) == []
+
+    def test_nothing_stored(self) -> None:
+        """With no stored requests there is no neighbour."""
+        assert explain_miss(BASE, []) == []
