@@ -149,7 +149,7 @@ class TestOutput:
 
     def test_not_a_run_dir(self, tmp_path: Path) -> None:
         """A path that is not a directory is a ConfigError naming it."""
-        from evalproxy.adapter.errors import ConfigError
+        from evalproxy.adapter.core.errors import ConfigError
 
         with pytest.raises(ConfigError, match="not a run directory"):
             compare_runs(tmp_path / "nope", tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.harnesses.base import add_score
 from evalproxy.records.results import (
     HarnessInfo,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.rundir import expand_run_dir, new_run_id
 
 NOW = datetime(2026, 3, 4, 5, 6, 7)

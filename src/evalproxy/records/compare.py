@@ -26,7 +26,7 @@ from typing import Any, Literal
 import jinja2
 import yaml
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.explain import explain_miss
 from evalproxy.records.harnesses.base import SampleScore, read_samples
 from evalproxy.records.observed import GENERATION_PARAMS, LedgerEntry, prompt_key, read_ledger

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import orjson
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.results import RunRecord, read_results, write_atomic
 
 PROCESSED_FILE = "processed_results.json"

@@ -21,8 +21,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evalproxy.adapter.errors import ConfigError
-from evalproxy.adapter.redact import REDACTED, redact_obj, redact_text
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
 
 RESULTS_FILE = "results.yaml"
 

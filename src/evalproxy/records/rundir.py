@@ -8,7 +8,7 @@ import string
 from datetime import datetime
 from pathlib import Path
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 
 FIELDS = ("date", "time", "model", "run_id")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalproxy.adapter.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.harnesses.base import HarnessResult, arg_values, runs_program
 from evalproxy.records.results import read_results
 
