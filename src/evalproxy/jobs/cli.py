@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from evalproxy.adapter.core.net import is_loopback
 from evalproxy.jobs.app import create_app
 from evalproxy.jobs.settings import DEFAULT_PORT, Settings
 
@@ -21,15 +21,6 @@ log = logging.getLogger("evalproxy.jobs")
 
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "EVALPROXY_JOBS_TOKEN"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
