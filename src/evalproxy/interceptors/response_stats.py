@@ -133,8 +133,11 @@ class RunStats:
         out.merged_span = self.inference_time + other.inference_time
         return out
 
-    def summary(self) -> dict[str, Any]:
-        """The section written to eval_factory_metrics.json, with NeMo Evaluator's names where it has them."""
+    def section(self, *, brief: bool = False) -> dict[str, Any]:
+        """The section written to eval_factory_metrics.json, with NeMo Evaluator's names where it has them; ``brief``:
+        this run's own numbers for the ``runs`` map (no samples, scores or histograms: those are in the totals)."""
+        if brief:
+            return self._brief()
         ms = 0.001
         lat = self.latency_us
         out: dict[str, Any] = {
@@ -181,8 +184,7 @@ class RunStats:
                              "completion_tokens": self.tokens["completion_tokens"].histogram()}
         return out
 
-    def brief(self) -> dict[str, Any]:
-        """This run's own numbers, for the ``runs`` map (no samples, scores or histograms: those are in the totals)."""
+    def _brief(self) -> dict[str, Any]:
         ms = 0.001
         return {
             "count": self.count, "successful_count": self.successful, "streamed_count": self.streamed,
@@ -262,9 +264,9 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         total = mine
         for r in self.earlier:
             total = total.merge(r)
-        out = total.summary()
+        out = total.section()
         out["run_id"] = self.run.run_id
-        out["runs"] = {r.run_id: r.brief() for r in [*self.earlier, mine]}
+        out["runs"] = {r.run_id: r.section(brief=True) for r in [*self.earlier, mine]}
         return out
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
