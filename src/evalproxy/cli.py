@@ -1,4 +1,4 @@
-"""The command line: ``evalproxy serve | run | report | cache | demo | jobs``."""
+"""The command line: ``evalproxy serve | run | report | cache | export | compare | demo | jobs``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from evalproxy import __version__
 from evalproxy.adapter.config import LoadedConfig, load_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.redact import redact_text
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
 from evalproxy.adapter.registry import Resolved, resolve
 from evalproxy.adapter.server.running import RunningProxy, run_command
 from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
@@ -153,14 +156,85 @@ async def _serve(loaded: LoadedConfig, resolved: Resolved, run_id: str | None) -
     return 0
 
 
-async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str], run_id: str | None) -> int:
+def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, int], None]:
+    """A :attr:`Proxy.observers` entry feeding the run record: the body as sent upstream and what came of it.
+
+    Cheap on purpose: a whole JSON answer is read through ``resp.json`` (parsed once, usually already by the chain);
+    a stream gives its tokens only when the transport took the usage out of it, and no finish reason.
+    """
+
+    def observe(ctx: RequestContext, status: int) -> None:
+        body = ctx.json
+        if body is None or ctx.method != "POST":
+            return
+        observed.observe(body)
+        state = ctx.state
+        prompt_tokens = completion_tokens = finish_reason = None
+        resp = state.get(ANSWER)
+        usage: Any = None
+        if resp is not None and resp.stream is None:
+            data = resp.json if resp.ok else None
+            if isinstance(data, dict):
+                usage = data.get("usage")
+                choices = data.get("choices")
+                if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+                    finish_reason = choices[0].get("finish_reason")
+        else:
+            usage = state.get(STREAM_USAGE)
+        if isinstance(usage, dict):
+            prompt_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
+            completion_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+        ledger.record(body, path=ctx.path, cache_key=state.get(CACHE_KEY), slot=state.get(CACHE_SLOT),
+                      status=status, latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+                      prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                      finish_reason=finish_reason, cache_hit=bool(state.get(CACHE_HIT, False)))
+
+    return observe
+
+
+async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str], run_id: str | None,
+               results: str | None = None) -> int:
+    from evalproxy.records import ObservedParams, RequestLedger, expand_run_dir, new_run_id, record_run
+
+    run_id = run_id or new_run_id()
+    s = loaded.server
+    run_dir = expand_run_dir(s.output_dir, model=s.model_id, run_id=run_id)
+    if str(run_dir) != s.output_dir:
+        loaded = LoadedConfig(loaded.adapter, s.model_copy(update={"output_dir": str(run_dir)}), loaded.source,
+                              loaded.prefix)
     running = RunningProxy(loaded, resolved=resolved, run_id=run_id)
-    await running.start()
-    _warn_bind(loaded.server.host)
+    run_dir = running.proxy.run.output_dir  # absolute
+    observed = ObservedParams()
+    ledger = RequestLedger(run_dir)
+    running.proxy.observers.append(_ledger_observer(observed, ledger))
     try:
-        return await run_command(running, command)
+        await running.start()
+    except BaseException:
+        await ledger.aclose()
+        raise
+    _warn_bind(loaded.server.host)
+    argv = [a.replace("{proxy_url}", f"{running.url}/v1") for a in command]
+    started = time.time()
+    exit_code: int | None = None
+    try:
+        exit_code = await run_command(running, command)
+        return exit_code
     finally:
         await running.stop()
+        await ledger.aclose()
+        key = loaded.server.api_key()
+        try:
+            await asyncio.to_thread(
+                record_run, run_dir, argv=argv, workdir=os.getcwd(), started_at=started, finished_at=time.time(),
+                exit_code=exit_code, observed=observed, api_url=loaded.server.upstream_url,
+                model_id=loaded.server.model_id, endpoint_type=running.proxy.run.config.endpoint_type,
+                api_key_name=loaded.server.api_key_name,
+                adapter_config=running.proxy.run.config.model_dump(mode="json"), run_id=run_id,
+                explicit_results=results, secrets=[key] if key else [],
+            )
+            print(f"evalproxy: run record in {run_dir / 'results.yaml'}", file=sys.stderr, flush=True)
+        except Exception:
+            log.exception("cannot write the run record (results.yaml) in %s", run_dir)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -185,6 +259,8 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if not cache_dir.is_dir():
         print(f"evalproxy: no cache at {cache_dir}", file=sys.stderr)
         return 1
+    if args.action == "explain":
+        return _cache_explain(cache_dir, args.request)
     store = CacheStore(cache_dir)
     try:
         if args.action == "stats":
@@ -194,6 +270,142 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             print(f"cleared {n} entries from {cache_dir}")
     finally:
         store.close()
+    return 0
+
+
+def _stored_bodies(cache_dir: Path) -> list[dict[str, Any]]:
+    """The request bodies a cache saved (``save_requests``), in arrival order; none without a cache."""
+    from evalproxy.storage.disk import CacheStore
+
+    if not cache_dir.is_dir():
+        return []
+    store = CacheStore(cache_dir)
+    try:
+        return [p.request for p in store.saved_pairs(with_responses=False) if isinstance(p.request, dict)]
+    finally:
+        store.close()
+
+
+def _cache_explain(cache_dir: Path, request_file: str | None) -> int:
+    import json
+
+    from evalproxy.records import explain_miss
+
+    if not request_file:
+        print("evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    request = json.loads(Path(request_file).read_text())
+    if not isinstance(request, dict):
+        print(f"evalproxy: {request_file} does not hold a JSON object", file=sys.stderr)
+        return EXIT_CONFIG
+    stored = _stored_bodies(cache_dir)
+    if not stored:
+        print(f"no stored requests in {cache_dir} (the cache saves request bodies only with save_requests: true)")
+        return 1
+    for n in explain_miss(request, stored, limit=3):
+        print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
+    return 0
+
+
+def _answer_text(answer: Any) -> str | None:
+    """The text of an assembled answer: chat, completions or Responses."""
+    if not isinstance(answer, dict):
+        return None
+    choices = answer.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        c = choices[0]
+        msg = c.get("message")
+        if isinstance(msg, dict):
+            content = msg.get("content")
+            return content if isinstance(content, str) else None
+        text = c.get("text")
+        return text if isinstance(text, str) else None
+    text = answer.get("output_text")
+    return text if isinstance(text, str) else None
+
+
+class _CachedAnswers:
+    """``answers(run_dir, prompt_key)`` for compare: the ledger says which cache key and slot, the run's cache has
+    the answer."""
+
+    def __init__(self) -> None:
+        self._index: dict[Path, dict[str, tuple[str, int]]] = {}
+        self._stores: dict[Path, Any] = {}
+
+    def __call__(self, run_dir: str | os.PathLike[str], key: str) -> str | None:
+        from evalproxy.records import read_ledger
+        from evalproxy.storage.disk import CacheStore
+
+        d = Path(run_dir)
+        if d not in self._index:
+            index: dict[str, tuple[str, int]] = {}
+            for e in read_ledger(d):
+                if e.cache_key is not None and e.prompt_key not in index:
+                    index[e.prompt_key] = (e.cache_key, e.slot or 0)
+            self._index[d] = index
+            self._stores[d] = CacheStore(d / "cache") if (d / "cache").is_dir() else None
+        where, store = self._index[d].get(key), self._stores[d]
+        if where is None or store is None:
+            return None
+        stored = store.get_answer(*where)
+        return _answer_text(stored.json()) if stored is not None else None
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            if store is not None:
+                store.close()
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from evalproxy.records import compare_runs
+
+    for d in (args.baseline, args.candidate):
+        if not Path(d).is_dir():
+            print(f"evalproxy compare: no run directory at {d}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    def bodies(run_dir: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:
+        return _stored_bodies(Path(run_dir) / "cache")
+
+    answers = _CachedAnswers()
+    try:
+        c = compare_runs(args.baseline, args.candidate, answers=answers, request_bodies=bodies,
+                         max_changed=args.max_changed, fail_on=args.fail_on)
+    finally:
+        answers.close()
+    print(c.to_text())
+    if args.html:
+        Path(args.html).write_text(c.to_html(), encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(c.to_dict(), indent=2, default=str), encoding="utf-8")
+    return c.exit_code
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from evalproxy.records import export_runs
+
+    missing = [d for d in args.run_dirs if not Path(d).is_dir()]
+    if missing:
+        print(f"evalproxy export: no run directory at {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.dest == "mlflow":
+        if not args.tracking_uri:
+            print("evalproxy export --dest mlflow needs --tracking-uri", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            from evalproxy.records.mlflow_export import export_to_mlflow
+
+            ids = export_to_mlflow(args.run_dirs, tracking_uri=args.tracking_uri, experiment_name=args.experiment)
+        except ImportError as exc:
+            print(f"evalproxy: MLflow export needs the extra evalproxy[mlflow] ({exc})", file=sys.stderr)
+            return 1
+        for run_id in ids:
+            print(run_id)
+        return 0
+    print(export_runs(args.run_dirs, args.output_dir, fmt=args.format))
     return 0
 
 
@@ -207,14 +419,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a harness command through the proxy: evalproxy run -c FILE -- CMD ...")
     _add_server_args(p, default_port=0)
+    p.add_argument("--results", help="the harness's results file or directory, when evalproxy cannot find it")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
     p = sub.add_parser("report", help="re-render report.html and report.json from a run directory")
     p.add_argument("dir")
 
-    p = sub.add_parser("cache", help="look at or clear a cache")
-    p.add_argument("action", choices=["stats", "clear"])
+    p = sub.add_parser("cache", help="look at or clear a cache, or explain why a request misses")
+    p.add_argument("action", choices=["stats", "clear", "explain"])
     p.add_argument("dir", help="a run's output dir or a cache dir")
+    p.add_argument("request", nargs="?", help="explain: a request body (JSON file)")
+
+    p = sub.add_parser("export", help="gather runs into processed_results.json (or .csv, or MLflow)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--output-dir", "-o", default=".", help="where processed_results goes (default: here)")
+    p.add_argument("--dest", choices=["file", "mlflow"], default="file")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., file:...)")
+    p.add_argument("--experiment", default="evalproxy", help="MLflow experiment name")
+
+    p = sub.add_parser("compare", help="are two runs comparable, what changed in scores and answers")
+    p.add_argument("baseline")
+    p.add_argument("candidate")
+    p.add_argument("--html", help="write the comparison as an HTML page")
+    p.add_argument("--json", help="write the comparison as JSON")
+    p.add_argument("--fail-on", choices=["none", "regression"], default="none",
+                   help="regression: exit 1 on a significant drop in a score")
+    p.add_argument("--max-changed", type=int, default=10, help="changed answers shown")
 
     p = sub.add_parser("demo", help="a self-contained run against a simulated model")
     p.add_argument("--output-dir", "-o", default=None, help="where the demo writes (default: a new temp dir)")
@@ -243,12 +474,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not cmd:
                 print("evalproxy run: give the command after --", file=sys.stderr)
                 return EXIT_CONFIG
-            return asyncio.run(_run(loaded, resolved, cmd, args.run_id))
+            return asyncio.run(_run(loaded, resolved, cmd, args.run_id, args.results))
         setup_logging(os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
         if args.command == "report":
             return _cmd_report(args)
         if args.command == "cache":
             return _cmd_cache(args)
+        if args.command == "export":
+            return _cmd_export(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
         if args.command == "demo":
             from evalproxy.demo import run_demo
 

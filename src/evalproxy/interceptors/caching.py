@@ -46,7 +46,7 @@ from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event, assemble_stream
-from evalproxy.adapter.flow.state import CACHE_HIT
+from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.storage import Claim, Failure, SavedPair, Store, StoredAnswer, cache_key, open_store
 from evalproxy.storage.base import LEASE_SECONDS
@@ -176,6 +176,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             resp.headers[CACHE_HEADER] = "miss"
             return resp
         key = cache_key(ctx.path, body, ctx.query)
+        ctx.state[CACHE_KEY] = key
         sampled = self.sampled(body)
         reuse = self.params.reuse_cached_responses
         if reuse and not sampled:
@@ -184,6 +185,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                 stored = await asyncio.shield(shared)
                 if stored is not None:
                     self.counts["shared"] += 1
+                    ctx.state[CACHE_SLOT] = 0
                     return self._hit(ctx, stored)
         ok, claim = await self._io("read", store.claim(key, self.run.run_id, sampled=sampled, reuse=reuse,
                                                        owner=self.owner))
@@ -193,6 +195,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             resp.headers[CACHE_HEADER] = "miss"
             return resp
         claim = await self._wait_for_slot(key, claim)
+        ctx.state[CACHE_SLOT] = claim.slot
         if claim.answer is not None:
             return self._hit(ctx, claim.answer)
         if not claim.leased:  # the store failed while waiting: answer without it

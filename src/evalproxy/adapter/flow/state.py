@@ -53,3 +53,10 @@ UPSTREAM_SECONDS = StateKey[float]("upstream_seconds")
 STREAM_USAGE = StateKey[dict[str, Any]]("stream_usage")
 """Token usage of a streamed answer whose client did not ask for it: the transport asked upstream for it, took it out
 of the stream before the client saw it, and left it here for statistics."""
+CACHE_KEY = StateKey[str]("cache_key")
+"""The key a cache stored (or looked up) the answer under, set by the cache once it is known."""
+CACHE_SLOT = StateKey[int]("cache_slot")
+"""Which stored answer of that key the request got (0, or the k-th sample of a pass@k run), set by the cache."""
+ANSWER = StateKey[Any]("answer")
+"""The final answer (a :class:`~evalproxy.adapter.flow.response.ProxyResponse`) the client was sent, set by the
+server for its observers; read ``.json`` only of a whole (non-stream) answer."""

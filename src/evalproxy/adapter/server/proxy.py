@@ -30,7 +30,7 @@ from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
+from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, UPSTREAM_SECONDS
 from evalproxy.adapter.registry.registry import Resolved, resolve
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile, write_effective_config
 from evalproxy.adapter.server.prometheus import CONTENT_TYPE, Prometheus
@@ -50,6 +50,9 @@ STATS_WRITE_INTERVAL = 5.0
 _PATH_PARAMS = ("cache_dir", "output_dir")
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+Observer = Callable[[RequestContext, int], None]
+"""Called on the event loop once per answered request, with its context and final status; it must be quick (queue
+work, never wait). The answer sent is ``ctx.state[ANSWER]`` when there was one."""
 
 
 def new_run_id() -> str:
@@ -102,6 +105,9 @@ class Proxy:
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[web.StreamResponse]] = set()
+        self.observers: list[Observer] = []
+        """Told of every request the chain answered (see :data:`Observer`); a failing observer is logged, never
+        raised."""
 
     async def _not_started(self, ctx: RequestContext) -> ProxyResponse:
         raise ProxyError("the proxy is not started")
@@ -263,6 +269,8 @@ class Proxy:
                 resp = _error_response(ProxyError(f"internal proxy error: {type(exc).__name__}: {exc}"))
                 self.prometheus.errors.labels("internal").inc()
             status = resp.status
+            if ctx is not None:
+                ctx.state[ANSWER] = resp
             if status >= 400 and self.run.config.log_failed_requests:
                 self._log_failure(ctx, resp)
             if resp.stream is not None:
@@ -390,6 +398,11 @@ class Proxy:
             if up is not None:
                 self.prometheus.upstream_seconds.observe(up)
                 self.prometheus.overhead_seconds.observe(max(0.0, total - up))
+            for observer in self.observers:
+                try:
+                    observer(ctx, status)
+                except Exception:
+                    log.exception("request observer %r failed", observer)
 
     # -- own endpoints ---------------------------------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:

@@ -1,0 +1,171 @@
+"""End to end through the command line, in real processes: ``evalproxy run`` with inspect-ai against the fake model,
+then ``evalproxy export``, ``evalproxy compare`` and ``evalproxy cache explain`` on the run directories it wrote.
+
+Three runs are made once per module, at the same time: ``base`` (temperature 0), ``hot`` (temperature 0.6) and
+``worse`` (temperature 0, a model that gets 3 more sums wrong).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evalproxy.cli import _CachedAnswers
+from evalproxy.records import read_ledger, read_results
+
+from .conftest import FIXTURES
+
+pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (in the test extra)")
+from inspect_ai.log import read_eval_log
+
+INSPECT = str(Path(sys.executable).parent / "inspect")
+FAKE = Path(__file__).parent / "fake_openai.py"
+CONFIG = """\
+interceptors:
+  - name: system_message
+    config: {system_message: "Answer with a number."}
+  - name: caching
+    config: {save_requests: true}
+  - name: endpoint
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the fake upstream exited"
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} did not come up")
+
+
+def _evalproxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
+    return subprocess.run([sys.executable, "-m", "evalproxy", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    root = tmp_path_factory.mktemp("cli-e2e")
+    fakes, upstreams = [], []
+    for wrong in ("7,11", "7,11,13,15,17"):
+        port = _free_port()
+        fakes.append(subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--wrong", wrong],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        upstreams.append(f"http://127.0.0.1:{port}/v1")
+    try:
+        for fake, upstream in zip(fakes, upstreams, strict=True):
+            _wait_up(f"{upstream}/models", fake)
+        cfg = root / "adapter.yaml"
+        cfg.write_text(CONFIG)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
+        env.update(OPENAI_API_KEY="sk-not-a-real-key", NO_COLOR="1")
+        procs = {}
+        for name, temperature, upstream in (("base", "0.0", upstreams[0]), ("hot", "0.6", upstreams[0]),
+                                            ("worse", "0.0", upstreams[1])):
+            work = root / f"work-{name}"
+            work.mkdir()
+            shutil.copy2(FIXTURES / "sums_task.py", work)
+            shutil.copy2(FIXTURES / "sums.jsonl", work)
+            argv = [sys.executable, "-m", "evalproxy", "run", "-c", str(cfg), "--upstream", upstream,
+                    "--model-id", "fake-model", "-o", str(root / "runs" / (name + "-{model}-{date}")),
+                    "--log-level", "WARNING", "--",
+                    INSPECT, "eval", "sums_task.py", "--model", "openai-api/fake/fake-model",
+                    "--model-base-url", "{proxy_url}", "--temperature", temperature, "--display", "none"]
+            procs[name] = subprocess.Popen(argv, cwd=work, env={**env, "FAKE_API_KEY": "sk-not-a-real-key"},
+                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        dirs = {}
+        for name, proc in procs.items():
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, out.decode()[-3000:]
+            (found,) = (root / "runs").glob(f"{name}-fake-model-2*")
+            dirs[name] = found
+        yield dirs
+    finally:
+        for fake in fakes:
+            fake.terminate()
+            fake.wait(10)
+
+
+def test_run_writes_results_with_the_harness_score(runs: dict[str, Path]) -> None:
+    """`evalproxy run -- inspect eval` writes results.yaml into the templated run dir, scored as inspect scored it."""
+    record = read_results(runs["base"])
+    log = read_eval_log(record.harness.files[0])  # inspect-ai's own reader
+    assert log.results is not None
+    own = log.results.scores[0].metrics["accuracy"].value
+    assert record.results.tasks["sums"].metrics["match"].scores["accuracy"].value == own == 0.8
+    assert record.config.params["temperature"] == 0.0 and record.evalproxy.observed_requests == 10
+
+
+def test_ledger_has_what_the_proxy_saw(runs: dict[str, Path]) -> None:
+    """Every request is in requests.jsonl with its cache key, slot, status, tokens and finish reason."""
+    entries = list(read_ledger(runs["hot"]))
+    assert len(entries) == 10
+    assert all(e.cache_key and e.slot is not None and e.status == 200 and e.cache_hit is False for e in entries)
+    assert {(e.prompt_tokens, e.completion_tokens, e.finish_reason) for e in entries} == {(12, 1, "stop")}
+    answers = _CachedAnswers()  # what compare reads: the ledger's cache key and slot, looked up in the run's cache
+    try:
+        assert all((answers(runs["hot"], e.prompt_key) or "").isdigit() for e in entries)
+    finally:
+        answers.close()
+
+
+def test_export_two_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`evalproxy export` turns the two runs into one processed_results.json with an entry for each."""
+    done = _evalproxy("export", str(runs["base"]), str(runs["hot"]), "-o", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((tmp_path / "processed_results.json").read_text())
+    entries = doc["benchmarks"]["sums"]["models"]["fake-model"]
+    assert len(entries) == 2 and all(e["scores"]["sums_match_accuracy"] == 0.8 for e in entries)
+
+
+def test_compare_names_temperature(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`evalproxy compare` of runs differing only in temperature exits 2 and says so, naming temperature."""
+    page, doc = tmp_path / "c.html", tmp_path / "c.json"
+    done = _evalproxy("compare", str(runs["base"]), str(runs["hot"]), "--html", str(page), "--json", str(doc))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "temperature 0.0 in baseline, 0.6 in candidate on 10 of 10 requests" in done.stdout
+    assert "not comparable" in page.read_text() and json.loads(doc.read_text())
+
+
+def test_compare_lists_the_three_changed_answers(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`evalproxy compare` of comparable runs where 3 answers differ exits 0 and lists those 3, read from the caches."""
+    doc = tmp_path / "c.json"
+    done = _evalproxy("compare", str(runs["base"]), str(runs["worse"]), "--fail-on", "regression", "--json", str(doc))
+    assert done.returncode == 0, done.stdout + done.stderr
+    c = json.loads(doc.read_text())
+    assert c["comparable"] and c["changed_total"] == 3 and c["pairs_compared"] == 10
+    assert sorted((ch["baseline"], ch["candidate"]) for ch in c["changed"]) == [("13", "14"), ("15", "16"),
+                                                                               ("17", "18")]
+
+
+def test_cache_explain_names_the_changed_field(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`evalproxy cache explain` finds the stored request nearest to a changed one and names the field."""
+    request = {"model": "fake-model", "temperature": 0.0, "max_tokens": 999,
+               "messages": [{"role": "system", "content": "Answer with a number."},
+                            {"role": "user", "content": "What is 1 + 1?"}]}
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps(request))
+    done = _evalproxy("cache", "explain", str(runs["base"]), str(req))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stored request #" in done.stdout and "max_tokens" in done.stdout
