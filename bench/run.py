@@ -11,7 +11,10 @@ and one load generator per measurement (bench/loadgen.py). Targets:
 * ``bare``: a bare aiohttp pass-through (bench/bare_proxy.py), the ceiling for any Python proxy;
 * ``nemo028`` / ``nemo030``: NeMo Evaluator's adapter server with caching on, each in its own venv under
   bench/.venvs, made here on first use (a peer that cannot be installed is reported, not fatal);
-* ``evalproxy_uvloop``: evalproxy on uvloop (bench/evalproxy_uvloop.py), when asked for in ``--peers``.
+* ``evalproxy_uvloop``: evalproxy on uvloop (bench/evalproxy_uvloop.py), when asked for in ``--peers``;
+* ``evalproxy_prev``: ``python -m evalproxy serve`` exactly as ``evalproxy``, but run by the interpreter given in
+  ``--prev-python`` (the venv of another checkout, e.g. the previous main in a git worktree), for paired
+  new/previous ratios of req/s and CPU per request within one run.
 
 A round starts each target once and runs every scenario against it; rounds interleave the targets (each round in a
 rotated order) and every figure is the median over rounds, ratios being taken within a round first. Each measurement
@@ -44,7 +47,8 @@ ROOT = HERE.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 NEMO = {"nemo028": ("0.2.8", "3.11"), "nemo030": ("0.3.0", "3.12")}
-ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_uvloop", "nemo028", "nemo030"]
+ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_uvloop", "nemo028", "nemo030"]
+PREV_PY: str | None = None  # the interpreter of target evalproxy_prev (--prev-python)
 STREAM_EVENTS = 23  # role, 20 content events, finish, [DONE] (bench/upstream.py)
 DEFAULT_CHAIN = {
     "interceptors": [
@@ -154,11 +158,13 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         p = subprocess.Popen([PY, str(HERE / "bare_proxy.py"), "--upstream", upstream], stdout=subprocess.PIPE,
                              text=True)
         return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
-    if name in ("evalproxy", "evalproxy_uvloop"):
+    if name in ("evalproxy", "evalproxy_prev", "evalproxy_uvloop"):
         cfg = workdir / "evalproxy.json"
         cfg.write_text(json.dumps(chain or DEFAULT_CHAIN))
-        entry = ["-m", "evalproxy"] if name == "evalproxy" else [str(HERE / "evalproxy_uvloop.py")]
-        p = subprocess.Popen([PY, *entry, "serve", "--config", str(cfg), "--port", "0", "--upstream",
+        entry = [str(HERE / "evalproxy_uvloop.py")] if name == "evalproxy_uvloop" else ["-m", "evalproxy"]
+        py = PREV_PY if name == "evalproxy_prev" else PY
+        assert py is not None
+        p = subprocess.Popen([py, *entry, "serve", "--config", str(cfg), "--port", "0", "--upstream",
                               f"{upstream}/v1", "--output-dir", str(workdir / "out"), "--log-level", "WARNING"],
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = first_line(p)
@@ -343,10 +349,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short windows: a smoke run in under three minutes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peers", default="bare,nemo028,nemo030",
-                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_uvloop")
+                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_uvloop, evalproxy_prev")
+    ap.add_argument("--prev-python", default=None,
+                    help="the Python (a venv's bin/python) that runs peer evalproxy_prev, e.g. the previous main's")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory scenario")
     ap.add_argument("--out", default=None, help="JSON results (a Markdown table is written beside it)")
     args = ap.parse_args()
+    global PREV_PY
+    PREV_PY = args.prev_python
     z = QUICK if args.quick else FULL
     t_begin = time.monotonic()
     peers = [p for p in args.peers.split(",") if p]
@@ -360,6 +370,9 @@ def main() -> None:
             print(f"peer {p} skipped: {why}", flush=True)
         if p == "evalproxy_uvloop" and subprocess.run([PY, "-c", "import uvloop"]).returncode != 0:
             unavailable[p] = "uvloop is not installed in this venv"
+        if p == "evalproxy_prev" and (PREV_PY is None or subprocess.run(
+                [PREV_PY, "-c", "import evalproxy"], cwd=ROOT).returncode != 0):
+            unavailable[p] = "needs --prev-python, an interpreter that imports evalproxy"
     targets = [t for t in ALL_TARGETS if t in ("direct", "evalproxy") or (t in peers and t not in unavailable)]
 
     upstream = start_upstream()
@@ -468,12 +481,21 @@ def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailabl
                 r = paired(results, s, t, peer, lambda x, y: x["rps"] / y["rps"] if y["rps"] else float("inf"))
                 if r is not None:
                     ratios[f"{t}/{peer} {s} req/s"] = r
+    vs_prev: dict[str, Any] = {}  # evalproxy / evalproxy_prev per round: the median and every round
+    for s in ("latency_c1", "tput_c64", "tput_c256", "tput_c64_50ms", "cache_hits_c64", "stream_c256",
+              "stream_c256_burst"):
+        ra, rb = results.get(s, {}).get("evalproxy"), results.get(s, {}).get("evalproxy_prev")
+        if ra and rb:
+            for key in ("rps", "cpu_ms_per_req"):
+                per_round = [x[key] / y[key] for x, y in zip(ra, rb, strict=False) if y.get(key)]
+                if per_round:
+                    vs_prev[f"{s} {key}"] = {"median": statistics.median(per_round), "rounds": per_round}
     mem = {t: {k: (statistics.median(v) if isinstance(v, list) else v) for k, v in m.items()}
            for t, m in memory.items()}
     report = {"machine": machine(), "quick": args.quick, "rounds": args.rounds, "sizes": z.__dict__,
               "command": " ".join([Path(PY).name, *sys.argv]), "seconds": seconds, "targets": targets,
               "unavailable": unavailable, "summary": summary, "added_vs_direct": added, "ratios": ratios,
-              "memory": mem}
+              "vs_prev": vs_prev, "memory": mem}
     report["targets_check"] = check_targets(report)
     return report
 
@@ -592,6 +614,11 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {k} | {' | '.join(_fmt(v.get(k)) for v in r['added_vs_direct'].values())} |")
     lines += ["", "| ratio (paired within rounds) | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in r["ratios"].items()]
+    if r.get("vs_prev"):
+        lines += ["", "| evalproxy / evalproxy_prev (paired within rounds) | median | min | max |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['median']:.3f} | {min(v['rounds']):.3f} | {max(v['rounds']):.3f} |"
+                  for k, v in r["vs_prev"].items()]
     m = mem.get("evalproxy", {})
     if "growth_pct" in m:
         lines += ["", f"Memory (evalproxy, default chain, c=64): idle {m['idle_before_growth_mb']:.1f} MB, after "
