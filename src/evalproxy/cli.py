@@ -295,7 +295,11 @@ def _cache_explain(cache_dir: Path, request_file: str | None) -> int:
         print("evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
               file=sys.stderr)
         return EXIT_CONFIG
-    request = json.loads(Path(request_file).read_text())
+    try:
+        request = json.loads(Path(request_file).read_text())
+    except ValueError as exc:
+        print(f"evalproxy: {request_file} is not JSON: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if not isinstance(request, dict):
         print(f"evalproxy: {request_file} does not hold a JSON object", file=sys.stderr)
         return EXIT_CONFIG
@@ -401,6 +405,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             ids = export_to_mlflow(args.run_dirs, tracking_uri=args.tracking_uri, experiment_name=args.experiment)
         except ImportError as exc:
             print(f"evalproxy: MLflow export needs the extra evalproxy[mlflow] ({exc})", file=sys.stderr)
+            return 1
+        except Exception as exc:  # MLflow's own errors (an unsupported store URI, a server that refuses)
+            print(f"evalproxy: MLflow export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         for run_id in ids:
             print(run_id)
