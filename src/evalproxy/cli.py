@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -17,10 +16,12 @@ from typing import Any
 from evalproxy import __version__
 from evalproxy.adapter.config import LoadedConfig, load_config
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.net import is_loopback
 from evalproxy.adapter.core.redact import redact_text
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
 from evalproxy.adapter.registry import Resolved, resolve
+from evalproxy.adapter.server.proxy import new_run_id
 from evalproxy.adapter.server.running import RunningProxy, run_command
 from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
 
@@ -74,14 +75,6 @@ def raise_open_files_limit() -> None:
     except (ImportError, ValueError, OSError) as exc:  # not on every platform, nor always permitted
         log.debug("open-files limit unchanged: %s", exc)
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,9 +187,9 @@ def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, in
 
 async def _run(loaded: LoadedConfig, resolved: Resolved, command: list[str], run_id: str | None,
                results: str | None = None) -> int:
-    from evalproxy.records import ObservedParams, RequestLedger, expand_run_dir, new_run_id, record_run
+    from evalproxy.records import ObservedParams, RequestLedger, expand_run_dir, record_run
 
-    run_id = run_id or new_run_id()
+    run_id = run_id or new_run_id()  # the proxy's: sorts by start time, so saved pairs sort across runs
     s = loaded.server
     run_dir = expand_run_dir(s.output_dir, model=s.model_id, run_id=run_id)
     if str(run_dir) != s.output_dir:

@@ -131,7 +131,8 @@ def read_results(job_dir: Path) -> dict[str, Any] | None:
             scores = _scores_of(yaml.safe_load(path.read_text(encoding="utf-8")))
         except (OSError, yaml.YAMLError):
             continue
-        if scores is not None:
+        # A run record of a harness evalproxy could not read has no scores: the harness's own file may have them.
+        if scores is not None and (scores["tasks"] or scores["groups"]):
             return scores
     return None
 

@@ -317,7 +317,7 @@ class Proxy:
         return RequestContext(
             method=request.method,
             path=self._path(request),
-            query=request.query_string,
+            query=request.rel_url.raw_query_string,
             headers=CIMultiDict(request.headers),
             raw=raw,
             json=body,
