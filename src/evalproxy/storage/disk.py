@@ -7,15 +7,15 @@ entry intact and at most loses what it was writing)::
     requests/    "<run_id>/<request_id>" -> a saved pair: the request as sent upstream (secrets redacted), key, path,
                  status, when; keys sort in arrival order (run ids start with their start time)
     failures/    "<run_id>/<request_id>" -> a failed request (upstream error or broken stream), at most MAX_FAILURES
-    slots/       "count:<run>:<key>" -> the run's next pass@k slot of a key; "free:<run>:<key>" -> slots handed back;
-                 "lease:<key>:<slot>" -> who fills that slot now, until when
+    slots.sqlite3  counters (run, key) -> the run's next pass@k slot of a key and the slots handed back;
+                 leases (key, slot) -> who fills that slot now (owner, host, pid), until when
 
 An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = len(header) (4 bytes) + header JSON
 + body``: a truncated or altered entry fails its checksum and is treated as a miss, deleted, never served.
 
-Every diskcache call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one
-SQLite transaction per database; claims take the ``slots`` database's write lock, so they are atomic across
-processes sharing the directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis).
+Every call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one SQLite
+transaction per database; claims take the slot table's write lock, so they are atomic across processes sharing the
+directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import logging
 import os
 import queue
 import socket
+import sqlite3
 import struct
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,20 +68,111 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def lease_value(owner: str) -> bytes:
-    return orjson.dumps({"owner": owner, "host": HOST, "pid": os.getpid(), "expires": now() + LEASE_SECONDS})
+class SlotTable:
+    """pass@k slot counters and leases in one small SQLite file (``slots.sqlite3``), by the stdlib driver.
+
+    Every method is a few indexed statements; inside :meth:`transaction` (the store thread's batch) they commit
+    together, and the write lock they take makes a claim atomic across processes sharing the directory. A lease row
+    says who fills a slot until when; it holds while it has not expired and, on this host, its process is alive.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(
+            "CREATE TABLE IF NOT EXISTS counters (run TEXT, key TEXT, next INTEGER, free TEXT,"
+            " PRIMARY KEY (run, key)) WITHOUT ROWID;"
+            "CREATE TABLE IF NOT EXISTS leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
+            " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID;")
+        self._depth = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (nested calls join the outer one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.db.execute("COMMIT")
+
+    def next_slot(self, run_id: str, key: str) -> int:
+        """The run's next slot of ``key``: the lowest one handed back, else a new one."""
+        with self.transaction():
+            row = self.db.execute("SELECT next, free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO counters VALUES (?, ?, 1, '')", (run_id, key))
+                return 0
+            nxt, free = row
+            if free:
+                slots = sorted(int(x) for x in free.split(","))
+                self.db.execute("UPDATE counters SET free=? WHERE run=? AND key=?",
+                                (",".join(map(str, slots[1:])), run_id, key))
+                return slots[0]
+            self.db.execute("UPDATE counters SET next=? WHERE run=? AND key=?", (nxt + 1, run_id, key))
+            return int(nxt)
+
+    def hand_back(self, run_id: str, key: str, slot: int) -> None:
+        with self.transaction():
+            row = self.db.execute("SELECT free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
+            if row is None:
+                return
+            free = {int(x) for x in row[0].split(",") if x}
+            free.add(slot)
+            self.db.execute("UPDATE counters SET free=? WHERE run=? AND key=?",
+                            (",".join(map(str, sorted(free))), run_id, key))
+
+    def lease(self, key: str, slot: int, owner: str) -> bool:
+        """Take the slot's lease for ``owner``; False while another holder's lease is live (a lease of ``owner``
+        itself is live too: a sibling request of the same process fills the slot)."""
+        with self.transaction():
+            row = self.db.execute("SELECT host, pid, expires FROM leases WHERE key=? AND slot=?",
+                                  (key, slot)).fetchone()
+            if row is not None and _live(*row):
+                return False
+            self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
+                            (key, slot, owner, HOST, os.getpid(), now() + LEASE_SECONDS))
+            return True
+
+    def release(self, key: str, slot: int, owner: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
+
+    def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
+        with self.transaction():
+            expires = now() + LEASE_SECONDS
+            self.db.executemany("UPDATE leases SET expires=? WHERE key=? AND slot=? AND owner=?",
+                                [(expires, key, slot, owner) for key, slot in slots])
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+
+    def clear(self) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM counters")
+            self.db.execute("DELETE FROM leases")
+
+    def close(self) -> None:
+        self.db.close()
 
 
-def lease_live(raw: Any) -> bool:
-    """Whether a lease still holds: not expired, and its process (when on this host) still alive. A lease of the
-    asking owner holds too: a sibling request of the same process is filling the slot."""
-    try:
-        lease = orjson.loads(raw)
-    except (orjson.JSONDecodeError, TypeError):
+def _live(host: str, pid: int, expires: float) -> bool:
+    """Whether a lease still holds: not expired, and its process (when on this host) still alive."""
+    if expires < now():
         return False
-    if lease.get("expires", 0) < now():
-        return False
-    return not (lease.get("host") == HOST and isinstance(lease.get("pid"), int) and not _alive(lease["pid"]))
+    return not (host == HOST and not _alive(pid))
 
 
 class CacheStore:
@@ -92,16 +184,17 @@ class CacheStore:
         self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
         self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
         self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
-        self.slots = diskcache.Cache(str(self.dir / "slots"), **_NEVER_EVICT)
+        self.slots = SlotTable(self.dir / "slots.sqlite3")
         self._n_failures = len(self.failures_db)
 
     @property
     def databases(self) -> tuple[diskcache.Cache, ...]:
-        return (self.responses, self.requests, self.failures_db, self.slots)
+        return (self.responses, self.requests, self.failures_db)
 
     def close(self) -> None:
         for c in self.databases:
             c.close()
+        self.slots.close()
 
     # -- answers ---------------------------------------------------------------------------------------------------
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
@@ -125,22 +218,7 @@ class CacheStore:
 
     # -- slots and leases ------------------------------------------------------------------------------------------
     def claim(self, key: str, run_id: str, sampled: bool, reuse: bool, owner: str) -> Claim:
-        slot = 0
-        if sampled:
-            with self.slots.transact():
-                free_key = f"free:{run_id}:{key}"
-                free: list[int] = self.slots.get(free_key) or []
-                if free:
-                    slot = min(free)
-                    free.remove(slot)
-                    if free:
-                        self.slots.set(free_key, free)
-                    else:
-                        self.slots.delete(free_key)
-                else:
-                    count_key = f"count:{run_id}:{key}"
-                    slot = int(self.slots.get(count_key, 0))
-                    self.slots.set(count_key, slot + 1)
+        slot = self.slots.next_slot(run_id, key) if sampled else 0
         if not reuse:
             return Claim(slot, None, leased=True)
         return self.acquire(key, slot, owner)
@@ -149,16 +227,13 @@ class CacheStore:
         answer = self.get_answer(key, slot)
         if answer is not None:
             return Claim(slot, answer)
-        lease_key = f"lease:{key}:{slot}"
-        with self.slots.transact():
-            held = self.slots.get(lease_key)
-            if held is not None and lease_live(held):
-                return Claim(slot, None, leased=False)
-            # Filled between the look-up and the lease? Then it is an answer after all.
-            answer = self.get_answer(key, slot)
-            if answer is not None:
-                return Claim(slot, answer)
-            self.slots.set(lease_key, lease_value(owner))
+        if not self.slots.lease(key, slot, owner):
+            return Claim(slot, None, leased=False)
+        # Filled between the look-up and the lease (by a process that has released it since)? An answer after all.
+        answer = self.get_answer(key, slot)
+        if answer is not None:
+            self.slots.release(key, slot, owner)
+            return Claim(slot, answer)
         return Claim(slot, None, leased=True)
 
     def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
@@ -166,35 +241,15 @@ class CacheStore:
             self.put_answer(key, slot, answer)
         if pair is not None:
             self.save_pair(pair)
-        self._release(key, slot, owner)
+        self.slots.release(key, slot, owner)
 
     def abandon(self, key: str, slot: int, owner: str, run_id: str, sampled: bool) -> None:
-        with self.slots.transact():
-            self._release(key, slot, owner)
-            if sampled:
-                free_key = f"free:{run_id}:{key}"
-                free: list[int] = self.slots.get(free_key) or []
-                if slot not in free:
-                    self.slots.set(free_key, sorted([*free, slot]))
+        self.slots.release(key, slot, owner)
+        if sampled:
+            self.slots.hand_back(run_id, key, slot)
 
     def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
-        with self.slots.transact():
-            for key, slot in slots:
-                lease_key = f"lease:{key}:{slot}"
-                held = self.slots.get(lease_key)
-                if held is not None and orjson.loads(held).get("owner") == owner:
-                    self.slots.set(lease_key, lease_value(owner))
-
-    def _release(self, key: str, slot: int, owner: str) -> None:
-        lease_key = f"lease:{key}:{slot}"
-        held = self.slots.get(lease_key)
-        if held is not None:
-            try:
-                mine = orjson.loads(held).get("owner") == owner
-            except orjson.JSONDecodeError:
-                mine = True
-            if mine:
-                self.slots.delete(lease_key)
+        self.slots.renew(slots, owner)
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
     def save_pair(self, pair: SavedPair) -> None:
@@ -260,11 +315,11 @@ class CacheStore:
             "answers": len(self.responses),
             "saved_requests": len(self.requests),
             "failures": len(self.failures_db),
-            "bytes": sum(c.volume() for c in self.databases),
+            "bytes": sum(c.volume() for c in self.databases) + self.slots.size(),
         }
 
     def clear(self) -> int:
-        n: int = sum(int(c.clear()) for c in (self.responses, self.requests, self.failures_db))
+        n: int = sum(int(c.clear()) for c in self.databases)
         self.slots.clear()
         self._n_failures = 0
         return n
@@ -323,7 +378,7 @@ class StoreWorker:
                 with ExitStack() as stack:
                     # One commit per database per batch: answers, and the slots and leases claims write.
                     stack.enter_context(self.store.responses.transact())
-                    stack.enter_context(self.store.slots.transact())
+                    stack.enter_context(self.store.slots.transaction())
                     for fn, args, fut in batch:
                         try:
                             outcomes.append((fut, fn(*args), None))
