@@ -86,32 +86,50 @@ class SlotTable:
             " PRIMARY KEY (run, key)) WITHOUT ROWID;"
             "CREATE TABLE IF NOT EXISTS leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
             " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID;")
-        self._depth = 0
+        self._batch = False
+        self._open = False
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction (nested calls join the outer one)."""
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
+        """A batch: the write transaction its first write opens stays open until the batch ends, so the batch's
+        claims and releases commit together; a batch of look-ups alone opens none."""
+        if self._batch:
+            yield
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        self._batch = True
         try:
             yield
         except BaseException:
-            self._depth = 0
-            self.db.execute("ROLLBACK")
+            self._end("ROLLBACK")
             raise
-        self._depth = 0
-        self.db.execute("COMMIT")
+        finally:
+            self._batch = False
+        self._end("COMMIT")
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Statements that must see and change the table atomically (across processes: BEGIN IMMEDIATE)."""
+        if not self._open:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._open = True
+        if self._batch:
+            yield  # committed with the batch
+            return
+        try:
+            yield
+        except BaseException:
+            self._end("ROLLBACK")
+            raise
+        self._end("COMMIT")
+
+    def _end(self, how: str) -> None:
+        if self._open:
+            self._open = False
+            self.db.execute(how)
 
     def next_slot(self, run_id: str, key: str) -> int:
         """The run's next slot of ``key``: the lowest one handed back, else a new one."""
-        with self.transaction():
+        with self._writing():
             row = self.db.execute("SELECT next, free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
             if row is None:
                 self.db.execute("INSERT INTO counters VALUES (?, ?, 1, '')", (run_id, key))
@@ -126,7 +144,7 @@ class SlotTable:
             return int(nxt)
 
     def hand_back(self, run_id: str, key: str, slot: int) -> None:
-        with self.transaction():
+        with self._writing():
             row = self.db.execute("SELECT free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
             if row is None:
                 return
@@ -138,7 +156,7 @@ class SlotTable:
     def lease(self, key: str, slot: int, owner: str) -> bool:
         """Take the slot's lease for ``owner``; False while another holder's lease is live (a lease of ``owner``
         itself is live too: a sibling request of the same process fills the slot)."""
-        with self.transaction():
+        with self._writing():
             row = self.db.execute("SELECT host, pid, expires FROM leases WHERE key=? AND slot=?",
                                   (key, slot)).fetchone()
             if row is not None and _live(*row):
@@ -148,10 +166,11 @@ class SlotTable:
             return True
 
     def release(self, key: str, slot: int, owner: str) -> None:
-        self.db.execute("DELETE FROM leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
+        with self._writing():
+            self.db.execute("DELETE FROM leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
 
     def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
-        with self.transaction():
+        with self._writing():
             expires = now() + LEASE_SECONDS
             self.db.executemany("UPDATE leases SET expires=? WHERE key=? AND slot=? AND owner=?",
                                 [(expires, key, slot, owner) for key, slot in slots])
@@ -160,7 +179,7 @@ class SlotTable:
         return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
 
     def clear(self) -> None:
-        with self.transaction():
+        with self._writing():
             self.db.execute("DELETE FROM counters")
             self.db.execute("DELETE FROM leases")
 
