@@ -156,13 +156,16 @@ class SlotTable:
     def lease(self, key: str, slot: int, owner: str) -> bool:
         """Take the slot's lease for ``owner``; False while another holder's lease is live (a lease of ``owner``
         itself is live too: a sibling request of the same process fills the slot)."""
+        row = (key, slot, owner, HOST, os.getpid(), now() + LEASE_SECONDS)
         with self._writing():
-            row = self.db.execute("SELECT host, pid, expires FROM leases WHERE key=? AND slot=?",
-                                  (key, slot)).fetchone()
-            if row is not None and _live(*row):
+            if self.db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1:
+                return True  # the common case: nobody held it
+            held = self.db.execute("SELECT host, pid, expires FROM leases WHERE key=? AND slot=?",
+                                   (key, slot)).fetchone()
+            if held is not None and _live(*held):
                 return False
-            self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, slot, owner, HOST, os.getpid(), now() + LEASE_SECONDS))
+            self.db.execute("UPDATE leases SET owner=?, host=?, pid=?, expires=? WHERE key=? AND slot=?",
+                            (*row[2:], key, slot))
             return True
 
     def release(self, key: str, slot: int, owner: str) -> None:
@@ -249,10 +252,11 @@ class CacheStore:
         if not self.slots.lease(key, slot, owner):
             return Claim(slot, None, leased=False)
         # Filled between the look-up and the lease (by a process that has released it since)? An answer after all.
-        answer = self.get_answer(key, slot)
-        if answer is not None:
-            self.slots.release(key, slot, owner)
-            return Claim(slot, answer)
+        if answer_key(key, slot) in self.responses:
+            answer = self.get_answer(key, slot)
+            if answer is not None:
+                self.slots.release(key, slot, owner)
+                return Claim(slot, answer)
         return Claim(slot, None, leased=True)
 
     def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
