@@ -1,0 +1,372 @@
+"""The shared store: Redis (6+) or Valkey by URL, for many proxies on many machines, over ``redis.asyncio``.
+
+``redis://host:6379/0``, ``rediss://...`` (TLS) or ``unix:///path/redis.sock``; two query parameters are ours and
+are taken off before the URL reaches the client: ``prefix`` (default ``evalproxy:``; several projects share one
+server) and ``timeout`` (seconds, default 2: bounds every store call, connecting included).
+
+Layout, every key under the prefix ``P``::
+
+    P answers               hash  "<key>:<slot>" -> an encoded answer (the same bytes and checksum as on disk)
+    P lease:<key>:<slot>    string "<owner>|<host>|<pid>", SET NX PX: who fills that slot now, until it expires
+    P next:<run>:<key>      string counter: the run's next new pass@k slot of a key
+    P free:<run>:<key>      sorted set of slots handed back by failed samples (the lowest is taken first)
+    P pairs / P pair        sorted set by arrival time (wall clock) / hash member -> saved pair (JSON)
+    P failures / P failure  the same for failed requests, at most MAX_FAILURES
+
+A claim is one Lua script (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
+the server. A lease lives LEASE_SECONDS unless renewed; on this host, a lease whose process died is taken over at
+once, as the disk store does. After a failed call (server down, timeout) the store refuses calls for a short while
+without touching the network, so a dead server costs requests nothing; the connection pool reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from evalproxy.adapter.core.redact import redact_url
+from evalproxy.storage.base import (
+    LEASE_SECONDS,
+    MAX_FAILURES,
+    Claim,
+    Failure,
+    SavedPair,
+    StoreClosedError,
+    StoredAnswer,
+    answer_key,
+)
+
+log = logging.getLogger("evalproxy.store")
+
+T = TypeVar("T")
+SCHEMES = ("redis://", "rediss://", "unix://")
+DEFAULT_PREFIX = "evalproxy:"
+DEFAULT_TIMEOUT = 2.0
+RETRY_AFTER = 1.0
+"""After a failed call, seconds during which calls fail at once; the next call after it tries the server again."""
+HOST = socket.gethostname()
+
+# KEYS: answers, lease base ("P lease:<key>"), next, free. ARGV: key, lease value, lease ms, slot ("next": the
+# run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns {slot, code, payload}:
+# code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the holder).
+_CLAIM = """
+local slot
+if ARGV[4] == 'next' then
+  local free = redis.call('ZPOPMIN', KEYS[4])
+  if free[1] then slot = tonumber(free[1]) else slot = redis.call('INCR', KEYS[3]) - 1 end
+else
+  slot = tonumber(ARGV[4])
+end
+if ARGV[5] ~= '1' then return {slot, 1, ''} end
+local answer = redis.call('HGET', KEYS[1], ARGV[1] .. ':' .. slot)
+if answer then return {slot, 0, answer} end
+local lease = KEYS[2] .. ':' .. slot
+if redis.call('SET', lease, ARGV[2], 'NX', 'PX', ARGV[3]) then return {slot, 1, ''} end
+local holder = redis.call('GET', lease)
+if holder and ARGV[6] ~= '' and holder == ARGV[6] then
+  redis.call('SET', lease, ARGV[2], 'PX', ARGV[3])
+  return {slot, 1, ''}
+end
+return {slot, 2, holder or ''}
+"""
+
+# KEYS: lease keys. ARGV: lease value. Deletes those still held by that value.
+_RELEASE = """
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k); n = n + 1 end
+end
+return n
+"""
+
+# KEYS: lease keys. ARGV: lease value, ms.
+_RENEW = """
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
+end
+return 1
+"""
+
+# KEYS: failures zset, failure hash. ARGV: score, member, record, bound.
+_ADD_FAILURE = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+
+class StoreUnavailableError(ConnectionError):
+    """The server did not answer in time or refused; raised at once while it is known to be down."""
+
+
+def parse_location(url: str) -> tuple[str, str, float]:
+    """(client URL, prefix, timeout) from a store URL with our own ``prefix`` and ``timeout`` query parameters."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in ("prefix", "timeout")}
+    rest = [(k, v) for k, v in query if k not in ("prefix", "timeout")]
+    client_url = urlunsplit(parts._replace(query=urlencode(rest)))
+    return client_url, ours.get("prefix", DEFAULT_PREFIX), float(ours.get("timeout", DEFAULT_TIMEOUT))
+
+
+def _pid_dead(holder: str) -> bool:
+    """Whether a lease value names a process on this host that is gone."""
+    try:
+        _, host, pid = holder.rsplit("|", 2)
+        if host != HOST:
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, OSError):
+        return False
+    return False
+
+
+class RedisStore:
+    """The :class:`~evalproxy.storage.base.Store` interface over a Redis or Valkey server."""
+
+    def __init__(self, url: str, *, prefix: str | None = None, timeout: float | None = None,
+                 max_connections: int = 64) -> None:
+        client_url, url_prefix, url_timeout = parse_location(url)
+        self.location = redact_url(url) or url
+        self.prefix = prefix if prefix is not None else url_prefix
+        self.timeout = timeout if timeout is not None else url_timeout
+        self.pool = aredis.ConnectionPool.from_url(
+            client_url, max_connections=max_connections, socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout, health_check_interval=15,
+            # A pooled connection that went stale (the server restarted) is retried once on a fresh one.
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+        # Any: redis-py types its commands as "a value or an awaitable" for its sync and async clients at once.
+        self.redis: Any = aredis.Redis(connection_pool=self.pool)
+        p = self.prefix
+        self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
+        self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
+        self._claim: Any = self.redis.register_script(_CLAIM)
+        self._release: Any = self.redis.register_script(_RELEASE)
+        self._renew: Any = self.redis.register_script(_RENEW)
+        self._add_failure: Any = self.redis.register_script(_ADD_FAILURE)
+        self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
+        self._down_until = 0.0
+        self._closed = False
+
+    # -- every call goes through here --------------------------------------------------------------------------------
+    async def _call(self, aw: Awaitable[T]) -> T:
+        if self._closed:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise StoreClosedError(f"the store at {self.location} is closed")
+        if time.monotonic() < self._down_until:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise StoreUnavailableError(f"the store at {self.location} is down (retrying shortly)")
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await aw
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + RETRY_AFTER
+            what = (f"did not answer within {self.timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
+                    else f"is unreachable ({exc})")
+            raise StoreUnavailableError(f"the store at {self.location} {what}") from exc
+
+    def _lease_value(self, owner: str) -> str:
+        return f"{owner}|{HOST}|{os.getpid()}"
+
+    def _lease(self, key: str, slot: int) -> str:
+        return f"{self.prefix}lease:{key}:{slot}"
+
+    def _decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
+        try:
+            return StoredAnswer.decode(blob)
+        except Exception as exc:
+            log.warning("cache entry %s:%d is corrupted (%s): the request goes upstream", key, slot, exc)
+            return None
+
+    # -- slots and leases ------------------------------------------------------------------------------------------
+    async def _run_claim(self, key: str, run_id: str, slot: int | None, *, reuse: bool, owner: str,
+                         stale: str = "") -> tuple[int, int, Any]:
+        """The claim script: ``slot`` None takes the run's next slot of ``key``."""
+        p = self.prefix
+        keys = [self.k_answers, f"{p}lease:{key}", f"{p}next:{run_id}:{key}", f"{p}free:{run_id}:{key}"]
+        args = [key, self._lease_value(owner), int(LEASE_SECONDS * 1000), "next" if slot is None else slot,
+                "1" if reuse else "", stale]
+        got, code, payload = await self._call(self._claim(keys=keys, args=args))
+        return int(got), int(code), payload
+
+    async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
+        slot, code, payload = await self._run_claim(key, run_id, None if sampled else 0, reuse=reuse, owner=owner)
+        return await self._outcome(key, slot, code, payload, owner)
+
+    async def acquire(self, key: str, slot: int, *, owner: str) -> Claim:
+        _, code, payload = await self._run_claim(key, "-", slot, reuse=True, owner=owner)
+        return await self._outcome(key, slot, code, payload, owner)
+
+    async def _outcome(self, key: str, slot: int, code: int, payload: Any, owner: str) -> Claim:
+        if code == 0:
+            answer = self._decode(key, slot, payload)
+            if answer is not None:
+                return Claim(slot, answer)
+            # A damaged entry: dropped; the caller fills the slot again.
+            await self._call(self.redis.hdel(self.k_answers, answer_key(key, slot)))
+            return await self.acquire(key, slot, owner=owner)
+        if code == 1:
+            return Claim(slot, None, leased=True)
+        holder = payload.decode() if isinstance(payload, bytes) else str(payload)
+        if holder and _pid_dead(holder):
+            _, code2, payload2 = await self._run_claim(key, "-", slot, reuse=True, owner=owner, stale=holder)
+            if code2 != 2:
+                return await self._outcome(key, slot, code2, payload2, owner)
+        return Claim(slot, None, leased=False)
+
+    async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
+                     pair: SavedPair | None) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        if answer is not None:
+            pipe.hset(self.k_answers, answer_key(key, slot), answer.encode())
+        if pair is not None:
+            self._queue_pair(pipe, pair)
+        await self._release(keys=[self._lease(key, slot)], args=[self._lease_value(owner)], client=pipe)
+        await self._call(pipe.execute())
+
+    async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        await self._release(keys=[self._lease(key, slot)], args=[self._lease_value(owner)], client=pipe)
+        if sampled:
+            pipe.zadd(f"{self.prefix}free:{run_id}:{key}", {str(slot): slot})
+        await self._call(pipe.execute())
+
+    async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
+        if slots:
+            await self._call(self._renew(keys=[self._lease(k, s) for k, s in slots],
+                                         args=[self._lease_value(owner), int(LEASE_SECONDS * 1000)]))
+
+    # -- saved pairs -----------------------------------------------------------------------------------------------
+    def _queue_pair(self, pipe: Any, pair: SavedPair) -> None:
+        record = {
+            "run_id": pair.run_id, "request_id": pair.request_id, "key": pair.key, "occurrence": pair.occurrence,
+            "path": pair.path, "request": pair.request, "status": pair.status, "stream": pair.stream,
+            "received_at": pair.received_at,
+        }
+        member = f"{pair.run_id}/{pair.request_id:010d}/{self._tag}"
+        pipe.zadd(self.k_pairs, {member: pair.received_at})
+        pipe.hset(self.k_pair, member, orjson.dumps(record))
+
+    async def save_pair(self, pair: SavedPair) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        self._queue_pair(pipe, pair)
+        await self._call(pipe.execute())
+
+    async def count_pairs(self) -> int:
+        return int(await self._call(self.redis.zcard(self.k_pairs)))
+
+    async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]:
+        """Saved pairs in the order their requests arrived, whichever proxy took them, the first ``limit``."""
+        members = await self._call(self.redis.zrange(self.k_pairs, 0, -1 if limit is None else limit - 1))
+        if not members:
+            return []
+        raws = await self._call(self.redis.hmget(self.k_pair, members))
+        pairs = []
+        for raw in raws:
+            try:
+                pairs.append(SavedPair(**orjson.loads(raw)))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+        if with_responses and pairs:
+            blobs = await self._call(self.redis.hmget(self.k_answers,
+                                                      [answer_key(p.key, p.occurrence) for p in pairs]))
+            for pair, blob in zip(pairs, blobs, strict=True):
+                answer = self._decode(pair.key, pair.occurrence, blob) if blob is not None else None
+                if answer is not None:
+                    pair.response, pair.events = answer.json(), answer.events
+        return pairs
+
+    # -- failures --------------------------------------------------------------------------------------------------
+    async def record_failure(self, failure: Failure) -> None:
+        rec = {k: getattr(failure, k) for k in Failure.__dataclass_fields__}
+        member = f"{failure.run_id}/{failure.request_id:010d}/{self._tag}"
+        await self._call(self._add_failure(keys=[self.k_failures, self.k_failure],
+                                           args=[failure.received_at, member, orjson.dumps(rec), MAX_FAILURES]))
+
+    async def failures(self, limit: int | None = None) -> list[Failure]:
+        members = await self._call(self.redis.zrange(self.k_failures, 0, -1 if limit is None else limit - 1))
+        if not members:
+            return []
+        out = []
+        for raw in await self._call(self.redis.hmget(self.k_failure, members)):
+            try:
+                out.append(Failure(**orjson.loads(raw)))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+        return out
+
+    # -- answers, raw (for ``evalproxy cache copy``) ---------------------------------------------------------------
+    async def count_answers(self) -> int:
+        return int(await self._call(self.redis.hlen(self.k_answers)))
+
+    async def raw_answers(self, batch: int = 500) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every stored answer as ("<key>:<slot>", encoded bytes), in batches."""
+        cursor = 0
+        while True:
+            cursor, chunk = await self._call(self.redis.hscan(self.k_answers, cursor, count=batch))
+            if chunk:
+                yield [(k.decode(), v) for k, v in chunk.items()]
+            if cursor == 0:
+                return
+
+    async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None:
+        if items:
+            await self._call(self.redis.hset(self.k_answers, mapping=dict(items)))
+
+    # -- whole store -----------------------------------------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hlen(self.k_answers)
+        pipe.zcard(self.k_pairs)
+        pipe.zcard(self.k_failures)
+        for k in (self.k_answers, self.k_pair, self.k_failure):
+            pipe.memory_usage(k)
+        answers, pairs, failures, *sizes = await self._call(pipe.execute())
+        return {"location": self.location, "backend": "redis", "prefix": self.prefix, "answers": answers,
+                "saved_requests": pairs, "failures": failures, "bytes": sum(s or 0 for s in sizes)}
+
+    async def clear(self) -> int:
+        """Delete every key under this store's prefix (answers, pairs, failures, slots, leases)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hlen(self.k_answers)
+        pipe.zcard(self.k_pairs)
+        pipe.zcard(self.k_failures)
+        n = sum(await self._call(pipe.execute()))
+        batch: list[bytes] = []
+        async for k in self.redis.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000):
+            batch.append(k)
+            if len(batch) >= 1000:
+                await self._call(self.redis.unlink(*batch))
+                batch.clear()
+        if batch:
+            await self._call(self.redis.unlink(*batch))
+        return int(n)
+
+    async def ping(self) -> bool:
+        return bool(await self._call(self.redis.ping()))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self.redis.aclose()
+        await self.pool.disconnect()
