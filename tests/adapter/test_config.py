@@ -78,9 +78,11 @@ class TestShapes:
         assert parse_config({"html_report_size": 0}).adapter.post_eval_hooks[0].config["html_report_size"] == 0
 
     def test_default_chain_saves_what_the_report_shows(self) -> None:
-        """With no chain configured, caching saves html_report_size requests for the report, answers uncapped."""
+        """With no chain configured, caching saves html_report_size pairs for the report (NeMo's conversion)."""
         loaded = parse_config({"html_report_size": 3})
-        assert loaded.adapter.interceptor_config("caching") == {"save_requests": True, "max_saved_requests": 3}
+        assert loaded.adapter.interceptor_config("caching") == {
+            "reuse_cached_responses": True, "save_requests": True, "save_responses": True,
+            "max_saved_requests": 3, "max_saved_responses": 3}
 
     def test_bare_adapter_config_and_string_entries(self, tmp_path: Path) -> None:
         """A bare adapter_config loads, and a bare string in interceptors means {name: it}."""
@@ -115,9 +117,17 @@ class TestShapes:
         assert loaded.server.model_id == "meta/llama-3.1-8b-instruct"
 
     def test_empty_config_gets_the_default_chain(self) -> None:
-        """No interceptors at all means the default chain and the default report hook."""
+        """A config listing no interceptors means NeMo Evaluator's default chain (no reasoning) and report hook."""
         loaded = parse_config({})
+        assert [i.name for i in loaded.adapter.interceptors] == ["caching", "endpoint", "response_stats"]
+        assert loaded.default_chain == "nemo"
+
+    def test_no_config_file_gets_evalproxys_own_default(self) -> None:
+        """With no config file at all, evalproxy's own default chain applies: it adds reasoning."""
+        loaded = read_config(None)
         assert [i.name for i in loaded.adapter.interceptors] == ["reasoning", "caching", "endpoint", "response_stats"]
+        assert loaded.default_chain == "evalproxy"
+        assert loaded.adapter.interceptor_config("caching")["reuse_cached_responses"] is True
         assert [h.name for h in loaded.adapter.post_eval_hooks] == ["post_eval_report"]
 
     def test_disabled_entries_are_kept_but_skipped(self, tmp_path: Path) -> None:
@@ -165,14 +175,14 @@ class TestLegacy:
         caching = loaded.adapter.interceptor_config("caching")
         assert caching is not None
         assert caching["save_requests"] is True and caching["max_saved_requests"] == 7
-        assert "max_saved_responses" not in caching  # NeMo caps cached answers at the report size; we do not
+        assert caching["max_saved_responses"] == 7  # as NeMo emits it; reuse makes caching save every answer
         assert loaded.adapter.post_eval_hooks[0].config == {"report_types": ["html", "json"], "html_report_size": 7}
 
     def test_unavailable_legacy_feature_is_named(self, tmp_path: Path) -> None:
         """A legacy switch for a NeMo feature evalproxy lacks is refused by name, not silently dropped."""
-        with pytest.raises(ConfigError, match="raise_client_errors") as info:
-            load_config(write(tmp_path, {"use_raise_client_errors": True}))
-        assert info.value.field == "use_raise_client_errors"
+        with pytest.raises(ConfigError, match="nvcf") as info:
+            load_config(write(tmp_path, {"use_nvcf": True}))
+        assert info.value.field == "use_nvcf"
 
     def test_process_reasoning_traces_is_use_reasoning(self, tmp_path: Path) -> None:
         """The newer legacy key process_reasoning_traces (as in NeMo's local_reasoning example) adds reasoning."""
@@ -198,12 +208,21 @@ class TestErrors:
         assert "cachin" in str(info.value) and "caching" in str(info.value) and "cfg.yaml" in str(info.value)
 
     def test_unknown_param_names_interceptor_and_field(self, tmp_path: Path) -> None:
-        """An unknown param names the interceptor and the field path."""
+        """Under strict, an unknown param is an error naming the interceptor, the field path and the closest name."""
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, {"interceptors": [{"name": "caching", "config": {"cache_dri": "x"}},
-                                                          "endpoint"]}))
+                                                          "endpoint"]}), strict=True)
         assert info.value.field == "interceptors[0].config.cache_dri"
-        assert "caching" in str(info.value)
+        assert "caching" in str(info.value) and "'cache_dir'" in str(info.value)
+
+    def test_unknown_param_is_a_warning_by_default(self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """Without strict, an unknown param loads with a warning naming interceptor, field and closest name."""
+        loaded = read_config(write(tmp_path, {"interceptors": [{"name": "caching", "config": {"cache_dri": "x"}},
+                                                               "endpoint"]}))
+        resolved = resolve(loaded)
+        assert resolved.warnings == [
+            "interceptors[0].config.cache_dri: caching: unknown field 'cache_dri'; did you mean 'cache_dir'?"]
+        assert "did you mean 'cache_dir'" in caplog.text
 
     def test_ill_typed_param_in_launcher_config(self, tmp_path: Path) -> None:
         """A wrongly typed param inside a launcher config is named with its full path."""

@@ -32,6 +32,7 @@ def chain(tmp_path: Path, **adapter: Any) -> dict[str, Any]:
     return {"interceptors": ["reasoning",
                              {"name": "caching", "config": {"save_requests": True, "cache_dir": str(tmp_path / "c")}},
                              "endpoint", "response_stats"],
+            "post_eval_hooks": [{"name": "post_eval_report", "config": {"report_types": ["html", "json"]}}],
             "html_report_size": 3, **adapter}
 
 
@@ -191,7 +192,7 @@ class TestReport:
     async def test_no_pairs_still_reports_statistics(self, make_proxy: Any, tmp_path: Path,
                                                      adapter: dict[str, Any], note: str) -> None:
         """Without saved pairs the report still has the statistics and says that no pairs were saved."""
-        proxy = await make_proxy(adapter)
+        proxy = await make_proxy({**adapter, "post_eval_hooks": ["post_eval_report"]})
         await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         await proxy.close()
         report = load(tmp_path / "out")

@@ -36,6 +36,7 @@ log = logging.getLogger("evalproxy.progress")
 
 
 class ProgressTrackingParams(BaseParams):
+    nemo_fields = frozenset({"webhook_url", "every"})  # NeMo Evaluator fields with no effect here
     progress_tracking_url: str | None = Field(
         default="http://localhost:8000", description="Where to send progress; shell variables are expanded")
     progress_tracking_interval: int = Field(default=1, gt=0, description="Send every N answers")

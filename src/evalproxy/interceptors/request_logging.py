@@ -18,6 +18,7 @@ log = logging.getLogger("evalproxy.logging")
 
 
 class RequestLoggingParams(BaseParams):
+    nemo_fields = frozenset({"output_dir"})  # NeMo Evaluator fields with no effect here
     log_request_body: bool = True
     log_request_headers: bool = True
     max_requests: int | None = Field(default=2, ge=0, description="None: every request")

@@ -20,6 +20,7 @@ log = logging.getLogger("evalproxy.logging")
 
 
 class ResponseLoggingParams(BaseParams):
+    nemo_fields = frozenset({"output_dir"})  # NeMo Evaluator fields with no effect here
     log_response_body: bool = True
     log_response_headers: bool = True
     max_responses: int | None = Field(default=None, ge=0, description="None: every answer")

@@ -201,6 +201,7 @@ class RunStats:
 
 class ResponseStatsParams(BaseParams):
     """NeMo Evaluator's names; ``cache_dir`` defaults to where NeMo's legacy config puts it."""
+    nemo_fields = frozenset({"every"})  # NeMo Evaluator fields with no effect here
 
     cache_dir: str | None = Field(default=None, description="Default: <output_dir>/response_stats_cache")
     logging_aggregated_stats_interval: int = Field(default=100, ge=0, description="Log totals every N answers")

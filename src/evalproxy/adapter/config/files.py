@@ -13,8 +13,9 @@ Names of interceptors and hooks are checked against the registry one layer up
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import yaml
@@ -30,6 +31,8 @@ from evalproxy.adapter.config.schema import (
     validation_error,
 )
 from evalproxy.adapter.core.errors import ConfigError
+
+log = logging.getLogger("evalproxy.config")
 
 # Keys of a launcher config's api_endpoint that map onto ServerConfig.
 _ENDPOINT_TO_SERVER = {"url": "upstream_url", "model_id": "model_id", "api_key_name": "api_key_name"}
@@ -53,49 +56,172 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def merge_adapter_configs(shared: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
-    """A launcher's ``global_adapter_config`` under a task's own: local fields win, discovery lists add up."""
+    """``global_adapter_config`` under the local one, as NeMo Evaluator merges them: local keys win (a local
+    ``interceptors`` list replaces the global one), ``discovery`` lists add up."""
     merged = {**shared, **local}
     g, lo = shared.get("discovery"), local.get("discovery")
     if isinstance(g, dict) and isinstance(lo, dict):
-        merged["discovery"] = {k: [*(g.get(k) or []), *(lo.get(k) or [])] for k in ("modules", "dirs")}
+        merged["discovery"] = {**g, **lo, **{k: [*(g.get(k) or []), *(lo.get(k) or [])] for k in ("modules", "dirs")}}
     return merged
 
 
-def parse_config(data: dict[str, Any], *, source: str | None = None) -> LoadedConfig:
-    """Turn a config mapping of any accepted shape into an :class:`AdapterConfig` and :class:`ServerConfig`."""
+def deep_merge(base: Any, over: Any) -> Any:
+    """``over`` on ``base`` as the launcher merges configs (OmegaConf): mappings key by key, anything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else v
+        return out
+    return over
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _adapter_of(nec: dict[str, Any]) -> dict[str, Any]:
+    """The adapter_config inside one ``nemo_evaluator_config``: under ``target.api_endpoint`` (where NeMo Evaluator
+    reads it), or under ``config.target.api_endpoint`` (where NeMo's launcher output docs write it); the first wins."""
+    out: dict[str, Any] = {}
+    for path in (("config", "target", "api_endpoint", "adapter_config"), ("target", "api_endpoint", "adapter_config")):
+        found = _dig(nec, *path)
+        if isinstance(found, dict):
+            out = deep_merge(out, found)
+    return out
+
+
+_MIGRATION = ("'overrides' is no longer read by NeMo Evaluator's launcher; put the settings under "
+              "'nemo_evaluator_config' instead")
+
+
+def launcher_task_configs(data: dict[str, Any], *, source: str | None = None) -> dict[str, dict[str, Any]]:
+    """For each task of a launcher file, its merged ``nemo_evaluator_config`` (task over global), as the launcher
+    builds it. Tasks without a name are keyed by their position."""
+    evaluation = data.get("evaluation")
+    if not isinstance(evaluation, dict):
+        raise ConfigError("must be a mapping", field="evaluation", file=source)
+    if evaluation.get("overrides"):
+        raise ConfigError(_MIGRATION, field="evaluation.overrides", file=source)
+    shared = evaluation.get("nemo_evaluator_config") or evaluation.get("config") or {}
+    if not isinstance(shared, dict):
+        raise ConfigError("must be a mapping", field="evaluation.nemo_evaluator_config", file=source)
+    tasks = evaluation.get("tasks") or []
+    if not isinstance(tasks, list):
+        raise ConfigError("must be a list", field="evaluation.tasks", file=source)
+    out: dict[str, dict[str, Any]] = {}
+    for i, t in enumerate(tasks):
+        if not isinstance(t, dict):
+            raise ConfigError("must be a mapping", field=f"evaluation.tasks[{i}]", file=source)
+        if t.get("overrides"):
+            raise ConfigError(_MIGRATION, field=f"evaluation.tasks[{i}].overrides", file=source)
+        own = t.get("nemo_evaluator_config") or t.get("config") or {}
+        if not isinstance(own, dict):
+            raise ConfigError("must be a mapping", field=f"evaluation.tasks[{i}].nemo_evaluator_config", file=source)
+        out[str(t.get("name") or f"#{i}")] = deep_merge(shared, own)
+    if not tasks:
+        out[""] = shared
+    return out
+
+
+def _pick_task(data: dict[str, Any], task: str | None, source: str | None) -> tuple[str | None, list[str],
+                                                                                         dict[str, Any]]:
+    """(task, task names, that task's merged nemo_evaluator_config) of a launcher file."""
+    per_task = launcher_task_configs(data, source=source)
+    names = [n for n in per_task if n]
+    if task is not None:
+        if task not in per_task:
+            raise ConfigError(f"no task '{task}' in this launcher config; its tasks: {', '.join(names) or '(none)'}",
+                              field="evaluation.tasks", file=source)
+        return task, names, per_task[task]
+    relevant = {n: (_adapter_of(c), _dig(c, "target", "api_endpoint", "type"), _dig(c, "config", "output_dir"))
+                for n, c in per_task.items()}
+    distinct = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in relevant.values()}
+    if len(distinct) > 1:
+        raise ConfigError(
+            "the tasks of this launcher config have different adapter configs; choose one with --task "
+            f"(load_config(task=...)). Tasks: {', '.join(names)}", field="evaluation.tasks", file=source)
+    first = next(iter(per_task))
+    return (first or None) if len(per_task) == 1 else None, names, per_task[first]
+
+
+def _drop_nones(d: dict[str, Any]) -> dict[str, Any]:
+    """NeMo Evaluator deep-merges a file's adapter_config onto its defaults skipping null values (lists are values):
+    ``html_report_size: null`` in a file means the default, as there."""
+    return {k: _drop_nones(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def parse_config(
+    data: dict[str, Any],
+    *,
+    source: str | None = None,
+    task: str | None = None,
+    strict: bool = False,
+    default_chain: str = "nemo",
+) -> LoadedConfig:
+    """Turn a config mapping of any accepted shape into an :class:`AdapterConfig` and :class:`ServerConfig`.
+
+    ``task`` picks a launcher file's task (its ``nemo_evaluator_config`` merged over the global one, over
+    ``target.api_endpoint.adapter_config``). A config that lists no interceptors gets NeMo Evaluator's default chain
+    (``caching, endpoint, response_stats``); ``default_chain="evalproxy"`` is for no config at all, and gets
+    evalproxy's own (which adds ``reasoning``). ``strict`` is kept for :func:`evalproxy.adapter.registry.resolve`.
+    """
     data = dict(data)
-    server_data: dict[str, Any] = {}
+    warnings: list[str] = []
     raw_server = data.pop("server", None) or {}
     if not isinstance(raw_server, dict):
         raise ConfigError("must be a mapping", field="server", file=source)
 
+    server_data: dict[str, Any] = {}
     prefix = ""
+    tasks: list[str] = []
+    shared: Any = data.get("global_adapter_config")
+    if shared is not None and not isinstance(shared, dict):
+        raise ConfigError("must be a mapping", field="global_adapter_config", file=source)
     adapter_data: Any
-    if "target" in data:
-        target = data.get("target")
+    if "target" in data or "evaluation" in data:
+        target = data.get("target") or {}
         endpoint = target.get("api_endpoint") if isinstance(target, dict) else None
         if not isinstance(endpoint, dict):
-            raise ConfigError("a launcher config needs a mapping here", field="target.api_endpoint", file=source)
+            if "evaluation" not in data:
+                raise ConfigError("a launcher config needs a mapping here", field="target.api_endpoint", file=source)
+            endpoint = {}
+        run_cfg = data.get("config")
+        adapter_data = endpoint.get("adapter_config") or {}
+        prefix = "target.api_endpoint.adapter_config"
+        endpoint_type = endpoint.get("type")
+        if "evaluation" in data:
+            task, tasks, nec = _pick_task(data, task, source)
+            if isinstance(adapter_data, dict):
+                adapter_data = deep_merge(adapter_data, _adapter_of(nec))
+            endpoint_type = _dig(nec, "target", "api_endpoint", "type") or endpoint_type
+            run_cfg = deep_merge(run_cfg or {}, nec.get("config") or {})
+            if tasks:
+                prefix = (f"evaluation.tasks[{task or tasks[0]}].nemo_evaluator_config"
+                          ".target.api_endpoint.adapter_config")
         for k, v in _ENDPOINT_TO_SERVER.items():
             if endpoint.get(k) is not None:
                 server_data[v] = endpoint[k]
-        run_cfg = data.get("config")
         if isinstance(run_cfg, dict) and isinstance(run_cfg.get("output_dir"), str):
             server_data["output_dir"] = run_cfg["output_dir"]  # the run config's output dir, as NeMo uses it
-        adapter_data = endpoint.get("adapter_config") or {}
-        prefix = "target.api_endpoint.adapter_config"
-        if endpoint.get("type") and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
-            adapter_data = {**adapter_data, "endpoint_type": endpoint["type"]}  # the task's own type
-        shared = data.get("global_adapter_config")
-        if isinstance(shared, dict) and isinstance(adapter_data, dict):
-            adapter_data = merge_adapter_configs(shared, adapter_data)
+        if endpoint_type and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
+            adapter_data = {**adapter_data, "endpoint_type": endpoint_type}  # the task's own type
     elif "adapter_config" in data:
         adapter_data = data.get("adapter_config") or {}
         prefix = "adapter_config"
     else:
-        adapter_data = data
+        adapter_data = {k: v for k, v in data.items() if k != "global_adapter_config"}
     if not isinstance(adapter_data, dict):
         raise ConfigError("must be a mapping", field=prefix or None, file=source)
+    adapter_data = _drop_nones(adapter_data)
+    if isinstance(shared, dict):
+        shared = _drop_nones(shared)
+        _check_mixing(shared, "global_adapter_config", source)
+        _check_mixing(adapter_data, prefix, source)
+        adapter_data = merge_adapter_configs(shared, adapter_data)
 
     server_data.update(raw_server)
     try:
@@ -104,31 +230,59 @@ def parse_config(data: dict[str, Any], *, source: str | None = None) -> LoadedCo
         raise validation_error(exc, prefix="server", file=source) from None
 
     legacy = {k: adapter_data[k] for k in list(adapter_data) if k in LEGACY_KEYS}
+    chain_from: Literal["nemo", "evalproxy"] | None = None
     if legacy:
         adapter_data = {k: v for k, v in adapter_data.items() if k not in LEGACY_KEYS}
-        if adapter_data.get("interceptors"):
-            where = f"{prefix}." if prefix else ""
-            raise ConfigError(
-                f"legacy flat keys ({', '.join(sorted(legacy))}) cannot be mixed with an explicit 'interceptors' "
-                "list; move their settings into the interceptors' config",
-                field=f"{where}{sorted(legacy)[0]}",
-                file=source,
-            )
+    if adapter_data.get("interceptors"):
+        if legacy and shared is None:
+            _check_mixing({**legacy, "interceptors": adapter_data["interceptors"]}, prefix, source)
+        elif legacy:
+            # One of the two configs lists interceptors and the other legacy keys: NeMo Evaluator uses the list and
+            # drops the legacy keys without a word. Same here, but said.
+            text = (f"legacy keys {', '.join(sorted(legacy))} are ignored: the merged adapter config lists "
+                    "interceptors (as NeMo Evaluator does)")
+            if strict:
+                raise ConfigError(text, field=prefix or None, file=source)
+            log.warning("%s", text)
+            warnings.append(text)
+    elif default_chain == "evalproxy" and not legacy:
+        chain_from = "evalproxy"
+    else:
+        # No interceptors: NeMo Evaluator's legacy conversion, which is also its default chain.
         adapter_data = convert_legacy(legacy, adapter_data, source=source, prefix=prefix)
+        chain_from = "nemo"
     try:
         adapter = AdapterConfig.model_validate(adapter_data)
     except ValidationError as exc:
         raise validation_error(exc, prefix=prefix, file=source) from None
-    if not adapter.interceptors:
+    if chain_from == "evalproxy":
         adapter = adapter.model_copy(update={"interceptors": default_interceptors(adapter)})
-    if not adapter.post_eval_hooks and adapter.generate_html_report:
-        adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
-    return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix)
+        if not adapter.post_eval_hooks and adapter.generate_html_report:
+            adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
+    return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
+                        task=task, tasks=tasks, strict=strict, warnings=warnings)
+
+
+def _check_mixing(cfg: dict[str, Any], where: str, source: str | None) -> None:
+    """NeMo Evaluator's rule, per config: legacy flat keys beside a non-empty ``interceptors`` list are an error."""
+    legacy = sorted(k for k in cfg if k in LEGACY_KEYS)
+    if legacy and cfg.get("interceptors"):
+        p = f"{where}." if where else ""
+        raise ConfigError(
+            f"legacy flat keys ({', '.join(legacy)}) cannot be mixed with an explicit 'interceptors' "
+            "list; move their settings into the interceptors' config",
+            field=f"{p}{legacy[0]}",
+            file=source,
+        )
 
 
 def default_interceptors(adapter: AdapterConfig) -> list[InterceptorConfig]:
-    """The chain used when a config names none: reasoning, caching, endpoint, response_stats."""
-    caching: dict[str, Any] = {}
+    """evalproxy's own default chain, used with no config file at all: reasoning, caching, endpoint, response_stats.
+
+    Unlike NeMo Evaluator's default (a file that lists no interceptors), it strips ``<think>...</think>`` blocks from
+    answers; caching replays stored answers (``reuse_cached_responses: true``), as NeMo's default does.
+    """
+    caching: dict[str, Any] = {"reuse_cached_responses": True}
     if adapter.caching_dir:
         caching["cache_dir"] = adapter.caching_dir
     if adapter.generate_html_report:
@@ -153,11 +307,22 @@ def default_hooks(adapter: AdapterConfig) -> list[PostEvalHookConfig]:
     ]
 
 
-def load_config(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None) -> LoadedConfig:
-    """Read a config file (or none), apply server ``overrides`` (from the CLI: they win), validate the schema."""
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    task: str | None = None,
+    strict: bool = False,
+) -> LoadedConfig:
+    """Read a config file (or none), apply server ``overrides`` (from the CLI: they win), validate the schema.
+
+    A file that lists no interceptors means NeMo Evaluator's default chain; no file at all means evalproxy's own
+    default chain (with ``reasoning``). ``task``: a launcher file's task. ``strict``: unknown params are errors.
+    """
     data = read_config_file(path) if path is not None else {}
     source = str(path) if path is not None else None
-    loaded = parse_config(data, source=source)
+    loaded = parse_config(data, source=source, task=task, strict=strict,
+                          default_chain="nemo" if path is not None else "evalproxy")
     if overrides:
         clean = {k: v for k, v in overrides.items() if v is not None}
         try:

@@ -1,8 +1,10 @@
 """Legacy flat adapter keys (``use_caching: true`` ...) converted to the interceptor list NeMo Evaluator builds.
 
-The order and the settings each interceptor gets follow NeMo Evaluator's own conversion, so a legacy config means
-the same chain here as there. Conversion keeps everything the user wrote that is not a legacy key:
-``post_eval_hooks`` and ``discovery`` are never dropped, and run-wide settings keep their meaning.
+The order and the settings each interceptor gets follow NeMo Evaluator 0.2.8's own conversion, so a legacy config
+means the same chain here as there; with no legacy key at all it is NeMo's default chain
+(``caching, endpoint, response_stats`` and the ``post_eval_report`` hook). Conversion keeps everything the user wrote
+that is not a legacy key: ``post_eval_hooks`` and ``discovery`` are never dropped (NeMo drops them: a defect we do
+not copy), and run-wide settings keep their meaning.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "params_to_add": None,
     "params_to_remove": None,
     "params_to_rename": None,
+    "headers_to_add": None,
+    "headers_to_remove": None,
+    "headers_to_rename": None,
     "use_raise_client_errors": False,
     "use_nvcf": False,
     "use_omni_info": False,
@@ -48,8 +53,8 @@ LEGACY_KEYS = frozenset(LEGACY_DEFAULTS)
 
 _BOOL_KEYS = {k for k, v in LEGACY_DEFAULTS.items() if isinstance(v, bool)}
 # Features NeMo Evaluator has that evalproxy does not implement: refuse rather than silently drop them.
-_UNSUPPORTED = {"use_nvcf": "nvcf", "use_omni_info": "omni_info", "use_megatron": "megatron",
-                "use_raise_client_errors": "raise_client_errors"}
+# (NeMo Evaluator's open-source package has neither nvcf nor omni_info: its own pipeline fails on them too.)
+_UNSUPPORTED = {"use_nvcf": "nvcf", "use_omni_info": "omni_info", "use_megatron": "megatron"}
 
 
 def convert_legacy(
@@ -73,7 +78,8 @@ def convert_legacy(
     interceptors: list[dict[str, Any]] = []
     if c["use_system_prompt"] and c["custom_system_prompt"] is not None:
         interceptors.append({"name": "system_message", "config": {"system_message": c["custom_system_prompt"]}})
-    modify = {k: c[k] for k in ("params_to_add", "params_to_remove", "params_to_rename") if c[k]}
+    modify = {k: c[k] for k in ("params_to_add", "params_to_remove", "params_to_rename",
+                                 "headers_to_add", "headers_to_remove", "headers_to_rename") if c[k]}
     if modify:
         interceptors.append({"name": "payload_modifier", "config": modify})
     if c["use_request_logging"]:
@@ -85,12 +91,13 @@ def convert_legacy(
         save_requests, save_responses = c["save_requests"], c["save_responses"]
         max_req, max_resp = c["max_saved_requests"], c["max_saved_responses"]
         if html:
-            # The report needs saved pairs, so at least html_report_size requests are saved, as in NeMo Evaluator.
-            # NeMo also caps the cached *answers* at that size, which leaves a resumed run almost nothing to replay:
-            # a known defect we do not copy. Answers are capped only by an explicit max_saved_responses.
+            # The report needs saved pairs: both are saved, and a cap is raised to html_report_size (never lowered),
+            # as NeMo Evaluator converts it. With reuse_cached_responses the caching interceptor saves every answer
+            # whatever max_saved_responses says, so a resumed run still replays everything.
             save_requests = save_responses = True
             if html_size is not None:
                 max_req = max(html_size, max_req) if max_req is not None else html_size
+                max_resp = max(html_size, max_resp) if max_resp is not None else html_size
         cfg = {"reuse_cached_responses": c["use_caching"], "save_requests": save_requests,
                "save_responses": save_responses}
         if caching_dir is not None:
@@ -137,6 +144,8 @@ def convert_legacy(
         if output_dir is not None:
             cfg["output_dir"] = output_dir
         interceptors.append({"name": "progress_tracking", "config": cfg})
+    if c["use_raise_client_errors"]:
+        interceptors.append({"name": "raise_client_errors", "config": {}})
 
     out = {**rest, "interceptors": interceptors}
     if html and not rest.get("post_eval_hooks"):

@@ -6,7 +6,7 @@ Models only: reading files and the shapes a file may take are in :mod:`evalproxy
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -130,6 +130,17 @@ class LoadedConfig:
     source: str | None = None
     prefix: str = ""
     """Where the adapter_config sat in the file (``target.api_endpoint.adapter_config``), for error paths."""
+    default_chain: Literal["nemo", "evalproxy"] | None = None
+    """Which default chain filled an empty ``interceptors``: NeMo Evaluator's (a file that lists none) or
+    evalproxy's own (no config file at all). None: the config lists its interceptors."""
+    task: str | None = None
+    """The launcher task whose merged adapter config this is."""
+    tasks: list[str] = field(default_factory=list)
+    """The tasks a launcher file lists."""
+    strict: bool = False
+    """Unknown interceptor/hook params are errors rather than warnings (``--strict-config``)."""
+    warnings: list[str] = field(default_factory=list)
+    """What loading noticed and did not refuse (each also logged)."""
 
 
 

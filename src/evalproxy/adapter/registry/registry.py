@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import pkgutil
 import sys
 from collections.abc import Callable, Iterable
@@ -29,6 +30,9 @@ from evalproxy.adapter.chain.hook import BaseHook
 from evalproxy.adapter.chain.interceptor import check_order
 from evalproxy.adapter.config.schema import AdapterConfig, LoadedConfig, validation_error
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.params import unknown_fields
+
+log = logging.getLogger("evalproxy.config")
 
 C = TypeVar("C", bound=type)
 
@@ -154,18 +158,23 @@ class Resolved:
     registry: Registry
     interceptors: list[tuple[type[Any], Any]]
     hooks: list[tuple[type[Any], Any]]
+    warnings: list[str] = field(default_factory=list)
+    """Fields the config holds that no unit uses (each also logged), for the CLI to show."""
 
 
-def resolve(loaded: LoadedConfig, registry: Registry | None = None) -> Resolved:
-    """Check names, params and order of interceptors and hooks (discovery included); errors name file and field."""
+def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: bool | None = None) -> Resolved:
+    """Check names, params and order of interceptors and hooks (discovery included); errors name file and field.
+
+    A param no unit defines is a warning naming the unit, the field and the closest known name, or, when
+    ``strict`` (default: the loaded config's own ``strict``), a :class:`ConfigError`.
+    """
     adapter = loaded.adapter
+    strict = loaded.strict if strict is None else strict
+    warnings = list(loaded.warnings)
     try:
         reg = registry or Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
-        return Resolved(
-            reg,
-            resolve_interceptors(adapter, reg, prefix=loaded.prefix, file=loaded.source),
-            resolve_hooks(adapter, reg, prefix=loaded.prefix, file=loaded.source),
-        )
+        kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings}
+        return Resolved(reg, resolve_interceptors(adapter, reg, **kw), resolve_hooks(adapter, reg, **kw), warnings)
     except ConfigError as exc:
         if exc.file is None and loaded.source is not None:
             field_path = exc.field
@@ -175,7 +184,18 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None) -> Resolved:
         raise
 
 
-def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None) -> Any:
+def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None,
+            strict: bool = False, warnings: list[str] | None = None) -> Any:
+    for u in unknown_fields(cls.Params, config):
+        text = u.describe(cls.name)
+        if u.nemo:
+            log.info("%s (%s)", text, field_path)
+            continue
+        if strict:
+            raise ConfigError(text, field=f"{field_path}.{u.name}", file=file)
+        log.warning("%s (%s.%s)", text, field_path, u.name)
+        if warnings is not None:
+            warnings.append(f"{field_path}.{u.name}: {text}")
     try:
         return cls.Params.model_validate(config)
     except ValidationError as exc:
@@ -184,14 +204,15 @@ def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str |
 
 
 def resolve_interceptors(
-    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None
+    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
+    strict: bool = False, warnings: list[str] | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled interceptor, ``endpoint`` included, in config order."""
     p = f"{prefix}." if prefix else ""
     out: list[tuple[type[Any], Any]] = []
     for i, ic in adapter.enabled_interceptors():
         cls = registry.interceptor(ic.name, field_path=f"{p}interceptors[{i}].name")
-        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file)))
+        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings)))
     names = [cls.name for cls, _ in out]
     try:
         check_order(names, {cls.name: cls for cls, _ in out})
@@ -201,12 +222,13 @@ def resolve_interceptors(
 
 
 def resolve_hooks(
-    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None
+    adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
+    strict: bool = False, warnings: list[str] | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled post-eval hook, in config order."""
     p = f"{prefix}." if prefix else ""
     out: list[tuple[type[Any], Any]] = []
     for i, h in adapter.enabled_hooks():
         cls = registry.hook(h.name, field_path=f"{p}post_eval_hooks[{i}].name")
-        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file)))
+        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file, strict, warnings)))
     return out

@@ -1,0 +1,267 @@
+"""NeMo Evaluator 0.2.8's documented configs replayed against evalproxy: each test states NeMo's behaviour (from its
+source at tag nemo-evaluator-v0.2.8 and its docs' YAML) and checks that evalproxy does the same, or differs only where
+the README's compatibility table says so and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from evalproxy.adapter.config import LoadedConfig, load_config, parse_config
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.registry import resolve
+
+REFERENCE = Path("/work/shared/reference/001_a3fd6d57be74061d.txt")
+
+# The launcher config cited in NeMo's "Evaluation Output" page (the reference in ../shared/reference/), verbatim.
+LAUNCHER_DOC = """
+defaults:
+  - execution: local
+  - deployment: none
+  - _self_
+
+execution:
+  output_dir: llama_3_1_8b_instruct_results
+
+target:
+  api_endpoint:
+    model_id: meta/llama-3.1-8b-instruct
+    url: https://integrate.api.nvidia.com/v1/chat/completions
+    api_key_name: NGC_API_KEY # API Key with access to build.nvidia.com
+
+evaluation:
+  nemo_evaluator_config:  # global config settings that apply to all tasks
+    config:
+      params:
+        request_timeout: 3600  # timeout for API requests in seconds
+        parallelism: 1  # number of parallel requests
+        limit_samples: 10  # limit number of samples for quick testing
+      target:
+        api_endpoint:
+          adapter_config:
+            use_reasoning: false  # if true, strips reasoning tokens and collects reasoning stats
+            use_system_prompt: true  # enables custom system prompt
+            custom_system_prompt: >-
+              "Think step by step."
+  tasks:
+    - name: ifeval  # use the default benchmark configuration
+    - name: gpqa_diamond
+      nemo_evaluator_config:  # task-specific configuration for gpqa_diamond
+        config:
+          params:
+            temperature: 0.6  # sampling temperature
+            top_p: 0.95  # nucleus sampling parameter
+            max_new_tokens: 8192  # maximum tokens to generate
+      env_vars:
+        HF_TOKEN: HF_TOKEN_FOR_GPQA_DIAMOND
+    - name: mbpp
+      nemo_evaluator_config:  # task-specific configuration for mbpp
+        config:
+          params:
+            temperature: 0.2  # sampling temperature
+            top_p: 0.95  # nucleus sampling parameter
+            max_new_tokens: 2048  # maximum tokens to generate
+            extra:
+              n_samples: 5  # sample 5 predictions per prompt
+          target:
+            api_endpoint:
+              adapter_config:
+                custom_system_prompt: >-
+                  "You must only provide the code implementation"
+"""
+
+
+def write(tmp_path: Path, data: Any, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def adapter(yaml_text: str) -> dict[str, Any]:
+    """The adapter_config of a docs snippet shaped ``target.api_endpoint.adapter_config``."""
+    data = yaml.safe_load(yaml_text)
+    return data["target"]["api_endpoint"]["adapter_config"] if "target" in data else data
+
+
+def chain(loaded: LoadedConfig) -> list[tuple[str, dict[str, Any]]]:
+    return [(i.name, i.config) for _, i in loaded.adapter.enabled_interceptors()]
+
+
+def hooks(loaded: LoadedConfig) -> list[tuple[str, dict[str, Any]]]:
+    return [(h.name, h.config) for _, h in loaded.adapter.enabled_hooks()]
+
+
+NEMO_DEFAULT_CACHING = {"reuse_cached_responses": True, "save_requests": True, "save_responses": True,
+                        "max_saved_requests": 5, "max_saved_responses": 5}
+NEMO_DEFAULT_CHAIN = [("caching", NEMO_DEFAULT_CACHING), ("endpoint", {}),
+                      ("response_stats", {"logging_aggregated_stats_interval": 100})]
+NEMO_DEFAULT_HOOKS = [("post_eval_report", {"report_types": ["html", "json"], "html_report_size": 5})]
+
+
+class TestDefaultChain:
+    """NeMo: a config with no interceptors goes through the legacy conversion, whose empty case is the default chain
+    caching(reuse, 5/5 saved) → endpoint → response_stats, plus post_eval_report(html, json, 5). Never reasoning."""
+
+    @pytest.mark.parametrize("text", [
+        "",
+        "log_failed_requests: true\nendpoint_type: chat\nmode: server\n",
+        "target:\n  api_endpoint:\n    url: http://m/v1/chat/completions\n",
+        "target:\n  api_endpoint:\n    adapter_config: {}\n",
+        "interceptors: []\n",
+        "use_reasoning: false\n",
+        "process_reasoning_traces: false\nuse_caching: true\n",
+        "html_report_size: null\n",  # NeMo's CLI skips nulls when merging a file onto its defaults
+    ], ids=["empty", "run-wide-keys", "launcher-no-adapter", "empty-adapter", "empty-list", "reasoning-off",
+            "traces-off", "null-size"])
+    def test_no_interceptors_means_nemo_default(self, tmp_path: Path, text: str) -> None:
+        """A NeMo-shaped file listing no interceptors gets NeMo's default chain and report hook, without reasoning."""
+        loaded = load_config(write(tmp_path, text))
+        assert chain(loaded) == NEMO_DEFAULT_CHAIN
+        assert hooks(loaded) == NEMO_DEFAULT_HOOKS
+        assert loaded.default_chain == "nemo"
+        resolve(loaded)
+
+    def test_run_wide_keys_are_kept(self, tmp_path: Path) -> None:
+        """Run-wide keys beside the default chain keep their values, as NeMo copies them."""
+        loaded = load_config(write(tmp_path, {"log_failed_requests": True, "endpoint_type": "completions"}))
+        assert loaded.adapter.log_failed_requests is True and loaded.adapter.endpoint_type == "completions"
+
+    def test_only_hooks_keeps_the_users_hooks(self, tmp_path: Path) -> None:
+        """Y9 (post-evaluation-hooks.md): NeMo drops the user's hook for its default one (size 5); evalproxy gets the
+        default chain too but keeps the user's hook as written (different on purpose: DESIGN, hooks never dropped)."""
+        loaded = load_config(write(tmp_path, """
+target:
+  api_endpoint:
+    adapter_config:
+      post_eval_hooks:
+      - name: "post_eval_report"
+        enabled: true
+        config:
+          report_types: ["html", "json"]
+          html_report_size: 10
+"""))
+        assert chain(loaded) == NEMO_DEFAULT_CHAIN
+        assert hooks(loaded) == [("post_eval_report", {"report_types": ["html", "json"], "html_report_size": 10})]
+
+    def test_legacy_cases_convert_as_nemo(self) -> None:
+        """NeMo's verified conversions: use_caching false, no html report, both, raised caps, caching_dir."""
+        assert chain(parse_config({"use_caching": False}))[0] == ("caching", {**NEMO_DEFAULT_CACHING,
+                                                                              "reuse_cached_responses": False})
+        no_html = parse_config({"generate_html_report": False})
+        assert chain(no_html)[0] == ("caching", {"reuse_cached_responses": True, "save_requests": False,
+                                                 "save_responses": False})
+        assert hooks(no_html) == []
+        both = parse_config({"use_caching": False, "generate_html_report": False})
+        assert [n for n, _ in chain(both)] == ["endpoint", "response_stats"]
+        caps = parse_config({"max_saved_requests": 20, "max_saved_responses": 3})
+        assert chain(caps)[0][1]["max_saved_requests"] == 20 and chain(caps)[0][1]["max_saved_responses"] == 5
+        c = chain(parse_config({"caching_dir": "/c"}))
+        assert c[0][1]["cache_dir"] == "/c" and c[2][1]["cache_dir"] == "/c/response_stats_cache"
+
+    def test_no_file_is_evalproxys_own_default(self) -> None:
+        """No config file at all: evalproxy's own default, which adds reasoning and says which default applied."""
+        loaded = load_config(None)
+        assert [n for n, _ in chain(loaded)] == ["reasoning", "caching", "endpoint", "response_stats"]
+        assert loaded.default_chain == "evalproxy"
+
+
+class TestLauncher:
+    """NeMo's launcher merges evaluation.nemo_evaluator_config with each task's (task wins; mappings key by key,
+    lists replaced) and reads target.api_endpoint.adapter_config from the result."""
+
+    def test_reference_is_the_cited_config(self) -> None:
+        """The test's copy of the launcher config is the one cited in ../shared/reference (when present)."""
+        if not REFERENCE.exists():
+            pytest.skip("reference file not present")
+        cited = REFERENCE.read_text()
+        assert "custom_system_prompt: >-" in cited and "n_samples: 5" in cited
+
+    def test_tasks_that_differ_need_a_task(self, tmp_path: Path) -> None:
+        """mbpp has its own system prompt, so without a task the file is ambiguous: an error listing the tasks."""
+        with pytest.raises(ConfigError, match="ifeval, gpqa_diamond, mbpp"):
+            load_config(write(tmp_path, LAUNCHER_DOC))
+
+    @pytest.mark.parametrize(("task", "prompt"), [
+        ("ifeval", '"Think step by step."'),
+        ("gpqa_diamond", '"Think step by step."'),
+        ("mbpp", '"You must only provide the code implementation"'),
+    ])
+    def test_task_merge(self, tmp_path: Path, task: str, prompt: str) -> None:
+        """Each task gets the global legacy keys with its own over them: system_message then NeMo's default chain,
+        no reasoning (use_reasoning: false); the upstream comes from the top-level target."""
+        loaded = load_config(write(tmp_path, LAUNCHER_DOC), task=task)
+        assert chain(loaded) == [("system_message", {"system_message": prompt}), *NEMO_DEFAULT_CHAIN]
+        assert hooks(loaded) == NEMO_DEFAULT_HOOKS
+        assert loaded.server.upstream_url == "https://integrate.api.nvidia.com/v1/chat/completions"
+        assert loaded.server.model_id == "meta/llama-3.1-8b-instruct"
+        assert loaded.server.api_key_name == "NGC_API_KEY"
+        assert loaded.task == task and loaded.tasks == ["ifeval", "gpqa_diamond", "mbpp"]
+        resolve(loaded)
+
+    def test_unknown_task(self, tmp_path: Path) -> None:
+        """A task the file does not list is an error naming the ones it does."""
+        with pytest.raises(ConfigError, match="no task 'mmlu'.*ifeval, gpqa_diamond, mbpp"):
+            load_config(write(tmp_path, LAUNCHER_DOC), task="mmlu")
+
+    def test_sibling_target_and_list_replacement(self, tmp_path: Path) -> None:
+        """local_advanced_adapters.yaml's placement (target beside config): a task's interceptors list replaces the
+        global one whole, a global post_eval_hooks stays, and a task legacy key beside a global list is NeMo's
+        mixing error."""
+        glob = {"target": {"api_endpoint": {"adapter_config": {
+            "interceptors": ["caching", "endpoint"], "post_eval_hooks": ["post_eval_report"]}}}}
+        own = {"target": {"api_endpoint": {"adapter_config": {"interceptors": ["endpoint"]}}}}
+        data = {"target": {"api_endpoint": {"url": "http://m/v1"}},
+                "evaluation": {"nemo_evaluator_config": glob, "tasks": [{"name": "a", "nemo_evaluator_config": own}]}}
+        loaded = load_config(write(tmp_path, data))
+        assert [n for n, _ in chain(loaded)] == ["endpoint"]
+        assert [n for n, _ in hooks(loaded)] == ["post_eval_report"]
+        data["evaluation"]["tasks"][0]["nemo_evaluator_config"] = {
+            "target": {"api_endpoint": {"adapter_config": {"use_caching": False}}}}
+        with pytest.raises(ConfigError, match="cannot be mixed"):
+            load_config(write(tmp_path, data))
+
+    def test_overrides_are_refused(self, tmp_path: Path) -> None:
+        """The launcher refuses the old 'overrides' key; so does evalproxy, rather than ignore it."""
+        data = {"evaluation": {"overrides": {"x": 1}, "tasks": [{"name": "a"}]}}
+        with pytest.raises(ConfigError, match="overrides"):
+            load_config(write(tmp_path, data))
+
+
+class TestGlobalAdapterConfig:
+    def test_file_with_only_global(self, tmp_path: Path) -> None:
+        """A file holding only global_adapter_config uses it (NeMo merges it under the local one)."""
+        loaded = load_config(write(tmp_path, {"global_adapter_config": {"interceptors": ["endpoint"],
+                                                                        "log_failed_requests": True}}))
+        assert [n for n, _ in chain(loaded)] == ["endpoint"] and loaded.adapter.log_failed_requests
+
+    def test_global_list_local_legacy_warns(self, tmp_path: Path) -> None:
+        """NeMo silently ignores local legacy keys when the global config lists interceptors; evalproxy warns."""
+        loaded = load_config(write(tmp_path, {
+            "global_adapter_config": {"interceptors": ["endpoint"]},
+            "target": {"api_endpoint": {"adapter_config": {"use_caching": False}}}}))
+        assert [n for n, _ in chain(loaded)] == ["endpoint"]
+        assert any("use_caching" in w for w in loaded.warnings)
+
+
+class TestParams:
+    """NeMo builds params with pydantic's defaults: unknown keys are ignored. evalproxy accepts NeMo's fields,
+    warns about names no NeMo version defines (with the closest known name), and refuses them under strict."""
+
+    def test_nemo_fields_are_accepted(self, tmp_path: Path) -> None:
+        """enabled inside config, log_level, and output_dir for request/response logging load without a warning."""
+        loaded = load_config(write(tmp_path, {"interceptors": [
+            {"name": "request_logging", "config": {"output_dir": "/o", "enabled": True, "log_level": "DEBUG"}},
+            "endpoint",
+            {"name": "response_logging", "config": {"output_dir": "/o", "max_responses": 3}}]}), strict=True)
+        assert resolve(loaded).warnings == []
+
+    def test_unknown_field_warns_with_closest_name(self, tmp_path: Path) -> None:
+        """A typo is a warning naming interceptor, field and the closest name; strict makes it an error."""
+        cfg = {"interceptors": ["endpoint", {"name": "response_stats", "config": {"cache_dri": "/x"}}]}
+        assert resolve(load_config(write(tmp_path, cfg))).warnings == [
+            "interceptors[1].config.cache_dri: response_stats: unknown field 'cache_dri'; did you mean 'cache_dir'?"]
+        with pytest.raises(ConfigError, match="response_stats: unknown field 'cache_dri'; did you mean 'cache_dir'"):
+            resolve(load_config(write(tmp_path, cfg), strict=True))
