@@ -21,6 +21,7 @@ from evalproxy.adapter.core.redact import redact_text
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
 from evalproxy.adapter.registry import Resolved, resolve
+from evalproxy.adapter.server.loop import run as run_loop
 from evalproxy.adapter.server.proxy import new_run_id
 from evalproxy.adapter.server.running import RunningProxy, run_command
 from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
@@ -104,6 +105,9 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
     p.add_argument("--max-concurrent-requests", type=int, help="upstream connection limit")
     p.add_argument("--run-id", help="join this run: proxies started with one run id share its pass@k slots "
                    "(default: a new run id)")
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default=None,
+                   help="event loop: uvloop where installed (auto, the default), or asyncio's own "
+                   "(also EVALPROXY_LOOP=asyncio)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
 
 
@@ -467,14 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(args.log_level, [key] if key else [])
             raise_open_files_limit()
             if args.command == "serve":
-                return asyncio.run(_serve(loaded, resolved, args.run_id))
+                return run_loop(_serve(loaded, resolved, args.run_id), args.loop)
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":
                 cmd = cmd[1:]
             if not cmd:
                 print("evalproxy run: give the command after --", file=sys.stderr)
                 return EXIT_CONFIG
-            return asyncio.run(_run(loaded, resolved, cmd, args.run_id, args.results))
+            return run_loop(_run(loaded, resolved, cmd, args.run_id, args.results), args.loop)
         setup_logging(os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
         if args.command == "report":
             return _cmd_report(args)
