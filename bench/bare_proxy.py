@@ -39,7 +39,7 @@ def main() -> None:
         app.router.add_route("*", "/{tail:.*}", handle)
         await serve_forever(app)
 
-    run(serve(), use_uvloop=False)  # the same event loop as evalproxy: like for like
+    run(serve())  # uvloop where installed, as evalproxy serve: like for like
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ and one load generator per measurement (bench/loadgen.py). Targets:
 * ``bare``: a bare aiohttp pass-through (bench/bare_proxy.py), the ceiling for any Python proxy;
 * ``nemo028`` / ``nemo030``: NeMo Evaluator's adapter server with caching on, each in its own venv under
   bench/.venvs, made here on first use (a peer that cannot be installed is reported, not fatal);
-* ``evalproxy_uvloop``: evalproxy on uvloop (bench/evalproxy_uvloop.py), when asked for in ``--peers``;
+* ``evalproxy_asyncio``: evalproxy on asyncio's own loop (``--loop asyncio``; ``evalproxy`` runs on uvloop where it
+  is installed), when asked for in ``--peers``;
 * ``evalproxy_prev``: ``python -m evalproxy serve`` exactly as ``evalproxy``, but run by the interpreter given in
   ``--prev-python`` (the venv of another checkout, e.g. the previous main in a git worktree), for paired
   new/previous ratios of req/s and CPU per request within one run.
@@ -47,7 +48,7 @@ ROOT = HERE.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 NEMO = {"nemo028": ("0.2.8", "3.11"), "nemo030": ("0.3.0", "3.12")}
-ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_uvloop", "nemo028", "nemo030"]
+ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_asyncio", "nemo028", "nemo030"]
 PREV_PY: str | None = None  # the interpreter of target evalproxy_prev (--prev-python)
 STREAM_EVENTS = 23  # role, 20 content events, finish, [DONE] (bench/upstream.py)
 DEFAULT_CHAIN = {
@@ -158,13 +159,13 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         p = subprocess.Popen([PY, str(HERE / "bare_proxy.py"), "--upstream", upstream], stdout=subprocess.PIPE,
                              text=True)
         return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
-    if name in ("evalproxy", "evalproxy_prev", "evalproxy_uvloop"):
+    if name in ("evalproxy", "evalproxy_prev", "evalproxy_asyncio"):
         cfg = workdir / "evalproxy.json"
         cfg.write_text(json.dumps(chain or DEFAULT_CHAIN))
-        entry = [str(HERE / "evalproxy_uvloop.py")] if name == "evalproxy_uvloop" else ["-m", "evalproxy"]
+        loop = ["--loop", "asyncio"] if name == "evalproxy_asyncio" else []
         py = PREV_PY if name == "evalproxy_prev" else PY
         assert py is not None
-        p = subprocess.Popen([py, *entry, "serve", "--config", str(cfg), "--port", "0", "--upstream",
+        p = subprocess.Popen([py, "-m", "evalproxy", "serve", *loop, "--config", str(cfg), "--port", "0", "--upstream",
                               f"{upstream}/v1", "--output-dir", str(workdir / "out"), "--log-level", "WARNING"],
                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = first_line(p)
@@ -349,7 +350,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short windows: a smoke run in under three minutes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peers", default="bare,nemo028,nemo030",
-                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_uvloop, evalproxy_prev")
+                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_asyncio, evalproxy_prev")
     ap.add_argument("--prev-python", default=None,
                     help="the Python (a venv's bin/python) that runs peer evalproxy_prev, e.g. the previous main's")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory scenario")
@@ -368,8 +369,6 @@ def main() -> None:
         if p in NEMO and (why := ensure_nemo(p)):
             unavailable[p] = why
             print(f"peer {p} skipped: {why}", flush=True)
-        if p == "evalproxy_uvloop" and subprocess.run([PY, "-c", "import uvloop"]).returncode != 0:
-            unavailable[p] = "uvloop is not installed in this venv"
         if p == "evalproxy_prev" and (PREV_PY is None or subprocess.run(
                 [PREV_PY, "-c", "import evalproxy"], cwd=ROOT).returncode != 0):
             unavailable[p] = "needs --prev-python, an interpreter that imports evalproxy"
