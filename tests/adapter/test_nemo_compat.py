@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from evalproxy.adapter.config import LoadedConfig, load_config, parse_config
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.registry import resolve
+from evalproxy.interceptors.payload_modifier import PayloadModifierInterceptor
+from evalproxy.interceptors.raise_client_errors import RaiseClientErrorsInterceptor
+from evalproxy.interceptors.reasoning import ReasoningInterceptor
+from evalproxy.interceptors.system_message import SystemMessageInterceptor
+from evalproxy.simulator import Fault, SimulatedModel
 
 REFERENCE = Path("/work/shared/reference/001_a3fd6d57be74061d.txt")
 
@@ -203,7 +212,7 @@ class TestLauncher:
 
     def test_unknown_task(self, tmp_path: Path) -> None:
         """A task the file does not list is an error naming the ones it does."""
-        with pytest.raises(ConfigError, match="no task 'mmlu'.*ifeval, gpqa_diamond, mbpp"):
+        with pytest.raises(ConfigError, match=r"no task 'mmlu'.*ifeval, gpqa_diamond, mbpp"):
             load_config(write(tmp_path, LAUNCHER_DOC), task="mmlu")
 
     def test_sibling_target_and_list_replacement(self, tmp_path: Path) -> None:
@@ -265,3 +274,204 @@ class TestParams:
             "interceptors[1].config.cache_dri: response_stats: unknown field 'cache_dri'; did you mean 'cache_dir'?"]
         with pytest.raises(ConfigError, match="response_stats: unknown field 'cache_dri'; did you mean 'cache_dir'"):
             resolve(load_config(write(tmp_path, cfg), strict=True))
+
+
+def docs_adapter(text: str) -> dict[str, Any]:
+    """A docs snippet as a bare adapter config, its chain ending in endpoint where NeMo's would run it."""
+    return adapter(text)
+
+
+async def through_request(ic: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """The body ``ic`` sends on for ``body``."""
+    seen: dict[str, Any] = {}
+
+    async def call_next(ctx: RequestContext) -> ProxyResponse:
+        seen["body"] = ctx.json
+        seen["headers"] = ctx.headers
+        return ProxyResponse.from_json({})
+
+    await ic(RequestContext(method="POST", path="/v1/chat/completions", json=body), call_next)
+    return seen
+
+
+async def through_response(ic: Any, resp: ProxyResponse) -> ProxyResponse:
+    async def call_next(ctx: RequestContext) -> ProxyResponse:
+        return resp
+
+    out: ProxyResponse = await ic(RequestContext(method="POST", path="/v1/chat/completions", json={}), call_next)
+    return out
+
+
+def answer(content: str, role: str = "assistant") -> ProxyResponse:
+    return ProxyResponse.from_json({"choices": [{"index": 0, "message": {"role": role, "content": content},
+                                                 "finish_reason": "stop"}]})
+
+
+def content_of(resp: ProxyResponse) -> Any:
+    return resp.json["choices"][0]["message"]["content"]
+
+
+class TestSystemMessage:
+    """Y24/Y25 (system-messages.md): one system message at index 0 holding ours and every existing one's text."""
+
+    @pytest.mark.parametrize(("strategy", "text", "expected"), [
+        ("prepend", "You are a helpful AI assistant.", "You are a helpful AI assistant.\nA\nB"),
+        ("replace", "You are a precise assistant.", "You are a precise assistant."),
+        ("prepend", "Important: ", "Important: \nA\nB"),
+        ("append", "Remember to be concise.", "A\nB\nRemember to be concise."),
+    ])
+    async def test_docs_strategies(self, run: RunContext, strategy: str, text: str, expected: str) -> None:
+        """[sys A, user q, sys B] becomes [sys <merged>, user q], as NeMo's verified example."""
+        ic = SystemMessageInterceptor(SystemMessageInterceptor.Params(system_message=text, strategy=strategy), run)
+        q = {"role": "user", "content": "q"}
+        seen = await through_request(ic, {"messages": [{"role": "system", "content": "A"}, q,
+                                                       {"role": "system", "content": "B"}]})
+        assert seen["body"]["messages"] == [{"role": "system", "content": expected}, q]
+
+    async def test_no_existing_system_message(self, run: RunContext) -> None:
+        """With no system message, each strategy gives just the configured text, first."""
+        for strategy in ("replace", "prepend", "append"):
+            ic = SystemMessageInterceptor(SystemMessageInterceptor.Params(system_message="S", strategy=strategy), run)
+            seen = await through_request(ic, {"messages": [{"role": "user", "content": "q"}]})
+            assert seen["body"]["messages"][0] == {"role": "system", "content": "S"}
+
+
+class TestPayloadModifier:
+    """Y5-Y8 (payload-modification.md): remove at any depth, then add top-level, then rename top-level."""
+
+    async def test_docs_example(self, run: RunContext) -> None:
+        """top_k and reasoning_content go at every depth; temperature/top_p set; old_param renamed."""
+        cfg = docs_adapter("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "payload_modifier"
+          enabled: true
+          config:
+            params_to_add:
+              temperature: 0.7
+              top_p: 0.9
+            params_to_remove:
+              - "top_k"              # top-level field in the payload to remove
+              - "reasoning_content"  # field in the message to remove
+            params_to_rename:
+              old_param: "new_param"
+        - name: "endpoint"
+          enabled: true
+          config: {}
+""")
+        loaded = parse_config(cfg)
+        ((cls, params), _) = resolve(loaded).interceptors
+        ic = cls(params, run)
+        seen = await through_request(ic, {
+            "top_k": 5, "temperature": 0, "old_param": 1,
+            "messages": [{"role": "assistant", "content": "a", "reasoning_content": "r"}]})
+        assert seen["body"] == {"temperature": 0.7, "top_p": 0.9, "new_param": 1,
+                                "messages": [{"role": "assistant", "content": "a"}]}
+
+    async def test_extra_body_replaced_whole_and_add_then_rename(self, run: RunContext) -> None:
+        """Y7: extra_body is a literal top-level key, replaced whole; an added key is renamed too (add, rename)."""
+        ic = PayloadModifierInterceptor(PayloadModifierInterceptor.Params(
+            params_to_add={"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}, "max_new_tokens": 9},
+            params_to_rename={"max_new_tokens": "max_tokens"}), run)
+        seen = await through_request(ic, {"extra_body": {"a": 1}, "max_tokens": 1})
+        assert seen["body"] == {"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}, "max_tokens": 9}
+
+    def test_legacy_headers_convert(self) -> None:
+        """Legacy headers_to_add/remove/rename build payload_modifier as NeMo's conversion does."""
+        loaded = parse_config({"headers_to_add": {"X-A": "1"}, "headers_to_remove": ["X-B"],
+                               "headers_to_rename": {"X-C": "X-D"}})
+        assert chain(loaded)[0] == ("payload_modifier", {"headers_to_add": {"X-A": "1"}, "headers_to_remove": ["X-B"],
+                                                         "headers_to_rename": {"X-C": "X-D"}})
+
+    async def test_framing_headers_are_not_added(self, run: RunContext) -> None:
+        """As NeMo: headers_to_add drops host/content-length/connection/transfer-encoding (with a warning)."""
+        ic = PayloadModifierInterceptor(PayloadModifierInterceptor.Params(
+            headers_to_add={"Host": "evil", "X-Team": "a"}), run)
+        seen = await through_request(ic, {})
+        assert "Host" not in seen["headers"] and seen["headers"]["X-Team"] == "a"
+
+
+class TestReasoning:
+    """reasoning.md and IC/reasoning_interceptor.py: assistant content only; start null + not-finished false."""
+
+    async def test_strips_through_the_end_token(self, run: RunContext) -> None:
+        """Y17: everything through </think> is taken out of the assistant's content."""
+        ic = ReasoningInterceptor(ReasoningInterceptor.Params(), run)
+        assert content_of(await through_response(ic, answer("<think>hm</think>\n42"))) == "42"
+
+    async def test_other_roles_untouched(self, run: RunContext) -> None:
+        """Only assistant messages are processed, as in NeMo."""
+        ic = ReasoningInterceptor(ReasoningInterceptor.Params(), run)
+        assert content_of(await through_response(ic, answer("x</think>y", role="tool"))) == "x</think>y"
+
+    async def test_null_start_and_not_finished_false_blanks_as_nemo(self, run: RunContext) -> None:
+        """start null declares every answer opens inside the block: with include_if_not_finished false, an answer
+        without the end token is an unfinished block and becomes "" (as NeMo)."""
+        ic = ReasoningInterceptor(ReasoningInterceptor.Params(start_reasoning_token=None,
+                                                              include_if_not_finished=False), run)
+        assert content_of(await through_response(ic, answer("still thinking"))) == ""
+        assert content_of(await through_response(ic, answer("done</think>42"))) == "42"
+
+    async def test_plain_answer_never_blanked_with_a_start_token(self, run: RunContext) -> None:
+        """NeMo blanks a plain answer when include_if_not_finished is false whatever the start token; evalproxy
+        keeps an answer that never opened a block (different on purpose: DESIGN §5)."""
+        ic = ReasoningInterceptor(ReasoningInterceptor.Params(include_if_not_finished=False), run)
+        assert content_of(await through_response(ic, answer("plain answer"))) == "plain answer"
+        assert content_of(await through_response(ic, answer("<think>unfinished"))) == ""
+
+    def test_legacy_null_start_gives_the_default_token(self) -> None:
+        """NeMo's conversion omits a null legacy start token, so the interceptor default <think> applies."""
+        cfg = chain(parse_config({"use_reasoning": True, "start_reasoning_token": None}))
+        assert "start_reasoning_token" not in dict(cfg)["reasoning"]
+
+
+class TestRaiseClientErrors:
+    """raise-client-error.md (Y11, Y13-Y16): which upstream statuses stop the evaluation."""
+
+    @pytest.mark.parametrize(("cfg", "raised", "passed"), [
+        ({}, [400, 401, 404, 499], [408, 429, 200, 500]),
+        ({"status_codes": [401, 403]}, [401, 403, 404], [408, 429]),  # Y14: the range still applies, as in NeMo
+        ({"exclude_status_codes": [408, 429, 404]}, [400, 403], [404, 408]),
+        ({"exclude_status_codes": []}, [408, 429], [500]),
+    ])
+    def test_rule(self, cfg: dict[str, Any], raised: list[int], passed: list[int]) -> None:
+        p = RaiseClientErrorsInterceptor.Params(**cfg)
+        assert all(p.raises(s) for s in raised) and not any(p.raises(s) for s in passed)
+
+    def test_invalid_params(self) -> None:
+        """Overlap of status_codes and excludes, or start >= end, are refused at start as in NeMo."""
+        with pytest.raises(ValidationError):
+            RaiseClientErrorsInterceptor.Params(status_codes=[429])
+        with pytest.raises(ValidationError):
+            RaiseClientErrorsInterceptor.Params(status_code_range_start=500, status_code_range_end=400)
+
+    async def test_through_the_proxy(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+        """Y11: an upstream 404 becomes a 500 error naming the status, and the marker file is written; a 429 passes."""
+        proxy = await make_proxy(docs_adapter("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "endpoint"
+          enabled: true
+          config: {}
+        - name: "raise_client_errors"
+          enabled: true
+          config:
+            exclude_status_codes: [408, 429]
+            status_code_range_start: 400
+            status_code_range_end: 499
+"""), max_retries=0, retry_on_status=[])
+        sim.script(Fault(status=404))
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        assert r.status == 500 and "status code 404" in (await r.json())["error"]["message"]
+        assert "404" in (tmp_path / "out" / ".nemo_evaluator_server_error").read_text()
+        sim.script(Fault(status=429))
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "y"}]})
+        assert r.status == 429
+
+    def test_legacy_switch(self) -> None:
+        """use_raise_client_errors adds raise_client_errors with its defaults, last, as NeMo's conversion."""
+        assert chain(parse_config({"use_raise_client_errors": True}))[-1] == ("raise_client_errors", {})

@@ -89,14 +89,14 @@ class TestChat:
 
     @pytest.mark.parametrize(("strategy", "expected"), [
         ("prepend", f"{OURS}\ndev"), ("append", f"dev\n{OURS}")])
-    async def test_developer_role_keeps_its_place_and_role(
+    async def test_developer_role_is_merged_first_keeping_its_role(
         self, run: RunContext, strategy: str, expected: str
     ) -> None:
-        """prepend and append change the developer message in place, after earlier non-system messages."""
+        """A developer message counts as a system message: merged to index 0 (as NeMo does), keeping its role."""
         first = {"role": "user", "content": "before"}
         seen = await apply(make(run, strategy=strategy), {"messages": [first, {"role": "developer", "content": "dev"},
                                                                         USER]})
-        assert seen["body"]["messages"] == [first, {"role": "developer", "content": expected}, USER]
+        assert seen["body"]["messages"] == [{"role": "developer", "content": expected}, first, USER]
 
     async def test_list_content_prepend_puts_a_text_part_first(self, run: RunContext) -> None:
         """prepend on list content adds our text part before the existing parts."""
@@ -110,11 +110,16 @@ class TestChat:
         seen = await apply(make(run, strategy="append"), {"messages": [{"role": "system", "content": content}, USER]})
         assert seen["body"]["messages"][0] == {"role": "system", "content": OURS}
 
-    async def test_only_the_first_system_message_is_merged(self, run: RunContext) -> None:
-        """With two system messages, prepend merges into the first and leaves the second as it is."""
+    @pytest.mark.parametrize(("strategy", "expected"), [
+        ("prepend", f"{OURS}\nfirst\nsecond"), ("append", f"first\nsecond\n{OURS}"), ("replace", OURS)])
+    async def test_all_system_messages_become_one_at_index_0(
+        self, run: RunContext, strategy: str, expected: str
+    ) -> None:
+        """As NeMo Evaluator: every system message is joined into one, first; the others keep their order."""
         second = {"role": "system", "content": "second"}
-        seen = await apply(make(run), {"messages": [{"role": "system", "content": "first"}, USER, second]})
-        assert seen["body"]["messages"] == [{"role": "system", "content": f"{OURS}\nfirst"}, USER, second]
+        seen = await apply(make(run, strategy=strategy),
+                           {"messages": [USER, {"role": "system", "content": "first"}, USER, second]})
+        assert seen["body"]["messages"] == [{"role": "system", "content": expected}, USER, USER]
 
     @pytest.mark.parametrize("strategy", ["replace", "prepend", "append"])
     async def test_the_clients_body_is_not_mutated(self, run: RunContext, strategy: str) -> None:

@@ -1,10 +1,15 @@
 """payload_modifier: add, remove or rename request fields and headers before the request goes on.
 
-Runs before caching in the usual order, so the cache key covers the request as modified.
+In NeMo Evaluator's order and reach: ``params_to_remove`` removes the named keys at every depth (``name`` leaves
+``messages[].name`` and ``tools[].function.name`` too), then ``params_to_add`` sets top-level keys (a whole
+``extra_body`` replaced, never merged), then ``params_to_rename`` renames top-level keys that are present. Headers:
+remove, rename, then add, names matched case-insensitively; adding a hop-by-hop or framing header is refused with a
+warning, as there. Runs before caching in the usual order, so the cache key covers the request as modified.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import Field
@@ -15,9 +20,23 @@ from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.registry import register_for_adapter
 
+log = logging.getLogger("evalproxy.payload_modifier")
+
+# Headers the proxy itself must set: an added value would break the framing of the request.
+_PROTECTED_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding"})
+
+
+def remove_keys(value: Any, names: frozenset[str]) -> Any:
+    """``value`` without the keys ``names`` in any mapping at any depth (lists are walked too)."""
+    if isinstance(value, dict):
+        return {k: remove_keys(v, names) for k, v in value.items() if k not in names}
+    if isinstance(value, list):
+        return [remove_keys(v, names) for v in value]
+    return value
+
 
 class PayloadModifierParams(BaseParams):
-    params_to_remove: list[str] | None = Field(default=None, description="Top-level fields to drop")
+    params_to_remove: list[str] | None = Field(default=None, description="Fields to drop, at any depth")
     params_to_add: dict[str, Any] | None = Field(default=None, description="Top-level fields to set")
     params_to_rename: dict[str, str] | None = Field(default=None, description="old name -> new name")
     headers_to_add: dict[str, str] | None = None
@@ -31,6 +50,16 @@ class PayloadModifierInterceptor(BaseInterceptor[PayloadModifierParams]):
 
     Params = PayloadModifierParams
 
+    def __init__(self, params: PayloadModifierParams, run: Any) -> None:
+        super().__init__(params, run)
+        self.headers_to_add: dict[str, str] = {}
+        for name, value in (params.headers_to_add or {}).items():
+            if name.lower() in _PROTECTED_HEADERS:
+                log.warning("payload_modifier: not adding header '%s': the proxy sets it itself", name)
+            else:
+                self.headers_to_add[name] = value
+        self.remove = frozenset(params.params_to_remove or ())
+
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         p = self.params
         body = ctx.json
@@ -42,16 +71,16 @@ class PayloadModifierInterceptor(BaseInterceptor[PayloadModifierParams]):
             values = ctx.headers.popall(old, None)
             for v in values or ():
                 ctx.headers.add(new, v)
-        for name, value in (p.headers_to_add or {}).items():
+        for name, value in self.headers_to_add.items():
             ctx.headers[name] = value
         return await call_next(ctx)
 
     def modify(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A copy of ``body``: removals first, then renames, then additions (which win)."""
+        """A copy of ``body``: removals at every depth, then top-level additions, then top-level renames."""
         p = self.params
-        out = {k: v for k, v in body.items() if k not in set(p.params_to_remove or ())}
+        out: dict[str, Any] = remove_keys(body, self.remove) if self.remove else dict(body)
+        out.update(p.params_to_add or {})
         for old, new in (p.params_to_rename or {}).items():
             if old in out:
                 out[new] = out.pop(old)
-        out.update(p.params_to_add or {})
         return out

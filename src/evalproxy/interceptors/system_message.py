@@ -1,9 +1,11 @@
 """system_message: put a custom system prompt into every chat request (replace, prepend or append).
 
 ``strategy`` defaults to ``prepend``, as in NeMo Evaluator since 25.11; earlier NeMo Evaluator versions replaced the
-system message, which ``strategy: replace`` restores. prepend and append join our prompt and the first system
-message's content with a newline, in place (its role and other fields kept); without a system message ours is
-inserted first. A ``developer`` message counts as a system message (inspect-ai and newer OpenAI clients send one).
+system message, which ``strategy: replace`` restores. As in NeMo Evaluator, the request leaves with exactly one system
+message, at index 0: the contents of all its system messages are joined with newlines, and prepend/append put our
+prompt before/after that (replace drops them); the other messages keep their order. The merged message keeps the
+first system message's role and other fields. A ``developer`` message counts as a system message (inspect-ai and
+newer OpenAI clients send one; NeMo Evaluator leaves it alone).
 Content given as a list of parts keeps its parts: the prompt is added as a text part, images and other parts are left
 as they are. Every other message and request field goes upstream unchanged.
 
@@ -78,19 +80,16 @@ class SystemMessageInterceptor(BaseInterceptor[SystemMessageParams]):
         """A copy of ``body`` with the system prompt applied by ``strategy``; other fields untouched."""
         ours = self.params.system_message
         messages: list[Any] = body["messages"]
-        is_system = [isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES for m in messages]
-        if self.params.strategy == "replace" or not any(is_system):
-            rest = [m for m, s in zip(messages, is_system, strict=True) if not s]
+        systems = [m for m in messages if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES]
+        rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
+        if self.params.strategy == "replace" or not systems:
             return {**body, "messages": [{"role": "system", "content": ours}, *rest]}
-        i = is_system.index(True)
-        existing = messages[i]
-        content = existing.get("content")
-        if content is None:
-            content = ""
-        merged = _join(ours, content) if self.params.strategy == "prepend" else _join(content, ours)
-        new = list(messages)
-        new[i] = {**existing, "content": merged}
-        return {**body, "messages": new}
+        existing: Any = ""
+        for m in systems:
+            content = m.get("content")
+            existing = _join(existing, "" if content is None else content)
+        merged = _join(ours, existing) if self.params.strategy == "prepend" else _join(existing, ours)
+        return {**body, "messages": [{**systems[0], "content": merged}, *rest]}
 
     def _completions(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         if not self.params.apply_to_completions:

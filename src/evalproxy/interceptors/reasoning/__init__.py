@@ -2,8 +2,11 @@
 
 Reasoning is the text up to ``end_reasoning_token`` (``</think>``); a leading ``start_reasoning_token`` (``<think>``)
 is optional, since chat templates often open the block in the prompt. With ``start_reasoning_token: null`` every
-answer is taken to begin inside the block. An answer that has no reasoning is never blanked; an unfinished block
-(start token, no end token) is kept as it is with ``include_if_not_finished`` (the default) or becomes ``""``.
+answer is taken to begin inside the block. An unfinished block (start token, no end token) is kept as it is with
+``include_if_not_finished`` (the default) or becomes ``""``. With a start token, an answer that has no reasoning is
+never blanked (NeMo Evaluator blanks every answer lacking the end token: a defect we do not copy); with
+``start_reasoning_token: null`` and ``include_if_not_finished: false`` an answer without the end token is an
+unfinished block and becomes ``""``, as in NeMo. Only assistant messages (and completions text) are touched.
 A ``reasoning_content`` field set by the server is left untouched (and counted); with ``migrate_reasoning_content``
 the stripped text is moved there instead of dropped. With ``add_reasoning: false`` answers pass untouched, except that
 ``migrate_reasoning_content`` then does what it does in NeMo Evaluator: ``reasoning_content`` goes back into
@@ -295,6 +298,8 @@ class _Strip(AnswerHandler):
             i = ch.get("index", 0)
             c = self.choice(i if isinstance(i, int) else 0, whole)
             part = ch.get("message") if whole else ch.get("delta")
+            if isinstance(part, dict) and part.get("role") not in (None, "assistant"):
+                continue  # as NeMo Evaluator: only the assistant's own text is reasoning
             holder, key = (part, "content") if isinstance(part, dict) else (ch, "text")
             text = holder.get(key)
             rc = part.get("reasoning_content") if isinstance(part, dict) else None

@@ -27,6 +27,9 @@ def split_reasoning(content: str, start: str | None, end: str, include_if_not_fi
     if start and content.lstrip().startswith(start):
         reasoning = content.lstrip()[len(start) :]
         return Split(content if include_if_not_finished else "", reasoning, started=True, finished=False)
+    if not start and not include_if_not_finished:
+        # No start token means every answer opens inside the block: without the end token it is unfinished.
+        return Split("", content, started=True, finished=False)
     return Split(content)
 
 
@@ -122,7 +125,11 @@ class StreamSplitter:
             return ""
         self.closed = True
         out = ""
-        if self.mode in ("detect", "unmarked"):
+        if self.mode == "unmarked" and not self.start and not self.include_if_not_finished:
+            # No start token: every answer opens inside the block, so without the end token it is unfinished.
+            self.reasoning.append(self.pending)
+            self.started = True
+        elif self.mode in ("detect", "unmarked"):
             out = self.pending  # no end token came: it was all answer
         elif self.mode == "marked":  # unfinished block
             self.reasoning.append(self.pending)
