@@ -105,6 +105,8 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
     p.add_argument("--max-concurrent-requests", type=int, help="upstream connection limit")
     p.add_argument("--run-id", help="join this run: proxies started with one run id share its pass@k slots "
                    "(default: a new run id)")
+    p.add_argument("--cache-url", help="the caching interceptor's store: a Redis/Valkey URL (redis://host:6379/0, "
+                   "rediss://, unix://) shared by proxies on many machines, in place of its cache_dir")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default=None,
                    help="event loop: uvloop where installed (auto, the default), or asyncio's own "
                    "(also EVALPROXY_LOOP=asyncio)")
@@ -114,10 +116,27 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
 def _load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
     """The config, checked against the plugins it names (discovery runs here, once)."""
     loaded = load_config(args.config, overrides=_server_overrides(args))
+    if args.cache_url:
+        loaded = _with_cache_url(loaded, args.cache_url)
     if not loaded.server.upstream_url:
         raise ConfigError("no upstream URL: set server.upstream_url (or target.api_endpoint.url) or --upstream",
                           field="server.upstream_url", file=loaded.source)
     return loaded, resolve(loaded)
+
+
+def _with_cache_url(loaded: LoadedConfig, url: str) -> LoadedConfig:
+    """``--cache-url``: the caching interceptor's ``cache_url`` set on the command line (it wins over the file)."""
+    from evalproxy.storage import is_url
+
+    if not is_url(url):
+        raise ConfigError("--cache-url must start with redis://, rediss:// or unix://", field="--cache-url")
+    interceptors = [ic.model_copy(update={"config": {**ic.config, "cache_url": url}}) if ic.name == "caching" else ic
+                    for ic in loaded.adapter.interceptors]
+    if interceptors == loaded.adapter.interceptors:
+        raise ConfigError("--cache-url needs a caching interceptor in the chain", field="--cache-url",
+                          file=loaded.source)
+    loaded.adapter = loaded.adapter.model_copy(update={"interceptors": interceptors})
+    return loaded
 
 
 async def _wait_for_signal() -> None:
@@ -250,8 +269,11 @@ def _cache_dir(path: Path) -> Path:
 def _cmd_cache(args: argparse.Namespace) -> int:
     import json
 
+    from evalproxy.storage import is_url
     from evalproxy.storage.disk import CacheStore
 
+    if args.action == "copy" or is_url(args.dir):
+        return asyncio.run(_cache_on_store(args))
     cache_dir = _cache_dir(Path(args.dir))
     if not cache_dir.is_dir():
         print(f"evalproxy: no cache at {cache_dir}", file=sys.stderr)
@@ -267,6 +289,57 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             print(f"cleared {n} entries from {cache_dir}")
     finally:
         store.close()
+    return 0
+
+
+async def _cache_on_store(args: argparse.Namespace) -> int:
+    """``cache stats|clear URL`` on a Redis store, and ``cache copy SRC DST`` between a cache dir and a Redis URL."""
+    import json
+
+    from evalproxy.storage import Store, copy_store, is_url, open_store
+
+    def location(where: str, must_exist: bool) -> str | Path | None:
+        if is_url(where):
+            return where
+        d = _cache_dir(Path(where))
+        if must_exist and not d.is_dir():
+            print(f"evalproxy: no cache at {d}", file=sys.stderr)
+            return None
+        return d
+
+    if args.action == "explain":
+        print("evalproxy cache explain reads a cache directory (save_requests), not a Redis URL", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.action == "copy" and not args.request:
+        print("evalproxy cache copy: give the source and the destination: evalproxy cache copy SRC DST",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    src = location(args.dir, must_exist=True)
+    dst = location(args.request, must_exist=False) if args.action == "copy" else None
+    if src is None:
+        return 1
+    opened: list[Store] = []
+    try:
+        store = await asyncio.to_thread(open_store, src)
+        opened.append(store)
+        if args.action == "stats":
+            print(json.dumps(await store.stats(), indent=2))
+        elif args.action == "clear":
+            print(f"cleared {await store.clear()} entries from {store.location}")
+        else:
+            assert dst is not None
+            target = await asyncio.to_thread(open_store, dst)
+            opened.append(target)
+            n = await copy_store(store, target)
+            print(f"copied {n['answers']} answers, {n['saved_requests']} saved requests and {n['failures']} "
+                  f"failures from {store.location} to {target.location}"
+                  + (f" ({n['skipped']} damaged answers skipped)" if n["skipped"] else ""))
+    except ConnectionError as exc:
+        print(f"evalproxy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for s in opened:
+            await s.aclose()
     return 0
 
 
@@ -429,10 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render report.html and report.json from a run directory")
     p.add_argument("dir")
 
-    p = sub.add_parser("cache", help="look at or clear a cache, or explain why a request misses")
-    p.add_argument("action", choices=["stats", "clear", "explain"])
-    p.add_argument("dir", help="a run's output dir or a cache dir")
-    p.add_argument("request", nargs="?", help="explain: a request body (JSON file)")
+    p = sub.add_parser("cache", help="look at, clear or copy a cache, or explain why a request misses")
+    p.add_argument("action", choices=["stats", "clear", "explain", "copy"])
+    p.add_argument("dir", help="a run's output dir, a cache dir, or a Redis URL (redis://host:6379/0?prefix=NAME:)")
+    p.add_argument("request", nargs="?", help="explain: a request body (JSON file); copy: the destination (a cache "
+                   "dir or a Redis URL)")
 
     p = sub.add_parser("export", help="gather runs into processed_results.json (or .csv, or MLflow)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")

@@ -19,8 +19,11 @@ upstream call. ``repeats: sample`` or ``reuse`` forces either behaviour. A sampl
 As in NeMo Evaluator, ``reuse_cached_responses: true`` implies ``save_responses: true`` and no
 ``max_saved_responses`` cap: a cache that is read must be written.
 
-A store that cannot be opened or fails (read-only, damaged database, full disk) is logged once, counted, and the
-proxy answers without it: a run is never stopped by its cache.
+The store is a directory (``cache_dir``, the default: diskcache) or a Redis/Valkey server (``cache_url:
+redis://host:6379/0``, shared by proxies on many machines). A store that cannot be opened or fails (read-only,
+damaged database, full disk, a server down or slow) is logged once, counted (``evalproxy_store_up`` drops to 0,
+``evalproxy_answers_not_stored`` counts what went by), and the proxy answers without it: a run is never stopped by
+its cache. The next request tries the store again; when it answers, caching resumes and that is logged too.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Literal, TypeVar
 
 from multidict import CIMultiDict
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
@@ -48,7 +51,7 @@ from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event, assemble_stream
 from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.storage import Claim, Failure, SavedPair, Store, StoredAnswer, cache_key, open_store
+from evalproxy.storage import Claim, Failure, SavedPair, Store, StoredAnswer, cache_key, is_url, open_store
 from evalproxy.storage.base import LEASE_SECONDS
 
 log = logging.getLogger("evalproxy.caching")
@@ -70,12 +73,21 @@ def is_deterministic(body: dict[str, Any]) -> bool:
 
 class CachingParams(Params):
     cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
+    cache_url: str | None = Field(default=None, description="A shared store in place of cache_dir: redis://, "
+                                  "rediss:// or unix:// (Redis 6+ or Valkey); ?prefix=NAME: keeps projects apart")
     reuse_cached_responses: bool = True
     save_requests: bool = False
     save_responses: bool = True
     max_saved_requests: int | None = Field(default=None, ge=0)
     max_saved_responses: int | None = Field(default=None, ge=0)
     repeats: Literal["auto", "sample", "reuse"] = "auto"
+
+    @field_validator("cache_url")
+    @classmethod
+    def _a_store_url(cls, v: str | None) -> str | None:
+        if v is not None and not is_url(v):
+            raise ValueError("cache_url must start with redis://, rediss:// or unix:// (use cache_dir for a directory)")
+        return v
 
 
 @register_for_adapter(name="caching", description="Stores answers and replays them on repeats and resume.")
@@ -85,6 +97,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
     def __init__(self, params: CachingParams, run: RunContext) -> None:
         super().__init__(params, run)
         self.cache_dir = run.resolve(params.cache_dir or run.config.caching_dir or run.output_dir / "cache")
+        self.where = params.cache_url or self.cache_dir
         self.save_responses = params.save_responses
         self.max_saved_responses = params.max_saved_responses
         if params.reuse_cached_responses and (not params.save_responses or params.max_saved_responses is not None):
@@ -99,8 +112,9 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         self._renewer: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self._answers = self._pairs = 0
+        self._store_down = False
         try:
-            disk = open_store(self.cache_dir)
+            disk = open_store(self.where)
             self.store = disk
             sync = getattr(disk, "sync", None)
             if sync is not None:  # opened in a thread already (the server builds interceptors off the loop)
@@ -108,13 +122,15 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         except (OSError, sqlite3.Error) as exc:
             self._failed("read", exc)
             self.store = None
+        run.prometheus.store_up.set(1 if self.store is not None else 0)
         run.statistics.register("caching", self.section)
 
     def section(self) -> dict[str, Any]:
         c = self.counts
         lookups = c["hits"] + c["misses"]
         return {
-            "cache_dir": str(self.cache_dir),
+            "cache_dir": str(self.store.location if self.store is not None and self.params.cache_url else
+                             self.where),
             "hits": c["hits"],
             "misses": c["misses"],
             "hit_ratio": c["hits"] / lookups if lookups else 0.0,
@@ -137,23 +153,41 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         """A failing store (full, read-only, damaged) is logged once, counted, and never fails the request."""
         self.counts[f"{what}_errors"] += 1
         self.run.prometheus.cache.labels(f"{what}_error").inc()
+        self.run.prometheus.store_up.set(0)
+        self._store_down = True
         self.run.statistics.touch()
         if what not in self._warned:
             self._warned.add(what)
             log.error("cache %s failed in %s (%s: %s); requests are still answered, without the cache. "
-                      "Further %s errors are counted, not logged.", what, self.cache_dir, type(exc).__name__,
+                      "Further %s errors are counted, not logged.", what, self._where_label(), type(exc).__name__,
                       exc, what)
+
+    def _where_label(self) -> str:
+        return self.store.location if self.store is not None and self.params.cache_url else str(self.where)
+
+    def _store_back(self) -> None:
+        """A store call succeeded after failures. A server store was down and is back: caching resumes, said
+        loudly, and its next outage is logged again (a directory that failed one write, full or read-only, is not
+        "back": its errors stay logged once)."""
+        self._store_down = False
+        self.run.prometheus.store_up.set(1)
+        if self.params.cache_url:
+            self._warned.clear()
+            log.warning("cache store %s answers again: caching resumed", self._where_label())
 
     async def _io(self, what: str, call: Awaitable[T]) -> tuple[bool, T | None]:
         """Await a store call: (ok, result); a failure is counted and logged once, never raised."""
         try:
-            return True, await call
+            result = await call
         except Exception as exc:
             # A claim writes its lease: a disk that is full or read-only fails it as a write, not a read.
             if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "readonly" in str(exc)):
                 what = "write"
             self._failed(what, exc)
             return False, None
+        if self._store_down:
+            self._store_back()
+        return True, result
 
     def _count(self, what: Literal["hit", "miss", "write"]) -> None:
         self.counts[_PLURAL[what]] += 1
@@ -190,20 +224,23 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         ok, claim = await self._io("read", store.claim(key, self.run.run_id, sampled=sampled, reuse=reuse,
                                                        owner=self.owner))
         if not ok or claim is None:
-            self._count("miss")
-            resp = await call_next(ctx)
-            resp.headers[CACHE_HEADER] = "miss"
-            return resp
+            return await self._without_store(ctx, call_next)
         claim = await self._wait_for_slot(key, claim)
         ctx.state[CACHE_SLOT] = claim.slot
         if claim.answer is not None:
             return self._hit(ctx, claim.answer)
         if not claim.leased:  # the store failed while waiting: answer without it
-            self._count("miss")
-            resp = await call_next(ctx)
-            resp.headers[CACHE_HEADER] = "miss"
-            return resp
+            return await self._without_store(ctx, call_next)
         return await self._fill(ctx, call_next, key, claim.slot, sampled)
+
+    async def _without_store(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        """The store failed for this request: pass it through, counted as an answer not stored."""
+        self._count("miss")
+        resp = await call_next(ctx)
+        resp.headers[CACHE_HEADER] = "miss"
+        if resp.ok:
+            self.run.prometheus.answers_not_stored.inc()
+        return resp
 
     async def _wait_for_slot(self, key: str, claim: Claim) -> Claim:
         """Wait while another request (here or in another process) fills the slot; then its answer or the lease."""
@@ -280,6 +317,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         if ok and save_answer:
             self._answers += 1
             self._count("write")
+        elif save_answer:
+            self.run.prometheus.answers_not_stored.inc()
         return ok or not save_answer
 
     async def record_failure(self, ctx: RequestContext, status: int, error: str) -> None:

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from evalproxy.storage.base import (
@@ -36,5 +38,67 @@ def open_store(location: str | Path) -> Store:
     return DiskStore(location)
 
 
+async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, int]:
+    """Copy every answer (its bytes as stored: a damaged one is skipped), saved pair and failure of ``src`` into
+    ``dst``, between a cache directory and a Redis store either way. Slot counters and leases belong to running
+    runs and are not copied. Returns how many of each were copied."""
+    copied = {"answers": 0, "skipped": 0, "saved_requests": 0, "failures": 0}
+    async for chunk in _raw_answers(src, batch):
+        good = []
+        for name, blob in chunk:
+            try:
+                StoredAnswer.decode(blob)
+            except Exception:
+                copied["skipped"] += 1
+                continue
+            good.append((name, blob))
+        await _put_raw_answers(dst, good)
+        copied["answers"] += len(good)
+    for pair in await src.saved_pairs(with_responses=False):
+        await dst.save_pair(pair)
+        copied["saved_requests"] += 1
+    for failure in await src.failures():
+        await dst.record_failure(failure)
+        copied["failures"] += 1
+    return copied
+
+
+async def _raw_answers(store: Store, batch: int) -> AsyncIterator[list[tuple[str, bytes]]]:
+    if isinstance(store, DiskStore):
+        responses = store.sync.responses
+        names = await asyncio.to_thread(lambda: sorted(str(k) for k in responses.iterkeys()))
+
+        def get(part: list[str]) -> list[object]:
+            return [responses.get(n) for n in part]
+
+        for i in range(0, len(names), batch):
+            part = names[i:i + batch]
+            blobs = await asyncio.to_thread(get, part)
+            yield [(n, b) for n, b in zip(part, blobs, strict=True) if isinstance(b, bytes)]
+        return
+    from evalproxy.storage.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    async for chunk in store.raw_answers(batch):
+        yield chunk
+
+
+async def _put_raw_answers(store: Store, items: list[tuple[str, bytes]]) -> None:
+    if isinstance(store, DiskStore):
+        responses = store.sync.responses
+
+        def put() -> None:
+            with responses.transact():
+                for name, blob in items:
+                    responses.set(name, blob)
+
+        await asyncio.to_thread(put)
+        return
+    from evalproxy.storage.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    await store.put_raw_answers(items)
+
+
 __all__ = ["Claim", "DiskStore", "Failure", "SavedPair", "Store", "StoreClosedError", "StoredAnswer", "cache_key",
-           "is_url", "open_store"]
+           "copy_store", "is_url", "open_store"]

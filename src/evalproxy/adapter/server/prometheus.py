@@ -1,11 +1,18 @@
-"""Prometheus collectors on the app's own registry (never the global one: tests build many apps)."""
+"""Prometheus collectors on the app's own registry (never the global one: tests build many apps).
+
+Under ``serve --workers N`` every worker process has ``PROMETHEUS_MULTIPROC_DIR`` set: prometheus_client then keeps
+each value in a file of that directory, and any worker's ``/metrics`` reads them all (prometheus_client's
+multiprocess mode), so one scrape sees the sum over the workers.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -44,10 +51,19 @@ class Prometheus:
             "evalproxy_completion_tokens_per_request", "Completion tokens per answer", buckets=_TOKEN_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("evalproxy_requests_in_flight", "Requests being answered now", registry=r)
+        self.in_flight = Gauge("evalproxy_requests_in_flight", "Requests being answered now", registry=r,
+                               multiprocess_mode="livesum")
         self.retries = Counter("evalproxy_upstream_retries", "Upstream retries, by reason", ["reason"], registry=r)
         self.errors = Counter("evalproxy_errors", "Errors, by type", ["type"], registry=r)
         self.cache = Counter("evalproxy_cache", "Cache lookups and writes, by result", ["result"], registry=r)
+        self.store_up = Gauge(
+            "evalproxy_store_up", "1 while the cache's store answers, 0 after a store call failed (the proxy then "
+            "passes requests through)", registry=r, multiprocess_mode="livemin",
+        )
+        self.answers_not_stored = Counter(
+            "evalproxy_answers_not_stored", "Answers that went to the client without being stored, because the "
+            "store was down or failed", registry=r,
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -59,4 +75,8 @@ class Prometheus:
         return c
 
     def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # one of several workers: every worker's values, summed
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # prometheus_client leaves it untyped
+            return generate_latest(merged)
         return generate_latest(self.registry)
