@@ -475,3 +475,34 @@ target:
     def test_legacy_switch(self) -> None:
         """use_raise_client_errors adds raise_client_errors with its defaults, last, as NeMo's conversion."""
         assert chain(parse_config({"use_raise_client_errors": True}))[-1] == ("raise_client_errors", {})
+
+
+class TestNemoPlugins:
+    """A plugin written for NeMo Evaluator 0.2.8 (nemo_evaluator.adapters.decorators/types) loads through discovery
+    without NeMo installed, and runs as it would there."""
+
+    async def test_plugin_runs_unchanged(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Its request interceptor changes the body (from_values), its response interceptor rewrites _content."""
+        proxy = await make_proxy({"discovery": {"dirs": [str(Path(__file__).parent / "nemo_plugins")]},
+                                  "interceptors": ["nemo_add_field", "endpoint", "nemo_shout"]}, model_id="sim-m")
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status == 200
+        assert sim.log[-1].body["nemo_field"] == "sim-m"
+        content = (await r.json())["choices"][0]["message"]["content"]
+        assert content == content.upper()
+        r = await proxy.post("/v1/chat/completions", json={"messages": [], "stop_now": True})
+        assert r.status == 500 and "asked to stop" in (await r.json())["error"]["message"]
+
+    def test_decorator_checks_as_nemo(self) -> None:
+        """A class with no plugin base class, or no Params, is refused as NeMo's decorator refuses it."""
+        from evalproxy.nemo_compat import RequestInterceptor, register_for_adapter
+
+        with pytest.raises(ValueError, match="must subclass"):
+            register_for_adapter("x", "")(type("X", (), {}))
+
+        class NoParams(RequestInterceptor):
+            def intercept_request(self, req: Any, context: Any) -> Any:
+                return req
+
+        with pytest.raises(TypeError, match="Params"):
+            register_for_adapter("y", "")(NoParams)
