@@ -120,3 +120,26 @@ async def test_identical_deterministic_requests_in_flight_share_one_call(tmp_pat
     finally:
         await procs.stop()
         await server.close()
+
+
+async def test_client_leaving_a_real_server_still_gets_its_answer_stored(tmp_path: Path) -> None:
+    """Against a real `evalproxy serve` (which never cancels handlers), a client that disconnects mid-stream still
+    has its answer completed and stored: asking again is a replay, the model was called once."""
+    sim = SimulatedModel(latency=0.02, chunk_delay=0.05)
+    server = await with_model(sim)
+    procs = Proxies(tmp_path, str(server.make_url("/v1")))
+    body = {**PROMPT, "temperature": 0, "stream": True}
+    try:
+        url = await procs.start("a")
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(f"{url}/v1/chat/completions", json=body)
+            await resp.content.readany()  # the first bytes, then hang up
+            resp.close()
+        await asyncio.sleep(1.5)  # the rest of the stream arrives and is stored meanwhile
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions", json=body) as again:
+            assert again.headers["X-EvalProxy-Cache"] == "hit"
+            await again.read()
+        assert len(sim.requests_to("/chat/completions")) == 1
+    finally:
+        await procs.stop()
+        await server.close()

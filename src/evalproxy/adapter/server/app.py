@@ -17,9 +17,14 @@ from evalproxy.adapter.server.proxy import Proxy
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy", Proxy)
 
 
-def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None) -> web.Application:
-    """The proxy as an aiohttp Application. Its resources open on start-up and close on cleanup, one context each."""
-    proxy = Proxy(loaded, resolved, run_id)
+def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None,
+               handler_cancellation: bool = True) -> web.Application:
+    """The proxy as an aiohttp Application. Its resources open on start-up and close on cleanup, one context each.
+
+    ``handler_cancellation``: whether the server that runs the app cancels handlers whose clients left (aiohttp's
+    ``AppRunner`` option; its test server does). If it may, every answer runs in a task of its own, shielded.
+    """
+    proxy = Proxy(loaded, resolved, run_id, handler_cancellation=handler_cancellation)
     app = web.Application(client_max_size=loaded.server.max_request_bytes, handler_args={"max_field_size": 65536})
     app[PROXY] = proxy
     app.cleanup_ctx.extend(proxy.cleanup_contexts())

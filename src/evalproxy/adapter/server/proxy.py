@@ -78,7 +78,8 @@ def absolute_paths(adapter: AdapterConfig, base: Path) -> AdapterConfig:
 class Proxy:
     """Everything one running proxy owns: the run, the chain, the transport, interceptors and hooks."""
 
-    def __init__(self, loaded: LoadedConfig, resolved: Resolved | None = None, run_id: str | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, resolved: Resolved | None = None, run_id: str | None = None,
+                 *, handler_cancellation: bool = True) -> None:
         self.resolved = resolved or resolve(loaded)
         cwd = Path.cwd()
         adapter = absolute_paths(loaded.adapter, cwd)
@@ -105,6 +106,9 @@ class Proxy:
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
         self._pending: set[asyncio.Task[web.StreamResponse]] = set()
+        self.handler_cancellation = handler_cancellation
+        """Whether the server cancels a handler whose client left (aiohttp's test server does; ``RunningProxy``'s
+        does not): only then does each answer need a task of its own."""
         self.observers: list[Observer] = []
         """Told of every request the chain answered (see :data:`Observer`); a failing observer is logged, never
         raised."""
@@ -244,8 +248,10 @@ class Proxy:
 
         A client that disconnects cancels its handler (aiohttp can be set up that way, and its test server is);
         the answer it asked for is still being paid for, so the work goes on, shielded, until the answer is complete
-        and stored, and only the writing to the client stops.
+        and stored, and only the writing to the client stops. A server that never cancels handlers needs no shield.
         """
+        if not self.handler_cancellation:
+            return await self._answer(request)
         task = asyncio.create_task(self._answer(request))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -27,10 +27,13 @@ class RunningProxy:
 
     def __init__(self, loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None) -> None:
         self.loaded = loaded
-        self.app = create_app(loaded, resolved=resolved, run_id=run_id)
+        # Handlers are never cancelled when a client leaves, so an answer being paid for runs to its end without a
+        # task and a shield of its own.
+        self.app = create_app(loaded, resolved=resolved, run_id=run_id, handler_cancellation=False)
         self.proxy: Proxy = self.app[PROXY]
         self.runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout,
+            handler_cancellation=False,
         )
         self.url = ""
 
