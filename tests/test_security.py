@@ -169,5 +169,5 @@ class TestAdminToken:
         if status == 401:
             assert body["error"]["type"] == "authentication_error"
         else:
-            assert body["status"] == "ok"
+            assert body["status"] == "success"
         assert self.ADMIN_TOKEN not in await resp.text()

@@ -506,3 +506,23 @@ class TestNemoPlugins:
 
         with pytest.raises(TypeError, match="Params"):
             register_for_adapter("y", "")(NoParams)
+
+
+class TestFiles:
+    async def test_run_post_hook_answers_as_nemo(self, make_proxy: Any) -> None:
+        """POST /adapterserver/run-post-hook answers 200 {status: success, message} as NeMo, a second call too."""
+        proxy = await make_proxy({"interceptors": ["endpoint"]})
+        for _ in range(2):
+            resp = await proxy.post("/adapterserver/run-post-hook")
+            body = await resp.json()
+            assert resp.status == 200
+            assert (body["status"], body["message"]) == ("success", "Post-eval hooks executed successfully")
+
+    async def test_effective_config_keeps_reasoning_tokens(self, make_proxy: Any, tmp_path: Path) -> None:
+        """adapter_config.yaml shows start/end_reasoning_token as written, not as redacted secrets."""
+        proxy = await make_proxy({"interceptors": [
+            {"name": "reasoning", "config": {"start_reasoning_token": "<t>", "end_reasoning_token": "</t>"}},
+            "endpoint"]})
+        await proxy.post("/adapterserver/run-post-hook")
+        text = (tmp_path / "out" / "adapter_config.yaml").read_text()
+        assert "</t>" in text and "<t>" in text
