@@ -18,5 +18,5 @@ def test_demo_runs_twice_second_from_cache(tmp_path: Path) -> None:
     upstream_line = next(line for line in done.stdout.splitlines() if "upstream calls" in line)
     assert upstream_line.split()[-1] == "0"
     assert f"report: {tmp_path / 'demo' / 'report.html'}" in done.stdout
-    report = orjson.loads((tmp_path / "demo" / "report.json").read_bytes())
+    report = orjson.loads((tmp_path / "demo" / "evalproxy_report.json").read_bytes())
     assert report["pairs"] and report["statistics"]["reasoning"]["reasoning_finished_count"] > 0

@@ -58,7 +58,8 @@ async def real_run(make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.Mon
 
 
 def load(out: Path) -> dict[str, Any]:
-    report: dict[str, Any] = orjson.loads((out / "report.json").read_bytes())
+    """evalproxy's own report data (report.json is NeMo Evaluator's list of pairs)."""
+    report: dict[str, Any] = orjson.loads((out / "evalproxy_report.json").read_bytes())
     return report
 
 
@@ -189,17 +190,39 @@ class TestReport:
         ({"interceptors": ["endpoint", "response_stats"]}, "no cache at"),
         ({"interceptors": ["caching", "endpoint", "response_stats"]}, "no request/response pairs were saved"),
     ], ids=["no-cache", "nothing-saved"])
-    async def test_no_pairs_still_reports_statistics(self, make_proxy: Any, tmp_path: Path,
-                                                     adapter: dict[str, Any], note: str) -> None:
-        """Without saved pairs the report still has the statistics and says that no pairs were saved."""
-        proxy = await make_proxy({**adapter, "post_eval_hooks": ["post_eval_report"]})
+    async def test_no_pairs_no_report_but_the_details_say_why(self, make_proxy: Any, tmp_path: Path,
+                                                              adapter: dict[str, Any], note: str) -> None:
+        """As NeMo: without saved pairs neither report.html nor report.json is written; evalproxy_report.json has
+        the statistics and says that no pairs were saved."""
+        hook = {"name": "post_eval_report", "config": {"report_types": ["html", "json"]}}
+        proxy = await make_proxy({**adapter, "post_eval_hooks": [hook]})
         await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         await proxy.close()
         report = load(tmp_path / "out")
         assert report["pairs"] == [] and note in report["pairs_note"]
         assert report["statistics"]["response_stats"]["count"] == 1
-        page = (tmp_path / "out" / "report.html").read_text()
-        assert 'id="pairs-note"' in page and note in page and 'id="latency"' in page
+        assert not (tmp_path / "out" / "report.html").exists() and not (tmp_path / "out" / "report.json").exists()
+
+    async def test_report_json_is_nemos_list(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+        """report.json is NeMo Evaluator's list: request_data, display_request, response, endpoint, cache_key."""
+        hook = {"name": "post_eval_report", "config": {"report_types": ["json"]}}
+        proxy = await make_proxy(chain(tmp_path, post_eval_hooks=[hook]), model_id="sim-model")
+        for q in ("a", "b"):
+            await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}]})
+        await proxy.close()
+        entries = orjson.loads((tmp_path / "out" / "report.json").read_bytes())
+        assert [sorted(e) for e in entries] == [["cache_key", "display_request", "endpoint", "request_data",
+                                                 "response"]] * 2
+        assert [e["request_data"]["messages"][0]["content"] for e in entries] == ["a", "b"]
+        assert entries[0]["display_request"] == entries[0]["request_data"]
+        assert entries[0]["endpoint"].endswith("/v1/chat/completions")
+        assert entries[0]["response"]["choices"][0]["message"]["content"]
+
+    def test_default_report_types_is_html(self) -> None:
+        """As NeMo: a post_eval_report entry without report_types writes HTML only."""
+        from evalproxy.hooks.post_eval_report import PostEvalReportHook
+
+        assert PostEvalReportHook.Params().report_types == ["html"]
 
     async def test_size_falls_back_to_the_adapter_setting(self, make_proxy: Any, sim: SimulatedModel,
                                                           tmp_path: Path) -> None:
@@ -216,12 +239,11 @@ class TestReport:
         assert not (out / "report.html").exists()
 
     async def test_empty_run_directory(self, tmp_path: Path) -> None:
-        """A directory without config, statistics or cache still gets a report that says what is missing."""
+        """A directory without config, statistics or cache gets no report, and details that say what is missing."""
         written = await render_reports(tmp_path)
-        assert sorted(p.name for p in written) == ["report.html", "report.json"]
+        assert sorted(p.name for p in written) == ["evalproxy_report.json"]
         report = load(tmp_path)
         assert report["statistics"] == {} and report["pairs"] == [] and report["pairs_note"]
-        assert 'id="stats-note"' in (tmp_path / "report.html").read_text()
 
     @pytest.mark.parametrize(("config", "error"), [
         ("server: [unclosed", ConfigError), ("- a list", ConfigError),

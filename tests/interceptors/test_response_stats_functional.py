@@ -104,8 +104,9 @@ class TestPersistence:
         await proxy.close()
         stats = metrics(tmp_path)["response_stats"]
         assert stats["count"] == 1 and stats["description"] == "Response statistics saved during processing"
-        assert list(stats["runs"]) == [stats["run_id"]]
-        saved = orjson.loads((tmp_path / "out" / "response_stats_cache" / f"run-{stats['run_id']}.json").read_bytes())
+        assert list(stats["runs"]) == [stats["evalproxy_run_id"]]
+        saved = orjson.loads((tmp_path / "out" / "response_stats_cache"
+                              / f"run-{stats['evalproxy_run_id']}.json").read_bytes())
         assert saved["count"] == 1
 
     async def test_runs_add_up_across_restarts(self, make_proxy: Any, tmp_path: Path) -> None:
@@ -118,11 +119,17 @@ class TestPersistence:
                 await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a " * i}],
                                                                "temperature": 0})
             await proxy.close()
-            run_ids.append(metrics(tmp_path)["response_stats"]["run_id"])
+            run_ids.append(metrics(tmp_path)["response_stats"]["evalproxy_run_id"])
         stats = metrics(tmp_path)["response_stats"]
         assert run_ids[0] != run_ids[1] and set(stats["runs"]) == set(run_ids)
         assert stats["count"] == 5 and stats["status_codes"] == {"200": 5}
         assert [stats["runs"][r]["count"] for r in run_ids] == [2, 3]
         assert stats["total_prompt_tokens"] == sum(r["total_prompt_tokens"] for r in stats["runs"].values())
         assert stats["total_prompt_tokens"] == 0 + 1 + 0 + 1 + 2  # "a " * i has i words
+        # NeMo Evaluator's shape: an integer run_id counting starts, inference_run_times keyed "0", "1".
+        assert stats["run_id"] == 1 and list(stats["inference_run_times"]) == ["0", "1"]
+        times = stats["inference_run_times"]["1"]
+        assert set(times) == {"run_start", "first_request_time", "last_request_time", "inference_time",
+                              "time_to_first_request_seconds"}
+        assert "T" in times["run_start"] and times["time_to_first_request_seconds"] >= 0
         assert stats["scores"]["latency_ms"]["stats"]["count"] == 5

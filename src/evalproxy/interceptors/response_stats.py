@@ -5,6 +5,9 @@ it (caching counts its hits). Per answer: status code, finish reasons, prompt/co
 tokens, latency, time to first event for streams, tool calls. Sums are exact integers (times in microseconds);
 percentiles come from bounded samples.
 
+The section has NeMo Evaluator's keys (an integer ``run_id`` counting the starts on this cache dir, and
+``inference_run_times`` per run); evalproxy's own run id is ``evalproxy_run_id``, and ``runs`` is keyed by it.
+
 Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json`` (written atomically with the statistics file,
 never per request); on start the earlier runs' files in the same directory are read, so a resumed evaluation reports
 the totals of all its runs, and each run's own numbers under ``runs``.
@@ -26,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -72,6 +76,7 @@ class RunStats:
         self.last_at: float | None = None
         self.merged_span: float | None = None
         """For totals over runs: the sum of each run's span (the gaps between runs are not inference time)."""
+        self.run_start: float | None = None
 
     @property
     def inference_time(self) -> float:
@@ -90,7 +95,7 @@ class RunStats:
             "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
             "errors": dict(self.errors), "tokens": {name: s.dump(k) for name, s in self.tokens.items()},
             "latency_us": self.latency_us.dump(k), "ttft_us": self.ttft_us.dump(k),
-            "first_at": self.first_at, "last_at": self.last_at,
+            "first_at": self.first_at, "last_at": self.last_at, "run_start": self.run_start,
         }
 
     @classmethod
@@ -109,7 +114,24 @@ class RunStats:
         s.latency_us = Summary.load(data["latency_us"])
         s.ttft_us = Summary.load(data["ttft_us"])
         s.first_at, s.last_at = data["first_at"], data["last_at"]
+        s.run_start = data.get("run_start")
         return s
+
+    def run_times(self) -> dict[str, Any]:
+        """This run's entry of NeMo Evaluator's ``inference_run_times``: local ISO times (no zone), seconds."""
+
+        def iso(t: float | None) -> str | None:
+            return None if t is None else datetime.fromtimestamp(t).isoformat()
+
+        first, last = self.first_at, self.last_at
+        return {
+            "run_start": iso(self.run_start),
+            "first_request_time": iso(first),
+            "last_request_time": iso(last),
+            "inference_time": round(last - first, 4) if first is not None and last is not None else 0.0,
+            "time_to_first_request_seconds": (round(first - self.run_start, 3)
+                                              if first is not None and self.run_start is not None else None),
+        }
 
     def merge(self, other: RunStats) -> RunStats:
         out = RunStats("all")
@@ -234,6 +256,7 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         self.dir = run.resolve(params.cache_dir or run.output_dir / "response_stats_cache")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.stats = RunStats(run.run_id)
+        self.stats.run_start = run.started_at
         self.earlier = self._load_earlier()
         self._clock = clock
         self._lock = threading.Lock()  # the statistics writer reads from a thread
@@ -266,8 +289,13 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         for r in self.earlier:
             total = total.merge(r)
         out = total.section()
-        out["run_id"] = self.run.run_id
-        out["runs"] = {r.run_id: r.section(brief=True) for r in [*self.earlier, mine]}
+        runs = [*self.earlier, mine]
+        # As NeMo Evaluator: run_id counts the starts on this cache dir (0, 1, ...), and inference_run_times holds
+        # each run's times under that number as a string. evalproxy's own run ids key ``runs``.
+        out["run_id"] = len(self.earlier)
+        out["evalproxy_run_id"] = self.run.run_id
+        out["inference_run_times"] = {str(i): r.run_times() for i, r in enumerate(runs)}
+        out["runs"] = {r.run_id: r.section(brief=True) for r in runs}
         return out
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:

@@ -1,5 +1,11 @@
 """post_eval_report: ``report.html`` and ``report.json`` when a run ends (or again with ``evalproxy report DIR``).
 
+``report.json`` is the file NeMo Evaluator writes, for tools that read it: a list of the first ``html_report_size``
+saved pairs, each ``{request_data, display_request, response, endpoint, cache_key}`` (in arrival order, where NeMo
+sorts by cache key). Everything else this report knows (summary, statistics, failures, the pairs for reading) goes to
+``evalproxy_report.json`` beside it. As in NeMo, the default ``report_types`` is ``[html]``, and a run that saved no
+pairs gets neither report.html nor report.json (``evalproxy_report.json`` still says why, when json is asked for).
+
 The report reads only what the run left on disk: the effective config (``adapter_config.yaml``), the statistics
 (``eval_factory_metrics.json``) and the saved pairs in whatever cache the ``caching`` interceptor was configured with.
 It shows the run summary, statistics with small server-side SVG charts, the first ``html_report_size`` saved pairs
@@ -35,6 +41,7 @@ from evalproxy.hooks.post_eval_report.charts import report_charts
 from evalproxy.storage import SavedPair
 from evalproxy.storage.disk import CacheStore
 
+DETAILS_FILE = "evalproxy_report.json"
 MAX_FAILURES_SHOWN = 50
 # Generation parameters are gathered from at most this many saved requests (saving can be unbounded).
 MAX_REQUESTS_SCANNED = 10_000
@@ -52,7 +59,8 @@ _env = jinja2.Environment(
 
 
 class PostEvalReportParams(BaseParams):
-    report_types: list[Literal["html", "json"]] = Field(default=["html", "json"], min_length=1)
+    report_types: list[Literal["html", "json"]] = Field(default=["html"], min_length=1,
+                                                        description="json: report.json and evalproxy_report.json")
     html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
 
 
@@ -118,10 +126,19 @@ def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfi
             size = adapter.html_report_size
         size = 5 if size is None else int(size)
     report = build_report(output_dir, adapter, server, size)
+    nemo = [nemo_entry(p) for p in report["pairs"]]
+    for p in report["pairs"]:
+        del p["request_data"]  # the whole request is in report.json; the details keep the clipped one
     written = []
     if "json" in report_types:
-        path = output_dir / "report.json"
+        path = output_dir / DETAILS_FILE
         atomic_write_bytes(path, dump_json(report))
+        written.append(path)
+    if not report["pairs"]:
+        return written  # as NeMo Evaluator: no saved pairs, no report
+    if "json" in report_types:
+        path = output_dir / "report.json"
+        atomic_write_bytes(path, dump_json(nemo))
         written.append(path)
     if "html" in report_types:
         path = output_dir / "report.html"
@@ -130,6 +147,12 @@ def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfi
         atomic_write_bytes(path, html.encode("utf-8"))
         written.append(path)
     return written
+
+
+def nemo_entry(pair: dict[str, Any]) -> dict[str, Any]:
+    """One entry of NeMo Evaluator's report.json, from a pair of the (already redacted) report."""
+    return {"request_data": pair["request_data"], "display_request": pair["request_data"],
+            "response": pair["response"], "endpoint": pair["endpoint"], "cache_key": pair["cache_key"]}
 
 
 def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size: int) -> dict[str, Any]:
@@ -317,6 +340,7 @@ def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | No
         "usage": response.get("usage") if isinstance(response.get("usage"), dict) else None,
         # The curl command carries the whole body (it must reproduce the request); the raw view clips media.
         "request": clip_media(request), "response": p.response, "curl": curl_command(url, request),
+        "request_data": request, "endpoint": url,
     }
 
 
