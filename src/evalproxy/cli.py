@@ -23,7 +23,7 @@ from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, CACHE_KEY, CACHE_SLO
 from evalproxy.adapter.registry import Resolved, resolve
 from evalproxy.adapter.server.loop import run as run_loop
 from evalproxy.adapter.server.proxy import new_run_id
-from evalproxy.adapter.server.running import RunningProxy, run_command
+from evalproxy.adapter.server.running import WORKER_ENV, RunningProxy, Workers, run_command, worker_count
 from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
 
 log = logging.getLogger("evalproxy")
@@ -159,8 +159,8 @@ def _warn_bind(host: str) -> None:
         )
 
 
-async def _serve(loaded: LoadedConfig, resolved: Resolved, run_id: str | None) -> int:
-    running = RunningProxy(loaded, resolved=resolved, run_id=run_id)
+async def _serve(loaded: LoadedConfig, resolved: Resolved, run_id: str | None, worker: int | None = None) -> int:
+    running = RunningProxy(loaded, resolved=resolved, run_id=run_id, worker=worker)
     url = await running.start()
     _warn_bind(loaded.server.host)
     print(f"evalproxy listening on {url}", flush=True)
@@ -170,6 +170,30 @@ async def _serve(loaded: LoadedConfig, resolved: Resolved, run_id: str | None) -
     await running.stop()
     print("evalproxy stopped", flush=True)
     return 0
+
+
+async def _serve_workers(loaded: LoadedConfig, resolved: Resolved, n: int, run_id: str | None,
+                         log_level: str) -> int:
+    """``serve --workers N``: N processes of one run on one port; SIGTERM/SIGINT stops them all, then the hooks."""
+    workers = Workers(loaded, resolved, n, run_id=run_id, log_level=log_level)
+    url = await workers.start()
+    _warn_bind(loaded.server.host)
+    print(f"evalproxy listening on {url}", flush=True)
+    print(f"  point your harness at {url}/v1  ({n} workers, run {workers.run_id}, output: {workers.output_dir})",
+          flush=True)
+    signalled = asyncio.ensure_future(_wait_for_signal())
+    crashed = asyncio.ensure_future(workers.wait_any())
+    await asyncio.wait([signalled, crashed], return_when=asyncio.FIRST_COMPLETED)
+    crash = crashed.done()
+    if crash:
+        log.error("a worker exited (status %s): stopping the others", crashed.result())
+    else:
+        log.info("stopping %d workers: finishing in-flight requests, then post-eval hooks", n)
+    signalled.cancel()
+    crashed.cancel()
+    status = await workers.stop()
+    print("evalproxy stopped", flush=True)
+    return 1 if crash else status
 
 
 def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, int], None]:
@@ -493,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the proxy until SIGINT/SIGTERM, then the post-eval hooks")
     _add_server_args(p)
+    p.add_argument("--workers", default="1", help="processes serving one run on one port (auto: one per core)")
 
     p = sub.add_parser("run", help="run a harness command through the proxy: evalproxy run -c FILE -- CMD ...")
     _add_server_args(p, default_port=0)
@@ -545,6 +570,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(args.log_level, [key] if key else [])
             raise_open_files_limit()
             if args.command == "serve":
+                worker = os.environ.get(WORKER_ENV)
+                if worker is not None:  # one of serve --workers' processes
+                    return run_loop(_serve(loaded, resolved, args.run_id, int(worker)), args.loop)
+                try:
+                    n = worker_count(args.workers)
+                except ValueError:
+                    print(f"evalproxy: --workers must be a number of at least 1 or auto, not {args.workers!r}",
+                          file=sys.stderr)
+                    return EXIT_CONFIG
+                if n > 1:
+                    return run_loop(_serve_workers(loaded, resolved, n, args.run_id, args.log_level), args.loop)
                 return run_loop(_serve(loaded, resolved, args.run_id), args.loop)
             cmd = list(args.cmd)
             if cmd and cmd[0] == "--":

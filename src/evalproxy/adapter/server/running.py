@@ -1,4 +1,8 @@
-"""The proxy served on a real socket: what ``evalproxy serve``, ``evalproxy run``, the demo and services start."""
+"""The proxy served on a real socket: what ``evalproxy serve``, ``evalproxy run``, the demo and services start.
+
+:class:`Workers` is ``evalproxy serve --workers N``: N worker processes of one run on one port (SO_REUSEPORT), the
+post-eval hooks run once by the parent after all of them stopped.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
+import orjson
+import yaml
 from aiohttp import web
 
 from evalproxy.adapter.config.schema import LoadedConfig
+from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.registry.registry import Resolved
 from evalproxy.adapter.server.app import PROXY, create_app
-from evalproxy.adapter.server.proxy import Proxy
+from evalproxy.adapter.server.output import STATISTICS_FILE, read_json_file
+from evalproxy.adapter.server.proxy import Proxy, new_run_id
 
 log = logging.getLogger("evalproxy")
+
+WORKER_ENV = "EVALPROXY_WORKER"
+"""Set by :class:`Workers` in each worker's environment: the worker's index."""
+WORKER_HEADER = "X-EvalProxy-Worker"
 
 
 class RunningProxy:
@@ -25,12 +42,23 @@ class RunningProxy:
     Usable as ``async with RunningProxy(loaded) as running: ...running.url...``.
     """
 
-    def __init__(self, loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None) -> None:
+    def __init__(self, loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None,
+                 worker: int | None = None) -> None:
         self.loaded = loaded
+        self.worker = worker
+        """The worker's index under ``serve --workers``: it shares its port with its siblings (SO_REUSEPORT) and
+        says who answered in a response header."""
         # Handlers are never cancelled when a client leaves, so an answer being paid for runs to its end without a
         # task and a shield of its own.
         self.app = create_app(loaded, resolved=resolved, run_id=run_id, handler_cancellation=False)
         self.proxy: Proxy = self.app[PROXY]
+        if worker is not None:
+            tag = str(worker)
+
+            async def say_worker(request: web.BaseRequest, response: web.StreamResponse) -> None:
+                response.headers[WORKER_HEADER] = tag
+
+            self.app.on_response_prepare.append(say_worker)
         self.runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout,
             handler_cancellation=False,
@@ -41,7 +69,8 @@ class RunningProxy:
         try:
             await self.runner.setup()
             s = self.loaded.server
-            site = web.TCPSite(self.runner, s.host, s.port, backlog=4096, reuse_address=True)
+            site = web.TCPSite(self.runner, s.host, s.port, backlog=4096, reuse_address=True,
+                               reuse_port=self.worker is not None or None)
             await site.start()
         except BaseException:
             await self.runner.cleanup()  # closes exactly what opened, in reverse order
@@ -104,3 +133,171 @@ async def run_command(running: RunningProxy, command: list[str]) -> int:
 def _forward(proc: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
+
+
+def worker_count(value: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for one per core this process may use."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = int(value)
+    if n < 1:
+        raise ValueError("--workers must be at least 1 (or auto)")
+    return n
+
+
+class Workers:
+    """``evalproxy serve --workers N``: N processes of one run on one port, one event loop each.
+
+    The parent picks the run id and the port (a socket bound with SO_REUSEPORT, never listening, holds it), and
+    starts each worker as ``evalproxy serve`` on a config of its own: the same chain, its own output dir
+    (``<output_dir>/workers/<i>``: statistics and logs), the shared cache (the caching interceptor's ``cache_dir``
+    pinned to the run's, or its ``cache_url``), no post-eval hooks. The kernel spreads connections over the
+    workers; pass@k slots are claimed in the shared store, so they stay consistent. Every worker writes its
+    Prometheus values to one temporary directory (prometheus_client's multiprocess mode), so ``/metrics`` on the port
+    shows their sum. :meth:`stop` sends SIGTERM to every worker and waits for them; then the parent merges their
+    statistics into the run's ``eval_factory_metrics.json`` and runs the post-eval hooks once.
+    """
+
+    def __init__(self, loaded: LoadedConfig, resolved: Resolved, n: int, *, run_id: str | None = None,
+                 log_level: str = "INFO") -> None:
+        self.loaded, self.resolved, self.n = loaded, resolved, n
+        self.run_id = run_id or new_run_id()
+        self.log_level = log_level
+        self.output_dir = (Path.cwd() / loaded.server.output_dir).resolve()
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.url = ""
+        self._reserved: socket.socket | None = None
+        self._metrics_dir = ""
+        self._drains: list[asyncio.Task[None]] = []
+
+    def worker_config(self, i: int, port: int) -> dict[str, Any]:
+        adapter = self.loaded.adapter
+        cache_dir = adapter.caching_dir or str(self.output_dir / "cache")
+        interceptors = []
+        for ic in adapter.interceptors:
+            cfg = dict(ic.config)
+            if ic.name == "caching" and not cfg.get("cache_dir") and not cfg.get("cache_url"):
+                cfg["cache_dir"] = cache_dir  # the run's cache, not one per worker output dir
+            interceptors.append({**ic.model_dump(mode="json"), "config": cfg})
+        doc = adapter.model_dump(mode="json")
+        doc.update(interceptors=interceptors, post_eval_hooks=[], generate_html_report=False)
+        server = self.loaded.server.model_dump(mode="json", exclude_unset=True)
+        server.update(port=port, output_dir=str(self.output_dir / "workers" / str(i)), status_line="off")
+        doc["server"] = server
+        return doc
+
+    async def start(self) -> str:
+        s = self.loaded.server
+        self._reserved = sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((s.host, s.port))
+        port = int(sock.getsockname()[1])
+        self._metrics_dir = tempfile.mkdtemp(prefix="evalproxy-metrics-")
+        conf_dir = self.output_dir / "workers"
+        await asyncio.to_thread(conf_dir.mkdir, parents=True, exist_ok=True)
+        try:
+            for i in range(self.n):
+                cfg = conf_dir / f"worker-{i}.yaml"
+                await asyncio.to_thread(cfg.write_text, yaml.safe_dump(self.worker_config(i, port), sort_keys=False))
+                env = {**os.environ, WORKER_ENV: str(i), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
+                       "EVALPROXY_LOG_LEVEL": self.log_level}
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "evalproxy", "serve", "-c", str(cfg), "--run-id", self.run_id, env=env,
+                    stdout=asyncio.subprocess.PIPE, start_new_session=False)
+                self.procs.append(proc)
+            for i, proc in enumerate(self.procs):
+                assert proc.stdout is not None
+                line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                if b"listening on" not in line:
+                    raise RuntimeError(f"worker {i} did not start (exit status {await proc.wait()}); see its log above")
+                self._drains.append(asyncio.create_task(_drain(proc.stdout)))
+        except BaseException:
+            await self.stop(run_hooks=False)
+            raise
+        host = s.host if ":" not in s.host else f"[{s.host}]"
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    async def wait_any(self) -> int:
+        """Until a worker exits by itself (a crash): its exit status."""
+        done, _ = await asyncio.wait([asyncio.create_task(p.wait()) for p in self.procs],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+
+    async def stop(self, *, run_hooks: bool = True) -> int:
+        """SIGTERM to every worker, wait for all (SIGKILL after the shutdown timeout), then the hooks once.
+        Returns 0 when every worker stopped cleanly."""
+        for p in self.procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        grace = self.loaded.server.shutdown_timeout + 30
+        status = 0
+        for i, p in enumerate(self.procs):
+            try:
+                code = await asyncio.wait_for(p.wait(), grace)
+            except TimeoutError:
+                log.error("worker %d did not stop within %g s: killed", i, grace)
+                p.kill()
+                code = await p.wait()
+            if code not in (0, -signal.SIGTERM):
+                status = 1
+                log.error("worker %d exited with status %d", i, code)
+            if self._metrics_dir:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(p.pid, self._metrics_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+        for t in self._drains:
+            t.cancel()
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        if run_hooks and self.procs:
+            await asyncio.to_thread(merge_worker_statistics, self.output_dir, self.n)
+            proxy = Proxy(self.loaded, self.resolved, self.run_id)
+            for r in await proxy.run_hooks():
+                if not r["ok"]:
+                    status = 1
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            self._metrics_dir = ""
+        return status
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+def merge_worker_statistics(output_dir: Path, n: int) -> None:
+    """The run's ``eval_factory_metrics.json`` from its workers' files: counts (integers, at any depth) summed,
+    other numbers kept where every worker agrees; each worker's own sections under ``workers``. Averages and
+    percentiles are per worker (in ``workers``): they do not add up."""
+    files = {str(i): read_json_file(output_dir / "workers" / str(i) / STATISTICS_FILE) for i in range(n)}
+    present = [d for d in files.values() if d]
+    if not present:
+        return
+    merged = _merge(present)
+    assert isinstance(merged, dict)
+    data = read_json_file(output_dir / STATISTICS_FILE)
+    data.update(merged)
+    data["workers"] = files
+    atomic_write_bytes(output_dir / STATISTICS_FILE, dump_json(data))
+
+
+_DROP = object()
+
+
+def _merge(values: list[Any]) -> Any:
+    if all(isinstance(v, dict) for v in values):
+        out = {}
+        for k in dict.fromkeys(k for v in values for k in v):
+            m = _merge([v[k] for v in values if k in v])
+            if m is not _DROP:
+                out[k] = m
+        return out
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    first = orjson.dumps(values[0], option=orjson.OPT_SORT_KEYS)
+    return values[0] if all(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) == first for v in values) else _DROP
