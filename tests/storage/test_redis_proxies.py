@@ -197,3 +197,14 @@ def test_cache_copy_both_ways_and_stats(tmp_path: Path, redis_server: RedisServe
     capsys.readouterr()
     assert main(["cache", "clear", url]) == 0
     assert "cleared 2 entries" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("chain", "url"), [
+    (["endpoint"], "redis://127.0.0.1:1/0"),
+    ([{"name": "caching"}, "endpoint"], "http://127.0.0.1:1/0"),
+])
+def test_cache_url_mistakes_are_config_errors(tmp_path: Path, chain: list[Any], url: str) -> None:
+    """--cache-url without a caching interceptor, or with a URL that is not a store's, stops with a config error."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"interceptors": chain, "post_eval_hooks": []}))
+    assert main(["serve", "-c", str(cfg), "--upstream", "http://127.0.0.1:1/v1", "--cache-url", url]) == 2
