@@ -14,9 +14,18 @@ Layout, every key under the prefix ``P``::
     P failures / P failure  the same for failed requests, at most MAX_FAILURES
 
 A claim is one Lua script (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
-the server. A lease lives LEASE_SECONDS unless renewed; on this host, a lease whose process died is taken over at
-once, as the disk store does. After a failed call (server down, timeout) the store refuses calls for a short while
-without touching the network, so a dead server costs requests nothing; the connection pool reconnects by itself.
+the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
+are one script each, so a miss costs two round trips and a hit one. A lease lives LEASE_SECONDS unless renewed;
+on this host, a lease whose process died is taken over at once, as the disk store does. After a failed call (server
+down, timeout) the store refuses calls for a short while without touching the network, so a dead server costs
+requests nothing; the connection pool reconnects by itself.
+
+Errors (the caching interceptor counts them and passes requests through)::
+
+    ConnectionError (builtin)
+     └── StoreUnavailableError   unreachable, or no answer within the timeout; raised at once while known down
+    redis.exceptions.RedisError  anything else the server refuses (a Redis older than 6, a key of another type)
+    StoreClosedError             a call after aclose()
 """
 
 from __future__ import annotations
@@ -84,13 +93,17 @@ end
 return {slot, 2, holder or ''}
 """
 
-# KEYS: lease keys. ARGV: lease value. Deletes those still held by that value.
-_RELEASE = """
-local n = 0
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k); n = n + 1 end
+# KEYS: answers, lease, pairs, pair, free. ARGV: answer field, answer ("" none), lease value, pair member ("" none),
+# pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
+_SETTLE = """
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  redis.call('HSET', KEYS[4], ARGV[4], ARGV[6])
 end
-return n
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[7]) end
+return 1
 """
 
 # KEYS: lease keys. ARGV: lease value, ms.
@@ -158,7 +171,7 @@ class RedisStore:
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
         self._claim: Any = self.redis.register_script(_CLAIM)
-        self._release: Any = self.redis.register_script(_RELEASE)
+        self._settle: Any = self.redis.register_script(_SETTLE)
         self._renew: Any = self.redis.register_script(_RENEW)
         self._add_failure: Any = self.redis.register_script(_ADD_FAILURE)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
@@ -235,20 +248,17 @@ class RedisStore:
 
     async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
                      pair: SavedPair | None) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        if answer is not None:
-            pipe.hset(self.k_answers, answer_key(key, slot), answer.encode())
-        if pair is not None:
-            self._queue_pair(pipe, pair)
-        await self._release(keys=[self._lease(key, slot)], args=[self._lease_value(owner)], client=pipe)
-        await self._call(pipe.execute())
+        member, score, record = self._pair_record(pair) if pair is not None else ("", 0.0, b"")
+        await self._call(self._settle(
+            keys=[self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
+            args=[answer_key(key, slot), answer.encode() if answer is not None else b"", self._lease_value(owner),
+                  member, score, record, ""]))
 
     async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        await self._release(keys=[self._lease(key, slot)], args=[self._lease_value(owner)], client=pipe)
-        if sampled:
-            pipe.zadd(f"{self.prefix}free:{run_id}:{key}", {str(slot): slot})
-        await self._call(pipe.execute())
+        await self._call(self._settle(
+            keys=[self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair,
+                  f"{self.prefix}free:{run_id}:{key}"],
+            args=["", b"", self._lease_value(owner), "", 0, b"", slot if sampled else ""]))
 
     async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
         if slots:
@@ -256,19 +266,20 @@ class RedisStore:
                                          args=[self._lease_value(owner), int(LEASE_SECONDS * 1000)]))
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
-    def _queue_pair(self, pipe: Any, pair: SavedPair) -> None:
+    def _pair_record(self, pair: SavedPair) -> tuple[str, float, bytes]:
+        """(member, score, record): members name the process too, so proxies of one run never overwrite a pair."""
         record = {
             "run_id": pair.run_id, "request_id": pair.request_id, "key": pair.key, "occurrence": pair.occurrence,
             "path": pair.path, "request": pair.request, "status": pair.status, "stream": pair.stream,
             "received_at": pair.received_at,
         }
-        member = f"{pair.run_id}/{pair.request_id:010d}/{self._tag}"
-        pipe.zadd(self.k_pairs, {member: pair.received_at})
-        pipe.hset(self.k_pair, member, orjson.dumps(record))
+        return f"{pair.run_id}/{pair.request_id:010d}/{self._tag}", pair.received_at, orjson.dumps(record)
 
     async def save_pair(self, pair: SavedPair) -> None:
+        member, score, record = self._pair_record(pair)
         pipe = self.redis.pipeline(transaction=True)
-        self._queue_pair(pipe, pair)
+        pipe.zadd(self.k_pairs, {member: score})
+        pipe.hset(self.k_pair, member, record)
         await self._call(pipe.execute())
 
     async def count_pairs(self) -> int:
