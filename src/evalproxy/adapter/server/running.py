@@ -168,6 +168,7 @@ class Workers:
         self.url = ""
         self._reserved: socket.socket | None = None
         self._metrics_dir = ""
+        self._tmp: Path | None = None
         self._drains: list[asyncio.Task[None]] = []
 
     def worker_config(self, i: int, port: int) -> dict[str, Any]:
@@ -193,12 +194,14 @@ class Workers:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.port))
         port = int(sock.getsockname()[1])
-        self._metrics_dir = tempfile.mkdtemp(prefix="evalproxy-metrics-")
-        conf_dir = self.output_dir / "workers"
-        await asyncio.to_thread(conf_dir.mkdir, parents=True, exist_ok=True)
+        # Private (0700) and removed at the end: the workers' configs carry the upstream URL as given, credentials
+        # and all; the metrics files are per process.
+        self._tmp = Path(tempfile.mkdtemp(prefix="evalproxy-workers-"))
+        self._metrics_dir = str(self._tmp / "metrics")
+        await asyncio.to_thread(os.mkdir, self._metrics_dir)
         try:
             for i in range(self.n):
-                cfg = conf_dir / f"worker-{i}.yaml"
+                cfg = self._tmp / f"worker-{i}.yaml"
                 await asyncio.to_thread(cfg.write_text, yaml.safe_dump(self.worker_config(i, port), sort_keys=False))
                 env = {**os.environ, WORKER_ENV: str(i), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir,
                        "EVALPROXY_LOG_LEVEL": self.log_level}
@@ -259,9 +262,9 @@ class Workers:
             for r in await proxy.run_hooks():
                 if not r["ok"]:
                     status = 1
-        if self._metrics_dir:
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            self._metrics_dir = ""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp, self._metrics_dir = None, ""
         return status
 
 
