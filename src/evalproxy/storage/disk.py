@@ -7,8 +7,9 @@ entry intact and at most loses what it was writing)::
     requests/    "<run_id>/<request_id>" -> a saved pair: the request as sent upstream (secrets redacted), key, path,
                  status, when; keys sort in arrival order (run ids start with their start time)
     failures/    "<run_id>/<request_id>" -> a failed request (upstream error or broken stream), at most MAX_FAILURES
-    slots.sqlite3  counters (run, key) -> the run's next pass@k slot of a key and the slots handed back;
-                 leases (key, slot) -> who fills that slot now (owner, host, pid), until when
+                 and in the same database, tables of evalproxy's own: evalproxy_counters (run, key) -> the run's
+                 next pass@k slot of a key and the slots handed back; evalproxy_leases (key, slot) -> who fills
+                 that slot now (owner, host, pid), until when
 
 An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = len(header) (4 bytes) + header JSON
 + body``: a truncated or altered entry fails its checksum and is treated as a miss, deleted, never served.
@@ -29,8 +30,8 @@ import socket
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,125 +70,91 @@ def _alive(pid: int) -> bool:
 
 
 class SlotTable:
-    """pass@k slot counters and leases in one small SQLite file (``slots.sqlite3``), by the stdlib driver.
+    """pass@k slot counters and leases, in tables of their own inside the answers' SQLite database.
 
-    Every method is a few indexed statements; inside :meth:`transaction` (the store thread's batch) they commit
-    together, and the write lock they take makes a claim atomic across processes sharing the directory. A lease row
-    says who fills a slot until when; it holds while it has not expired and, on this host, its process is alive.
+    Living in the same database as the answers, they share its transaction: a store-thread batch (one
+    ``responses.transact()``) commits claims, answers and released leases together, in one commit, and the write
+    lock of that transaction makes a claim atomic across processes sharing the directory. (diskcache keeps its
+    SQLite connection per thread behind ``Cache._con``; these tables are ours, beside its own ``Cache`` table.)
+    A lease row says who fills a slot until when; it holds while it has not expired and, on this host, its process
+    is alive.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(
-            "CREATE TABLE IF NOT EXISTS counters (run TEXT, key TEXT, next INTEGER, free TEXT,"
-            " PRIMARY KEY (run, key)) WITHOUT ROWID;"
-            "CREATE TABLE IF NOT EXISTS leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
-            " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID;")
-        self._batch = False
-        self._open = False
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self.cache = cache
+        for statement in (
+            "CREATE TABLE IF NOT EXISTS evalproxy_counters (run TEXT, key TEXT, next INTEGER, free TEXT,"
+            " PRIMARY KEY (run, key)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS evalproxy_leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
+            " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID",
+        ):
+            self.cache._con.execute(statement)
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """A batch: the write transaction its first write opens stays open until the batch ends, so the batch's
-        claims and releases commit together; a batch of look-ups alone opens none."""
-        if self._batch:
-            yield
-            return
-        self._batch = True
-        try:
-            yield
-        except BaseException:
-            self._end("ROLLBACK")
-            raise
-        finally:
-            self._batch = False
-        self._end("COMMIT")
+    @property
+    def db(self) -> sqlite3.Connection:
+        con: sqlite3.Connection = self.cache._con  # this thread's connection to the answers' database
+        return con
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """Statements that must see and change the table atomically (across processes: BEGIN IMMEDIATE)."""
-        if not self._open:
-            self.db.execute("BEGIN IMMEDIATE")
-            self._open = True
-        if self._batch:
-            yield  # committed with the batch
-            return
-        try:
-            yield
-        except BaseException:
-            self._end("ROLLBACK")
-            raise
-        self._end("COMMIT")
-
-    def _end(self, how: str) -> None:
-        if self._open:
-            self._open = False
-            self.db.execute(how)
+    def transaction(self) -> AbstractContextManager[Any]:
+        """The answers' write transaction (re-entrant: a store-thread batch already holds it)."""
+        txn: AbstractContextManager[Any] = self.cache.transact()
+        return txn
 
     def next_slot(self, run_id: str, key: str) -> int:
         """The run's next slot of ``key``: the lowest one handed back, else a new one."""
-        with self._writing():
-            row = self.db.execute("SELECT next, free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
+        with self.transaction():
+            row = self.db.execute("SELECT next, free FROM evalproxy_counters WHERE run=? AND key=?",
+                                  (run_id, key)).fetchone()
             if row is None:
-                self.db.execute("INSERT INTO counters VALUES (?, ?, 1, '')", (run_id, key))
+                self.db.execute("INSERT INTO evalproxy_counters VALUES (?, ?, 1, '')", (run_id, key))
                 return 0
             nxt, free = row
             if free:
                 slots = sorted(int(x) for x in free.split(","))
-                self.db.execute("UPDATE counters SET free=? WHERE run=? AND key=?",
+                self.db.execute("UPDATE evalproxy_counters SET free=? WHERE run=? AND key=?",
                                 (",".join(map(str, slots[1:])), run_id, key))
                 return slots[0]
-            self.db.execute("UPDATE counters SET next=? WHERE run=? AND key=?", (nxt + 1, run_id, key))
+            self.db.execute("UPDATE evalproxy_counters SET next=? WHERE run=? AND key=?", (nxt + 1, run_id, key))
             return int(nxt)
 
     def hand_back(self, run_id: str, key: str, slot: int) -> None:
-        with self._writing():
-            row = self.db.execute("SELECT free FROM counters WHERE run=? AND key=?", (run_id, key)).fetchone()
+        with self.transaction():
+            row = self.db.execute("SELECT free FROM evalproxy_counters WHERE run=? AND key=?", (run_id, key)).fetchone()
             if row is None:
                 return
             free = {int(x) for x in row[0].split(",") if x}
             free.add(slot)
-            self.db.execute("UPDATE counters SET free=? WHERE run=? AND key=?",
+            self.db.execute("UPDATE evalproxy_counters SET free=? WHERE run=? AND key=?",
                             (",".join(map(str, sorted(free))), run_id, key))
 
     def lease(self, key: str, slot: int, owner: str) -> bool:
         """Take the slot's lease for ``owner``; False while another holder's lease is live (a lease of ``owner``
         itself is live too: a sibling request of the same process fills the slot)."""
         row = (key, slot, owner, HOST, os.getpid(), now() + LEASE_SECONDS)
-        with self._writing():
-            if self.db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1:
-                return True  # the common case: nobody held it
-            held = self.db.execute("SELECT host, pid, expires FROM leases WHERE key=? AND slot=?",
+        # The common case, nobody holds it, is one statement: atomic by itself, no transaction of its own needed.
+        if self.db.execute("INSERT OR IGNORE INTO evalproxy_leases VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1:
+            return True
+        with self.transaction():
+            held = self.db.execute("SELECT host, pid, expires FROM evalproxy_leases WHERE key=? AND slot=?",
                                    (key, slot)).fetchone()
             if held is not None and _live(*held):
                 return False
-            self.db.execute("UPDATE leases SET owner=?, host=?, pid=?, expires=? WHERE key=? AND slot=?",
-                            (*row[2:], key, slot))
+            self.db.execute("INSERT OR REPLACE INTO evalproxy_leases VALUES (?, ?, ?, ?, ?, ?)", row)
             return True
 
     def release(self, key: str, slot: int, owner: str) -> None:
-        with self._writing():
-            self.db.execute("DELETE FROM leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
+        self.db.execute("DELETE FROM evalproxy_leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
 
     def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
-        with self._writing():
+        with self.transaction():
             expires = now() + LEASE_SECONDS
-            self.db.executemany("UPDATE leases SET expires=? WHERE key=? AND slot=? AND owner=?",
+            self.db.executemany("UPDATE evalproxy_leases SET expires=? WHERE key=? AND slot=? AND owner=?",
                                 [(expires, key, slot, owner) for key, slot in slots])
 
-    def size(self) -> int:
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
-
     def clear(self) -> None:
-        with self._writing():
-            self.db.execute("DELETE FROM counters")
-            self.db.execute("DELETE FROM leases")
-
-    def close(self) -> None:
-        self.db.close()
+        with self.transaction():
+            self.db.execute("DELETE FROM evalproxy_counters")
+            self.db.execute("DELETE FROM evalproxy_leases")
 
 
 def _live(host: str, pid: int, expires: float) -> bool:
@@ -206,7 +173,7 @@ class CacheStore:
         self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
         self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
         self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
-        self.slots = SlotTable(self.dir / "slots.sqlite3")
+        self.slots = SlotTable(self.responses)
         self._n_failures = len(self.failures_db)
 
     @property
@@ -216,7 +183,7 @@ class CacheStore:
     def close(self) -> None:
         for c in self.databases:
             c.close()
-        self.slots.close()
+
 
     # -- answers ---------------------------------------------------------------------------------------------------
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
@@ -338,7 +305,7 @@ class CacheStore:
             "answers": len(self.responses),
             "saved_requests": len(self.requests),
             "failures": len(self.failures_db),
-            "bytes": sum(c.volume() for c in self.databases) + self.slots.size(),
+            "bytes": sum(c.volume() for c in self.databases),
         }
 
     def clear(self) -> int:
@@ -355,7 +322,7 @@ class StoreWorker:
     transaction per database (one commit per batch instead of one per answer) and wakes the loop once for the whole
     batch. A result is delivered only after its batch committed, so an answer the client saw is on disk. Under load
     the batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused.
-    Claims and leases write to the ``slots`` database inside the same batch, so a miss costs no extra commit.
+    Claims and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit.
     """
 
     MAX_BATCH = 256
@@ -401,7 +368,6 @@ class StoreWorker:
                 with ExitStack() as stack:
                     # One commit per database per batch: answers, and the slots and leases claims write.
                     stack.enter_context(self.store.responses.transact())
-                    stack.enter_context(self.store.slots.transaction())
                     for fn, args, fut in batch:
                         try:
                             outcomes.append((fut, fn(*args), None))
