@@ -38,6 +38,7 @@ target:
           config:
             cache_dir: "./cache"
             reuse_cached_responses: true
+            save_requests: true
         - name: endpoint
         - name: response_stats
       post_eval_hooks:
