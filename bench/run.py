@@ -13,6 +13,9 @@ and one load generator per measurement (bench/loadgen.py). Targets:
   bench/.venvs, made here on first use (a peer that cannot be installed is reported, not fatal);
 * ``evalproxy_asyncio``: evalproxy on asyncio's own loop (``--loop asyncio``; ``evalproxy`` runs on uvloop where it
   is installed), when asked for in ``--peers``;
+* ``evalproxy_redis``: evalproxy with its cache on a redis-server that the run starts on loopback (``--cache-url``);
+* ``evalproxy_workers2``: ``evalproxy serve --workers 2`` (on a 2-core machine shared with the load generator the
+  figure is indicative only);
 * ``evalproxy_prev``: ``python -m evalproxy serve`` exactly as ``evalproxy``, but run by the interpreter given in
   ``--prev-python`` (the venv of another checkout, e.g. the previous main in a git worktree), for paired
   new/previous ratios of req/s and CPU per request within one run.
@@ -26,6 +29,7 @@ stime, children included) over the measured window; RSS from /proc/<pid>/status.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -48,7 +52,8 @@ ROOT = HERE.parent
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 NEMO = {"nemo028": ("0.2.8", "3.11"), "nemo030": ("0.3.0", "3.12")}
-ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_asyncio", "nemo028", "nemo030"]
+ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_asyncio", "evalproxy_redis",
+               "evalproxy_workers2", "nemo028", "nemo030"]
 PREV_PY: str | None = None  # the interpreter of target evalproxy_prev (--prev-python)
 STREAM_EVENTS = 23  # role, 20 content events, finish, [DONE] (bench/upstream.py)
 DEFAULT_CHAIN = {
@@ -159,10 +164,12 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         p = subprocess.Popen([PY, str(HERE / "bare_proxy.py"), "--upstream", upstream], stdout=subprocess.PIPE,
                              text=True)
         return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
-    if name in ("evalproxy", "evalproxy_prev", "evalproxy_asyncio"):
+    if name in ("evalproxy", "evalproxy_prev", "evalproxy_asyncio", "evalproxy_redis", "evalproxy_workers2"):
         cfg = workdir / "evalproxy.json"
         cfg.write_text(json.dumps(chain or DEFAULT_CHAIN))
-        loop = ["--loop", "asyncio"] if name == "evalproxy_asyncio" else []
+        loop = {"evalproxy_asyncio": ["--loop", "asyncio"], "evalproxy_workers2": ["--workers", "2"],
+                # A fresh key prefix per start: a new, empty cache on the shared server, as a fresh cache dir.
+                "evalproxy_redis": ["--cache-url", f"{redis_url()}?prefix=bench-{time.time_ns()}:"]}.get(name, [])
         py = PREV_PY if name == "evalproxy_prev" else PY
         assert py is not None
         p = subprocess.Popen([py, "-m", "evalproxy", "serve", *loop, "--config", str(cfg), "--port", "0", "--upstream",
@@ -185,6 +192,24 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         wait_port(port, p)
         return Proc(p, f"http://127.0.0.1:{port}")
     raise ValueError(name)
+
+
+_REDIS: list[subprocess.Popen[str]] = []
+_REDIS_URL: list[str] = []
+
+
+def redis_url() -> str:
+    """A redis-server on a free loopback port for the whole run (stopped at exit), for peer evalproxy_redis."""
+    if not _REDIS_URL:
+        port = free_port()
+        data = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, text=True)
+        wait_port(port, p)
+        _REDIS.append(p)
+        _REDIS_URL.append(f"redis://127.0.0.1:{port}/0")
+        atexit.register(p.terminate)
+    return _REDIS_URL[0]
 
 
 @contextlib.contextmanager
@@ -350,7 +375,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short windows: a smoke run in under three minutes")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--peers", default="bare,nemo028,nemo030",
-                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_asyncio, evalproxy_prev")
+                    help="besides direct and evalproxy: bare, nemo028, nemo030, evalproxy_asyncio, evalproxy_prev, "
+                    "evalproxy_redis (cache on a redis-server started here), evalproxy_workers2 (serve --workers 2)")
     ap.add_argument("--prev-python", default=None,
                     help="the Python (a venv's bin/python) that runs peer evalproxy_prev, e.g. the previous main's")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory scenario")
@@ -369,6 +395,8 @@ def main() -> None:
         if p in NEMO and (why := ensure_nemo(p)):
             unavailable[p] = why
             print(f"peer {p} skipped: {why}", flush=True)
+        if p == "evalproxy_redis" and shutil.which("redis-server") is None:
+            unavailable[p] = "needs redis-server (Debian package redis-server; .ci/setup installs it)"
         if p == "evalproxy_prev" and (PREV_PY is None or subprocess.run(
                 [PREV_PY, "-c", "import evalproxy"], cwd=ROOT).returncode != 0):
             unavailable[p] = "needs --prev-python, an interpreter that imports evalproxy"
