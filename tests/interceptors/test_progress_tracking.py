@@ -10,6 +10,8 @@ from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
 
+REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
+
 
 async def receiver() -> tuple[TestServer, list[tuple[str, Any]]]:
     got: list[tuple[str, Any]] = []
@@ -28,7 +30,7 @@ async def receiver() -> tuple[TestServer, list[tuple[str, Any]]]:
 async def test_progress_is_reported_and_resumed(make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
     """Every 2 real answers the webhook and file get the count; replays don't count; a restart goes on from the file."""
     server, got = await receiver()
-    cfg = {"interceptors": ["caching", "endpoint", {"name": "progress_tracking", "config": {
+    cfg = {"interceptors": [REUSE, "endpoint", {"name": "progress_tracking", "config": {
         "progress_tracking_url": str(server.make_url("/progress")), "progress_tracking_interval": 2,
         "request_method": "POST", "output_dir": str(tmp_path / "progress")}}], "generate_html_report": False}
     proxy = await make_proxy(cfg)

@@ -11,7 +11,8 @@ from openai import AsyncOpenAI
 
 from evalproxy.simulator import Fault, SimulatedModel
 
-CHAIN = {"interceptors": ["reasoning", "caching", "endpoint"], "generate_html_report": False}
+REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
+CHAIN = {"interceptors": ["reasoning", REUSE, "endpoint"], "generate_html_report": False}
 
 
 def streamed_text(raw: bytes) -> str:
@@ -123,8 +124,8 @@ class TestOpenAIClient:
 
 class TestResumedRun:
     @pytest.mark.parametrize("chain", [
-        ["reasoning", "caching", "endpoint"],  # evalproxy's order: reasoning sees replays
-        ["caching", "endpoint", "reasoning"],  # NeMo's usual order: reasoning sits inside the cache, sees misses
+        ["reasoning", REUSE, "endpoint"],  # evalproxy's order: reasoning sees replays
+        [REUSE, "endpoint", "reasoning"],  # NeMo's usual order: reasoning sits inside the cache, sees misses
     ])
     async def test_reasoning_section_covers_the_whole_resumed_run(
         self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path, chain: list[str]

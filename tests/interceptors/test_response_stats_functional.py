@@ -21,6 +21,8 @@ TOOL_ANSWER = {
     "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
 }
 
+REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
+
 
 def metrics(tmp_path: Path) -> dict[str, Any]:
     data: dict[str, Any] = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())
@@ -82,7 +84,7 @@ class TestMixedTraffic:
 class TestCacheReplays:
     async def test_cache_hits_are_not_counted(self, make_proxy: Any, tmp_path: Path) -> None:
         """Inside caching, replays never reach response_stats: it counts real upstream calls only."""
-        proxy = await make_proxy({"interceptors": ["caching", "endpoint", "response_stats"],
+        proxy = await make_proxy({"interceptors": [REUSE, "endpoint", "response_stats"],
                                   "generate_html_report": False})
         for _ in range(3):
             body = {"messages": MSGS, "temperature": 0}
