@@ -1,0 +1,126 @@
+"""streaming: a client that did not ask for a stream gets one JSON answer (NeMo Evaluator 0.3+'s ``streaming``).
+
+Some servers stream whatever they are asked. When the request did not say ``stream: true`` and the answer is a
+stream, its events are read to the end (``[DONE]``) and coalesced into one ``chat.completion``: id, created and model
+from the first event; per choice the content and the reasoning (``reasoning_content`` or ``reasoning``) joined,
+tool calls merged by index (arguments joined), the last finish reason; the last usage. An event holding ``error``
+becomes the answer itself, with its own status when that is a 4xx/5xx, else 502. A whole JSON answer only has
+``message.content: null`` made ``""``. Text-completion streams are coalesced into ``text`` the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multidict import CIMultiDict
+
+from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
+from evalproxy.adapter.core.params import Params
+from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.registry import register_for_adapter
+
+
+def _status_of(error: Any) -> int:
+    code = error.get("status", error.get("status_code")) if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code < 600 else 502
+
+
+def coalesce(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """One answer object from a stream's event objects."""
+    first = objects[0] if objects else {}
+    text_kind = first.get("object") == "text_completion"
+    out: dict[str, Any] = {"id": first.get("id"), "object": "text_completion" if text_kind else "chat.completion",
+                           "created": first.get("created"), "model": first.get("model")}
+    choices: dict[int, dict[str, Any]] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
+    for obj in objects:
+        if obj.get("usage"):
+            out["usage"] = obj["usage"]
+        for ch in obj.get("choices") or ():
+            if not isinstance(ch, dict):
+                continue
+            i = ch.get("index", 0)
+            delta = ch.get("delta")
+            if text_kind or not isinstance(delta, dict):
+                c = choices.setdefault(i, {"index": i, "text": "", "finish_reason": None})
+                if isinstance(ch.get("text"), str):
+                    c["text"] += ch["text"]
+            else:
+                c = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": ""},
+                                           "finish_reason": None})
+                msg = c["message"]
+                if isinstance(delta.get("content"), str):
+                    msg["content"] += delta["content"]
+                thought = delta.get("reasoning_content", delta.get("reasoning"))
+                if isinstance(thought, str):
+                    msg["reasoning_content"] = msg.get("reasoning_content", "") + thought
+                for tc in delta.get("tool_calls") or ():
+                    if not isinstance(tc, dict):
+                        continue
+                    slot = calls.setdefault(i, {}).setdefault(tc.get("index", 0), {
+                        "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                    if tc.get("id"):
+                        slot["id"] = tc["id"]
+                    if tc.get("type"):
+                        slot["type"] = tc["type"]
+                    given = tc.get("function")
+                    fn: dict[str, Any] = given if isinstance(given, dict) else {}
+                    if isinstance(fn.get("name"), str):
+                        slot["function"]["name"] += fn["name"]
+                    if isinstance(fn.get("arguments"), str):
+                        slot["function"]["arguments"] += fn["arguments"]
+            if ch.get("finish_reason"):
+                c["finish_reason"] = ch["finish_reason"]
+    for i, by_index in calls.items():
+        choices[i]["message"]["tool_calls"] = [by_index[k] for k in sorted(by_index)]
+    out["choices"] = [choices[i] for i in sorted(choices)]
+    return out
+
+
+class StreamingParams(Params):
+    pass
+
+
+@register_for_adapter(name="streaming", description="Coalesces a stream into one JSON answer for non-stream clients.")
+class StreamingInterceptor(BaseInterceptor[StreamingParams]):
+    Params = StreamingParams
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        resp = await call_next(ctx)
+        body: Any = ctx.json
+        wants_stream = isinstance(body, dict) and body.get("stream") is True
+        if resp.stream is None:
+            answer = resp.json
+            if isinstance(answer, dict) and _null_content_to_empty(answer):
+                resp.set_json(answer)
+            return resp
+        if wants_stream:
+            return resp
+        objects: list[dict[str, Any]] = []
+        async for event in resp.stream:
+            if event.is_done:
+                break
+            obj = event.json
+            if not isinstance(obj, dict):
+                continue
+            if "error" in obj:
+                status = resp.status if resp.status >= 400 else _status_of(obj["error"])
+                return ProxyResponse.from_json(obj, status=status, headers=_headers(resp))
+            objects.append(obj)
+        return ProxyResponse.from_json(coalesce(objects), status=resp.status, headers=_headers(resp))
+
+
+def _headers(resp: ProxyResponse) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in resp.headers.items()
+                       if k.lower() not in ("content-type", "content-length", "transfer-encoding"))
+
+
+def _null_content_to_empty(answer: dict[str, Any]) -> bool:
+    changed = False
+    for ch in answer.get("choices") or ():
+        msg = ch.get("message") if isinstance(ch, dict) else None
+        if isinstance(msg, dict) and "content" in msg and msg["content"] is None:
+            msg["content"] = ""
+            changed = True
+    return changed
