@@ -526,3 +526,230 @@ class TestFiles:
         await proxy.post("/adapterserver/run-post-hook")
         text = (tmp_path / "out" / "adapter_config.yaml").read_text()
         assert "</t>" in text and "<t>" in text
+
+
+# The docs' YAML at nemo-evaluator-v0.2.8 (docs/deployment/adapters/*.md, docs/libraries/nemo-evaluator/interceptors/*.md),
+# verbatim, with the chain evalproxy builds. NeMo's own result is in each comment.
+DOCS_CHAINS = {
+    # Y1 configuration.md:423-449. NeMo: invalid stage order (request_logging after reasoning); no endpoint.
+    "Y1-configuration": ("""
+target:
+  api_endpoint:
+    url: http://localhost:8080/v1/chat/completions
+    type: chat
+    model_id: megatron_model
+    adapter_config:
+      interceptors:
+        - name: system_message
+          config:
+            system_message: "You are a helpful assistant."
+            strategy: "prepend"  # Optional: replace, append, or prepend (default)
+        - name: reasoning
+          config:
+            start_reasoning_token: "<think>"
+            end_reasoning_token: "</think>"
+        - name: request_logging
+          config:
+            max_requests: 50
+        - name: response_logging
+          config:
+            max_responses: 50
+        - name: caching
+          config:
+            cache_dir: ./cache
+            reuse_cached_responses: true
+""", ["system_message", "reasoning", "request_logging", "response_logging", "caching"]),
+    # Y2 usage.md:85-116. NeMo: invalid stage order (system_message after reasoning).
+    "Y2-usage": ("""
+target:
+  api_endpoint:
+    url: http://localhost:8080/v1/completions/
+    type: completions
+    model_id: megatron_model
+    adapter_config:
+      interceptors:
+        - name: reasoning
+          config:
+            start_reasoning_token: "<think>"
+            end_reasoning_token: "</think>"
+        - name: system_message
+          config:
+            system_message: "You are a helpful assistant that thinks step by step."
+        - name: request_logging
+          config:
+            max_requests: 50
+        - name: response_logging
+          config:
+            max_responses: 50
+        - name: caching
+          config:
+            cache_dir: ./cache
+        - name: progress_tracking
+
+config:
+  type: mmlu_pro
+  output_dir: ./results
+  params:
+    limit_samples: 10
+""", ["reasoning", "system_message", "request_logging", "response_logging", "caching", "progress_tracking"]),
+    # Y3 caching.md:19-36. NeMo: valid [caching, endpoint], no hooks.
+    "Y3-caching": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "caching"
+          enabled: true
+          config:
+            cache_dir: "./evaluation_cache"
+            reuse_cached_responses: true
+            save_requests: true
+            save_responses: true
+            max_saved_requests: 1000
+            max_saved_responses: 1000
+        - name: "endpoint"
+          enabled: true
+          config: {}
+""", ["caching", "endpoint"]),
+    # Y10 progress-tracking.md:16-31. NeMo: valid.
+    "Y10-progress": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "endpoint"
+          enabled: true
+          config: {}
+        - name: "progress_tracking"
+          enabled: true
+          config:
+            progress_tracking_url: "http://monitoring:3828/progress"
+            progress_tracking_interval: 10
+            request_method: "PATCH"
+            output_dir: "/tmp/output"
+""", ["endpoint", "progress_tracking"]),
+    # Y12 raise-client-error.md:46-59. NeMo: invalid stage order (endpoint after a response interceptor).
+    "Y12-raise-first": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "raise_client_errors"
+          enabled: true
+          config:
+            # Custom configuration - only specific status codes
+            status_codes: [400, 401, 403, 404]
+        - name: "endpoint"
+          enabled: true
+          config: {}
+""", ["raise_client_errors", "endpoint"]),
+    # Y18 reasoning.md:101-115. NeMo: invalid stage order.
+    "Y18-reasoning-first": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: reasoning
+          config:
+            start_reasoning_token: "[REASONING]"
+            end_reasoning_token: "[/REASONING]"
+            add_reasoning: true
+            enable_reasoning_tracking: true
+        - name: "endpoint"
+          enabled: true
+          config: {}
+""", ["reasoning", "endpoint"]),
+    # Y20 response-logging.md:20-32. NeMo: valid.
+    "Y20-response-logging": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "endpoint"
+          enabled: true
+          config: {}
+        - name: "response_logging"
+          enabled: true
+          config:
+            max_responses: 1000
+""", ["endpoint", "response_logging"]),
+    # Y21 response-stats.md:30-48. NeMo: invalid stage order (endpoint after response_stats).
+    "Y21-stats-first": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "response_stats"
+          enabled: true
+          config:
+            # Default configuration - collect all statistics
+            collect_token_stats: true
+            collect_finish_reasons: true
+            collect_tool_calls: true
+            save_individuals: true
+            cache_dir: "/tmp/response_stats_interceptor"
+            logging_aggregated_stats_interval: 100
+        - name: "endpoint"
+          enabled: true
+          config: {}
+""", ["response_stats", "endpoint"]),
+    # Y23 response-stats.md:69-89. NeMo: valid.
+    "Y23-stats": ("""
+target:
+  api_endpoint:
+    adapter_config:
+      interceptors:
+        - name: "endpoint"
+          enabled: true
+          config: {}
+        - name: "response_stats"
+          enabled: true
+          config:
+            # Custom configuration with periodic saving
+            collect_token_stats: true
+            collect_finish_reasons: true
+            collect_tool_calls: true
+            stats_file_saving_interval: 100
+            save_individuals: true
+            cache_dir: "/custom/stats/cache"
+            logging_aggregated_stats_interval: 25
+
+""", ["endpoint", "response_stats"]),
+}
+
+
+class TestDocsExamples:
+    @pytest.mark.parametrize("case", sorted(DOCS_CHAINS))
+    def test_docs_config_loads(self, case: str) -> None:
+        """Each documented config loads with its interceptors in order, strictly (no unknown params), and no hooks
+        (NeMo adds none when interceptors are listed). Where NeMo refuses the order, evalproxy's folded chain gives it
+        a defined meaning instead (README: stage order)."""
+        text, names = DOCS_CHAINS[case]
+        loaded = parse_config(yaml.safe_load(text), strict=True)
+        assert [n for n, _ in chain(loaded)] == names
+        assert hooks(loaded) == []
+        resolve(loaded)
+
+    def test_completions_type_from_the_launcher(self) -> None:
+        """Y2: the endpoint's type reaches endpoint_type; config.output_dir is the run's output dir."""
+        loaded = parse_config(yaml.safe_load(DOCS_CHAINS["Y2-usage"][0]))
+        assert loaded.adapter.endpoint_type == "completions" and loaded.server.output_dir == "./results"
+
+    @pytest.mark.parametrize("fragment", [
+        "config:\n  params_to_add:\n    temperature: 0.7\n    top_p: 0.9\n  params_to_remove:\n"
+        "    - \"frequency_penalty\"\n    - \"presence_penalty\"\n",
+        "config:\n  status_codes: [401, 403]\n",
+    ], ids=["Y6", "Y14"])
+    def test_fragment_as_a_whole_config_is_refused(self, fragment: str) -> None:
+        """A docs fragment (an interceptor's config block) given as a whole adapter config is an error, as in NeMo."""
+        with pytest.raises(ConfigError, match="config"):
+            parse_config(yaml.safe_load(fragment))
+
+    def test_y19_invalid_yaml(self, tmp_path: Path) -> None:
+        """Y19 (request-logging.md) is not valid YAML (over-indented 'enabled'): an error naming the file."""
+        text = ('target:\n  api_endpoint:\n    adapter_config:\n      interceptors:\n'
+                '        - name: "request_logging"\n            enabled: true\n            config:\n'
+                '              max_requests: 1000\n        - name: "endpoint"\n          enabled: true\n'
+                '          config: {}\n')
+        with pytest.raises(ConfigError, match="not valid YAML"):
+            load_config(write(tmp_path, text))
