@@ -528,8 +528,9 @@ class TestFiles:
         assert "</t>" in text and "<t>" in text
 
 
-# The docs' YAML at nemo-evaluator-v0.2.8 (docs/deployment/adapters/*.md, docs/libraries/nemo-evaluator/interceptors/*.md),
-# verbatim, with the chain evalproxy builds. NeMo's own result is in each comment.
+# The docs' YAML at nemo-evaluator-v0.2.8 (docs/deployment/adapters/*.md and
+# docs/libraries/nemo-evaluator/interceptors/*.md), verbatim, with the chain evalproxy builds.
+# NeMo's own result is in each comment.
 DOCS_CHAINS = {
     # Y1 configuration.md:423-449. NeMo: invalid stage order (request_logging after reasoning); no endpoint.
     "Y1-configuration": ("""
