@@ -754,3 +754,21 @@ class TestDocsExamples:
                 '          config: {}\n')
         with pytest.raises(ConfigError, match="not valid YAML"):
             load_config(write(tmp_path, text))
+
+
+class TestChainsNemoRefuses:
+    async def test_all_disabled_is_a_pass_through(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """NeMo refuses to start with nothing enabled; evalproxy forwards requests unchanged."""
+        proxy = await make_proxy({"interceptors": [{"name": "caching", "enabled": False},
+                                                   {"name": "endpoint", "enabled": False}]})
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        assert r.status == 200 and sim.log[-1].body == {"messages": [{"role": "user", "content": "x"}]}
+
+    async def test_docs_chain_without_endpoint_serves(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """Y1 (no endpoint, an order NeMo refuses) serves requests: the system prompt reaches the model."""
+        cfg = docs_adapter(DOCS_CHAINS["Y1-configuration"][0])
+        cfg["interceptors"] = [i for i in cfg["interceptors"] if i["name"] != "caching"]  # its ./cache: not here
+        proxy = await make_proxy(cfg)
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        assert r.status == 200
+        assert sim.log[-1].body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
