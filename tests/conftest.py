@@ -14,6 +14,9 @@ from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.server.app import create_app
 from evalproxy.adapter.server.prometheus import Prometheus
 from evalproxy.simulator import SimulatedModel
+from tests.storage.test_redis_server import redis_server  # a real redis-server, for any test that asks
+
+__all__ = ["redis_server"]
 
 MakeProxy = Callable[..., Awaitable[TestClient[Any, Any]]]
 

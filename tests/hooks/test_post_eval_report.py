@@ -19,6 +19,7 @@ from evalproxy.adapter.server.app import PROXY
 from evalproxy.hooks.post_eval_report import render_reports, safe_url
 from evalproxy.hooks.post_eval_report.charts import report_charts, svg_histogram
 from evalproxy.simulator import Fault, SimulatedModel
+from tests.storage.test_redis_server import RedisServer, needs_redis
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 # Model output that would retitle the page and add a marker element, were it ever executed.
@@ -349,3 +350,20 @@ class TestInBrowser:
         assert "<title>evalproxy report: sim-model</title>" in dom
         assert not re.search(r"<div[^>]*id=\"pwned-marker\"", dom)
         assert "&lt;script&gt;document.title=" in dom  # shown, as text
+
+
+@needs_redis
+async def test_report_of_a_run_cached_in_redis_shows_its_pairs(
+    make_proxy: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A run whose cache is on a Redis server gets a report with its saved pairs, read through the store interface."""
+    url = f"{redis_server.url}?prefix=report-test:"
+    proxy = await make_proxy({"interceptors": [{"name": "caching", "config": {"cache_url": url, "save_requests": True}},
+                                               "endpoint"],
+                              "post_eval_hooks": [{"name": "post_eval_report", "config": {"report_types": ["json"]}}]})
+    for i in range(3):
+        body = {"messages": [{"role": "user", "content": f"question {i}"}], "temperature": 0}
+        assert (await proxy.post("/v1/chat/completions", json=body)).status == 200
+    await proxy.close()
+    report = orjson.loads((tmp_path / "out" / "report.json").read_bytes())
+    assert [r["request_data"]["messages"][0]["content"] for r in report] == [f"question {i}" for i in range(3)]

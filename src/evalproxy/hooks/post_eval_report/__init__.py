@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -33,13 +34,12 @@ from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_err
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.params import Params as BaseParams
-from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
 from evalproxy.hooks.post_eval_report.charts import report_charts
-from evalproxy.storage import SavedPair
-from evalproxy.storage.disk import CacheStore
+from evalproxy.storage import SavedPair, is_url, open_store
 
 DETAILS_FILE = "evalproxy_report.json"
 MAX_FAILURES_SHOWN = 50
@@ -77,9 +77,51 @@ class PostEvalReportHook(BaseHook[PostEvalReportParams]):
 
 
 def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
-    """Where the run's caching interceptor kept its store (as configured: no hard-coded path)."""
+    """Where the run's caching interceptor kept its store directory (as configured: no hard-coded path)."""
     cfg = adapter.interceptor_config("caching") or {}
     return Path(cfg.get("cache_dir") or adapter.caching_dir or output_dir / "cache")
+
+
+def store_of(adapter: AdapterConfig, output_dir: Path) -> str | Path:
+    """The run's store: its caching interceptor's ``cache_url`` (a shared server), else its cache directory."""
+    cfg = adapter.interceptor_config("caching") or {}
+    url = cfg.get("cache_url")
+    return str(url) if isinstance(url, str) and url else cache_dir_of(adapter, output_dir)
+
+
+@dataclass
+class StoreContents:
+    """What the report shows from the run's store, read through the store interface (a directory or a server)."""
+
+    location: str
+    pairs: list[SavedPair] = field(default_factory=list)
+    failures: list[Any] = field(default_factory=list)
+    requests: list[dict[str, Any] | None] = field(default_factory=list)
+    saved_pairs: int = 0
+    failure_count: int = 0
+    note: str | None = None
+
+
+async def read_store(adapter: AdapterConfig, output_dir: Path, size: int) -> StoreContents:
+    """The first ``size`` saved pairs, the failures and the saved requests' parameters; a store that cannot be read
+    gives a note, never an error (the report is still written)."""
+    location = store_of(adapter, output_dir)
+    out = StoreContents(str(location))
+    if not is_url(location) and not (Path(location) / "requests").is_dir():
+        out.note = f"no request/response pairs were saved (no cache at {location})"
+        return out
+    store = await asyncio.to_thread(open_store, location)
+    try:
+        out.pairs = await store.saved_pairs(size)
+        out.failures = await store.failures(MAX_FAILURES_SHOWN)
+        out.requests = [p.request for p in await store.saved_pairs(MAX_REQUESTS_SCANNED, with_responses=False)]
+        stats = await store.stats()
+        out.saved_pairs, out.failure_count = int(stats["saved_requests"]), int(stats["failures"])
+    except Exception as exc:  # a server that is down, or a password the effective config shows redacted
+        out.note = f"the store at {redact_url(str(location))} could not be read: {type(exc).__name__}: {exc}"
+    finally:
+        await store.aclose()
+    return out
 
 
 def _load_effective_config(output_dir: Path) -> tuple[AdapterConfig, ServerConfig]:
@@ -112,20 +154,22 @@ async def render_reports(
 ) -> list[Path]:
     """Build the report from a run directory and write the requested files; returns their paths."""
     output_dir = Path(output_dir)
-    return await asyncio.to_thread(_render, output_dir, adapter, server, size, report_types)
-
-
-def _render(output_dir: Path, adapter: AdapterConfig | None, server: ServerConfig | None, size: int | None,
-            report_types: tuple[str, ...]) -> list[Path]:
     if adapter is None or server is None:
-        adapter, server = _load_effective_config(output_dir)
+        loaded_adapter, loaded_server = await asyncio.to_thread(_load_effective_config, output_dir)
+        adapter, server = adapter or loaded_adapter, server or loaded_server
     if size is None:
         hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), {})
         size = hook.get("html_report_size")
         if size is None:
             size = adapter.html_report_size
         size = 5 if size is None else int(size)
-    report = build_report(output_dir, adapter, server, size)
+    contents = await read_store(adapter, output_dir, size)
+    return await asyncio.to_thread(_render, output_dir, adapter, server, size, report_types, contents)
+
+
+def _render(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size: int,
+            report_types: tuple[str, ...], contents: StoreContents) -> list[Path]:
+    report = build_report(output_dir, adapter, server, size, contents)
     nemo = [nemo_entry(p) for p in report["pairs"]]
     for p in report["pairs"]:
         del p["request_data"]  # the whole request is in report.json; the details keep the clipped one
@@ -155,32 +199,18 @@ def nemo_entry(pair: dict[str, Any]) -> dict[str, Any]:
             "response": pair["response"], "endpoint": pair["endpoint"], "cache_key": pair["cache_key"]}
 
 
-def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size: int) -> dict[str, Any]:
-    """The report's content as plain data (what report.json holds)."""
+def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size: int,
+                 contents: StoreContents) -> dict[str, Any]:
+    """The report's content as plain data (what evalproxy_report.json holds)."""
     metrics: dict[str, Any] = {}
     try:
         loaded = orjson.loads((output_dir / STATISTICS_FILE).read_bytes())
         metrics = loaded if isinstance(loaded, dict) else {}
     except (OSError, orjson.JSONDecodeError):
         pass
-    cache_dir = cache_dir_of(adapter, output_dir)
-    pairs: list[SavedPair] = []
-    failures: list[Any] = []
-    all_params: list[dict[str, Any] | None] = []
-    counts = {"saved_pairs": 0, "failures": 0}
-    store_note = None
-    if (cache_dir / "requests").is_dir():
-        store = CacheStore(cache_dir)
-        try:
-            pairs = store.saved_pairs(size)
-            failures = store.failures(MAX_FAILURES_SHOWN)
-            all_params = [p.request for p in store.saved_pairs(MAX_REQUESTS_SCANNED, with_responses=False)]
-            stats = store.stats()
-            counts = {"saved_pairs": stats["saved_requests"], "failures": stats["failures"]}
-        finally:
-            store.close()
-    else:
-        store_note = f"no request/response pairs were saved (no cache at {cache_dir})"
+    pairs, failures, all_params = contents.pairs, contents.failures, contents.requests
+    counts = {"saved_pairs": contents.saved_pairs, "failures": contents.failure_count}
+    store_note = contents.note
     reasoning_cfg = adapter.interceptor_config("reasoning")
     chain = [ic.name for _, ic in adapter.enabled_interceptors()]
     upstream = safe_url(server.upstream_url) if server.upstream_url else None
@@ -192,7 +222,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
             "endpoint": upstream,
             "interceptors": chain,
             "post_eval_hooks": [h.name for _, h in adapter.enabled_hooks()],
-            "cache_dir": str(cache_dir),
+            "cache_dir": redact_url(contents.location),
             "generation_params": _generation_params(all_params),
             "generation_params_from": len(all_params),
             "html_report_size": size,
