@@ -16,6 +16,8 @@ on one machine). Every method is async; a backend that blocks runs off the event
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,22 @@ MAGIC = b"EPA1"
 MAX_FAILURES = 1000
 LEASE_SECONDS = 30.0
 """How long a lease lives without renewal; holders renew theirs every third of it while they work."""
+
+
+HOST = socket.gethostname()
+
+
+def holder_gone(host: str, pid: int) -> bool:
+    """Whether a lease holder is a process on this host that no longer runs (its lease may be taken at once)."""
+    if host != HOST:
+        return False  # another machine's process: only its lease's expiry says it is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (EPERM: another user's)
+    return False
 
 
 class StoreClosedError(RuntimeError):

@@ -22,11 +22,9 @@ directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import queue
-import socket
 import sqlite3
 import struct
 import threading
@@ -39,6 +37,7 @@ import diskcache
 import orjson
 
 from evalproxy.storage.base import (
+    HOST,
     LEASE_SECONDS,
     MAX_FAILURES,
     Claim,
@@ -47,6 +46,7 @@ from evalproxy.storage.base import (
     StoreClosedError,
     StoredAnswer,
     answer_key,
+    holder_gone,
     now,
     pair_key,
 )
@@ -58,17 +58,6 @@ T = TypeVar("T")
 # and 64 MiB per database, which shows as memory growing with the cache over a long run): lookups are by index.
 _NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False,
                                 "sqlite_cache_size": 512, "sqlite_mmap_size": 0}
-HOST = socket.gethostname()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True
-
-
 class SlotTable:
     """pass@k slot counters and leases, in tables of their own inside the answers' SQLite database.
 
@@ -161,7 +150,7 @@ def _live(host: str, pid: int, expires: float) -> bool:
     """Whether a lease still holds: not expired, and its process (when on this host) still alive."""
     if expires < now():
         return False
-    return not (host == HOST and not _alive(pid))
+    return not holder_gone(host, pid)
 
 
 class CacheStore:

@@ -34,7 +34,6 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -49,6 +48,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from evalproxy.adapter.core.redact import redact_url
 from evalproxy.storage.base import (
+    HOST,
     LEASE_SECONDS,
     MAX_FAILURES,
     Claim,
@@ -57,6 +57,7 @@ from evalproxy.storage.base import (
     StoreClosedError,
     StoredAnswer,
     answer_key,
+    holder_gone,
 )
 
 log = logging.getLogger("evalproxy.store")
@@ -67,7 +68,6 @@ DEFAULT_PREFIX = "evalproxy:"
 DEFAULT_TIMEOUT = 2.0
 RETRY_AFTER = 1.0
 """After a failed call, seconds during which calls fail at once; the next call after it tries the server again."""
-HOST = socket.gethostname()
 
 # KEYS: answers, lease base ("P lease:<key>"), next, free. ARGV: key, lease value, lease ms, slot ("next": the
 # run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns {slot, code, payload}:
@@ -141,14 +141,9 @@ def _pid_dead(holder: str) -> bool:
     """Whether a lease value names a process on this host that is gone."""
     try:
         _, host, pid = holder.rsplit("|", 2)
-        if host != HOST:
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, OSError):
+        return holder_gone(host, int(pid))
+    except ValueError:
         return False
-    return False
 
 
 class RedisStore:
