@@ -278,7 +278,7 @@ class TestErrors:
         """A misspelt top-level field is an error, not silently ignored."""
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, {"interceptor": ["endpoint"]}))
-        assert info.value.field == "interceptor"
+        assert info.value.field == "interceptor" and "did you mean 'interceptors'" in str(info.value)
 
 
 class TestDiscovery:

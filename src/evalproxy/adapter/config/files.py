@@ -13,6 +13,7 @@ Names of interceptors and hooks are checked against the registry one layer up
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -229,6 +230,7 @@ def parse_config(
     except ValidationError as exc:
         raise validation_error(exc, prefix="server", file=source) from None
 
+    _check_top_level(adapter_data, prefix, source)
     legacy = {k: adapter_data[k] for k in list(adapter_data) if k in LEGACY_KEYS}
     chain_from: Literal["nemo", "evalproxy"] | None = None
     if legacy:
@@ -261,6 +263,20 @@ def parse_config(
             adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
     return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
                         task=task, tasks=tasks, strict=strict, warnings=warnings)
+
+
+def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> None:
+    """A top-level key that is neither an adapter_config field nor a legacy key is an error with the closest name.
+
+    (NeMo Evaluator ignores such a key beside ``interceptors`` and refuses it without: a typo like ``interceptor``
+    would silently give the default chain, so it is refused here in both cases.)"""
+    known = set(AdapterConfig.model_fields) | LEGACY_KEYS
+    for key in cfg:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            p = f"{where}." if where else ""
+            raise ConfigError(f"unknown adapter_config field '{key}'{hint}", field=f"{p}{key}", file=source)
 
 
 def _check_mixing(cfg: dict[str, Any], where: str, source: str | None) -> None:
