@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -772,3 +773,37 @@ class TestChainsNemoRefuses:
         r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         assert r.status == 200
         assert sim.log[-1].body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
+
+
+class TestCachingDefault:
+    async def test_only_cache_dir_does_not_reuse(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+        """NeMo's caching defaults to reuse_cached_responses: false, so an entry with only cache_dir pays again after
+        a restart (the default chains set reuse to true themselves)."""
+        from evalproxy.interceptors.caching import CachingInterceptor
+
+        if CachingInterceptor.Params().reuse_cached_responses:
+            pytest.skip("caching's own default is still reuse_cached_responses: true")
+        cfg = {"interceptors": [{"name": "caching", "config": {"cache_dir": str(tmp_path / "c")}}, "endpoint"]}
+        body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0}
+        for _ in range(2):
+            proxy = await make_proxy(cfg)
+            assert (await proxy.post("/v1/chat/completions", json=body)).status == 200
+            await proxy.close()
+        assert len(sim.log) == 2
+
+
+class TestMetricsFile:
+    async def test_response_stats_has_nemos_keys(self, make_proxy: Any, tmp_path: Path) -> None:
+        """eval_factory_metrics.json's response_stats has NeMo's keys and types: an integer run_id and
+        inference_run_times keyed by run number as a string, with ISO times."""
+        proxy = await make_proxy({"interceptors": ["endpoint", "response_stats"]})
+        await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+        await proxy.close()
+        stats = orjson.loads((tmp_path / "out" / "eval_factory_metrics.json").read_bytes())["response_stats"]
+        assert stats["run_id"] == 0 and isinstance(stats["last_request_time"], float)
+        for key in ("count", "successful_count", "status_codes", "finish_reason", "stop_reason", "avg_latency_ms",
+                    "max_latency_ms", "avg_prompt_tokens", "avg_total_tokens", "avg_completion_tokens",
+                    "tool_calls_count", "function_calls_count", "inference_time", "description"):
+            assert key in stats, key
+        run = stats["inference_run_times"]["0"]
+        assert run["run_start"] <= run["first_request_time"] <= run["last_request_time"]
