@@ -141,6 +141,15 @@ class TestTurnCounter:
         assert first == body
         assert second["messages"][0]["content"] == "go\n\nENVIRONMENT REMINDER: 98 turns left to complete the task."
 
+    async def test_over_budget_is_a_429_through_the_proxy(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """The client gets an OpenAI-shaped 429 with code session_budget_exhausted; the model is not called."""
+        proxy = await make_proxy({"interceptors": [{"name": "turn_counter", "config": {"max_turns": 1}}, "endpoint"]})
+        body = {"messages": [{"role": "user", "content": "task"}]}
+        assert (await proxy.post("/v1/chat/completions", json=body)).status == 200
+        r = await proxy.post("/v1/chat/completions", json=body)
+        assert r.status == 429 and (await r.json())["error"]["code"] == "session_budget_exhausted"
+        assert len(sim.log) == 1
+
     async def test_without_budget_only_logs(self, run: RunContext) -> None:
         """No max_turns: requests pass unchanged however many turns."""
         ic = make(TurnCounterInterceptor, run)
