@@ -245,6 +245,17 @@ class TestReasoningReplay:
         other, _ = await call(ic, later, headers={"X-Session-Id": "t"})
         assert other == later
 
+    async def test_streamed_reasoning_is_remembered(self, run: RunContext) -> None:
+        """A streamed answer's reasoning (reasoning or reasoning_content deltas) is remembered once it completes."""
+        ic = make(ReasoningReplayInterceptor, run)
+        _, out = await call(ic, {"stream": True}, stream(chunk(role="assistant", content=""), chunk(reasoning="abc"),
+                                                         chunk(content="Final."), chunk(finish="stop")))
+        assert out.stream is not None
+        async for _ in out.stream:
+            pass
+        sent, _ = await call(ic, {"messages": [{"role": "assistant", "content": "Final."}]})
+        assert sent["messages"][0]["content"] == "<think>abc</think>\nFinal."
+
     async def test_lru_bound(self, run: RunContext) -> None:
         """At most cache_max_entries reasonings are remembered."""
         ic = make(ReasoningReplayInterceptor, run, cache_max_entries=2)

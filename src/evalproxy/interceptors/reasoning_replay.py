@@ -139,10 +139,17 @@ class _Remember(AnswerHandler):
     def __init__(self, ic: ReasoningReplayInterceptor, session: str) -> None:
         self.ic, self.session = ic, session
         self.whole: dict[str, Any] | None = None
+        self.streamed_reasoning: dict[int, str] = {}  # a stream's ``reasoning`` deltas, which assembly ignores
 
     def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
         if whole:
             self.whole = obj
+            return False
+        for ch in obj.get("choices") or ():
+            delta = ch.get("delta") if isinstance(ch, dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("reasoning"), str):
+                i = ch.get("index", 0)
+                self.streamed_reasoning[i] = self.streamed_reasoning.get(i, "") + delta["reasoning"]
         return False
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
@@ -150,6 +157,8 @@ class _Remember(AnswerHandler):
         for ch in (answer or {}).get("choices") or ():
             msg = ch.get("message") if isinstance(ch, dict) else None
             if isinstance(msg, dict):
+                if ch.get("index", 0) in self.streamed_reasoning and not msg.get("reasoning_content"):
+                    msg["reasoning"] = self.streamed_reasoning[ch.get("index", 0)]
                 reasoning = _reasoning(msg)
                 if reasoning is not None:
                     for key in message_keys(msg, self.session):
