@@ -46,7 +46,8 @@ def cache_errors(text: str) -> dict[str, float]:
 
 
 def chain(cache_dir: Path) -> dict[str, Any]:
-    return {"interceptors": [{"name": "caching", "config": {"cache_dir": str(cache_dir)}}, "endpoint"],
+    caching = {"cache_dir": str(cache_dir), "reuse_cached_responses": True}
+    return {"interceptors": [{"name": "caching", "config": caching}, "endpoint"],
             "generate_html_report": False}
 
 

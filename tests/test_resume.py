@@ -28,7 +28,8 @@ def write_config(tmp_path: Path, name: str) -> Path:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({
         "interceptors": [{"name": "system_message", "config": {"system_message": "Answer."}},
-                         "reasoning", "caching", "endpoint", "response_stats"],
+                         "reasoning", {"name": "caching", "config": {"reuse_cached_responses": True}}, "endpoint",
+                         "response_stats"],
         "server": {"output_dir": str(tmp_path / name), "status_line": "off"},
     }))
     return cfg

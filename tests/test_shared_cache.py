@@ -21,7 +21,8 @@ PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku.
 def config(tmp_path: Path, name: str, cache: Path) -> Path:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({
-        "interceptors": [{"name": "caching", "config": {"cache_dir": str(cache)}}, "endpoint"],
+        "interceptors": [{"name": "caching", "config": {"cache_dir": str(cache), "reuse_cached_responses": True}},
+                         "endpoint"],
         "post_eval_hooks": [],
         "server": {"output_dir": str(tmp_path / name), "status_line": "off"},
     }))

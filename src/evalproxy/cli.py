@@ -93,7 +93,14 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None) -> None:
-    p.add_argument("--config", "-c", help="adapter config (YAML or JSON): bare, launcher-shaped or legacy")
+    p.add_argument("--config", "-c", help="adapter config (YAML or JSON): bare, launcher-shaped or legacy. A file "
+                   "that lists no interceptors gets NeMo Evaluator's default chain (caching, endpoint, "
+                   "response_stats); without -c, evalproxy's own default chain applies (reasoning, caching, "
+                   "endpoint, response_stats)")
+    p.add_argument("--task", help="a launcher config's task (evaluation.tasks[].name) whose adapter config to use; "
+                   "needed when the tasks' adapter configs differ")
+    p.add_argument("--strict-config", action="store_true",
+                   help="an interceptor or hook param no NeMo Evaluator version defines is an error, not a warning")
     p.add_argument("--upstream", "-u", help="model endpoint: base URL (.../v1) or full .../chat/completions URL")
     p.add_argument("--model-id", help="model id (informational; shown in reports)")
     p.add_argument("--api-key-name", help="name of the env var holding the upstream API key")
@@ -115,13 +122,17 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
 
 def _load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
     """The config, checked against the plugins it names (discovery runs here, once)."""
-    loaded = load_config(args.config, overrides=_server_overrides(args))
+    loaded = load_config(args.config, overrides=_server_overrides(args), task=args.task,
+                         strict=args.strict_config)
     if args.cache_url:
         loaded = _with_cache_url(loaded, args.cache_url)
     if not loaded.server.upstream_url:
         raise ConfigError("no upstream URL: set server.upstream_url (or target.api_endpoint.url) or --upstream",
                           field="server.upstream_url", file=loaded.source)
-    return loaded, resolve(loaded)
+    resolved = resolve(loaded)
+    for warning in resolved.warnings:
+        print(f"evalproxy: warning: {loaded.source or 'config'}: {warning}", file=sys.stderr)
+    return loaded, resolved
 
 
 def _with_cache_url(loaded: LoadedConfig, url: str) -> LoadedConfig:

@@ -59,7 +59,7 @@ def demo_config(upstream: str, output_dir: Path) -> LoadedConfig:
             "interceptors": [
                 {"name": "system_message", "config": {"system_message": SYSTEM_PROMPT, "strategy": "prepend"}},
                 {"name": "reasoning", "config": {"end_reasoning_token": "</think>"}},
-                {"name": "caching", "config": {"save_requests": True}},
+                {"name": "caching", "config": {"save_requests": True, "reuse_cached_responses": True}},
                 "endpoint",
                 "response_stats",
             ],

@@ -779,10 +779,6 @@ class TestCachingDefault:
     async def test_only_cache_dir_does_not_reuse(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
         """NeMo's caching defaults to reuse_cached_responses: false, so an entry with only cache_dir pays again after
         a restart (the default chains set reuse to true themselves)."""
-        from evalproxy.interceptors.caching import CachingInterceptor
-
-        if CachingInterceptor.Params().reuse_cached_responses:
-            pytest.skip("caching's own default is still reuse_cached_responses: true")
         cfg = {"interceptors": [{"name": "caching", "config": {"cache_dir": str(tmp_path / "c")}}, "endpoint"]}
         body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0}
         for _ in range(2):

@@ -94,7 +94,8 @@ class TestQueryStringFunctional:
     ) -> None:
         """Two requests differing only in ?api-version= are cached apart: the second is a miss, a repeat a hit."""
         proxy = await make_proxy(
-            {"interceptors": [{"name": "caching", "config": {"cache_dir": str(tmp_path / "cache")}}, "endpoint"]},
+            {"interceptors": [{"name": "caching", "config": {"cache_dir": str(tmp_path / "cache"),
+                                                           "reuse_cached_responses": True}}, "endpoint"]},
             upstream_url=str(recording_upstream.make_url("/v1")), max_retries=0)
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
         seen = []

@@ -21,6 +21,7 @@ SAMPLED = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.9}
 
 
 def make(run: RunContext, **params: Any) -> CachingInterceptor:
+    params.setdefault("reuse_cached_responses", True)
     return CachingInterceptor(CachingInterceptor.Params(cache_dir=str(run.output_dir / "c"), **params), run)
 
 
@@ -54,7 +55,7 @@ def test_is_deterministic(body: dict[str, Any], expected: bool) -> None:
 class TestCachingDirect:
     async def test_hit_short_circuits(self, run: RunContext) -> None:
         """The second identical request is answered without calling the rest of the chain."""
-        ic = CachingInterceptor(CachingInterceptor.Params(cache_dir=str(run.output_dir / "c")), run)
+        ic = make(run)
         calls = 0
 
         async def call_next(ctx: RequestContext) -> ProxyResponse:

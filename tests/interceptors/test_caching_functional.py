@@ -15,7 +15,8 @@ from evalproxy.storage import cache_key
 from evalproxy.storage.disk import CacheStore
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
-CHAIN = {"interceptors": [{"name": "caching", "config": {"save_requests": True}}, "endpoint"],
+CHAIN = {"interceptors": [{"name": "caching", "config": {"save_requests": True, "reuse_cached_responses": True}},
+                          "endpoint"],
          "generate_html_report": False}
 
 
@@ -241,7 +242,8 @@ class TestRepeats:
 
     async def test_repeats_reuse_forces_sharing(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """repeats: reuse shares one answer even for sampled requests."""
-        proxy = await make_proxy({"interceptors": [{"name": "caching", "config": {"repeats": "reuse"}}, "endpoint"],
+        proxy = await make_proxy({"interceptors": [
+            {"name": "caching", "config": {"repeats": "reuse", "reuse_cached_responses": True}}, "endpoint"],
                                   "generate_html_report": False})
         for _ in range(3):
             await post(proxy, {"model": "m", "messages": MSGS, "temperature": 1.0})
@@ -303,7 +305,8 @@ class TestSavedPairs:
     async def test_pairs_in_arrival_order_and_bounded(self, make_proxy: Any, tmp_path: Path) -> None:
         """Saved pairs come back in the order requests arrived, at most max_saved_requests of them."""
         proxy = await make_proxy({"interceptors": [
-            {"name": "caching", "config": {"save_requests": True, "max_saved_requests": 4}}, "endpoint"],
+            {"name": "caching", "config": {"save_requests": True, "max_saved_requests": 4,
+                                            "reuse_cached_responses": True}}, "endpoint"],
             "generate_html_report": False})
         prompts = [f"question number {i}" for i in range(6)]
         for p in prompts:

@@ -29,7 +29,8 @@ PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku.
 def config(tmp_path: Path, name: str, extra: dict[str, Any] | None = None) -> Path:
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({
-        "interceptors": [{"name": "caching", "config": {"save_requests": True, **(extra or {})}}, "endpoint"],
+        "interceptors": [{"name": "caching", "config": {"save_requests": True, "reuse_cached_responses": True,
+                                                        **(extra or {})}}, "endpoint"],
         "post_eval_hooks": [],
         "server": {"output_dir": str(tmp_path / name), "status_line": "off"},
     }))

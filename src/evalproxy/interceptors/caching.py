@@ -75,7 +75,7 @@ class CachingParams(Params):
     cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
     cache_url: str | None = Field(default=None, description="A shared store in place of cache_dir: redis://, "
                                   "rediss:// or unix:// (Redis 6+ or Valkey); ?prefix=NAME: keeps projects apart")
-    reuse_cached_responses: bool = True
+    reuse_cached_responses: bool = False  # NeMo Evaluator's default; the default chains set it true
     save_requests: bool = False
     save_responses: bool = True
     max_saved_requests: int | None = Field(default=None, ge=0)
