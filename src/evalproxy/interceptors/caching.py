@@ -72,6 +72,7 @@ def is_deterministic(body: dict[str, Any]) -> bool:
 
 
 class CachingParams(Params):
+    nemo_fields = frozenset({"bypass"})  # NeMo Evaluator 0.3+: no effect here
     cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
     cache_url: str | None = Field(default=None, description="A shared store in place of cache_dir: redis://, "
                                   "rediss:// or unix:// (Redis 6+ or Valkey); ?prefix=NAME: keeps projects apart")

@@ -22,8 +22,8 @@ import orjson
 from evalproxy.records.export import find_results_file
 from evalproxy.records.results import RunRecord, read_results
 
-ARTIFACTS = ("results.yaml", "results.yml", "report.html", "report.json", "eval_factory_metrics.json",
-             "adapter_config.yaml")
+ARTIFACTS = ("results.yaml", "results.yml", "report.html", "report.json", "evalproxy_report.json",
+             "eval_factory_metrics.json", "adapter_config.yaml")
 RUN_ID_TAG = "evalproxy.run_id"
 _BAD_NAME = re.compile(r"[^\w./\- :]")
 _MAX_PARAM = 6000  # MLflow's limit on a param value

@@ -49,6 +49,10 @@ _LARGE_BODY = 1 << 20
 class EndpointParams(Params):
     """``endpoint``'s params: they override the server's upstream settings for this chain."""
 
+    # NeMo Evaluator 0.3+ endpoint fields: the upstream comes from the server settings here.
+    nemo_fields = frozenset({"upstream_url", "api_key", "extra_body", "extra_headers", "max_concurrent",
+                             "model_traffic_store_id"})
+
     request_timeout: float | None = None
     max_retries: int | None = None
     retry_backoff: float | None = None
