@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI
 
+from evalproxy.adapter.config import parse_config
+from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import Fault, SimulatedModel
 
 REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
@@ -145,3 +149,62 @@ class TestResumedRun:
         assert len(sim.log) == 5
         section = metrics(tmp_path)["reasoning"]
         assert (section["total_responses"], section["reasoning_finished_count"]) == (5, 5)
+
+
+class TestStreamingDecision:
+    """With evalproxy's default chain, ``stream_unmarked: auto`` holds a stream only while the model is undecided."""
+
+    @staticmethod
+    async def default_chain_proxy(tmp_path: Path, upstream: Any) -> TestClient[Any, Any]:
+        loaded = parse_config({"server": {"upstream_url": str(upstream.make_url("/v1")),
+                                          "output_dir": str(tmp_path / "out")}}, default_chain="evalproxy")
+        assert [i.name for i in loaded.adapter.interceptors][:2] == ["reasoning", "caching"]
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
+        await client.start_server()
+        return client
+
+    @staticmethod
+    async def first_content_and_text(proxy: Any, prompt: str) -> tuple[float | None, str]:
+        body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "stream": True}
+        resp = await proxy.post("/v1/chat/completions", json=body)
+        first, text = None, ""
+        async for line in resp.content:
+            if line.startswith(b"data: {"):
+                for ch in orjson.loads(line[6:])["choices"]:
+                    piece = (ch.get("delta") or {}).get("content") or ""
+                    if piece and first is None:
+                        first = time.perf_counter()
+                    text += piece
+        return first, text
+
+    async def test_template_opened_reasoning_never_reaches_the_client(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """A model whose chat template opens <think> (its answers only close it) streams no reasoning, first answer
+        or tenth, whatever it answered before."""
+        sim.chunk_chars = 3
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            for i in range(10):
+                sim.faults.append(Fault(content=f"secret thoughts number {i} about it</think>\nanswer {i}"))
+                _, text = await self.first_content_and_text(proxy, f"q{i}")
+                assert text == f"answer {i}" and "secret" not in text
+        finally:
+            await proxy.close()
+
+    async def test_plain_model_streams_event_by_event_once_known(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """A model whose answers show no reasoning at all streams event by event once a few answers said so: the
+        first answer text reaches the client while the model is still sending."""
+        sim.chunk_delay = 0.05
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            for i in range(3):  # what the model is, from its answers
+                await self.first_content_and_text(proxy, f"warm-up {i}")
+            first, text = await self.first_content_and_text(proxy, "the real question")
+            expected, _ = sim.make_content({"temperature": 0}, "the real question")
+            assert text == expected
+            assert first is not None and sim.streams_finished and first < sim.streams_finished[-1]
+        finally:
+            await proxy.close()

@@ -26,6 +26,14 @@ runs again on replay. Statistics: each run keeps its numbers in ``<cache_dir>/ru
 ``<output_dir>/reasoning_stats``), and the section covers every run in that directory, as NeMo Evaluator's persisted
 statistics do. The first run there counts every answer it serves; a run that resumes one (earlier files exist)
 counts only answers fresh from the model, since the replayed ones were counted by the run that paid for them.
+
+Streams that do not open with the start token (``stream_unmarked``): a model whose chat template opens the block
+sends only the end token, so such a stream may be reasoning until ``</think>`` comes. ``hold`` keeps every such
+stream until the end token or its end (nothing leaks; the answer arrives at once); ``pass`` streams it as it comes;
+``auto`` (the default) decides per model name from what its answers have shown: a block only closed (the template
+opens it) holds that model's streams for good; a model that writes its own start token, or that gave
+``PLAIN_ANSWERS_TO_DECIDE`` answers ended by ``stop`` with no block at all, streams event by event; an undecided
+model is held.
 """
 
 from __future__ import annotations
@@ -188,9 +196,10 @@ class ReasoningParams(Params):
     stats_file_saving_interval: int | None = None
     enable_caching: bool = True
     save_individuals: bool = False
-    stream_unmarked: Literal["hold", "pass"] = Field(
-        default="hold",
-        description="A streamed answer that does not open with the start token: 'hold' it until the end token "
+    stream_unmarked: Literal["auto", "hold", "pass"] = Field(
+        default="auto",
+        description="A streamed answer that does not open with the start token: 'auto' holds it while the model's "
+        "answers have not shown how it reasons (see the module docstring), 'hold' it until the end token "
         "or the end (never leaks a block the chat template opened; the answer arrives at once), or 'pass' it "
         "through as it streams (for models that always write the start token, or none at all)")
 
@@ -206,6 +215,9 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
         self.dir = run.resolve(params.cache_dir or run.output_dir / "reasoning_stats")
         self.earlier = ReasoningStats()
         self.count_replays = True
+        self.models: dict[str, str] = {}
+        """What each model's answers have shown (``stream_unmarked: auto``)."""
+        self._plain_seen: dict[str, int] = {}
         if self._tracking:
             self.earlier, n = self._load_earlier()
             self.count_replays = n == 0
@@ -244,6 +256,32 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             return await handle(resp, _Unmigrate(p.start_reasoning_token or "", p.end_reasoning_token))
         return resp
 
+    def hold_unmarked(self, model: str) -> bool:
+        """Whether a streamed answer of ``model`` that does not open with the start token is held (``auto``: while
+        its answers have not shown how the model reasons)."""
+        mode = self.params.stream_unmarked
+        if mode != "auto":
+            return mode == "hold"
+        return self.models.get(model, _UNDECIDED) != _PLAIN
+
+    def learn(self, model: str, splitter: StreamSplitter, finish_reason: Any) -> None:
+        """What one finished choice shows of its model: a block only closed (the template opens it: hold for good),
+        one the model opened itself, or a whole answer with no block at all."""
+        known = self.models.get(model, _UNDECIDED)
+        if known == _TEMPLATE:
+            return
+        if splitter.finished and not splitter.opened:
+            self.models[model] = _TEMPLATE
+        elif splitter.opened:
+            self.models[model] = _PLAIN  # it writes its own start token: an answer without one has no reasoning
+        elif finish_reason == "stop" and not splitter.started and known != _PLAIN:
+            # Plain answers that ended normally (a cut-off one may be all reasoning): enough of them decide.
+            self._plain_seen[model] = seen = self._plain_seen.get(model, 0) + 1
+            if seen >= PLAIN_ANSWERS_TO_DECIDE:
+                self.models[model] = _PLAIN
+        if len(self.models) > MAX_MODELS:  # bounded: a harness uses a handful of model names
+            self.models.pop(next(iter(self.models)))
+
     def track(self, original: str, split: Split, server_reasoning: str | None, usage: Any) -> None:
         self.stats.add(original, split, server_reasoning, usage)
         self.run.statistics.touch()
@@ -252,15 +290,23 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             log.info("reasoning: %s", self.stats.section())
 
 
-class _Choice:
-    """One choice of an answer: its splitter and what the server sent as reasoning_content."""
+_UNDECIDED, _TEMPLATE, _PLAIN = "undecided", "template", "plain"
+PLAIN_ANSWERS_TO_DECIDE = 3
+"""Answers without any reasoning block, ended by ``stop``, after which a model's streams pass as they arrive."""
+MAX_MODELS = 256
 
-    __slots__ = ("counted", "server_reasoning", "splitter")
+
+class _Choice:
+    """One choice of an answer: its splitter, what the server sent as reasoning_content, and how it ended."""
+
+    __slots__ = ("counted", "finish_reason", "learned", "server_reasoning", "splitter")
 
     def __init__(self, splitter: StreamSplitter) -> None:
         self.splitter = splitter
         self.server_reasoning: list[str] = []
         self.counted = False
+        self.learned = False
+        self.finish_reason: Any = None
 
 
 class _Strip(AnswerHandler):
@@ -272,13 +318,16 @@ class _Strip(AnswerHandler):
         self.choices: dict[int, _Choice] = {}
         self.template: dict[str, Any] = {}
         self.usage: Any = None
+        body = ctx.json
+        model = body.get("model") if body is not None else None
+        self.model = model if isinstance(model, str) else ""
 
     def choice(self, i: int, whole: bool) -> _Choice:
         c = self.choices.get(i)
         if c is None:
             p = self.p
             # A whole answer is split at the end token whether or not it opened with the start token.
-            hold = whole or p.stream_unmarked == "hold"
+            hold = whole or self.ic.hold_unmarked(self.model)
             c = self.choices[i] = _Choice(StreamSplitter(p.start_reasoning_token, p.end_reasoning_token,
                                                          p.include_if_not_finished, hold))
         return c
@@ -306,6 +355,8 @@ class _Strip(AnswerHandler):
             if isinstance(rc, str):
                 c.server_reasoning.append(rc)
             out, thought = c.splitter.feed(text) if isinstance(text, str) and text else ("", "")
+            if ch.get("finish_reason"):
+                c.finish_reason = ch["finish_reason"]
             if whole or ch.get("finish_reason"):
                 out += c.splitter.close()
             if (isinstance(text, str) and out != text) or (not isinstance(text, str) and out):
@@ -336,6 +387,10 @@ class _Strip(AnswerHandler):
         return extras
 
     def _count(self) -> None:
+        for c in self.choices.values():
+            if not c.learned:
+                c.learned = True
+                self.ic.learn(self.model, c.splitter, c.finish_reason)
         if not self.counted:
             return
         usage = self.usage or self.ctx.state.get(STREAM_USAGE)

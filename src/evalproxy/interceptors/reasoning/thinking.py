@@ -65,6 +65,8 @@ class StreamSplitter:
     started: bool = False
     finished: bool = False
     closed: bool = False
+    opened: bool = False
+    """The answer opened with the start token itself (the model writes it; its template does not)."""
 
     def __post_init__(self) -> None:
         if not self.start:
@@ -80,7 +82,7 @@ class StreamSplitter:
                 assert self.start is not None
                 head = buf.lstrip()
                 if head.startswith(self.start):
-                    self.mode, self.started = "marked", True
+                    self.mode, self.started, self.opened = "marked", True, True
                     buf = head[len(self.start) :]
                     continue
                 if self.start.startswith(head):
