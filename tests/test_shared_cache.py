@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 from aiohttp.test_utils import TestServer
 
@@ -144,3 +146,49 @@ async def test_client_leaving_a_real_server_still_gets_its_answer_stored(tmp_pat
     finally:
         await procs.stop()
         await server.close()
+
+
+async def test_statistics_of_two_proxies_merge_into_one_file(tmp_path: Path) -> None:
+    """Two proxies of one run (other machines, or other output dirs) answer 3 and 5 requests; `evalproxy stats
+    merge` writes one eval_factory_metrics.json counting all 8, latency percentiles over all 8 samples."""
+    sim = SimulatedModel(latency=0.01)
+    server = await with_model(sim)
+    urls = []
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        for name in ("a", "b"):
+            cfg = tmp_path / f"{name}.yaml"
+            cfg.write_text(yaml.safe_dump({
+                "interceptors": [{"name": "caching", "config": {"cache_dir": str(tmp_path / "cache"),
+                                                                "reuse_cached_responses": True}},
+                                 "endpoint", "response_stats"],
+                "post_eval_hooks": [],
+                "server": {"output_dir": str(tmp_path / name), "status_line": "off"}}))
+            proc, url = await start_serve("-c", str(cfg), "--upstream", str(server.make_url("/v1")),
+                                          "--run-id", "one-run")
+            procs.append(proc)
+            urls.append(url)
+        for url, n in zip(urls, (3, 5), strict=True):
+            async with aiohttp.ClientSession() as s:
+                for i in range(n):
+                    body = {**PROMPT, "temperature": 0, "messages": [{"role": "user", "content": f"{url} {i}"}]}
+                    async with s.post(f"{url}/v1/chat/completions", json=body) as resp:
+                        assert resp.status == 200
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            await asyncio.wait_for(p.communicate(), 30)
+        await server.close()
+    merged_dir = tmp_path / "merged"
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "evalproxy", "stats", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
+        "-o", str(merged_dir), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await done.communicate()
+    assert done.returncode == 0, err.decode()
+    merged = orjson.loads((merged_dir / "eval_factory_metrics.json").read_bytes())
+    stats = merged["response_stats"]
+    assert (stats["count"], stats["successful_count"]) == (8, 8)
+    assert stats["scores"]["latency_ms"]["stats"]["count"] == 8
+    assert list(stats["runs"]) == ["one-run"] and stats["runs"]["one-run"]["count"] == 8
+    assert merged["caching"]["misses"] == 8 and merged["caching"]["hit_ratio"] == 0.0

@@ -493,6 +493,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return c.exit_code
 
 
+def _cmd_stats(args: argparse.Namespace) -> int:
+    """``stats merge``: one eval_factory_metrics.json for proxies that served one run, from their output dirs."""
+    import yaml
+
+    from evalproxy.adapter.config import AdapterConfig, ServerConfig
+    from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+    from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE, merge_statistics
+
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not d.is_dir():
+            print(f"evalproxy: no run directory at {d}", file=sys.stderr)
+            return 1
+    config_file = Path(args.config) if args.config else dirs[0] / CONFIG_FILE
+    doc = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    adapter = AdapterConfig.model_validate((doc or {}).get("adapter_config") or {})
+    resolved = resolve(LoadedConfig(adapter, ServerConfig(), str(config_file)))
+    merged = merge_statistics(dirs, resolved.interceptors)
+    out = Path(args.output) if args.output else Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / STATISTICS_FILE, dump_json({**merged, "merged_from": [str(d) for d in dirs]}))
+    print(out / STATISTICS_FILE)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from evalproxy.records import export_runs
 
@@ -561,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="regression: exit 1 on a significant drop in a score")
     p.add_argument("--max-changed", type=int, default=10, help="changed answers shown")
 
+    p = sub.add_parser("stats", help="merge the statistics of proxies that served one run (other machines, workers)")
+    p.add_argument("action", choices=["merge"])
+    p.add_argument("dirs", nargs="+", help="the proxies' output dirs")
+    p.add_argument("--output", "-o", help="where eval_factory_metrics.json goes (default: the current dir)")
+    p.add_argument("--config", "-c", help="the run's config (default: the first dir's adapter_config.yaml)")
+
     p = sub.add_parser("demo", help="a self-contained run against a simulated model")
     p.add_argument("--output-dir", "-o", default=None, help="where the demo writes (default: a new temp dir)")
     p.add_argument("--requests", type=int, default=24)
@@ -607,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cache(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "stats":
+            return _cmd_stats(args)
         if args.command == "compare":
             return _cmd_compare(args)
         if args.command == "demo":

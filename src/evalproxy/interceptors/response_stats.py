@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -273,6 +274,41 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
             except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable statistics file %s: %s", path, exc)
         return runs
+
+    @classmethod
+    def merged_section(cls, params: ResponseStatsParams, output_dirs: list[Path]) -> dict[str, Any] | None:
+        """The section of several proxies' statistics (workers, or proxies on other machines), merged exactly from
+        the per-run files each wrote in its output dir: counts and sums add up, percentiles come from the samples."""
+        by_run: dict[str, RunStats] = {}
+        for where in output_dirs:
+            d = Path(params.cache_dir) if params.cache_dir and Path(params.cache_dir).is_absolute() else (
+                where / (params.cache_dir or "response_stats_cache"))
+            for path in sorted(d.glob("run-*.json")) if d.is_dir() else ():
+                try:
+                    stats = RunStats.load(orjson.loads(path.read_bytes()))
+                except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("ignoring unreadable statistics file %s: %s", path, exc)
+                    continue
+                same = by_run.get(stats.run_id)
+                if same is None:
+                    by_run[stats.run_id] = stats
+                else:  # one run served by several proxies: one run's numbers
+                    merged = same.merge(stats)
+                    merged.run_id, merged.merged_span = stats.run_id, None
+                    by_run[stats.run_id] = merged
+        if not by_run:
+            return None
+        runs = sorted(by_run.values(), key=lambda r: r.run_id)
+        total = runs[0]
+        for r in runs[1:]:
+            total = total.merge(r)
+        out = total.section()
+        out["run_id"] = len(runs) - 1
+        out["evalproxy_run_id"] = runs[-1].run_id
+        out["inference_run_times"] = {str(i): r.run_times() for i, r in enumerate(runs)}
+        out["runs"] = {r.run_id: r.section(brief=True) for r in runs}
+        out["proxies_merged"] = len(output_dirs)
+        return out
 
     def section(self) -> dict[str, Any]:
         """Totals over this and earlier runs in the same directory; persists this run's numbers (in a thread)."""

@@ -65,3 +65,44 @@ def write_effective_config(output_dir: Path, adapter: AdapterConfig, server: Ser
     path = output_dir / CONFIG_FILE
     atomic_write_bytes(path, yaml.safe_dump(redact_obj(doc), sort_keys=False).encode())
     return path
+
+
+def merge_statistics(output_dirs: list[Path], interceptors: list[tuple[type[Any], Any]]) -> dict[str, Any]:
+    """One ``eval_factory_metrics.json`` for proxies that served one run (workers, or proxies on several machines),
+    from their output dirs.
+
+    An interceptor class that persists its numbers offers ``merged_section(params, output_dirs)`` and its section is
+    merged exactly (response_stats: counts, sums and percentiles over every sample kept; reasoning: its sums). Other
+    sections are merged field by field: integers (at any depth) summed, other values kept where every proxy agrees.
+    """
+    present = [d for d in (read_json_file(p / STATISTICS_FILE) for p in output_dirs) if d]
+    merged = _merge(present) if present else {}
+    assert isinstance(merged, dict)
+    for cls, params in interceptors:
+        exact = getattr(cls, "merged_section", None)
+        if exact is not None:
+            section = exact(params, output_dirs)
+            if section is not None:
+                merged[cls.name] = section
+    if isinstance(merged.get("caching"), dict):  # a ratio does not add up: computed again from the sums
+        c = merged["caching"]
+        lookups = int(c.get("hits", 0)) + int(c.get("misses", 0))
+        c["hit_ratio"] = c.get("hits", 0) / lookups if lookups else 0.0
+    return merged
+
+
+_DROP = object()
+
+
+def _merge(values: list[Any]) -> Any:
+    if all(isinstance(v, dict) for v in values):
+        out = {}
+        for k in dict.fromkeys(k for v in values for k in v):
+            m = _merge([v[k] for v in values if k in v])
+            if m is not _DROP:
+                out[k] = m
+        return out
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return sum(values)
+    first = orjson.dumps(values[0], option=orjson.OPT_SORT_KEYS)
+    return values[0] if all(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) == first for v in values) else _DROP

@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 from aiohttp import web
 
@@ -26,7 +25,7 @@ from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.registry.registry import Resolved
 from evalproxy.adapter.server.app import PROXY, create_app
-from evalproxy.adapter.server.output import STATISTICS_FILE, read_json_file
+from evalproxy.adapter.server.output import STATISTICS_FILE, merge_statistics, read_json_file
 from evalproxy.adapter.server.proxy import Proxy, new_run_id
 
 log = logging.getLogger("evalproxy")
@@ -257,7 +256,7 @@ class Workers:
             self._reserved.close()
             self._reserved = None
         if run_hooks and self.procs:
-            await asyncio.to_thread(merge_worker_statistics, self.output_dir, self.n)
+            await asyncio.to_thread(merge_worker_statistics, self.output_dir, self.n, self.resolved.interceptors)
             proxy = Proxy(self.loaded, self.resolved, self.run_id)
             for r in await proxy.run_hooks():
                 if not r["ok"]:
@@ -273,34 +272,15 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-def merge_worker_statistics(output_dir: Path, n: int) -> None:
-    """The run's ``eval_factory_metrics.json`` from its workers' files: counts (integers, at any depth) summed,
-    other numbers kept where every worker agrees; each worker's own sections under ``workers``. Averages and
-    percentiles are per worker (in ``workers``): they do not add up."""
-    files = {str(i): read_json_file(output_dir / "workers" / str(i) / STATISTICS_FILE) for i in range(n)}
-    present = [d for d in files.values() if d]
-    if not present:
+def merge_worker_statistics(output_dir: Path, n: int, interceptors: list[tuple[type[Any], Any]]) -> None:
+    """The run's ``eval_factory_metrics.json`` from its workers' files (see :func:`merge_statistics`); each worker's
+    own sections under ``workers``."""
+    dirs = [output_dir / "workers" / str(i) for i in range(n)]
+    files = {str(i): read_json_file(d / STATISTICS_FILE) for i, d in enumerate(dirs)}
+    merged = merge_statistics(dirs, interceptors)
+    if not merged:
         return
-    merged = _merge(present)
-    assert isinstance(merged, dict)
     data = read_json_file(output_dir / STATISTICS_FILE)
     data.update(merged)
     data["workers"] = files
     atomic_write_bytes(output_dir / STATISTICS_FILE, dump_json(data))
-
-
-_DROP = object()
-
-
-def _merge(values: list[Any]) -> Any:
-    if all(isinstance(v, dict) for v in values):
-        out = {}
-        for k in dict.fromkeys(k for v in values for k in v):
-            m = _merge([v[k] for v in values if k in v])
-            if m is not _DROP:
-                out[k] = m
-        return out
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return sum(values)
-    first = orjson.dumps(values[0], option=orjson.OPT_SORT_KEYS)
-    return values[0] if all(orjson.dumps(v, option=orjson.OPT_SORT_KEYS) == first for v in values) else _DROP

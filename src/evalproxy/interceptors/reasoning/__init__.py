@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -234,6 +235,22 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
         return total, n
+
+    @classmethod
+    def merged_section(cls, params: ReasoningParams, output_dirs: list[Path]) -> dict[str, Any] | None:
+        """The section of several proxies' statistics (workers, proxies on other machines): the per-run files each
+        wrote in its output dir, added up."""
+        total, n = ReasoningStats(), 0
+        for where in output_dirs:
+            d = Path(params.cache_dir) if params.cache_dir and Path(params.cache_dir).is_absolute() else (
+                where / (params.cache_dir or "reasoning_stats"))
+            for path in sorted(d.glob("run-*.json")) if d.is_dir() else ():
+                try:
+                    total = total.merge(ReasoningStats.load(orjson.loads(path.read_bytes())))
+                    n += 1
+                except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
+        return total.section() if n else None
 
     def section(self) -> dict[str, Any]:
         """Every run in the statistics dir; persists this run's numbers (called from the statistics writer thread)."""
