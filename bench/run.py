@@ -60,7 +60,7 @@ DEFAULT_CHAIN = {
     "interceptors": [
         {"name": "system_message", "config": {"system_message": "You are a careful assistant.", "strategy": "prepend"}},
         "reasoning",
-        "caching",
+        {"name": "caching", "config": {"reuse_cached_responses": True}},  # NeMo's default is false; ours true
         "endpoint",
         "response_stats",
     ],
