@@ -207,14 +207,10 @@ class CacheStore:
         answer = self.get_answer(key, slot)
         if answer is not None:
             return Claim(slot, answer)
+        # A slot filled since the look-up still holds its filler's lease (leases of filled slots stay until they
+        # expire), so a free lease means nobody filled it: no second look-up needed.
         if not self.slots.lease(key, slot, owner):
             return Claim(slot, None, leased=False)
-        # Filled between the look-up and the lease (by a process that has released it since)? An answer after all.
-        if answer_key(key, slot) in self.responses:
-            answer = self.get_answer(key, slot)
-            if answer is not None:
-                self.slots.release(key, slot, owner)
-                return Claim(slot, answer)
         return Claim(slot, None, leased=True)
 
     def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
