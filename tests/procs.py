@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 
 
@@ -27,3 +28,22 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+class ServeProcesses:
+    """``evalproxy serve`` processes a test starts; :meth:`stop` ends them all with SIGTERM and waits."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def serve(self, *args: str) -> str:
+        proc, url = await start_serve(*args)
+        self.procs.append(proc)
+        return url
+
+    async def stop(self) -> None:
+        for p in self.procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            await asyncio.wait_for(p.communicate(), 30)

@@ -15,7 +15,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
-from tests.procs import start_serve
+from tests.procs import ServeProcesses, start_serve
 
 PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku."}], "temperature": 0.8}
 
@@ -41,26 +41,17 @@ async def answers(url: str, times: int, body: dict[str, Any] = PROMPT) -> list[s
         return list(await asyncio.gather(*(one() for _ in range(times))))
 
 
-class Proxies:
-    """Proxy processes against one simulated model, stopped with SIGTERM at the end."""
+class Proxies(ServeProcesses):
+    """Proxy processes on one cache directory and one simulated model, stopped with SIGTERM at the end."""
 
     def __init__(self, tmp_path: Path, upstream: str) -> None:
+        super().__init__()
         self.tmp_path, self.upstream = tmp_path, upstream
         self.cache = tmp_path / "shared-cache"
-        self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, name: str, *args: str) -> str:
-        proc, url = await start_serve("-c", str(config(self.tmp_path, name, self.cache)), "--upstream", self.upstream,
-                                      *args)
-        self.procs.append(proc)
-        return url
-
-    async def stop(self) -> None:
-        for p in self.procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            await asyncio.wait_for(p.communicate(), 30)
+        return await self.serve("-c", str(config(self.tmp_path, name, self.cache)), "--upstream", self.upstream,
+                                *args)
 
 
 async def with_model(sim: SimulatedModel) -> TestServer:

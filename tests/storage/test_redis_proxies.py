@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from evalproxy.cli import main
 from evalproxy.simulator import SimulatedModel
-from tests.procs import start_serve
+from tests.procs import ServeProcesses
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
@@ -56,25 +56,16 @@ async def metric(url: str, name: str) -> float:
     return float(m.group(1))
 
 
-class Proxies:
+class Proxies(ServeProcesses):
     """Proxy processes on one Redis and one simulated model, stopped with SIGTERM at the end."""
 
     def __init__(self, tmp_path: Path, upstream: str, redis_url: str) -> None:
+        super().__init__()
         self.tmp_path, self.upstream, self.redis_url = tmp_path, upstream, redis_url
-        self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, name: str, *args: str) -> str:
-        proc, url = await start_serve("-c", str(config(self.tmp_path, name)), "--upstream", self.upstream,
-                                      "--cache-url", self.redis_url, *args)
-        self.procs.append(proc)
-        return url
-
-    async def stop(self) -> None:
-        for p in self.procs:
-            if p.returncode is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            await asyncio.wait_for(p.communicate(), 30)
+        return await self.serve("-c", str(config(self.tmp_path, name)), "--upstream", self.upstream,
+                                "--cache-url", self.redis_url, *args)
 
 
 @pytest.fixture
