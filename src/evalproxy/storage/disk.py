@@ -29,7 +29,7 @@ import sqlite3
 import struct
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,7 +135,7 @@ class SlotTable:
         self.db.execute("DELETE FROM evalproxy_leases WHERE key=? AND slot=? AND owner=?", (key, slot, owner))
 
     def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
-        """Extend ``owner``'s leases on ``slots``, and drop expired leases (those of filled slots among them)."""
+        """Extend ``owner``'s leases on ``slots``, and drop expired ones (of processes that died filling a slot)."""
         with self.transaction():
             t = now()
             self.db.executemany("UPDATE evalproxy_leases SET expires=? WHERE key=? AND slot=? AND owner=?",
@@ -207,10 +207,12 @@ class CacheStore:
         answer = self.get_answer(key, slot)
         if answer is not None:
             return Claim(slot, answer)
-        # A slot filled since the look-up still holds its filler's lease (leases of filled slots stay until they
-        # expire), so a free lease means nobody filled it: no second look-up needed.
         if not self.slots.lease(key, slot, owner):
             return Claim(slot, None, leased=False)
+        # Filled between the look-up and the lease (by a process that released it since)? An answer after all.
+        if answer_key(key, slot) in self.responses:
+            self.slots.release(key, slot, owner)
+            return self.acquire(key, slot, owner)
         return Claim(slot, None, leased=True)
 
     def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
@@ -218,10 +220,9 @@ class CacheStore:
             self.put_answer(key, slot, answer)
         if pair is not None:
             self.save_pair(pair)
-        if answer is None:
-            self.slots.release(key, slot, owner)
-        # A filled slot keeps its lease until it expires (renew() purges expired ones): anyone looking at the slot
-        # finds the answer before the lease, and one statement less per miss.
+        # Released at once: the lease table holds only slots being filled, so it stays a few pages, always cached
+        # (leases kept until expiry grew it to every answer of the last half minute, and its inserts slowed down).
+        self.slots.release(key, slot, owner)
 
     def abandon(self, key: str, slot: int, owner: str, run_id: str, sampled: bool) -> None:
         self.slots.release(key, slot, owner)
@@ -355,9 +356,8 @@ class StoreWorker:
                 batch.append(nxt)
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             try:
-                with ExitStack() as stack:
-                    # One commit per database per batch: answers, and the slots and leases claims write.
-                    stack.enter_context(self.store.responses.transact())
+                # One commit per batch for the answers and the slot table (they share the answers' database).
+                with self.store.responses.transact():
                     for fn, args, fut in batch:
                         try:
                             outcomes.append((fut, fn(*args), None))
