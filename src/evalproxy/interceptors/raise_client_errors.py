@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import model_validator
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
-from evalproxy.adapter.core.errors import ProxyError
+from evalproxy.adapter.core.errors import UpstreamClientError
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
@@ -26,14 +26,6 @@ from evalproxy.adapter.registry import register_for_adapter
 log = logging.getLogger("evalproxy.raise_client_errors")
 
 MARKER = ".nemo_evaluator_server_error"
-
-
-class UpstreamClientError(ProxyError):
-    """The upstream answered with a status the config says must stop the evaluation."""
-
-    status = 500
-    type = "upstream_client_error"
-    code = "fatal_upstream_status"
 
 
 class RaiseClientErrorsParams(Params):

@@ -7,12 +7,14 @@
         ├── PayloadTooLargeError      413: body over max_request_bytes
         ├── UnauthorizedError         401: admin path without the admin token
         ├── InterceptorError          500: an interceptor failed; names it
+        ├── UpstreamClientError       500: raise_client_errors: an upstream status that must stop the run
         └── UpstreamError             the model endpoint could not give an answer
             ├── UpstreamUnreachableError  502: connection refused, DNS, reset
             ├── UpstreamTimeoutError      504: no answer within request_timeout
             └── UpstreamProtocolError     502: the stream broke off mid-answer
 
-An upstream that *answers* with 4xx/5xx is not an error here: its answer is passed through with its own status.
+An upstream that *answers* with 4xx/5xx is not an error here: its answer is passed through with its own status
+(unless ``raise_client_errors`` is configured to stop the run on it).
 """
 
 from __future__ import annotations
@@ -110,3 +112,12 @@ class UpstreamTimeoutError(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     status = 502
     code = "upstream_protocol_error"
+
+
+class UpstreamClientError(ProxyError):
+    """The upstream answered with a status the config (``raise_client_errors``) says must stop the evaluation."""
+
+    status = 500
+    type = "upstream_client_error"
+    code = "fatal_upstream_status"
+
