@@ -353,3 +353,20 @@ class TestSavedPairs:
         store.close()
         assert [f.status for f in failures] == [status] and failures[0].request == chat()
         assert pairs == [] and answers == 0
+
+
+async def test_caps_count_what_the_store_held_before_a_restart(make_proxy: Any, tmp_path: Path) -> None:
+    """max_saved_requests counts the pairs already in the store: 2 saved by a first run, 1 more by the second."""
+    config = {"interceptors": [{"name": "caching", "config": {"save_requests": True, "max_saved_requests": 3,
+                                                              "reuse_cached_responses": True}}, "endpoint"],
+              "generate_html_report": False}
+    for run, prompts in enumerate((["a", "b"], ["c", "d", "e"])):
+        proxy = await make_proxy(config)
+        for p in prompts:
+            assert (await post(proxy, chat(messages=[{"role": "user", "content": f"{run}-{p}"}])))[0] == 200
+        await proxy.close()
+    store = CacheStore(tmp_path / "out" / "cache")
+    try:
+        assert store.count_pairs() == 3
+    finally:
+        store.close()

@@ -113,13 +113,11 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         self._renewer: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self._answers = self._pairs = 0
+        self._counted: asyncio.Future[None] | None = None
+        """What the store held when this run started (for the caps and the section), asked once, by any backend."""
         self._store_down = False
         try:
-            disk = open_store(self.where)
-            self.store = disk
-            sync = getattr(disk, "sync", None)
-            if sync is not None:  # opened in a thread already (the server builds interceptors off the loop)
-                self._answers, self._pairs = sync.count_answers(), sync.count_pairs()
+            self.store = open_store(self.where)
         except (OSError, sqlite3.Error) as exc:
             self._failed("read", exc)
             self.store = None
@@ -299,10 +297,24 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             if self.store is not None and self._filling:
                 await self._io("write", self.store.renew(list(self._filling), owner=self.owner))
 
+    async def _count_stored(self) -> None:
+        """Once per run: how many answers and pairs the store already holds (the caps count from there)."""
+        if self._counted is None:
+            self._counted = asyncio.get_running_loop().create_future()
+            assert self.store is not None
+            ok, answers = await self._io("read", self.store.count_answers())
+            ok2, pairs = await self._io("read", self.store.count_pairs())
+            self._answers += answers if ok and answers is not None else 0
+            self._pairs += pairs if ok2 and pairs is not None else 0
+            self._counted.set_result(None)
+        await self._counted
+
     async def store_answer(self, ctx: RequestContext, key: str, slot: int, answer: StoredAnswer) -> bool:
         """Save the answer and/or its pair as configured; False if the answer should have been saved and was not."""
         assert self.store is not None
         p = self.params
+        if self._counted is None or not self._counted.done():
+            await self._count_stored()
         save_answer = self.save_responses and (self.max_saved_responses is None
                                                or self._answers < self.max_saved_responses)
         pair = None

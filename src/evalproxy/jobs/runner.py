@@ -115,9 +115,6 @@ class JobRunner:
             await self._terminate(proc)
         await asyncio.gather(task, return_exceptions=True)
 
-    def is_active(self, job_id: str) -> bool:
-        return job_id in self._tasks
-
     # one job
 
     async def _run(self, job_id: str) -> None:

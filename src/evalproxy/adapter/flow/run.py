@@ -49,10 +49,6 @@ class Statistics:
     def dirty(self) -> bool:
         return self._dirty
 
-    @property
-    def sections(self) -> list[str]:
-        return list(self._providers)
-
     def collect(self) -> dict[str, Any]:
         """Every section as it is now; a provider that fails is logged and its section left out."""
         self._dirty = False
