@@ -85,6 +85,45 @@ class TestCacheStore:
         assert s.get_answer("big", 0) is None
         s.close()
 
+
+    @pytest.mark.parametrize("size", [10, 200_000])
+    def test_answers_are_diskcache_entries_both_ways(self, tmp_path: Path, size: int) -> None:
+        """Small answers (written by the store's own statement) and large ones (a file of diskcache's) read back
+        through plain diskcache, and an entry diskcache wrote reads back through the store."""
+        s = CacheStore(tmp_path)
+        answer = StoredAnswer(200, {}, body=b"x" * size)
+        s.put_answer("ours", 0, answer)
+        assert StoredAnswer.decode(s.responses.get(answer_key("ours", 0))).body == answer.body
+        s.responses.set(answer_key("theirs", 0), answer.encode())
+        got = s.get_answer("theirs", 0)
+        assert got is not None and got.body == answer.body
+        assert len(s.responses) == 2 == s.count_answers()
+        s.close()
+
+    @pytest.mark.parametrize(("first", "second"), [(10, 20), (10, 200_000), (200_000, 10)])
+    def test_a_replaced_answer_reads_back_new_and_leaves_no_file(self, tmp_path: Path, first: int,
+                                                                  second: int) -> None:
+        """Storing over an existing answer (small or large, either way) keeps only the new one on disk."""
+        s = CacheStore(tmp_path)
+        s.put_answer("k", 0, StoredAnswer(200, {}, body=b"a" * first))
+        s.put_answer("k", 0, StoredAnswer(200, {}, body=b"b" * second))
+        got = s.get_answer("k", 0)
+        assert got is not None and got.body == b"b" * second and s.count_answers() == 1
+        assert len(list((tmp_path / "responses").rglob("*.val"))) == (1 if second >= 32_768 else 0)
+        s.close()
+
+    def test_a_claim_found_empty_is_leased_in_one_transaction(self, tmp_path: Path) -> None:
+        """Two stores on one directory: the first claim of a slot leases it, the second waits; once filled and
+        released, a new claim is a hit."""
+        a, b = CacheStore(tmp_path), CacheStore(tmp_path)
+        first = a.claim("k", "run", sampled=False, reuse=True, owner="a")
+        second = b.claim("k", "run", sampled=False, reuse=True, owner="b")
+        assert (first.leased, first.answer) == (True, None) and (second.leased, second.answer) == (False, None)
+        a.finish("k", 0, "a", StoredAnswer(200, {}, body=b"ok"), None)
+        third = b.claim("k", "run", sampled=False, reuse=True, owner="b")
+        assert third.answer is not None and third.answer.body == b"ok"
+        a.close()
+        b.close()
     def test_saved_pairs_carry_their_answers(self, tmp_path: Path) -> None:
         """Pairs come with the parsed body, or for a stream the assembled message plus the raw events; limit
         keeps the first ones."""
