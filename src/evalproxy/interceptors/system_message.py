@@ -22,6 +22,7 @@ from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params as BaseParams
+from evalproxy.adapter.flow.frozen import FrozenDict
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
@@ -66,6 +67,8 @@ class SystemMessageInterceptor(BaseInterceptor[SystemMessageParams]):
     def __init__(self, params: SystemMessageParams, run: RunContext) -> None:
         super().__init__(params, run)
         self._told_about_completions = False
+        # Built once and frozen: every request shares it, and set_json has nothing left to freeze in it.
+        self._ours = FrozenDict(role="system", content=params.system_message)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         body = ctx.json
@@ -79,11 +82,12 @@ class SystemMessageInterceptor(BaseInterceptor[SystemMessageParams]):
     def apply_chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``body`` with the system prompt applied by ``strategy``; other fields untouched."""
         ours = self.params.system_message
-        messages: list[Any] = body["messages"]
-        systems = [m for m in messages if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES]
-        rest = [m for m in messages if not (isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES)]
+        systems: list[Any] = []
+        rest: list[Any] = []
+        for m in body["messages"]:
+            (systems if isinstance(m, dict) and m.get("role") in _SYSTEM_ROLES else rest).append(m)
         if self.params.strategy == "replace" or not systems:
-            return {**body, "messages": [{"role": "system", "content": ours}, *rest]}
+            return {**body, "messages": [self._ours, *rest]}
         existing: Any = ""
         for m in systems:
             content = m.get("content")

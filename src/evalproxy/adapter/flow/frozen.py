@@ -52,16 +52,19 @@ class FrozenList(list[Any]):
         return (list, (thaw(self),))
 
 
+_CONTAINERS = (dict, list)  # a tuple: isinstance with the union ``dict | list`` is twice as slow
+
+
 def freeze(value: Any) -> Any:
     """``value`` with every dict and list replaced by its frozen twin (scalars are already immutable)."""
     if isinstance(value, dict):
         if type(value) is FrozenDict:
             return value
-        return FrozenDict({k: freeze(v) if isinstance(v, dict | list) else v for k, v in value.items()})
+        return FrozenDict({k: freeze(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
     if isinstance(value, list):
         if type(value) is FrozenList:
             return value
-        return FrozenList([freeze(v) if isinstance(v, dict | list) else v for v in value])
+        return FrozenList([freeze(v) if isinstance(v, _CONTAINERS) else v for v in value])
     return value
 
 
