@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from evalproxy.adapter.core.net import is_loopback
-from evalproxy.jobs.app import create_app
 from evalproxy.jobs.settings import DEFAULT_PORT, Settings
 
 log = logging.getLogger("evalproxy.jobs")
@@ -68,6 +67,8 @@ def run_jobs_command(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, host: str, port: int) -> int:
+    from evalproxy.jobs.app import create_app  # here, not at the top: ``evalproxy serve`` never loads the service
+
     runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -4,6 +4,8 @@ The decorator :func:`register_for_adapter` (NeMo Evaluator's name for it) only *
 description; nothing global is mutated at import. A :class:`Registry` is built per app by scanning modules for marked
 classes: the built-in packages ``evalproxy.interceptors`` and ``evalproxy.hooks``, the modules and directories named
 in ``discovery``, and the modules advertised by installed packages under the ``evalproxy.plugins`` entry point group.
+A built-in is imported when its name is first looked up (its module bears the name), so a server loads only the units
+its config names; every built-in is imported before any plugin, and for the list of known names.
 :func:`resolve` turns a loaded config into classes with validated params, in chain order: every name, param and
 order error is a :class:`ConfigError` naming the file and field.
 """
@@ -69,14 +71,17 @@ class Registry:
 
     interceptors: dict[str, type[Any]] = field(default_factory=dict)
     hooks: dict[str, type[Any]] = field(default_factory=dict)
+    unscanned: tuple[str, ...] = ()
+    """Built-in packages not imported yet: a name looked up and missing is first sought among their modules."""
 
     @classmethod
     def default(cls, modules: Iterable[str] = (), dirs: Iterable[str | Path] = ()) -> Registry:
         """Built-ins, entry points, then the ``discovery`` modules and dirs (later names override earlier ones)."""
-        reg = cls()
-        for pkg in BUILTIN_PACKAGES:
-            reg.scan_package(pkg)
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        reg = cls(unscanned=BUILTIN_PACKAGES)
+        plugins, modules, dirs = entry_points(group=ENTRY_POINT_GROUP), list(modules), list(dirs)
+        if plugins or modules or dirs:  # built-ins first, as a plugin may need what one sets up (nemo_plugins)
+            reg.scan_builtins()
+        for ep in plugins:
             try:
                 reg.scan_module(ep.load() if ":" in ep.value else importlib.import_module(ep.value))
             except Exception as exc:  # a broken plugin package names itself, never a traceback
@@ -104,6 +109,21 @@ class Registry:
         for obj in vars(mod).values():
             if isinstance(obj, type) and _MARK in obj.__dict__:
                 self.add(obj)
+
+    def scan_builtins(self) -> None:
+        for pkg in self.unscanned:
+            self.scan_package(pkg)
+        self.unscanned = ()
+
+    def _lookup(self, table: dict[str, type[Any]], name: str) -> type[Any] | None:
+        """``table[name]``, importing the built-in module of that name, or else every built-in, when it is missing."""
+        if name not in table:
+            for pkg in self.unscanned:
+                if name in {m.name for m in pkgutil.iter_modules(importlib.import_module(pkg).__path__)}:
+                    self.scan_module(importlib.import_module(f"{pkg}.{name}"))
+        if name not in table:
+            self.scan_builtins()
+        return table.get(name)
 
     def scan_package(self, package: str) -> None:
         pkg = importlib.import_module(package)
@@ -137,18 +157,18 @@ class Registry:
             self.scan_module(mod)
 
     def interceptor(self, name: str, field_path: str = "interceptors") -> type[Any]:
-        try:
-            return self.interceptors[name]
-        except KeyError:
+        cls = self._lookup(self.interceptors, name)
+        if cls is None:
             known = ", ".join(sorted(self.interceptors))
-            raise ConfigError(f"unknown interceptor '{name}'; known interceptors: {known}", field=field_path) from None
+            raise ConfigError(f"unknown interceptor '{name}'; known interceptors: {known}", field=field_path)
+        return cls
 
     def hook(self, name: str, field_path: str = "post_eval_hooks") -> type[Any]:
-        try:
-            return self.hooks[name]
-        except KeyError:
+        cls = self._lookup(self.hooks, name)
+        if cls is None:
             known = ", ".join(sorted(self.hooks)) or "(none)"
-            raise ConfigError(f"unknown post-eval hook '{name}'; known hooks: {known}", field=field_path) from None
+            raise ConfigError(f"unknown post-eval hook '{name}'; known hooks: {known}", field=field_path)
+        return cls
 
 
 @dataclass
