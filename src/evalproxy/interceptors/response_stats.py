@@ -262,6 +262,9 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         self._clock = clock
         self._lock = threading.Lock()  # the statistics writer reads from a thread
         self._individuals: list[bytes] = []  # lines not yet appended (save_individuals), flushed with the file
+        prom = run.prometheus
+        self._prompt_tokens = prom.child(prom.tokens, "prompt")
+        self._completion_tokens = prom.child(prom.tokens, "completion")
         run.statistics.register("response_stats", self.section)
 
     def _load_earlier(self) -> list[RunStats]:
@@ -380,12 +383,12 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
             if self.params.save_individuals:
                 self._individuals.append(self._individual(request_id, now, status, body, usage, latency, ttft))
         if self.params.collect_token_stats and isinstance(usage, dict):
-            for kind in ("prompt", "completion"):
-                v = usage.get(f"{kind}_tokens")
-                if isinstance(v, int):
-                    self.run.prometheus.child(self.run.prometheus.tokens, kind).inc(v)
-            if isinstance(usage.get("completion_tokens"), int):
-                self.run.prometheus.completion_tokens.observe(usage["completion_tokens"])
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int):
+                self._prompt_tokens.inc(prompt)
+            if isinstance(completion, int):
+                self._completion_tokens.inc(completion)
+                self.run.prometheus.completion_tokens.observe(completion)
         self.run.statistics.touch()
         interval = self.params.logging_aggregated_stats_interval
         if interval and count % interval == 0:

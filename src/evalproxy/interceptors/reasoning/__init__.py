@@ -130,8 +130,11 @@ class ReasoningStats:
                 else:
                     self.unfinished += 1
             self.words["reasoning_words"].add(reasoning_words)
-            self.words["original_content_words"].add(len(original.split()))
-            self.words["updated_content_words"].add(len(split.answer.split()))
+            original_words = len(original.split())
+            self.words["original_content_words"].add(original_words)
+            # Most answers have no reasoning: their text is unchanged, and a long one is costly to split twice.
+            answer = split.answer
+            self.words["updated_content_words"].add(original_words if answer == original else len(answer.split()))
             if rt is not None:
                 self.words["reasoning_tokens"].add(rt)
             if ct is not None:
@@ -334,6 +337,9 @@ class _Strip(AnswerHandler):
         self.p = ic.params
         self.choices: dict[int, _Choice] = {}
         self.template: dict[str, Any] = {}
+        """What extra events sent at a stream's end are made of."""
+        self.whole = False
+        """A whole answer with choices was seen: on_object closed and counted it."""
         self.usage: Any = None
         body = ctx.json
         model = body.get("model") if body is not None else None
@@ -355,7 +361,9 @@ class _Strip(AnswerHandler):
         choices = obj.get("choices")
         if not isinstance(choices, list):
             return False
-        if not self.template:
+        if whole:
+            self.whole = True
+        elif not self.template:
             self.template = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
         changed = False
         for ch in choices:
@@ -389,6 +397,8 @@ class _Strip(AnswerHandler):
         return changed
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
+        if self.whole:  # closed and counted as it was seen
+            return []
         extras = []
         if events is not None or self.template:
             for i in sorted(self.choices):
