@@ -3,6 +3,7 @@ typed keys, never in a bag of strings."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, cast, overload
 
 T = TypeVar("T")
@@ -60,3 +61,9 @@ CACHE_SLOT = StateKey[int]("cache_slot")
 ANSWER = StateKey[Any]("answer")
 """The final answer (a :class:`~evalproxy.adapter.flow.response.ProxyResponse`) the client was sent, set by the
 server for its observers; read ``.json`` only of a whole (non-stream) answer."""
+EVENTS_AT_HAND = StateKey[bool]("events_at_hand")
+"""Set by the transport with each stream event it hands on: whether the next one has already arrived. The server
+writes events that arrived together in one write."""
+WRITE_HELD = StateKey[Callable[[], Awaitable[None]]]("write_held")
+"""Set by the server while it writes a stream: writes the events it holds back. The transport awaits it before it
+waits for the network, so an event held for its successor never waits longer than that successor took to come."""

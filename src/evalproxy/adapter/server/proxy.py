@@ -30,7 +30,7 @@ from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, UPSTREAM_SECONDS
+from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, EVENTS_AT_HAND, UPSTREAM_SECONDS, WRITE_HELD
 from evalproxy.adapter.registry.registry import Resolved, resolve
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile, write_effective_config
 from evalproxy.adapter.server.prometheus import CONTENT_TYPE, Prometheus
@@ -345,27 +345,27 @@ class Proxy:
             headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
         out = web.StreamResponse(status=resp.status, headers=headers)
         status = resp.status
-        client_gone = False
-        first = True
+        sink = _ClientStream(out)
         try:
             await out.prepare(request)
         except (ConnectionResetError, OSError):
-            client_gone = True
+            sink.gone = True
         error: ProxyError | None = None
+        state = ctx.state if ctx is not None else None
+        if state is not None:
+            state[WRITE_HELD] = sink.flush
         try:
             async for event in resp.stream:
-                if client_gone:
+                if sink.gone:
                     # Keep reading: the answer is being paid for, and the cache stores it once complete.
                     continue
-                try:
-                    await out.write(event.raw)
-                except (ConnectionResetError, OSError):
-                    client_gone = True
-                    log.info("client went away mid-stream; finishing the upstream answer for the cache")
+                if state is not None and state.get(EVENTS_AT_HAND, False) and not event.is_done:
+                    sink.held.append(event.raw)  # the next event is already here: both leave in one write
                     continue
-                if first and ctx is not None:
-                    first = False
-                    self.prometheus.ttft_seconds.observe(time.perf_counter() - ctx.started)
+                await sink.send(event.raw)
+                if sink.first_at is None and not sink.gone and ctx is not None:
+                    sink.first_at = time.perf_counter()
+                    self.prometheus.ttft_seconds.observe(sink.first_at - ctx.started)
         except ProxyError as exc:
             error = exc
             log.warning("stream ended with an error: %s", exc.message)
@@ -375,10 +375,9 @@ class Proxy:
         if error is not None:
             status = error.status
             self.prometheus.errors.labels(error.code or error.type).inc()
-            if not client_gone:
-                with contextlib.suppress(ConnectionResetError, OSError):
-                    await out.write(b"data: " + error.to_json() + b"\n\n")
-        if not client_gone:
+            await sink.send(b"data: " + error.to_json() + b"\n\n")
+        await sink.flush()
+        if not sink.gone:
             with contextlib.suppress(ConnectionResetError, OSError):
                 await out.write_eof()
         return out, status
@@ -443,6 +442,38 @@ def _overhead_ms(ctx: RequestContext) -> str:
     total = time.perf_counter() - ctx.started
     up = ctx.state.get(UPSTREAM_SECONDS, 0.0)
     return f"{max(0.0, total - up) * 1000:.3f}"
+
+
+class _ClientStream:
+    """The client's side of a stream. An event whose successor has already arrived (the transport says so with
+    :data:`EVENTS_AT_HAND`) is held and leaves with it in one write: under load the upstream's events come in
+    bunches, and a write per event was a fifth of the proxy's CPU per stream. The transport flushes what is held
+    before it waits for the network (:data:`WRITE_HELD`), so no event ever waits for one that has not arrived."""
+
+    __slots__ = ("first_at", "gone", "held", "out")
+
+    def __init__(self, out: web.StreamResponse) -> None:
+        self.out = out
+        self.held: list[bytes] = []
+        self.gone = False
+        self.first_at: float | None = None
+
+    async def send(self, data: bytes) -> None:
+        if self.held:
+            self.held.append(data)
+            data = b"".join(self.held)
+            self.held.clear()
+        if self.gone:
+            return
+        try:
+            await self.out.write(data)
+        except (ConnectionResetError, OSError):
+            self.gone = True
+            log.info("client went away mid-stream; finishing the upstream answer for the cache")
+
+    async def flush(self) -> None:
+        if self.held:
+            await self.send(b"")
 
 
 def _error_response(exc: ProxyError) -> ProxyResponse:

@@ -33,7 +33,7 @@ from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event
-from evalproxy.adapter.flow.state import STREAM_USAGE, UPSTREAM_SECONDS
+from evalproxy.adapter.flow.state import EVENTS_AT_HAND, STREAM_USAGE, UPSTREAM_SECONDS, WRITE_HELD
 
 log = logging.getLogger("evalproxy.upstream")
 
@@ -273,8 +273,15 @@ class UpstreamTransport:
         """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream."""
         buf = b""
         complete = False
+        state = ctx.state
         try:
-            async for chunk in resp.content.iter_any():
+            while True:
+                flush = state.get(WRITE_HELD)
+                if flush is not None:
+                    await flush()  # about to wait for the network: nothing may stay held meanwhile
+                chunk = await resp.content.readany()
+                if not chunk:
+                    break
                 buf += chunk
                 if b"\r" in buf:
                     buf = buf.replace(b"\r\n", b"\n")
@@ -284,8 +291,10 @@ class UpstreamTransport:
                         break
                     event, buf = buf[: i + 2], buf[i + 2 :]
                     if event.strip():
+                        state[EVENTS_AT_HAND] = b"\n\n" in buf
                         yield Event(event)
             if buf.strip():
+                state[EVENTS_AT_HAND] = False
                 yield Event(buf.rstrip(b"\n") + b"\n\n")
             complete = True
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
