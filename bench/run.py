@@ -334,10 +334,16 @@ def scenarios(target: str, z: Sizes, tag: str) -> list[tuple[str, dict[str, Any]
         ]
     if target not in NEMO:  # NeMo Evaluator does not stream to the client: 0.2.8 buffers, 0.3.0 coalesces to JSON
         stream = {"stream": True, "expect_events": STREAM_EVENTS, "concurrency": 256}
+        paced = {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": min(1.0, 2 * s)}
+        # A few answers of the model first, unmeasured: a model the proxy has not seen yet is held (it may be one
+        # whose template opens <think>) until its answers show it has no reasoning to hide; after the first wave of
+        # any run, the rest of the run streams like this.
+        shown = {**stream, "concurrency": 4, "requests": 4, "seconds": 10, "model": "bench-g50", "unique": tag + "w"}
         out += [
             # 256 streams at a model's pace (20 events 50 ms apart), starts spread over a second: the steady state.
-            ("stream_c256", {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": min(1.0, 2 * s),
-                             "model": "bench-g50", "unique": tag + "t"}, None),
+            ("stream_c256", {**paced, "model": "bench-g50", "unique": tag + "t"}, shown),
+            # The same for a model not seen before (same answers, another name): the first wave is held.
+            ("stream_c256_cold", {**paced, "requests": 256, "model": "bench-g50-n20", "unique": tag + "c"}, None),
             # 256 streams as fast as the upstream can send: the proxy saturated; nothing may be lost.
             ("stream_c256_burst", {**stream, "requests": 256 * z.stream_rounds, "seconds": s, "unique": tag + "u"},
              None),
@@ -508,6 +514,12 @@ def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailabl
                 r = paired(results, s, t, peer, lambda x, y: x["rps"] / y["rps"] if y["rps"] else float("inf"))
                 if r is not None:
                     ratios[f"{t}/{peer} {s} req/s"] = r
+            # Replaying from the cache against the peer passing the same requests through to the model.
+            r = paired({"x": {t: results.get("cache_hits_c64", {}).get(t, []),
+                              peer: results.get("tput_c64", {}).get(peer, [])}}, "x", t, peer,
+                       lambda x, y: x["rps"] / y["rps"] if y["rps"] else float("inf"))
+            if r is not None:
+                ratios[f"{t}/{peer} hits_vs_pass_through req/s"] = r
     vs_prev: dict[str, Any] = {}  # evalproxy / evalproxy_prev per round: the median and every round
     for s in ("latency_c1", "tput_c64", "tput_c256", "tput_c64_50ms", "cache_hits_c64", "stream_c256",
               "stream_c256_burst"):
@@ -528,35 +540,38 @@ def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailabl
 
 
 def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, measured against this run."""
-    s, added, ratios, mem = r["summary"], r["added_vs_direct"].get("evalproxy", {}), r["ratios"], r["memory"]
+    """Issue 11's targets (default chain, cache miss unless said), measured against this run; None: not measured."""
+    s, added, ratios, mem = r["summary"], r["added_vs_direct"], r["ratios"], r["memory"]
     ev = lambda scen, k: s.get(scen, {}).get("evalproxy", {}).get(k)  # noqa: E731
     errs = lambda scen: sum(s.get(scen, {}).get("evalproxy", {}).get("errors", {}).values())  # noqa: E731
+    ours, bare = added.get("evalproxy", {}), added.get("bare", {})
+
+    def minus_bare(k: str) -> float | None:
+        return None if ours.get(k) is None or bare.get(k) is None else ours[k] - bare[k]
+
+    cpu, cpu_bare = ev("tput_c64", "cpu_ms_per_req"), s.get("tput_c64", {}).get("bare", {}).get("cpu_ms_per_req")
+    cpu_ratio = cpu / cpu_bare if cpu and cpu_bare else None
+    c64, c256 = ratios.get("evalproxy/bare tput_c64 req/s"), ratios.get("evalproxy/bare tput_c256 req/s")
+    hits = ratios.get("evalproxy/bare hits_vs_pass_through req/s")
     m = mem.get("evalproxy", {})
     rows: list[tuple[str, Any, bool | None]] = [
-        ("added latency c=1 p50 <= 1 ms", added.get("c1_p50_ms"), _le(added.get("c1_p50_ms"), 1)),
-        ("added latency c=1 p99 <= 3 ms", added.get("c1_p99_ms"), _le(added.get("c1_p99_ms"), 3)),
-        ("c=64 throughput >= 70% of bare", ratios.get("evalproxy/bare tput_c64 req/s"),
-         _ge(ratios.get("evalproxy/bare tput_c64 req/s"), 0.7)),
-        ("c=64: 0 errors", errs("tput_c64"), errs("tput_c64") == 0),
-        ("c=256: 0 errors", errs("tput_c256"), errs("tput_c256") == 0),
-        ("256 streams, no lost event", f"min {ev('stream_c256', 'events_min')} / {STREAM_EVENTS} events, "
-         f"burst min {ev('stream_c256_burst', 'events_min')}",
-         errs("stream_c256") == 0 and errs("stream_c256_burst") == 0 and ev("stream_c256", "events_min") is not None),
-        ("added TTFT p99 <= 2 ms (256 streams)", added.get("stream_ttft_p99_ms"),
-         _le(added.get("stream_ttft_p99_ms"), 2)),
-        ("(same, to the first event with answer text)", added.get("stream_ttfc_p99_ms"),
-         _le(added.get("stream_ttfc_p99_ms"), 2)),
-        ("cache hits p50 <= 1 ms (c=1)", ev("cache_hits_c1", "p50_ms"), _le(ev("cache_hits_c1", "p50_ms"), 1)),
-        ("RSS idle <= 60 MB", m.get("idle_mb"), _le(m.get("idle_mb"), 60)),
-        ("RSS growth 10k -> 100k <= 10%", m.get("growth_pct"), _le(m.get("growth_pct"), 10)),
-        ("proxy CPU per request <= 0.7 ms (c=64, default chain)", ev("tput_c64", "cpu_ms_per_req"),
-         _le(ev("tput_c64", "cpu_ms_per_req"), 0.7)),
-        ("c=64 throughput >= 5x NeMo 0.2.8", ratios.get("evalproxy/nemo028 tput_c64 req/s"),
-         _ge(ratios.get("evalproxy/nemo028 tput_c64 req/s"), 5)),
-        ("c=64 throughput >= 5x NeMo 0.3.0", ratios.get("evalproxy/nemo030 tput_c64 req/s"),
-         _ge(ratios.get("evalproxy/nemo030 tput_c64 req/s"), 5)),
-        ("cache-hit replay >= 2,500 req/s (c=64)", ev("cache_hits_c64", "rps"), _ge(ev("cache_hits_c64", "rps"), 2500)),
+        ("c=64 req/s, ratio to bare >= 0.85", c64, _ge(c64, 0.85)),
+        ("c=256 req/s, ratio to bare >= 0.80, 0 errors", f"{_fmt(c256)}, {errs('tput_c256')} errors",
+         None if c256 is None else c256 >= 0.8 and errs("tput_c256") == 0),
+        ("proxy CPU ms/req at c=64, ratio to bare <= 1.25", cpu_ratio, _le(cpu_ratio, 1.25)),
+        ("added latency c=1 p50 minus bare's <= +0.4 ms", minus_bare("c1_p50_ms"), _le(minus_bare("c1_p50_ms"), 0.4)),
+        ("added latency c=1 p99 minus bare's <= +1.5 ms", minus_bare("c1_p99_ms"), _le(minus_bare("c1_p99_ms"), 1.5)),
+        ("256 streams: first answer text, added p99 minus bare's <= +5 ms", minus_bare("stream_ttfc_p99_ms"),
+         _le(minus_bare("stream_ttfc_p99_ms"), 5)),
+        ("unpaced streams/s, ratio to bare >= 0.75", ratios.get("evalproxy/bare stream_c256_burst req/s"),
+         _ge(ratios.get("evalproxy/bare stream_c256_burst req/s"), 0.75)),
+        ("cache-hit replay req/s (c=64), ratio to bare's pass-through >= 2", hits, _ge(hits, 2)),
+        ("RSS idle <= 50 MB", m.get("idle_mb"), _le(m.get("idle_mb"), 50)),
+        ("RSS growth 10k -> 100k requests <= 5 %", m.get("growth_pct"), _le(m.get("growth_pct"), 5)),
+        ("no error, no lost event (every scenario)", f"{sum(errs(x) for x in s)} errors, fewest events "
+         f"{ev('stream_c256', 'events_min')} / {ev('stream_c256_burst', 'events_min')} of {STREAM_EVENTS}",
+         sum(errs(x) for x in s) == 0 and ev("stream_c256", "events_min") == STREAM_EVENTS
+         and ev("stream_c256_burst", "events_min") == STREAM_EVENTS),
     ]
     return [{"target": name, "measured": value, "met": met} for name, value, met in rows]
 
@@ -598,6 +613,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("stream_c256", "gap_p99_ms", "256 streams (50 ms/event): gap p99 ms"),
     ("stream_c256", "events_min", "256 streams (50 ms/event): fewest events in a stream"),
     ("stream_c256", "cpu_ms_per_req", "256 streams (50 ms/event): proxy CPU ms/stream"),
+    ("stream_c256_cold", "ttfc_p50_ms", "256 streams of a model not seen before: first answer text p50 ms"),
+    ("stream_c256_cold", "ttfc_p99_ms", "256 streams of a model not seen before: first answer text p99 ms"),
     ("stream_c256_burst", "rps", "256 streams, no pacing: streams/s"),
     ("stream_c256_burst", "events_min", "256 streams, no pacing: fewest events"),
     ("stream_c256_burst", "cpu_ms_per_req", "256 streams, no pacing: proxy CPU ms/stream"),
@@ -652,7 +669,8 @@ def markdown(r: dict[str, Any]) -> str:
                       f"{m['requests_small']} requests {m['after_small_mb']:.1f} MB, after {m['requests_big']} "
                       f"{m['after_big_mb']:.1f} MB: growth {m['growth_pct']:.1f} %."]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {c['target']} | {_fmt(c['measured'])} | {_fmt(c['met'])} |" for c in r["targets_check"]]
+    verdict = {True: "met", False: "not met", None: "not measured"}
+    lines += [f"| {c['target']} | {_fmt(c['measured'])} | {verdict[c['met']]} |" for c in r["targets_check"]]
     if r["unavailable"]:
         lines += [""] + [f"- {k} not run: {v}" for k, v in r["unavailable"].items()]
     return "\n".join(lines) + "\n"
