@@ -334,22 +334,27 @@ class CacheStore:
         return n
 
 
+Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
 class StoreWorker:
     """One thread that owns a :class:`CacheStore` and runs its calls in batches, off the event loop.
 
-    ``await worker.call(fn, *args)`` queues the call; the thread takes everything queued so far, runs it inside one
-    transaction per database (one commit per batch instead of one per answer) and wakes the loop once for the whole
-    batch. A result is delivered only after its batch committed, so an answer the client saw is on disk. Under load
-    the batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused.
-    Claims and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit.
+    ``await worker.call(fn, *args)`` queues the call; the calls made in one turn of the event loop go to the thread
+    together (one wake-up of the thread, not one per call: waking it was a tenth of the loop's time on cache hits);
+    the thread takes everything handed over so far, runs it inside one transaction (one commit per batch instead of
+    one per answer) and wakes the loop once for the whole batch. A result is delivered only after its batch
+    committed, so an answer the client saw is on disk. Under load the batches grow by themselves; a lone request is
+    a batch of one. After :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so
+    they commit with the batch: a miss costs no extra commit.
     """
 
     MAX_BATCH = 256
 
     def __init__(self, store: CacheStore) -> None:
         self.store = store
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[list[Call] | None] = queue.SimpleQueue()
+        self._outbox: list[Call] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -363,25 +368,32 @@ class StoreWorker:
             self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
             self._thread.start()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, args, fut))
+        self._outbox.append((fn, args, fut))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._hand_over)
         return await fut
+
+    def _hand_over(self) -> None:
+        if self._outbox:
+            calls, self._outbox = self._outbox, []
+            self._queue.put(calls)
 
     def _run(self) -> None:
         assert self._loop is not None
         while True:
-            item = self._queue.get()
-            if item is None:
+            calls = self._queue.get()
+            if calls is None:
                 return
-            batch = [item]
+            batch = list(calls)
             while len(batch) < self.MAX_BATCH:
                 try:
-                    nxt = self._queue.get_nowait()
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
+                if more is None:
                     self._queue.put(None)  # finish this batch, then stop
                     break
-                batch.append(nxt)
+                batch += more
             outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
             try:
                 # One commit per batch for the answers and the slot table (they share the answers' database).
@@ -401,6 +413,7 @@ class StoreWorker:
             return
         self._closed = True
         if self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
