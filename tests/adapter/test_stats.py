@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 
+import orjson
 import pytest
 
 from evalproxy.adapter.core.summary import Summary, percentile
@@ -53,6 +54,16 @@ class TestSummary:
         for v in (5, 9, 2):
             s.add(v)
         assert Summary.load(s.dump()) == s
+
+    def test_a_sum_of_squares_past_64_bits_round_trips_through_json(self) -> None:
+        """Six thousand one-minute latencies in microseconds (squares past 2**64) persist and load back exactly."""
+        s = Summary()
+        for _ in range(6000):
+            s.add(60_000_000)
+        assert s.squares > 2**64
+        back = Summary.load(orjson.loads(orjson.dumps(s.dump())))
+        assert (back.count, back.total, back.squares) == (s.count, s.total, s.squares)
+        assert back.stddev() == s.stddev() == 0
 
     def test_histogram_counts_every_sample(self) -> None:
         """Histogram bins cover all samples, edges ascending from min."""

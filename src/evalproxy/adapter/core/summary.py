@@ -137,7 +137,10 @@ class Summary:
 
     def dump(self, keep_samples: int = 10_000) -> dict[str, Any]:
         """JSON form; at most ``keep_samples`` samples, drawn uniformly (not the first ones: those are the warm-up)."""
-        return {"count": self.count, "total": self.total, "squares": self.squares, "min": self.min,
+        # The sum of squares outgrows JSON's 64-bit integers (orjson refuses them) after ~5,000 one-minute answers
+        # in microseconds: past that it is written as a decimal string, and load reads either.
+        squares: int | str = self.squares if self.squares < 2**63 else str(self.squares)
+        return {"count": self.count, "total": self.total, "squares": squares, "min": self.min,
                 "max": self.max, "samples": subsample(self.samples, keep_samples).tolist()}
 
     @classmethod
