@@ -127,15 +127,24 @@ def _strict(ic: Interceptor, inner: Next) -> Next:
     name = ic.name
 
     async def layer(ctx: RequestContext) -> ProxyResponse:
+        below: AsyncIterator[Event] | None = None
+
+        async def call_next(c: RequestContext) -> ProxyResponse:
+            nonlocal below
+            resp = await inner(c)
+            below = resp.stream
+            return resp
+
         try:
-            resp = await ic(ctx, inner)
+            resp = await ic(ctx, call_next)
         except ProxyError:
             # Typed errors are answered as they are: raised on purpose here or further down the chain.
             raise
         except Exception as exc:
             # Every layer below turns its own failures into ProxyErrors, so this one is ic's own.
             raise InterceptorError(name, exc) from exc
-        if resp.stream is not None:
+        if resp.stream is not None and resp.stream is not below:
+            # A stream passed on as it came from below holds no failure of ic's own: one level less per event.
             resp.stream = _named(name, resp.stream)
         return resp
 

@@ -59,8 +59,13 @@ async def _stream(events: AsyncIterator[Event], handler: AnswerHandler) -> Async
     kept: list[Event] | None = [] if handler.keep_events else None
     ended = False
     try:
+        on_object = handler.on_object
         async for event in events:
-            if event.is_done:
+            obj = event.json
+            if isinstance(obj, dict):  # first: most events are objects, and [DONE] is not one
+                if on_object(obj, False):
+                    event = Event.of(obj)
+            elif event.is_done:
                 ended = True
                 if kept is not None:
                     kept.append(event)
@@ -68,9 +73,6 @@ async def _stream(events: AsyncIterator[Event], handler: AnswerHandler) -> Async
                     yield Event.of(extra)
                 yield event
                 continue
-            obj = event.json
-            if isinstance(obj, dict) and handler.on_object(obj, False):
-                event = Event.of(obj)
             if kept is not None:
                 kept.append(event)
             yield event

@@ -370,19 +370,25 @@ class _Strip(AnswerHandler):
             if not isinstance(ch, dict):
                 continue
             i = ch.get("index", 0)
-            c = self.choice(i if isinstance(i, int) else 0, whole)
+            if not isinstance(i, int):
+                i = 0
+            c = self.choices.get(i) or self.choice(i, whole)
             part = ch.get("message") if whole else ch.get("delta")
-            if isinstance(part, dict) and part.get("role") not in (None, "assistant"):
-                continue  # as NeMo Evaluator: only the assistant's own text is reasoning
-            holder, key = (part, "content") if isinstance(part, dict) else (ch, "text")
+            if isinstance(part, dict):
+                if part.get("role") not in (None, "assistant"):
+                    continue  # as NeMo Evaluator: only the assistant's own text is reasoning
+                holder, key = part, "content"
+                rc = part.get("reasoning_content")
+                if isinstance(rc, str):
+                    c.server_reasoning.append(rc)
+            else:
+                holder, key = ch, "text"
             text = holder.get(key)
-            rc = part.get("reasoning_content") if isinstance(part, dict) else None
-            if isinstance(rc, str):
-                c.server_reasoning.append(rc)
             out, thought = c.splitter.feed(text) if isinstance(text, str) and text else ("", "")
-            if ch.get("finish_reason"):
-                c.finish_reason = ch["finish_reason"]
-            if whole or ch.get("finish_reason"):
+            finish_reason = ch.get("finish_reason")
+            if finish_reason:
+                c.finish_reason = finish_reason
+            if whole or finish_reason:
                 out += c.splitter.close()
             if (isinstance(text, str) and out != text) or (not isinstance(text, str) and out):
                 holder[key] = out

@@ -75,6 +75,9 @@ class StreamSplitter:
     def feed(self, text: str) -> tuple[str, str]:
         """(answer text to emit now, reasoning text decided now)."""
         self.original.append(text)
+        if self.mode == "answer":  # most of a long answer: nothing is held in this mode
+            self.answer_parts.append(text)
+            return text, ""
         buf, self.pending = self.pending + text, ""
         out, thought = "", ""
         while True:
