@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 
 import pytest
 
-from evalproxy.adapter.server.loop import loop_factory, run
+from evalproxy.adapter.server.loop import GC_THRESHOLD, loop_factory, run
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
@@ -38,3 +39,16 @@ def test_an_unknown_loop_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVALPROXY_LOOP", "tokio")
     with pytest.raises(ValueError, match="EVALPROXY_LOOP"):
         loop_factory()
+
+
+def test_the_collector_is_tuned_while_serving_and_restored_after() -> None:
+    """While the proxy runs, young collections come every GC_THRESHOLD[0] allocations and start-up objects are
+    frozen; afterwards the process's own settings are back."""
+    before = gc.get_threshold()
+
+    async def seen() -> tuple[tuple[int, int, int], int]:
+        return gc.get_threshold(), gc.get_freeze_count()
+
+    during, frozen = run(seen())
+    assert during == GC_THRESHOLD and frozen > 0
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
