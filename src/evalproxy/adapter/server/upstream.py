@@ -285,14 +285,14 @@ class UpstreamTransport:
                 buf += chunk
                 if b"\r" in buf:
                     buf = buf.replace(b"\r\n", b"\n")
-                while True:
-                    i = buf.find(b"\n\n")
-                    if i < 0:
-                        break
-                    event, buf = buf[: i + 2], buf[i + 2 :]
-                    if event.strip():
-                        state[EVENTS_AT_HAND] = b"\n\n" in buf
-                        yield Event(event)
+                if b"\n\n" not in buf:
+                    continue
+                *events, buf = buf.split(b"\n\n")  # one pass over a chunk however many events it holds
+                last = len(events) - 1
+                for j, data in enumerate(events):
+                    if data and not data.isspace():
+                        state[EVENTS_AT_HAND] = j < last
+                        yield Event(data + b"\n\n")
             if buf.strip():
                 state[EVENTS_AT_HAND] = False
                 yield Event(buf.rstrip(b"\n") + b"\n\n")
