@@ -245,8 +245,7 @@ class UpstreamTransport:
         ctype = resp.headers.get("Content-Type", "")
         if resp.status == 200 and ctype.startswith("text/event-stream"):
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-            events = self._events(ctx, resp, t0)
-            return ProxyResponse(resp.status, out_headers, stream=_hide_usage(ctx, events) if hide_usage else events)
+            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0, hide_usage))
         try:
             data = await resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -268,9 +267,12 @@ class UpstreamTransport:
         return out
 
     async def _events(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float, hide_usage: bool
     ) -> AsyncIterator[Event]:
-        """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream."""
+        """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream.
+
+        ``hide_usage``: the usage was asked for by the proxy, not the client; it is taken out of the stream and kept
+        in ``ctx.state[STREAM_USAGE]``."""
         buf = b""
         complete = False
         state = ctx.state
@@ -291,11 +293,17 @@ class UpstreamTransport:
                 last = len(events) - 1
                 for j, data in enumerate(events):
                     if data and not data.isspace():
-                        state[EVENTS_AT_HAND] = j < last
-                        yield Event(data + b"\n\n")
-            if buf.strip():
-                state[EVENTS_AT_HAND] = False
-                yield Event(buf.rstrip(b"\n") + b"\n\n")
+                        sent = Event(data + b"\n\n")
+                        event = _without_usage(ctx, sent) if hide_usage and b'"usage"' in data else sent
+                        if event is not None:
+                            state[EVENTS_AT_HAND] = j < last
+                            yield event
+            if buf.strip():  # a last event the upstream did not end with a blank line
+                sent = Event(buf.rstrip(b"\n") + b"\n\n")
+                event = _without_usage(ctx, sent) if hide_usage and b'"usage"' in buf else sent
+                if event is not None:
+                    state[EVENTS_AT_HAND] = False
+                    yield event
             complete = True
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             self.prometheus.errors.labels("upstream_timeout").inc()
@@ -313,22 +321,17 @@ class UpstreamTransport:
                 resp.close()
 
 
-async def _hide_usage(ctx: RequestContext, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    """Take the usage we asked for out of the stream, keeping it in ``ctx.state[STREAM_USAGE]``."""
-    async for event in events:
-        if b'"usage"' not in event.raw:
-            yield event
-            continue
-        obj = event.json
-        if not isinstance(obj, dict) or "usage" not in obj:
-            yield event
-            continue
-        obj = dict(obj)
-        usage = obj.pop("usage")
-        if isinstance(usage, dict):
-            ctx.state[STREAM_USAGE] = usage
-        if obj.get("choices"):
-            yield Event.of(obj)
+def _without_usage(ctx: RequestContext, event: Event) -> Event | None:
+    """``event`` without the usage the proxy asked for (kept in ``ctx.state[STREAM_USAGE]``); None if nothing else
+    was in it."""
+    obj = event.json
+    if not isinstance(obj, dict) or "usage" not in obj:
+        return event
+    obj = dict(obj)
+    usage = obj.pop("usage")
+    if isinstance(usage, dict):
+        ctx.state[STREAM_USAGE] = usage
+    return Event.of(obj) if obj.get("choices") else None
 
 
 def _normalise_null_content(resp: ProxyResponse) -> None:
