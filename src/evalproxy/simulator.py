@@ -85,6 +85,9 @@ class SimulatedModel:
         self._ids = itertools.count(1)
         self.keep_log = True
         self.streams_finished: list[float] = []
+        self.finish_events_sent: list[float] = []
+        """When each chat stream's finish event (``finish_reason``) was about to be written: a client that saw
+        answer text before this moment got the stream event by event, not held to its end."""
         """perf_counter() when each stream's last byte was written."""
 
     # -- scripting -------------------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ class SimulatedModel:
         events = [chunk({"role": "assistant", "content": ""})]
         step = self.chunk_chars
         events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
+        finish_at = len(events)
         events.append(chunk({}, "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -260,6 +264,8 @@ class SimulatedModel:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
+            if k == finish_at:
+                self.finish_events_sent.append(time.perf_counter())
             await resp.write(ev)
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

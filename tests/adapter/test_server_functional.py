@@ -76,7 +76,7 @@ class TestOpenAISdk:
                 text += chunk.choices[0].delta.content or ""
             if chunk.usage:
                 usage = chunk.usage
-        assert first_at is not None and sim.streams_finished and first_at < sim.streams_finished[-1]
+        assert first_at is not None and first_at < sim.finish_events_sent[-1]  # before the model said it finished
         expected, _ = sim.make_content({"temperature": 0}, MSGS[0]["content"])
         assert text == expected
         assert usage is not None and usage.completion_tokens == len(expected.split())

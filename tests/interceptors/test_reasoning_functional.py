@@ -205,6 +205,24 @@ class TestStreamingDecision:
             first, text = await self.first_content_and_text(proxy, "the real question")
             expected, _ = sim.make_content({"temperature": 0}, "the real question")
             assert text == expected
-            assert first is not None and sim.streams_finished and first < sim.streams_finished[-1]
+            assert first is not None and first < sim.finish_events_sent[-1]  # before the model said it finished
+        finally:
+            await proxy.close()
+
+    async def test_a_resumed_run_streams_a_known_model_at_once(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """What a run learned of a model outlives it: the next run on the same output dir streams that model's first
+        answer event by event, with no warm-up."""
+        sim.chunk_delay = 0.05
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        for i in range(3):
+            await self.first_content_and_text(proxy, f"warm-up {i}")
+        await proxy.close()  # the run ends: its statistics, with what its answers showed, are written
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            first, text = await self.first_content_and_text(proxy, "after the restart")
+            assert text == sim.make_content({"temperature": 0}, "after the restart")[0]
+            assert first is not None and first < sim.finish_events_sent[-1]  # before the model said it finished
         finally:
             await proxy.close()

@@ -33,7 +33,8 @@ stream until the end token or its end (nothing leaks; the answer arrives at once
 ``auto`` (the default) decides per model name from what its answers have shown: a block only closed (the template
 opens it) holds that model's streams for good; a model that writes its own start token, or that gave
 ``PLAIN_ANSWERS_TO_DECIDE`` answers ended by ``stop`` with no block at all, streams event by event; an undecided
-model is held.
+model is held. What the answers showed is kept with the run's statistics, so a run that resumes one (same statistics
+dir) starts decided.
 """
 
 from __future__ import annotations
@@ -228,15 +229,22 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             run.statistics.register("reasoning", self.section)
 
     def _load_earlier(self) -> tuple[ReasoningStats, int]:
+        """Earlier runs' numbers, and what their answers showed of each model (a resumed run streams at once)."""
         total, n = ReasoningStats(), 0
         for path in sorted(self.dir.glob("run-*.json")) if self.dir.is_dir() else ():
             if path.stem == f"run-{self.run.run_id}":
                 continue
             try:
-                total = total.merge(ReasoningStats.load(orjson.loads(path.read_bytes())))
+                data = orjson.loads(path.read_bytes())
+                total = total.merge(ReasoningStats.load(data))
                 n += 1
             except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
+                continue
+            models = data.get("models")
+            for model, shown in models.items() if isinstance(models, dict) else ():
+                if shown == _TEMPLATE or (shown == _PLAIN and model not in self.models):
+                    self.models[model] = shown  # a template seen once holds the model's streams for good
         return total, n
 
     @classmethod
@@ -257,7 +265,7 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
 
     def section(self) -> dict[str, Any]:
         """Every run in the statistics dir; persists this run's numbers (called from the statistics writer thread)."""
-        mine = self.stats.dump()
+        mine = {**self.stats.dump(), "models": self.models.copy()}
         try:
             atomic_write_bytes(self.dir / f"run-{self.run.run_id}.json", dump_json(mine))
         except OSError as exc:
