@@ -231,8 +231,9 @@ def ensure_nemo(name: str) -> str | None:
     py = venv / "bin" / "python"
     if py.exists() and subprocess.run([str(py), "-c", "import nemo_evaluator"], capture_output=True).returncode == 0:
         return None
-    interpreter = shutil.which(f"python{pyver}") or next(
-        (str(p) for p in sorted(Path("/root/.pyenv/versions").glob(f"{pyver}*/bin/python"))), None)
+    # pyenv's own install first: its shim on PATH fails for a version that is installed but not selected.
+    interpreter = next((str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{pyver}*/bin/python"))),
+                       None) or shutil.which(f"python{pyver}")
     if interpreter is None:
         return f"no Python {pyver} on this machine (nemo-evaluator {version} needs it)"
     print(f"making {venv} (nemo-evaluator=={version}, {interpreter})", flush=True)
