@@ -64,6 +64,7 @@ server for its observers; read ``.json`` only of a whole (non-stream) answer."""
 EVENTS_AT_HAND = StateKey[bool]("events_at_hand")
 """Set by the transport with each stream event it hands on: whether the next one has already arrived. The server
 writes events that arrived together in one write."""
-WRITE_HELD = StateKey[Callable[[], Awaitable[None]]]("write_held")
-"""Set by the server while it writes a stream: writes the events it holds back. The transport awaits it before it
-waits for the network, so an event held for its successor never waits longer than that successor took to come."""
+WRITE_HELD = StateKey[Callable[[], Awaitable[None] | None]]("write_held")
+"""Set by the server while it writes a stream: the write of the events it holds back, or None when it holds none.
+The transport awaits it before it waits for the network, so an event held for its successor never waits longer than
+that successor took to come."""

@@ -15,7 +15,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -353,7 +353,7 @@ class Proxy:
         error: ProxyError | None = None
         state = ctx.state if ctx is not None else None
         if state is not None:
-            state[WRITE_HELD] = sink.flush
+            state[WRITE_HELD] = sink.write_held
         try:
             async for event in resp.stream:
                 if sink.gone:
@@ -362,7 +362,13 @@ class Proxy:
                 if state is not None and state.get(EVENTS_AT_HAND, False) and not event.is_done:
                     sink.held.append(event.raw)  # the next event is already here: both leave in one write
                     continue
-                await sink.send(event.raw)
+                if sink.held:
+                    await sink.send(event.raw)
+                else:  # the common case, written here: one coroutine less per event
+                    try:
+                        await out.write(event.raw)
+                    except (ConnectionResetError, OSError):
+                        sink.client_left()
                 if sink.first_at is None and not sink.gone and ctx is not None:
                     sink.first_at = time.perf_counter()
                     self.prometheus.ttft_seconds.observe(sink.first_at - ctx.started)
@@ -376,7 +382,9 @@ class Proxy:
             status = error.status
             self.prometheus.errors.labels(error.code or error.type).inc()
             await sink.send(b"data: " + error.to_json() + b"\n\n")
-        await sink.flush()
+        held = sink.write_held()
+        if held is not None:
+            await held
         if not sink.gone:
             with contextlib.suppress(ConnectionResetError, OSError):
                 await out.write_eof()
@@ -468,12 +476,15 @@ class _ClientStream:
         try:
             await self.out.write(data)
         except (ConnectionResetError, OSError):
-            self.gone = True
-            log.info("client went away mid-stream; finishing the upstream answer for the cache")
+            self.client_left()
 
-    async def flush(self) -> None:
-        if self.held:
-            await self.send(b"")
+    def client_left(self) -> None:
+        self.gone = True
+        log.info("client went away mid-stream; finishing the upstream answer for the cache")
+
+    def write_held(self) -> Coroutine[Any, Any, None] | None:
+        """The write of what is held, to await; None if nothing is (no coroutine made for nothing, per event)."""
+        return self.send(b"") if self.held else None
 
 
 def _error_response(exc: ProxyError) -> ProxyResponse:

@@ -279,8 +279,9 @@ class UpstreamTransport:
         try:
             while True:
                 flush = state.get(WRITE_HELD)
-                if flush is not None:
-                    await flush()  # about to wait for the network: nothing may stay held meanwhile
+                held = flush() if flush is not None else None
+                if held is not None:
+                    await held  # about to wait for the network: nothing may stay held meanwhile
                 chunk = await resp.content.readany()
                 if not chunk:
                     break
