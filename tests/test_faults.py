@@ -46,6 +46,17 @@ class TestUpstreamFaults:
         events = data_events(await resp.read())
         assert orjson.loads(events[-1])["error"]["code"] == "upstream_timeout"
 
+    async def test_a_stream_longer_than_request_timeout_but_never_silent_completes(
+        self, make_proxy: Any, sim: SimulatedModel
+    ) -> None:
+        """request_timeout bounds the silence between events, not a stream's length: events 0.1 s apart over more
+        than twice the timeout all arrive, with no error."""
+        sim.chunk_delay, sim.chunk_chars = 0.1, 2
+        proxy = await make_proxy(ENDPOINT_ONLY, request_timeout=0.4)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
+        events = data_events(await resp.read())
+        assert len(events) > 9 and events[-1] == b"[DONE]" and not any(b'"error"' in e for e in events)
+
 
 class TestClientFaults:
     async def test_client_leaving_mid_stream_lets_the_upstream_answer_finish(

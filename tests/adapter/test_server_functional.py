@@ -101,6 +101,14 @@ class TestErrors:
         assert resp.status == 504
         assert (await resp.json())["error"]["code"] == "upstream_timeout"
 
+    async def test_stream_whose_headers_never_come_is_504(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """A stream request whose upstream sends nothing, not even headers, within request_timeout gives 504."""
+        sim.script(Fault(delay=2.0))
+        proxy = await make_proxy(ENDPOINT_ONLY, request_timeout=0.3, max_retries=0)
+        resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
+        assert resp.status == 504
+        assert (await resp.json())["error"]["code"] == "upstream_timeout"
+
     async def test_500_then_200_is_retried(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """A 500 followed by a 200 is retried and the client sees the 200."""
         sim.script(Fault(status=500))

@@ -138,9 +138,12 @@ class UpstreamTransport:
         self.stream_usage = p.stream_usage
         self.prometheus = run.prometheus
         self._session: aiohttp.ClientSession | None = None
-        # A stream may take long in total, but must not go silent for longer than request_timeout.
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=self.request_timeout)
+        # A stream may take long in total, but must not go silent for longer than request_timeout: its headers are
+        # awaited within it, and then one watchdog per transport looks at every open stream a few times per
+        # request_timeout (aiohttp's sock_read re-arms a timer on every chunk: 7-14 % of a stream's CPU).
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout)
+        self._streams: set[_Watch] = set()
+        self._watchdog: asyncio.Task[None] | None = None
         self._timeout = aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.connect_timeout)
         self._urls: dict[str, str] = {}
 
@@ -154,6 +157,9 @@ class UpstreamTransport:
         )
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -209,9 +215,14 @@ class UpstreamTransport:
                 data: bytes | io.BytesIO | None = body
                 if body is not None and len(body) > _LARGE_BODY:
                     data = io.BytesIO(body)
-                resp = await self.session.request(
+                pending = self.session.request(
                     ctx.method, url, data=data, headers=headers, timeout=timeout, allow_redirects=False
                 )
+                if stream:
+                    async with asyncio.timeout(self.request_timeout):
+                        resp = await pending
+                else:
+                    resp = await pending
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 self.prometheus.errors.labels("upstream_timeout").inc()
                 raise UpstreamTimeoutError(
@@ -266,6 +277,23 @@ class UpstreamTransport:
             _normalise_null_content(out)
         return out
 
+    def _watch(self, resp: aiohttp.ClientResponse) -> _Watch:
+        watch = _Watch(resp)
+        self._streams.add(watch)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_streams(), name="evalproxy-streams")
+        return watch
+
+    async def _watch_streams(self) -> None:
+        """Close every stream silent for longer than request_timeout (seen within a quarter of it, at most 1 s)."""
+        period = min(1.0, self.request_timeout / 4)
+        while self._streams:
+            await asyncio.sleep(period)
+            since = time.monotonic() - self.request_timeout
+            for watch in [w for w in self._streams if w.last < since]:
+                watch.silent = True
+                watch.resp.close()
+
     async def _events(
         self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float, hide_usage: bool
     ) -> AsyncIterator[Event]:
@@ -276,6 +304,7 @@ class UpstreamTransport:
         buf = b""
         complete = False
         state = ctx.state
+        watch = self._watch(resp)
         try:
             while True:
                 flush = state.get(WRITE_HELD)
@@ -283,6 +312,9 @@ class UpstreamTransport:
                 if held is not None:
                     await held  # about to wait for the network: nothing may stay held meanwhile
                 chunk = await resp.content.readany()
+                watch.last = time.monotonic()
+                if watch.silent:
+                    raise TimeoutError
                 if not chunk:
                     break
                 buf += chunk
@@ -312,14 +344,31 @@ class UpstreamTransport:
                 f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
             ) from exc
         except aiohttp.ClientError as exc:
+            if watch.silent:  # the watchdog closed it
+                self.prometheus.errors.labels("upstream_timeout").inc()
+                raise UpstreamTimeoutError(
+                    f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
+                ) from exc
             self.prometheus.errors.labels("upstream_broken_stream").inc()
             raise UpstreamProtocolError(f"the upstream broke off the stream: {type(exc).__name__}: {exc}") from exc
         finally:
+            self._streams.discard(watch)
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
             if complete:
                 resp.release()
             else:
                 resp.close()
+
+
+class _Watch:
+    """One open stream as the watchdog sees it: when it last received something, and whether it went silent."""
+
+    __slots__ = ("last", "resp", "silent")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+        self.last = time.monotonic()
+        self.silent = False
 
 
 def _without_usage(ctx: RequestContext, event: Event) -> Event | None:
