@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from evalproxy.adapter.server.app import create_app
 from tests.conftest import make_loaded
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHAIN = {"interceptors": ["caching", "endpoint", "response_stats"], "generate_html_report": False}
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -27,13 +30,21 @@ def chunk(content: str | None = None, finish: str | None = None) -> dict[str, An
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-async def proxy_for(upstream: web.Application, tmp_path: Path) -> tuple[TestServer, TestClient[Any, Any]]:
-    up = TestServer(upstream, host="127.0.0.1")
+@contextlib.asynccontextmanager
+async def proxy_for(model: Handler, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """The proxy (caching, endpoint, response_stats) in front of ``model`` serving chat completions."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", model)
+    up = TestServer(app, host="127.0.0.1")
     await up.start_server()
     client: TestClient[Any, Any] = TestClient(TestServer(
         create_app(make_loaded(CHAIN, tmp_path, str(up.make_url("/v1")))), host="127.0.0.1"))
     await client.start_server()
-    return up, client
+    try:
+        yield client
+    finally:
+        await client.close()
+        await up.close()
 
 
 async def test_an_event_held_for_a_dropped_successor_is_not_kept_waiting(tmp_path: Path) -> None:
@@ -52,10 +63,7 @@ async def test_an_event_held_for_a_dropped_successor_is_not_kept_waiting(tmp_pat
         await out.write_eof()
         return out
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", model)
-    up, client = await proxy_for(app, tmp_path)
-    try:
+    async with proxy_for(model, tmp_path) as client:
         resp = await client.post("/v1/chat/completions", json=BODY)
         got = b""
         while b"[DONE]" not in got:
@@ -65,9 +73,6 @@ async def test_an_event_held_for_a_dropped_successor_is_not_kept_waiting(tmp_pat
             if b'"first"' in got:
                 client_has_first.set()
         assert got.count(b"data: ") == 3 and b'"usage"' not in got  # first, finish, [DONE]; the usage taken out
-    finally:
-        await client.close()
-        await up.close()
 
 
 async def test_events_that_arrive_together_reach_the_client_whole_and_in_order(tmp_path: Path) -> None:
@@ -86,12 +91,6 @@ async def test_events_that_arrive_together_reach_the_client_whole_and_in_order(t
         await out.write_eof()
         return out
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", model)
-    up, client = await proxy_for(app, tmp_path)
-    try:
+    async with proxy_for(model, tmp_path) as client:
         resp = await client.post("/v1/chat/completions", json={**BODY, "stream_options": {"include_usage": True}})
         assert await resp.read() == b"".join(sent + tail)
-    finally:
-        await client.close()
-        await up.close()
