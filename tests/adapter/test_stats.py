@@ -65,6 +65,17 @@ class TestSummary:
         assert (back.count, back.total, back.squares) == (s.count, s.total, s.squares)
         assert back.stddev() == s.stddev() == 0
 
+    def test_loading_more_samples_than_kept_draws_them_from_the_whole_run(self) -> None:
+        """A file with 50,000 samples (an older, larger MAX_SAMPLES) loads as a uniform draw of them, not the first
+        ones: samples 0..49,999 in order give a median near 25,000."""
+        s = Summary()
+        for v in range(50_000):
+            s.add(v)
+        data = {**s.dump(keep_samples=50_000), "samples": list(range(50_000))}
+        back = Summary.load(data, keep=1000)
+        assert len(back.samples) == 1000 and back.count == 50_000
+        assert 20_000 < back.percentiles((50,))["p50"] < 30_000
+
     def test_histogram_counts_every_sample(self) -> None:
         """Histogram bins cover all samples, edges ascending from min."""
         s = Summary()

@@ -147,5 +147,8 @@ class Summary:
 
     @classmethod
     def load(cls, data: dict[str, Any], keep: int = MAX_SAMPLES) -> Summary:
+        # A file may hold more samples than are kept now (written with a larger MAX_SAMPLES): a uniform draw of
+        # them, not the first ones (those are the run's warm-up).
+        samples = subsample(array("q", data.get("samples", [])), keep)
         return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
-                   array("q", data.get("samples", [])[:keep]), keep)
+                   samples, keep)
