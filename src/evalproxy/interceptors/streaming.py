@@ -91,9 +91,7 @@ class StreamingInterceptor(BaseInterceptor[StreamingParams]):
         body: Any = ctx.json
         wants_stream = isinstance(body, dict) and body.get("stream") is True
         if resp.stream is None:
-            answer = resp.json
-            if isinstance(answer, dict) and _null_content_to_empty(answer):
-                resp.set_json(answer)
+            resp.null_content_to_empty()
             return resp
         if wants_stream:
             return resp
@@ -115,12 +113,3 @@ def _headers(resp: ProxyResponse) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in resp.headers.items()
                        if k.lower() not in ("content-type", "content-length", "transfer-encoding"))
 
-
-def _null_content_to_empty(answer: dict[str, Any]) -> bool:
-    changed = False
-    for ch in answer.get("choices") or ():
-        msg = ch.get("message") if isinstance(ch, dict) else None
-        if isinstance(msg, dict) and "content" in msg and msg["content"] is None:
-            msg["content"] = ""
-            changed = True
-    return changed

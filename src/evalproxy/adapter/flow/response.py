@@ -69,3 +69,17 @@ class ProxyResponse:
         """Replace the body with ``obj`` serialised as JSON."""
         self._json = obj
         self.body = orjson.dumps(obj)
+
+    def null_content_to_empty(self) -> None:
+        """``"content": null`` in a choice's message becomes ``""`` (harnesses call string methods on it)."""
+        if not self.body or (b'"content":null' not in self.body and b'"content": null' not in self.body):
+            return  # the common answer, decided without parsing it
+        body = self.json
+        changed = False
+        for choice in body.get("choices") or () if isinstance(body, dict) else ():
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(msg, dict) and "content" in msg and msg["content"] is None:
+                msg["content"] = ""
+                changed = True
+        if changed:
+            self.set_json(body)

@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -273,8 +272,8 @@ class UpstreamTransport:
             resp.release()
         ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
         out = ProxyResponse(resp.status, out_headers, body=data)
-        if resp.status == 200 and (b'"content":null' in data or b'"content": null' in data):
-            _normalise_null_content(out)
+        if resp.status == 200:
+            out.null_content_to_empty()
         return out
 
     def _watch(self, resp: aiohttp.ClientResponse) -> _Watch:
@@ -313,7 +312,7 @@ class UpstreamTransport:
                     await held  # about to wait for the network: nothing may stay held meanwhile
                 chunk = await resp.content.readany()
                 watch.last = time.monotonic()
-                if watch.silent:
+                if watch.silent:  # closed by the watchdog while the read returned what was buffered
                     raise TimeoutError
                 if not chunk:
                     break
@@ -338,12 +337,7 @@ class UpstreamTransport:
                     state[EVENTS_AT_HAND] = False
                     yield event
             complete = True
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            self.prometheus.errors.labels("upstream_timeout").inc()
-            raise UpstreamTimeoutError(
-                f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
-            ) from exc
-        except aiohttp.ClientError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if watch.silent:  # the watchdog closed it
                 self.prometheus.errors.labels("upstream_timeout").inc()
                 raise UpstreamTimeoutError(
@@ -382,19 +376,4 @@ def _without_usage(ctx: RequestContext, event: Event) -> Event | None:
     if isinstance(usage, dict):
         ctx.state[STREAM_USAGE] = usage
     return Event.of(obj) if obj.get("choices") else None
-
-
-def _normalise_null_content(resp: ProxyResponse) -> None:
-    """``"content": null`` in a choice's message becomes ``""`` (harnesses call string methods on it)."""
-    body: Any = resp.json
-    if not isinstance(body, dict):
-        return
-    changed = False
-    for choice in body.get("choices") or ():
-        msg = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(msg, dict) and "content" in msg and msg["content"] is None:
-            msg["content"] = ""
-            changed = True
-    if changed:
-        resp.set_json(body)
 
