@@ -346,6 +346,7 @@ class Proxy:
         out = web.StreamResponse(status=resp.status, headers=headers)
         status = resp.status
         sink = _ClientStream(out)
+        first = True
         try:
             await out.prepare(request)
         except (ConnectionResetError, OSError):
@@ -362,16 +363,10 @@ class Proxy:
                 if state is not None and state.get(EVENTS_AT_HAND, False) and not event.is_done:
                     sink.held.append(event.raw)  # the next event is already here: both leave in one write
                     continue
-                if sink.held:
-                    await sink.send(event.raw)
-                else:  # the common case, written here: one coroutine less per event
-                    try:
-                        await out.write(event.raw)
-                    except (ConnectionResetError, OSError):
-                        sink.client_left()
-                if sink.first_at is None and not sink.gone and ctx is not None:
-                    sink.first_at = time.perf_counter()
-                    self.prometheus.ttft_seconds.observe(sink.first_at - ctx.started)
+                await sink.send(event.raw)
+                if first and not sink.gone and ctx is not None:
+                    first = False
+                    self.prometheus.ttft_seconds.observe(time.perf_counter() - ctx.started)
         except ProxyError as exc:
             error = exc
             log.warning("stream ended with an error: %s", exc.message)
@@ -458,13 +453,12 @@ class _ClientStream:
     bunches, and a write per event was a fifth of the proxy's CPU per stream. The transport flushes what is held
     before it waits for the network (:data:`WRITE_HELD`), so no event ever waits for one that has not arrived."""
 
-    __slots__ = ("first_at", "gone", "held", "out")
+    __slots__ = ("gone", "held", "out")
 
     def __init__(self, out: web.StreamResponse) -> None:
         self.out = out
         self.held: list[bytes] = []
         self.gone = False
-        self.first_at: float | None = None
 
     async def send(self, data: bytes) -> None:
         if self.held:
@@ -476,11 +470,8 @@ class _ClientStream:
         try:
             await self.out.write(data)
         except (ConnectionResetError, OSError):
-            self.client_left()
-
-    def client_left(self) -> None:
-        self.gone = True
-        log.info("client went away mid-stream; finishing the upstream answer for the cache")
+            self.gone = True
+            log.info("client went away mid-stream; finishing the upstream answer for the cache")
 
     def write_held(self) -> Coroutine[Any, Any, None] | None:
         """The write of what is held, to await; None if nothing is (no coroutine made for nothing, per event)."""
