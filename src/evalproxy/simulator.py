@@ -85,10 +85,10 @@ class SimulatedModel:
         self._ids = itertools.count(1)
         self.keep_log = True
         self.streams_finished: list[float] = []
+        """perf_counter() when each stream's last byte was written."""
         self.finish_events_sent: list[float] = []
         """When each chat stream's finish event (``finish_reason``) was about to be written: a client that saw
         answer text before this moment got the stream event by event, not held to its end."""
-        """perf_counter() when each stream's last byte was written."""
 
     # -- scripting -------------------------------------------------------------------------------------------------
     def script(self, *faults: Fault) -> None:

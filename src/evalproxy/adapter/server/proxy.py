@@ -279,13 +279,12 @@ class Proxy:
                 ctx.state[ANSWER] = resp
             if status >= 400 and self.run.config.log_failed_requests:
                 self._log_failure(ctx, resp)
+            if ctx is not None:
+                resp.headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
             if resp.stream is not None:
                 out, status = await self._send_stream(request, ctx, resp)
                 return out
-            headers = resp.headers
-            if ctx is not None:
-                headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
-            return web.Response(status=resp.status, headers=headers, body=resp.body)
+            return web.Response(status=resp.status, headers=resp.headers, body=resp.body)
         finally:
             self.in_flight -= 1
             self.answered += 1
@@ -340,10 +339,7 @@ class Proxy:
         with an OpenAI-shaped error event and counts the request with the error's status, not the 200 already sent.
         """
         assert resp.stream is not None
-        headers = resp.headers
-        if ctx is not None:
-            headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
-        out = web.StreamResponse(status=resp.status, headers=headers)
+        out = web.StreamResponse(status=resp.status, headers=resp.headers)
         status = resp.status
         sink = _ClientStream(out)
         first = True

@@ -196,16 +196,17 @@ class UpstreamTransport:
             url = f"{url}{'&' if '?' in url else '?'}{ctx.query}"
         shown = redact_url(url)
         headers = self._headers(ctx)
-        body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         stream = ctx.is_stream_request
-        hide_usage = False
-        if stream and self.stream_usage and ctx.json is not None and ctx.kind in ("chat", "completions"):
-            options = ctx.json.get("stream_options")
-            if not (isinstance(options, dict) and options.get("include_usage")):
-                # Only the upstream copy changes: the cache key and the client's answer stay as the client asked.
-                extra = options if isinstance(options, dict) else {}
-                body = orjson.dumps({**ctx.json, "stream_options": {**extra, "include_usage": True}})
-                hide_usage = True
+        asked = ctx.json if stream and self.stream_usage and ctx.kind in ("chat", "completions") else None
+        options = asked.get("stream_options") if asked is not None else None
+        hide_usage = asked is not None and not (isinstance(options, dict) and options.get("include_usage"))
+        body: bytes | None
+        if asked is not None and hide_usage:
+            # Only the upstream copy changes: the cache key and the client's answer stay as the client asked.
+            extra = options if isinstance(options, dict) else {}
+            body = orjson.dumps({**asked, "stream_options": {**extra, "include_usage": True}})
+        else:  # the body as it is: the client's own bytes unless an interceptor changed it (serialised once)
+            body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         timeout = self._stream_timeout if stream else self._timeout
         attempt = 0
         t0 = time.perf_counter()
@@ -310,8 +311,10 @@ class UpstreamTransport:
                 held = flush() if flush is not None else None
                 if held is not None:
                     await held  # about to wait for the network: nothing may stay held meanwhile
-                chunk = await resp.content.readany()
+                # Silence counts from here, while this read waits: time spent writing to a slow client or in the
+                # layers above is not the upstream's.
                 watch.last = time.monotonic()
+                chunk = await resp.content.readany()
                 if watch.silent:  # closed by the watchdog while the read returned what was buffered
                     raise TimeoutError
                 if not chunk:
@@ -324,18 +327,13 @@ class UpstreamTransport:
                 *events, buf = buf.split(b"\n\n")  # one pass over a chunk however many events it holds
                 last = len(events) - 1
                 for j, data in enumerate(events):
-                    if data and not data.isspace():
-                        sent = Event(data + b"\n\n")
-                        event = _without_usage(ctx, sent) if hide_usage and b'"usage"' in data else sent
-                        if event is not None:
-                            state[EVENTS_AT_HAND] = j < last
-                            yield event
-            if buf.strip():  # a last event the upstream did not end with a blank line
-                sent = Event(buf.rstrip(b"\n") + b"\n\n")
-                event = _without_usage(ctx, sent) if hide_usage and b'"usage"' in buf else sent
-                if event is not None:
-                    state[EVENTS_AT_HAND] = False
-                    yield event
+                    if data and not data.isspace() and (event := _event(ctx, data, hide_usage)) is not None:
+                        state[EVENTS_AT_HAND] = j < last
+                        yield event
+            # A last event the upstream did not end with a blank line.
+            if buf.strip() and (event := _event(ctx, buf.rstrip(b"\n"), hide_usage)) is not None:
+                state[EVENTS_AT_HAND] = False
+                yield event
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             if watch.silent:  # the watchdog closed it
@@ -355,7 +353,7 @@ class UpstreamTransport:
 
 
 class _Watch:
-    """One open stream as the watchdog sees it: when it last received something, and whether it went silent."""
+    """One open stream as the watchdog sees it: since when its current read waits, and whether it went silent."""
 
     __slots__ = ("last", "resp", "silent")
 
@@ -365,9 +363,12 @@ class _Watch:
         self.silent = False
 
 
-def _without_usage(ctx: RequestContext, event: Event) -> Event | None:
-    """``event`` without the usage the proxy asked for (kept in ``ctx.state[STREAM_USAGE]``); None if nothing else
-    was in it."""
+def _event(ctx: RequestContext, data: bytes, hide_usage: bool) -> Event | None:
+    """The event of one server-sent event's bytes; with ``hide_usage``, without the usage the proxy asked for (kept
+    in ``ctx.state[STREAM_USAGE]``), and None if nothing else was in it."""
+    event = Event(data + b"\n\n")
+    if not hide_usage or b'"usage"' not in data:
+        return event
     obj = event.json
     if not isinstance(obj, dict) or "usage" not in obj:
         return event
