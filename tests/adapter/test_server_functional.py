@@ -379,3 +379,40 @@ class TestStreamErrorPolicy:
             assert 'evalproxy_requests_total{cache="miss",path="chat",status="500"} 1.0' in metrics
         finally:
             await client.close()
+
+
+@register_for_adapter(name="slow_reader", description="Pauses after the first event of a stream (for tests).")
+class SlowReader(BaseInterceptor):
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        resp = await call_next(ctx)
+        inner = resp.stream
+        if inner is None:
+            return resp
+
+        async def paused() -> AsyncIterator[Event]:
+            first = True
+            async for event in inner:
+                yield event
+                if first:
+                    first = False
+                    await asyncio.sleep(0.8)  # longer than request_timeout: the proxy, not the upstream, is slow
+        resp.stream = paused()
+        return resp
+
+
+async def test_a_slow_layer_above_is_not_a_silent_upstream(tmp_path: Path, upstream: TestServer) -> None:
+    """request_timeout bounds the upstream's silence only: a layer that takes longer than it between two events of
+    an upstream that sent them all at once gets the whole stream, with no timeout error."""
+    registry = Registry.default()
+    registry.add(SlowReader)
+    loaded = make_loaded({"interceptors": ["slow_reader", "endpoint"], "post_eval_hooks": []}, tmp_path,
+                         str(upstream.make_url("/v1")), request_timeout=0.3)
+    client = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        resp = await client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        text = await resp.text()
+        assert '"error"' not in text and text.rstrip().endswith("data: [DONE]")
+    finally:
+        await client.close()

@@ -290,7 +290,7 @@ class UpstreamTransport:
         while self._streams:
             await asyncio.sleep(period)
             since = time.monotonic() - self.request_timeout
-            for watch in [w for w in self._streams if w.last < since]:
+            for watch in [w for w in self._streams if w.waiting_since < since]:
                 watch.silent = True
                 watch.resp.close()
 
@@ -311,10 +311,11 @@ class UpstreamTransport:
                 held = flush() if flush is not None else None
                 if held is not None:
                     await held  # about to wait for the network: nothing may stay held meanwhile
-                # Silence counts from here, while this read waits: time spent writing to a slow client or in the
-                # layers above is not the upstream's.
-                watch.last = time.monotonic()
+                # Silence counts only while this read waits: time spent writing to a slow client or in the layers
+                # above is not the upstream's.
+                watch.waiting_since = time.monotonic()
                 chunk = await resp.content.readany()
+                watch.waiting_since = _NOT_WAITING
                 if watch.silent:  # closed by the watchdog while the read returned what was buffered
                     raise TimeoutError
                 if not chunk:
@@ -355,12 +356,15 @@ class UpstreamTransport:
 class _Watch:
     """One open stream as the watchdog sees it: since when its current read waits, and whether it went silent."""
 
-    __slots__ = ("last", "resp", "silent")
+    __slots__ = ("resp", "silent", "waiting_since")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self.resp = resp
-        self.last = time.monotonic()
+        self.waiting_since = _NOT_WAITING
         self.silent = False
+
+
+_NOT_WAITING = float("inf")
 
 
 def _event(ctx: RequestContext, data: bytes, hide_usage: bool) -> Event | None:
