@@ -128,8 +128,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         c = self.counts
         lookups = c["hits"] + c["misses"]
         return {
-            "cache_dir": str(self.store.location if self.store is not None and self.params.cache_url else
-                             self.where),
+            "cache_dir": self._where_label(),
             "hits": c["hits"],
             "misses": c["misses"],
             "hit_ratio": c["hits"] / lookups if lookups else 0.0,
@@ -204,10 +203,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         if body is None or ctx.method != "POST":
             return await call_next(ctx)
         if store is None:  # the cache could not be opened: pass through
-            self._count("miss")
-            resp = await call_next(ctx)
-            resp.headers[CACHE_HEADER] = "miss"
-            return resp
+            return await self._without_store(ctx, call_next)
         key = cache_key(ctx.path, body, ctx.query)
         ctx.state[CACHE_KEY] = key
         sampled = self.sampled(body)
@@ -298,16 +294,18 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                 await self._io("write", self.store.renew(list(self._filling), owner=self.owner))
 
     async def _count_stored(self) -> None:
-        """Once per run: how many answers and pairs the store already holds (the caps count from there)."""
+        """Once per run: how many answers and pairs the store already holds (the caps count from there). The count
+        runs in a task of its own: a caller that is cancelled meanwhile leaves it to finish for the others."""
         if self._counted is None:
-            self._counted = asyncio.get_running_loop().create_future()
-            assert self.store is not None
-            ok, answers = await self._io("read", self.store.count_answers())
-            ok2, pairs = await self._io("read", self.store.count_pairs())
-            self._answers += answers if ok and answers is not None else 0
-            self._pairs += pairs if ok2 and pairs is not None else 0
-            self._counted.set_result(None)
-        await self._counted
+            self._counted = asyncio.ensure_future(self._count_store())
+        await asyncio.shield(self._counted)
+
+    async def _count_store(self) -> None:
+        assert self.store is not None
+        ok, answers = await self._io("read", self.store.count_answers())
+        ok2, pairs = await self._io("read", self.store.count_pairs())
+        self._answers += answers if ok and answers is not None else 0
+        self._pairs += pairs if ok2 and pairs is not None else 0
 
     async def store_answer(self, ctx: RequestContext, key: str, slot: int, answer: StoredAnswer) -> bool:
         """Save the answer and/or its pair as configured; False if the answer should have been saved and was not."""

@@ -58,7 +58,7 @@ def session_of(ctx: RequestContext) -> str:
             continue
         content = m.get("content")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         if isinstance(content, str) and content:
             return hashlib.sha256(content.encode()).hexdigest()[:8]
     return "unknown"

@@ -184,6 +184,8 @@ class ReasoningStats:
 
 
 class ReasoningParams(Params):
+    # NeMo Evaluator fields with no effect here: statistics are persisted per run whatever they say.
+    nemo_fields = frozenset({"stats_file_saving_interval", "enable_caching", "save_individuals"})
     start_reasoning_token: str | None = Field(default="<think>", description="null: answers start inside it")
     end_reasoning_token: str = Field(default="</think>", min_length=1)
     include_if_not_finished: bool = Field(default=True, description="Keep an unfinished block as it is")
@@ -197,10 +199,6 @@ class ReasoningParams(Params):
     cache_dir: str | None = Field(default=None, description="Where runs keep their statistics "
                                   "(default <output_dir>/reasoning_stats)")
     logging_aggregated_stats_interval: int = Field(default=100, ge=0)
-    # Accepted as NeMo Evaluator writes them; statistics are persisted per run whatever they say.
-    stats_file_saving_interval: int | None = None
-    enable_caching: bool = True
-    save_individuals: bool = False
     stream_unmarked: Literal["auto", "hold", "pass"] = Field(
         default="auto",
         description="A streamed answer that does not open with the start token: 'auto' holds it while the model's "
@@ -270,7 +268,7 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             atomic_write_bytes(self.dir / f"run-{self.run.run_id}.json", dump_json(mine))
         except OSError as exc:
             log.warning("cannot persist reasoning statistics in %s: %s", self.dir, exc)
-        return self.earlier.merge(self.stats).section()
+        return self.earlier.merge(ReasoningStats.load(mine)).section()  # what was dumped under the lock
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         resp = await call_next(ctx)
