@@ -131,6 +131,14 @@ class TestTurnCounter:
         other, _ = await call(ic, {"messages": [{"role": "user", "content": "task B"}]})
         assert other == {"messages": [{"role": "user", "content": "task B"}]}  # another session, its own count
 
+    async def test_content_parts_without_string_text_are_skipped(self, run: RunContext) -> None:
+        """A content part whose text is null (an image part, a client's placeholder) does not fail the request: the
+        session is told by the parts that have text."""
+        ic = make(TurnCounterInterceptor, run, max_turns=10)
+        parts = [{"type": "image_url", "text": None}, {"type": "text", "text": "task A"}]
+        sent, _ = await call(ic, {"messages": [{"role": "user", "content": parts}]})
+        assert sent["messages"][0]["content"] == parts
+
     async def test_periodic_in_user_message(self, run: RunContext) -> None:
         """periodic + user_message: every interval turns the last user text gets the reminder after a blank line."""
         ic = make(TurnCounterInterceptor, run, max_turns=100, trigger="periodic", interval=2,
