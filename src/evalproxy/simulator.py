@@ -47,6 +47,8 @@ class Fault:
     """Answer 200 with exactly this body (for example, not JSON)."""
     content: str | None = None
     """Answer with this message content instead of the generated one."""
+    finish_reason: str = "stop"
+    """For a chat stream: the finish reason its last content is sent with (``length``: cut off by max_tokens)."""
 
 
 @dataclass
@@ -246,7 +248,7 @@ class SimulatedModel:
         step = self.chunk_chars
         events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
         finish_at = len(events)
-        events.append(chunk({}, "stop"))
+        events.append(chunk({}, fault.finish_reason if fault else "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [], "usage": usage}

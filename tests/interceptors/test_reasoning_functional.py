@@ -13,6 +13,7 @@ from openai import AsyncOpenAI
 
 from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.server.app import create_app
+from evalproxy.interceptors.reasoning import ReasoningStats
 from evalproxy.simulator import Fault, SimulatedModel
 
 REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
@@ -224,5 +225,59 @@ class TestStreamingDecision:
             first, text = await self.first_content_and_text(proxy, "after the restart")
             assert text == sim.make_content({"temperature": 0}, "after the restart")[0]
             assert first is not None and first < sim.finish_events_sent[-1]  # before the model said it finished
+        finally:
+            await proxy.close()
+
+    async def test_a_template_seen_once_holds_the_model_for_good(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """Decided plain after 3 plain answers, a model that then closes a template-opened block is held from then
+        on: its next reasoning never reaches the client, however many plain answers came before."""
+        sim.chunk_chars = 3
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            for i in range(3):
+                await self.first_content_and_text(proxy, f"plain {i}")
+            sim.faults.append(Fault(content="first thoughts</think>\nanswer a"))
+            await self.first_content_and_text(proxy, "the template shows")  # decided plain: this one is not held
+            sim.faults.append(Fault(content="secret thoughts</think>\nanswer b"))
+            _, text = await self.first_content_and_text(proxy, "held from now on")
+            assert text == "answer b"
+        finally:
+            await proxy.close()
+
+    async def test_answers_cut_off_do_not_decide_a_model_plain(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """Answers cut off by max_tokens may be all reasoning: three of them do not decide the model plain, so its
+        next template-opened answer is still held."""
+        sim.chunk_chars = 3
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            for i in range(3):
+                sim.faults.append(Fault(content=f"thinking and thinking {i}", finish_reason="length"))
+                await self.first_content_and_text(proxy, f"cut {i}")
+            sim.faults.append(Fault(content="secret thoughts</think>\nanswer"))
+            _, text = await self.first_content_and_text(proxy, "after the cut-off ones")
+            assert text == "answer"
+        finally:
+            await proxy.close()
+
+    async def test_a_template_in_any_earlier_run_outweighs_plain_in_another(
+        self, sim: SimulatedModel, upstream: Any, tmp_path: Path
+    ) -> None:
+        """Earlier runs that disagree about a model (one saw a template, a later one only plain answers) leave it
+        held: a resumed run never streams its reasoning."""
+        stats = tmp_path / "out" / "reasoning_stats"
+        stats.mkdir(parents=True)
+        empty = ReasoningStats().dump()
+        (stats / "run-a.json").write_bytes(orjson.dumps({**empty, "models": {"m": "template"}}))
+        (stats / "run-b.json").write_bytes(orjson.dumps({**empty, "models": {"m": "plain"}}))
+        sim.chunk_chars = 3
+        proxy = await self.default_chain_proxy(tmp_path, upstream)
+        try:
+            sim.faults.append(Fault(content="secret thoughts</think>\nanswer"))
+            _, text = await self.first_content_and_text(proxy, "resumed")
+            assert text == "answer"
         finally:
             await proxy.close()

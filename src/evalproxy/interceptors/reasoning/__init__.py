@@ -296,7 +296,9 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
         known = self.models.get(model, _UNDECIDED)
         if known == _TEMPLATE:
             return
-        if splitter.finished and not splitter.opened:
+        if not splitter.opened and (splitter.finished or self.params.end_reasoning_token in "".join(splitter.original)):
+            # Closed a block its template opened; or, streamed as it came (the model was taken for plain), its text
+            # holds the end token all the same: the reasoning went out this once, never again.
             self.models[model] = _TEMPLATE
         elif splitter.opened:
             self.models[model] = _PLAIN  # it writes its own start token: an answer without one has no reasoning
