@@ -10,6 +10,7 @@ receives is kept in :attr:`SimulatedModel.log`, so a test can see exactly what r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import time
@@ -24,6 +25,9 @@ _WORDS = (
     "the answer follows from the premises so we compute each step carefully and check the result against the "
     "question then we state it plainly"
 ).split()
+
+
+GATE_SECONDS = 10.0
 
 
 @dataclass
@@ -88,9 +92,12 @@ class SimulatedModel:
         self.keep_log = True
         self.streams_finished: list[float] = []
         """perf_counter() when each stream's last byte was written."""
-        self.finish_events_sent: list[float] = []
-        """When each chat stream's finish event (``finish_reason``) was about to be written: a client that saw
-        answer text before this moment got the stream event by event, not held to its end."""
+        self.finish_gate: asyncio.Event | None = None
+        """When set (by a test): a chat stream waits before its finish event until the gate opens (at most
+        ``GATE_SECONDS``). A client that opens it on its first answer text shows, without any clock, that the text
+        reached it before the model finished: the stream came event by event, not held to its end."""
+        self.gate_opened: list[bool] = []
+        """For each gated stream: whether the gate opened before the finish event was sent."""
 
     # -- scripting -------------------------------------------------------------------------------------------------
     def script(self, *faults: Fault) -> None:
@@ -266,8 +273,10 @@ class SimulatedModel:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-            if k == finish_at:
-                self.finish_events_sent.append(time.perf_counter())
+            if k == finish_at and self.finish_gate is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.finish_gate.wait(), GATE_SECONDS)
+                self.gate_opened.append(self.finish_gate.is_set())
             await resp.write(ev)
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)

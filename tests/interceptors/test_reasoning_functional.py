@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -165,18 +165,20 @@ class TestStreamingDecision:
         return client
 
     @staticmethod
-    async def first_content_and_text(proxy: Any, prompt: str) -> tuple[float | None, str]:
+    async def text_of(proxy: Any, prompt: str, gate: asyncio.Event | None = None) -> str:
+        """The streamed answer's text; ``gate`` (the simulator's finish gate) is opened on its first piece."""
         body = {"model": "m", "messages": [{"role": "user", "content": prompt}], "temperature": 0, "stream": True}
         resp = await proxy.post("/v1/chat/completions", json=body)
-        first, text = None, ""
+        text = ""
         async for line in resp.content:
             if line.startswith(b"data: {"):
                 for ch in orjson.loads(line[6:])["choices"]:
                     piece = (ch.get("delta") or {}).get("content") or ""
-                    if piece and first is None:
-                        first = time.perf_counter()
+                    if piece and gate is not None:
+                        gate.set()
                     text += piece
-        return first, text
+        return text
+
 
     async def test_template_opened_reasoning_never_reaches_the_client(
         self, sim: SimulatedModel, upstream: Any, tmp_path: Path
@@ -188,7 +190,7 @@ class TestStreamingDecision:
         try:
             for i in range(10):
                 sim.faults.append(Fault(content=f"secret thoughts number {i} about it</think>\nanswer {i}"))
-                _, text = await self.first_content_and_text(proxy, f"q{i}")
+                text = await self.text_of(proxy, f"q{i}")
                 assert text == f"answer {i}" and "secret" not in text
         finally:
             await proxy.close()
@@ -198,15 +200,15 @@ class TestStreamingDecision:
     ) -> None:
         """A model whose answers show no reasoning at all streams event by event once a few answers said so: the
         first answer text reaches the client while the model is still sending."""
-        sim.chunk_delay = 0.05
         proxy = await self.default_chain_proxy(tmp_path, upstream)
         try:
             for i in range(3):  # what the model is, from its answers
-                await self.first_content_and_text(proxy, f"warm-up {i}")
-            first, text = await self.first_content_and_text(proxy, "the real question")
+                await self.text_of(proxy, f"warm-up {i}")
+            sim.finish_gate = gate = asyncio.Event()
+            text = await self.text_of(proxy, "the real question", gate)
             expected, _ = sim.make_content({"temperature": 0}, "the real question")
             assert text == expected
-            assert first is not None and first < sim.finish_events_sent[-1]  # before the model said it finished
+            assert sim.gate_opened == [True]  # its text reached the client before the model sent its finish
         finally:
             await proxy.close()
 
@@ -215,16 +217,16 @@ class TestStreamingDecision:
     ) -> None:
         """What a run learned of a model outlives it: the next run on the same output dir streams that model's first
         answer event by event, with no warm-up."""
-        sim.chunk_delay = 0.05
         proxy = await self.default_chain_proxy(tmp_path, upstream)
         for i in range(3):
-            await self.first_content_and_text(proxy, f"warm-up {i}")
+            await self.text_of(proxy, f"warm-up {i}")
         await proxy.close()  # the run ends: its statistics, with what its answers showed, are written
         proxy = await self.default_chain_proxy(tmp_path, upstream)
         try:
-            first, text = await self.first_content_and_text(proxy, "after the restart")
+            sim.finish_gate = gate = asyncio.Event()
+            text = await self.text_of(proxy, "after the restart", gate)
             assert text == sim.make_content({"temperature": 0}, "after the restart")[0]
-            assert first is not None and first < sim.finish_events_sent[-1]  # before the model said it finished
+            assert sim.gate_opened == [True]  # its text reached the client before the model sent its finish
         finally:
             await proxy.close()
 
@@ -237,11 +239,11 @@ class TestStreamingDecision:
         proxy = await self.default_chain_proxy(tmp_path, upstream)
         try:
             for i in range(3):
-                await self.first_content_and_text(proxy, f"plain {i}")
+                await self.text_of(proxy, f"plain {i}")
             sim.faults.append(Fault(content="first thoughts</think>\nanswer a"))
-            await self.first_content_and_text(proxy, "the template shows")  # decided plain: this one is not held
+            await self.text_of(proxy, "the template shows")  # decided plain: this one is not held
             sim.faults.append(Fault(content="secret thoughts</think>\nanswer b"))
-            _, text = await self.first_content_and_text(proxy, "held from now on")
+            text = await self.text_of(proxy, "held from now on")
             assert text == "answer b"
         finally:
             await proxy.close()
@@ -256,9 +258,9 @@ class TestStreamingDecision:
         try:
             for i in range(3):
                 sim.faults.append(Fault(content=f"thinking and thinking {i}", finish_reason="length"))
-                await self.first_content_and_text(proxy, f"cut {i}")
+                await self.text_of(proxy, f"cut {i}")
             sim.faults.append(Fault(content="secret thoughts</think>\nanswer"))
-            _, text = await self.first_content_and_text(proxy, "after the cut-off ones")
+            text = await self.text_of(proxy, "after the cut-off ones")
             assert text == "answer"
         finally:
             await proxy.close()
@@ -277,7 +279,7 @@ class TestStreamingDecision:
         proxy = await self.default_chain_proxy(tmp_path, upstream)
         try:
             sim.faults.append(Fault(content="secret thoughts</think>\nanswer"))
-            _, text = await self.first_content_and_text(proxy, "resumed")
+            text = await self.text_of(proxy, "resumed")
             assert text == "answer"
         finally:
             await proxy.close()
