@@ -57,6 +57,25 @@ class TestServe:
         assert sim.log[0].body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
         assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "cache" / "responses").is_dir()
 
+    @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+    async def test_loop_flag_picks_the_event_loop(self, tmp_path: Path, loop: str) -> None:
+        """serve --loop asyncio runs on asyncio's own loop (uvloop is the default where installed), and answers."""
+        if loop == "uvloop":
+            pytest.importorskip("uvloop")
+        sim = SimulatedModel()
+        upstream = TestServer(sim.app(), host="127.0.0.1")
+        await upstream.start_server()
+        flag = ["--loop", "asyncio"] if loop == "asyncio" else []
+        proc, url = await start_serve(*flag, "--upstream", str(upstream.make_url("/v1")), "-o", str(tmp_path / "out"),
+                                      "--log-level", "DEBUG")
+        async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions",
+                                                        json={"model": "m", "messages": MSGS}) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = await proc.communicate()
+        await upstream.close()
+        assert proc.returncode == 0 and f"event loop: {loop}" in err.decode()
+
     async def test_sigterm_finishes_in_flight_runs_hooks_once_exits_0(self, tmp_path: Path) -> None:
         """SIGTERM during a run: in-flight requests complete, hooks run once, exit status 0."""
         sim = SimulatedModel(latency=1.0)
