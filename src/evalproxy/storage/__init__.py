@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from evalproxy.adapter.core.net import is_store_url as is_url
 from evalproxy.storage.base import (
     Claim,
     Failure,
@@ -20,11 +21,6 @@ from evalproxy.storage.base import (
     cache_key,
 )
 from evalproxy.storage.disk import DiskStore
-
-
-def is_url(location: str | Path) -> bool:
-    """Whether ``location`` names a server store rather than a cache directory."""
-    return isinstance(location, str) and location.startswith(("redis://", "rediss://", "unix://"))
 
 
 def open_store(location: str | Path) -> Store:

@@ -10,7 +10,8 @@ A store keeps, for a cache shared by any number of runs and processes:
 * saved request/response pairs in arrival order, and a bounded list of failures, for reports.
 
 Backends: :mod:`evalproxy.storage.disk` (diskcache under the run's output dir, the default; safe for several processes
-on one machine). Every method is async; a backend that blocks runs off the event loop.
+on one machine) and :mod:`evalproxy.storage.redis` (a Redis or Valkey server, for processes on many machines).
+Every method is async; a backend that blocks runs off the event loop.
 """
 
 from __future__ import annotations

@@ -63,7 +63,6 @@ from evalproxy.storage.base import (
 log = logging.getLogger("evalproxy.store")
 
 T = TypeVar("T")
-SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_PREFIX = "evalproxy:"
 DEFAULT_TIMEOUT = 2.0
 RETRY_AFTER = 1.0
@@ -366,9 +365,6 @@ class RedisStore:
         if batch:
             await self._call(self.redis.unlink(*batch))
         return int(n)
-
-    async def ping(self) -> bool:
-        return bool(await self._call(self.redis.ping()))
 
     async def aclose(self) -> None:
         if self._closed:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from evalproxy.adapter.core.errors import ConfigError, InterceptorError, ProxyError
 from evalproxy.adapter.core.params import Params
@@ -47,7 +47,6 @@ Next = Callable[[RequestContext], Awaitable[ProxyResponse]]
 P = TypeVar("P", bound=Params)
 
 
-@runtime_checkable
 class Interceptor(Protocol):
     """One layer of the chain. See the module docstring for order, short-circuit and error semantics."""
 
@@ -60,7 +59,6 @@ class Interceptor(Protocol):
     async def aclose(self) -> None: ...
 
 
-@runtime_checkable
 class Terminal(Protocol):
     """The end of the chain (what ``endpoint`` names): sends the request upstream. Opened and closed by the server."""
 

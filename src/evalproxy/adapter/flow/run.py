@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ class Statistics:
     def __init__(self) -> None:
         self._providers: dict[str, Callable[[], Any]] = {}
         self._dirty = False
-        self.lock = threading.Lock()
         self.wake: Callable[[], None] | None = None
         """Set by the writer: asks it to write now rather than at its next tick."""
 

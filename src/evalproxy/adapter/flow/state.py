@@ -50,7 +50,8 @@ class State:
 CACHE_HIT = StateKey[bool]("cache_hit")
 """Set by a cache when the answer was replayed (no upstream call); read by the server for its counters."""
 UPSTREAM_SECONDS = StateKey[float]("upstream_seconds")
-"""Wall time spent waiting for the upstream's response headers (or whole body), set by the transport."""
+"""Wall time spent on the upstream: to its whole body, or for a stream from the request to its last event (set by
+the transport)."""
 STREAM_USAGE = StateKey[dict[str, Any]]("stream_usage")
 """Token usage of a streamed answer whose client did not ask for it: the transport asked upstream for it, took it out
 of the stream before the client saw it, and left it here for statistics."""

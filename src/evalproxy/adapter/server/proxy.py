@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from evalproxy.adapter.chain.interceptor import Interceptor, Next, Terminal, build_chain
 from evalproxy.adapter.config.schema import AdapterConfig, LoadedConfig
 from evalproxy.adapter.core.errors import BadRequestError, PayloadTooLargeError, ProxyError, UnauthorizedError
+from evalproxy.adapter.core.net import is_store_url
 from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
@@ -63,7 +64,7 @@ def new_run_id() -> str:
 def absolute_paths(adapter: AdapterConfig, base: Path) -> AdapterConfig:
     """``adapter`` with relative ``caching_dir`` and interceptor ``cache_dir`` / ``output_dir`` made absolute."""
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and value and not value.startswith(("redis://", "rediss://", "unix://")):
+        if isinstance(value, str) and value and not is_store_url(value):
             p = Path(value).expanduser()
             return str(p if p.is_absolute() else (base / p).resolve())
         return value
