@@ -147,6 +147,14 @@ class SavedPair:
     """The answer's JSON (a stream assembled), when the answer was saved too."""
     events: list[bytes] | None = None
 
+    def record(self) -> bytes:
+        """What a store keeps of the pair (the answer is stored on its own, under its key and slot)."""
+        return orjson.dumps({k: getattr(self, k) for k in _PAIR_FIELDS})
+
+    @property
+    def sort_key(self) -> str:
+        return pair_key(self.run_id, self.request_id)
+
 
 @dataclass
 class Failure:
@@ -158,6 +166,12 @@ class Failure:
     error: str
     received_at: float
 
+    def record(self) -> bytes:
+        return orjson.dumps({k: getattr(self, k) for k in Failure.__dataclass_fields__})
+
+    @property
+    def sort_key(self) -> str:
+        return pair_key(self.run_id, self.request_id)
 
 
 @dataclass
@@ -174,6 +188,9 @@ class Claim:
 
 def answer_key(key: str, slot: int) -> str:
     return f"{key}:{slot}"
+
+
+_PAIR_FIELDS = ("run_id", "request_id", "key", "occurrence", "path", "request", "status", "stream", "received_at")
 
 
 def pair_key(run_id: str, request_id: int) -> str:

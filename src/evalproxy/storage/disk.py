@@ -48,7 +48,6 @@ from evalproxy.storage.base import (
     answer_key,
     holder_gone,
     now,
-    pair_key,
 )
 
 log = logging.getLogger("evalproxy.store")
@@ -261,12 +260,7 @@ class CacheStore:
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
     def save_pair(self, pair: SavedPair) -> None:
-        record = {
-            "run_id": pair.run_id, "request_id": pair.request_id, "key": pair.key, "occurrence": pair.occurrence,
-            "path": pair.path, "request": pair.request, "status": pair.status, "stream": pair.stream,
-            "received_at": pair.received_at,
-        }
-        self.requests.set(pair_key(pair.run_id, pair.request_id), orjson.dumps(record))
+        self.requests.set(pair.sort_key, pair.record())
 
     def count_pairs(self) -> int:
         return len(self.requests)
@@ -298,8 +292,7 @@ class CacheStore:
         """Keep a failed request for the report; False once MAX_FAILURES are kept."""
         if self._n_failures >= MAX_FAILURES:
             return False
-        rec = {k: getattr(failure, k) for k in Failure.__dataclass_fields__}
-        self.failures_db.set(pair_key(failure.run_id, failure.request_id), orjson.dumps(rec))
+        self.failures_db.set(failure.sort_key, failure.record())
         self._n_failures += 1
         return True
 

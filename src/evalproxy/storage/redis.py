@@ -262,12 +262,7 @@ class RedisStore:
     # -- saved pairs -----------------------------------------------------------------------------------------------
     def _pair_record(self, pair: SavedPair) -> tuple[str, float, bytes]:
         """(member, score, record): members name the process too, so proxies of one run never overwrite a pair."""
-        record = {
-            "run_id": pair.run_id, "request_id": pair.request_id, "key": pair.key, "occurrence": pair.occurrence,
-            "path": pair.path, "request": pair.request, "status": pair.status, "stream": pair.stream,
-            "received_at": pair.received_at,
-        }
-        return f"{pair.run_id}/{pair.request_id:010d}/{self._tag}", pair.received_at, orjson.dumps(record)
+        return f"{pair.sort_key}/{self._tag}", pair.received_at, pair.record()
 
     async def save_pair(self, pair: SavedPair) -> None:
         member, score, record = self._pair_record(pair)
@@ -302,10 +297,9 @@ class RedisStore:
 
     # -- failures --------------------------------------------------------------------------------------------------
     async def record_failure(self, failure: Failure) -> None:
-        rec = {k: getattr(failure, k) for k in Failure.__dataclass_fields__}
-        member = f"{failure.run_id}/{failure.request_id:010d}/{self._tag}"
+        member = f"{failure.sort_key}/{self._tag}"
         await self._call(self._add_failure(keys=[self.k_failures, self.k_failure],
-                                           args=[failure.received_at, member, orjson.dumps(rec), MAX_FAILURES]))
+                                           args=[failure.received_at, member, failure.record(), MAX_FAILURES]))
 
     async def failures(self, limit: int | None = None) -> list[Failure]:
         members = await self._call(self.redis.zrange(self.k_failures, 0, -1 if limit is None else limit - 1))
