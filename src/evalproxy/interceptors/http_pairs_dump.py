@@ -56,6 +56,10 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         request = {"headers": redact_headers(ctx.headers.items()), "body": ctx.json}
         t0 = time.perf_counter()
         resp = await call_next(ctx)
+        if self.seen >= self.params.first_n and resp.status == 200:  # not kept: counted, not looked at
+            self.seen += 1
+            self.metrics["200"] += 1
+            return resp
         return await handle(resp, _Pair(self, ctx.request_id, request, resp, t0))
 
     def add(self, request_id: int, request: dict[str, Any], response: dict[str, Any]) -> None:
@@ -63,9 +67,10 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         self.metrics[str(response["status"])] += 1
         if self.seen <= self.params.first_n or response["status"] != 200:
             self.pairs.append({"request_id": request_id, "request": request, "response": response})
-        self._dirty = True
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_while_dirty())
+            # Written when a pair is added (the counts go with it, and all of them at the end), not per answer.
+            self._dirty = True
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.get_running_loop().create_task(self._write_while_dirty())
 
     def snapshot(self) -> bytes:
         return dump_json({"metrics": dict(sorted(self.metrics.items())), "pairs": list(self.pairs)})
