@@ -173,6 +173,16 @@ class TestCacheStore:
 
 
 class TestStoreWorker:
+    async def test_reads_run_outside_the_write_transaction(self, tmp_path: Path) -> None:
+        """A call runs inside its batch's write transaction; a read (a report's every saved pair) does not, so it
+        never holds the write lock other processes wait for."""
+        store = CacheStore(tmp_path)
+        worker = StoreWorker(store)
+        in_txn = lambda: store.slots.db.in_transaction  # noqa: E731
+        assert await worker.call(in_txn) is True
+        assert await worker.read(in_txn) is False
+        await worker.aclose()
+
     async def test_concurrent_calls_are_batched_and_all_answered(self, tmp_path: Path) -> None:
         """Many concurrent writes and reads through the store thread all complete, in order per caller."""
         s = CacheStore(tmp_path)

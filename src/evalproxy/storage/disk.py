@@ -326,7 +326,7 @@ class CacheStore:
         return n
 
 
-Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]  # fn, args, future, writes
 
 
 class StoreWorker:
@@ -334,8 +334,8 @@ class StoreWorker:
 
     ``await worker.call(fn, *args)`` queues the call; the calls made in one turn of the event loop go to the thread
     together (one wake-up of the thread, not one per call: waking it was a tenth of the loop's time on cache hits);
-    the thread takes everything handed over so far, runs it inside one transaction (one commit per batch instead of
-    one per answer) and wakes the loop once for the whole batch. A result is delivered only after its batch
+    the thread takes everything handed over so far, runs the writes inside one transaction (one commit per batch
+    instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A result is delivered only after its batch
     committed, so an answer the client saw is on disk. Under load the batches grow by themselves; a lone request is
     a batch of one. After :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so
     they commit with the batch: a miss costs no extra commit.
@@ -352,6 +352,15 @@ class StoreWorker:
         self._closed = False
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the thread, inside its batch's write transaction; the result once committed."""
+        return await self._submit(fn, args, writes=True)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, which only reads, on the thread outside the write transaction: a long read (every saved
+        pair, for a report) does not hold the write lock other processes' claims wait for."""
+        return await self._submit(fn, args, writes=False)
+
+    async def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], *, writes: bool) -> T:
         if self._closed:
             raise StoreClosedError(f"the store at {self.store.dir} is closed")
         loop = asyncio.get_running_loop()
@@ -360,7 +369,7 @@ class StoreWorker:
             self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
             self._thread.start()
         fut: asyncio.Future[T] = loop.create_future()
-        self._outbox.append((fn, args, fut))
+        self._outbox.append((fn, args, fut, writes))
         if len(self._outbox) == 1:
             loop.call_soon(self._hand_over)
         return await fut
@@ -386,17 +395,16 @@ class StoreWorker:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            try:
-                # One commit per batch for the answers and the slot table (they share the answers' database).
-                with self.store.responses.transact():
-                    for fn, args, fut in batch:
-                        try:
-                            outcomes.append((fut, fn(*args), None))
-                        except Exception as exc:
-                            outcomes.append((fut, None, exc))
-            except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
-                outcomes = [(fut, None, exc) for _, _, fut in batch]
+            writes = [call for call in batch if call[3]]
+            outcomes = _run_calls([call for call in batch if not call[3]])
+            if writes:
+                try:
+                    # One commit per batch for the answers and the slot table (they share the answers' database).
+                    with self.store.responses.transact():
+                        done = _run_calls(writes)
+                except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
+                    done = [(fut, None, exc) for _, _, fut, _ in writes]
+                outcomes += done
             self._loop.call_soon_threadsafe(_deliver, outcomes)
 
     async def aclose(self) -> None:
@@ -410,6 +418,16 @@ class StoreWorker:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         await asyncio.to_thread(self.store.close)
+
+
+def _run_calls(calls: list[Call]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    for fn, args, fut, _ in calls:
+        try:
+            outcomes.append((fut, fn(*args), None))
+        except Exception as exc:
+            outcomes.append((fut, None, exc))
+    return outcomes
 
 
 def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -453,19 +471,19 @@ class DiskStore:
         await self._worker.call(self.sync.record_failure, failure)
 
     async def count_answers(self) -> int:
-        return await self._worker.call(self.sync.count_answers)
+        return await self._worker.read(self.sync.count_answers)
 
     async def count_pairs(self) -> int:
-        return await self._worker.call(self.sync.count_pairs)
+        return await self._worker.read(self.sync.count_pairs)
 
     async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]:
-        return await self._worker.call(lambda: self.sync.saved_pairs(limit, with_responses=with_responses))
+        return await self._worker.read(lambda: self.sync.saved_pairs(limit, with_responses=with_responses))
 
     async def failures(self, limit: int | None = None) -> list[Failure]:
-        return await self._worker.call(self.sync.failures, limit)
+        return await self._worker.read(self.sync.failures, limit)
 
     async def stats(self) -> dict[str, Any]:
-        return await self._worker.call(self.sync.stats)
+        return await self._worker.read(self.sync.stats)
 
     async def clear(self) -> int:
         return await self._worker.call(self.sync.clear)
