@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
 
 RESULTS_FILE = "results.yaml"
@@ -247,16 +247,7 @@ def write_results(run_dir: str | os.PathLike[str], record: RunRecord) -> Path:
 
 def write_atomic(target: Path, text: str) -> None:
     """Write ``text`` to ``target`` so that a reader sees the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, text.encode())
 
 
 def read_results(path: str | os.PathLike[str]) -> RunRecord:

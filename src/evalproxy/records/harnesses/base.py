@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.records.results import HarnessInfo, Metric, Results, Score, ScoreStats, TaskResult
 
 Status = Literal["success", "error", "empty", "unknown"]
@@ -131,11 +132,7 @@ def load_json(path: Path) -> Any:
 def write_samples(run_dir: str | os.PathLike[str], samples: Sequence[SampleScore]) -> Path:
     """Write per-sample scores to ``run_dir/samples.jsonl`` (one line each) and return the path."""
     target = Path(run_dir) / SAMPLES_FILE
-    tmp = target.with_name(f".{SAMPLES_FILE}.tmp")
-    with open(tmp, "wb") as f:
-        for s in samples:
-            f.write(orjson.dumps(s.__dict__) + b"\n")
-    os.replace(tmp, target)
+    atomic_write_bytes(target, b"".join(orjson.dumps(s.__dict__) + b"\n" for s in samples))
     return target
 
 
