@@ -106,6 +106,24 @@ class TestUpstreamUrlCredentials:
         assert not [text for text in shown if URL_PASSWORD in text or "user:" in text]
 
 
+    async def test_key_in_the_query_never_shown(
+        self, make_proxy: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """A key in the upstream URL's query (``?key=...``, as some providers take it) is shown as ``key=***`` in
+        /health, error answers, adapter_config.yaml and logs."""
+        caplog.set_level(logging.DEBUG)
+        port = closed_port()
+        proxy = await make_proxy(upstream_url=f"http://127.0.0.1:{port}/v1?key={URL_PASSWORD}", max_retries=0)
+        health = await (await proxy.get("/health")).json()
+        assert health["upstream"] == f"http://127.0.0.1:{port}/v1?key={REDACTED}"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+        resp = await proxy.post("/v1/chat/completions", json=body)
+        shown = [str(health), await resp.text()]
+        await proxy.close()
+        shown.append((tmp_path / "out" / "adapter_config.yaml").read_text())
+        shown.extend(r.getMessage() for r in caplog.records)
+        assert resp.status == 502 and not [text for text in shown if URL_PASSWORD in text]
+
 class TestHeaderRedaction:
     SECRET_HEADERS = ("api-key", "x-api-key", "X-Auth-Token", "Ocp-Apim-Subscription-Key", "Authorization", "Cookie",
                       "Proxy-Authorization", "X-Goog-Api-Key")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes
-from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, secret_query
 
 RESULTS_FILE = "results.yaml"
 
@@ -159,9 +159,6 @@ def redact_command(command: str | Sequence[str], secrets: Iterable[str] = ()) ->
     return redact_text(shlex.join(out), secrets)
 
 
-_SECRET_QUERY = re.compile(r"(?i)(api[_-]?key|key|token|secret|sig|signature|password)$")
-
-
 def clean_url(url: str | None) -> str | None:
     """``url`` without user info and without secret-looking query parameters."""
     if not url:
@@ -171,7 +168,7 @@ def clean_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if not _SECRET_QUERY.search(k)])
+                       if not secret_query(k)])
     return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
 
 

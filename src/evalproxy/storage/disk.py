@@ -335,10 +335,10 @@ class StoreWorker:
     ``await worker.call(fn, *args)`` queues the call; the calls made in one turn of the event loop go to the thread
     together (one wake-up of the thread, not one per call: waking it was a tenth of the loop's time on cache hits);
     the thread takes everything handed over so far, runs the writes inside one transaction (one commit per batch
-    instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A result is delivered only after its batch
-    committed, so an answer the client saw is on disk. Under load the batches grow by themselves; a lone request is
-    a batch of one. After :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so
-    they commit with the batch: a miss costs no extra commit.
+    instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A
+    result is delivered only after its batch committed, so an answer the client saw is on disk. Under load the
+    batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused. Claims
+    and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit.
     """
 
     MAX_BATCH = 256

@@ -6,7 +6,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -28,6 +28,8 @@ _SECRET_FIELD = re.compile(
 )
 # Field names that name an env var rather than hold a secret.
 _NAME_FIELD = re.compile(r"_name$|_env$", re.IGNORECASE)
+# Query parameters that carry credentials in some providers' URLs (?key=..., ?api-key=..., ?sig=...).
+_SECRET_QUERY = re.compile(r"(?i)(api[_-]?key|key|token|secret|sig|signature|password|code)$")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 HOP_BY_HOP = frozenset(
@@ -54,17 +56,25 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {str(k): (REDACTED if secret_header(k) else v) for k, v in headers}
 
 
+def secret_query(name: str) -> bool:
+    """Whether a URL's query parameter ``name`` carries a credential (``key``, ``api-key``, ``sig``, ...)."""
+    return bool(_SECRET_QUERY.search(name))
+
+
 def redact_url(url: str | None) -> str | None:
-    """``url`` without the credentials it may carry (``https://user:pass@host`` gives ``https://***@host``)."""
-    if not url or "@" not in url:
+    """``url`` without the credentials it may carry: ``https://user:pass@host`` gives ``https://***@host``, and
+    ``?key=...`` (any :func:`secret_query` parameter) gives ``?key=***``."""
+    if not url or ("@" not in url and "?" not in url):
         return url
     parts = urlsplit(url)
-    if not (parts.username or parts.password):
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+    netloc, query = parts.netloc, parts.query
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{REDACTED}@{host}:{parts.port}" if parts.port else f"{REDACTED}@{host}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(secret_query(k) for k, _ in pairs):
+        query = urlencode([(k, REDACTED if secret_query(k) else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact_obj(obj: Any, secrets: Iterable[str] = ()) -> Any:

@@ -194,7 +194,6 @@ class UpstreamTransport:
                 self._urls[ctx.path] = url
         if ctx.query:
             url = f"{url}{'&' if '?' in url else '?'}{ctx.query}"
-        shown = redact_url(url)
         headers = self._headers(ctx)
         stream = ctx.is_stream_request
         asked = ctx.json if stream and self.stream_usage and ctx.kind in ("chat", "completions") else None
@@ -226,7 +225,7 @@ class UpstreamTransport:
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 self.prometheus.errors.labels("upstream_timeout").inc()
                 raise UpstreamTimeoutError(
-                    f"the upstream did not answer within {self.request_timeout:g}s ({shown})"
+                    f"the upstream did not answer within {self.request_timeout:g}s ({redact_url(url)})"
                 ) from exc
             except aiohttp.ClientError as exc:
                 if attempt < self.max_retries:
@@ -236,7 +235,7 @@ class UpstreamTransport:
                     continue
                 self.prometheus.errors.labels("upstream_unreachable").inc()
                 raise UpstreamUnreachableError(
-                    f"cannot reach the upstream at {shown}: {type(exc).__name__}: {redact_url(str(exc))}"
+                    f"cannot reach the upstream at {redact_url(url)}: {type(exc).__name__}: {redact_url(str(exc))}"
                     + (f" (after {attempt + 1} attempts)" if attempt else "")
                 ) from exc
 

@@ -34,7 +34,7 @@ from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_err
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.params import Params as BaseParams
-from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url, secret_query
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
@@ -266,11 +266,6 @@ def _redact_values(obj: Any, secrets: list[str]) -> Any:
     return obj
 
 
-# Query parameters that carry credentials in some providers' URLs (?key=..., ?api-key=..., ?sig=...).
-_SECRET_QUERY = frozenset({"key", "api_key", "api-key", "apikey", "token", "access_token", "sig", "signature",
-                           "code", "password"})
-
-
 def safe_url(url: str) -> str:
     """``url`` without credentials: a password in the user info and secret-looking query values become ``***``."""
     parts = urlsplit(url)
@@ -282,8 +277,8 @@ def safe_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY for k, _ in pairs):
-            query = urlencode([(k, REDACTED if k.lower() in _SECRET_QUERY else v) for k, v in pairs], safe="*")
+        if any(secret_query(k) for k, _ in pairs):
+            query = urlencode([(k, REDACTED if secret_query(k) else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
