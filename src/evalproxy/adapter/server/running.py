@@ -48,8 +48,9 @@ class RunningProxy:
         """The worker's index under ``serve --workers``: it shares its port with its siblings (SO_REUSEPORT) and
         says who answered in a response header."""
         # Handlers are never cancelled when a client leaves, so an answer being paid for runs to its end without a
-        # task and a shield of its own.
-        self.app = create_app(loaded, resolved=resolved, run_id=run_id, handler_cancellation=False)
+        # task and a shield of its own. The app and its runner must agree on it: one value for both.
+        cancellation = False
+        self.app = create_app(loaded, resolved=resolved, run_id=run_id, handler_cancellation=cancellation)
         self.proxy: Proxy = self.app[PROXY]
         if worker is not None:
             tag = str(worker)
@@ -60,7 +61,7 @@ class RunningProxy:
             self.app.on_response_prepare.append(say_worker)
         self.runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout,
-            handler_cancellation=False,
+            handler_cancellation=cancellation,
         )
         self.url = ""
 
