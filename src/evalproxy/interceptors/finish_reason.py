@@ -18,7 +18,7 @@ from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
-from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.finish_reason")
@@ -37,9 +37,7 @@ def token_cap(body: Any) -> int | None:
 def generated_tokens(usage: Any) -> int | None:
     if not isinstance(usage, dict):
         return None
-    details = usage.get("completion_tokens_details")
-    counts = [v for v in (usage.get("completion_tokens"),
-                          details.get("reasoning_tokens") if isinstance(details, dict) else None)
+    counts = [v for v in (usage.get("completion_tokens"), reasoning_tokens(usage))
               if isinstance(v, int) and not isinstance(v, bool)]
     return max(counts) if counts else None
 

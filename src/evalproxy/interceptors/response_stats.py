@@ -43,7 +43,7 @@ from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.summary import MAX_SAMPLES, Summary
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
-from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import STREAM_USAGE
@@ -442,9 +442,9 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
                 v = usage.get(kind)
                 if isinstance(v, int) and not isinstance(v, bool):
                     s.tokens[kind].add(v)
-            details = usage.get("completion_tokens_details")
-            if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
-                s.tokens["reasoning_tokens"].add(details["reasoning_tokens"])
+            rt = reasoning_tokens(usage)
+            if rt is not None:
+                s.tokens["reasoning_tokens"].add(rt)
 
     def _log_totals(self) -> None:
         with self._lock:

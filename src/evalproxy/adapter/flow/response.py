@@ -13,6 +13,22 @@ from evalproxy.adapter.flow.sse import Event
 _MISSING: Any = object()
 
 
+def reasoning_tokens(usage: Any) -> int | None:
+    """The reasoning tokens an answer's ``usage`` reports: ``reasoning_tokens``, or the ``reasoning_tokens`` of
+    ``completion_tokens_details`` (chat) or ``output_tokens_details`` (Responses); None where it reports none."""
+    if not isinstance(usage, dict):
+        return None
+    rt = usage.get("reasoning_tokens")
+    if isinstance(rt, int) and not isinstance(rt, bool):
+        return rt
+    for key in ("completion_tokens_details", "output_tokens_details"):
+        details = usage.get(key)
+        rt = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        if isinstance(rt, int) and not isinstance(rt, bool):
+            return rt
+    return None
+
+
 class ProxyResponse:
     """An answer: status, headers and either a whole ``body`` or a ``stream`` of :class:`Event` s.
 

@@ -53,7 +53,7 @@ from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.summary import Summary
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
-from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import CACHE_HIT, STREAM_USAGE
@@ -74,14 +74,7 @@ def usage_tokens(usage: Any) -> tuple[int | None, int | None]:
     """
     if not isinstance(usage, dict):
         return None, None
-    rt = usage.get("reasoning_tokens")
-    if not isinstance(rt, int):
-        rt = None
-        for key in ("completion_tokens_details", "output_tokens_details"):
-            details = usage.get(key)
-            if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
-                rt = details["reasoning_tokens"]
-                break
+    rt = reasoning_tokens(usage)
     ct = usage.get("content_tokens")
     if not isinstance(ct, int):
         ct = None
