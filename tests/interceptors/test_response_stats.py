@@ -117,6 +117,20 @@ class TestCounting:
         assert (out["total_reasoning_tokens"], out["max_reasoning_tokens"]) == (12, 6)
         assert out["stop_reason"] == {"</answer>": 2}
 
+    @pytest.mark.parametrize("usage", [
+        {"reasoning_tokens": 6}, {"output_tokens_details": {"reasoning_tokens": 6}},
+    ], ids=["top-level", "responses-api"])
+    async def test_reasoning_tokens_wherever_the_server_reports_them(
+        self, run: RunContext, usage: dict[str, Any]
+    ) -> None:
+        """Reasoning tokens reported at the top of usage (some servers) or in output_tokens_details (Responses
+        API) are counted as those in completion_tokens_details are."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        body = {"choices": [{"finish_reason": "stop", "message": {"content": "x"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 9, "total_tokens": 10, **usage}}
+        await ic(ctx(), upstream(ProxyResponse.from_json(body)))
+        assert ic.section()["total_reasoning_tokens"] == 6
+
     async def test_transport_errors_by_kind(self, run: RunContext) -> None:
         """Errors raised below are counted by kind and status, and still raised."""
         ic = ResponseStatsInterceptor(Params(), run)
