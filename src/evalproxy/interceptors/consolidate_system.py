@@ -13,19 +13,11 @@ from typing import Any
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import RequestContext, content_text
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.consolidate_system")
-
-
-def system_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
 
 
 def consolidate(messages: list[Any], separator: str) -> list[Any] | None:
@@ -33,7 +25,7 @@ def consolidate(messages: list[Any], separator: str) -> list[Any] | None:
     where = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "system"]
     if not where or where == [0]:
         return None
-    texts = [t for t in (system_text(messages[i].get("content")) for i in where) if t]
+    texts = [t for t in (content_text(messages[i].get("content"), "\n") for i in where) if t]
     rest = [m for i, m in enumerate(messages) if i not in set(where)]
     return [{"role": "system", "content": separator.join(texts)}, *rest]
 

@@ -17,7 +17,7 @@ from typing import Any
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import RequestContext, content_text
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.registry import register_for_adapter
 
@@ -50,9 +50,7 @@ def _empty(choice: dict[str, Any]) -> bool:
         content = msg.get("content")
     else:
         content = choice.get("text")
-    if isinstance(content, list):
-        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return not (isinstance(content, str) and content.strip())
+    return not content_text(content).strip()
 
 
 class FinishReasonParams(Params):

@@ -22,7 +22,7 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import RequestContext, content_text
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event, assemble_stream
@@ -33,21 +33,13 @@ log = logging.getLogger("evalproxy.reasoning_replay")
 HASHED_CHARS = 256
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def message_keys(msg: dict[str, Any], session: str) -> list[str]:
     """Where an assistant message's reasoning is remembered: its tool call ids, else a hash of its text."""
     ids = [tc["id"] for tc in msg.get("tool_calls") or () if isinstance(tc, dict) and isinstance(tc.get("id"), str)
            and tc["id"]]
     if ids:
         return [f"{session}|c:{i}" for i in ids]
-    head = _text(msg.get("content"))[:HASHED_CHARS]
+    head = content_text(msg.get("content"))[:HASHED_CHARS]
     if not head.strip():
         return []
     return [f"{session}|h:{hashlib.sha256(head.encode()).hexdigest()[:16]}"]
@@ -112,13 +104,13 @@ class ReasoningReplayInterceptor(BaseInterceptor[ReasoningReplayParams]):
                 continue
             found = next((r for r in map(self.recall, message_keys(m, session)) if r), None)
             if found is None:
-                misses += bool(m.get("tool_calls") or _text(m.get("content")))
+                misses += bool(m.get("tool_calls") or content_text(m.get("content")))
                 continue
             changed = False
             if p.mode in ("native", "both") and not has_native:
                 m["reasoning_content"] = m["reasoning"] = found
                 changed = True
-            if p.mode in ("think_tags", "both") and not _text(m.get("content")).lstrip().startswith(p.tag_open):
+            if p.mode in ("think_tags", "both") and not content_text(m.get("content")).lstrip().startswith(p.tag_open):
                 tag = f"{p.tag_open}{found}{p.tag_close}\n"
                 content = m.get("content")
                 m["content"] = ([{"type": "text", "text": tag}, *content] if isinstance(content, list)

@@ -28,7 +28,7 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.core.params import Params
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import RequestContext, content_text
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.registry import register_for_adapter
@@ -56,10 +56,8 @@ def session_of(ctx: RequestContext) -> str:
     for m in (body.get("messages") or []) if isinstance(body, dict) else ():
         if not isinstance(m, dict) or m.get("role") == "system":
             continue
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        if isinstance(content, str) and content:
+        content = content_text(m.get("content"))
+        if content:
             return hashlib.sha256(content.encode()).hexdigest()[:8]
     return "unknown"
 
