@@ -38,7 +38,7 @@ from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
-from evalproxy.adapter.core.files import atomic_write_bytes
+from evalproxy.adapter.core.files import atomic_write_bytes, load_run_files, run_files_dir
 from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.summary import MAX_SAMPLES, Summary
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
@@ -268,48 +268,25 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         run.statistics.register("response_stats", self.section)
 
     def _load_earlier(self) -> list[RunStats]:
-        runs = []
-        for path in sorted(self.dir.glob("run-*.json")):
-            if path.stem == f"run-{self.run.run_id}":
-                continue
-            try:
-                runs.append(RunStats.load(orjson.loads(path.read_bytes())))
-            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("ignoring unreadable statistics file %s: %s", path, exc)
-        return runs
+        return load_run_files([self.dir], RunStats.load, skip=self.run.run_id)
 
     @classmethod
     def merged_section(cls, params: ResponseStatsParams, output_dirs: list[Path]) -> dict[str, Any] | None:
         """The section of several proxies' statistics (workers, or proxies on other machines), merged exactly from
         the per-run files each wrote in its output dir: counts and sums add up, percentiles come from the samples."""
         by_run: dict[str, RunStats] = {}
-        for where in output_dirs:
-            d = Path(params.cache_dir) if params.cache_dir and Path(params.cache_dir).is_absolute() else (
-                where / (params.cache_dir or "response_stats_cache"))
-            for path in sorted(d.glob("run-*.json")) if d.is_dir() else ():
-                try:
-                    stats = RunStats.load(orjson.loads(path.read_bytes()))
-                except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    log.warning("ignoring unreadable statistics file %s: %s", path, exc)
-                    continue
-                same = by_run.get(stats.run_id)
-                if same is None:
-                    by_run[stats.run_id] = stats
-                else:  # one run served by several proxies: one run's numbers
-                    merged = same.merge(stats)
-                    merged.run_id, merged.merged_span = stats.run_id, None
-                    by_run[stats.run_id] = merged
+        dirs = [run_files_dir(params.cache_dir, where, "response_stats_cache") for where in output_dirs]
+        for stats in load_run_files(dirs, RunStats.load):
+            same = by_run.get(stats.run_id)
+            if same is None:
+                by_run[stats.run_id] = stats
+            else:  # one run served by several proxies: one run's numbers
+                merged = same.merge(stats)
+                merged.run_id, merged.merged_span = stats.run_id, None
+                by_run[stats.run_id] = merged
         if not by_run:
             return None
-        runs = sorted(by_run.values(), key=lambda r: r.run_id)
-        total = runs[0]
-        for r in runs[1:]:
-            total = total.merge(r)
-        out = total.section()
-        out["run_id"] = len(runs) - 1
-        out["evalproxy_run_id"] = runs[-1].run_id
-        out["inference_run_times"] = {str(i): r.run_times() for i, r in enumerate(runs)}
-        out["runs"] = {r.run_id: r.section(brief=True) for r in runs}
+        out = _over_runs(sorted(by_run.values(), key=lambda r: r.run_id))
         out["proxies_merged"] = len(output_dirs)
         return out
 
@@ -324,18 +301,7 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
             # Appended whole lines at a time; a crash can at worst cut the last line, which readers skip.
             with (self.dir / f"run-{mine.run_id}.individuals.jsonl").open("ab") as f:
                 f.write(b"".join(rows))
-        total = mine
-        for r in self.earlier:
-            total = total.merge(r)
-        out = total.section()
-        runs = [*self.earlier, mine]
-        # As NeMo Evaluator: run_id counts the starts on this cache dir (0, 1, ...), and inference_run_times holds
-        # each run's times under that number as a string. evalproxy's own run ids key ``runs``.
-        out["run_id"] = len(self.earlier)
-        out["evalproxy_run_id"] = self.run.run_id
-        out["inference_run_times"] = {str(i): r.run_times() for i, r in enumerate(runs)}
-        out["runs"] = {r.run_id: r.section(brief=True) for r in runs}
-        return out
+        return _over_runs([*self.earlier, mine])
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         t0 = self._clock()
@@ -457,6 +423,21 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
     async def aclose(self) -> None:
         self._log_totals()
 
+
+
+def _over_runs(runs: list[RunStats]) -> dict[str, Any]:
+    """The section over ``runs`` (in start order, the current one last). As NeMo Evaluator: ``run_id`` counts the
+    starts on the statistics dir (0, 1, ...) and ``inference_run_times`` holds each run's times under that number as
+    a string; evalproxy's own run ids key ``runs``."""
+    total = runs[0]
+    for r in runs[1:]:
+        total = total.merge(r)
+    out = total.section()
+    out["run_id"] = len(runs) - 1
+    out["evalproxy_run_id"] = runs[-1].run_id
+    out["inference_run_times"] = {str(i): r.run_times() for i, r in enumerate(runs)}
+    out["runs"] = {r.run_id: r.section(brief=True) for r in runs}
+    return out
 
 class _Observe(AnswerHandler):
     """Counts one answer, whole or streamed: finish reasons, tool calls and usage as they pass, the rest at the end."""

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+T = TypeVar("T")
+log = logging.getLogger("evalproxy.files")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,6 +30,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def run_files_dir(cache_dir: str | None, output_dir: Path, default: str) -> Path:
+    """Where a unit keeps its per-run statistics files: ``cache_dir`` as configured (relative: under the output
+    dir), else ``<output_dir>/<default>``."""
+    if cache_dir and Path(cache_dir).is_absolute():
+        return Path(cache_dir)
+    return output_dir / (cache_dir or default)
+
+
+def load_run_files(dirs: Iterable[Path], load: Callable[[Any], T], skip: str | None = None) -> list[T]:
+    """``load`` of every readable ``run-*.json`` in ``dirs`` (in name order, so runs in start order), except
+    ``run-<skip>.json``; an unreadable file is logged and left out."""
+    out = []
+    for d in dirs:
+        for path in sorted(d.glob("run-*.json")) if d.is_dir() else ():
+            if skip is not None and path.stem == f"run-{skip}":
+                continue
+            try:
+                out.append(load(orjson.loads(path.read_bytes())))
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable statistics file %s: %s", path, exc)
+    return out
 
 
 def dump_json(obj: Any) -> bytes:

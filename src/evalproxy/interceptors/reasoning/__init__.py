@@ -44,11 +44,10 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
-from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.files import atomic_write_bytes, dump_json, load_run_files, run_files_dir
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.summary import Summary
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
@@ -221,38 +220,26 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
 
     def _load_earlier(self) -> tuple[ReasoningStats, int]:
         """Earlier runs' numbers, and what their answers showed of each model (a resumed run streams at once)."""
-        total, n = ReasoningStats(), 0
-        for path in sorted(self.dir.glob("run-*.json")) if self.dir.is_dir() else ():
-            if path.stem == f"run-{self.run.run_id}":
-                continue
-            try:
-                data = orjson.loads(path.read_bytes())
-                total = total.merge(ReasoningStats.load(data))
-                n += 1
-            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
-                continue
-            models = data.get("models")
+        total = ReasoningStats()
+        runs = load_run_files([self.dir], lambda data: (ReasoningStats.load(data), data.get("models")),
+                              skip=self.run.run_id)
+        for stats, models in runs:
+            total = total.merge(stats)
             for model, shown in models.items() if isinstance(models, dict) else ():
                 if shown == _TEMPLATE or (shown == _PLAIN and model not in self.models):
                     self.models[model] = shown  # a template seen once holds the model's streams for good
-        return total, n
+        return total, len(runs)
 
     @classmethod
     def merged_section(cls, params: ReasoningParams, output_dirs: list[Path]) -> dict[str, Any] | None:
         """The section of several proxies' statistics (workers, proxies on other machines): the per-run files each
         wrote in its output dir, added up."""
-        total, n = ReasoningStats(), 0
-        for where in output_dirs:
-            d = Path(params.cache_dir) if params.cache_dir and Path(params.cache_dir).is_absolute() else (
-                where / (params.cache_dir or "reasoning_stats"))
-            for path in sorted(d.glob("run-*.json")) if d.is_dir() else ():
-                try:
-                    total = total.merge(ReasoningStats.load(orjson.loads(path.read_bytes())))
-                    n += 1
-                except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                    log.warning("ignoring unreadable reasoning statistics file %s: %s", path, exc)
-        return total.section() if n else None
+        runs = load_run_files([run_files_dir(params.cache_dir, where, "reasoning_stats") for where in output_dirs],
+                              ReasoningStats.load)
+        total = ReasoningStats()
+        for stats in runs:
+            total = total.merge(stats)
+        return total.section() if runs else None
 
     def section(self) -> dict[str, Any]:
         """Every run in the statistics dir; persists this run's numbers (called from the statistics writer thread)."""
