@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from evalproxy.adapter.core.net import is_store_url as is_url
@@ -39,7 +37,7 @@ async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, i
     ``dst``, between a cache directory and a Redis store either way. Slot counters and leases belong to running
     runs and are not copied. Returns how many of each were copied."""
     copied = {"answers": 0, "skipped": 0, "saved_requests": 0, "failures": 0}
-    async for chunk in _raw_answers(src, batch):
+    async for chunk in src.raw_answers(batch):
         good = []
         for name, blob in chunk:
             try:
@@ -48,7 +46,7 @@ async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, i
                 copied["skipped"] += 1
                 continue
             good.append((name, blob))
-        await _put_raw_answers(dst, good)
+        await dst.put_raw_answers(good)
         copied["answers"] += len(good)
     for pair in await src.saved_pairs(with_responses=False):
         await dst.save_pair(pair)
@@ -57,43 +55,6 @@ async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, i
         await dst.record_failure(failure)
         copied["failures"] += 1
     return copied
-
-
-async def _raw_answers(store: Store, batch: int) -> AsyncIterator[list[tuple[str, bytes]]]:
-    if isinstance(store, DiskStore):
-        responses = store.sync.responses
-        names = await asyncio.to_thread(lambda: sorted(str(k) for k in responses.iterkeys()))
-
-        def get(part: list[str]) -> list[object]:
-            return [responses.get(n) for n in part]
-
-        for i in range(0, len(names), batch):
-            part = names[i:i + batch]
-            blobs = await asyncio.to_thread(get, part)
-            yield [(n, b) for n, b in zip(part, blobs, strict=True) if isinstance(b, bytes)]
-        return
-    from evalproxy.storage.redis import RedisStore
-
-    assert isinstance(store, RedisStore)
-    async for chunk in store.raw_answers(batch):
-        yield chunk
-
-
-async def _put_raw_answers(store: Store, items: list[tuple[str, bytes]]) -> None:
-    if isinstance(store, DiskStore):
-        responses = store.sync.responses
-
-        def put() -> None:
-            with responses.transact():
-                for name, blob in items:
-                    responses.set(name, blob)
-
-        await asyncio.to_thread(put)
-        return
-    from evalproxy.storage.redis import RedisStore
-
-    assert isinstance(store, RedisStore)
-    await store.put_raw_answers(items)
 
 
 __all__ = ["Claim", "DiskStore", "Failure", "SavedPair", "Store", "StoreClosedError", "StoredAnswer", "cache_key",

@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -240,6 +241,12 @@ class Store(Protocol):
     async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]: ...
 
     async def failures(self, limit: int | None = None) -> list[Failure]: ...
+
+    def raw_answers(self, batch: int = 500) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Every stored answer as ("<key>:<slot>", its encoded bytes), in batches (for copying a cache)."""
+        ...
+
+    async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None: ...
 
     async def stats(self) -> dict[str, Any]: ...
 

@@ -28,7 +28,7 @@ import queue
 import sqlite3
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -481,6 +481,21 @@ class DiskStore:
 
     async def failures(self, limit: int | None = None) -> list[Failure]:
         return await self._worker.read(self.sync.failures, limit)
+
+    async def raw_answers(self, batch: int = 500) -> AsyncIterator[list[tuple[str, bytes]]]:
+        responses = self.sync.responses
+        names = await self._worker.read(lambda: sorted(str(k) for k in responses.iterkeys()))
+        for i in range(0, len(names), batch):
+            part = names[i : i + batch]
+            blobs = await self._worker.read(lambda part=part: [responses.get(n) for n in part])
+            yield [(n, b) for n, b in zip(part, blobs, strict=True) if isinstance(b, bytes)]
+
+    async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None:
+        def put() -> None:
+            for name, blob in items:
+                self.sync.responses.set(name, blob)
+
+        await self._worker.call(put)
 
     async def stats(self) -> dict[str, Any]:
         return await self._worker.read(self.sync.stats)
