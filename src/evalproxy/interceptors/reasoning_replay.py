@@ -11,7 +11,6 @@ back: ``think_tags`` prefixes the content with ``<think>R</think>`` (unless it a
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 from collections import OrderedDict
@@ -85,18 +84,21 @@ class ReasoningReplayInterceptor(BaseInterceptor[ReasoningReplayParams]):
         session = ctx.headers.get("X-Session-Id", "")
         body: Any = ctx.json
         if isinstance(body, dict) and isinstance(body.get("messages"), list) and self.memory:
-            messages = copy.deepcopy(body["messages"])
-            if self.restore(messages, session, ctx.request_id):
+            messages = self.restored(body["messages"], session, ctx.request_id)
+            if messages is not None:
                 ctx.set_json({**body, "messages": messages})
         resp = await call_next(ctx)
         if not resp.ok:
             return resp
         return await handle(resp, _Remember(self, session))
 
-    def restore(self, messages: list[Any], session: str, request_id: int) -> bool:
+    def restored(self, messages: list[Any], session: str, request_id: int) -> list[Any] | None:
+        """The messages with remembered reasoning put back (new objects only for the messages that change), or None
+        when none changes."""
         p = self.params
         hits = misses = 0
-        for m in messages:
+        out = [*messages]
+        for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") != "assistant":
                 continue
             has_native = _reasoning(m) is not None
@@ -107,6 +109,7 @@ class ReasoningReplayInterceptor(BaseInterceptor[ReasoningReplayParams]):
                 misses += bool(m.get("tool_calls") or content_text(m.get("content")))
                 continue
             changed = False
+            m = dict(m)
             if p.mode in ("native", "both") and not has_native:
                 m["reasoning_content"] = m["reasoning"] = found
                 changed = True
@@ -116,13 +119,15 @@ class ReasoningReplayInterceptor(BaseInterceptor[ReasoningReplayParams]):
                 m["content"] = ([{"type": "text", "text": tag}, *content] if isinstance(content, list)
                                 else tag + content if isinstance(content, str) else tag)
                 changed = True
+            if changed:
+                out[i] = m
             hits += changed
         if p.log_misses and misses:
             log.info("reasoning_replay: request #%s: %d assistant message(s) without remembered reasoning",
                      request_id, misses)
         if hits:
             log.debug("reasoning_replay: request #%s: reasoning put back into %d message(s)", request_id, hits)
-        return hits > 0
+        return out if hits else None
 
 
 class _Remember(AnswerHandler):

@@ -16,7 +16,6 @@ idle for 15 minutes are forgotten.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import time
@@ -122,7 +121,7 @@ class TurnCounterInterceptor(BaseInterceptor[TurnCounterParams]):
         body: Any = ctx.json
         text = self.notice(n)
         if text is not None and isinstance(body, dict) and isinstance(body.get("messages"), list):
-            messages = copy.deepcopy(body["messages"])
+            messages = [*body["messages"]]  # the request's own messages are kept; only the one changed is new
             if p.position == "system_message":
                 messages.append({"role": "system", "content": text})
             else:
@@ -132,18 +131,21 @@ class TurnCounterInterceptor(BaseInterceptor[TurnCounterParams]):
 
 
 def _append_to_last_user(messages: list[Any], text: str) -> None:
-    for m in reversed(messages):
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
         if not isinstance(m, dict) or m.get("role") != "user":
             continue
         content = m.get("content")
         if isinstance(content, str):
-            m["content"] = f"{content}\n\n{text}" if content else text
+            new: Any = f"{content}\n\n{text}" if content else text
         elif isinstance(content, list):
             last = content[-1] if content else None
             if isinstance(last, dict) and last.get("type") == "text":
-                last["text"] = f"{last.get('text', '')}\n\n{text}" if last.get("text") else text
+                joined = f"{last.get('text', '')}\n\n{text}" if last.get("text") else text
+                new = [*content[:-1], {**last, "text": joined}]
             else:
-                content.append({"type": "text", "text": text})
+                new = [*content, {"type": "text", "text": text}]
         else:
-            m["content"] = text
+            new = text
+        messages[i] = {**m, "content": new}
         return
