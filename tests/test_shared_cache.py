@@ -129,7 +129,12 @@ async def test_client_leaving_a_real_server_still_gets_its_answer_stored(tmp_pat
             resp = await s.post(f"{url}/v1/chat/completions", json=body)
             await resp.content.readany()  # the first bytes, then hang up
             resp.close()
-        await asyncio.sleep(1.5)  # the rest of the stream arrives and is stored meanwhile
+        async with aiohttp.ClientSession() as s:  # the rest of the stream arrives and is stored meanwhile
+            for _ in range(300):  # bounded: 30 s
+                async with s.get(f"{url}/health") as h:
+                    if (await h.json())["in_flight"] == 0:
+                        break
+                await asyncio.sleep(0.1)
         async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions", json=body) as again:
             assert again.headers["X-EvalProxy-Cache"] == "hit"
             await again.read()

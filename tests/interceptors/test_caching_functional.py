@@ -144,11 +144,10 @@ class TestNotStored:
             resp = await session.post(proxy.make_url("/v1/chat/completions"), json=chat(stream=True))
             await resp.content.readline()
             resp.close()
-        for _ in range(200):  # bounded: 4 s
-            if sim.streams_finished:
+        for _ in range(400):  # bounded: 8 s; the answer is stored before its request stops being in flight
+            if sim.streams_finished and (await (await proxy.get("/health")).json())["in_flight"] == 0:
                 break
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)
         _, _, h = await post(proxy, chat(stream=True))
         assert h["X-EvalProxy-Cache"] == "hit"
 
