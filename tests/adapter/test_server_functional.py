@@ -336,22 +336,39 @@ class TestNonJsonBodies:
         assert sim.log[-1].path == "/v1/audio/transcriptions" and sim.log[-1].body is None
 
 
-@register_for_adapter(name="breaks_streams", description="Fails while a stream it wraps is read (for tests).")
-class BreaksStreams(BaseInterceptor):
+class StreamWrapper(BaseInterceptor):
+    """A test unit that replaces each stream with :meth:`wrap` of it."""
+
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         resp = await call_next(ctx)
-        inner = resp.stream
-        if inner is None:
-            return resp
-
-        async def wrapped() -> AsyncIterator[Event]:
-            async for event in inner:
-                if event.json and event.json.get("choices") and event.json["choices"][0].get("finish_reason"):
-                    raise RuntimeError("cannot handle the finish")
-                yield event
-
-        resp.stream = wrapped()
+        if resp.stream is not None:
+            resp.stream = self.wrap(resp.stream)
         return resp
+
+    def wrap(self, inner: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+
+async def proxy_with(unit: type[StreamWrapper], tmp_path: Path, upstream: TestServer,
+                     **server: Any) -> TestClient[Any, Any]:
+    """The proxy with ``unit`` (not a built-in: registered for this test) before the endpoint."""
+    registry = Registry.default()
+    registry.add(unit)
+    loaded = make_loaded({"interceptors": [unit.name, "endpoint"], "post_eval_hooks": []}, tmp_path,
+                         str(upstream.make_url("/v1")), **server)
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)),
+                                                         host="127.0.0.1"))
+    await client.start_server()
+    return client
+
+
+@register_for_adapter(name="breaks_streams", description="Fails while a stream it wraps is read (for tests).")
+class BreaksStreams(StreamWrapper):
+    async def wrap(self, inner: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        async for event in inner:
+            if event.json and event.json.get("choices") and event.json["choices"][0].get("finish_reason"):
+                raise RuntimeError("cannot handle the finish")
+            yield event
 
 
 class TestStreamErrorPolicy:
@@ -359,12 +376,7 @@ class TestStreamErrorPolicy:
         self, tmp_path: Path, upstream: TestServer
     ) -> None:
         """The stream ends with an OpenAI error naming the interceptor, and /metrics counts a 500, not a 200."""
-        registry = Registry.default()
-        registry.add(BreaksStreams)
-        loaded = make_loaded({"interceptors": ["breaks_streams", "endpoint"], "post_eval_hooks": []}, tmp_path,
-                             str(upstream.make_url("/v1")))
-        client = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
-        await client.start_server()
+        client = await proxy_with(BreaksStreams, tmp_path, upstream)
         try:
             resp = await client.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "hi"}], "stream": True})
@@ -379,33 +391,20 @@ class TestStreamErrorPolicy:
 
 
 @register_for_adapter(name="slow_reader", description="Pauses after the first event of a stream (for tests).")
-class SlowReader(BaseInterceptor):
-    async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        resp = await call_next(ctx)
-        inner = resp.stream
-        if inner is None:
-            return resp
-
-        async def paused() -> AsyncIterator[Event]:
-            first = True
-            async for event in inner:
-                yield event
-                if first:
-                    first = False
-                    await asyncio.sleep(0.8)  # longer than request_timeout: the proxy, not the upstream, is slow
-        resp.stream = paused()
-        return resp
+class SlowReader(StreamWrapper):
+    async def wrap(self, inner: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        first = True
+        async for event in inner:
+            yield event
+            if first:
+                first = False
+                await asyncio.sleep(0.8)  # longer than request_timeout: the proxy, not the upstream, is slow
 
 
 async def test_a_slow_layer_above_is_not_a_silent_upstream(tmp_path: Path, upstream: TestServer) -> None:
     """request_timeout bounds the upstream's silence only: a layer that takes longer than it between two events of
     an upstream that sent them all at once gets the whole stream, with no timeout error."""
-    registry = Registry.default()
-    registry.add(SlowReader)
-    loaded = make_loaded({"interceptors": ["slow_reader", "endpoint"], "post_eval_hooks": []}, tmp_path,
-                         str(upstream.make_url("/v1")), request_timeout=0.3)
-    client = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
-    await client.start_server()
+    client = await proxy_with(SlowReader, tmp_path, upstream, request_timeout=0.3)
     try:
         resp = await client.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "hi"}], "stream": True})
