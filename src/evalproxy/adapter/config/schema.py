@@ -103,6 +103,26 @@ class ServerConfig(_Strict):
     )
     status_line: Literal["auto", "tty", "log", "off"] = "auto"
     status_interval: float = Field(default=10.0, gt=0)
+    # -- what the proxy accepts (docs/security.md) ----------------------------------------------------------------
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names (beyond the bound address and localhost) a request's Host may name; '*' any, "
+                    "'.example.org' a domain and its subdomains")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port]) allowed to call the proxy, with CORS; '*' any")
+    forward_paths: list[str] = Field(
+        default_factory=list,
+        description="Paths forwarded upstream beyond the OpenAI-compatible ones (glob patterns, e.g. /v2/*)")
+    forward_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST"], description="HTTP methods forwarded upstream")
+    max_json_depth: int = Field(default=100, ge=2, description="Deepest nesting a JSON request body may have")
+    max_answer_bytes: int = Field(
+        default=256 * MiB, ge=1024, description="Largest upstream answer (a JSON body, or a stream in all)")
+    max_sse_line_bytes: int = Field(default=16 * MiB, ge=1024, description="Longest line of an upstream stream")
+    client_header_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a client has to send a request's headers (and to stay idle)")
+    client_body_timeout: float = Field(default=300.0, gt=0, description="Seconds a client has to send a body")
 
     @field_validator("upstream_url")
     @classmethod

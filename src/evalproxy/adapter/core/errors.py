@@ -6,12 +6,20 @@
         ├── BadRequestError           400: body is not JSON, not an object, ...
         ├── PayloadTooLargeError      413: body over max_request_bytes
         ├── UnauthorizedError         401: admin path without the admin token
+        ├── RequestTimeoutError       408: the client did not send its body in time
+        ├── NotForwardedError         404/405: a path or method the proxy does not forward upstream
+        ├── UnsupportedMediaTypeError 415: a body that is not JSON
+        ├── SiteError                 a request from where the proxy does not serve (docs/security.md)
+        │   ├── HostNotAllowedError   421: a Host header that is not this server's (DNS rebinding)
+        │   └── OriginNotAllowedError 403: a browser page of another origin (CSRF)
         ├── InterceptorError          500: an interceptor failed; names it
         ├── UpstreamClientError       500: raise_client_errors: an upstream status that must stop the run
         └── UpstreamError             the model endpoint could not give an answer
             ├── UpstreamUnreachableError  502: connection refused, DNS, reset
             ├── UpstreamTimeoutError      504: no answer within request_timeout
-            └── UpstreamProtocolError     502: the stream broke off mid-answer
+            ├── UpstreamProtocolError     502: the stream broke off mid-answer
+            └── AnswerTooLargeError       502: the answer passed max_answer_bytes (or a stream line
+                                               max_sse_line_bytes); nothing is stored
 
 An upstream that *answers* with 4xx/5xx is not an error here: its answer is passed through with its own status
 (unless ``raise_client_errors`` is configured to stop the run on it).
@@ -83,6 +91,49 @@ class UnauthorizedError(ProxyError):
     code = "invalid_admin_token"
 
 
+class RequestTimeoutError(ProxyError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class NotForwardedError(ProxyError):
+    """A path (404) or method (405) outside what the proxy forwards: the OpenAI-compatible paths, GET and POST, and
+    what ``server.forward_paths`` / ``forward_methods`` add."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "path_not_forwarded"
+
+    def __init__(self, message: str, *, method: bool = False) -> None:
+        super().__init__(message, code="method_not_forwarded" if method else None)
+        if method:
+            self.status = 405
+
+
+class UnsupportedMediaTypeError(ProxyError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class SiteError(ProxyError):
+    """A request refused for where it came from, before anything else is read (docs/security.md)."""
+
+    status = 403
+    type = "permission_error"
+
+
+class HostNotAllowedError(SiteError):
+    status = 421
+    code = "host_not_allowed"
+
+
+class OriginNotAllowedError(SiteError):
+    status = 403
+    code = "origin_not_allowed"
+
+
 class InterceptorError(ProxyError):
     status = 500
     type = "interceptor_error"
@@ -112,6 +163,11 @@ class UpstreamTimeoutError(UpstreamError):
 class UpstreamProtocolError(UpstreamError):
     status = 502
     code = "upstream_protocol_error"
+
+
+class AnswerTooLargeError(UpstreamError):
+    status = 502
+    code = "answer_too_large"
 
 
 class UpstreamClientError(ProxyError):
