@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -14,6 +14,10 @@ from evalproxy.adapter.flow.state import State
 
 if TYPE_CHECKING:
     from evalproxy.adapter.flow.run import RunContext
+
+
+def _never() -> bool:
+    return False
 
 
 class RequestContext:
@@ -27,6 +31,7 @@ class RequestContext:
     __slots__ = (
         "_body",
         "_json",
+        "client_gone",
         "headers",
         "method",
         "path",
@@ -50,6 +55,7 @@ class RequestContext:
         query: str = "",
         run: RunContext | None = None,
         request_id: int = 0,
+        client_gone: Callable[[], bool] = _never,
     ) -> None:
         self.method = method
         self.path = path
@@ -60,6 +66,9 @@ class RequestContext:
         self._body: bytes | None = raw if json is None or raw else None
         self.run = run
         self.request_id = request_id
+        self.client_gone = client_gone
+        """Whether the client has disconnected. An interceptor that waits for something other than the answer it
+        pays for (another request's lease) stops waiting once it says True; the server sets it."""
         self.state = State()
         self.started = time.perf_counter()
         self.received_at = time.time()

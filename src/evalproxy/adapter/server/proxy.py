@@ -329,6 +329,7 @@ class Proxy:
             json=body,
             run=self.run,
             request_id=self.run.next_request_id(),
+            client_gone=lambda: request.transport is None,
         )
 
     async def _send_stream(
