@@ -49,6 +49,8 @@ class Fault:
     generation fails after the 200 went out."""
     body: bytes | None = None
     """Answer 200 with exactly this body (for example, not JSON)."""
+    headers: dict[str, str] | None = None
+    """Extra headers on the ``body`` answer (a hostile upstream's Set-Cookie or CORS headers)."""
     content: str | None = None
     """Answer with this message content instead of the generated one."""
     finish_reason: str = "stop"
@@ -168,7 +170,7 @@ class SimulatedModel:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return _error(fault.status, f"simulated error {fault.status}", headers)
         if fault and fault.body is not None:
-            return web.Response(body=fault.body, content_type="application/json")
+            return web.Response(body=fault.body, content_type="application/json", headers=fault.headers)
         path = request.path.rstrip("/")
         if path.endswith("/chat/completions"):
             return await self._chat(request, body, fault)

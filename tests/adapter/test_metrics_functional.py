@@ -28,7 +28,8 @@ class TestMetrics:
         for _ in range(3):
             assert (await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})).status == 200
         await proxy.post("/v1/embeddings", json={"model": "m", "input": "x"})
-        assert (await proxy.post("/v1/chat/completions", data=b"{oops")).status == 400
+        assert (await proxy.post("/v1/chat/completions", data=b"{oops",
+                                 headers={"Content-Type": "application/json"})).status == 400
         resp = await proxy.get("/metrics")
         assert resp.headers["Content-Type"].startswith("text/plain")
         got = samples(await resp.text())

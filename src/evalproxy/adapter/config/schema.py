@@ -117,6 +117,8 @@ class ServerConfig(_Strict):
     forward_methods: list[str] = Field(
         default_factory=lambda: ["GET", "POST"], description="HTTP methods forwarded upstream")
     max_json_depth: int = Field(default=100, ge=2, description="Deepest nesting a JSON request body may have")
+    max_json_objects: int = Field(
+        default=100_000, ge=100, description="Most JSON objects and arrays one request body may hold")
     max_answer_bytes: int = Field(
         default=256 * MiB, ge=1024, description="Largest upstream answer (a JSON body, or a stream in all)")
     max_sse_line_bytes: int = Field(default=16 * MiB, ge=1024, description="Longest line of an upstream stream")

@@ -53,18 +53,29 @@ class FrozenList(list[Any]):
 
 
 _CONTAINERS = (dict, list)  # a tuple: isinstance with the union ``dict | list`` is twice as slow
+MAX_DEPTH = 500
+"""Nesting past this is refused (well inside Python's recursion limit); the server passes a lower bound."""
 
 
-def freeze(value: Any) -> Any:
-    """``value`` with every dict and list replaced by its frozen twin (scalars are already immutable)."""
+class NestingError(ValueError):
+    """A JSON value nested deeper than :func:`freeze` was allowed to go."""
+
+
+def freeze(value: Any, depth: int = MAX_DEPTH) -> Any:
+    """``value`` with every dict and list replaced by its frozen twin (scalars are already immutable); containers
+    nested more than ``depth`` deep raise :class:`NestingError`."""
     if isinstance(value, dict):
         if type(value) is FrozenDict:
             return value
-        return FrozenDict({k: freeze(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
+        if depth <= 0:
+            raise NestingError(depth)
+        return FrozenDict({k: freeze(v, depth - 1) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
     if isinstance(value, list):
         if type(value) is FrozenList:
             return value
-        return FrozenList([freeze(v) if isinstance(v, _CONTAINERS) else v for v in value])
+        if depth <= 0:
+            raise NestingError(depth)
+        return FrozenList([freeze(v, depth - 1) if isinstance(v, _CONTAINERS) else v for v in value])
     return value
 
 

@@ -3,7 +3,11 @@
     GET  /health                      liveness and a few counters
     GET  /metrics                     Prometheus text
     POST /adapterserver/run-post-hook run the post-eval hooks now (NeMo Evaluator compatible)
-    *    /{anything}                  proxied through the chain (any method)
+    *    /{anything}                  proxied through the chain: the OpenAI-compatible paths, GET and POST, and
+                                      what server.forward_paths / forward_methods add
+
+Every route is behind the site guard (:mod:`evalproxy.adapter.server.guard`): Host, Origin and Content-Type are
+checked before anything else is read.
 """
 
 from __future__ import annotations
@@ -11,7 +15,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from evalproxy.adapter.config.schema import LoadedConfig
+from evalproxy.adapter.core.errors import (
+    HostNotAllowedError,
+    OriginNotAllowedError,
+    ProxyError,
+    UnsupportedMediaTypeError,
+)
 from evalproxy.adapter.registry.registry import Resolved
+from evalproxy.adapter.server.forwarding import OPAQUE_TYPES
+from evalproxy.adapter.server.guard import SitePolicy, install_guard
 from evalproxy.adapter.server.proxy import Proxy
 
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy", Proxy)
@@ -27,9 +39,22 @@ def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id
     proxy = Proxy(loaded, resolved, run_id, handler_cancellation=handler_cancellation)
     app = web.Application(client_max_size=loaded.server.max_request_bytes, handler_args={"max_field_size": 65536})
     app[PROXY] = proxy
+    s = loaded.server
+    install_guard(app, SitePolicy(bind=s.host, allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
+                                  opaque_types=OPAQUE_TYPES, cors_methods=", ".join(s.forward_methods)), refusal)
     app.cleanup_ctx.extend(proxy.cleanup_contexts())
     app.router.add_get("/health", proxy.health)
     app.router.add_get("/metrics", proxy.prometheus_text)
     app.router.add_post("/adapterserver/run-post-hook", proxy.run_post_hook)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
+
+
+_SITE_ERRORS: dict[int, type[ProxyError]] = {
+    421: HostNotAllowedError, 403: OriginNotAllowedError, 415: UnsupportedMediaTypeError}
+
+
+def refusal(status: int, code: str, message: str) -> web.Response:
+    """The guard's refusal as the OpenAI-shaped error the proxy answers everything with."""
+    exc = _SITE_ERRORS.get(status, ProxyError)(message, code=code)
+    return web.Response(status=status, body=exc.to_json(), content_type="application/json")

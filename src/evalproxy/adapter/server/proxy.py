@@ -25,7 +25,12 @@ from multidict import CIMultiDict
 
 from evalproxy.adapter.chain.interceptor import Interceptor, Next, Terminal, build_chain
 from evalproxy.adapter.config.schema import AdapterConfig, LoadedConfig
-from evalproxy.adapter.core.errors import BadRequestError, PayloadTooLargeError, ProxyError, UnauthorizedError
+from evalproxy.adapter.core.errors import (
+    PayloadTooLargeError,
+    ProxyError,
+    RequestTimeoutError,
+    UnauthorizedError,
+)
 from evalproxy.adapter.core.net import is_store_url
 from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.request import RequestContext, request_kind
@@ -33,6 +38,7 @@ from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, EVENTS_AT_HAND, UPSTREAM_SECONDS, WRITE_HELD
 from evalproxy.adapter.registry.registry import Resolved, resolve
+from evalproxy.adapter.server.forwarding import OFF_LOOP_BYTES, Forwarding, outgoing_headers, parse_body
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile, write_effective_config
 from evalproxy.adapter.server.prometheus import CONTENT_TYPE, Prometheus
 from evalproxy.adapter.server.status import Snapshot, StatusReporter
@@ -40,9 +46,6 @@ from evalproxy.adapter.server.status import Snapshot, StatusReporter
 log = logging.getLogger("evalproxy.server")
 
 OVERHEAD_HEADER = "X-EvalProxy-Overhead-Ms"
-# Bodies of these types go upstream untouched and unparsed (audio uploads, images). Every other body must be JSON,
-# whatever its Content-Type says: `curl -d` labels JSON as a form, and some harnesses send none at all.
-_OPAQUE_TYPES = ("multipart/", "audio/", "image/", "video/")
 _ROOT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
                "embeddings": "/v1/embeddings"}
 STATS_WRITE_INTERVAL = 5.0
@@ -99,6 +102,7 @@ class Proxy:
         self.interceptors: list[Interceptor] = []
         self.chain: Next = self._not_started
         self.admin_token = server.admin_token()
+        self.forwarding = Forwarding(server)
         self.answered = 0
         self.errors = 0
         self.in_flight = 0
@@ -285,7 +289,7 @@ class Proxy:
             if resp.stream is not None:
                 out, status = await self._send_stream(request, ctx, resp)
                 return out
-            return web.Response(status=resp.status, headers=resp.headers, body=resp.body)
+            return web.Response(status=resp.status, headers=outgoing_headers(resp.headers), body=resp.body)
         finally:
             self.in_flight -= 1
             self.answered += 1
@@ -293,6 +297,11 @@ class Proxy:
                 self.errors += 1
             self.prometheus.in_flight.dec()
             self._observe(request, ctx, status)
+            if ctx is not None and len(ctx.raw) > OFF_LOOP_BYTES:
+                # Freeing a body of millions of objects takes as long as parsing it: in a thread, as that was.
+                last = [ctx]
+                del ctx
+                await asyncio.to_thread(last.clear)
 
     def _path(self, request: web.Request) -> str:
         """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""
@@ -301,28 +310,26 @@ class Proxy:
         return request.path
 
     async def _context(self, request: web.Request) -> RequestContext:
+        path = self._path(request)
+        self.forwarding.check(request.method, request.raw_path, path)
+        server = self.run.server
         try:
-            raw = await request.read()
+            async with asyncio.timeout(server.client_body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLargeError(
-                f"request body is larger than max_request_bytes ({self.run.server.max_request_bytes} bytes)"
+                f"request body is larger than max_request_bytes ({server.max_request_bytes} bytes)"
             ) from exc
-        body: dict[str, Any] | None = None
-        if request.method in ("POST", "PUT", "PATCH") and not request.content_type.startswith(_OPAQUE_TYPES):
-            if not raw.strip():
-                raise BadRequestError("request body is empty; expected a JSON object")
-            try:
-                parsed = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequestError(f"request body is not valid JSON: {exc}") from exc
-            if not isinstance(parsed, dict):
-                raise BadRequestError(
-                    f"request body must be a JSON object, not {type(parsed).__name__}", code="invalid_body"
-                )
-            body = parsed
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"the request body did not arrive within client_body_timeout ({server.client_body_timeout:g} s)"
+            ) from None
+        body = None
+        if request.method in ("POST", "PUT", "PATCH") and not self.forwarding.is_opaque(request):
+            body = await parse_body(raw, server.max_json_depth, server.max_json_objects)
         return RequestContext(
             method=request.method,
-            path=self._path(request),
+            path=path,
             query=request.rel_url.raw_query_string,
             headers=CIMultiDict(request.headers),
             raw=raw,
@@ -341,7 +348,7 @@ class Proxy:
         with an OpenAI-shaped error event and counts the request with the error's status, not the 200 already sent.
         """
         assert resp.stream is not None
-        out = web.StreamResponse(status=resp.status, headers=resp.headers)
+        out = web.StreamResponse(status=resp.status, headers=outgoing_headers(resp.headers))
         status = resp.status
         sink = _ClientStream(out)
         first = True
