@@ -89,6 +89,8 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "request_timeout": args.request_timeout,
         "max_retries": args.max_retries,
         "max_concurrent_requests": args.max_concurrent_requests,
+        "allowed_hosts": args.allowed_host,
+        "allowed_origins": args.allowed_origin,
     }
 
 
@@ -106,6 +108,11 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
     p.add_argument("--api-key-name", help="name of the env var holding the upstream API key")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", "-p", type=int, default=default_port, help="port (0 picks a free one)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a Host name clients may reach the proxy by, beyond its address and localhost (repeatable; "
+                   "'.example.org' for a domain; see docs/security.md)")
+    p.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
+                   help="a web page origin (http://host:port) allowed to call the proxy, with CORS (repeatable)")
     p.add_argument("--output-dir", "-o", help="where cache, statistics and reports go")
     p.add_argument("--request-timeout", type=float, help="seconds to wait for an upstream answer")
     p.add_argument("--max-retries", type=int, help="retries on 429/5xx/connection errors")

@@ -247,3 +247,19 @@ def test_policy_ignores_ports_and_checks_names() -> None:
     assert not local.host_allowed("10.1.2.3:3825") and not local.host_allowed("127.0.0.1.evil.example")
     wide = SitePolicy(bind="0.0.0.0")
     assert wide.host_allowed("10.1.2.3:3825") and not wide.host_allowed("evil.example")
+
+
+class TestSlowClients:
+    async def test_trickled_headers_are_cut_off(self, tmp_path: Any, upstream: Any) -> None:
+        """On a real socket, a client that never finishes its headers is disconnected after client_header_timeout."""
+        from evalproxy.adapter.server.running import RunningProxy
+        from tests.conftest import make_loaded
+
+        loaded = make_loaded(None, tmp_path, str(upstream.make_url("/v1")), port=0, client_header_timeout=0.3)
+        async with RunningProxy(loaded) as running:
+            port = int(running.url.rsplit(":", 1)[1])
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the proxy, nothing answered
+            writer.close()

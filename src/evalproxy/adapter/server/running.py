@@ -59,9 +59,11 @@ class RunningProxy:
                 response.headers[WORKER_HEADER] = tag
 
             self.app.on_response_prepare.append(say_worker)
+        # keepalive_timeout also bounds a connection that never completes its request's headers (aiohttp closes a
+        # connection idle past it from the moment it opens), so a client trickling headers is let go.
         self.runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout,
-            handler_cancellation=cancellation,
+            handler_cancellation=cancellation, keepalive_timeout=loaded.server.client_header_timeout,
         )
         self.url = ""
 
