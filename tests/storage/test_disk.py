@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from evalproxy.adapter.flow.sse import DONE_EVENT, make_event
-from evalproxy.storage.base import MAX_FAILURES, Failure, SavedPair, StoredAnswer, answer_key, cache_key
+from evalproxy.storage.base import HOST, MAX_FAILURES, Failure, SavedPair, StoredAnswer, answer_key, cache_key
 from evalproxy.storage.disk import CacheStore, StoreWorker
 
 
@@ -170,6 +172,58 @@ class TestCacheStore:
         got = [(p.run_id, p.request_id) for p in s.saved_pairs(with_responses=False)]
         s.close()
         assert got == [("20260101T000000-a", 9), ("20260101T000000-a", 10), ("20260102T000000-b", 1)]
+
+
+
+def plant_lease(store: CacheStore, key: str, row: tuple[Any, ...]) -> None:
+    """Write a lease row by hand, as a crashed or foreign writer could leave it."""
+    with store.slots.transaction():
+        store.slots.db.execute("INSERT OR REPLACE INTO evalproxy_leases VALUES (?, 0, ?, ?, ?, ?)", (key, *row))
+
+
+class TestLeaseDeadline:
+    """A lease row expires by the store's clock unless its holder renews it (finding 1 of issue 18)."""
+
+    pytestmark = pytest.mark.timeout(20)
+
+    def test_a_live_holder_that_never_renews_loses_its_lease(self, tmp_path: Path) -> None:
+        """A lease of a running process that does not renew it is taken over once its deadline passes."""
+        a, b = CacheStore(tmp_path, lease_seconds=0.3), CacheStore(tmp_path, lease_seconds=0.3)
+        assert a.claim("k", "run", sampled=False, reuse=True, owner="a").leased
+        assert not b.acquire("k", 0, "b").leased
+        for _ in range(500):  # bounded: 10 s
+            if b.acquire("k", 0, "b").leased:
+                break
+            time.sleep(0.02)
+        else:
+            raise AssertionError("the lease never expired")
+        a.close()
+        b.close()
+
+    def test_renewal_moves_the_deadline(self, tmp_path: Path) -> None:
+        """renew moves the holder's deadline forward; release still drops the renewed row."""
+        s = CacheStore(tmp_path, lease_seconds=5)
+        assert s.claim("k", "run", sampled=False, reuse=True, owner="a").leased
+        query = "SELECT expires FROM evalproxy_leases WHERE key='k'"
+        (first,) = s.slots.db.execute(query).fetchone()
+        time.sleep(0.01)
+        s.renew([("k", 0)], "a")
+        assert s.slots.db.execute(query).fetchone()[0] > first
+        s.finish("k", 0, "a", None, None)
+        assert s.slots.db.execute(query).fetchone() is None
+        s.close()
+
+    @pytest.mark.parametrize("row", [
+        ("x", HOST, os.getpid(), 1e18),  # a deadline no holder sets: far beyond one lease
+        ("x", "elsewhere", 1, None),  # no deadline at all
+        ("x", HOST, "not a pid", "soon"),  # unreadable
+    ])
+    def test_a_planted_lease_row_does_not_hold(self, tmp_path: Path, row: tuple[Any, ...]) -> None:
+        """A lease row without a believable deadline (planted, or left by a foreign writer) is taken over."""
+        s = CacheStore(tmp_path)
+        plant_lease(s, "k", row)
+        assert s.acquire("k", 0, "b").leased
+        s.close()
 
 
 class TestStoreWorker:

@@ -128,6 +128,64 @@ class TestSlots:
         assert c.leased and c.answer is None
 
 
+
+async def store_ms(store: RedisStore) -> int:
+    """The store's own clock (Redis TIME), in milliseconds."""
+    seconds, micros = await store.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class TestLeaseDeadline:
+    """A lease expires by the store's clock even when its key has no TTL (finding 1 of issue 18)."""
+
+    pytestmark = pytest.mark.timeout(20)
+
+    async def test_lease_without_ttl_or_deadline_is_taken_over(self, store: RedisStore) -> None:
+        """A lease key planted with no TTL and no deadline in its value (another host's holder) is taken over."""
+        await store.redis.set(store._lease("k", 0), "someone|elsewhere|1")
+        assert await store.redis.pttl(store._lease("k", 0)) == -1
+        assert (await store.acquire("k", 0, owner="b")).leased
+
+    async def test_lease_without_ttl_expires_at_its_deadline(self, store: RedisStore) -> None:
+        """A lease key with no TTL holds until the deadline in its value passes by the store's clock, then the
+        next caller takes it over."""
+        store.lease_seconds = 1.0
+        lease = store._lease("k", 0)
+        await store.redis.set(lease, f"{await store_ms(store) + 800}|someone|elsewhere|1")
+        assert not (await store.acquire("k", 0, owner="b")).leased
+        for _ in range(400):  # bounded: 20 s
+            if (claim := await store.acquire("k", 0, owner="b")).leased:
+                break
+            await asyncio.sleep(0.05)
+        assert claim.leased and await store.redis.pttl(lease) > 0
+
+    async def test_deadline_beyond_one_lease_is_taken_over(self, store: RedisStore) -> None:
+        """A deadline further ahead than one lease (no holder sets one) is not believed: the lease is taken."""
+        await store.redis.set(store._lease("k", 0), f"{await store_ms(store) + 10**9}|someone|elsewhere|1")
+        assert (await store.acquire("k", 0, owner="b")).leased
+
+    async def test_old_style_lease_with_ttl_holds_until_it_expires(self, store: RedisStore) -> None:
+        """A lease without a deadline in its value but with a TTL (an older proxy's) holds while the TTL runs."""
+        await store.redis.set(store._lease("k", 0), "someone|elsewhere|1", px=20_000)
+        assert not (await store.acquire("k", 0, owner="b")).leased
+
+    async def test_renewal_moves_the_deadline_and_release_still_works(self, store: RedisStore) -> None:
+        """renew moves the deadline in the lease value (and its TTL); finish releases the renewed lease."""
+        store.lease_seconds = 1.0
+        assert (await store.claim("k", "r", sampled=False, reuse=True, owner="a")).leased
+        lease = store._lease("k", 0)
+        first = int((await store.redis.get(lease)).split(b"|")[0])
+        for _ in range(200):  # bounded: 2 s; the store's clock moves on before the renewal
+            if await store_ms(store) > first - 990:
+                break
+            await asyncio.sleep(0.01)
+        await store.renew([("k", 0)], owner="a")
+        assert int((await store.redis.get(lease)).split(b"|")[0]) > first
+        assert not (await store.acquire("k", 0, owner="b")).leased
+        await store.finish("k", 0, owner="a", answer=None, pair=None)
+        assert await store.redis.exists(lease) == 0
+
+
 class TestRecords:
     async def test_pairs_come_back_in_arrival_order_across_processes(self, redis_server: RedisServer) -> None:
         """Pairs saved by two stores (two proxies of one run, same request ids) all come back, by arrival time."""

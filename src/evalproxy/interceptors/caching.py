@@ -16,6 +16,13 @@ deterministic request shares slot 0 however often it repeats, and identical requ
 upstream call. ``repeats: sample`` or ``reuse`` forces either behaviour. A sampled request that got no stored answer
 (an upstream error, a broken stream, a client that gave up) hands its slot back, so the harness's retry fills it.
 
+Waits are bounded. A slot another process fills is leased until a deadline by the store's clock
+(``lease_seconds``), which its holder moves forward while it works; a lease whose holder died, hangs, or that was
+left without an expiry is taken over once its deadline passed, and the waiter asks upstream itself. A request
+waiting for another request's answer (in this process or another) stops waiting when its client disconnects: it
+ends with a 499 (``client_closed_request``) and pays for nothing. A request that holds a lease finishes its answer
+and stores it even when its client left.
+
 As in NeMo Evaluator, ``reuse_cached_responses: true`` implies ``save_responses: true`` and no
 ``max_saved_responses`` cap: a cache that is read must be written.
 
@@ -60,7 +67,7 @@ log = logging.getLogger("evalproxy.caching")
 
 CACHE_HEADER = "X-EvalProxy-Cache"
 WAIT_POLL_SECONDS = 0.05
-"""How often a request waiting for a slot another process fills looks again."""
+"""How often a request waiting for a slot another request fills looks again (and whether its client is still there)."""
 _PLURAL = {"hit": "hits", "miss": "misses", "write": "writes"}
 T = TypeVar("T")
 
@@ -73,7 +80,24 @@ def is_deterministic(body: dict[str, Any]) -> bool:
     return isinstance(t, int | float) and not isinstance(t, bool) and t == 0
 
 
+class ClientGoneError(ProxyError):
+    """The client disconnected while its request waited for another request's answer: the wait ends, nothing is paid
+    for. (Nobody reads the answer; it is counted and logged like any error.)"""
+
+    status = 499
+    type = "client_gone"
+    code = "client_closed_request"
+
+
 class CachingParams(Params):
+    """The caching interceptor's settings (NeMo Evaluator's, plus ``cache_url``, ``repeats`` and ``lease_seconds``).
+
+    ``lease_seconds``: how long the lease on a slot being filled lives without renewal, by the store's clock (a
+    holder renews it every third of that while it works). A request waiting for a slot whose holder died or hangs
+    asks upstream itself once that time has passed. Every proxy sharing a store must use the same value (a lease
+    whose deadline lies further ahead than one lease is not believed); the default suits every run, tests shorten it.
+    """
+
     nemo_fields = frozenset({"bypass"})  # NeMo Evaluator 0.3+: no effect here
     cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
     cache_url: str | None = Field(default=None, description="A shared store in place of cache_dir: redis://, "
@@ -84,6 +108,8 @@ class CachingParams(Params):
     max_saved_requests: int | None = Field(default=None, ge=0)
     max_saved_responses: int | None = Field(default=None, ge=0)
     repeats: Literal["auto", "sample", "reuse"] = "auto"
+    lease_seconds: float = Field(default=LEASE_SECONDS, gt=0, le=3600,
+                                 description="How long a slot's lease lives without renewal, by the store's clock")
 
     @field_validator("cache_url")
     @classmethod
@@ -120,6 +146,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         self._store_down = False
         try:
             self.store = open_store(self.where)
+            self.store.lease_seconds = params.lease_seconds
         except (OSError, sqlite3.Error) as exc:
             self._failed("read", exc)
             self.store = None
@@ -216,7 +243,9 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         if reuse and not sampled:
             shared = self._filling.get((key, 0))
             if shared is not None:  # the same request is being answered right now: share its answer
-                stored = await asyncio.shield(shared)
+                if not await _done_unless_gone(ctx, shared):
+                    raise self._client_gone()
+                stored = shared.result()
                 if stored is not None:
                     self.counts["shared"] += 1
                     ctx.state[CACHE_SLOT] = 0
@@ -225,7 +254,10 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                                                        owner=self.owner))
         if not ok or claim is None:
             return await self._without_store(ctx, call_next)
-        claim = await self._wait_for_slot(key, claim)
+        waited = await self._wait_for_slot(ctx, key, claim)
+        if waited is None:
+            raise self._client_gone()
+        claim = waited
         ctx.state[CACHE_SLOT] = claim.slot
         if claim.answer is not None:
             return self._hit(ctx, claim.answer)
@@ -242,18 +274,30 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             self.run.prometheus.answers_not_stored.inc()
         return resp
 
-    async def _wait_for_slot(self, key: str, claim: Claim) -> Claim:
-        """Wait while another request (here or in another process) fills the slot; then its answer or the lease."""
+    def _client_gone(self) -> ClientGoneError:
+        self.counts["client_gone"] += 1
+        return ClientGoneError("the client disconnected while its request waited for another request's answer")
+
+    async def _wait_for_slot(self, ctx: RequestContext, key: str, claim: Claim) -> Claim | None:
+        """Wait while another request (here or in another process) fills the slot; then its answer or the lease,
+        or None once the client disconnected (the slot is left to its holder).
+
+        Bounded: a local filler ends with its upstream call; another process's lease ends at its deadline by the
+        store's clock unless its holder renews it, and the store hands an expired lease to the next look."""
         assert self.store is not None
         while claim.answer is None and not claim.leased:
             local = self._filling.get((key, claim.slot))
             if local is not None:
-                stored = await asyncio.shield(local)
+                if not await _done_unless_gone(ctx, local):
+                    return None
+                stored = local.result()
                 if stored is not None:
                     self.counts["shared"] += 1
                     return Claim(claim.slot, stored)
             else:
                 await asyncio.sleep(WAIT_POLL_SECONDS)
+            if ctx.client_gone():  # before looking again: a look may lease the slot, and then it must be paid
+                return None
             ok, again = await self._io("read", self.store.acquire(key, claim.slot, owner=self.owner))
             if not ok or again is None:
                 return Claim(claim.slot)
@@ -294,7 +338,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
     async def _renew(self) -> None:
         """Keep the leases of slots this interceptor is filling alive (a long stream outlives one lease)."""
         while self._filling:
-            await asyncio.sleep(LEASE_SECONDS / 3)
+            await asyncio.sleep(self.params.lease_seconds / 3)
             if self.store is not None and self._filling:
                 await self._io("write", self.store.renew(list(self._filling), owner=self.owner))
 
@@ -415,6 +459,15 @@ class _Fill(AnswerHandler):
             await self.give_back(exc.status, f"stream broke off: {exc.message}")
         else:  # cancelled or closed before the end: the answer never completed
             await self.give_back(None, None)
+
+
+async def _done_unless_gone(ctx: RequestContext, fut: asyncio.Future[Any]) -> bool:
+    """Wait for another request's ``fut`` (never cancelling it); False as soon as this request's client is gone."""
+    while not fut.done():
+        if ctx.client_gone():
+            return False
+        await asyncio.wait((fut,), timeout=WAIT_POLL_SECONDS)
+    return True
 
 
 def replay(stored: StoredAnswer) -> ProxyResponse:

@@ -6,7 +6,9 @@ A store keeps, for a cache shared by any number of runs and processes:
   each encoded with a checksum so a damaged entry is never served;
 * pass@k slot counters per (run, key), claimed atomically, and the slots handed back by failed samples;
 * leases: who is filling a slot right now, so identical requests in flight share one upstream call and another
-  process waits instead of paying twice (a lease whose holder died expires);
+  process waits instead of paying twice. A lease carries its deadline, by the store's own clock (the Redis server's
+  ``TIME``, the disk store's machine), and a lease past it is taken over, whether its holder died, hangs, or its
+  entry was planted without any expiry; holders renew theirs every third of the lease while they work;
 * saved request/response pairs in arrival order, and a bounded list of failures, for reports.
 
 Backends: :mod:`evalproxy.storage.disk` (diskcache under the run's output dir, the default; safe for several processes
@@ -32,7 +34,8 @@ from evalproxy.adapter.flow.sse import assemble_stream
 MAGIC = b"EPA1"
 MAX_FAILURES = 1000
 LEASE_SECONDS = 30.0
-"""How long a lease lives without renewal; holders renew theirs every third of it while they work."""
+"""How long a lease lives without renewal (the default of a store's ``lease_seconds``); holders renew theirs every
+third of it while they work. A lease whose deadline lies further ahead than one lease is not believed."""
 
 
 HOST = socket.gethostname()
@@ -206,6 +209,9 @@ class Store(Protocol):
     """The interface of every backend. ``owner`` identifies one caching interceptor (one process's claim holder)."""
 
     location: str
+    lease_seconds: float
+    """How long a lease lives without renewal, by the store's clock (LEASE_SECONDS unless set, before the first claim;
+    every process sharing a store should use one value)."""
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
         """Map this request to its slot (the run's next free one for a sampled request, else 0), then look the slot

@@ -79,12 +79,14 @@ class SlotTable:
     ``responses.transact()``) commits claims, answers and released leases together, in one commit, and the write
     lock of that transaction makes a claim atomic across processes sharing the directory. (diskcache keeps its
     SQLite connection per thread behind ``Cache._con``; these tables are ours, beside its own ``Cache`` table.)
-    A lease row says who fills a slot until when; it holds while it has not expired and, on this host, its process
-    is alive.
+    A lease row says who fills a slot until when (``expires``, by this machine's clock, the store's own); it holds
+    while that deadline has not passed, lies at most one lease ahead (no holder sets a later one) and, on this host,
+    its process is alive. A row without a readable deadline, or whose holder never renews it, is taken over.
     """
 
-    def __init__(self, cache: diskcache.Cache) -> None:
+    def __init__(self, cache: diskcache.Cache, lease_seconds: float = LEASE_SECONDS) -> None:
         self.cache = cache
+        self.lease_seconds = lease_seconds
         for statement in (
             "CREATE TABLE IF NOT EXISTS evalproxy_counters (run TEXT, key TEXT, next INTEGER, free TEXT,"
             " PRIMARY KEY (run, key)) WITHOUT ROWID",
@@ -133,14 +135,15 @@ class SlotTable:
     def lease(self, key: str, slot: int, owner: str) -> bool:
         """Take the slot's lease for ``owner``; False while another holder's lease is live (a lease of ``owner``
         itself is live too: a sibling request of the same process fills the slot)."""
-        row = (key, slot, owner, HOST, os.getpid(), now() + LEASE_SECONDS)
+        t = now()
+        row = (key, slot, owner, HOST, os.getpid(), t + self.lease_seconds)
         # The common case, nobody holds it, is one statement: atomic by itself, no transaction of its own needed.
         if self.db.execute("INSERT OR IGNORE INTO evalproxy_leases VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1:
             return True
         with self.transaction():
             held = self.db.execute("SELECT host, pid, expires FROM evalproxy_leases WHERE key=? AND slot=?",
                                    (key, slot)).fetchone()
-            if held is not None and _live(*held):
+            if held is not None and _live(held[0], held[1], held[2], t, self.lease_seconds):
                 return False
             self.db.execute("INSERT OR REPLACE INTO evalproxy_leases VALUES (?, ?, ?, ?, ?, ?)", row)
             return True
@@ -153,7 +156,7 @@ class SlotTable:
         with self.transaction():
             t = now()
             self.db.executemany("UPDATE evalproxy_leases SET expires=? WHERE key=? AND slot=? AND owner=?",
-                                [(t + LEASE_SECONDS, key, slot, owner) for key, slot in slots])
+                                [(t + self.lease_seconds, key, slot, owner) for key, slot in slots])
             self.db.execute("DELETE FROM evalproxy_leases WHERE expires < ?", (t,))
 
     def clear(self) -> None:
@@ -162,9 +165,12 @@ class SlotTable:
             self.db.execute("DELETE FROM evalproxy_leases")
 
 
-def _live(host: str, pid: int, expires: float) -> bool:
-    """Whether a lease still holds: not expired, and its process (when on this host) still alive."""
-    if expires < now():
+def _live(host: Any, pid: Any, expires: Any, t: float, lease_seconds: float) -> bool:
+    """Whether a lease row still holds at time ``t``: a deadline that has not passed and lies at most one lease
+    ahead, and a process (when on this host) still alive. A row it cannot read (planted, foreign) does not hold."""
+    if not isinstance(expires, int | float) or not isinstance(pid, int) or not isinstance(host, str):
+        return False
+    if not t <= expires <= t + lease_seconds:
         return False
     return not holder_gone(host, pid)
 
@@ -172,13 +178,13 @@ def _live(host: str, pid: int, expires: float) -> bool:
 class CacheStore:
     """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`)."""
 
-    def __init__(self, cache_dir: str | Path) -> None:
+    def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
         self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
         self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
-        self.slots = SlotTable(self.responses)
+        self.slots = SlotTable(self.responses, lease_seconds)
         self._inline_limit: int = self.responses.disk_min_file_size
         self._n_failures = len(self.failures_db)
 
@@ -443,10 +449,18 @@ def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None
 class DiskStore:
     """The :class:`~evalproxy.storage.base.Store` interface over a cache directory."""
 
-    def __init__(self, cache_dir: str | Path) -> None:
-        self.sync = CacheStore(cache_dir)
+    def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.sync = CacheStore(cache_dir, lease_seconds)
         self.location = str(self.sync.dir)
         self._worker = StoreWorker(self.sync)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.sync.slots.lease_seconds
+
+    @lease_seconds.setter
+    def lease_seconds(self, value: float) -> None:
+        self.sync.slots.lease_seconds = value
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
         return await self._worker.call(self.sync.claim, key, run_id, sampled, reuse, owner)

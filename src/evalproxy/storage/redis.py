@@ -7,7 +7,8 @@ server) and ``timeout`` (seconds, default 2: bounds every store call, connecting
 Layout, every key under the prefix ``P``::
 
     P answers               hash  "<key>:<slot>" -> an encoded answer (the same bytes and checksum as on disk)
-    P lease:<key>:<slot>    string "<owner>|<host>|<pid>", SET NX PX: who fills that slot now, until it expires
+    P lease:<key>:<slot>    string "<deadline>|<owner>|<host>|<pid>", SET NX PX: who fills that slot now, until
+                            <deadline> (ms by the server's clock, TIME); the key's TTL is only a backstop
     P next:<run>:<key>      string counter: the run's next new pass@k slot of a key
     P free:<run>:<key>      sorted set of slots handed back by failed samples (the lowest is taken first)
     P pairs / P pair        sorted set by arrival time (wall clock) / hash member -> saved pair (JSON)
@@ -15,8 +16,13 @@ Layout, every key under the prefix ``P``::
 
 A claim is one Lua script (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
 the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
-are one script each, so a miss costs two round trips and a hit one. A lease lives LEASE_SECONDS unless renewed;
-on this host, a lease whose process died is taken over at once, as the disk store does. After a failed call (server
+are one script each, so a miss costs two round trips and a hit one. A lease lives ``lease_seconds`` (default
+LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` and keep the lease's deadline in
+its value, so a lease key that lost its TTL or never had one (a crashed writer, a hand-made ``SET``) still expires.
+A claim takes over a lease past its deadline, one whose value has no deadline and whose key has no TTL, and one
+whose deadline lies further ahead than one lease (no holder sets that); a value without a deadline but with a TTL
+(a proxy of an older version) holds until its TTL runs out. Every proxy sharing a server must use one lease length.
+On this host, a lease whose process died is taken over at once, as the disk store does. After a failed call (server
 down, timeout) the store refuses calls for a short while without touching the network, so a dead server costs
 requests nothing; the connection pool reconnects by itself.
 
@@ -68,10 +74,31 @@ DEFAULT_TIMEOUT = 2.0
 RETRY_AFTER = 1.0
 """After a failed call, seconds during which calls fail at once; the next call after it tries the server again."""
 
-# KEYS: answers, lease base ("P lease:<key>"), next, free. ARGV: key, lease value, lease ms, slot ("next": the
-# run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns {slot, code, payload}:
-# code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the holder).
-_CLAIM = """
+# Lua shared by the lease scripts: the server's clock in ms, a lease value for a holder, and who holds a lease.
+_LEASE_LUA = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function lease_value(deadline, holder)
+  return string.format('%.0f', deadline) .. '|' .. holder
+end
+-- (deadline or nil, holder) of a lease value "<deadline ms>|<holder>"; a value without a deadline is all holder
+local function parse_lease(v)
+  if not v then return nil, nil end
+  local sep = string.find(v, '|', 1, true)
+  local deadline = sep and tonumber(string.sub(v, 1, sep - 1))
+  if deadline then return deadline, string.sub(v, sep + 1) end
+  return nil, v
+end
+"""
+
+# KEYS: answers, lease base ("P lease:<key>"), next, free. ARGV: key, holder ("<owner>|<host>|<pid>"), lease ms,
+# slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
+# {slot, code, payload}: code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease
+# value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a deadline
+# further ahead than one lease is taken over.
+_CLAIM = _LEASE_LUA + """
 local slot
 if ARGV[4] == 'next' then
   local free = redis.call('ZPOPMIN', KEYS[4])
@@ -83,32 +110,44 @@ if ARGV[5] ~= '1' then return {slot, 1, ''} end
 local answer = redis.call('HGET', KEYS[1], ARGV[1] .. ':' .. slot)
 if answer then return {slot, 0, answer} end
 local lease = KEYS[2] .. ':' .. slot
-if redis.call('SET', lease, ARGV[2], 'NX', 'PX', ARGV[3]) then return {slot, 1, ''} end
-local holder = redis.call('GET', lease)
-if holder and ARGV[6] ~= '' and holder == ARGV[6] then
-  redis.call('SET', lease, ARGV[2], 'PX', ARGV[3])
-  return {slot, 1, ''}
+local now, span = now_ms(), tonumber(ARGV[3])
+local value = lease_value(now + span, ARGV[2])
+if redis.call('SET', lease, value, 'NX', 'PX', ARGV[3]) then return {slot, 1, ''} end
+local held = redis.call('GET', lease)
+if held then
+  local deadline = parse_lease(held)
+  if not deadline then
+    local ttl = redis.call('PTTL', lease)
+    if ttl > 0 then deadline = now + ttl end
+  end
+  if not deadline or deadline <= now or deadline > now + span or (ARGV[6] ~= '' and held == ARGV[6]) then
+    redis.call('SET', lease, value, 'PX', ARGV[3])
+    return {slot, 1, ''}
+  end
 end
-return {slot, 2, holder or ''}
+return {slot, 2, held or ''}
 """
 
-# KEYS: answers, lease, pairs, pair, free. ARGV: answer field, answer ("" none), lease value, pair member ("" none),
+# KEYS: answers, lease, pairs, pair, free. ARGV: answer field, answer ("" none), holder, pair member ("" none),
 # pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
-_SETTLE = """
+_SETTLE = _LEASE_LUA + """
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
   redis.call('HSET', KEYS[4], ARGV[4], ARGV[6])
 end
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+local _, holder = parse_lease(redis.call('GET', KEYS[2]))
+if holder == ARGV[3] then redis.call('DEL', KEYS[2]) end
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[7]) end
 return 1
 """
 
-# KEYS: lease keys. ARGV: lease value, ms.
-_RENEW = """
+# KEYS: lease keys. ARGV: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
+_RENEW = _LEASE_LUA + """
+local value = lease_value(now_ms() + tonumber(ARGV[2]), ARGV[1])
 for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
+  local _, holder = parse_lease(redis.call('GET', k))
+  if holder == ARGV[1] then redis.call('SET', k, value, 'PX', ARGV[2]) end
 end
 return 1
 """
@@ -137,7 +176,7 @@ def parse_location(url: str) -> tuple[str, str, float]:
 
 
 def _pid_dead(holder: str) -> bool:
-    """Whether a lease value names a process on this host that is gone."""
+    """Whether a lease value ("[<deadline>|]<owner>|<host>|<pid>") names a process on this host that is gone."""
     try:
         _, host, pid = holder.rsplit("|", 2)
         return holder_gone(host, int(pid))
@@ -149,8 +188,9 @@ class RedisStore:
     """The :class:`~evalproxy.storage.base.Store` interface over a Redis or Valkey server."""
 
     def __init__(self, url: str, *, prefix: str | None = None, timeout: float | None = None,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, lease_seconds: float = LEASE_SECONDS) -> None:
         client_url, url_prefix, url_timeout = parse_location(url)
+        self.lease_seconds = lease_seconds
         self.location = redact_url(url) or url
         self.prefix = prefix if prefix is not None else url_prefix
         self.timeout = timeout if timeout is not None else url_timeout
@@ -192,7 +232,12 @@ class RedisStore:
             raise StoreUnavailableError(f"the store at {self.location} {what}") from exc
 
     def _lease_value(self, owner: str) -> str:
+        """The holder part of ``owner``'s lease values (the scripts put the deadline in front)."""
         return f"{owner}|{HOST}|{os.getpid()}"
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease_seconds * 1000))
 
     def _lease(self, key: str, slot: int) -> str:
         return f"{self.prefix}lease:{key}:{slot}"
@@ -210,7 +255,7 @@ class RedisStore:
         """The claim script: ``slot`` None takes the run's next slot of ``key``."""
         p = self.prefix
         keys = [self.k_answers, f"{p}lease:{key}", f"{p}next:{run_id}:{key}", f"{p}free:{run_id}:{key}"]
-        args = [key, self._lease_value(owner), int(LEASE_SECONDS * 1000), "next" if slot is None else slot,
+        args = [key, self._lease_value(owner), self._lease_ms, "next" if slot is None else slot,
                 "1" if reuse else "", stale]
         got, code, payload = await self._call(self._claim(keys=keys, args=args))
         return int(got), int(code), payload
@@ -257,7 +302,7 @@ class RedisStore:
     async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
         if slots:
             await self._call(self._renew(keys=[self._lease(k, s) for k, s in slots],
-                                         args=[self._lease_value(owner), int(LEASE_SECONDS * 1000)]))
+                                         args=[self._lease_value(owner), self._lease_ms]))
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
     def _pair_record(self, pair: SavedPair) -> tuple[str, float, bytes]:
