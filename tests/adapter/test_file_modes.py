@@ -32,7 +32,7 @@ urllib.request.urlopen(req, timeout=10).read()
 async def _evalproxy(*args: str, umask: int) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "evalproxy", *args, umask=umask,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
