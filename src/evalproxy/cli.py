@@ -389,6 +389,10 @@ def _stored_bodies(cache_dir: Path) -> list[dict[str, Any]]:
     store = CacheStore(cache_dir)
     try:
         pairs = store.saved_pairs(with_responses=False)
+    except (TypeError, ValueError) as exc:  # a record the store cannot make a pair of
+        log.warning("the saved requests in %s cannot be read (%s: %s): none are used", cache_dir,
+                    type(exc).__name__, exc)
+        return []
     finally:
         store.close()
     bodies = []

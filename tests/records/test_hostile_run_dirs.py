@@ -181,3 +181,19 @@ class TestDeepAndHugeValues:
                 "report": ("report", run)}[command]
         done = cli(*args)
         assert "Traceback" not in done.stderr, done.stderr
+
+
+class TestBadStoreRecords:
+    @pytest.mark.parametrize("record", [b'{"run_id": "0"}', b"[1, 2]"])
+    def test_cache_explain_on_a_record_that_is_no_pair(self, tmp_path: Path, record: bytes) -> None:
+        """cache explain on a store holding a record that is not a saved pair says so, without a traceback."""
+        run = make_run_dir(tmp_path / "run", {})
+        store = CacheStore(run / "cache")
+        try:
+            store.requests.set("0/0000000001", record)
+        finally:
+            store.close()
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps({"model": "m", "messages": [{"role": "user", "content": "q2"}]}))
+        done = cli("cache", "explain", run, request)
+        assert "Traceback" not in done.stderr and "cannot be read" in done.stderr

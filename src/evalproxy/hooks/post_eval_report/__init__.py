@@ -130,6 +130,7 @@ async def read_store(adapter: AdapterConfig, output_dir: Path, size: int) -> Sto
         out.saved_pairs, out.failure_count = int(stats["saved_requests"]), int(stats["failures"])
     except Exception as exc:  # a server that is down, or a password the effective config shows redacted
         out.note = f"the store at {redact_url(str(location))} could not be read: {type(exc).__name__}: {exc}"
+        log.warning("%s", out.note)
     finally:
         await store.aclose()
     return out
