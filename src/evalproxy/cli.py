@@ -391,26 +391,42 @@ def _stored_bodies(cache_dir: Path) -> list[dict[str, Any]]:
 
     if not cache_dir.is_dir():
         return []
+    from evalproxy.adapter.core.loads import MAX_DEPTH, too_deep
+
     store = CacheStore(cache_dir)
     try:
-        return [p.request for p in store.saved_pairs(with_responses=False) if isinstance(p.request, dict)]
+        pairs = store.saved_pairs(with_responses=False)
+    except (TypeError, ValueError) as exc:  # a record the store cannot make a pair of
+        log.warning("the saved requests in %s cannot be read (%s: %s): none are used", cache_dir,
+                    type(exc).__name__, exc)
+        return []
     finally:
         store.close()
+    bodies = []
+    for p in pairs:
+        if not isinstance(p.request, dict) or p.damaged:
+            continue
+        if too_deep(p.request):
+            log.warning("stored request %s/%s nests deeper than %d levels: skipped", p.run_id, p.request_id,
+                        MAX_DEPTH)
+            continue
+        bodies.append(p.request)
+    return bodies
 
 
 def _cache_explain(cache_dir: Path, request_file: str | None) -> int:
-    import json
-
     from evalproxy.records import explain_miss
 
     if not request_file:
         print("evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
               file=sys.stderr)
         return EXIT_CONFIG
+    from evalproxy.adapter.core.loads import load_json
+
     try:
-        request = json.loads(Path(request_file).read_text())
+        request = load_json(Path(request_file).read_bytes(), source=request_file)
     except ValueError as exc:
-        print(f"evalproxy: {request_file} is not JSON: {exc}", file=sys.stderr)
+        print(f"evalproxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if not isinstance(request, dict):
         print(f"evalproxy: {request_file} does not hold a JSON object", file=sys.stderr)
@@ -502,10 +518,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     """``stats merge``: one eval_factory_metrics.json for proxies that served one run, from their output dirs."""
-    import yaml
-
-    from evalproxy.adapter.config import AdapterConfig, ServerConfig
     from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+    from evalproxy.adapter.core.loads import read_yaml
     from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE, merge_statistics
 
     dirs = [Path(d) for d in args.dirs]
@@ -514,15 +528,44 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             print(f"evalproxy: no run directory at {d}", file=sys.stderr)
             return 1
     config_file = Path(args.config) if args.config else dirs[0] / CONFIG_FILE
-    doc = yaml.safe_load(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    adapter = AdapterConfig.model_validate((doc or {}).get("adapter_config") or {})
-    resolved = resolve(LoadedConfig(adapter, ServerConfig(), str(config_file)))
-    merged = merge_statistics(dirs, resolved.interceptors)
+    doc = read_yaml(config_file) if config_file.is_file() else {}
+    merged = merge_statistics(dirs, _builtin_interceptors(doc, str(config_file)))
     out = Path(args.output) if args.output else Path.cwd()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / STATISTICS_FILE, dump_json({**merged, "merged_from": [str(d) for d in dirs]}))
     print(out / STATISTICS_FILE)
     return 0
+
+
+def _builtin_interceptors(doc: Any, source: str) -> list[tuple[type[Any], Any]]:
+    """The interceptors an effective config names that are evalproxy's own or an installed package's, with their
+    params: what ``stats merge`` needs. Its ``discovery`` is ignored and nothing it names is imported: a file read is
+    never a reason to run code. Units it names that are not known so are merged field by field (a warning says so)."""
+    from evalproxy.adapter.config import AdapterConfig
+    from evalproxy.adapter.registry.registry import Registry, resolve_interceptors
+
+    adapter_doc = doc.get("adapter_config") if isinstance(doc, dict) else None
+    if not isinstance(adapter_doc, dict):
+        return []
+    try:
+        adapter = AdapterConfig.model_validate({k: v for k, v in adapter_doc.items() if k != "discovery"})
+    except ValueError as exc:
+        log.warning("%s: not a usable adapter config, statistics merged field by field: %s", source, exc)
+        return []
+    registry = Registry.default()  # built-ins and installed packages' entry points, never ``discovery``
+    known = []
+    for ic in adapter.interceptors:
+        try:
+            registry.interceptor(ic.name)
+            known.append(ic)
+        except ConfigError:
+            log.warning("%s: interceptor '%s' is not evalproxy's own nor installed: its statistics are merged field "
+                        "by field", source, ic.name)
+    try:
+        return resolve_interceptors(adapter.model_copy(update={"interceptors": known}), registry, file=source)
+    except ConfigError as exc:
+        log.warning("%s: statistics merged field by field: %s", source, exc)
+        return []
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

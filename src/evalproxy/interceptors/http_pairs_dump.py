@@ -1,7 +1,7 @@
 """http_pairs_dump: the first request/response pairs, and every failed one, in one JSON file (NeMo 0.3+'s).
 
 ``dump_path`` gets ``{"metrics": {"<status>": count, ...}, "pairs": [...]}``: each pair holds ``request_id``,
-``request`` (headers, secrets redacted, and body as sent upstream from this point of the chain), ``response``
+``request`` (headers and body as sent upstream from this point of the chain, secrets redacted), ``response``
 (status, headers, body, a stream coalesced into one object, and ``latency_ms``). A pair is kept when it is among the
 first ``first_n`` answers or its status is not 200. The file is rewritten atomically after each kept pair, by one
 writer at a time (writes that pile up are coalesced into the next), and once more when the run ends.
@@ -21,7 +21,7 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.params import Params
-from evalproxy.adapter.core.redact import redact_headers
+from evalproxy.adapter.core.redact import redact_headers, redact_obj
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
@@ -51,9 +51,12 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         self.seen = 0
         self._writer: asyncio.Task[None] | None = None
         self._dirty = False
+        key = run.server.api_key()
+        self.secrets = [key] if key else []
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        request = {"headers": redact_headers(ctx.headers.items()), "body": ctx.json}
+        # Secret-named body fields (api_key, ...) as secret headers are: redacted, and the run's key wherever it is.
+        request = {"headers": redact_headers(ctx.headers.items()), "body": redact_obj(ctx.json, self.secrets)}
         t0 = time.perf_counter()
         resp = await call_next(ctx)
         if self.seen >= self.params.first_n and resp.status == 200:  # not kept: counted, not looked at

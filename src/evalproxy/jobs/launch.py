@@ -24,6 +24,7 @@ import yaml
 
 from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
 from evalproxy.jobs.errors import InvalidFieldError
 from evalproxy.jobs.models import expand_command
@@ -128,8 +129,8 @@ def read_results(job_dir: Path) -> dict[str, Any] | None:
     found.sort(key=lambda p: (len(p.parts), str(p)))
     for path in ([record] if record.is_file() else []) + found:
         try:
-            scores = _scores_of(yaml.safe_load(path.read_text(encoding="utf-8")))
-        except (OSError, yaml.YAMLError):
+            scores = _scores_of(read_yaml(path))
+        except (OSError, ConfigError):
             continue
         # A run record of a harness evalproxy could not read has no scores: the harness's own file may have them.
         if scores is not None and (scores["tasks"] or scores["groups"]):

@@ -15,18 +15,22 @@ ledger), ``samples.jsonl`` (per-sample scores) and, where ``results.yaml`` carri
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import orjson
 import yaml
 
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.loads import count_nodes, read_yaml
 from evalproxy.records.explain import explain_miss
 from evalproxy.records.harnesses.base import SampleScore, read_samples
 from evalproxy.records.observed import GENERATION_PARAMS, LedgerEntry, prompt_key, read_ledger
@@ -42,6 +46,9 @@ EXIT_REGRESSION = 1
 EXIT_NOT_COMPARABLE = 2
 
 _PATH_PARAM = re.compile(r"(^|_)(dir|path|file|paths|dirs)$")
+MAX_COMPARED_NODES = 10_000
+MAX_COMPARED_DEPTH = 32
+log = logging.getLogger("evalproxy.compare")
 _SKIP_TOP = frozenset({"interceptors", "post_eval_hooks", "caching_dir", "output_dir", "discovery"})
 
 
@@ -151,16 +158,54 @@ def _load(run_dir: str | os.PathLike[str]) -> _Run:
         raise ConfigError("not a run directory", file=str(p))
     try:
         record = read_results(p)
-    except ConfigError:
+    except ConfigError as exc:
+        if exc.reason != "no results.yaml here":
+            log.warning("%s: compared without this run record", exc)
         record = RunRecord()
     adapter = dict(record.target.api_endpoint.adapter_config)
     if not adapter and (p / "adapter_config.yaml").exists():
-        loaded = yaml.safe_load((p / "adapter_config.yaml").read_text(encoding="utf-8")) or {}
-        if isinstance(loaded, dict):
-            inner = loaded.get("target", {}).get("api_endpoint", {}).get("adapter_config") if "target" in loaded \
-                else loaded
-            adapter = dict(inner or {})
-    return _Run(p, record, list(read_ledger(p)), list(read_samples(p)), adapter)
+        loaded = read_yaml(p / "adapter_config.yaml") or {}
+        inner = _dig(loaded, "target", "api_endpoint", "adapter_config") if "target" in loaded else (
+            _dig(loaded, "adapter_config") if "adapter_config" in loaded else loaded)
+        adapter = dict(inner) if isinstance(inner, dict) else {}
+    ledger = [e if all(_bounded(v) is v for v in e.params.values())
+              else replace(e, params={k: _bounded(v) for k, v in e.params.items()}) for e in read_ledger(p)]
+    return _Run(p, record, ledger, list(read_samples(p)), adapter)
+
+
+def _dig(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """Stands in for a value too large or too deep to compare field by field or to show: equal only to the same
+    value (by a digest of its canonical JSON; one too deep even for that is equal to nothing)."""
+
+    digest: str
+    nodes: int
+
+    def __str__(self) -> str:
+        return f"too large to compare ({self.nodes}+ values, sha256 {self.digest[:12]})"
+
+
+def _bounded(v: Any) -> Any:
+    """``v``, or a :class:`TooLarge` in its place when it holds more than ``MAX_COMPARED_NODES`` values or nests
+    deeper than ``MAX_COMPARED_DEPTH`` (walked without recursion, and no further than the bounds)."""
+    if not isinstance(v, dict | list | tuple):
+        return v
+    nodes = count_nodes(v, MAX_COMPARED_NODES, MAX_COMPARED_DEPTH)
+    if nodes is not None:
+        return v
+    try:
+        digest = hashlib.sha256(orjson.dumps(v, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)).hexdigest()
+    except (orjson.JSONEncodeError, TypeError):
+        digest = f"unique-{id(v):x}"
+    return TooLarge(digest, MAX_COMPARED_NODES)
 
 
 def _fmt(v: Any) -> str:
@@ -168,6 +213,8 @@ def _fmt(v: Any) -> str:
         return "-"
     if isinstance(v, str):
         return v
+    if isinstance(v, TooLarge):
+        return str(v)
     return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
 
 
@@ -176,17 +223,22 @@ def _fmt(v: Any) -> str:
 
 def _interceptors(adapter: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for item in adapter.get("interceptors") or []:
+    items = adapter.get("interceptors")
+    for item in items if isinstance(items, list) else []:
         if isinstance(item, str):
             out[item] = {}
             continue
         if not isinstance(item, Mapping) or item.get("enabled", True) is False:
             continue
-        out[str(item.get("name"))] = dict(item.get("config") or {})
+        config = item.get("config")
+        out[str(item.get("name"))] = dict(config) if isinstance(config, Mapping) else {}
     return out
 
 
 def _check(checks: list[Check], name: str, a: Any, b: Any, *, counts: bool = True, detail: str = "") -> None:
+    a, b = _bounded(a), _bounded(b)
+    if isinstance(a, TooLarge) or isinstance(b, TooLarge):
+        detail = "; ".join(filter(None, [detail, "too large to compare field by field: compared whole"]))
     checks.append(Check(name, _fmt(a), _fmt(b), a == b, counts, detail))
 
 
@@ -215,17 +267,25 @@ def _param_checks(base: _Run, cand: _Run, checks: list[Check]) -> None:
                 _check(checks, f"generation param {name}", bp.get(name), cp.get(name),
                        detail="from results.yaml (no paired requests in the ledgers)")
         return
+    shown: dict[Any, str] = {}
+
+    def fmt(v: Any) -> str:  # once per distinct value: a run has many requests and few values
+        try:
+            return shown.setdefault((type(v), v), _fmt(v)) if v.__hash__ is not None else _fmt(v)
+        except TypeError:  # a tuple holding a list
+            return _fmt(v)
+
     for name in GENERATION_PARAMS:
         changes: Counter[tuple[str, str]] = Counter()
         values_b: Counter[str] = Counter()
         values_c: Counter[str] = Counter()
         for eb, ec in pairs:
             vb, vc = eb.params.get(name), ec.params.get(name)
-            values_b[_fmt(vb) if name in eb.params else "absent"] += 1
-            values_c[_fmt(vc) if name in ec.params else "absent"] += 1
+            values_b[fmt(vb) if name in eb.params else "absent"] += 1
+            values_c[fmt(vc) if name in ec.params else "absent"] += 1
             if (name in eb.params, vb) != (name in ec.params, vc):
-                changes[(_fmt(vb) if name in eb.params else "absent",
-                         _fmt(vc) if name in ec.params else "absent")] += 1
+                changes[(fmt(vb) if name in eb.params else "absent",
+                         fmt(vc) if name in ec.params else "absent")] += 1
         if values_b == Counter({"absent": len(pairs)}) and values_c == values_b:
             continue
         summary_b = ", ".join(f"{v} ({n})" for v, n in values_b.most_common(3))

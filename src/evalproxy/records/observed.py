@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import queue
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 LEDGER_FILE = "requests.jsonl"
+log = logging.getLogger("evalproxy.records")
 
 GENERATION_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "seed", "n", "stop")
 # Fields that steer sampling rather than say what is asked: left out of the input key so runs that differ only in
@@ -143,8 +145,21 @@ class LedgerEntry:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LedgerEntry:
+        """The entry a ledger line holds; a ``ValueError`` naming the field when one has the wrong type."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        for name, value in known.items():
+            kinds = _FIELD_TYPES[name]
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"field '{name}' is {type(value).__name__}")
         return cls(**known)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt_key": (str,), "input_key": (str,), "path": (str,), "cache_key": (str, type(None)),
+    "slot": (int, type(None)), "status": (int, type(None)), "latency_ms": (int, float, type(None)),
+    "prompt_tokens": (int, type(None)), "completion_tokens": (int, type(None)),
+    "finish_reason": (str, type(None)), "cache_hit": (bool, type(None)), "params": (dict,), "ts": (int, float),
+}
 
 
 _STOP = object()
@@ -249,14 +264,24 @@ def read_ledger(run_dir: str | os.PathLike[str]) -> Iterator[LedgerEntry]:
     p = p / LEDGER_FILE if p.is_dir() else p
     if not p.exists():
         return
+    skipped = 0
     with open(p, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
                 d = orjson.loads(line)
             except orjson.JSONDecodeError:
+                skipped += 1  # a torn last line, or a line that is not JSON (or too deep for it)
                 continue
-            if isinstance(d, dict) and "prompt_key" in d:
+            if not (isinstance(d, dict) and "prompt_key" in d):
+                skipped += 1
+                continue
+            try:
                 yield LedgerEntry.from_dict(d)
+            except ValueError as exc:
+                skipped += 1
+                log.warning("%s line %d skipped: %s", p, n, exc)
+    if skipped > 1:  # one is a killed process's torn last line
+        log.warning("%s: %d lines skipped (not ledger entries)", p, skipped)

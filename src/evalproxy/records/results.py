@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes
+from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, secret_query
 
 RESULTS_FILE = "results.yaml"
@@ -251,11 +252,11 @@ def read_results(path: str | os.PathLike[str]) -> RunRecord:
     """Read a ``results.yaml`` (or NeMo's ``results.yml``) from a file or a run directory."""
     p = _results_path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = read_yaml(p)
     except FileNotFoundError as e:
         raise ConfigError("no results.yaml here", file=str(p)) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML: {e}", file=str(p)) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read: {e}", file=str(p)) from e
     if not isinstance(data, dict):
         raise ConfigError("results file is not a mapping", file=str(p))
     try:

@@ -19,6 +19,7 @@ Every method is async; a backend that blocks runs off the event loop.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -31,6 +32,7 @@ import orjson
 
 from evalproxy.adapter.flow.sse import assemble_stream
 
+log = logging.getLogger("evalproxy.storage")
 MAGIC = b"EPA1"
 MAX_FAILURES = 1000
 LEASE_SECONDS = 30.0
@@ -150,6 +152,12 @@ class SavedPair:
     response: Any = None
     """The answer's JSON (a stream assembled), when the answer was saved too."""
     events: list[bytes] | None = None
+    damaged: str | None = field(default=None, init=False, compare=False)
+    """What was wrong with the stored record this pair was read from (its bad fields are replaced by neutral
+    values); readers skip a damaged pair."""
+
+    def __post_init__(self) -> None:
+        self.damaged = _check_fields(self, _PAIR_TYPES, "saved pair")
 
     def record(self) -> bytes:
         """What a store keeps of the pair (the answer is stored on its own, under its key and slot)."""
@@ -169,9 +177,14 @@ class Failure:
     status: int
     error: str
     received_at: float
+    damaged: str | None = field(default=None, init=False, compare=False)
+    """As :attr:`SavedPair.damaged`: readers skip a damaged failure."""
+
+    def __post_init__(self) -> None:
+        self.damaged = _check_fields(self, _FAILURE_TYPES, "failure")
 
     def record(self) -> bytes:
-        return orjson.dumps({k: getattr(self, k) for k in Failure.__dataclass_fields__})
+        return orjson.dumps({k: getattr(self, k) for k in _FAILURE_TYPES})
 
     @property
     def sort_key(self) -> str:
@@ -195,6 +208,35 @@ def answer_key(key: str, slot: int) -> str:
 
 
 _PAIR_FIELDS = ("run_id", "request_id", "key", "occurrence", "path", "request", "status", "stream", "received_at")
+
+_NONE = type(None)
+# Each field of a stored record: the types it may have, and the neutral value that replaces a value of another type.
+_PAIR_TYPES: dict[str, tuple[tuple[type, ...], Any]] = {
+    "run_id": ((str,), ""), "request_id": ((int,), 0), "key": ((str,), ""), "occurrence": ((int,), 0),
+    "path": ((str,), ""), "request": ((dict, _NONE), None), "status": ((int,), 0), "stream": ((bool,), False),
+    "received_at": ((int, float), 0.0),
+}
+_FAILURE_TYPES: dict[str, tuple[tuple[type, ...], Any]] = {
+    "run_id": ((str,), ""), "request_id": ((int,), 0), "path": ((str,), ""), "request": ((dict, _NONE), None),
+    "status": ((int,), 0), "error": ((str,), ""), "received_at": ((int, float), 0.0),
+}
+
+
+def _check_fields(obj: object, types: dict[str, tuple[tuple[type, ...], Any]], what: str) -> str | None:
+    """What is wrong with the fields of a record read back from a store (``None``: nothing); each bad field is
+    replaced by its neutral value, so that a reader that shows the record anyway cannot trip on it."""
+    problems = []
+    ident = f"{getattr(obj, 'run_id', '?')}/{getattr(obj, 'request_id', '?')}"
+    for name, (kinds, neutral) in types.items():
+        value = getattr(obj, name)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            problems.append(f"'{name}' is {type(value).__name__}")
+            setattr(obj, name, neutral)
+    if not problems:
+        return None
+    text = ", ".join(problems)
+    log.warning("stored %s %s is damaged (%s): skipped", what, ident, text)
+    return text
 
 
 def pair_key(run_id: str, request_id: int) -> str:

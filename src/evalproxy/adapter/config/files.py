@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import ValidationError
 
 from evalproxy.adapter.config.legacy import LEGACY_KEYS, convert_legacy
@@ -32,6 +31,7 @@ from evalproxy.adapter.config.schema import (
     validation_error,
 )
 from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.loads import load_json, load_yaml
 
 log = logging.getLogger("evalproxy.config")
 
@@ -45,10 +45,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", file=str(p)) from exc
-    try:
-        data = orjson.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
-        raise ConfigError(f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}", file=str(p)) from exc
+    if p.suffix == ".json":
+        try:
+            data = load_json(text)
+        except ValueError as exc:
+            raise ConfigError(f"not valid JSON: {exc}", file=str(p)) from exc
+    else:
+        data = load_yaml(text, source=str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):

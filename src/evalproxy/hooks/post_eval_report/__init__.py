@@ -17,8 +17,10 @@ no scripts, no external assets; everything from a request or a model is escaped.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,21 +28,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
 import orjson
-import yaml
 from pydantic import Field, ValidationError
 
 from evalproxy.adapter.chain.hook import BaseHook
 from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_error
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.loads import MAX_DEPTH, load_json, read_yaml, too_deep
 from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url, secret_query
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
 from evalproxy.hooks.post_eval_report.charts import report_charts
-from evalproxy.storage import SavedPair, is_url, open_store
+from evalproxy.storage import Failure, SavedPair, is_url, open_store
 
+log = logging.getLogger("evalproxy.report")
 DETAILS_FILE = "evalproxy_report.json"
 MAX_FAILURES_SHOWN = 50
 # Generation parameters are gathered from at most this many saved requests (saving can be unbounded).
@@ -112,16 +115,37 @@ async def read_store(adapter: AdapterConfig, output_dir: Path, size: int) -> Sto
         return out
     store = await asyncio.to_thread(open_store, location)
     try:
-        out.pairs = await store.saved_pairs(size)
-        out.failures = await store.failures(MAX_FAILURES_SHOWN)
-        out.requests = [p.request for p in await store.saved_pairs(MAX_REQUESTS_SCANNED, with_responses=False)]
+        limit, got = size, -1
+        while True:  # pairs skipped as unreadable leave room for the next ones
+            read = await store.saved_pairs(limit)
+            out.pairs = [p for p in read if _readable(p, p.request, p.response)][:size]
+            if len(out.pairs) >= size or len(read) <= got or limit >= MAX_REQUESTS_SCANNED:
+                break
+            got = len(read)
+            limit = min(limit * 2, MAX_REQUESTS_SCANNED)
+        out.failures = [f for f in await store.failures(MAX_FAILURES_SHOWN) if _readable(f, f.request)]
+        out.requests = [p.request for p in await store.saved_pairs(MAX_REQUESTS_SCANNED, with_responses=False)
+                        if not p.damaged and not too_deep(p.request)]
         stats = await store.stats()
         out.saved_pairs, out.failure_count = int(stats["saved_requests"]), int(stats["failures"])
     except Exception as exc:  # a server that is down, or a password the effective config shows redacted
         out.note = f"the store at {redact_url(str(location))} could not be read: {type(exc).__name__}: {exc}"
+        log.warning("%s", out.note)
     finally:
         await store.aclose()
     return out
+
+
+def _readable(record: SavedPair | Failure, *values: Any) -> bool:
+    """Whether a stored pair or failure can be shown: not damaged, and nothing in it nested past ``MAX_DEPTH``
+    (the JSON writers refuse such depth); one that cannot is skipped with a warning."""
+    if record.damaged:
+        return False  # the store's reader said why
+    if any(too_deep(v) for v in values):
+        log.warning("stored request %s/%s nests deeper than %d levels: left out of the report", record.run_id,
+                    record.request_id, MAX_DEPTH)
+        return False
+    return True
 
 
 def _load_effective_config(output_dir: Path) -> tuple[AdapterConfig, ServerConfig]:
@@ -130,11 +154,9 @@ def _load_effective_config(output_dir: Path) -> tuple[AdapterConfig, ServerConfi
         raise FileNotFoundError(f"no run directory at {output_dir}")
     path = output_dir / CONFIG_FILE
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = read_yaml(path) or {}
     except FileNotFoundError:
         return AdapterConfig(), ServerConfig(output_dir=str(output_dir))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
     if not isinstance(doc, dict):
         raise ConfigError("expected a mapping with 'server' and 'adapter_config'", file=str(path))
     try:
@@ -186,7 +208,12 @@ def _render(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size
         written.append(path)
     if "html" in report_types:
         path = output_dir / "report.html"
-        charts = report_charts(report["statistics"].get("response_stats") or {})
+        try:
+            charts = report_charts(report["statistics"].get("response_stats") or {})
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("%s: response_stats are not as written, no charts: %s: %s", output_dir / STATISTICS_FILE,
+                        type(exc).__name__, exc)
+            charts = report_charts({})
         html = _env.get_template("report.html.j2").render(r=report, charts=charts)
         atomic_write_bytes(path, html.encode("utf-8"))
         written.append(path)
@@ -203,11 +230,14 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
                  contents: StoreContents) -> dict[str, Any]:
     """The report's content as plain data (what evalproxy_report.json holds)."""
     metrics: dict[str, Any] = {}
+    path = output_dir / STATISTICS_FILE
     try:
-        loaded = orjson.loads((output_dir / STATISTICS_FILE).read_bytes())
+        loaded = load_json(path.read_bytes(), source=str(path))
         metrics = loaded if isinstance(loaded, dict) else {}
-    except (OSError, orjson.JSONDecodeError):
+    except OSError:
         pass
+    except ValueError as exc:
+        log.warning("%s; the report shows no statistics", exc)
     pairs, failures, all_params = contents.pairs, contents.failures, contents.requests
     counts = {"saved_pairs": contents.saved_pairs, "failures": contents.failure_count}
     store_note = contents.note
@@ -230,12 +260,22 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
             "failures_total": counts["failures"],
         },
         "statistics": {k: metrics[k] for k in ("response_stats", "caching", "reasoning") if k in metrics},
-        "pairs": [_pair(p, upstream, reasoning_cfg) for p in pairs],
+        "pairs": [shown for p in pairs if (shown := _shown(_pair, p, upstream, reasoning_cfg)) is not None],
         "pairs_note": store_note or (None if counts["saved_pairs"] else "no request/response pairs were saved"),
-        "failures": [_failure(f) for f in failures],
+        "failures": [shown for f in failures if (shown := _shown(_failure, f)) is not None],
     }
     key = server.api_key() if server.api_key_name else None
     return redact_report(report, [key] if key else [])
+
+
+def _shown(show: Callable[..., dict[str, Any]], record: Any, *args: Any) -> dict[str, Any] | None:
+    """``show(record, *args)``, or ``None`` (and a warning) when the stored data is not what it should be."""
+    try:
+        return show(record, *args)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("stored request %s/%s left out of the report, its data is not as written: %s: %s",
+                    getattr(record, "run_id", "?"), getattr(record, "request_id", "?"), type(exc).__name__, exc)
+        return None
 
 
 # What the model answered is redacted by value only: its field names are the model's (logprobs entries have a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shlex
@@ -14,6 +15,8 @@ import orjson
 
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.records.results import HarnessInfo, Metric, Results, Score, ScoreStats, TaskResult
+
+log = logging.getLogger("evalproxy.records")
 
 Status = Literal["success", "error", "empty", "unknown"]
 
@@ -141,8 +144,17 @@ def read_samples(run_dir: str | os.PathLike[str]) -> Iterator[SampleScore]:
     if not p.exists():
         return
     with open(p, "rb") as f:
-        for line in f:
-            if line.strip():
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
                 d = orjson.loads(line)
-                yield SampleScore(task=d["task"], sample_id=d["sample_id"], metric=d["metric"],
-                                  value=float(d["value"]), answer=d.get("answer"))
+                sample = SampleScore(task=d["task"], sample_id=d["sample_id"], metric=d["metric"],
+                                     value=float(d["value"]), answer=d.get("answer"))
+                if not all(isinstance(v, str) for v in (sample.task, sample.sample_id, sample.metric)) or not (
+                        sample.answer is None or isinstance(sample.answer, str)):
+                    raise TypeError("task, sample_id, metric and answer must be strings")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("%s line %d skipped: not a sample score (%s: %s)", p, n, type(exc).__name__, exc)
+                continue
+            yield sample
