@@ -34,7 +34,8 @@ async def test_known_api_keys_never_reach_disk_or_logs(
     headers = {"Authorization": f"Bearer {CLIENT_KEY}", "x-api-key": CLIENT_KEY, "api-key": CLIENT_KEY}
     msgs = [{"role": "user", "content": "hello"}]
     for body in ({"model": "m", "messages": msgs, "temperature": 0},
-                 {"model": "m", "messages": msgs, "stream": True}):
+                 {"model": "m", "messages": msgs, "stream": True},
+                 {"model": "m", "messages": msgs, "metadata": {"note": f"key {UPSTREAM_KEY}"}}):
         resp = await proxy.post("/v1/chat/completions", json=body, headers=headers)
         assert resp.status == 200
         await resp.read()

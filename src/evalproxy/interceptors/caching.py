@@ -127,6 +127,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         super().__init__(params, run)
         self.cache_dir = run.resolve(params.cache_dir or run.config.caching_dir or run.output_dir / "cache")
         self.where = params.cache_url or self.cache_dir
+        self.secrets = [key] if (key := run.server.api_key()) else []
+        """The run's own key: redacted wherever it shows in a saved request, whatever the field is called."""
         self.save_responses = params.save_responses
         self.max_saved_responses = params.max_saved_responses
         if params.reuse_cached_responses and (not params.save_responses or params.max_saved_responses is not None):
@@ -369,7 +371,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             self._pairs += 1
             pair = SavedPair(
                 run_id=self.run.run_id, request_id=ctx.request_id, key=key, occurrence=slot, path=ctx.path,
-                request=redact_obj(ctx.json), status=answer.status, stream=answer.is_stream,
+                request=redact_obj(ctx.json, self.secrets), status=answer.status, stream=answer.is_stream,
                 received_at=ctx.received_at,
             )
         ok, _ = await self._io("write", self.store.finish(key, slot, owner=self.owner,
@@ -385,7 +387,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         assert self.store is not None
         self.counts["not_stored"] += 1
         failure = Failure(run_id=self.run.run_id, request_id=ctx.request_id, path=ctx.path,
-                          request=redact_obj(ctx.json), status=status, error=error, received_at=ctx.received_at)
+                          request=redact_obj(ctx.json, self.secrets), status=status, error=error,
+                          received_at=ctx.received_at)
         await self._io("write", self.store.record_failure(failure))
 
     async def aclose(self) -> None:

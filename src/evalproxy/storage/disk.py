@@ -281,10 +281,10 @@ class CacheStore:
             raw = self.requests.get(k)
             try:
                 rec = orjson.loads(raw)
-            except (orjson.JSONDecodeError, TypeError):
+                pair = SavedPair(**rec)
+            except (orjson.JSONDecodeError, TypeError, ValueError):
                 log.warning("saved pair %s is unreadable; skipped", k)
                 continue
-            pair = SavedPair(**rec)
             if with_responses:
                 answer = self.get_answer(pair.key, pair.occurrence)
                 if answer is not None:
