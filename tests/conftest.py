@@ -21,6 +21,15 @@ __all__ = ["redis_server"]
 MakeProxy = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+class ProxyServer(TestServer):
+    """aiohttp's test server as production runs the proxy: a client that leaves does not cancel its handler (the
+    answer it asked for is being paid for and is stored once whole). aiohttp's own test server cancels them."""
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        kwargs["handler_cancellation"] = False
+        return await super()._make_runner(**kwargs)
+
+
 @pytest.fixture
 def sim() -> SimulatedModel:
     return SimulatedModel()
@@ -51,7 +60,7 @@ async def make_proxy(tmp_path: Path, upstream: TestServer) -> Any:
     async def make(adapter: dict[str, Any] | None = None, **server: Any) -> TestClient[Any, Any]:
         url = server.pop("upstream_url", str(upstream.make_url("/v1")))
         loaded = make_loaded(adapter, tmp_path, url, **server)
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
+        client: TestClient[Any, Any] = TestClient(ProxyServer(create_app(loaded), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client

@@ -19,10 +19,11 @@ from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.net import is_loopback
 from evalproxy.adapter.core.redact import redact_text
 from evalproxy.adapter.flow.request import RequestContext
-from evalproxy.adapter.flow.state import ANSWER, CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
+from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
 from evalproxy.adapter.registry import Resolved, resolve
+from evalproxy.adapter.server.lifecycle import new_run_id
 from evalproxy.adapter.server.loop import run as run_loop
-from evalproxy.adapter.server.proxy import new_run_id
 from evalproxy.adapter.server.running import WORKER_ENV, RunningProxy, Workers, run_command, worker_count
 from evalproxy.jobs.cli import add_jobs_parser, run_jobs_command
 
@@ -214,21 +215,20 @@ async def _serve_workers(loaded: LoadedConfig, resolved: Resolved, n: int, run_i
     return 1 if crash else status
 
 
-def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, int], None]:
+def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, ProxyResponse | None, int], None]:
     """A :attr:`Proxy.observers` entry feeding the run record: the body as sent upstream and what came of it.
 
     Cheap on purpose: a whole JSON answer is read through ``resp.json`` (parsed once, usually already by the chain);
     a stream gives its tokens only when the transport took the usage out of it, and no finish reason.
     """
 
-    def observe(ctx: RequestContext, status: int) -> None:
+    def observe(ctx: RequestContext, resp: ProxyResponse | None, status: int) -> None:
         body = ctx.json
         if body is None or ctx.method != "POST":
             return
         observed.observe(body)
         state = ctx.state
         prompt_tokens = completion_tokens = finish_reason = None
-        resp = state.get(ANSWER)
         usage: Any = None
         if resp is not None and resp.stream is None:
             data = resp.json if resp.ok else None

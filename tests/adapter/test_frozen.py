@@ -16,7 +16,7 @@ from evalproxy.adapter.registry.registry import Registry, resolve
 from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import SimulatedModel
 from evalproxy.storage import cache_key
-from tests.conftest import make_loaded
+from tests.conftest import ProxyServer, make_loaded
 
 PATH = "/v1/chat/completions"
 # Odd spacing and key order: an untouched request must go upstream exactly like this, not re-serialised.
@@ -119,7 +119,7 @@ class TestUserInterceptorFunctional:
         registry.add(InPlaceChanger)
         registry.add(SetJsonChanger)
         client: TestClient[Any, Any] = TestClient(
-            TestServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
+            ProxyServer(create_app(loaded, resolved=resolve(loaded, registry)), host="127.0.0.1"))
         await client.start_server()
         return client
 

@@ -18,7 +18,7 @@ from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import Registry, resolve
 from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import Fault, SimulatedModel
-from tests.conftest import make_loaded
+from tests.conftest import ProxyServer, make_loaded
 
 ENDPOINT_ONLY = {"interceptors": ["endpoint"], "generate_html_report": False}
 MSGS = [{"role": "user", "content": "What is two plus two?"}]
@@ -356,7 +356,7 @@ async def proxy_with(unit: type[StreamWrapper], tmp_path: Path, upstream: TestSe
     registry.add(unit)
     loaded = make_loaded({"interceptors": [unit.name, "endpoint"], "post_eval_hooks": []}, tmp_path,
                          str(upstream.make_url("/v1")), **server)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded, resolved=resolve(loaded, registry)),
+    client: TestClient[Any, Any] = TestClient(ProxyServer(create_app(loaded, resolved=resolve(loaded, registry)),
                                                          host="127.0.0.1"))
     await client.start_server()
     return client

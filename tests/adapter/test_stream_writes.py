@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from evalproxy.adapter.server.app import create_app
-from tests.conftest import make_loaded
+from tests.conftest import ProxyServer, make_loaded
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CHAIN = {"interceptors": ["caching", "endpoint", "response_stats"], "generate_html_report": False}
@@ -37,7 +37,7 @@ async def proxy_for(model: Handler, tmp_path: Path) -> AsyncIterator[TestClient[
     app.router.add_post("/v1/chat/completions", model)
     up = TestServer(app, host="127.0.0.1")
     await up.start_server()
-    client: TestClient[Any, Any] = TestClient(TestServer(
+    client: TestClient[Any, Any] = TestClient(ProxyServer(
         create_app(make_loaded(CHAIN, tmp_path, str(up.make_url("/v1")))), host="127.0.0.1"))
     await client.start_server()
     try:

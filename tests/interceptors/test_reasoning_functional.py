@@ -8,13 +8,14 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from openai import AsyncOpenAI
 
 from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.server.app import create_app
 from evalproxy.interceptors.reasoning import ReasoningStats
 from evalproxy.simulator import Fault, SimulatedModel
+from tests.conftest import ProxyServer
 
 REUSE = {"name": "caching", "config": {"reuse_cached_responses": True}}
 CHAIN = {"interceptors": ["reasoning", REUSE, "endpoint"], "generate_html_report": False}
@@ -160,7 +161,7 @@ class TestStreamingDecision:
         loaded = parse_config({"server": {"upstream_url": str(upstream.make_url("/v1")),
                                           "output_dir": str(tmp_path / "out")}}, default_chain="evalproxy")
         assert [i.name for i in loaded.adapter.interceptors][:2] == ["reasoning", "caching"]
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(loaded), host="127.0.0.1"))
+        client: TestClient[Any, Any] = TestClient(ProxyServer(create_app(loaded), host="127.0.0.1"))
         await client.start_server()
         return client
 

@@ -59,9 +59,6 @@ CACHE_KEY = StateKey[str]("cache_key")
 """The key a cache stored (or looked up) the answer under, set by the cache once it is known."""
 CACHE_SLOT = StateKey[int]("cache_slot")
 """Which stored answer of that key the request got (0, or the k-th sample of a pass@k run), set by the cache."""
-ANSWER = StateKey[Any]("answer")
-"""The final answer (a :class:`~evalproxy.adapter.flow.response.ProxyResponse`) the client was sent, set by the
-server for its observers; read ``.json`` only of a whole (non-stream) answer."""
 EVENTS_AT_HAND = StateKey[bool]("events_at_hand")
 """Set by the transport with each stream event it hands on: whether the next one has already arrived. The server
 writes events that arrived together in one write."""

@@ -22,6 +22,7 @@ from evalproxy.adapter.core.errors import (
     UnsupportedMediaTypeError,
 )
 from evalproxy.adapter.registry.registry import Resolved
+from evalproxy.adapter.server.admin import add_admin_routes
 from evalproxy.adapter.server.forwarding import OPAQUE_TYPES
 from evalproxy.adapter.server.guard import SitePolicy, install_guard
 from evalproxy.adapter.server.proxy import Proxy
@@ -29,26 +30,22 @@ from evalproxy.adapter.server.proxy import Proxy
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy", Proxy)
 
 
-def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None,
-               handler_cancellation: bool = True) -> web.Application:
+def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id: str | None = None) -> web.Application:
     """The proxy as an aiohttp Application. Its resources open on start-up and close on cleanup, one context each.
 
-    ``handler_cancellation``: whether the server that runs the app cancels handlers whose clients left (aiohttp's
-    ``AppRunner`` option; its test server does). If it may, every answer runs in a task of its own, shielded.
+    Serve it with ``handler_cancellation=False`` (aiohttp's default for ``AppRunner``; :class:`RunningProxy` does):
+    a client that leaves must not cancel the answer it asked for, which is being paid for and is stored once whole.
     """
-    proxy = Proxy(loaded, resolved, run_id, handler_cancellation=handler_cancellation)
+    proxy = Proxy(loaded, resolved, run_id)
     app = web.Application(client_max_size=loaded.server.max_request_bytes, handler_args={"max_field_size": 65536})
     app[PROXY] = proxy
     s = loaded.server
     install_guard(app, SitePolicy(bind=s.host, allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
                                   opaque_types=OPAQUE_TYPES, cors_methods=", ".join(s.forward_methods)), refusal)
     app.cleanup_ctx.extend(proxy.cleanup_contexts())
-    app.router.add_get("/health", proxy.health)
-    app.router.add_get("/metrics", proxy.prometheus_text)
-    app.router.add_post("/adapterserver/run-post-hook", proxy.run_post_hook)
+    add_admin_routes(app, proxy)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
-
 
 _SITE_ERRORS: dict[int, type[ProxyError]] = {
     421: HostNotAllowedError, 403: OriginNotAllowedError, 415: UnsupportedMediaTypeError}

@@ -24,9 +24,11 @@ from aiohttp import web
 from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.registry.registry import Resolved
+from evalproxy.adapter.server import lifecycle
 from evalproxy.adapter.server.app import PROXY, create_app
+from evalproxy.adapter.server.lifecycle import new_run_id, open_run
 from evalproxy.adapter.server.output import STATISTICS_FILE, merge_statistics, read_json_file
-from evalproxy.adapter.server.proxy import Proxy, new_run_id
+from evalproxy.adapter.server.proxy import Proxy
 
 log = logging.getLogger("evalproxy")
 
@@ -47,10 +49,7 @@ class RunningProxy:
         self.worker = worker
         """The worker's index under ``serve --workers``: it shares its port with its siblings (SO_REUSEPORT) and
         says who answered in a response header."""
-        # Handlers are never cancelled when a client leaves, so an answer being paid for runs to its end without a
-        # task and a shield of its own. The app and its runner must agree on it: one value for both.
-        cancellation = False
-        self.app = create_app(loaded, resolved=resolved, run_id=run_id, handler_cancellation=cancellation)
+        self.app = create_app(loaded, resolved=resolved, run_id=run_id)
         self.proxy: Proxy = self.app[PROXY]
         if worker is not None:
             tag = str(worker)
@@ -59,11 +58,12 @@ class RunningProxy:
                 response.headers[WORKER_HEADER] = tag
 
             self.app.on_response_prepare.append(say_worker)
+        # Handlers are never cancelled when a client leaves: an answer being paid for runs to its end and is stored.
         # keepalive_timeout also bounds a connection that never completes its request's headers (aiohttp closes a
         # connection idle past it from the moment it opens), so a client trickling headers is let go.
         self.runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=loaded.server.shutdown_timeout,
-            handler_cancellation=cancellation, keepalive_timeout=loaded.server.client_header_timeout,
+            handler_cancellation=False, keepalive_timeout=loaded.server.client_header_timeout,
         )
         self.url = ""
 
@@ -260,8 +260,7 @@ class Workers:
             self._reserved = None
         if run_hooks and self.procs:
             await asyncio.to_thread(merge_worker_statistics, self.output_dir, self.n, self.resolved.interceptors)
-            proxy = Proxy(self.loaded, self.resolved, self.run_id)
-            for r in await proxy.run_hooks():
+            for r in await lifecycle.run_hooks(self.resolved.hooks, open_run(self.loaded, self.run_id)):
                 if not r["ok"]:
                     status = 1
         if self._tmp is not None:
