@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evalproxy import __version__
+from evalproxy import __version__, nemo_compat
 from evalproxy.adapter.config import LoadedConfig, load_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.net import is_loopback
@@ -129,7 +129,9 @@ def _add_server_args(p: argparse.ArgumentParser, default_port: int | None = None
 
 
 def _load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
-    """The config, checked against the plugins it names (discovery runs here, once)."""
+    """The config, checked against the plugins it names (discovery runs here, once; plugins written for NeMo
+    Evaluator's API load too, through :func:`evalproxy.nemo_compat.install`)."""
+    nemo_compat.install()
     loaded = load_config(args.config, overrides=_server_overrides(args), task=args.task,
                          strict=args.strict_config)
     if args.cache_url:

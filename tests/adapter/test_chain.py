@@ -12,6 +12,10 @@ from evalproxy.adapter.core.errors import ConfigError, InterceptorError, Upstrea
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.sse import DONE, Event
+from evalproxy.adapter.registry.registry import plugin_kind as kind
+from evalproxy.interceptors.endpoint import EndpointInterceptor
+
+ENDS: dict[str, type[Any]] = {"endpoint": EndpointInterceptor}
 
 
 class Recorder(BaseInterceptor):
@@ -101,17 +105,22 @@ class TestCheckOrder:
     def test_endpoint_twice_is_rejected(self) -> None:
         """Listing endpoint twice is a config error naming the interceptors field."""
         with pytest.raises(ConfigError, match="more than once") as info:
-            check_order(["endpoint", "endpoint"], {})
+            check_order(["endpoint", "endpoint"], ENDS, kind)
         assert info.value.field == "interceptors"
 
     def test_request_changer_after_endpoint_is_rejected(self) -> None:
         """A request-changing interceptor after endpoint is an error naming it and endpoint."""
         with pytest.raises(ConfigError, match=r"'changer'.*after 'endpoint'"):
-            check_order(["endpoint", "changer"], {"changer": Changer})
+            check_order(["endpoint", "changer"], {**ENDS, "changer": Changer}, kind)
 
     def test_observers_after_endpoint_are_fine(self) -> None:
         """Response-side interceptors may follow endpoint."""
-        check_order(["changer", "endpoint", "observer"], {"changer": Changer, "observer": Observer})
+        check_order(["changer", "endpoint", "observer"], {**ENDS, "changer": Changer, "observer": Observer}, kind)
+
+    def test_two_different_terminals_are_rejected(self) -> None:
+        """Two chain ends of different names are a config error naming both."""
+        with pytest.raises(ConfigError, match="'endpoint' and 'other_end' are both chain ends"):
+            check_order(["endpoint", "other_end"], {**ENDS, "other_end": EndpointInterceptor}, kind)
 
 
 class _BreaksMidStream(BaseInterceptor):

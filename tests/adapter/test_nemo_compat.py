@@ -363,7 +363,7 @@ target:
           config: {}
 """)
         loaded = parse_config(cfg)
-        ((cls, params), _) = resolve(loaded).interceptors
+        ((cls, params),) = resolve(loaded).interceptors  # the chain's layers; endpoint is its terminal
         ic = cls(params, run)
         seen = await through_request(ic, {
             "top_k": 5, "temperature": 0, "old_param": 1,
@@ -481,6 +481,12 @@ target:
 class TestNemoPlugins:
     """A plugin written for NeMo Evaluator 0.2.8 (nemo_evaluator.adapters.decorators/types) loads through discovery
     without NeMo installed, and runs as it would there."""
+
+    @pytest.fixture(autouse=True)
+    def _nemo_names(self) -> None:
+        from evalproxy.nemo_compat import install
+
+        install()  # what evalproxy serve and run do before discovery
 
     async def test_plugin_runs_unchanged(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """Its request interceptor changes the body (from_values), its response interceptor rewrites _content."""

@@ -7,6 +7,8 @@ server's upstream settings for this chain.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from evalproxy.adapter.registry.registry import register_for_adapter
 from evalproxy.adapter.server.upstream import UpstreamTransport
 
@@ -14,3 +16,5 @@ from evalproxy.adapter.server.upstream import UpstreamTransport
 @register_for_adapter(name="endpoint", description="Sends requests to the model endpoint (the chain's terminal).")
 class EndpointInterceptor(UpstreamTransport):
     """The upstream transport as the chain's terminal."""
+
+    is_terminal: ClassVar[bool] = True

@@ -3,8 +3,8 @@
 A NeMo plugin imports ``register_for_adapter`` from ``nemo_evaluator.adapters.decorators`` and its base classes and
 request/response types from ``nemo_evaluator.adapters.types``. :func:`install` makes those imports resolve to this
 package when the real ``nemo_evaluator`` is not installed (a meta path finder for the ``nemo_evaluator`` names
-only); the built-in module ``evalproxy.interceptors.nemo_plugins`` installs it, so ``discovery.modules`` and
-``discovery.dirs`` load such plugins as they are.
+only). ``evalproxy serve`` and ``evalproxy run`` call it before discovery, so ``discovery.modules`` and
+``discovery.dirs`` load such plugins as they are; code that builds a proxy itself calls it too.
 
 The decorator checks the class as NeMo does (one of the four base classes, a nested pydantic ``Params``) and returns
 an evalproxy interceptor (or hook) wrapping it. The plugin's synchronous methods run in a worker thread, on objects

@@ -60,7 +60,12 @@ class Interceptor(Protocol):
 
 
 class Terminal(Protocol):
-    """The end of the chain (what ``endpoint`` names): sends the request upstream. Opened and closed by the server."""
+    """The end of the chain (what ``endpoint`` names): sends the request upstream. Opened and closed by the server.
+
+    A class registered as one declares ``is_terminal = True``; the registry keeps terminals in a table of their own.
+    """
+
+    is_terminal: ClassVar[bool]
 
     async def __call__(self, ctx: RequestContext) -> ProxyResponse: ...
 
@@ -93,19 +98,24 @@ class BaseInterceptor(Generic[P]):
         """Release resources and flush state; called once when the server stops."""
 
 
-def check_order(names: Sequence[str], classes: dict[str, type[Any]]) -> None:
-    """Reject an order the chain cannot honour: ``endpoint`` twice, or a request-changer after ``endpoint``."""
-    if names.count("endpoint") > 1:
-        raise ConfigError("'endpoint' is listed more than once; it is the terminal of the chain", field="interceptors")
-    if "endpoint" not in names:
+def check_order(names: Sequence[str], classes: dict[str, type[Any]], kind: Callable[[type], str]) -> None:
+    """Reject an order the chain cannot honour: two terminals, or a request-changer after the terminal.
+
+    ``kind(cls)`` says which entries are terminals (the registry knows)."""
+    ends = [i for i, n in enumerate(names) if n in classes and kind(classes[n]) == "terminal"]
+    if len(ends) > 1:
+        end = names[ends[0]]
+        raise ConfigError(f"'{end}' is listed more than once; it is the terminal of the chain"
+                          if names.count(end) > 1 else
+                          f"'{end}' and '{names[ends[1]]}' are both chain ends; list one", field="interceptors")
+    if not ends:
         return
-    after = names[names.index("endpoint") + 1 :]
-    for n in after:
+    end = names[ends[0]]
+    for n in names[ends[0] + 1 :]:
         cls = classes.get(n)
         if cls is not None and getattr(cls, "modifies_request", False):
             raise ConfigError(
-                f"interceptor '{n}' changes requests but is listed after 'endpoint'; "
-                f"move '{n}' before 'endpoint'",
+                f"interceptor '{n}' changes requests but is listed after '{end}'; move '{n}' before '{end}'",
                 field="interceptors",
             )
 

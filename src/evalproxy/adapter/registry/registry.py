@@ -62,7 +62,11 @@ def register_for_adapter(name: str, description: str = "") -> Callable[[C], C]:
 
 
 def plugin_kind(cls: type) -> str:
-    return "hook" if issubclass(cls, BaseHook) else "interceptor"
+    """``hook`` (a :class:`BaseHook`), ``terminal`` (a class that declares ``is_terminal``: the end of the chain,
+    which sends requests on and calls nothing after it) or ``interceptor``."""
+    if issubclass(cls, BaseHook):
+        return "hook"
+    return "terminal" if getattr(cls, "is_terminal", False) else "interceptor"
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Registry:
 
     interceptors: dict[str, type[Any]] = field(default_factory=dict)
     hooks: dict[str, type[Any]] = field(default_factory=dict)
+    terminals: dict[str, type[Any]] = field(default_factory=dict)
+    """Chain ends by name (``endpoint``): named in ``interceptors`` like a layer, but the chain is folded around
+    them rather than through them."""
     unscanned: tuple[str, ...] = ()
     """Built-in packages not imported yet: a name looked up and missing is first sought among their modules."""
 
@@ -79,7 +86,7 @@ class Registry:
         """Built-ins, entry points, then the ``discovery`` modules and dirs (later names override earlier ones)."""
         reg = cls(unscanned=BUILTIN_PACKAGES)
         plugins, modules, dirs = entry_points(group=ENTRY_POINT_GROUP), list(modules), list(dirs)
-        if plugins or modules or dirs:  # built-ins first, as a plugin may need what one sets up (nemo_plugins)
+        if plugins or modules or dirs:  # built-ins first: a plugin's name overrides a built-in's
             reg.scan_builtins()
         for ep in plugins:
             try:
@@ -98,21 +105,27 @@ class Registry:
             reg.scan_dir(Path(d))
         return reg
 
-    def add(self, cls: type[Any]) -> None:
+    def add(self, cls: type[Any], *, override: bool = True) -> None:
+        """Register ``cls`` under its name; ``override=False`` keeps a class already registered under it (a built-in
+        imported late never replaces a plugin of the same name)."""
         name = getattr(cls, _MARK)
-        (self.hooks if plugin_kind(cls) == "hook" else self.interceptors)[name] = cls
+        tables = {"hook": self.hooks, "terminal": self.terminals, "interceptor": self.interceptors}
+        table = tables[plugin_kind(cls)]
+        if override or name not in table:
+            table[name] = cls
 
-    def scan_module(self, mod: ModuleType | Any) -> None:
+    def scan_module(self, mod: ModuleType | Any, *, override: bool = True) -> None:
         if isinstance(mod, type) and hasattr(mod, _MARK):
-            self.add(mod)
+            self.add(mod, override=override)
             return
         for obj in vars(mod).values():
             if isinstance(obj, type) and _MARK in obj.__dict__:
-                self.add(obj)
+                self.add(obj, override=override)
 
     def scan_builtins(self) -> None:
+        """Import the built-in packages' modules; their classes never replace one registered under the same name."""
         for pkg in self.unscanned:
-            self.scan_package(pkg)
+            self.scan_package(pkg, override=False)
         self.unscanned = ()
 
     def _lookup(self, table: dict[str, type[Any]], name: str) -> type[Any] | None:
@@ -120,16 +133,16 @@ class Registry:
         if name not in table:
             for pkg in self.unscanned:
                 if name in {m.name for m in pkgutil.iter_modules(importlib.import_module(pkg).__path__)}:
-                    self.scan_module(importlib.import_module(f"{pkg}.{name}"))
+                    self.scan_module(importlib.import_module(f"{pkg}.{name}"), override=False)
         if name not in table:
             self.scan_builtins()
         return table.get(name)
 
-    def scan_package(self, package: str) -> None:
+    def scan_package(self, package: str, *, override: bool = True) -> None:
         pkg = importlib.import_module(package)
         for info in pkgutil.iter_modules(pkg.__path__, prefix=package + "."):
             if not info.name.rsplit(".", 1)[-1].startswith("_"):
-                self.scan_module(importlib.import_module(info.name))
+                self.scan_module(importlib.import_module(info.name), override=override)
 
     def scan_dir(self, directory: Path) -> None:
         if not directory.is_dir():
@@ -157,10 +170,20 @@ class Registry:
             self.scan_module(mod)
 
     def interceptor(self, name: str, field_path: str = "interceptors") -> type[Any]:
-        cls = self._lookup(self.interceptors, name)
+        """The interceptor or terminal a chain entry names (a config lists both in ``interceptors``)."""
+        cls = self.terminals.get(name) or self._lookup(self.interceptors, name) or self.terminals.get(name)
         if cls is None:
-            known = ", ".join(sorted(self.interceptors))
+            known = ", ".join(sorted({*self.interceptors, *self.terminals}))
             raise ConfigError(f"unknown interceptor '{name}'; known interceptors: {known}", field=field_path)
+        return cls
+
+    def terminal(self, name: str = "endpoint") -> type[Any]:
+        cls = self.terminals.get(name)
+        if cls is None:
+            self._lookup(self.interceptors, name)  # a built-in terminal is found as a module of that name
+            cls = self.terminals.get(name)
+        if cls is None:
+            raise ConfigError(f"no chain end called '{name}'", field="interceptors")
         return cls
 
     def hook(self, name: str, field_path: str = "post_eval_hooks") -> type[Any]:
@@ -173,11 +196,14 @@ class Registry:
 
 @dataclass
 class Resolved:
-    """A config resolved against a registry: classes with validated params, in config order (``endpoint`` included)."""
+    """A config resolved against a registry: classes with validated params, in config order."""
 
     registry: Registry
     interceptors: list[tuple[type[Any], Any]]
+    """The chain's layers, outer first (the terminal not among them)."""
     hooks: list[tuple[type[Any], Any]]
+    terminal: tuple[type[Any], Any]
+    """The chain's end: the one the config names (``endpoint``), or the default one with its default params."""
     warnings: list[str] = field(default_factory=list)
     """Fields the config holds that no unit uses (each also logged), for the CLI to show."""
 
@@ -194,7 +220,13 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
     try:
         reg = registry or Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
         kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings}
-        return Resolved(reg, resolve_interceptors(adapter, reg, **kw), resolve_hooks(adapter, reg, **kw), warnings)
+        chain = resolve_interceptors(adapter, reg, **kw)
+        ends = [(cls, params) for cls, params in chain if plugin_kind(cls) == "terminal"]
+        if not ends:
+            default = reg.terminal()
+            ends = [(default, default.Params())]
+        layers = [(cls, params) for cls, params in chain if plugin_kind(cls) != "terminal"]
+        return Resolved(reg, layers, resolve_hooks(adapter, reg, **kw), ends[0], warnings)
     except ConfigError as exc:
         if exc.file is None and loaded.source is not None:
             field_path = exc.field
@@ -227,7 +259,8 @@ def resolve_interceptors(
     adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
     strict: bool = False, warnings: list[str] | None = None,
 ) -> list[tuple[type[Any], Any]]:
-    """(class, validated params) for each enabled interceptor, ``endpoint`` included, in config order."""
+    """(class, validated params) for each enabled chain entry, its terminal (``endpoint``) included, in config
+    order."""
     p = f"{prefix}." if prefix else ""
     out: list[tuple[type[Any], Any]] = []
     for i, ic in adapter.enabled_interceptors():
@@ -235,7 +268,7 @@ def resolve_interceptors(
         out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings)))
     names = [cls.name for cls, _ in out]
     try:
-        check_order(names, {cls.name: cls for cls, _ in out})
+        check_order(names, {cls.name: cls for cls, _ in out}, plugin_kind)
     except ConfigError as exc:
         raise ConfigError(exc.reason, field=f"{p}interceptors", file=file) from None
     return out

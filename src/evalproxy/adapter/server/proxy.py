@@ -89,10 +89,7 @@ class Proxy:
         yield
 
     async def _transport_ctx(self, app: web.Application) -> AsyncIterator[None]:
-        cls, params = next(((c, p) for c, p in self.resolved.interceptors if c.name == "endpoint"), (None, None))
-        if cls is None:
-            cls = self.resolved.registry.interceptor("endpoint")
-            params = cls.Params()
+        cls, params = self.resolved.terminal
         transport: Terminal = cls(params, self.run)
         await transport.start()
         self.transport = transport
@@ -111,9 +108,8 @@ class Proxy:
         assert self.transport is not None
         try:
             for cls, params in self.resolved.interceptors:
-                if cls.name != "endpoint":
-                    # Constructors may open files (a cache): keep that off the event loop.
-                    self.interceptors.append(await asyncio.to_thread(cls, params, self.run))
+                # Constructors may open files (a cache): keep that off the event loop.
+                self.interceptors.append(await asyncio.to_thread(cls, params, self.run))
         except BaseException:
             await self._close_interceptors()
             raise
@@ -165,7 +161,8 @@ class Proxy:
     async def _in_flight_ctx(self, app: web.Application) -> AsyncIterator[None]:
         self.ready = True
         log.info("run %s: chain %s -> %s", self.run.run_id,
-                 " -> ".join(cls.name for cls, _ in self.resolved.interceptors) or "endpoint",
+                 " -> ".join(ic.name for _, ic in self.run.config.enabled_interceptors())
+                 or self.resolved.terminal[0].name,
                  redact_url(self.run.server.upstream_url))
         yield
 
