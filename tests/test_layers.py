@@ -121,15 +121,43 @@ def test_demo_never_imports_cli() -> None:
     assert "evalproxy.cli" not in graph()["evalproxy.demo"]
 
 
-def test_the_check_sees_a_circle() -> None:
+def test_the_check_sees_a_circle(tmp_path: Path) -> None:
     """The import scanner finds imports inside functions (so a circle closed there would be caught)."""
     imports = imports_of(PKG / "adapter" / "registry" / "registry.py")
     assert "evalproxy.adapter.chain.interceptor" in imports
-    source = "def f():\n    from evalproxy.cli import main\nif TYPE_CHECKING:\n    import evalproxy.demo\n"
-    tmp = PKG.parent.parent / "build" / "layers_probe.py"
-    tmp.parent.mkdir(exist_ok=True)
-    tmp.write_text(source)
-    try:
-        assert imports_of(tmp) == {"evalproxy.cli", "evalproxy.cli.main"}
-    finally:
-        tmp.unlink()
+    probe = tmp_path / "layers_probe.py"
+    probe.write_text("def f():\n    from evalproxy.cli import main\nif TYPE_CHECKING:\n    import evalproxy.demo\n")
+    assert imports_of(probe) == {"evalproxy.cli", "evalproxy.cli.main"}
+
+
+# The packages of evalproxy, bottom first; a package imports only its own and those of groups below it.
+PACKAGE_LAYERS = [
+    ("adapter",),
+    ("evalproxy", "storage"),
+    ("interceptors", "hooks", "nemo_compat", "simulator"),
+    ("records",),
+    ("jobs",),
+    ("demo",),
+    ("cli",),
+    ("__main__",),
+]
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "evalproxy"
+
+
+def test_packages_import_only_packages_below() -> None:
+    """adapter < storage < interceptors and hooks < records < jobs < cli: no package imports one above it, nor a
+    sibling of its own group."""
+    level = {pkg: i for i, group in enumerate(PACKAGE_LAYERS) for pkg in group}
+    bad = []
+    for m, deps in graph().items():
+        mine = package_of(m)
+        for d in deps:
+            theirs = package_of(d)
+            if theirs != mine and level[theirs] >= level[mine]:
+                bad.append(f"{m} ({mine}) imports {d} ({theirs})")
+    assert not bad, "\n".join(sorted(bad))
+    assert set(level) >= {package_of(m) for m in graph()}, "a package is missing from PACKAGE_LAYERS"
