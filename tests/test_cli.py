@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from evalproxy.cli import is_loopback
 from evalproxy.simulator import SimulatedModel
 from tests.procs import start_serve
+from tests.waiting import wait_until
 
 PLUGINS = str(Path(__file__).parent / "adapter" / "plugins")
 MSGS = [{"role": "user", "content": "hello"}]
@@ -92,10 +93,7 @@ class TestServe:
                     return r.status
 
             tasks = [asyncio.create_task(one(i)) for i in range(5)]
-            for _ in range(500):  # until the upstream holds all five (bounded: at most 10 s)
-                if len(sim.log) >= 5:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: len(sim.log) >= 5, what="the upstream to hold all five requests")
             proc.send_signal(signal.SIGTERM)
             statuses = await asyncio.gather(*tasks)
         assert statuses == [200] * 5

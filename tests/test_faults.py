@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 import orjson
 
 from evalproxy.simulator import Fault, SimulatedModel
+from tests.waiting import wait_until
 
 ENDPOINT_ONLY = {"interceptors": ["endpoint"], "generate_html_report": False}
 MSGS = [{"role": "user", "content": "tell me a story"}]
@@ -70,10 +70,7 @@ class TestClientFaults:
                                       json={"model": "m", "messages": MSGS, "stream": True})
             await resp.content.readline()
             resp.close()  # the client walks away
-        for _ in range(200):  # bounded wait: at most 4 s
-            if sim.streams_finished:
-                break
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: bool(sim.streams_finished), what="the upstream stream to be read to its end")
         assert len(sim.streams_finished) == 1
         health = await (await proxy.get("/health")).json()
         assert health["in_flight"] == 0

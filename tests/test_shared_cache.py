@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
 from tests.procs import ServeProcesses, start_serve
+from tests.waiting import wait_until
 
 PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku."}], "temperature": 0.8}
 
@@ -130,11 +131,11 @@ async def test_client_leaving_a_real_server_still_gets_its_answer_stored(tmp_pat
             await resp.content.readany()  # the first bytes, then hang up
             resp.close()
         async with aiohttp.ClientSession() as s:  # the rest of the stream arrives and is stored meanwhile
-            for _ in range(300):  # bounded: 30 s
+            async def idle() -> bool:
                 async with s.get(f"{url}/health") as h:
-                    if (await h.json())["in_flight"] == 0:
-                        break
-                await asyncio.sleep(0.1)
+                    return bool((await h.json())["in_flight"] == 0)
+
+            await wait_until(idle, what="the abandoned stream to be read to its end", seconds=30, every=0.1)
         async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions", json=body) as again:
             assert again.headers["X-EvalProxy-Cache"] == "hit"
             await again.read()

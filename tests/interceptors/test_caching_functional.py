@@ -13,6 +13,7 @@ import pytest
 from evalproxy.simulator import Fault, SimulatedModel
 from evalproxy.storage import cache_key
 from evalproxy.storage.disk import CacheStore
+from tests.waiting import wait_until
 
 MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 CHAIN = {"interceptors": [{"name": "caching", "config": {"save_requests": True, "reuse_cached_responses": True}},
@@ -144,10 +145,10 @@ class TestNotStored:
             resp = await session.post(proxy.make_url("/v1/chat/completions"), json=chat(stream=True))
             await resp.content.readline()
             resp.close()
-        for _ in range(400):  # bounded: 8 s; the answer is stored before its request stops being in flight
-            if sim.streams_finished and (await (await proxy.get("/health")).json())["in_flight"] == 0:
-                break
-            await asyncio.sleep(0.02)
+        async def stored() -> bool:  # the answer is stored before its request stops being in flight
+            return bool(sim.streams_finished and (await (await proxy.get("/health")).json())["in_flight"] == 0)
+
+        await wait_until(stored, what="the abandoned stream to be stored")
         _, _, h = await post(proxy, chat(stream=True))
         assert h["X-EvalProxy-Cache"] == "hit"
 

@@ -22,6 +22,7 @@ from evalproxy.storage.base import HOST
 from evalproxy.storage.disk import CacheStore
 from tests.conftest import make_loaded
 from tests.storage.test_redis_server import RedisServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -68,13 +69,13 @@ async def health(session: aiohttp.ClientSession, running: RunningProxy) -> dict[
 
 
 async def until_in_flight(session: aiohttp.ClientSession, running: RunningProxy, n: int) -> dict[str, Any]:
-    """/health once its in_flight count is ``n`` (bounded: 10 s; the test fails on the count otherwise)."""
-    for _ in range(200):
-        got = await health(session, running)
-        if got["in_flight"] == n:
-            return got
-        await asyncio.sleep(0.05)
+    """/health once its in_flight count is ``n``."""
+    await wait_until(lambda: _in_flight_is(session, running, n), what=f"{n} requests in flight", every=0.05)
     return await health(session, running)
+
+
+async def _in_flight_is(session: aiohttp.ClientSession, running: RunningProxy, n: int) -> bool:
+    return bool((await health(session, running))["in_flight"] == n)
 
 
 async def send_and_hang_up(running: RunningProxy, session: aiohttp.ClientSession, in_flight: int) -> None:

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from evalproxy.cli import _CachedAnswers
 from evalproxy.records import read_ledger, read_results
+from tests.waiting import wait_until_sync
 
 from .conftest import FIXTURES
 
@@ -47,15 +47,15 @@ def _free_port() -> int:
 
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def up() -> bool:
         assert proc.poll() is None, "the fake upstream exited"
         try:
             with urllib.request.urlopen(url, timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} did not come up")
+            return False
+
+    wait_until_sync(up, what=f"{url} to come up", seconds=15, every=0.05)
 
 
 def _evalproxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
