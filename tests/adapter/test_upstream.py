@@ -202,6 +202,17 @@ class TestAnswerLimitFunctional:
             assert "max_answer_bytes" in error["message"] and "65536" in error["message"]
         assert len(hostile.calls) == 2  # the first answer was not cached
 
+    async def test_head_answer_declaring_a_large_body_passes(self, make_proxy: Any, hostile: Any) -> None:
+        """A HEAD answer's Content-Length describes a body never sent: it is not held against max_answer_bytes."""
+        async def big(request: web.Request) -> web.StreamResponse:
+            return web.Response(body=b"x" * (100 * KIB), content_type="application/json")
+        hostile.behaviour.append(big)
+        proxy = await make_proxy({"interceptors": ["endpoint"], "generate_html_report": False},
+                                 upstream_url=str(hostile.make_url("/v1")), max_retries=0,
+                                 max_answer_bytes=64 * KIB, forward_methods=["GET", "POST", "HEAD"])
+        resp = await proxy.head("/v1/models")
+        assert resp.status == 200
+
     @pytest.mark.timeout(10)  # a hang guard: a proxy that reads the whole endless answer never answers
     async def test_endless_answer_is_read_only_up_to_the_limit(self, make_proxy: Any, hostile: Any) -> None:
         """A JSON answer without Content-Length that never ends is read up to max_answer_bytes, then refused."""

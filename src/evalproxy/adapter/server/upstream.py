@@ -260,7 +260,7 @@ class UpstreamTransport:
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
             return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0, hide_usage))
         try:
-            data = await self._read(resp)
+            data = await self._read(resp, declared=ctx.method != "HEAD")
         except AnswerTooLargeError:
             resp.close()  # the rest is never read
             self.prometheus.errors.labels("answer_too_large").inc()
@@ -283,12 +283,12 @@ class UpstreamTransport:
             out.null_content_to_empty()
         return out
 
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The whole body of a answer that is not a stream, read no further than ``max_answer_bytes``: a declared
-        Content-Length over it is refused before reading, and a body without one (or decompressed past it) is
-        counted as it comes."""
+    async def _read(self, resp: aiohttp.ClientResponse, declared: bool) -> bytes:
+        """The whole body of an answer that is not a stream, read no further than ``max_answer_bytes``: with
+        ``declared`` (not for HEAD, whose Content-Length describes a body never sent), a Content-Length over it is
+        refused before reading; a body is also counted as it comes (one without Content-Length, or decompressed)."""
         limit = self.max_answer
-        if resp.content_length is not None and resp.content_length > limit:
+        if declared and resp.content_length is not None and resp.content_length > limit:
             raise self._too_large(f"declares {resp.content_length} bytes, more than max_answer_bytes allows")
         parts: list[bytes] = []
         size = 0
