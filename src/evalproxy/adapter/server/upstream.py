@@ -4,6 +4,8 @@
 ``endpoint`` (:mod:`evalproxy.interceptors.endpoint`) is this transport, registered with its params. It retries 429, 5xx
 and connection failures with exponential backoff and jitter (honouring ``Retry-After``) until an answer has started
 to reach the client, passes streams through event by event, and turns what cannot be answered into typed errors.
+What it holds of an answer is bounded: ``max_answer_bytes`` for a whole answer or a stream in all,
+``max_sse_line_bytes`` for one stream event not yet ended; past either it stops reading (``AnswerTooLargeError``).
 """
 
 from __future__ import annotations
@@ -332,6 +334,9 @@ class UpstreamTransport:
         self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float, hide_usage: bool
     ) -> AsyncIterator[Event]:
         """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream.
+
+        A stream past ``max_answer_bytes`` in all, or holding an event not ended within ``max_sse_line_bytes``,
+        ends with :class:`AnswerTooLargeError` (an error event for the client; caches store nothing of it).
 
         ``hide_usage``: the usage was asked for by the proxy, not the client; it is taken out of the stream and kept
         in ``ctx.state[STREAM_USAGE]``."""
