@@ -113,6 +113,41 @@ class TestStreamSplitter:
         assert feed_all(s, ["Hello", " world"]) == ("Hello world", "")
         assert s.result().reasoning is None
 
+    # 20 000 events of 1 000 characters: linear work is a fraction of a second; rebuilding the held text on every
+    # event copies 200 GB (hours). The timeout is a hang guard, not a timing assertion.
+    @pytest.mark.timeout(20)
+    @pytest.mark.parametrize("start", ["<think>", None])
+    @pytest.mark.parametrize("ends", [True, False], ids=["end-token", "plain"])
+    def test_long_held_text_is_handled_in_linear_time(self, start: str | None, ends: bool) -> None:
+        """Text held for 20 000 events before the end token (or the end) comes back exactly stripped."""
+        s = StreamSplitter(start, "</think>", True)
+        piece = "thinking about it, " * 50 + "</thin"  # a piece of the end token at the end of every event
+        pieces = [piece] * 20_000 + (["k>\n\nFour."] if ends else [" done."])
+        out, thought = feed_all(s, pieces)
+        if ends:
+            assert (out, thought) == ("Four.", (piece * 20_000)[: -len("</thin")])
+        else:
+            assert out == piece * 20_000 + " done." and thought == ""
+
+    @pytest.mark.parametrize("end", ["</think>", "|"])
+    def test_held_text_every_three_way_cut(self, end: str) -> None:
+        """Text held without a start token, cut anywhere into three events, splits as the whole text does."""
+        content = f"  abc{end[:-1]}x{end}  answer{end}z"
+        whole = split_reasoning(content, "<think>", end)
+        for a in range(len(content) + 1):
+            for b in range(a, len(content) + 1):
+                s = StreamSplitter("<think>", end, True)
+                out, thought = feed_all(s, [content[:a], content[a:b], content[b:]])
+                assert (out, thought) == (whole.answer, whole.reasoning), (a, b)
+
+    @pytest.mark.timeout(20)  # a hang guard, as above
+    def test_long_leading_whitespace_is_handled_in_linear_time(self) -> None:
+        """Whitespace held for 20 000 events before the start token is decided comes back exactly, or is dropped
+        before a block."""
+        for last, expected in (("<think>x</think>A", "A"), ("plain", " " * 20_000_000 + "plain")):
+            s = StreamSplitter("<think>", "</think>", True)
+            assert feed_all(s, [" " * 1000] * 20_000 + [last])[0] == expected
+
 
 def chat_chunk(content: str | None, finish: str | None = None, index: int = 0, **delta: Any) -> dict[str, Any]:
     d: dict[str, Any] = {} if content is None else {"content": content}
@@ -387,6 +422,15 @@ class TestStreams:
         assert (s["total_responses"], s["reasoning_finished_count"], s["total_reasoning_words"]) == (1, 1, 2)
         assert (s["total_original_content_words"], s["total_updated_content_words"]) == (2, 1)  # split on whitespace
         assert (s["total_reasoning_tokens"], s["total_updated_content_tokens"]) == (6, 4)
+
+
+class TestLongStreams:
+    @pytest.mark.timeout(10)  # a hang guard: held text rebuilt on every event takes a minute or more here
+    async def test_many_events_before_the_end_token(self, run: RunContext) -> None:
+        """A stream of 24 000 events of 1 KB before the end token reaches the client exactly stripped."""
+        pieces = ["weighing it " * 85] * 24_000 + ["</think>\n\nFour."]
+        out = await stream_through(make(run), content_events(pieces))
+        assert joined(out) == "Four." and out[-1] == DONE_EVENT
 
 
 class TestStreamUnmarkedPass:

@@ -27,13 +27,26 @@ def _status_of(error: Any) -> int:
 
 
 def coalesce(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    """One answer object from a stream's event objects."""
+    """One answer object from a stream's event objects.
+
+    Texts are kept in pieces and joined once at the end: time linear in the stream's length."""
     first = objects[0] if objects else {}
     text_kind = first.get("object") == "text_completion"
     out: dict[str, Any] = {"id": first.get("id"), "object": "text_completion" if text_kind else "chat.completion",
                            "created": first.get("created"), "model": first.get("model")}
     choices: dict[int, dict[str, Any]] = {}
     calls: dict[int, dict[int, dict[str, Any]]] = {}
+    # Where each text goes (a dict and its key) and its pieces so far.
+    texts: dict[tuple[int, ...], tuple[dict[str, Any], str, list[str]]] = {}
+
+    def add(key: tuple[int, ...], holder: dict[str, Any], name: str, text: str) -> None:
+        entry = texts.get(key)
+        if entry is None:
+            holder.setdefault(name, "")  # its place among the keys, filled at the end
+            texts[key] = (holder, name, [text])
+        else:
+            entry[2].append(text)
+
     for obj in objects:
         if obj.get("usage"):
             out["usage"] = obj["usage"]
@@ -45,20 +58,21 @@ def coalesce(objects: list[dict[str, Any]]) -> dict[str, Any]:
             if text_kind or not isinstance(delta, dict):
                 c = choices.setdefault(i, {"index": i, "text": "", "finish_reason": None})
                 if isinstance(ch.get("text"), str):
-                    c["text"] += ch["text"]
+                    add((i, 0), c, "text", ch["text"])
             else:
                 c = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": ""},
                                            "finish_reason": None})
                 msg = c["message"]
                 if isinstance(delta.get("content"), str):
-                    msg["content"] += delta["content"]
+                    add((i, 1), msg, "content", delta["content"])
                 thought = delta.get("reasoning_content", delta.get("reasoning"))
                 if isinstance(thought, str):
-                    msg["reasoning_content"] = msg.get("reasoning_content", "") + thought
+                    add((i, 2), msg, "reasoning_content", thought)
                 for tc in delta.get("tool_calls") or ():
                     if not isinstance(tc, dict):
                         continue
-                    slot = calls.setdefault(i, {}).setdefault(tc.get("index", 0), {
+                    k = tc.get("index", 0)
+                    slot = calls.setdefault(i, {}).setdefault(k, {
                         "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
                     if tc.get("id"):
                         slot["id"] = tc["id"]
@@ -67,11 +81,13 @@ def coalesce(objects: list[dict[str, Any]]) -> dict[str, Any]:
                     given = tc.get("function")
                     fn: dict[str, Any] = given if isinstance(given, dict) else {}
                     if isinstance(fn.get("name"), str):
-                        slot["function"]["name"] += fn["name"]
+                        add((i, 3, k), slot["function"], "name", fn["name"])
                     if isinstance(fn.get("arguments"), str):
-                        slot["function"]["arguments"] += fn["arguments"]
+                        add((i, 4, k), slot["function"], "arguments", fn["arguments"])
             if ch.get("finish_reason"):
                 c["finish_reason"] = ch["finish_reason"]
+    for holder, name, pieces in texts.values():
+        holder[name] = "".join(pieces)
     for i, by_index in calls.items():
         choices[i]["message"]["tool_calls"] = [by_index[k] for k in sorted(by_index)]
     out["choices"] = [choices[i] for i in sorted(choices)]

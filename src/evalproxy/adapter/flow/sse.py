@@ -93,9 +93,12 @@ DONE = Event(DONE_EVENT, None)
 
 
 def assemble_stream(events: Iterable[bytes | Event]) -> dict[str, Any] | None:
-    """One chat.completion (or text_completion) object built from the events of a stream, for reports and stats."""
+    """One chat.completion (or text_completion) object built from the events of a stream, for reports and stats.
+
+    Texts are kept in pieces and joined once at the end: time linear in the stream's length."""
     out: dict[str, Any] | None = None
     choices: dict[int, dict[str, Any]] = {}
+    texts: dict[tuple[int, str], list[str]] = {}  # (choice, field) -> its pieces
     for event in events:
         obj = event.json if isinstance(event, Event) else event_json(event)
         if not isinstance(obj, dict):
@@ -113,14 +116,16 @@ def assemble_stream(events: Iterable[bytes | Event]) -> dict[str, Any] | None:
                                              "finish_reason": None})
                 msg = c["message"]
                 if isinstance(delta.get("content"), str):
-                    msg["content"] += delta["content"]
+                    _piece(texts, idx, "content", delta["content"])
                 if isinstance(delta.get("reasoning_content"), str):
-                    msg["reasoning_content"] = msg.get("reasoning_content", "") + delta["reasoning_content"]
+                    msg.setdefault("reasoning_content", "")  # its place among the keys, filled at the end
+                    _piece(texts, idx, "reasoning_content", delta["reasoning_content"])
                 if delta.get("tool_calls"):
                     msg.setdefault("tool_calls", []).extend(delta["tool_calls"])
             elif isinstance(ch.get("text"), str):
                 c = choices.setdefault(idx, {"index": idx, "text": "", "finish_reason": None})
-                c["text"] = c.get("text", "") + ch["text"]
+                c.setdefault("text", "")
+                _piece(texts, idx, "text", ch["text"])
             else:
                 c = choices.setdefault(idx, {"index": idx, "finish_reason": None})
             if ch.get("finish_reason"):
@@ -129,5 +134,17 @@ def assemble_stream(events: Iterable[bytes | Event]) -> dict[str, Any] | None:
             out["usage"] = obj["usage"]
     if out is None:
         return None
+    for (idx, name), pieces in texts.items():
+        c = choices[idx]
+        holder = c if name == "text" else c.setdefault("message", {"role": "assistant"})
+        holder[name] = "".join(pieces)
     out["choices"] = [choices[i] for i in sorted(choices)]
     return out
+
+
+def _piece(texts: dict[tuple[int, str], list[str]], idx: int, name: str, text: str) -> None:
+    pieces = texts.get((idx, name))
+    if pieces is None:
+        texts[idx, name] = [text]
+    else:
+        pieces.append(text)

@@ -4,6 +4,8 @@
 ``endpoint`` (:mod:`evalproxy.interceptors.endpoint`) is this transport, registered with its params. It retries 429, 5xx
 and connection failures with exponential backoff and jitter (honouring ``Retry-After``) until an answer has started
 to reach the client, passes streams through event by event, and turns what cannot be answered into typed errors.
+What it holds of an answer is bounded: ``max_answer_bytes`` for a whole answer or a stream in all,
+``max_sse_line_bytes`` for one stream event not yet ended; past either it stops reading (``AnswerTooLargeError``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 from multidict import CIMultiDict
 
 from evalproxy.adapter.core.errors import (
+    AnswerTooLargeError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -135,6 +138,8 @@ class UpstreamTransport:
         self.retry_status = frozenset(server.retry_on_status)
         self.limit = server.max_concurrent_requests
         self.stream_usage = p.stream_usage
+        self.max_answer = server.max_answer_bytes
+        self.max_event = server.max_sse_line_bytes
         self.prometheus = run.prometheus
         self._session: aiohttp.ClientSession | None = None
         # A stream may take long in total, but must not go silent for longer than request_timeout: its headers are
@@ -257,7 +262,11 @@ class UpstreamTransport:
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
             return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0, hide_usage))
         try:
-            data = await resp.read()
+            data = await self._read(resp, declared=ctx.method != "HEAD")
+        except AnswerTooLargeError:
+            resp.close()  # the rest is never read
+            self.prometheus.errors.labels("answer_too_large").inc()
+            raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             resp.close()
             self.prometheus.errors.labels("upstream_timeout").inc()
@@ -275,6 +284,34 @@ class UpstreamTransport:
         if resp.status == 200:
             out.null_content_to_empty()
         return out
+
+    async def _read(self, resp: aiohttp.ClientResponse, declared: bool) -> bytes:
+        """The whole body of an answer that is not a stream, read no further than ``max_answer_bytes``: with
+        ``declared`` (not for HEAD, whose Content-Length describes a body never sent), a Content-Length over it is
+        refused before reading; a body is also counted as it comes (one without Content-Length, or decompressed)."""
+        limit = self.max_answer
+        if declared and resp.content_length is not None and resp.content_length > limit:
+            raise self._too_large(f"declares {resp.content_length} bytes, more than max_answer_bytes allows")
+        parts: list[bytes] = []
+        size = 0
+        content = resp.content
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large("went past max_answer_bytes")
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _too_large(self, what: str) -> AnswerTooLargeError:
+        return AnswerTooLargeError(
+            f"the upstream's answer {what} ({self.max_answer} bytes); it was not read further nor kept "
+            f"(raise server.max_answer_bytes if such answers are expected)")
+
+    def _event_too_large(self) -> AnswerTooLargeError:
+        return AnswerTooLargeError(
+            f"the upstream's stream held an event (or line) longer than max_sse_line_bytes ({self.max_event} bytes) "
+            f"without ending it; the stream was not read further nor kept (raise server.max_sse_line_bytes if "
+            f"such events are expected)")
 
     def _watch(self, resp: aiohttp.ClientResponse) -> _Watch:
         watch = _Watch(resp)
@@ -298,18 +335,27 @@ class UpstreamTransport:
     ) -> AsyncIterator[Event]:
         """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream.
 
+        A stream past ``max_answer_bytes`` in all, or holding an event not ended within ``max_sse_line_bytes``,
+        ends with :class:`AnswerTooLargeError` (an error event for the client; caches store nothing of it).
+
         ``hide_usage``: the usage was asked for by the proxy, not the client; it is taken out of the stream and kept
         in ``ctx.state[STREAM_USAGE]``."""
-        buf = b""
+        # The bytes of an event not yet ended by a blank line, as they came (joined once, when it ends: a long
+        # event costs linear time) and how many they are; with the stream's total, both are bounded.
+        parts: list[bytes] = []
+        held = 0
+        total = 0
+        max_answer, max_event = self.max_answer, self.max_event
+        cr = False  # the last chunk held a "\r": a "\r\n" may be split between two chunks
         complete = False
         state = ctx.state
         watch = self._watch(resp)
         try:
             while True:
                 flush = state.get(WRITE_HELD)
-                held = flush() if flush is not None else None
-                if held is not None:
-                    await held  # about to wait for the network: nothing may stay held meanwhile
+                held_write = flush() if flush is not None else None
+                if held_write is not None:
+                    await held_write  # about to wait for the network: nothing may stay held meanwhile
                 # Silence counts only while this read waits: time spent writing to a slow client or in the layers
                 # above is not the upstream's.
                 watch.waiting_since = time.monotonic()
@@ -319,18 +365,43 @@ class UpstreamTransport:
                     raise TimeoutError
                 if not chunk:
                     break
-                buf += chunk
-                if b"\r" in buf:
-                    buf = buf.replace(b"\r\n", b"\n")
-                if b"\n\n" not in buf:
+                total += len(chunk)
+                if total > max_answer:
+                    raise self._too_large("went past max_answer_bytes")
+                if cr or b"\r" in chunk:
+                    if parts and chunk[:1] == b"\n" and parts[-1][-1:] == b"\r":
+                        held -= 1
+                        if len(parts[-1]) > 1:
+                            parts[-1] = parts[-1][:-1]
+                        else:
+                            parts.pop()
+                    cr = b"\r" in chunk
+                    if cr:
+                        chunk = chunk.replace(b"\r\n", b"\n")
+                # Only the new bytes are searched (and the one before them): each byte is looked at once.
+                if b"\n\n" not in chunk and not (parts and chunk[:1] == b"\n" and parts[-1][-1:] == b"\n"):
+                    held += len(chunk)
+                    if held > max_event:
+                        raise self._event_too_large()
+                    parts.append(chunk)
                     continue
-                *events, buf = buf.split(b"\n\n")  # one pass over a chunk however many events it holds
+                if parts:
+                    parts.append(chunk)
+                    chunk = b"".join(parts)
+                    parts.clear()
+                *events, rest = chunk.split(b"\n\n")  # one pass over a chunk however many events it holds
+                held = len(rest)
+                if rest:
+                    parts.append(rest)
                 last = len(events) - 1
                 for j, data in enumerate(events):
                     if data and not data.isspace() and (event := _event(ctx, data, hide_usage)) is not None:
                         state[EVENTS_AT_HAND] = j < last
                         yield event
+                if held > max_event:  # after the events that did end
+                    raise self._event_too_large()
             # A last event the upstream did not end with a blank line.
+            buf = b"".join(parts)
             if buf.strip() and (event := _event(ctx, buf.rstrip(b"\n"), hide_usage)) is not None:
                 state[EVENTS_AT_HAND] = False
                 yield event
@@ -343,6 +414,9 @@ class UpstreamTransport:
                 ) from exc
             self.prometheus.errors.labels("upstream_broken_stream").inc()
             raise UpstreamProtocolError(f"the upstream broke off the stream: {type(exc).__name__}: {exc}") from exc
+        except AnswerTooLargeError:
+            self.prometheus.errors.labels("answer_too_large").inc()
+            raise
         finally:
             self._streams.discard(watch)
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0

@@ -58,7 +58,13 @@ class StreamSplitter:
     """False: an answer that does not open with the start token streams at once (a block opened by the prompt leaks)."""
     mode: str = "detect"
     pending: str = ""
-    scanned: int = 0  # how much of ``pending`` was already searched for the end token (unmarked mode)
+    """Text not decided yet, short: a piece of the start token (``detect``) or of the end token (``marked``)."""
+    lead: list[str] = field(default_factory=list)
+    """``detect``: the whitespace before the start token, in pieces (it may be long; joined once, when decided)."""
+    held: list[str] = field(default_factory=list)
+    """``unmarked``: the text held until the end token or the end, in pieces (joined once: linear in its length)."""
+    tail: str = ""
+    """``unmarked``: the last ``len(end) - 1`` characters held, where an end token split across events begins."""
     reasoning: list[str] = field(default_factory=list)
     original: list[str] = field(default_factory=list)
     answer_parts: list[str] = field(default_factory=list)
@@ -73,39 +79,59 @@ class StreamSplitter:
             self.mode = "unmarked"
 
     def feed(self, text: str) -> tuple[str, str]:
-        """(answer text to emit now, reasoning text decided now)."""
+        """(answer text to emit now, reasoning text decided now).
+
+        Each character is looked at a bounded number of times however long the text held before a decision: only
+        the new text (and the few characters before it where a split token may begin) is searched."""
         self.original.append(text)
         if self.mode == "answer":  # most of a long answer: nothing is held in this mode
             self.answer_parts.append(text)
             return text, ""
-        buf, self.pending = self.pending + text, ""
+        at = 0  # where the end token may begin in ``buf``, in unmarked mode
+        if self.mode == "unmarked" and self.held:
+            probe = self.tail + text
+            i = probe.find(self.end)
+            if i < 0:
+                self._hold(text, probe)
+                return "", ""
+            held = "".join(self.held)  # decided: everything held is joined once
+            self.held, self.tail = [], ""
+            buf, at = held + text, len(held) - (len(probe) - len(text)) + i
+        else:
+            buf, self.pending = self.pending + text, ""
         out, thought = "", ""
         while True:
             if self.mode == "detect":
                 assert self.start is not None
-                head = buf.lstrip()
+                head = buf.lstrip()  # ``buf`` begins with whitespace only if nothing but whitespace came before
                 if head.startswith(self.start):
                     self.mode, self.started, self.opened = "marked", True, True
+                    self.lead = []
                     buf = head[len(self.start) :]
                     continue
                 if self.start.startswith(head):
-                    self.pending = buf  # whitespace or a piece of the start token: not decidable yet
+                    if len(head) < len(buf):
+                        self.lead.append(buf[: len(buf) - len(head)])
+                    self.pending = head  # whitespace or a piece of the start token: not decidable yet
                     break
+                if self.lead:
+                    buf = "".join(self.lead) + buf
+                    self.lead = []
                 self.mode = "unmarked" if self.hold_unmarked else "answer"
                 continue
             if self.mode in ("marked", "unmarked"):
-                at = max(0, self.scanned - len(self.end) + 1) if self.mode == "unmarked" else 0
                 i = buf.find(self.end, at)
                 if i >= 0:
                     thought += buf[:i]
                     self.started = self.finished = True
-                    self.mode, self.scanned = "after_end", 0
+                    self.mode = "after_end"
                     buf = buf[i + len(self.end) :]
                     continue
                 if self.mode == "unmarked":
                     # Models whose chat template opens the block in the prompt never send the start token, so
                     # anything may still turn out to be reasoning until the end token comes or the choice ends.
-                    self.pending, self.scanned = buf, len(buf)
+                    if buf:
+                        self._hold(buf, buf)
                     break
                 k = _held_back(buf, self.end)
                 thought += buf[: len(buf) - k]
@@ -124,6 +150,12 @@ class StreamSplitter:
         self.answer_parts.append(out)
         return out, thought
 
+    def _hold(self, text: str, probe: str) -> None:
+        """Hold ``text`` (unmarked mode); ``probe`` ends with it, after the tail held before."""
+        self.held.append(text)
+        k = len(self.end) - 1
+        self.tail = probe[max(0, len(probe) - k) :] if k else ""
+
     def close(self) -> str:
         """The text still owed to the client when the choice ends."""
         if self.closed:
@@ -132,14 +164,16 @@ class StreamSplitter:
         out = ""
         if self.mode == "unmarked" and not self.start and not self.include_if_not_finished:
             # No start token: every answer opens inside the block, so without the end token it is unfinished.
-            self.reasoning.append(self.pending)
+            self.reasoning.append("".join(self.held))
             self.started = True
-        elif self.mode in ("detect", "unmarked"):
-            out = self.pending  # no end token came: it was all answer
+        elif self.mode == "detect":
+            out = "".join(self.lead) + self.pending  # no start token came: it was all answer
+        elif self.mode == "unmarked":
+            out = "".join(self.held)  # no end token came: it was all answer
         elif self.mode == "marked":  # unfinished block
             self.reasoning.append(self.pending)
             out = "".join(self.original) if self.include_if_not_finished else ""
-        self.pending = ""
+        self.pending, self.lead, self.held, self.tail = "", [], [], ""
         self.answer_parts.append(out)
         return out
 
