@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +84,22 @@ def run(tmp_path: Path) -> RunContext:
         server=loaded.server,
         prometheus=Prometheus(),
     )
+
+
+@pytest.fixture(autouse=True)
+async def no_blocking_calls(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
+    """Fail any test in which something held the event loop for long (asyncio's debug mode reports it), as
+    aiohttp's own test suite does: a blocking call (SQLite, a file, a process wait) in the proxy stalls every
+    request it serves. A test whose own client side is what takes long says so with ``loop_may_block``."""
+    if request.node.get_closest_marker("loop_may_block") is not None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    # Generous: a 2-core CI machine running the whole suite stalls for a fraction of a second now and then.
+    loop.slow_callback_duration = 1.0
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        yield
+    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
+    slow = [r.getMessage() for r in records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not slow, f"the event loop was blocked: {slow}"
