@@ -59,7 +59,6 @@ from evalproxy.storage.base import (
     holder_gone,
     now,
 )
-
 from evalproxy.storage.diskcache_table import DiskcacheTable
 
 log = logging.getLogger("evalproxy.store")
@@ -90,7 +89,8 @@ def store_error(exc: BaseException, location: str) -> BaseException:
     kind: type[StoreError]
     if isinstance(exc, sqlite3.Error):
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        kind = (StoreFullError if code == _SQLITE_FULL else StoreReadOnlyError if code in (_SQLITE_READONLY, _SQLITE_PERM)
+        kind = (StoreFullError if code == _SQLITE_FULL
+                else StoreReadOnlyError if code in (_SQLITE_READONLY, _SQLITE_PERM)
                 else StoreUnavailableError if code in _SQLITE_UNAVAILABLE else StoreError)
     elif isinstance(exc, OSError):
         kind = (StoreFullError if exc.errno in _ERRNO_FULL else StoreReadOnlyError if exc.errno in _ERRNO_READONLY

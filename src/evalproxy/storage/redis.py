@@ -63,7 +63,6 @@ from evalproxy.adapter.core.errors import (
     StoreReadOnlyError,
 )
 from evalproxy.adapter.core.errors import StoreUnavailableError as StoreUnavailableError  # re-exported
-
 from evalproxy.adapter.core.redact import redact_url
 from evalproxy.storage.base import (
     HOST,
