@@ -60,10 +60,9 @@ def run_store(where: str | Path) -> str | Path:
 
 
 def _cache_url_of(run_dir: Path) -> str | None:
-    """The ``cache_url`` of the caching interceptor in a run directory's effective config, if any."""
-    from pydantic import ValidationError
-
-    from evalproxy.adapter.config import AdapterConfig, validation_error
+    """The ``cache_url`` of the first enabled caching interceptor in a run directory's effective config, if any.
+    Only that entry is read (the rest of a run's config may be of another version, or hostile): nothing it names is
+    imported or acted on."""
     from evalproxy.adapter.core.loads import read_yaml
     from evalproxy.adapter.server.output import CONFIG_FILE
 
@@ -71,15 +70,14 @@ def _cache_url_of(run_dir: Path) -> str | None:
     if not path.is_file():
         return None
     doc = read_yaml(path)
-    adapter_doc = doc.get("adapter_config") if isinstance(doc, dict) else None
-    if not isinstance(adapter_doc, dict):
-        return None
-    try:  # ``discovery`` is never acted on here: reading a run never imports what it names
-        adapter = AdapterConfig.model_validate({k: v for k, v in adapter_doc.items() if k != "discovery"})
-    except ValidationError as exc:
-        raise validation_error(exc, file=str(path)) from None
-    url = (adapter.interceptor_config("caching") or {}).get("cache_url")
-    return url if isinstance(url, str) and url else None
+    adapter = doc.get("adapter_config") if isinstance(doc, dict) else None
+    interceptors = adapter.get("interceptors") if isinstance(adapter, dict) else None
+    for ic in interceptors if isinstance(interceptors, list) else []:
+        if isinstance(ic, dict) and ic.get("name") == "caching" and ic.get("enabled", True) is not False:
+            config = ic.get("config")
+            url = config.get("cache_url") if isinstance(config, dict) else None
+            return url if isinstance(url, str) and url else None
+    return None
 
 
 async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, int]:
