@@ -262,3 +262,32 @@ class TestStoreWorker:
         assert isinstance(results[0], StoreFullError) and isinstance(results[0].__cause__, OSError)
         assert results[1] == 0
         await w.aclose()
+
+
+class TestDiskcacheTable:
+    """The one adapter over diskcache's own table: what pyproject.toml's diskcache pin rests on."""
+
+    @pytest.mark.parametrize("size", [10, 200_000])
+    def test_plain_diskcache_and_the_table_read_each_other(self, tmp_path: Path, size: int) -> None:
+        """A value the table writes reads back through a separate plain diskcache.Cache, and one that plain
+        diskcache writes reads back through the table, small (an inline row) and large (a file of diskcache's)."""
+        import diskcache
+
+        from evalproxy.storage.diskcache_table import DiskcacheTable
+
+        ours = diskcache.Cache(str(tmp_path), eviction_policy="none", statistics=False)
+        table = DiskcacheTable(ours)
+        plain = diskcache.Cache(str(tmp_path))
+        try:
+            table.put("written-by-table", b"a" * size)
+            assert plain.get("written-by-table") == b"a" * size
+            plain.set("written-by-diskcache", b"b" * size)
+            assert table.get("written-by-diskcache") == b"b" * size
+            table.put("written-by-diskcache", b"c" * size)  # a replacement goes through diskcache
+            assert plain.get("written-by-diskcache") == b"c" * size == table.get("written-by-diskcache")
+            plain.set("expired", b"d", expire=-1)
+            assert table.get("expired") is None and table.get("absent") is None
+            assert "written-by-table" in plain and "written-by-diskcache" in plain
+        finally:
+            plain.close()
+            ours.close()

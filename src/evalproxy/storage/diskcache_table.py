@@ -4,8 +4,9 @@ its ``Cache`` table.
 Relies on the schema of **diskcache 5.6** (``diskcache/core.py``: table ``Cache`` with columns ``rowid, key, raw,
 store_time, expire_time, access_time, access_count, tag, size, mode, filename, value``; ``MODE_RAW == 1``; the
 connection of the calling thread behind ``Cache._con``); pyproject.toml pins ``diskcache>=5.6,<5.7`` to what
-``tests/storage/test_disk.py::TestDiskcacheTable`` proves: diskcache reads every row written here and this reads
-every entry diskcache wrote. Widen the pin only after those tests pass on the new version.
+``tests/storage/test_disk.py::TestDiskcacheTable`` (and ``TestCacheStore``) prove: diskcache reads every row
+written here and this reads every entry diskcache wrote. Widen the pin only after those tests pass on the new
+version.
 
 Why not ``Cache.get`` / ``Cache.set``: an answer is read and written with one SQL statement each, in the row format
 diskcache itself uses for a ``str`` key and a ``bytes`` value kept inline (``raw = 1``, ``mode = MODE_RAW``, ``size =
