@@ -154,3 +154,12 @@ def test_only_storage_imports_sqlite3() -> None:
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad += [f"{name} imports {n}" for n in names if n.split(".")[0] in ("sqlite3", "diskcache")]
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_readers_use_the_store_interface_only() -> None:
+    """Outside evalproxy/storage, no module imports a backend (disk, redis, the diskcache adapter): the CLI, reports,
+    compare and caching reach every store through ``open_store`` and the ``Store`` interface."""
+    backends = {"evalproxy.storage.disk", "evalproxy.storage.redis", "evalproxy.storage.diskcache_table"}
+    bad = [f"{m} imports {d}" for m, deps in graph().items() if not m.startswith("evalproxy.storage")
+           for d in deps if d in backends]
+    assert not bad, "\n".join(sorted(bad))
