@@ -17,9 +17,15 @@ import yaml
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from evalproxy.adapter.core.errors import StoreError, StoreFullError, StoreUnavailableError
 from evalproxy.simulator import Fault, SimulatedModel
-from evalproxy.storage.disk import CacheStore
+from evalproxy.storage.base import StoredAnswer
+from evalproxy.storage.disk import CacheStore, DiskStore
+from evalproxy.storage.redis import RedisStore
 from tests.procs import start_serve
+from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
 
 
 @pytest.fixture
@@ -136,3 +142,61 @@ async def test_two_processes_share_one_cache(tmp_path: Path) -> None:
         assert all(store.get_answer(k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1])) for k in keys)
     finally:
         store.close()
+
+
+@needs_redis
+class TestStoreErrorsByType:
+    """Each backend raises the StoreError subtree, and caching handles it by type (a request is never failed)."""
+
+    async def test_redis_at_maxmemory_is_store_full(self, redis_server: RedisServer) -> None:
+        """A Redis server at its maxmemory refuses a write as StoreFullError; one that is down is
+        StoreUnavailableError; both are StoreErrors."""
+        store = RedisStore(redis_server.url)
+        try:
+            await store.redis.config_set("maxmemory", 1)
+            with pytest.raises(StoreFullError):
+                await store.finish("k", 0, owner="o", answer=StoredAnswer(200, {}, body=b"{}"), pair=None)
+            redis_server.stop()
+            with pytest.raises(StoreUnavailableError) as down:
+                await store.count_answers()
+            assert isinstance(down.value, StoreError)
+        finally:
+            await store.aclose()
+
+    async def test_full_redis_never_fails_a_request(self, make_proxy: Any, sim: SimulatedModel,
+                                                    redis_server: RedisServer,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+        """With its Redis store at maxmemory, the proxy answers every request, logs the write failure once, names
+        StoreFullError, and counts it as a write error."""
+        proxy = await make_proxy({"interceptors": [{"name": "caching", "config": {
+            "cache_url": redis_server.url, "reuse_cached_responses": True}}, "endpoint"],
+            "generate_html_report": False})
+        setup = RedisStore(redis_server.url)
+        try:
+            await setup.redis.config_set("maxmemory", 1)
+        finally:
+            await setup.aclose()
+        for i in range(3):
+            resp = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": str(i)}],
+                                                                  "temperature": 0})
+            assert resp.status == 200 and resp.headers["X-EvalProxy-Cache"] == "miss"
+        logged = [r.getMessage() for r in caplog.records if "cache write failed" in r.getMessage()]
+        assert len(logged) == 1 and "StoreFullError" in logged[0]
+        assert cache_errors(await (await proxy.get("/metrics")).text())["write_error"] >= 1
+
+    async def test_full_disk_is_store_full(self, small_fs: Path) -> None:
+        """A disk store on a full file system refuses a large answer as StoreFullError."""
+        store = DiskStore(small_fs / "cache")
+        try:
+            with contextlib.suppress(OSError), open(small_fs / "filler", "wb") as f:  # noqa: ASYNC230 - fills a tmpfs
+                f.write(b"\0" * (4 * 1024 * 1024))
+            with pytest.raises(StoreFullError):
+                await store.finish("k", 0, owner="o", answer=StoredAnswer(200, {}, body=b"x" * 200_000), pair=None)
+        finally:
+            await store.aclose()
+
+    def test_a_directory_that_cannot_be_opened_is_unavailable(self, tmp_path: Path) -> None:
+        """A cache dir that cannot be created (a file stands in its way) raises StoreUnavailableError on opening."""
+        (tmp_path / "cache").write_text("not a directory")
+        with pytest.raises(StoreUnavailableError):
+            DiskStore(tmp_path / "cache" / "inner")

@@ -161,3 +161,33 @@ def test_packages_import_only_packages_below() -> None:
                 bad.append(f"{m} ({mine}) imports {d} ({theirs})")
     assert not bad, "\n".join(sorted(bad))
     assert set(level) >= {package_of(m) for m in graph()}, "a package is missing from PACKAGE_LAYERS"
+
+
+# Modules outside evalproxy/storage that still import sqlite3, each with the reason it may.
+SQLITE3_EXCEPTIONS = {
+    "evalproxy.jobs.store",  # the jobs DB: moves under storage/ once the jobs work lands
+}
+
+
+def test_only_storage_imports_sqlite3() -> None:
+    """No module outside evalproxy/storage imports sqlite3 (or diskcache), anywhere in the file: every store error
+    reaches the rest of the code as the StoreError subtree."""
+    bad = []
+    for path in PKG.rglob("*.py"):
+        name = module_name(path)
+        if name.startswith("evalproxy.storage") or name in SQLITE3_EXCEPTIONS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{name} imports {n}" for n in names if n.split(".")[0] in ("sqlite3", "diskcache")]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_readers_use_the_store_interface_only() -> None:
+    """Outside evalproxy/storage, no module imports a backend (disk, redis, the diskcache adapter): the CLI, reports,
+    compare and caching reach every store through ``open_store`` and the ``Store`` interface."""
+    backends = {"evalproxy.storage.disk", "evalproxy.storage.redis", "evalproxy.storage.diskcache_table"}
+    bad = [f"{m} imports {d}" for m, deps in graph().items() if not m.startswith("evalproxy.storage")
+           for d in deps if d in backends]
+    assert not bad, "\n".join(sorted(bad))

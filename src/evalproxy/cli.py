@@ -306,71 +306,55 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache_dir(path: Path) -> Path:
-    return path / "cache" if (path / "cache").is_dir() else path
-
-
 def _cmd_cache(args: argparse.Namespace) -> int:
+    return asyncio.run(_cache(args))
+
+
+async def _cache(args: argparse.Namespace) -> int:
+    """``cache stats|clear|explain WHERE`` and ``cache copy SRC DST``: WHERE a run dir (its store, on disk or on the
+    Redis server its caching used), a cache dir or a Redis URL; one code path, through the store interface."""
     import json
 
-    from evalproxy.storage import is_url
-    from evalproxy.storage.disk import CacheStore
-
-    if args.action == "copy" or is_url(args.dir):
-        return asyncio.run(_cache_on_store(args))
-    cache_dir = _cache_dir(Path(args.dir))
-    if not cache_dir.is_dir():
-        print(f"evalproxy: no cache at {cache_dir}", file=sys.stderr)
-        return 1
-    if args.action == "explain":
-        return _cache_explain(cache_dir, args.request)
-    store = CacheStore(cache_dir)
-    try:
-        if args.action == "stats":
-            print(json.dumps(store.stats(), indent=2))
-        else:
-            n = store.clear()
-            print(f"cleared {n} entries from {cache_dir}")
-    finally:
-        store.close()
-    return 0
-
-
-async def _cache_on_store(args: argparse.Namespace) -> int:
-    """``cache stats|clear URL`` on a Redis store, and ``cache copy SRC DST`` between a cache dir and a Redis URL."""
-    import json
-
-    from evalproxy.storage import Store, copy_store, is_url, open_store
+    from evalproxy.storage import Store, StoreError, copy_store, is_url, open_store, run_store
 
     def location(where: str, must_exist: bool) -> str | Path | None:
-        if is_url(where):
-            return where
-        d = _cache_dir(Path(where))
-        if must_exist and not d.is_dir():
-            print(f"evalproxy: no cache at {d}", file=sys.stderr)
+        found = run_store(where)
+        if must_exist and not is_url(found) and not Path(found).is_dir():
+            print(f"evalproxy: no cache at {found}", file=sys.stderr)
             return None
-        return d
+        return found
 
-    if args.action == "explain":
-        print("evalproxy cache explain reads a cache directory (save_requests), not a Redis URL", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.action == "copy" and not args.request:
-        print("evalproxy cache copy: give the source and the destination: evalproxy cache copy SRC DST",
+    if args.action in ("copy", "explain") and not args.request:
+        print("evalproxy cache copy: give the source and the destination: evalproxy cache copy SRC DST"
+              if args.action == "copy" else
+              "evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
               file=sys.stderr)
         return EXIT_CONFIG
-    src = location(args.dir, must_exist=True)
-    dst = location(args.request, must_exist=False) if args.action == "copy" else None
-    if src is None:
-        return 1
+    request: dict[str, Any] | None = None
+    if args.action == "explain":
+        request = _request_to_explain(args.request)
+        if request is None:
+            return EXIT_CONFIG
     opened: list[Store] = []
     try:
+        src = await asyncio.to_thread(location, args.dir, True)
+        if src is None:
+            return 1
+        if args.action == "clear" and is_url(src) and not is_url(args.dir):
+            print(f"evalproxy: the run in {args.dir} used the shared store {src}: to clear it, give its URL",
+                  file=sys.stderr)
+            return EXIT_CONFIG
         store = await asyncio.to_thread(open_store, src)
         opened.append(store)
         if args.action == "stats":
             print(json.dumps(await store.stats(), indent=2))
         elif args.action == "clear":
             print(f"cleared {await store.clear()} entries from {store.location}")
+        elif args.action == "explain":
+            assert request is not None
+            return _cache_explain(request, store.location, await _stored_bodies(store))
         else:
+            dst = await asyncio.to_thread(location, args.request, False)
             assert dst is not None
             target = await asyncio.to_thread(open_store, dst)
             opened.append(target)
@@ -378,7 +362,7 @@ async def _cache_on_store(args: argparse.Namespace) -> int:
             print(f"copied {n['answers']} answers, {n['saved_requests']} saved requests and {n['failures']} "
                   f"failures from {store.location} to {target.location}"
                   + (f" ({n['skipped']} damaged answers skipped)" if n["skipped"] else ""))
-    except ConnectionError as exc:
+    except StoreError as exc:
         print(f"evalproxy: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -387,25 +371,12 @@ async def _cache_on_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored_bodies(cache_dir: Path) -> list[dict[str, Any]]:
-    """The request bodies a cache saved (``save_requests``), in arrival order; none without a cache."""
-    from evalproxy.storage.disk import CacheStore
-
-    if not cache_dir.is_dir():
-        return []
+async def _stored_bodies(store: Any) -> list[dict[str, Any]]:
+    """The request bodies a store saved (``save_requests``), in arrival order."""
     from evalproxy.adapter.core.loads import MAX_DEPTH, too_deep
 
-    store = CacheStore(cache_dir)
-    try:
-        pairs = store.saved_pairs(with_responses=False)
-    except (TypeError, ValueError) as exc:  # a record the store cannot make a pair of
-        log.warning("the saved requests in %s cannot be read (%s: %s): none are used", cache_dir,
-                    type(exc).__name__, exc)
-        return []
-    finally:
-        store.close()
     bodies = []
-    for p in pairs:
+    for p in await store.saved_pairs(with_responses=False):
         if not isinstance(p.request, dict) or p.damaged:
             continue
         if too_deep(p.request):
@@ -416,26 +387,26 @@ def _stored_bodies(cache_dir: Path) -> list[dict[str, Any]]:
     return bodies
 
 
-def _cache_explain(cache_dir: Path, request_file: str | None) -> int:
-    from evalproxy.records import explain_miss
-
-    if not request_file:
-        print("evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
-              file=sys.stderr)
-        return EXIT_CONFIG
+def _request_to_explain(request_file: str) -> dict[str, Any] | None:
+    """The request body of ``cache explain``, or None (said why) when the file does not hold a JSON object."""
     from evalproxy.adapter.core.loads import load_json
 
     try:
         request = load_json(Path(request_file).read_bytes(), source=request_file)
     except ValueError as exc:
         print(f"evalproxy: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return None
     if not isinstance(request, dict):
         print(f"evalproxy: {request_file} does not hold a JSON object", file=sys.stderr)
-        return EXIT_CONFIG
-    stored = _stored_bodies(cache_dir)
+        return None
+    return request
+
+
+def _cache_explain(request: dict[str, Any], where: str, stored: list[dict[str, Any]]) -> int:
+    from evalproxy.records import explain_miss
+
     if not stored:
-        print(f"no stored requests in {cache_dir} (the cache saves request bodies only with save_requests: true)")
+        print(f"no stored requests in {where} (the cache saves request bodies only with save_requests: true)")
         return 1
     for n in explain_miss(request, stored, limit=3):
         print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
@@ -459,55 +430,94 @@ def _answer_text(answer: Any) -> str | None:
     return text if isinstance(text, str) else None
 
 
+class _RunStore:
+    """What compare reads of one run's store: the answer text of each ledger entry (by prompt key), and the saved
+    request bodies."""
+
+    def __init__(self, answers: dict[str, str | None], bodies: list[dict[str, Any]]) -> None:
+        self.answers, self.bodies = answers, bodies
+
+
+async def _read_run_store(run_dir: Path) -> _RunStore:
+    """One run's answers (the ledger says which cache key and slot) and saved requests, read through the store
+    interface from whatever store its caching used (its cache dir, or a Redis server); a run without a store
+    gives none."""
+    from evalproxy.storage import open_store
+
+    index, location = await asyncio.to_thread(_ledger_and_store, run_dir)
+    if location is None:
+        return _RunStore({}, [])
+    store = await asyncio.to_thread(open_store, location)
+    try:
+        answers: dict[str, str | None] = {}
+        keys = list(index)
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            stored = await store.get_answers([index[k] for k in part])
+            answers.update((k, _answer_text(a.json()) if a is not None else None)
+                           for k, a in zip(part, stored, strict=True))
+        return _RunStore(answers, await _stored_bodies(store))
+    finally:
+        await store.aclose()
+
+
+def _ledger_and_store(run_dir: Path) -> tuple[dict[str, tuple[str, int]], str | Path | None]:
+    """A run's ledger as prompt key -> (cache key, slot), and its store (None: it has none)."""
+    from evalproxy.records import read_ledger
+    from evalproxy.storage import is_url, run_store
+
+    index: dict[str, tuple[str, int]] = {}
+    for e in read_ledger(run_dir):
+        if e.cache_key is not None and e.prompt_key not in index:
+            index[e.prompt_key] = (e.cache_key, e.slot or 0)
+    location = run_store(run_dir)
+    if not is_url(location) and (location == run_dir or not Path(location).is_dir()):
+        return index, None
+    return index, location
+
+
 class _CachedAnswers:
-    """``answers(run_dir, prompt_key)`` for compare: the ledger says which cache key and slot, the run's cache has
-    the answer."""
+    """``answers(run_dir, prompt_key)`` and ``bodies(run_dir)`` for compare: each run's store read once, through the
+    store interface."""
 
     def __init__(self) -> None:
-        self._index: dict[Path, dict[str, tuple[str, int]]] = {}
-        self._stores: dict[Path, Any] = {}
+        self._runs: dict[Path, _RunStore] = {}
+
+    def run(self, run_dir: str | os.PathLike[str]) -> _RunStore:
+        d = Path(run_dir)
+        if d not in self._runs:
+            self._runs[d] = asyncio.run(_read_run_store(d))
+        return self._runs[d]
 
     def __call__(self, run_dir: str | os.PathLike[str], key: str) -> str | None:
-        from evalproxy.records import read_ledger
-        from evalproxy.storage.disk import CacheStore
+        return self.run(run_dir).answers.get(key)
 
-        d = Path(run_dir)
-        if d not in self._index:
-            index: dict[str, tuple[str, int]] = {}
-            for e in read_ledger(d):
-                if e.cache_key is not None and e.prompt_key not in index:
-                    index[e.prompt_key] = (e.cache_key, e.slot or 0)
-            self._index[d] = index
-            self._stores[d] = CacheStore(d / "cache") if (d / "cache").is_dir() else None
-        where, store = self._index[d].get(key), self._stores[d]
-        if where is None or store is None:
-            return None
-        stored = store.get_answer(*where)
-        return _answer_text(stored.json()) if stored is not None else None
+    def bodies(self, run_dir: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:
+        return self.run(run_dir).bodies
 
     def close(self) -> None:
-        for store in self._stores.values():
-            if store is not None:
-                store.close()
+        self._runs.clear()
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
 
     from evalproxy.records import compare_runs
+    from evalproxy.storage import StoreError
 
     for d in (args.baseline, args.candidate):
         if not Path(d).is_dir():
             print(f"evalproxy compare: no run directory at {d}", file=sys.stderr)
             return EXIT_CONFIG
-
-    def bodies(run_dir: str | os.PathLike[str]) -> Iterable[dict[str, Any]]:
-        return _stored_bodies(Path(run_dir) / "cache")
-
     answers = _CachedAnswers()
     try:
-        c = compare_runs(args.baseline, args.candidate, answers=answers, request_bodies=bodies,
+        for d in (args.baseline, args.candidate):
+            answers.run(d)
+        c = compare_runs(args.baseline, args.candidate, answers=answers, request_bodies=answers.bodies,
                          max_changed=args.max_changed, fail_on=args.fail_on)
+    except StoreError as exc:
+        print(f"evalproxy compare: {exc}", file=sys.stderr)
+        return 1
     finally:
         answers.close()
     print(c.to_text())

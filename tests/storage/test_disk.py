@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from evalproxy.adapter.core.errors import StoreFullError
 from evalproxy.adapter.flow.sse import DONE_EVENT, make_event
 from evalproxy.storage.base import HOST, MAX_FAILURES, Failure, SavedPair, StoredAnswer, answer_key, cache_key
 from evalproxy.storage.disk import CacheStore, StoreWorker
@@ -121,7 +123,7 @@ class TestCacheStore:
         first = a.claim("k", "run", sampled=False, reuse=True, owner="a")
         second = b.claim("k", "run", sampled=False, reuse=True, owner="b")
         assert (first.leased, first.answer) == (True, None) and (second.leased, second.answer) == (False, None)
-        a.finish("k", 0, "a", StoredAnswer(200, {}, body=b"ok"), None)
+        a.finish("k", 0, owner="a", answer=StoredAnswer(200, {}, body=b"ok"), pair=None)
         third = b.claim("k", "run", sampled=False, reuse=True, owner="b")
         assert third.answer is not None and third.answer.body == b"ok"
         a.close()
@@ -190,9 +192,9 @@ class TestLeaseDeadline:
         """A lease of a running process that does not renew it is taken over once its deadline passes."""
         a, b = CacheStore(tmp_path, lease_seconds=0.3), CacheStore(tmp_path, lease_seconds=0.3)
         assert a.claim("k", "run", sampled=False, reuse=True, owner="a").leased
-        assert not b.acquire("k", 0, "b").leased
+        assert not b.acquire("k", 0, owner="b").leased
         for _ in range(500):  # bounded: 10 s
-            if b.acquire("k", 0, "b").leased:
+            if b.acquire("k", 0, owner="b").leased:
                 break
             time.sleep(0.02)
         else:
@@ -207,9 +209,9 @@ class TestLeaseDeadline:
         query = "SELECT expires FROM evalproxy_leases WHERE key='k'"
         (first,) = s.slots.db.execute(query).fetchone()
         time.sleep(0.01)
-        s.renew([("k", 0)], "a")
+        s.renew([("k", 0)], owner="a")
         assert s.slots.db.execute(query).fetchone()[0] > first
-        s.finish("k", 0, "a", None, None)
+        s.finish("k", 0, owner="a", answer=None, pair=None)
         assert s.slots.db.execute(query).fetchone() is None
         s.close()
 
@@ -222,7 +224,7 @@ class TestLeaseDeadline:
         """A lease row without a believable deadline (planted, or left by a foreign writer) is taken over."""
         s = CacheStore(tmp_path)
         plant_lease(s, "k", row)
-        assert s.acquire("k", 0, "b").leased
+        assert s.acquire("k", 0, owner="b").leased
         s.close()
 
 
@@ -249,13 +251,43 @@ class TestStoreWorker:
         assert CacheStore(tmp_path).count_answers() == 300
 
     async def test_errors_reach_their_caller_only(self, tmp_path: Path) -> None:
-        """A failing call raises in its own caller; the others in its batch still succeed."""
+        """A failing call raises in its own caller, as a StoreError; the others in its batch still succeed."""
         s = CacheStore(tmp_path)
         w = StoreWorker(s)
 
         def boom() -> None:
-            raise OSError("disk on fire")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
         results = await asyncio.gather(w.call(boom), w.call(s.count_answers), return_exceptions=True)
-        assert isinstance(results[0], OSError) and results[1] == 0
+        assert isinstance(results[0], StoreFullError) and isinstance(results[0].__cause__, OSError)
+        assert results[1] == 0
         await w.aclose()
+
+
+class TestDiskcacheTable:
+    """The one adapter over diskcache's own table: what pyproject.toml's diskcache pin rests on."""
+
+    @pytest.mark.parametrize("size", [10, 200_000])
+    def test_plain_diskcache_and_the_table_read_each_other(self, tmp_path: Path, size: int) -> None:
+        """A value the table writes reads back through a separate plain diskcache.Cache, and one that plain
+        diskcache writes reads back through the table, small (an inline row) and large (a file of diskcache's)."""
+        import diskcache
+
+        from evalproxy.storage.diskcache_table import DiskcacheTable
+
+        ours = diskcache.Cache(str(tmp_path), eviction_policy="none", statistics=False)
+        table = DiskcacheTable(ours)
+        plain = diskcache.Cache(str(tmp_path))
+        try:
+            table.put("written-by-table", b"a" * size)
+            assert plain.get("written-by-table") == b"a" * size
+            plain.set("written-by-diskcache", b"b" * size)
+            assert table.get("written-by-diskcache") == b"b" * size
+            table.put("written-by-diskcache", b"c" * size)  # a replacement goes through diskcache
+            assert plain.get("written-by-diskcache") == b"c" * size == table.get("written-by-diskcache")
+            plain.set("expired", b"d", expire=-1)
+            assert table.get("expired") is None and table.get("absent") is None
+            assert "written-by-table" in plain and "written-by-diskcache" in plain
+        finally:
+            plain.close()
+            ours.close()

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Literal, TypeVar
@@ -48,7 +47,7 @@ from multidict import CIMultiDict
 from pydantic import Field, field_validator
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
-from evalproxy.adapter.core.errors import ProxyError
+from evalproxy.adapter.core.errors import ProxyError, StoreError, StoreFullError, StoreReadOnlyError
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.redact import redact_obj, safe_headers
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
@@ -149,7 +148,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         try:
             self.store = open_store(self.where)
             self.store.lease_seconds = params.lease_seconds
-        except (OSError, sqlite3.Error) as exc:
+        except StoreError as exc:  # a directory that cannot be opened (a server store connects on its first call)
             self._failed("read", exc)
             self.store = None
         run.prometheus.store_up.set(1 if self.store is not None else 0)
@@ -208,10 +207,11 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         """Await a store call: (ok, result); a failure is counted and logged once, never raised."""
         try:
             result = await call
-        except Exception as exc:
-            # A claim writes its lease: a disk that is full or read-only fails it as a write, not a read.
-            if isinstance(exc, sqlite3.OperationalError) and ("full" in str(exc) or "readonly" in str(exc)):
-                what = "write"
+        except (StoreFullError, StoreReadOnlyError) as exc:
+            # A claim writes its lease: a store that is full or read-only fails it as a write, not a read.
+            self._failed("write", exc)
+            return False, None
+        except Exception as exc:  # any other StoreError (down, slow, damaged), or a backend's bug: never the request's
             self._failed(what, exc)
             return False, None
         if self._store_down:

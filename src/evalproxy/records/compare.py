@@ -3,8 +3,9 @@
 ``compare_runs(baseline, candidate, answers=...)`` reads each run's ``results.yaml``, ``requests.jsonl`` (the request
 ledger), ``samples.jsonl`` (per-sample scores) and, where ``results.yaml`` carries none, ``adapter_config.yaml``.
 
-1. Comparable? Every check is marked same / differs. Paths (``cache_dir`` and other ``*_dir``/``*_path``/``*_file``
-   params) are shown but never make runs incomparable: two runs always live in two directories. Requests are paired
+1. Comparable? Every check is marked same / differs. Paths (``cache_dir``, a store's ``cache_url`` and other
+   ``*_dir``/``*_path``/``*_file`` params) are shown but never make runs incomparable: two runs always live in two
+   directories. Requests are paired
    by their input key (what is asked, without model and sampling parameters), the k-th occurrence in one run with
    the k-th in the other, and generation parameters are compared pair by pair.
 2. Scores: McNemar (exact binomial for few discordant pairs) when per-sample results are all 0/1, a seeded paired
@@ -45,7 +46,7 @@ EXIT_OK = 0
 EXIT_REGRESSION = 1
 EXIT_NOT_COMPARABLE = 2
 
-_PATH_PARAM = re.compile(r"(^|_)(dir|path|file|paths|dirs)$")
+_PATH_PARAM = re.compile(r"(^|_)(dir|path|file|paths|dirs)$|^cache_url$")  # where a run kept things (a store URL too)
 MAX_COMPARED_NODES = 10_000
 MAX_COMPARED_DEPTH = 32
 log = logging.getLogger("evalproxy.compare")

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from evalproxy.adapter.core.errors import (
+    StoreClosedError,
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+)
 from evalproxy.adapter.core.net import is_store_url as is_url
+from evalproxy.adapter.core.redact import REDACTED
 from evalproxy.storage.base import (
     Claim,
     Failure,
     SavedPair,
     Store,
-    StoreClosedError,
     StoredAnswer,
     cache_key,
 )
@@ -23,13 +30,54 @@ from evalproxy.storage.disk import DiskStore
 
 def open_store(location: str | Path) -> Store:
     """The store at ``location``: a cache directory, or a Redis URL. Opening a directory may block (it creates
-    files): call it in a thread. A Redis store connects on its first call, so a server that is down fails calls,
-    never the opening."""
+    files): call it in a thread; one that cannot be opened raises ``StoreUnavailableError`` (or ``StoreFullError``,
+    ``StoreReadOnlyError``). A Redis store connects on its first call, so a server that is down fails calls, never
+    the opening."""
     if is_url(location):
         from evalproxy.storage.redis import RedisStore
 
         return RedisStore(str(location))
     return DiskStore(location)
+
+
+def run_store(where: str | Path) -> str | Path:
+    """The store a reader (``evalproxy cache``, ``compare``) opens for ``where``: a store URL as given; for a run
+    directory, the Redis store its caching used (``cache_url`` in the effective config it wrote,
+    ``adapter_config.yaml``), else its ``cache/`` directory; any other directory is a cache directory itself.
+
+    A run's URL whose password the run dir keeps redacted cannot be opened from there: ``StoreUnavailableError``
+    says to give the URL itself. An effective config that cannot be read raises ``ConfigError``."""
+    if is_url(where):
+        return str(where)
+    run_dir = Path(where)
+    url = _cache_url_of(run_dir)
+    if url is not None:
+        if REDACTED in url:
+            raise StoreUnavailableError(f"the run in {run_dir} used the store {url}, whose credentials the run "
+                                        "directory does not keep: give the store's URL itself")
+        return url
+    return run_dir / "cache" if (run_dir / "cache").is_dir() else run_dir
+
+
+def _cache_url_of(run_dir: Path) -> str | None:
+    """The ``cache_url`` of the first enabled caching interceptor in a run directory's effective config, if any.
+    Only that entry is read (the rest of a run's config may be of another version, or hostile): nothing it names is
+    imported or acted on."""
+    from evalproxy.adapter.core.loads import read_yaml
+    from evalproxy.adapter.server.output import CONFIG_FILE
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    doc = read_yaml(path)
+    adapter = doc.get("adapter_config") if isinstance(doc, dict) else None
+    interceptors = adapter.get("interceptors") if isinstance(adapter, dict) else None
+    for ic in interceptors if isinstance(interceptors, list) else []:
+        if isinstance(ic, dict) and ic.get("name") == "caching" and ic.get("enabled", True) is not False:
+            config = ic.get("config")
+            url = config.get("cache_url") if isinstance(config, dict) else None
+            return url if isinstance(url, str) and url else None
+    return None
 
 
 async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, int]:
@@ -57,5 +105,6 @@ async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, i
     return copied
 
 
-__all__ = ["Claim", "DiskStore", "Failure", "SavedPair", "Store", "StoreClosedError", "StoredAnswer", "cache_key",
-           "copy_store", "is_url", "open_store"]
+__all__ = ["Claim", "DiskStore", "Failure", "SavedPair", "Store", "StoreClosedError", "StoreError", "StoreFullError",
+           "StoreReadOnlyError", "StoreUnavailableError", "StoredAnswer", "cache_key", "copy_store", "is_url",
+           "open_store", "run_store"]

@@ -13,7 +13,9 @@ A store keeps, for a cache shared by any number of runs and processes:
 
 Backends: :mod:`evalproxy.storage.disk` (diskcache under the run's output dir, the default; safe for several processes
 on one machine) and :mod:`evalproxy.storage.redis` (a Redis or Valkey server, for processes on many machines).
-Every method is async; a backend that blocks runs off the event loop.
+Every method is async; a backend that blocks runs off the event loop. Every failure of a backend reaches its caller
+as the ``StoreError`` subtree of :mod:`evalproxy.adapter.core.errors` (``StoreUnavailableError``,
+``StoreReadOnlyError``, ``StoreFullError``, ``StoreClosedError``), whatever library the backend uses.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from evalproxy.adapter.core.errors import StoreClosedError as StoreClosedError  # re-exported: the interface's
 from evalproxy.adapter.flow.sse import assemble_stream
 
 log = logging.getLogger("evalproxy.storage")
@@ -54,10 +57,6 @@ def holder_gone(host: str, pid: int) -> bool:
     except OSError:
         return False  # it exists (EPERM: another user's)
     return False
-
-
-class StoreClosedError(RuntimeError):
-    """A call to a store after :meth:`Store.aclose`."""
 
 
 def _canonical(value: Any) -> Any:
@@ -280,7 +279,14 @@ class Store(Protocol):
 
     async def save_pair(self, pair: SavedPair) -> None: ...
 
-    async def record_failure(self, failure: Failure) -> None: ...
+    async def record_failure(self, failure: Failure) -> bool:
+        """Keep a failed request for the report; False once MAX_FAILURES are kept."""
+        ...
+
+    async def get_answers(self, slots: list[tuple[str, int]]) -> list[StoredAnswer | None]:
+        """The stored answers of ``(key, slot)`` pairs, in order (None: none, or damaged), without any lease: for
+        readers (compare)."""
+        ...
 
     async def count_answers(self) -> int: ...
 
@@ -296,8 +302,13 @@ class Store(Protocol):
 
     async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None: ...
 
-    async def stats(self) -> dict[str, Any]: ...
+    async def stats(self) -> dict[str, Any]:
+        """What the store holds, in one shape for every backend: ``location``, ``backend``, ``answers``,
+        ``saved_requests``, ``failures``, ``bytes`` (and what a backend adds, such as Redis's ``prefix``)."""
+        ...
 
-    async def clear(self) -> int: ...
+    async def clear(self) -> int:
+        """Delete everything the store holds; how many answers, saved pairs and failures were deleted."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -16,26 +16,36 @@ An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = 
 
 Every call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one SQLite
 transaction per database; claims take the slot table's write lock, so they are atomic across processes sharing the
-directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis).
+directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis). What fails on that thread (sqlite3,
+diskcache, the file system) reaches the caller as the ``StoreError`` subtree (:func:`store_error`); every use of
+diskcache's internals is in :mod:`evalproxy.storage.diskcache_table`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import os
 import queue
 import sqlite3
 import struct
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import diskcache
 import orjson
 
+from evalproxy.adapter.core.errors import (
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+    StoreUnavailableError,
+)
 from evalproxy.storage.base import (
     HOST,
     LEASE_SECONDS,
@@ -49,10 +59,12 @@ from evalproxy.storage.base import (
     holder_gone,
     now,
 )
+from evalproxy.storage.diskcache_table import DiskcacheTable
 
 log = logging.getLogger("evalproxy.store")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # Never evict a paid answer. SQLite's page cache and memory map are kept small (diskcache's defaults allow 32 MiB
 # and 64 MiB per database, which shows as memory growing with the cache over a long run): lookups are by index, and
 # 64 pages hold its upper levels (512 pages measured no faster per claim at 30,000 answers; RSS growth over 100k
@@ -61,15 +73,35 @@ T = TypeVar("T")
 _NEVER_EVICT: dict[str, Any] = {"eviction_policy": "none", "size_limit": 2**62, "statistics": False,
                                 "sqlite_cache_size": 64, "sqlite_mmap_size": 0,
                                 "sqlite_wal_autocheckpoint": 4096}
-# The answers are read and written with one statement each on diskcache's own table, in the row format of its
-# Cache.get / Cache.set for a str key and a bytes value kept inline (mode raw, size 0): diskcache reads what we
-# write and we read what it wrote, at a third of the Python per call. A value diskcache kept in a file of its own
-# (>= disk_min_file_size), and the replacement of an existing entry (whose old file must go), are left to diskcache.
-_MODE_RAW = diskcache.core.MODE_RAW
-_SELECT_ANSWER = ("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
-                  " AND (expire_time IS NULL OR expire_time > ?)")
-_INSERT_ANSWER = ("INSERT OR IGNORE INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag,"
-                  " size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, 1, NULL, ?)")
+
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF) and errno values, by what they mean for a store.
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_PERM = 13, 8, 3
+_SQLITE_UNAVAILABLE = {5, 6, 10, 11, 14, 26}  # BUSY, LOCKED, IOERR, CORRUPT, CANTOPEN, NOTADB
+_ERRNO_FULL = {errno.ENOSPC, errno.EDQUOT}
+_ERRNO_READONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def store_error(exc: BaseException, location: str) -> BaseException:
+    """What a failure of the disk store's libraries means, as the ``StoreError`` subtree (its cause kept); anything
+    else (a bug) is returned as it is. By SQLite result code and errno, never by message text."""
+    if isinstance(exc, StoreError):
+        return exc
+    kind: type[StoreError]
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        kind = (StoreFullError if code == _SQLITE_FULL
+                else StoreReadOnlyError if code in (_SQLITE_READONLY, _SQLITE_PERM)
+                else StoreUnavailableError if code in _SQLITE_UNAVAILABLE else StoreError)
+    elif isinstance(exc, OSError):
+        kind = (StoreFullError if exc.errno in _ERRNO_FULL else StoreReadOnlyError if exc.errno in _ERRNO_READONLY
+                else StoreUnavailableError if exc.errno is not None else StoreError)
+    elif isinstance(exc, diskcache.Timeout):  # another process held the database's lock past diskcache's timeout
+        kind = StoreUnavailableError
+    else:
+        return exc
+    error = kind(f"the store at {location} failed: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 class SlotTable:
@@ -78,14 +110,14 @@ class SlotTable:
     Living in the same database as the answers, they share its transaction: a store-thread batch (one
     ``responses.transact()``) commits claims, answers and released leases together, in one commit, and the write
     lock of that transaction makes a claim atomic across processes sharing the directory. (diskcache keeps its
-    SQLite connection per thread behind ``Cache._con``; these tables are ours, beside its own ``Cache`` table.)
+    SQLite connection per thread, :attr:`DiskcacheTable.db`; these tables are ours, beside its own ``Cache`` table.)
     A lease row says who fills a slot until when (``expires``, by this machine's clock, the store's own); it holds
     while that deadline has not passed, lies at most one lease ahead (no holder sets a later one) and, on this host,
     its process is alive. A row without a readable deadline, or whose holder never renews it, is taken over.
     """
 
-    def __init__(self, cache: diskcache.Cache, lease_seconds: float = LEASE_SECONDS) -> None:
-        self.cache = cache
+    def __init__(self, table: DiskcacheTable, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.table = table
         self.lease_seconds = lease_seconds
         for statement in (
             "CREATE TABLE IF NOT EXISTS evalproxy_counters (run TEXT, key TEXT, next INTEGER, free TEXT,"
@@ -93,16 +125,15 @@ class SlotTable:
             "CREATE TABLE IF NOT EXISTS evalproxy_leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
             " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID",
         ):
-            self.cache._con.execute(statement)
+            table.db.execute(statement)
 
     @property
     def db(self) -> sqlite3.Connection:
-        con: sqlite3.Connection = self.cache._con  # this thread's connection to the answers' database
-        return con
+        return self.table.db  # this thread's connection to the answers' database
 
     def transaction(self) -> AbstractContextManager[Any]:
         """The answers' write transaction (re-entrant: a store-thread batch already holds it)."""
-        txn: AbstractContextManager[Any] = self.cache.transact()
+        txn: AbstractContextManager[Any] = self.table.cache.transact()
         return txn
 
     def next_slot(self, run_id: str, key: str) -> int:
@@ -176,7 +207,8 @@ def _live(host: Any, pid: Any, expires: Any, t: float, lease_seconds: float) -> 
 
 
 class CacheStore:
-    """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`)."""
+    """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`, which runs them
+    on its thread under the same names and signatures). Raises what sqlite3, diskcache and the file system raise."""
 
     def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
         self.dir = Path(cache_dir)
@@ -184,13 +216,9 @@ class CacheStore:
         self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
         self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
         self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
-        self.slots = SlotTable(self.responses, lease_seconds)
-        self._inline_limit: int = self.responses.disk_min_file_size
+        self.answers = DiskcacheTable(self.responses)
+        self.slots = SlotTable(self.answers, lease_seconds)
         self._n_failures = len(self.failures_db)
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        return self.slots.db
 
     @property
     def databases(self) -> tuple[diskcache.Cache, ...]:
@@ -204,11 +232,7 @@ class CacheStore:
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
         """The stored answer, or None; a corrupted entry is logged, deleted and reported as a miss."""
         k = answer_key(key, slot)
-        row = self._db.execute(_SELECT_ANSWER, (k, now())).fetchone()
-        if row is None:
-            return None
-        mode, filename, value = row
-        blob = value if mode == _MODE_RAW and filename is None else self.responses.get(k)
+        blob = self.answers.get(k)
         if blob is None:
             return None
         try:
@@ -218,36 +242,47 @@ class CacheStore:
             self.responses.delete(k)
             return None
 
+    def get_answers(self, slots: list[tuple[str, int]]) -> list[StoredAnswer | None]:
+        """The stored answers of ``(key, slot)`` pairs, in order (None: none, or damaged)."""
+        return [self.get_answer(key, slot) for key, slot in slots]
+
     def put_answer(self, key: str, slot: int, answer: StoredAnswer) -> None:
-        k, blob = answer_key(key, slot), answer.encode()
-        if len(blob) < self._inline_limit:
-            t = now()
-            if self._db.execute(_INSERT_ANSWER, (k, t, t, blob)).rowcount == 1:
-                return
-        self.responses.set(k, blob)  # a large answer (diskcache keeps it in a file of its own) or a replaced one
+        self.answers.put(answer_key(key, slot), answer.encode())
 
     def count_answers(self) -> int:
         return len(self.responses)
 
+    def raw_answer_names(self) -> list[str]:
+        return sorted(str(k) for k in self.responses.iterkeys())
+
+    def raw_answers(self, names: list[str]) -> list[tuple[str, bytes]]:
+        """The encoded bytes of the answers ``names`` ("<key>:<slot>"), those still there."""
+        blobs = [(n, self.answers.get(n)) for n in names]
+        return [(n, b) for n, b in blobs if isinstance(b, bytes)]
+
+    def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None:
+        for name, blob in items:
+            self.responses.set(name, blob)
+
     # -- slots and leases ------------------------------------------------------------------------------------------
-    def claim(self, key: str, run_id: str, sampled: bool, reuse: bool, owner: str) -> Claim:
+    def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
         slot = self.slots.next_slot(run_id, key) if sampled else 0
         if not reuse:
             return Claim(slot, None, leased=True)
-        return self.acquire(key, slot, owner)
+        return self.acquire(key, slot, owner=owner)
 
-    def acquire(self, key: str, slot: int, owner: str) -> Claim:
+    def acquire(self, key: str, slot: int, *, owner: str) -> Claim:
         # In one write transaction (a store-thread batch already holds one): no other process commits between the
         # look-up and the lease, so a slot found empty and then leased is this owner's to fill.
-        if not self._db.in_transaction:
+        if not self.slots.db.in_transaction:
             with self.slots.transaction():
-                return self.acquire(key, slot, owner)
+                return self.acquire(key, slot, owner=owner)
         answer = self.get_answer(key, slot)
         if answer is not None:
             return Claim(slot, answer)
         return Claim(slot, None, leased=self.slots.lease(key, slot, owner))
 
-    def finish(self, key: str, slot: int, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
+    def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None, pair: SavedPair | None) -> None:
         if answer is not None:
             self.put_answer(key, slot, answer)
         if pair is not None:
@@ -256,12 +291,12 @@ class CacheStore:
         # (leases kept until expiry grew it to every answer of the last half minute, and its inserts slowed down).
         self.slots.release(key, slot, owner)
 
-    def abandon(self, key: str, slot: int, owner: str, run_id: str, sampled: bool) -> None:
+    def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
         self.slots.release(key, slot, owner)
         if sampled:
             self.slots.hand_back(run_id, key, slot)
 
-    def renew(self, slots: list[tuple[str, int]], owner: str) -> None:
+    def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
         self.slots.renew(slots, owner)
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
@@ -332,7 +367,7 @@ class CacheStore:
         return n
 
 
-Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", bool]  # fn, args, future, writes
+Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool]  # fn (its arguments bound), future, writes
 
 
 class StoreWorker:
@@ -344,7 +379,8 @@ class StoreWorker:
     instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A
     result is delivered only after its batch committed, so an answer the client saw is on disk. Under load the
     batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused. Claims
-    and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit.
+    and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit. A call
+    that fails raises the ``StoreError`` subtree (:func:`store_error`) in its caller only.
     """
 
     MAX_BATCH = 256
@@ -357,16 +393,17 @@ class StoreWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the thread, inside its batch's write transaction; the result once committed."""
-        return await self._submit(fn, args, writes=True)
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the thread, inside its batch's write transaction; the result once
+        committed."""
+        return await self.submit(functools.partial(fn, *args, **kwargs) if args or kwargs else fn, writes=True)
 
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)``, which only reads, on the thread outside the write transaction: a long read (every saved
-        pair, for a report) does not hold the write lock other processes' claims wait for."""
-        return await self._submit(fn, args, writes=False)
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)``, which only reads, on the thread outside the write transaction: a long read
+        (every saved pair, for a report) does not hold the write lock other processes' claims wait for."""
+        return await self.submit(functools.partial(fn, *args, **kwargs) if args or kwargs else fn, writes=False)
 
-    async def _submit(self, fn: Callable[..., T], args: tuple[Any, ...], *, writes: bool) -> T:
+    async def submit(self, fn: Callable[[], T], *, writes: bool) -> T:
         if self._closed:
             raise StoreClosedError(f"the store at {self.store.dir} is closed")
         loop = asyncio.get_running_loop()
@@ -375,7 +412,7 @@ class StoreWorker:
             self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
             self._thread.start()
         fut: asyncio.Future[T] = loop.create_future()
-        self._outbox.append((fn, args, fut, writes))
+        self._outbox.append((fn, fut, writes))
         if len(self._outbox) == 1:
             loop.call_soon(self._hand_over)
         return await fut
@@ -387,6 +424,7 @@ class StoreWorker:
 
     def _run(self) -> None:
         assert self._loop is not None
+        where = str(self.store.dir)
         while True:
             calls = self._queue.get()
             if calls is None:
@@ -401,15 +439,16 @@ class StoreWorker:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            writes = [call for call in batch if call[3]]
-            outcomes = _run_calls([call for call in batch if not call[3]])
+            writes = [call for call in batch if call[2]]
+            outcomes = _run_calls([call for call in batch if not call[2]], where)
             if writes:
                 try:
                     # One commit per batch for the answers and the slot table (they share the answers' database).
                     with self.store.responses.transact():
-                        done = _run_calls(writes)
+                        done = _run_calls(writes, where)
                 except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
-                    done = [(fut, None, exc) for _, _, fut, _ in writes]
+                    error = store_error(exc, where)
+                    done = [(fut, None, error) for _, fut, _ in writes]
                 outcomes += done
             self._loop.call_soon_threadsafe(_deliver, outcomes)
 
@@ -426,13 +465,13 @@ class StoreWorker:
         await asyncio.to_thread(self.store.close)
 
 
-def _run_calls(calls: list[Call]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+def _run_calls(calls: list[Call], where: str) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
     outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-    for fn, args, fut, _ in calls:
+    for fn, fut, _ in calls:
         try:
-            outcomes.append((fut, fn(*args), None))
+            outcomes.append((fut, fn(), None))
         except Exception as exc:
-            outcomes.append((fut, None, exc))
+            outcomes.append((fut, None, store_error(exc, where)))
     return outcomes
 
 
@@ -446,11 +485,54 @@ def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None
             fut.set_result(result)
 
 
+class _OnThread(Generic[P, T]):
+    """A :class:`DiskStore` method: :class:`CacheStore`'s method of the same name and signature, run on the store's
+    thread (as a write, inside its batch's transaction, or as a read outside it). Bound once per store: the first
+    look-up leaves the bound method in the instance, so a request pays no more than a plain method call."""
+
+    def __init__(self, fn: Callable[Concatenate[CacheStore, P], T], *, writes: bool) -> None:
+        self.fn, self.writes = fn, writes
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        assert name == self.name, f"{owner.__name__}.{name} runs CacheStore.{self.name}"
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _OnThread[P, T]: ...
+
+    @overload
+    def __get__(self, obj: DiskStore, owner: type | None = None) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    def __get__(self, obj: DiskStore | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        submit, method, writes = obj._worker.submit, getattr(obj.sync, self.name), self.writes
+
+        async def on_thread(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await submit(functools.partial(method, *args, **kwargs) if args or kwargs else method,
+                                writes=writes)
+
+        obj.__dict__[self.name] = on_thread
+        return on_thread
+
+
 class DiskStore:
-    """The :class:`~evalproxy.storage.base.Store` interface over a cache directory."""
+    """The :class:`~evalproxy.storage.base.Store` interface over a cache directory: each method is
+    :class:`CacheStore`'s, run on the store's thread (:class:`StoreWorker`); what fails raises the ``StoreError``
+    subtree, opening included."""
 
     def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
-        self.sync = CacheStore(cache_dir, lease_seconds)
+        try:
+            self.sync = CacheStore(cache_dir, lease_seconds)
+        except Exception as exc:
+            error = store_error(exc, str(cache_dir))
+            if error is exc:
+                raise
+            if type(error) is StoreError:  # whatever keeps a directory from opening makes it unavailable
+                error = StoreUnavailableError(str(error))
+                error.__cause__ = exc
+            raise error from exc
         self.location = str(self.sync.dir)
         self._worker = StoreWorker(self.sync)
 
@@ -462,60 +544,26 @@ class DiskStore:
     def lease_seconds(self, value: float) -> None:
         self.sync.slots.lease_seconds = value
 
-    async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
-        return await self._worker.call(self.sync.claim, key, run_id, sampled, reuse, owner)
-
-    async def acquire(self, key: str, slot: int, *, owner: str) -> Claim:
-        return await self._worker.call(self.sync.acquire, key, slot, owner)
-
-    async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
-                     pair: SavedPair | None) -> None:
-        await self._worker.call(self.sync.finish, key, slot, owner, answer, pair)
-
-    async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
-        await self._worker.call(self.sync.abandon, key, slot, owner, run_id, sampled)
-
-    async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
-        await self._worker.call(self.sync.renew, slots, owner)
-
-    async def save_pair(self, pair: SavedPair) -> None:
-        await self._worker.call(self.sync.save_pair, pair)
-
-    async def record_failure(self, failure: Failure) -> None:
-        await self._worker.call(self.sync.record_failure, failure)
-
-    async def count_answers(self) -> int:
-        return await self._worker.read(self.sync.count_answers)
-
-    async def count_pairs(self) -> int:
-        return await self._worker.read(self.sync.count_pairs)
-
-    async def saved_pairs(self, limit: int | None = None, *, with_responses: bool = True) -> list[SavedPair]:
-        return await self._worker.read(lambda: self.sync.saved_pairs(limit, with_responses=with_responses))
-
-    async def failures(self, limit: int | None = None) -> list[Failure]:
-        return await self._worker.read(self.sync.failures, limit)
+    claim = _OnThread(CacheStore.claim, writes=True)
+    acquire = _OnThread(CacheStore.acquire, writes=True)
+    finish = _OnThread(CacheStore.finish, writes=True)
+    abandon = _OnThread(CacheStore.abandon, writes=True)
+    renew = _OnThread(CacheStore.renew, writes=True)
+    save_pair = _OnThread(CacheStore.save_pair, writes=True)
+    record_failure = _OnThread(CacheStore.record_failure, writes=True)
+    put_raw_answers = _OnThread(CacheStore.put_raw_answers, writes=True)
+    clear = _OnThread(CacheStore.clear, writes=True)
+    get_answers = _OnThread(CacheStore.get_answers, writes=False)
+    count_answers = _OnThread(CacheStore.count_answers, writes=False)
+    count_pairs = _OnThread(CacheStore.count_pairs, writes=False)
+    saved_pairs = _OnThread(CacheStore.saved_pairs, writes=False)
+    failures = _OnThread(CacheStore.failures, writes=False)
+    stats = _OnThread(CacheStore.stats, writes=False)
 
     async def raw_answers(self, batch: int = 500) -> AsyncIterator[list[tuple[str, bytes]]]:
-        responses = self.sync.responses
-        names = await self._worker.read(lambda: sorted(str(k) for k in responses.iterkeys()))
+        names = await self._worker.read(self.sync.raw_answer_names)
         for i in range(0, len(names), batch):
-            part = names[i : i + batch]
-            blobs = await self._worker.read(lambda part=part: [responses.get(n) for n in part])
-            yield [(n, b) for n, b in zip(part, blobs, strict=True) if isinstance(b, bytes)]
-
-    async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None:
-        def put() -> None:
-            for name, blob in items:
-                self.sync.responses.set(name, blob)
-
-        await self._worker.call(put)
-
-    async def stats(self) -> dict[str, Any]:
-        return await self._worker.read(self.sync.stats)
-
-    async def clear(self) -> int:
-        return await self._worker.call(self.sync.clear)
+            yield await self._worker.read(self.sync.raw_answers, names[i : i + batch])
 
     async def aclose(self) -> None:
         await self._worker.aclose()

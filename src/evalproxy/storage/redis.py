@@ -26,12 +26,15 @@ On this host, a lease whose process died is taken over at once, as the disk stor
 down, timeout) the store refuses calls for a short while without touching the network, so a dead server costs
 requests nothing; the connection pool reconnects by itself.
 
-Errors (the caching interceptor counts them and passes requests through)::
+Errors, translated at :meth:`RedisStore._call` into the ``StoreError`` subtree (the caching interceptor counts them
+and passes requests through)::
 
-    ConnectionError (builtin)
-     └── StoreUnavailableError   unreachable, or no answer within the timeout; raised at once while known down
-    redis.exceptions.RedisError  anything else the server refuses (a Redis older than 6, a key of another type)
-    StoreClosedError             a call after aclose()
+    StoreUnavailableError   unreachable, refused (authentication), or no answer within the timeout; raised at once
+                            while known down
+    StoreFullError          the server is at its maxmemory (OOM)
+    StoreReadOnlyError      a read-only replica
+    StoreError              anything else the server refuses (a Redis older than 6, a key of another type)
+    StoreClosedError        a call after aclose()
 """
 
 from __future__ import annotations
@@ -50,8 +53,16 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from evalproxy.adapter.core.errors import (
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+)
+from evalproxy.adapter.core.errors import StoreUnavailableError as StoreUnavailableError  # re-exported
 from evalproxy.adapter.core.redact import redact_url
 from evalproxy.storage.base import (
     HOST,
@@ -161,10 +172,6 @@ return 1
 """
 
 
-class StoreUnavailableError(ConnectionError):
-    """The server did not answer in time or refused; raised at once while it is known to be down."""
-
-
 def parse_location(url: str) -> tuple[str, str, float]:
     """(client URL, prefix, timeout) from a store URL with our own ``prefix`` and ``timeout`` query parameters."""
     parts = urlsplit(url)
@@ -230,6 +237,12 @@ class RedisStore:
             what = (f"did not answer within {self.timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
                     else f"is unreachable ({exc})")
             raise StoreUnavailableError(f"the store at {self.location} {what}") from exc
+        except OutOfMemoryError as exc:
+            raise StoreFullError(f"the store at {self.location} is full (maxmemory): {exc}") from exc
+        except RedisReadOnlyError as exc:
+            raise StoreReadOnlyError(f"the store at {self.location} is read-only: {exc}") from exc
+        except RedisError as exc:
+            raise StoreError(f"the store at {self.location} refused: {type(exc).__name__}: {exc}") from exc
 
     def _lease_value(self, owner: str) -> str:
         """The holder part of ``owner``'s lease values (the scripts put the deadline in front)."""
@@ -341,10 +354,10 @@ class RedisStore:
         return pairs
 
     # -- failures --------------------------------------------------------------------------------------------------
-    async def record_failure(self, failure: Failure) -> None:
+    async def record_failure(self, failure: Failure) -> bool:
         member = f"{failure.sort_key}/{self._tag}"
-        await self._call(self._add_failure(keys=[self.k_failures, self.k_failure],
-                                           args=[failure.received_at, member, failure.record(), MAX_FAILURES]))
+        return int(await self._call(self._add_failure(keys=[self.k_failures, self.k_failure],
+                                           args=[failure.received_at, member, failure.record(), MAX_FAILURES]))) == 1
 
     async def failures(self, limit: int | None = None) -> list[Failure]:
         members = await self._call(self.redis.zrange(self.k_failures, 0, -1 if limit is None else limit - 1))
@@ -359,6 +372,12 @@ class RedisStore:
         return out
 
     # -- answers, raw (for ``evalproxy cache copy``) ---------------------------------------------------------------
+    async def get_answers(self, slots: list[tuple[str, int]]) -> list[StoredAnswer | None]:
+        if not slots:
+            return []
+        blobs = await self._call(self.redis.hmget(self.k_answers, [answer_key(k, s) for k, s in slots]))
+        return [self._decode(k, s, b) if b is not None else None for (k, s), b in zip(slots, blobs, strict=True)]
+
     async def count_answers(self) -> int:
         return int(await self._call(self.redis.hlen(self.k_answers)))
 
@@ -385,8 +404,12 @@ class RedisStore:
         for k in (self.k_answers, self.k_pair, self.k_failure):
             pipe.memory_usage(k)
         answers, pairs, failures, *sizes = await self._call(pipe.execute())
-        return {"location": self.location, "backend": "redis", "prefix": self.prefix, "answers": answers,
-                "saved_requests": pairs, "failures": failures, "bytes": sum(s or 0 for s in sizes)}
+        # The disk store's keys, no more: the prefix is part of the location (a URL that opens this very store).
+        location = self.location
+        if "prefix" not in dict(parse_qsl(urlsplit(location).query)):
+            location += f"{'&' if '?' in location else '?'}{urlencode({'prefix': self.prefix})}"
+        return {"location": location, "backend": "redis", "answers": answers, "saved_requests": pairs,
+                "failures": failures, "bytes": sum(s or 0 for s in sizes)}
 
     async def clear(self) -> int:
         """Delete every key under this store's prefix (answers, pairs, failures, slots, leases)."""
@@ -395,15 +418,13 @@ class RedisStore:
         pipe.zcard(self.k_pairs)
         pipe.zcard(self.k_failures)
         n = sum(await self._call(pipe.execute()))
-        batch: list[bytes] = []
-        async for k in self.redis.scan_iter(match=self.prefix.replace("*", r"\*") + "*", count=1000):
-            batch.append(k)
-            if len(batch) >= 1000:
-                await self._call(self.redis.unlink(*batch))
-                batch.clear()
-        if batch:
-            await self._call(self.redis.unlink(*batch))
-        return int(n)
+        match, cursor = self.prefix.replace("*", r"\*") + "*", 0
+        while True:
+            cursor, keys = await self._call(self.redis.scan(cursor, match=match, count=1000))
+            if keys:
+                await self._call(self.redis.unlink(*keys))
+            if cursor == 0:
+                return int(n)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -2,6 +2,11 @@
 
     EvalProxyError
     ├── ConfigError                   bad config: names the file and the field path
+    ├── StoreError                    the cache's store failed (never answered to a client: caching passes through)
+    │   ├── StoreUnavailableError     cannot be opened, or a server down or too slow; also a ConnectionError
+    │   ├── StoreReadOnlyError        refuses writes: a read-only disk or directory, a read-only replica
+    │   ├── StoreFullError            no room: a full disk, a Redis server at its maxmemory
+    │   └── StoreClosedError          a call after the store's aclose(); also a RuntimeError
     └── ProxyError                    answered to the client as OpenAI-shaped JSON
         ├── BadRequestError           400: body is not JSON, not an object, ...
         ├── PayloadTooLargeError      413: body over max_request_bytes
@@ -20,6 +25,9 @@
             ├── UpstreamProtocolError     502: the stream broke off mid-answer
             └── AnswerTooLargeError       502: the answer passed max_answer_bytes (or a stream line
                                                max_sse_line_bytes); nothing is stored
+
+Each store backend translates its own failures (sqlite3, diskcache, OSError, redis-py) into the ``StoreError``
+subtree at its boundary, so that nothing above :mod:`evalproxy.storage` knows which backend failed or how.
 
 An upstream that *answers* with 4xx/5xx is not an error here: its answer is passed through with its own status
 (unless ``raise_client_errors`` is configured to stop the run on it).
@@ -50,6 +58,28 @@ class ConfigError(EvalProxyError):
         prefix = ": ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.reason = message
+
+
+class StoreError(EvalProxyError):
+    """A store (a cache directory or a Redis server) failed; the message names it. Readers (CLI, reports) print it;
+    the caching interceptor counts it and answers without the store."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The store cannot be reached: a directory or database that cannot be opened, a server that refuses or does not
+    answer within its timeout (raised at once while it is known to be down)."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store refuses writes: a read-only file system or directory, a read-only Redis replica."""
+
+
+class StoreFullError(StoreError):
+    """The store has no room: the disk is full, or the Redis server reached its ``maxmemory``."""
+
+
+class StoreClosedError(StoreError, RuntimeError):
+    """A call to a store after its ``aclose()``."""
 
 
 class ProxyError(EvalProxyError):
