@@ -38,3 +38,18 @@ def test_dockerfile_lints_clean() -> None:
     assert HADOLINT is not None
     done = subprocess.run([HADOLINT, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_blocking_guard_fails_a_test_that_holds_the_loop(tmp_path: Path) -> None:
+    """The root conftest's guard fails an async test that holds the event loop past the limit, and passes one that
+    does not (run in a pytest of its own, on a copy of the root conftest)."""
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_probe.py").write_text(
+        "import time\n\n"
+        "async def test_holds():\n    time.sleep(1.3)\n\n"
+        "async def test_yields():\n    import asyncio\n    await asyncio.sleep(0.2)\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+                           str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert "2 passed, 1 error" in done.stdout, done.stdout + done.stderr  # the error: test_holds' teardown
+    assert "ERROR test_probe.py::test_holds - AssertionError: the event loop was held for" in done.stdout
