@@ -20,7 +20,7 @@ from evalproxy.adapter.core.net import is_loopback
 from evalproxy.adapter.core.redact import redact_text
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
-from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT, STREAM_USAGE
+from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT
 from evalproxy.adapter.registry import Resolved, resolve
 from evalproxy.adapter.server.lifecycle import new_run_id
 from evalproxy.adapter.server.loop import run as run_loop
@@ -221,7 +221,7 @@ def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, Pr
     """A :attr:`Proxy.observers` entry feeding the run record: the body as sent upstream and what came of it.
 
     Cheap on purpose: a whole JSON answer is read through ``resp.json`` (parsed once, usually already by the chain);
-    a stream gives its tokens only when the transport took the usage out of it, and no finish reason.
+    a stream gives the tokens of its usage event (the server saw it as it wrote the stream), and no finish reason.
     """
 
     def observe(ctx: RequestContext, resp: ProxyResponse | None, status: int) -> None:
@@ -239,8 +239,8 @@ def _ledger_observer(observed: Any, ledger: Any) -> Callable[[RequestContext, Pr
                 choices = data.get("choices")
                 if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                     finish_reason = choices[0].get("finish_reason")
-        else:
-            usage = state.get(STREAM_USAGE)
+        elif resp is not None:
+            usage = resp.stream_usage
         if isinstance(usage, dict):
             prompt_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
             completion_tokens = usage.get("completion_tokens", usage.get("output_tokens"))

@@ -426,6 +426,7 @@ class TestStreams:
 
 class TestLongStreams:
     @pytest.mark.timeout(10)  # a hang guard: held text rebuilt on every event takes a minute or more here
+    @pytest.mark.loop_may_block  # 24,000 events pass through the interceptor in this very loop, on purpose
     async def test_many_events_before_the_end_token(self, run: RunContext) -> None:
         """A stream of 24 000 events of 1 KB before the end token reaches the client exactly stripped."""
         pieces = ["weighing it " * 85] * 24_000 + ["</think>\n\nFour."]

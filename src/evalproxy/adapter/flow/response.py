@@ -37,7 +37,7 @@ class ProxyResponse:
     Read and change answers through :mod:`evalproxy.adapter.flow.answers`, which treats both shapes alike.
     """
 
-    __slots__ = ("_json", "body", "headers", "status", "stream")
+    __slots__ = ("_json", "body", "headers", "status", "stream", "stream_usage")
 
     def __init__(
         self,
@@ -50,6 +50,8 @@ class ProxyResponse:
         self.headers: CIMultiDict[str] = headers if headers is not None else CIMultiDict()
         self.body = body
         self.stream = stream
+        self.stream_usage: dict[str, Any] | None = None
+        """The token usage a stream carried, set by the server as it writes the stream (for observers)."""
         self._json: Any = _MISSING
 
     @classmethod

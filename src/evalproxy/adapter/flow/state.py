@@ -3,7 +3,6 @@ typed keys, never in a bag of strings."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, cast, overload
 
 T = TypeVar("T")
@@ -53,16 +52,9 @@ UPSTREAM_SECONDS = StateKey[float]("upstream_seconds")
 """Wall time spent on the upstream: to its whole body, or for a stream from the request to its last event (set by
 the transport)."""
 STREAM_USAGE = StateKey[dict[str, Any]]("stream_usage")
-"""Token usage of a streamed answer whose client did not ask for it: the transport asked upstream for it, took it out
-of the stream before the client saw it, and left it here for statistics."""
+"""No longer set: a stream's usage stays in the stream (the server takes it out only of what the client gets).
+Kept until the statistics that still read it stop doing so."""
 CACHE_KEY = StateKey[str]("cache_key")
 """The key a cache stored (or looked up) the answer under, set by the cache once it is known."""
 CACHE_SLOT = StateKey[int]("cache_slot")
 """Which stored answer of that key the request got (0, or the k-th sample of a pass@k run), set by the cache."""
-EVENTS_AT_HAND = StateKey[bool]("events_at_hand")
-"""Set by the transport with each stream event it hands on: whether the next one has already arrived. The server
-writes events that arrived together in one write."""
-WRITE_HELD = StateKey[Callable[[], Awaitable[None] | None]]("write_held")
-"""Set by the server while it writes a stream: the write of the events it holds back, or None when it holds none.
-The transport awaits it before it waits for the network, so an event held for its successor never waits longer than
-that successor took to come."""

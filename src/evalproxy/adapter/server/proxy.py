@@ -196,9 +196,11 @@ class Proxy:
         ctx: RequestContext | None = None
         resp: ProxyResponse | None = None
         status = 500
+        hide_usage = False
         try:
             try:
                 ctx = await self._context(request)
+                hide_usage = self._ask_usage(ctx)
                 resp = await self.chain(ctx)
             except ProxyError as exc:
                 resp = _error_response(exc)
@@ -214,7 +216,7 @@ class Proxy:
             if ctx is not None:
                 resp.headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
             if resp.stream is not None:
-                out, status = await write_stream(request, ctx, resp, self.prometheus)
+                out, status = await write_stream(request, ctx, resp, self.prometheus, hide_usage=hide_usage)
                 return out
             return web.Response(status=resp.status, headers=outgoing_headers(resp.headers), body=resp.body)
         finally:
@@ -229,6 +231,17 @@ class Proxy:
                 last = [ctx]
                 del ctx
                 await asyncio.to_thread(last.clear)
+
+    def _ask_usage(self, ctx: RequestContext) -> bool:
+        """Ask upstream for a stream's token usage when the transport wants it and the client did not: as a change
+        of the request before the chain, so the cache key covers what is sent and the cache keeps the usage with
+        the answer (a replay reports the same tokens). True: the client gets the stream without it."""
+        if self.transport is None or ctx.json is None or not self.transport.wants_usage(ctx):
+            return False
+        options = ctx.json.get("stream_options")
+        extra = options if isinstance(options, dict) else {}
+        ctx.set_json({**ctx.json, "stream_options": {**extra, "include_usage": True}})
+        return True
 
     def _path(self, request: web.Request) -> str:
         """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""

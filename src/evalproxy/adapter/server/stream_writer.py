@@ -1,11 +1,18 @@
-"""Writing a streamed answer to the client, event by event, and ending it honestly when it breaks."""
+"""Writing a streamed answer to the client, and ending it honestly when it breaks.
+
+Events that are ready together leave in one write: under load the upstream's events come in bunches, and a write
+per event was a fifth of the proxy's CPU per stream. Whether the next event is ready is asked of the stream itself,
+not of any layer: the writer starts the stream's next step, and only if that step has to wait (for the network, or
+a layer's own wait) does it first write what it holds, then wait with it. No event ever waits for one that has not
+arrived, whatever the layers between the transport and here do with the events.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +20,7 @@ from aiohttp import web
 from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
-from evalproxy.adapter.flow.state import EVENTS_AT_HAND, WRITE_HELD
+from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.server.forwarding import outgoing_headers
 from evalproxy.adapter.server.prometheus import Prometheus
 
@@ -21,10 +28,7 @@ log = logging.getLogger("evalproxy.server")
 
 
 class ClientStream:
-    """The client's side of a stream. An event whose successor has already arrived (the transport says so with
-    :data:`EVENTS_AT_HAND`) is held and leaves with it in one write: under load the upstream's events come in
-    bunches, and a write per event was a fifth of the proxy's CPU per stream. The transport flushes what is held
-    before it waits for the network (:data:`WRITE_HELD`), so no event ever waits for one that has not arrived."""
+    """The client's side of a stream: events held until the stream would wait, then written at once."""
 
     __slots__ = ("gone", "held", "out")
 
@@ -33,11 +37,11 @@ class ClientStream:
         self.held: list[bytes] = []
         self.gone = False
 
-    async def send(self, data: bytes) -> None:
-        if self.held:
-            self.held.append(data)
-            data = b"".join(self.held)
-            self.held.clear()
+    async def flush(self) -> None:
+        if not self.held:
+            return
+        data = self.held[0] if len(self.held) == 1 else b"".join(self.held)
+        self.held.clear()
         if self.gone:
             return
         try:
@@ -46,43 +50,96 @@ class ClientStream:
             self.gone = True
             log.info("client went away mid-stream; finishing the upstream answer for the cache")
 
-    def write_held(self) -> Coroutine[Any, Any, None] | None:
-        """The write of what is held, to await; None if nothing is (no coroutine made for nothing, per event)."""
-        return self.send(b"") if self.held else None
+
+class _Resumed:
+    """Await the rest of a step that was started by hand and suspended on ``first`` (what it gave its task)."""
+
+    __slots__ = ("first", "step")
+
+    def __init__(self, step: Any, first: Any) -> None:
+        self.step, self.first = step, first
+
+    def __await__(self) -> Generator[Any, Any, Event]:
+        step, waiting_on = self.step, self.first
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as exc:  # thrown in by the task (a cancellation): pass it on to the step
+                try:
+                    waiting_on = step.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                continue
+            try:
+                waiting_on = step.send(sent)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+
+async def _next(events: AsyncIterator[Event], sink: ClientStream) -> Event:
+    """The stream's next event; if it is not ready at once, what ``sink`` holds is written before waiting for it.
+    Raises StopAsyncIteration at the end, as ``anext`` does."""
+    step: Any = events.__anext__()
+    try:
+        waiting_on = step.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]  # ready without waiting
+    await sink.flush()
+    return await _Resumed(step, waiting_on)
+
+
+def _without_usage(event: Event) -> Event | None:
+    """``event`` without the usage the proxy asked for on the client's behalf: a usage-only chunk is dropped."""
+    obj = event.json
+    if not isinstance(obj, dict) or "usage" not in obj:
+        return event
+    if not obj.get("choices"):
+        return None
+    return Event.of({k: v for k, v in obj.items() if k != "usage"})
 
 
 async def write_stream(request: web.Request, ctx: RequestContext | None, resp: ProxyResponse,
-                       prometheus: Prometheus) -> tuple[web.StreamResponse, int]:
-    """Write a stream event by event; (the response, the status the request is counted with).
+                       prometheus: Prometheus, *, hide_usage: bool = False) -> tuple[web.StreamResponse, int]:
+    """Write a stream; (the response, the status the request is counted with).
 
-    A failure while the stream is read (the upstream broke off, an interceptor failed) ends the client's stream
-    with an OpenAI-shaped error event and counts the request with the error's status, not the 200 already sent. A
-    client that leaves does not stop the reading: the answer is being paid for, and the cache stores it once whole.
+    ``hide_usage``: the usage in the stream was asked for by the proxy, not the client (it is cached and counted
+    with the answer): it is taken out of what the client gets. Either way the last usage seen is left in
+    ``resp.stream_usage`` for observers. A failure while the stream is read (the upstream broke off, an interceptor
+    failed) ends the client's stream with an OpenAI-shaped error event and counts the request with the error's
+    status, not the 200 already sent. A client that leaves does not stop the reading: the answer is being paid for,
+    and the cache stores it once whole.
     """
     assert resp.stream is not None
     out = web.StreamResponse(status=resp.status, headers=outgoing_headers(resp.headers))
     status = resp.status
     sink = ClientStream(out)
-    first = True
     try:
         await out.prepare(request)
     except (ConnectionResetError, OSError):
         sink.gone = True
     error: ProxyError | None = None
-    state = ctx.state if ctx is not None else None
-    if state is not None:
-        state[WRITE_HELD] = sink.write_held
+    first = ctx is not None
+    events = resp.stream.__aiter__()
     try:
-        async for event in resp.stream:
-            if sink.gone:
-                continue
-            if state is not None and state.get(EVENTS_AT_HAND, False) and not event.is_done:
-                sink.held.append(event.raw)  # the next event is already here: both leave in one write
-                continue
-            await sink.send(event.raw)
-            if first and not sink.gone and ctx is not None:
-                first = False
-                prometheus.ttft_seconds.observe(time.perf_counter() - ctx.started)
+        while True:
+            try:
+                event: Event | None = await _next(events, sink)
+            except StopAsyncIteration:
+                break
+            assert event is not None
+            if b'"usage"' in event.raw and not event.is_done:
+                usage = event.json.get("usage") if isinstance(event.json, dict) else None
+                if isinstance(usage, dict):
+                    resp.stream_usage = usage
+                if hide_usage and (event := _without_usage(event)) is None:
+                    continue
+            if not sink.gone:
+                sink.held.append(event.raw)
+                if first:  # the first event leaves at once: time to first token is the client's
+                    first = False
+                    await sink.flush()
+                    assert ctx is not None
+                    prometheus.ttft_seconds.observe(time.perf_counter() - ctx.started)
     except ProxyError as exc:
         error = exc
         log.warning("stream ended with an error: %s", exc.message)
@@ -92,11 +149,12 @@ async def write_stream(request: web.Request, ctx: RequestContext | None, resp: P
     if error is not None:
         status = error.status
         prometheus.errors.labels(error.code or error.type).inc()
-        await sink.send(b"data: " + error.to_json() + b"\n\n")
-    held = sink.write_held()
-    if held is not None:
-        await held
+        sink.held.append(b"data: " + error.to_json() + b"\n\n")
+    await sink.flush()
     if not sink.gone:
         with contextlib.suppress(ConnectionResetError, OSError):
             await out.write_eof()
     return out, status
+
+
+__all__ = ["ClientStream", "write_stream"]

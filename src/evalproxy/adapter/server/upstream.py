@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from multidict import CIMultiDict
 
 from evalproxy.adapter.core.errors import (
@@ -35,7 +34,7 @@ from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import Event
-from evalproxy.adapter.flow.state import EVENTS_AT_HAND, STREAM_USAGE, UPSTREAM_SECONDS, WRITE_HELD
+from evalproxy.adapter.flow.state import UPSTREAM_SECONDS
 
 log = logging.getLogger("evalproxy.upstream")
 
@@ -183,6 +182,16 @@ class UpstreamTransport:
             out["Authorization"] = f"Bearer {self.api_key}"
         return out
 
+    def wants_usage(self, ctx: RequestContext) -> bool:
+        """Whether this request should ask upstream for token usage its client did not ask for (``stream_usage``):
+        a chat or completions stream without ``stream_options.include_usage``. The server adds it to the request
+        before the chain (so the cache key covers what is sent, and the cache keeps the usage with the answer) and
+        takes it out of what the client gets."""
+        if not (self.stream_usage and ctx.is_stream_request and ctx.kind in ("chat", "completions")):
+            return False
+        options = ctx.json.get("stream_options") if ctx.json is not None else None
+        return not (isinstance(options, dict) and options.get("include_usage"))
+
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return float(min(retry_after, self.request_timeout))
@@ -201,16 +210,9 @@ class UpstreamTransport:
             url = f"{url}{'&' if '?' in url else '?'}{ctx.query}"
         headers = self._headers(ctx)
         stream = ctx.is_stream_request
-        asked = ctx.json if stream and self.stream_usage and ctx.kind in ("chat", "completions") else None
-        options = asked.get("stream_options") if asked is not None else None
-        hide_usage = asked is not None and not (isinstance(options, dict) and options.get("include_usage"))
-        body: bytes | None
-        if asked is not None and hide_usage:
-            # Only the upstream copy changes: the cache key and the client's answer stay as the client asked.
-            extra = options if isinstance(options, dict) else {}
-            body = orjson.dumps({**asked, "stream_options": {**extra, "include_usage": True}})
-        else:  # the body as it is: the client's own bytes unless an interceptor changed it (serialised once)
-            body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
+        # The client's own bytes unless a layer (or the server, asking for usage) changed the body: what goes
+        # upstream is always the request the cache key was made from.
+        body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         timeout = self._stream_timeout if stream else self._timeout
         attempt = 0
         t0 = time.perf_counter()
@@ -260,7 +262,7 @@ class UpstreamTransport:
         ctype = resp.headers.get("Content-Type", "")
         if resp.status == 200 and ctype.startswith("text/event-stream"):
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0, hide_usage))
+            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
         try:
             data = await self._read(resp, declared=ctx.method != "HEAD")
         except AnswerTooLargeError:
@@ -330,16 +332,13 @@ class UpstreamTransport:
                 watch.silent = True
                 watch.resp.close()
 
-    async def _events(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float, hide_usage: bool
-    ) -> AsyncIterator[Event]:
+    async def _events(self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float) -> AsyncIterator[Event]:
         """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream.
 
         A stream past ``max_answer_bytes`` in all, or holding an event not ended within ``max_sse_line_bytes``,
         ends with :class:`AnswerTooLargeError` (an error event for the client; caches store nothing of it).
-
-        ``hide_usage``: the usage was asked for by the proxy, not the client; it is taken out of the stream and kept
-        in ``ctx.state[STREAM_USAGE]``."""
+        Events that arrive in one read are yielded one after the other without waiting, so the server writes them
+        together."""
         # The bytes of an event not yet ended by a blank line, as they came (joined once, when it ends: a long
         # event costs linear time) and how many they are; with the stream's total, both are bounded.
         parts: list[bytes] = []
@@ -348,14 +347,9 @@ class UpstreamTransport:
         max_answer, max_event = self.max_answer, self.max_event
         cr = False  # the last chunk held a "\r": a "\r\n" may be split between two chunks
         complete = False
-        state = ctx.state
         watch = self._watch(resp)
         try:
             while True:
-                flush = state.get(WRITE_HELD)
-                held_write = flush() if flush is not None else None
-                if held_write is not None:
-                    await held_write  # about to wait for the network: nothing may stay held meanwhile
                 # Silence counts only while this read waits: time spent writing to a slow client or in the layers
                 # above is not the upstream's.
                 watch.waiting_since = time.monotonic()
@@ -393,18 +387,15 @@ class UpstreamTransport:
                 held = len(rest)
                 if rest:
                     parts.append(rest)
-                last = len(events) - 1
-                for j, data in enumerate(events):
-                    if data and not data.isspace() and (event := _event(ctx, data, hide_usage)) is not None:
-                        state[EVENTS_AT_HAND] = j < last
-                        yield event
+                for data in events:
+                    if data and not data.isspace():
+                        yield Event(data + b"\n\n")
                 if held > max_event:  # after the events that did end
                     raise self._event_too_large()
             # A last event the upstream did not end with a blank line.
             buf = b"".join(parts)
-            if buf.strip() and (event := _event(ctx, buf.rstrip(b"\n"), hide_usage)) is not None:
-                state[EVENTS_AT_HAND] = False
-                yield event
+            if buf.strip():
+                yield Event(buf.rstrip(b"\n") + b"\n\n")
             complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             if watch.silent:  # the watchdog closed it
@@ -438,20 +429,3 @@ class _Watch:
 
 
 _NOT_WAITING = float("inf")
-
-
-def _event(ctx: RequestContext, data: bytes, hide_usage: bool) -> Event | None:
-    """The event of one server-sent event's bytes; with ``hide_usage``, without the usage the proxy asked for (kept
-    in ``ctx.state[STREAM_USAGE]``), and None if nothing else was in it."""
-    event = Event(data + b"\n\n")
-    if not hide_usage or b'"usage"' not in data:
-        return event
-    obj = event.json
-    if not isinstance(obj, dict) or "usage" not in obj:
-        return event
-    obj = dict(obj)
-    usage = obj.pop("usage")
-    if isinstance(usage, dict):
-        ctx.state[STREAM_USAGE] = usage
-    return Event.of(obj) if obj.get("choices") else None
-
