@@ -201,21 +201,44 @@ class UpstreamTransport:
     async def __call__(self, ctx: RequestContext) -> ProxyResponse:
         if not self.url:
             raise UpstreamUnreachableError("no upstream URL is configured (set server.upstream_url or --upstream)")
+        url = self._url_for(ctx)
+        # The client's own bytes unless a layer (or the server, asking for usage) changed the body: what goes
+        # upstream is always the request the cache key was made from. A large changed body is serialised in a thread.
+        body: bytes | None = None
+        if ctx.method not in ("GET", "HEAD"):
+            body = await asyncio.to_thread(ctx.body_bytes) if len(ctx.raw) > _LARGE_BODY else ctx.body_bytes()
+        t0 = time.perf_counter()
+        resp = await self._send(ctx, url, body)
+        out_headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
+        )
+        if resp.status == 200 and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
+            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
+        data = await self._whole(resp, declared=ctx.method != "HEAD")
+        ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
+        out = ProxyResponse(resp.status, out_headers, body=data)
+        if resp.status == 200:
+            out.null_content_to_empty()
+        return out
+
+    def _url_for(self, ctx: RequestContext) -> str:
         url = self._urls.get(ctx.path)
         if url is None:
-            url = upstream_url_for(self.url, ctx.path)
+            url = upstream_url_for(self.url or "", ctx.path)
             if len(self._urls) < 1024:  # paths are few (a harness uses one or two); never grow without bound
                 self._urls[ctx.path] = url
         if ctx.query:
             url = f"{url}{'&' if '?' in url else '?'}{ctx.query}"
+        return url
+
+    async def _send(self, ctx: RequestContext, url: str, body: bytes | None) -> aiohttp.ClientResponse:
+        """The upstream's answer (its headers; the body is read by the caller), retried with backoff on connection
+        errors and on ``retry_on_status`` until ``max_retries``."""
         headers = self._headers(ctx)
         stream = ctx.is_stream_request
-        # The client's own bytes unless a layer (or the server, asking for usage) changed the body: what goes
-        # upstream is always the request the cache key was made from.
-        body = ctx.body_bytes() if ctx.method not in ("GET", "HEAD") else None
         timeout = self._stream_timeout if stream else self._timeout
         attempt = 0
-        t0 = time.perf_counter()
         while True:
             try:
                 data: bytes | io.BytesIO | None = body
@@ -245,26 +268,19 @@ class UpstreamTransport:
                     f"cannot reach the upstream at {redact_url(url)}: {type(exc).__name__}: {redact_url(str(exc))}"
                     + (f" (after {attempt + 1} attempts)" if attempt else "")
                 ) from exc
+            if resp.status not in self.retry_status or attempt >= self.max_retries:
+                return resp
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            resp.release()
+            self.prometheus.retries.labels(str(resp.status)).inc()
+            log.info("upstream answered %s; retry %d/%d", resp.status, attempt + 1, self.max_retries)
+            await asyncio.sleep(self._delay(attempt, retry_after))
+            attempt += 1
 
-            if resp.status in self.retry_status and attempt < self.max_retries:
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                resp.release()
-                self.prometheus.retries.labels(str(resp.status)).inc()
-                log.info("upstream answered %s; retry %d/%d", resp.status, attempt + 1, self.max_retries)
-                await asyncio.sleep(self._delay(attempt, retry_after))
-                attempt += 1
-                continue
-            break
-
-        out_headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
-        )
-        ctype = resp.headers.get("Content-Type", "")
-        if resp.status == 200 and ctype.startswith("text/event-stream"):
-            ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
+    async def _whole(self, resp: aiohttp.ClientResponse, declared: bool) -> bytes:
+        """The body of an answer that is not a stream, its failures typed (the connection is let go either way)."""
         try:
-            data = await self._read(resp, declared=ctx.method != "HEAD")
+            return await self._read(resp, declared)
         except AnswerTooLargeError:
             resp.close()  # the rest is never read
             self.prometheus.errors.labels("answer_too_large").inc()
@@ -281,11 +297,6 @@ class UpstreamTransport:
             raise UpstreamProtocolError(f"the upstream broke off its answer: {type(exc).__name__}: {exc}") from exc
         finally:
             resp.release()
-        ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-        out = ProxyResponse(resp.status, out_headers, body=data)
-        if resp.status == 200:
-            out.null_content_to_empty()
-        return out
 
     async def _read(self, resp: aiohttp.ClientResponse, declared: bool) -> bytes:
         """The whole body of an answer that is not a stream, read no further than ``max_answer_bytes``: with
