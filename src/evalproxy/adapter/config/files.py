@@ -187,32 +187,7 @@ def parse_config(
         raise ConfigError("must be a mapping", field="global_adapter_config", file=source)
     adapter_data: Any
     if "target" in data or "evaluation" in data:
-        target = data.get("target") or {}
-        endpoint = target.get("api_endpoint") if isinstance(target, dict) else None
-        if not isinstance(endpoint, dict):
-            if "evaluation" not in data:
-                raise ConfigError("a launcher config needs a mapping here", field="target.api_endpoint", file=source)
-            endpoint = {}
-        run_cfg = data.get("config")
-        adapter_data = endpoint.get("adapter_config") or {}
-        prefix = "target.api_endpoint.adapter_config"
-        endpoint_type = endpoint.get("type")
-        if "evaluation" in data:
-            task, tasks, nec = _pick_task(data, task, source)
-            if isinstance(adapter_data, dict):
-                adapter_data = deep_merge(adapter_data, _adapter_of(nec))
-            endpoint_type = _dig(nec, "target", "api_endpoint", "type") or endpoint_type
-            run_cfg = deep_merge(run_cfg or {}, nec.get("config") or {})
-            if tasks:
-                prefix = (f"evaluation.tasks[{task or tasks[0]}].nemo_evaluator_config"
-                          ".target.api_endpoint.adapter_config")
-        for k, v in _ENDPOINT_TO_SERVER.items():
-            if endpoint.get(k) is not None:
-                server_data[v] = endpoint[k]
-        if isinstance(run_cfg, dict) and isinstance(run_cfg.get("output_dir"), str):
-            server_data["output_dir"] = run_cfg["output_dir"]  # the run config's output dir, as NeMo uses it
-        if endpoint_type and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
-            adapter_data = {**adapter_data, "endpoint_type": endpoint_type}  # the task's own type
+        adapter_data, prefix, server_data, task, tasks = _launcher_parts(data, task, source)
     elif "adapter_config" in data:
         adapter_data = data.get("adapter_config") or {}
         prefix = "adapter_config"
@@ -234,28 +209,8 @@ def parse_config(
         raise validation_error(exc, prefix="server", file=source) from None
 
     _check_top_level(adapter_data, prefix, source)
-    legacy = {k: adapter_data[k] for k in list(adapter_data) if k in LEGACY_KEYS}
-    chain_from: Literal["nemo", "evalproxy"] | None = None
-    if legacy:
-        adapter_data = {k: v for k, v in adapter_data.items() if k not in LEGACY_KEYS}
-    if adapter_data.get("interceptors"):
-        if legacy and shared is None:
-            _check_mixing({**legacy, "interceptors": adapter_data["interceptors"]}, prefix, source)
-        elif legacy:
-            # One of the two configs lists interceptors and the other legacy keys: NeMo Evaluator uses the list and
-            # drops the legacy keys without a word. Same here, but said.
-            text = (f"legacy keys {', '.join(sorted(legacy))} are ignored: the merged adapter config lists "
-                    "interceptors (as NeMo Evaluator does)")
-            if strict:
-                raise ConfigError(text, field=prefix or None, file=source)
-            log.warning("%s", text)
-            warnings.append(text)
-    elif default_chain == "evalproxy" and not legacy:
-        chain_from = "evalproxy"
-    else:
-        # No interceptors: NeMo Evaluator's legacy conversion, which is also its default chain.
-        adapter_data = convert_legacy(legacy, adapter_data, source=source, prefix=prefix)
-        chain_from = "nemo"
+    adapter_data, chain_from = _chain_of(adapter_data, shared is not None, prefix, source, strict, default_chain,
+                                         warnings)
     try:
         adapter = AdapterConfig.model_validate(adapter_data)
     except ValidationError as exc:
@@ -349,3 +304,68 @@ def load_config(
         except ValidationError as exc:
             raise validation_error(exc, prefix="server", file="command line") from None
     return loaded
+
+
+def _launcher_parts(data: dict[str, Any], task: str | None, source: str | None
+                    ) -> tuple[Any, str, dict[str, Any], str | None, list[str]]:
+    """(adapter config, its field prefix, server settings, task, tasks) of a launcher-shaped file: the adapter
+    config under ``target.api_endpoint``, merged with the task's ``nemo_evaluator_config`` as the launcher does."""
+    server_data: dict[str, Any] = {}
+    tasks: list[str] = []
+    target = data.get("target") or {}
+    endpoint = target.get("api_endpoint") if isinstance(target, dict) else None
+    if not isinstance(endpoint, dict):
+        if "evaluation" not in data:
+            raise ConfigError("a launcher config needs a mapping here", field="target.api_endpoint", file=source)
+        endpoint = {}
+    run_cfg = data.get("config")
+    adapter_data = endpoint.get("adapter_config") or {}
+    prefix = "target.api_endpoint.adapter_config"
+    endpoint_type = endpoint.get("type")
+    if "evaluation" in data:
+        task, tasks, nec = _pick_task(data, task, source)
+        if isinstance(adapter_data, dict):
+            adapter_data = deep_merge(adapter_data, _adapter_of(nec))
+        endpoint_type = _dig(nec, "target", "api_endpoint", "type") or endpoint_type
+        run_cfg = deep_merge(run_cfg or {}, nec.get("config") or {})
+        if tasks:
+            prefix = (f"evaluation.tasks[{task or tasks[0]}].nemo_evaluator_config"
+                      ".target.api_endpoint.adapter_config")
+    for k, v in _ENDPOINT_TO_SERVER.items():
+        if endpoint.get(k) is not None:
+            server_data[v] = endpoint[k]
+    if isinstance(run_cfg, dict) and isinstance(run_cfg.get("output_dir"), str):
+        server_data["output_dir"] = run_cfg["output_dir"]  # the run config's output dir, as NeMo uses it
+    if endpoint_type and isinstance(adapter_data, dict) and "endpoint_type" not in adapter_data:
+        adapter_data = {**adapter_data, "endpoint_type": endpoint_type}  # the task's own type
+    return adapter_data, prefix, server_data, task, tasks
+
+
+def _chain_of(adapter_data: dict[str, Any], shared: bool, prefix: str, source: str | None, strict: bool,
+              default_chain: str, warnings: list[str]) -> tuple[dict[str, Any], Literal["nemo", "evalproxy"] | None]:
+    """The adapter config with its chain decided, and which default chain filled it (None: the config lists its
+    interceptors). Legacy keys convert to NeMo's chain; mixing them with a list is an error, unless one of two merged
+    configs (``shared``: a global_adapter_config) holds each, as NeMo drops the legacy keys then."""
+    legacy = {k: adapter_data[k] for k in list(adapter_data) if k in LEGACY_KEYS}
+    chain_from: Literal["nemo", "evalproxy"] | None = None
+    if legacy:
+        adapter_data = {k: v for k, v in adapter_data.items() if k not in LEGACY_KEYS}
+    if adapter_data.get("interceptors"):
+        if legacy and not shared:
+            _check_mixing({**legacy, "interceptors": adapter_data["interceptors"]}, prefix, source)
+        elif legacy:
+            # One of the two configs lists interceptors and the other legacy keys: NeMo Evaluator uses the list and
+            # drops the legacy keys without a word. Same here, but said.
+            text = (f"legacy keys {', '.join(sorted(legacy))} are ignored: the merged adapter config lists "
+                    "interceptors (as NeMo Evaluator does)")
+            if strict:
+                raise ConfigError(text, field=prefix or None, file=source)
+            log.warning("%s", text)
+            warnings.append(text)
+    elif default_chain == "evalproxy" and not legacy:
+        chain_from = "evalproxy"
+    else:
+        # No interceptors: NeMo Evaluator's legacy conversion, which is also its default chain.
+        adapter_data = convert_legacy(legacy, adapter_data, source=source, prefix=prefix)
+        chain_from = "nemo"
+    return adapter_data, chain_from

@@ -88,27 +88,7 @@ def convert_legacy(
             cfg["max_requests"] = c["max_logged_requests"]
         interceptors.append({"name": "request_logging", "config": cfg})
     if c["use_caching"] or c["save_responses"] or c["save_requests"] or html:
-        save_requests, save_responses = c["save_requests"], c["save_responses"]
-        max_req, max_resp = c["max_saved_requests"], c["max_saved_responses"]
-        if html:
-            # The report needs saved pairs: both are saved, and a cap is raised to html_report_size (never lowered),
-            # as NeMo Evaluator converts it. With reuse_cached_responses the caching interceptor saves every answer
-            # whatever max_saved_responses says, so a resumed run still replays everything.
-            save_requests = save_responses = True
-            if html_size is not None:
-                max_req = max(html_size, max_req) if max_req is not None else html_size
-                max_resp = max(html_size, max_resp) if max_resp is not None else html_size
-        cfg = {"reuse_cached_responses": c["use_caching"], "save_requests": save_requests,
-               "save_responses": save_responses}
-        if caching_dir is not None:
-            cfg["cache_dir"] = caching_dir
-        elif output_dir is not None:
-            cfg["cache_dir"] = f"{output_dir}/cache"
-        if max_req is not None:
-            cfg["max_saved_requests"] = max_req
-        if max_resp is not None:
-            cfg["max_saved_responses"] = max_resp
-        interceptors.append({"name": "caching", "config": cfg})
+        interceptors.append(_caching(c, caching_dir, output_dir, html, html_size))
     interceptors.append({"name": "endpoint"})
     if rest.get("tracking_requests_stats", True):
         cfg = {"logging_aggregated_stats_interval": c["logging_aggregated_stats_interval"]}
@@ -121,29 +101,10 @@ def convert_legacy(
             cfg["max_responses"] = c["max_logged_responses"]
         interceptors.append({"name": "response_logging", "config": cfg})
     if c["use_reasoning"] or c["process_reasoning_traces"]:
-        cfg = {"end_reasoning_token": c["end_reasoning_token"]}
-        if c["start_reasoning_token"] is not None:
-            cfg["start_reasoning_token"] = c["start_reasoning_token"]
-        if c["include_if_reasoning_not_finished"] is not None:
-            cfg["include_if_not_finished"] = c["include_if_reasoning_not_finished"]
-        if c["track_reasoning"] is not None:
-            cfg["enable_reasoning_tracking"] = c["track_reasoning"]
-        if rest.get("tracking_requests_stats", True):
-            cfg["save_individuals"] = True
-            if stats_base is not None:
-                cfg["cache_dir"] = f"{stats_base}/reasoning_stats_cache"
-        cfg["logging_aggregated_stats_interval"] = c["logging_aggregated_stats_interval"]
-        interceptors.append({"name": "reasoning", "config": cfg})
+        interceptors.append(_reasoning(c, rest.get("tracking_requests_stats", True), stats_base))
 
     if c["use_progress_tracking"]:
-        # NeMo Evaluator also switches this on when only output_dir is set (posting to localhost:8000); evalproxy
-        # does it only when asked.
-        cfg = {"progress_tracking_interval": c["progress_tracking_interval"], "request_method": "POST"}
-        if c["progress_tracking_url"] is not None:
-            cfg["progress_tracking_url"] = c["progress_tracking_url"]
-        if output_dir is not None:
-            cfg["output_dir"] = output_dir
-        interceptors.append({"name": "progress_tracking", "config": cfg})
+        interceptors.append(_progress_tracking(c, output_dir))
     if c["use_raise_client_errors"]:
         interceptors.append({"name": "raise_client_errors", "config": {}})
 
@@ -153,3 +114,58 @@ def convert_legacy(
         out["post_eval_hooks"] = [{"name": "post_eval_report",
                                    "config": {"report_types": report_types, "html_report_size": html_size}}]
     return out
+
+
+def _caching(c: dict[str, Any], caching_dir: str | None, output_dir: str | None, html: bool,
+             html_size: int | None) -> dict[str, Any]:
+    """The ``caching`` entry NeMo builds from legacy keys (and for the HTML report's saved pairs)."""
+    save_requests, save_responses = c["save_requests"], c["save_responses"]
+    max_req, max_resp = c["max_saved_requests"], c["max_saved_responses"]
+    if html:
+        # The report needs saved pairs: both are saved, and a cap is raised to html_report_size (never lowered),
+        # as NeMo Evaluator converts it. With reuse_cached_responses the caching interceptor saves every answer
+        # whatever max_saved_responses says, so a resumed run still replays everything.
+        save_requests = save_responses = True
+        if html_size is not None:
+            max_req = max(html_size, max_req) if max_req is not None else html_size
+            max_resp = max(html_size, max_resp) if max_resp is not None else html_size
+    cfg = {"reuse_cached_responses": c["use_caching"], "save_requests": save_requests,
+           "save_responses": save_responses}
+    if caching_dir is not None:
+        cfg["cache_dir"] = caching_dir
+    elif output_dir is not None:
+        cfg["cache_dir"] = f"{output_dir}/cache"
+    if max_req is not None:
+        cfg["max_saved_requests"] = max_req
+    if max_resp is not None:
+        cfg["max_saved_responses"] = max_resp
+    return {"name": "caching", "config": cfg}
+
+
+def _reasoning(c: dict[str, Any], tracking: bool, stats_base: str | None) -> dict[str, Any]:
+    """The ``reasoning`` entry NeMo builds from legacy keys."""
+    cfg = {"end_reasoning_token": c["end_reasoning_token"]}
+    if c["start_reasoning_token"] is not None:
+        cfg["start_reasoning_token"] = c["start_reasoning_token"]
+    if c["include_if_reasoning_not_finished"] is not None:
+        cfg["include_if_not_finished"] = c["include_if_reasoning_not_finished"]
+    if c["track_reasoning"] is not None:
+        cfg["enable_reasoning_tracking"] = c["track_reasoning"]
+    if tracking:
+        cfg["save_individuals"] = True
+        if stats_base is not None:
+            cfg["cache_dir"] = f"{stats_base}/reasoning_stats_cache"
+    cfg["logging_aggregated_stats_interval"] = c["logging_aggregated_stats_interval"]
+    return {"name": "reasoning", "config": cfg}
+
+
+def _progress_tracking(c: dict[str, Any], output_dir: str | None) -> dict[str, Any]:
+    """The ``progress_tracking`` entry, built only when asked for."""
+    # NeMo Evaluator also switches this on when only output_dir is set (posting to localhost:8000); evalproxy
+    # does it only when asked.
+    cfg = {"progress_tracking_interval": c["progress_tracking_interval"], "request_method": "POST"}
+    if c["progress_tracking_url"] is not None:
+        cfg["progress_tracking_url"] = c["progress_tracking_url"]
+    if output_dir is not None:
+        cfg["output_dir"] = output_dir
+    return {"name": "progress_tracking", "config": cfg}
