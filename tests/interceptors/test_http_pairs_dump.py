@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
+from evalproxy.simulator import SimulatedModel
+
 SECRET = "sk-SECRET-in-the-body-123"
 
 
@@ -37,3 +39,25 @@ async def test_body_secrets_are_redacted_in_every_file(make_proxy: Any, tmp_path
     for p in files:
         data = p.read_bytes()
         assert SECRET.encode() not in data, p
+
+
+class TestHttpPairsDump:
+    async def test_first_n_and_failures(self, make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+        """The first first_n pairs and every non-200 one are kept; metrics count every status; keys are redacted."""
+        from evalproxy.simulator import Fault
+
+        dump = tmp_path / "pairs.json"
+        proxy = await make_proxy({"interceptors": [
+            {"name": "http_pairs_dump", "config": {"dump_path": str(dump), "first_n": 1}}, "endpoint"]},
+            max_retries=0, retry_on_status=[])
+        for i in range(3):
+            if i == 2:
+                sim.script(Fault(status=500))
+            await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"q{i}"}]},
+                             headers={"Authorization": "Bearer sk-secret-dump"})
+        await proxy.close()
+        data = orjson.loads(dump.read_bytes())
+        assert data["metrics"] == {"200": 2, "500": 1}
+        assert [p["response"]["status"] for p in data["pairs"]] == [200, 500]
+        assert data["pairs"][0]["request"]["body"]["messages"][0]["content"] == "q0"
+        assert "sk-secret-dump" not in dump.read_text()
