@@ -4,67 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.jobs.conftest import API_KEY_ENV, FakeModel, client_command
+from tests.jobs.conftest import API_KEY_ENV, FakeModel, Service, client_command
 
 N = 4
 MSG_INTERRUPTED = "Job failed because the evaluation service stopped while it was running"
-
-
-class Service:
-    """``python -m evalproxy.jobs serve`` on a free port, with a client session bound to it."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
-        self.proc = proc
-        self.url = url
-        self.http = aiohttp.ClientSession(base_url=url)
-
-    @classmethod
-    async def start(cls, data_dir: Path, log: Path, *args: str) -> Service:
-        with log.open("ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "evalproxy.jobs", "serve", "--port", "0", "--data-dir", str(data_dir), *args,
-                stdout=asyncio.subprocess.PIPE, stderr=err,
-            )
-        assert proc.stdout is not None
-        line = (await proc.stdout.readline()).decode()
-        assert "listening on " in line, f"the service did not start: see {log}"
-        return cls(proc, line.split("listening on ")[1].split()[0])
-
-    async def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        async with self.http.request(method, path, json=body) as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
-
-    async def wait_for_status(self, job_id: str, *statuses: str) -> dict[str, Any]:
-        job: dict[str, Any] = {}
-        async with asyncio.timeout(30):
-            while job.get("status") not in statuses:
-                await asyncio.sleep(0.1)
-                job = await self.json("GET", f"/v1/evaluation/jobs/{job_id}")
-        return job
-
-    async def close(self, sig: int = signal.SIGTERM) -> None:
-        await self.http.close()
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-            await self.proc.wait()
-
-
-@pytest.fixture
-async def services(tmp_path: Path) -> AsyncIterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for s in started:
-        await s.close()
 
 
 def processes_naming(text: str) -> list[int]:
