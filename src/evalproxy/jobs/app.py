@@ -36,6 +36,7 @@ from evalproxy.jobs.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from evalproxy.jobs.files import Downloads
 from evalproxy.jobs.models import (
     ConfigIn,
     JobIn,
@@ -56,6 +57,7 @@ log = logging.getLogger("evalproxy.jobs")
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", JobsDB)
 RUNNER = web.AppKey("runner", JobRunner)
+DOWNLOADS = web.AppKey("downloads", Downloads)
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
@@ -309,24 +311,20 @@ async def job_results(request: web.Request) -> web.Response:
     })
 
 
-async def job_download(request: web.Request) -> web.Response:
+async def job_download(request: web.Request) -> web.StreamResponse:
+    """The job's directory as a ZIP, streamed (symbolic links and special files are left out)."""
     job = await _job(request)
     job_dir = request.app[SETTINGS].jobs_dir / job["id"]
     if not await asyncio.to_thread(job_dir.is_dir):
         raise NotFoundError(f"job '{job['id']}' has no files yet (status {job['status']})")
-    body = await asyncio.to_thread(launch.zip_dir, job_dir, job["id"])
-    return web.Response(body=body, content_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{job["id"]}.zip"'})
+    return await request.app[DOWNLOADS].zip_dir(request, job_dir, job["id"])
 
 
-async def job_logs(request: web.Request) -> web.Response:
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    """The job's log, streamed: whole, its last ``?tail=N`` lines, or one byte range (``Range: bytes=...``)."""
     job = await _job(request)
     path = request.app[SETTINGS].jobs_dir / job["id"] / launch.LOG_FILE
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        text = ""
-    return web.Response(text=text, content_type="text/plain")
+    return await request.app[DOWNLOADS].send_log(request, path)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -353,14 +351,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
-    """The database and the runner: opened here, closed here (running jobs are stopped first)."""
+    """The database, the runner and the download executor: opened here, closed here (running jobs are stopped
+    first)."""
     settings = app[SETTINGS]
     await asyncio.to_thread(settings.jobs_dir.mkdir, parents=True, exist_ok=True)
     db = await asyncio.to_thread(JobsDB, settings.db_path)
     runner = JobRunner(db, settings)
-    app[DB], app[RUNNER] = db, runner
+    app[DB], app[RUNNER], app[DOWNLOADS] = db, runner, Downloads()
     await runner.recover()
     yield
+    await app[DOWNLOADS].aclose()
     await runner.aclose()
     await asyncio.to_thread(db.close)
 

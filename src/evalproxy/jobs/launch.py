@@ -14,8 +14,6 @@ Everything here touches the disk and is called through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +133,3 @@ def read_results(job_dir: Path) -> dict[str, Any] | None:
         if scores is not None and (scores["tasks"] or scores["groups"]):
             return scores
     return None
-
-
-def zip_dir(job_dir: Path, top: str) -> bytes:
-    """The job directory as a ZIP whose entries sit under ``top/``."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        if job_dir.is_dir():
-            for path in sorted(job_dir.rglob("*")):
-                if path.is_file():
-                    zf.write(path, f"{top}/{path.relative_to(job_dir).as_posix()}")
-    return buf.getvalue()
