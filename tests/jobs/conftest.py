@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
@@ -141,10 +142,12 @@ class Service:
 
     @classmethod
     async def start(cls, data_dir: Path, log: Path, *args: str) -> Service:
+        """Start it; its token is the one it generates (or finds) in ``data_dir``, never one from the environment."""
+        env = {k: v for k, v in os.environ.items() if k != "EVALPROXY_JOBS_TOKEN"}
         with log.open("ab") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "evalproxy.jobs", "serve", "--port", "0", "--data-dir", str(data_dir), *args,
-                stdout=asyncio.subprocess.PIPE, stderr=err,
+                stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
             )
         assert proc.stdout is not None
         line = (await proc.stdout.readline()).decode()

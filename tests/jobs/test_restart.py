@@ -129,3 +129,20 @@ class TestRestart:
         ended = await second.wait_for_status(job["id"], "completed", "failed")
         assert ended["status"] == "completed", ended["status_details"]
         assert b"bye\n" in job_log.read_bytes()
+
+    async def test_reattached_job_can_be_cancelled(self, services: list[Service], tmp_path: Path) -> None:
+        """A job the restarted service found still running is cancelled like its own: it ends, and is cancelled."""
+        data, log = tmp_path / "data", tmp_path / "service.log"
+        first = await Service.start(data, log, "--grace-period", "10")
+        services.append(first)
+        job = await first.json("POST", "/v1/evaluation/jobs", {
+            "target": {"api_endpoint": {"url": "http://127.0.0.1:9/v1", "model_id": "m"}},
+            "config": {"command": [sys.executable, "-c", CHATTY, str(tmp_path / "never")]},
+        })
+        await first.wait_for_status(job["id"], "running")
+        await first.close(signal.SIGKILL)
+        second = await Service.start(data, log, "--grace-period", "10")
+        services.append(second)
+        cancelled = await second.json("POST", f"/v1/evaluation/jobs/{job['id']}/cancel")
+        assert cancelled["status"] == "cancelled"
+        await until(lambda: not processes_naming(job["id"]), "the cancelled job's processes end")
