@@ -133,12 +133,19 @@ class TestDownload:
             downloads = await asyncio.gather(*(client.get(f"/v1/evaluation/jobs/{job_id}/download")
                                                for _ in range(6)))
             assert [r.status for r in downloads] == [200] * 6
-            await asyncio.gather(*(r.content.readexactly(1) for r in downloads[:4]))
+            # Every download thread is busy once four of them send data (the other two wait for a thread).
+            reads = {asyncio.ensure_future(r.content.readexactly(1)) for r in downloads}
+            started: set[asyncio.Future[bytes]] = set()
+            while len(started) < 4:
+                done, _ = await asyncio.wait(reads - started, return_when=asyncio.FIRST_COMPLETED)
+                started |= done
             resp = await client.get("/v1/evaluation/jobs")
             assert resp.status == 200
             assert (await resp.json())["pagination"]["total_results"] == 1
             assert (await client.get(f"/v1/evaluation/jobs/{job_id}/status")).status == 200
         assert not [r for r in downloads if r.content.at_eof()]
+        for task in reads:
+            task.cancel()
         for r in downloads:
             r.close()
 

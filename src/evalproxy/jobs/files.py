@@ -37,6 +37,8 @@ QUEUED_CHUNKS = 4
 STORE_ABOVE = 32 << 20
 """Files larger than this go into the ZIP as they are: deflating gigabytes costs more than sending them."""
 DOWNLOAD_THREADS = 4
+STALLED_CLIENT_SECONDS = 60.0
+"""A client that takes nothing for this long loses its download (and frees the thread writing its ZIP)."""
 MAX_TAIL_LINES = 1_000_000
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -85,7 +87,8 @@ class Downloads:
         try:
             await resp.prepare(request)
             while (chunk := await queue.get()) is not None:
-                await resp.write(chunk)
+                async with asyncio.timeout(STALLED_CLIENT_SECONDS):
+                    await resp.write(chunk)
                 sink.taken()
             skipped = await producer
         finally:
@@ -129,7 +132,8 @@ class Downloads:
                 block = await loop.run_in_executor(self.executor, os.pread, fd, min(CHUNK, end - offset), offset)
                 if not block:  # the file was cut short under us
                     break
-                await resp.write(block)
+                async with asyncio.timeout(STALLED_CLIENT_SECONDS):
+                    await resp.write(block)
                 offset += len(block)
         finally:
             if fd >= 0:
