@@ -215,13 +215,13 @@ class JobRunner:
                     cwd=job_dir, start_new_session=True, env=self._job_env(),
                 )
                 self._procs[job_id] = proc  # before any other await: a stopping service must find it
+                await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)  # and a restarted one too
             except OSError as exc:
                 await asyncio.to_thread(_write, logfile, f"evalproxy jobs: cannot start the job: {exc}\n")
                 await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
                 return
         finally:
             await asyncio.to_thread(logfile.close)
-        await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)
         log.info("job %s: running as process %d", job_id, proc.pid)
         await self._follow(job_id, proc, limit)
 
