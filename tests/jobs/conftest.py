@@ -150,9 +150,16 @@ class Service:
                 stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
             )
         assert proc.stdout is not None
-        line = (await proc.stdout.readline()).decode()
-        assert "listening on " in line, f"the service did not start: see {log}"
-        note = (await proc.stdout.readline()).decode()
+        try:
+            async with asyncio.timeout(30):  # stops a hung start only
+                line = (await proc.stdout.readline()).decode()
+                assert "listening on " in line, f"the service did not start: see {log}"
+                note = (await proc.stdout.readline()).decode()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
         token = note.split("Bearer ", 1)[1].split("'")[0] if "Bearer " in note else None
         return cls(proc, line.split("listening on ")[1].split()[0], line + note, token)
 
