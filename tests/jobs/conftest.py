@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -21,6 +24,8 @@ from evalproxy.jobs.settings import Settings
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 API_KEY_ENV = "EVALPROXY_JOBS_TEST_KEY"
 API_KEY = "sk-jobs-test-0123456789-secret"
+TOKEN = "jobs-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 
 
@@ -104,13 +109,17 @@ MakeService = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 async def make_service(tmp_path: Path) -> AsyncIterator[MakeService]:
-    """Start the jobs service app in this process (its jobs are real ``evalproxy run`` subprocesses)."""
+    """Start the jobs service app in this process (its jobs are real ``evalproxy run`` subprocesses); its client
+    sends the token on every call unless ``send_token=False``."""
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(**kw: Any) -> TestClient[Any, Any]:
+    async def make(*, send_token: bool = True, **kw: Any) -> TestClient[Any, Any]:
         kw.setdefault("data_dir", tmp_path / "data")
         kw.setdefault("grace_period", 10.0)
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(Settings(**kw)), host="127.0.0.1"))
+        kw.setdefault("token", TOKEN)
+        headers = {"Authorization": f"Bearer {kw['token']}"} if send_token and kw["token"] else {}
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(Settings(**kw)), host="127.0.0.1"),
+                                                  headers=headers)
         await client.start_server()
         clients.append(client)
         return client
@@ -118,6 +127,69 @@ async def make_service(tmp_path: Path) -> AsyncIterator[MakeService]:
     yield make
     for c in clients:
         await c.close()
+
+
+class Service:
+    """``python -m evalproxy.jobs serve`` on a free port, with a client session bound to it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, url: str, banner: str, token: str | None) -> None:
+        self.proc = proc
+        self.url = url
+        self.banner = banner
+        """What the service printed as it started (its URL, and the token when it shows one)."""
+        self.token = token
+        self.http = aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    @classmethod
+    async def start(cls, data_dir: Path, log: Path, *args: str) -> Service:
+        """Start it; its token is the one it generates (or finds) in ``data_dir``, never one from the environment."""
+        env = {k: v for k, v in os.environ.items() if k != "EVALPROXY_JOBS_TOKEN"}
+        with log.open("ab") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "evalproxy.jobs", "serve", "--port", "0", "--data-dir", str(data_dir), *args,
+                stdout=asyncio.subprocess.PIPE, stderr=err, env=env,
+            )
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(30):  # stops a hung start only
+                line = (await proc.stdout.readline()).decode()
+                assert "listening on " in line, f"the service did not start: see {log}"
+                note = (await proc.stdout.readline()).decode()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        token = note.split("Bearer ", 1)[1].split("'")[0] if "Bearer " in note else None
+        return cls(proc, line.split("listening on ")[1].split()[0], line + note, token)
+
+    async def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        async with self.http.request(method, path, json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def wait_for_status(self, job_id: str, *statuses: str) -> dict[str, Any]:
+        job: dict[str, Any] = {}
+        async with asyncio.timeout(30):
+            while job.get("status") not in statuses:
+                await asyncio.sleep(0.1)
+                job = await self.json("GET", f"/v1/evaluation/jobs/{job_id}")
+        return job
+
+    async def close(self, sig: int = signal.SIGTERM) -> None:
+        await self.http.close()
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[list[Service]]:
+    """Services started as processes by a test: closed (SIGTERM) at its end."""
+    started: list[Service] = []
+    yield started
+    for s in started:
+        await s.close()
 
 
 async def wait_for_status(client: TestClient[Any, Any], job_id: str, *statuses: str) -> dict[str, Any]:

@@ -5,8 +5,13 @@ of each and is stored with both resolved in full, so deleting a target later nev
 take ``page``, ``page_size``, ``sort`` (``-created_at`` by default) and filters as ``filter[field]=value`` or
 ``field=value``, and answer ``{object, data, pagination, sort, filter}``.
 
-Errors are JSON ``{"detail", "field"}``: 400 for a malformed body or query, 401 without the token, 404 for an
-unknown path, 409 for a taken ``namespace/name``, 422 for an invalid field of the body.
+Every route is behind the site guard (:mod:`evalproxy.adapter.server.guard`), then the bearer token: a Host that is
+not this service's gets 421, a request from another site's web page 403, a body that is not JSON 415, so no web page
+the user opens can create a job (which runs a command) or read one.
+
+Errors are JSON ``{"detail", "field"}``: 400 for a malformed body or query (JSON nested deeper than
+``MAX_JSON_DEPTH`` included), 401 without the token, 403/421/415 from the guard, 404 for an unknown path, 409 for a
+taken ``namespace/name``, 422 for an invalid field of the body.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from evalproxy.adapter.server.guard import SitePolicy, install_guard
 from evalproxy.jobs import launch
 from evalproxy.jobs.errors import (
     BadRequestError,
@@ -30,10 +36,12 @@ from evalproxy.jobs.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from evalproxy.jobs.files import Downloads
 from evalproxy.jobs.models import (
     ConfigIn,
     JobIn,
     TargetIn,
+    check_endpoint_url,
     check_placeholders,
     new_job_id,
     normalise_target,
@@ -49,11 +57,14 @@ log = logging.getLogger("evalproxy.jobs")
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", JobsDB)
 RUNNER = web.AppKey("runner", JobRunner)
+DOWNLOADS = web.AppKey("downloads", Downloads)
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 1000
 JOB_FILTERS = {"status": "status", "namespace": "namespace", "target": "target_ref", "config": "config_ref"}
 RESOURCE_FILTERS = {"namespace": "namespace", "name": "name"}
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of a request body: deeper is a 400 (a record must stay within what orjson writes back)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,6 +89,11 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_response({"detail": exc.reason, "field": None}, status=exc.status)
 
 
+def refusal(status: int, code: str, message: str) -> web.Response:
+    """The site guard's refusal in the service's own error shape."""
+    return json_response({"detail": message, "field": None}, status=status)
+
+
 def bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     expected = f"Bearer {token}".encode()
 
@@ -99,7 +115,23 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise BadRequestError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequestError("the body must be a JSON object")
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        raise BadRequestError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     return data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether ``data`` has objects or arrays nested more than ``limit`` deep (without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _positive_int(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
@@ -155,9 +187,10 @@ def _ref(value: str, field: str) -> tuple[str, str]:
 
 def _target_record(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     record = normalise_target(parse_model(TargetIn, data, prefix=prefix), prefix=prefix)
+    p = f"{prefix}." if prefix else ""
+    check_endpoint_url(record["api_endpoint"]["url"], field=f"{p}api_endpoint.url")
     adapter_config = record["api_endpoint"]["adapter_config"]
     if adapter_config is not None:
-        p = f"{prefix}." if prefix else ""
         launch.check_adapter_config(adapter_config, field=f"{p}api_endpoint.adapter_config")
     return record
 
@@ -225,6 +258,8 @@ async def create_job(request: web.Request) -> web.Response:
     body = parse_model(JobIn, await read_json(request))
     target, target_ref = await _resolve(request, "targets", body.target, _target_record)
     config, config_ref = await _resolve(request, "configs", body.config, _config_record)
+    if target_ref is not None:  # a target stored before keys in URLs were refused
+        check_endpoint_url(target["api_endpoint"]["url"], field="target")
     check_placeholders(config, prefix="config")
     merged = launch.merged_adapter_config(target, config)
     if merged:
@@ -276,24 +311,20 @@ async def job_results(request: web.Request) -> web.Response:
     })
 
 
-async def job_download(request: web.Request) -> web.Response:
+async def job_download(request: web.Request) -> web.StreamResponse:
+    """The job's directory as a ZIP, streamed (symbolic links and special files are left out)."""
     job = await _job(request)
     job_dir = request.app[SETTINGS].jobs_dir / job["id"]
     if not await asyncio.to_thread(job_dir.is_dir):
         raise NotFoundError(f"job '{job['id']}' has no files yet (status {job['status']})")
-    body = await asyncio.to_thread(launch.zip_dir, job_dir, job["id"])
-    return web.Response(body=body, content_type="application/zip",
-                        headers={"Content-Disposition": f'attachment; filename="{job["id"]}.zip"'})
+    return await request.app[DOWNLOADS].zip_dir(request, job_dir, job["id"])
 
 
-async def job_logs(request: web.Request) -> web.Response:
+async def job_logs(request: web.Request) -> web.StreamResponse:
+    """The job's log, streamed: whole, its last ``?tail=N`` lines, or one byte range (``Range: bytes=...``)."""
     job = await _job(request)
     path = request.app[SETTINGS].jobs_dir / job["id"] / launch.LOG_FILE
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        text = ""
-    return web.Response(text=text, content_type="text/plain")
+    return await request.app[DOWNLOADS].send_log(request, path)
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -320,14 +351,16 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _state(app: web.Application) -> AsyncIterator[None]:
-    """The database and the runner: opened here, closed here (running jobs are stopped first)."""
+    """The database, the runner and the download executor: opened here, closed here (running jobs are stopped
+    first)."""
     settings = app[SETTINGS]
     await asyncio.to_thread(settings.jobs_dir.mkdir, parents=True, exist_ok=True)
     db = await asyncio.to_thread(JobsDB, settings.db_path)
     runner = JobRunner(db, settings)
-    app[DB], app[RUNNER] = db, runner
+    app[DB], app[RUNNER], app[DOWNLOADS] = db, runner, Downloads()
     await runner.recover()
     yield
+    await app[DOWNLOADS].aclose()
     await runner.aclose()
     await asyncio.to_thread(db.close)
 
@@ -337,6 +370,8 @@ def create_app(settings: Settings) -> web.Application:
     if settings.token:
         middlewares.append(bearer_auth(settings.token))
     app = web.Application(middlewares=middlewares)
+    install_guard(app, SitePolicy(bind=settings.bind, allowed_hosts=settings.allowed_hosts,
+                                  allowed_origins=settings.allowed_origins, cors_methods="GET, POST, DELETE"), refusal)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_state)
     app.add_routes([

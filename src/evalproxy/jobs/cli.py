@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ log = logging.getLogger("evalproxy.jobs")
 
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "EVALPROXY_JOBS_TOKEN"
+TOKEN_FILE = "token"
 
 
 def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,13 +31,22 @@ def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
         "jobs", help="the evaluation jobs service (REST): targets, configs and jobs")
     actions = jobs.add_subparsers(dest="jobs_command", required=True)
     p = actions.add_parser("serve", help="serve /v1/evaluation/{targets,configs,jobs} until SIGINT/SIGTERM")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; beyond it needs a token)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", "-p", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: free)")
     p.add_argument("--data-dir", default="evalproxy_jobs", help="records, job directories and caches go here")
     p.add_argument("--max-concurrent", type=int, default=2, help="jobs running at once; the rest wait (pending)")
     p.add_argument("--token-env", default=DEFAULT_TOKEN_ENV,
-                   help=f"env var holding the bearer token every call must carry (default {DEFAULT_TOKEN_ENV}; "
-                        "required when binding beyond loopback)")
+                   help=f"env var holding the bearer token every call must carry (default {DEFAULT_TOKEN_ENV}); "
+                        f"when it is not set, the token is read from DATA_DIR/{TOKEN_FILE}, or generated there "
+                        "(mode 0600) and printed")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without a token (loopback only): every local process and user can then run commands")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another Host name this service answers to (repeatable; '.example.org' allows its "
+                        "subdomains); other names get 421")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web page origin (https://app.example.org) that may call the service, with CORS "
+                        "(repeatable); pages of other origins get 403")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a cancelled job gets between SIGTERM and SIGKILL (default 30)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
@@ -52,21 +64,66 @@ def run_jobs_command(args: argparse.Namespace) -> int:
     if args.max_concurrent < 1:
         print("evalproxy jobs: --max-concurrent must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    token = os.environ.get(args.token_env) or None
-    if token is None and not is_loopback(args.host):
-        print(f"evalproxy jobs: refusing to bind {args.host} without a token: anyone who reaches it could run "
-              f"commands here. Set {args.token_env} (or name another variable with --token-env).", file=sys.stderr)
-        return EXIT_USAGE
-    settings = Settings(data_dir=Path(args.data_dir).resolve(), max_concurrent=args.max_concurrent, token=token,
-                        grace_period=args.grace_period)
+    data_dir = Path(args.data_dir).resolve()
+    if args.no_token:
+        if not is_loopback(args.host):
+            print(f"evalproxy jobs: refusing --no-token on {args.host}: anyone who reaches it could run commands "
+                  "here. Drop --no-token (a token is then generated) or bind 127.0.0.1.", file=sys.stderr)
+            return EXIT_USAGE
+        print("evalproxy jobs: --no-token: every process and every user of this machine can now create jobs, which "
+              "run commands as you, and read every job's logs and files; web pages are still refused by the Host "
+              "and Origin checks.", file=sys.stderr)
+        token, shown = None, "no token (--no-token)"
+    else:
+        try:
+            token, shown = _token(args.token_env, data_dir)
+        except OSError as exc:
+            print(f"evalproxy jobs: cannot keep the token under {data_dir}: {exc}", file=sys.stderr)
+            return 1
+    settings = Settings(data_dir=data_dir, max_concurrent=args.max_concurrent, token=token,
+                        grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
+                        allowed_origins=tuple(args.allowed_origin))
     try:
-        return asyncio.run(_serve(settings, args.host, args.port))
+        return asyncio.run(_serve(settings, args.host, args.port, shown))
     except OSError as exc:
         print(f"evalproxy jobs: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(settings: Settings, host: str, port: int) -> int:
+def _token(env_name: str, data_dir: Path) -> tuple[str, str]:
+    """(the token, how to show it): from the environment, else from ``data_dir/token``, else a new one written there
+    readable by the user alone. Only a token from the file is shown (once, at start): the user set the other."""
+    given = os.environ.get(env_name)
+    if given:
+        return given, f"the token in ${env_name}"
+    path = data_dir / TOKEN_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        pass
+    else:
+        with os.fdopen(fd, encoding="utf-8") as f:
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) & 0o077:
+                log.warning("%s was readable by others: now 0600 (anyone who read it can call this service; delete "
+                            "it to get a new token)", path)
+                os.fchmod(f.fileno(), 0o600)
+            token = f.read().strip()
+        if token:
+            return token, _header_line(token, path)
+        path.unlink()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    return token, _header_line(token, path)
+
+
+def _header_line(token: str, path: Path) -> str:
+    return f"every call needs the header 'Authorization: Bearer {token}' (kept in {path})"
+
+
+async def _serve(settings: Settings, host: str, port: int, token_note: str) -> int:
     from evalproxy.jobs.app import create_app  # here, not at the top: ``evalproxy serve`` never loads the service
 
     runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
@@ -80,7 +137,8 @@ async def _serve(settings: Settings, host: str, port: int) -> int:
                 bound = addr[1]
                 break
         shown = f"[{host}]" if ":" in host else host
-        print(f"evalproxy jobs listening on http://{shown}:{bound} (data: {settings.data_dir})", flush=True)
+        print(f"evalproxy jobs listening on http://{shown}:{bound} (data: {settings.data_dir})\n"
+              f"  {token_note}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

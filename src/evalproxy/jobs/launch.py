@@ -1,7 +1,8 @@
 """What a job hands to ``evalproxy run`` and what it reads back from the job directory.
 
 A job runs ``python -m evalproxy run -c <job_dir>/adapter_config_input.yaml -o <job_dir> --upstream URL
---model-id ID [--api-key-name NAME] -- <command>``: the same code as the ``run`` command. The config file is
+--model-id ID [--api-key-name NAME] -- <command>``: the same code as the ``run`` command, under
+:mod:`evalproxy.jobs.wrap`, which writes the job's log and its exit status itself. The config file is
 launcher-shaped, ``{target: {api_endpoint: {url, model_id, api_key_name, type, adapter_config}}}``, where
 ``adapter_config`` is the target's with the config's fields laid over it (a field the config sets replaces the
 target's whole, ``interceptors`` included). Unless the merged config names a ``caching_dir``, jobs with the same
@@ -14,8 +15,6 @@ Everything here touches the disk and is called through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ from evalproxy.jobs.models import expand_command
 
 CONFIG_INPUT = "adapter_config_input.yaml"
 LOG_FILE = "evalproxy_run.log"
+EXIT_FILE = "job_exit.json"
+"""Written by the job's own process (:mod:`evalproxy.jobs.wrap`) when its command ends: ``{"returncode": N}``."""
 RUN_RECORD = "results.yaml"
 METRICS_FILE = "eval_factory_metrics.json"
 HARNESS_RESULTS = ("results.yaml", "results.yml")
@@ -83,17 +84,32 @@ def launch_config(target: dict[str, Any], config: dict[str, Any], cache: Path) -
 
 def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache_root: Path,
             python: str) -> list[str]:
-    """Write the job's config file; the argv that runs the job."""
+    """Write the job's config file; the argv that runs the job: ``evalproxy run`` under the wrapper that writes its
+    log and exit status (:mod:`evalproxy.jobs.wrap`)."""
     job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / EXIT_FILE).unlink(missing_ok=True)
     cache = cache_dir(cache_root, target, config)
     cfg = job_dir / CONFIG_INPUT
     cfg.write_text(yaml.safe_dump(launch_config(target, config, cache), sort_keys=False), encoding="utf-8")
     ep = target["api_endpoint"]
+    wrap = [python, "-m", "evalproxy.jobs.wrap", "--log", str(job_dir / LOG_FILE), "--exit-file",
+            str(job_dir / EXIT_FILE)]
     argv = [python, "-m", "evalproxy", "run", "-c", str(cfg), "-o", str(job_dir),
             "--upstream", ep["url"], "--model-id", ep["model_id"]]
     if ep.get("api_key_name"):
+        wrap += ["--secret-env", ep["api_key_name"]]
         argv += ["--api-key-name", ep["api_key_name"]]
-    return [*argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
+    return [*wrap, "--", *argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
+
+
+def read_exit(job_dir: Path) -> int | None:
+    """The exit status the job's process wrote when its command ended, or None (still running, or killed)."""
+    try:
+        data = orjson.loads((job_dir / EXIT_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    code = data.get("returncode") if isinstance(data, dict) else None
+    return code if isinstance(code, int) else None
 
 
 def answered(job_dir: Path) -> int | None:
@@ -136,14 +152,3 @@ def read_results(job_dir: Path) -> dict[str, Any] | None:
         if scores is not None and (scores["tasks"] or scores["groups"]):
             return scores
     return None
-
-
-def zip_dir(job_dir: Path, top: str) -> bytes:
-    """The job directory as a ZIP whose entries sit under ``top/``."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        if job_dir.is_dir():
-            for path in sorted(job_dir.rglob("*")):
-                if path.is_file():
-                    zf.write(path, f"{top}/{path.relative_to(job_dir).as_posix()}")
-    return buf.getvalue()

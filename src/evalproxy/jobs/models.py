@@ -18,10 +18,12 @@ import secrets
 import string
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evalproxy.adapter.core.redact import secret_query
 from evalproxy.jobs.errors import InvalidFieldError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
@@ -124,11 +126,26 @@ def parse_model(cls: type[M], data: Any, *, prefix: str = "") -> M:
         field = _loc(tuple(first["loc"]), prefix)
         msg = first["msg"]
         if field.endswith("api_key"):
-            msg = ("the API key never goes into a record: keep it in an environment variable and name that "
-                   "variable in api_key_name")
+            msg = KEY_ADVICE
         elif first["type"] == "missing":
             msg = "required"
         raise InvalidFieldError(f"{field}: {msg}" if field else msg, field=field or None) from None
+
+
+KEY_ADVICE = ("the API key never goes into a record: keep it in an environment variable of the service and name that "
+              "variable in api_key_name")
+
+
+def check_endpoint_url(url: str, *, field: str) -> None:
+    """Refuse a URL that carries a credential (``user:pass@``, or a query parameter such as ``key``, ``api-key``,
+    ``token`` or ``sig``: :func:`~evalproxy.adapter.core.redact.secret_query`), naming the parameter, not its value."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise InvalidFieldError(f"{field}: credentials in the URL (user:password@): {KEY_ADVICE}", field=field)
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if secret_query(name):
+            raise InvalidFieldError(f"{field}: the query parameter '{name}' carries a key: {KEY_ADVICE}",
+                                    field=field)
 
 
 def normalise_target(target: TargetIn, *, prefix: str = "") -> dict[str, Any]:

@@ -5,9 +5,13 @@ A job's life: ``created`` (recorded) -> ``pending`` (waiting for a slot) -> ``ru
 ``cancelled`` (asked to). Cancelling a running job sends SIGTERM to ``evalproxy run``, which forwards it to the
 harness and still runs its post-eval hooks; after ``grace_period`` seconds the whole process group gets SIGKILL.
 
-Each subprocess starts a session of its own, so the service's own signals never reach it. If the service dies
-while jobs run, the next start finds them ``running`` in the database: it asks any process still alive to stop
-(hooks run) and marks the job failed, saying why.
+Each job runs under :mod:`evalproxy.jobs.wrap` in a session of its own, so the service's own signals never reach
+it, and it writes its log and, when it ends, its exit status to files of the job directory: nothing of it goes
+through the service. If the service dies while jobs run (``kill -9``), the jobs go on; the next start finds them
+``running`` in the database and, for each, either its process still alive (it is watched again: progress, cancel,
+its end) or its exit file (the job is reported as it ended). A job whose process is gone without an exit file was
+killed with the service's machine or by hand: it is failed, saying why. A service stopped normally (SIGTERM) stops
+its running jobs first (hooks run) and marks them failed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,10 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-from evalproxy.adapter.core.redact import redact_text
 from evalproxy.jobs import launch
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
@@ -35,8 +39,6 @@ MSG_LAUNCH_FAILED = ("Unable to launch the evaluation job because there is a pro
                      "environment")
 MSG_CANCELLED = "Job was cancelled"
 MSG_INTERRUPTED = "Job failed because the evaluation service stopped while it was running"
-
-PUMP_DRAIN_SECONDS = 5.0
 
 ACTIVE = ("created", "pending", "running")
 FINAL = ("completed", "failed", "cancelled")
@@ -56,12 +58,53 @@ def _limit(job: dict[str, Any]) -> int | None:
 
 
 def _own_process(pid: int, job_id: str) -> bool:
-    """Whether ``pid`` is still this job's ``evalproxy run`` (its command line names the job's directory)."""
+    """Whether ``pid`` is still this job's process, alive (its command line names the job's directory; a zombie
+    has none)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     return job_id.encode() in cmdline and b"evalproxy" in cmdline
+
+
+class JobProcess(Protocol):
+    """What the runner needs of a job's process: a child it started, or one it found alive after a restart."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def send_signal(self, sig: int, /) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+class Reattached:
+    """A job's process that outlived the service which started it: not our child, so it is watched by polling, and
+    its exit status is the one it wrote to its exit file (-1 when it wrote none: it was killed)."""
+
+    def __init__(self, pid: int, job_id: str, job_dir: Path, poll: float) -> None:
+        self.pid, self._job_id, self._job_dir, self._poll = pid, job_id, job_dir, poll
+        self._code: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._code
+
+    def send_signal(self, sig: int, /) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(self.pid, sig)
+
+    async def wait(self) -> int:
+        while self._code is None:
+            if not await asyncio.to_thread(_own_process, self.pid, self._job_id):
+                code = await asyncio.to_thread(launch.read_exit, self._job_dir)
+                self._code = -1 if code is None else code
+                break
+            await asyncio.sleep(self._poll)
+        return self._code
 
 
 class JobRunner:
@@ -70,21 +113,28 @@ class JobRunner:
         self.settings = settings
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._procs: dict[str, JobProcess] = {}
         self._cancel_requested: set[str] = set()
         self._stopping = False
 
     # lifecycle
 
     async def recover(self) -> None:
-        """After a restart: jobs that were running failed with the service; the queue is submitted again."""
+        """After a restart: a job still running is watched again, one that ended while the service was away is
+        reported as it ended; the queue is submitted again."""
         for job, pid in await asyncio.to_thread(self.db.jobs_in, ["running"]):
-            if pid is not None and await asyncio.to_thread(_own_process, pid, job["id"]):
-                log.warning("job %s: its process %d outlived the service; asking it to stop", job["id"], pid)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
-            await self._set(job["id"], "failed", MSG_INTERRUPTED, progress=job["status_details"].get("progress"))
-            await asyncio.to_thread(self.db.set_pid, job["id"], None)
+            job_id = job["id"]
+            if pid is not None and await asyncio.to_thread(_own_process, pid, job_id):
+                log.info("job %s: its process %d outlived the previous service: watching it again", job_id, pid)
+                self._track(job_id, self._reattach(job, pid))
+                continue
+            code = await asyncio.to_thread(launch.read_exit, self.settings.jobs_dir / job_id)
+            await asyncio.to_thread(self.db.set_pid, job_id, None)
+            if code is None:
+                await self._set(job_id, "failed", MSG_INTERRUPTED, progress=job["status_details"].get("progress"))
+            else:
+                log.info("job %s: ended with status %d while the service was away", job_id, code)
+                await self._conclude(job_id, code, job["status_details"].get("progress"), _limit(job))
         for job, _ in await asyncio.to_thread(self.db.jobs_in, ["created", "pending"]):
             self.submit(job["id"])
 
@@ -98,7 +148,10 @@ class JobRunner:
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     def submit(self, job_id: str) -> None:
-        task = asyncio.create_task(self._run(job_id), name=f"job {job_id}")
+        self._track(job_id, self._run(job_id))
+
+    def _track(self, job_id: str, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name=f"job {job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
@@ -148,7 +201,6 @@ class JobRunner:
             log.error("job %s: cannot prepare %s: %s", job_id, job_dir, exc)
             await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
             return
-        secrets = self._secrets(job)
         key_name = job["target"]["api_endpoint"].get("api_key_name")
         try:
             if key_name and not os.environ.get(key_name):
@@ -157,49 +209,72 @@ class JobRunner:
                 await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
                 return
             try:
+                # The job's own process writes its log: the service's file handle is only its stdout and stderr.
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, cwd=job_dir, start_new_session=True, env=self._job_env(),
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
+                    cwd=job_dir, start_new_session=True, env=self._job_env(),
                 )
+                self._procs[job_id] = proc  # before any other await: a stopping service must find it
+                await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)  # and a restarted one too
             except OSError as exc:
                 await asyncio.to_thread(_write, logfile, f"evalproxy jobs: cannot start the job: {exc}\n")
                 await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
                 return
-            self._procs[job_id] = proc
-            await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)
-            log.info("job %s: running as process %d", job_id, proc.pid)
-            assert proc.stdout is not None  # asked for above
-            pump = asyncio.create_task(_copy_redacted(proc.stdout, logfile, secrets))
-            try:
-                progress = await self._watch(job_id, proc, job_dir, limit)
-            finally:
-                self._procs.pop(job_id, None)
-                await asyncio.to_thread(self.db.set_pid, job_id, None)
-                # A daemon the harness left behind may hold the pipe open: its later output is not waited for.
-                _, unfinished = await asyncio.wait({pump}, timeout=PUMP_DRAIN_SECONDS)
-                for task in unfinished:
-                    task.cancel()
         finally:
             await asyncio.to_thread(logfile.close)
-        code = proc.returncode
+        log.info("job %s: running as process %d", job_id, proc.pid)
+        await self._follow(job_id, proc, limit)
+
+    async def _reattach(self, job: dict[str, Any], pid: int) -> None:
+        """Watch a job whose process outlived the previous service, in a slot when one is free (it runs anyway)."""
+        job_id = job["id"]
+        proc = Reattached(pid, job_id, self.settings.jobs_dir / job_id, self.settings.poll_interval)
+        slot = not self._slots.locked()
+        if slot:
+            await self._slots.acquire()
+        try:
+            await self._follow(job_id, proc, _limit(job))
+        except asyncio.CancelledError:
+            if job_id in self._cancel_requested:
+                await self._set(job_id, "cancelled", MSG_CANCELLED)
+        finally:
+            self._cancel_requested.discard(job_id)
+            if slot:
+                self._slots.release()
+
+    async def _follow(self, job_id: str, proc: JobProcess, limit: int | None) -> None:
+        """Watch the job's process until it ends, then record how it ended."""
+        self._procs[job_id] = proc
+        try:
+            progress = await self._watch(job_id, proc, self.settings.jobs_dir / job_id, limit)
+        finally:
+            self._procs.pop(job_id, None)
+            await asyncio.to_thread(self.db.set_pid, job_id, None)
+        written = await asyncio.to_thread(launch.read_exit, self.settings.jobs_dir / job_id)
+        code = written if written is not None else proc.returncode
         log.info("job %s: exited with status %s", job_id, code)
         if job_id in self._cancel_requested:
             await self._set(job_id, "cancelled", MSG_CANCELLED, progress=progress)
         elif self._stopping:
             await self._set(job_id, "failed", MSG_INTERRUPTED, progress=progress)
-        elif code != 0:
-            await self._set(job_id, "failed", MSG_LAUNCH_FAILED, progress=progress)
         else:
-            results = await asyncio.to_thread(launch.read_results, job_dir)
-            changes: dict[str, Any] = {}
-            if results is not None:
-                await asyncio.to_thread(self.db.set_results, job_id, results)
-                changes["result"] = "evaluation_result-" + job_id.removeprefix("eval-")
-            else:
-                log.warning("job %s: completed without a results file", job_id)
-            await self._set(job_id, "completed", MSG_COMPLETED, progress=100.0 if limit else None, **changes)
+            await self._conclude(job_id, code, progress, limit)
 
-    async def _watch(self, job_id: str, proc: asyncio.subprocess.Process, job_dir: Path,
+    async def _conclude(self, job_id: str, code: int | None, progress: float | None, limit: int | None) -> None:
+        """Record a job that ended by itself with status ``code``: completed (and its results) or failed."""
+        if code != 0:
+            await self._set(job_id, "failed", MSG_LAUNCH_FAILED, progress=progress)
+            return
+        results = await asyncio.to_thread(launch.read_results, self.settings.jobs_dir / job_id)
+        changes: dict[str, Any] = {}
+        if results is not None:
+            await asyncio.to_thread(self.db.set_results, job_id, results)
+            changes["result"] = "evaluation_result-" + job_id.removeprefix("eval-")
+        else:
+            log.warning("job %s: completed without a results file", job_id)
+        await self._set(job_id, "completed", MSG_COMPLETED, progress=100.0 if limit else None, **changes)
+
+    async def _watch(self, job_id: str, proc: JobProcess, job_dir: Path,
                      limit: int | None) -> float | None:
         """Wait for the process, updating progress from the proxy's statistics file; the last progress."""
         waiter = asyncio.ensure_future(proc.wait())
@@ -215,7 +290,7 @@ class JobRunner:
             if done:
                 return progress
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: JobProcess) -> None:
         if proc.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -230,15 +305,15 @@ class JobRunner:
             await proc.wait()
 
     def _job_env(self) -> dict[str, str]:
-        """The service's environment without its own token: a harness has no business calling the service."""
+        """The service's environment without its own token (a harness has no business calling the service), and
+        with a relative PYTHONPATH made absolute: the job runs in its own directory but must import the same
+        evalproxy as the service."""
         token = self.settings.token
-        return {k: v for k, v in os.environ.items() if not (token and v == token)}
-
-    def _secrets(self, job: dict[str, Any]) -> list[str]:
-        """Values that must never reach a job's log: its API key and the service's token."""
-        name = job["target"]["api_endpoint"].get("api_key_name")
-        values = [os.environ.get(name, "") if name else "", self.settings.token or ""]
-        return [v for v in values if v]
+        env = {k: v for k, v in os.environ.items() if not (token and v == token)}
+        if env.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p
+                                                for p in env["PYTHONPATH"].split(os.pathsep))
+        return env
 
     async def _set(self, job_id: str, status: str, message: str, *, progress: float | None = None,
                    **changes: Any) -> None:
@@ -249,27 +324,6 @@ class JobRunner:
 
 def _open_log(path: Path) -> IO[str]:
     return path.open("a", encoding="utf-8", errors="replace")
-
-
-async def _copy_redacted(source: asyncio.StreamReader, sink: IO[str], secrets: list[str]) -> None:
-    """Copy the job's output to its log whole lines at a time, so no secret is split across two writes."""
-    pending = b""
-    while True:
-        chunk = await source.read(65536)
-        if chunk:
-            pending += chunk
-            cut = pending.rfind(b"\n") + 1
-            if cut == 0 and len(pending) < 1 << 20:
-                continue
-            cut = cut or len(pending)
-        else:
-            cut = len(pending)
-        if cut:
-            text = redact_text(pending[:cut].decode("utf-8", errors="replace"), secrets)
-            pending = pending[cut:]
-            await asyncio.to_thread(_write, sink, text)
-        if not chunk:
-            return
 
 
 def _write(sink: IO[str], text: str) -> None:

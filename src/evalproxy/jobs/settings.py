@@ -15,7 +15,14 @@ class Settings:
     """Holds ``jobs.db``, one directory per job under ``jobs/`` and the shared answer caches under ``cache/``."""
     max_concurrent: int = 2
     token: str | None = None
-    """When set, every call needs ``Authorization: Bearer <token>``."""
+    """When set, every call needs ``Authorization: Bearer <token>``; ``evalproxy jobs serve`` always sets one unless
+    told ``--no-token`` on loopback."""
+    bind: str = "127.0.0.1"
+    """The address served: with the allowed names, the Host headers the service answers (others get 421)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """More Host names that are this service's (``*`` any, ``.example.org`` a domain and its subdomains)."""
+    allowed_origins: tuple[str, ...] = ()
+    """Web page origins that may call (with CORS); a request from any other page gets 403."""
     grace_period: float = 30.0
     """Seconds a cancelled job has between SIGTERM (its hooks still run) and SIGKILL."""
     poll_interval: float = 0.5
