@@ -163,19 +163,13 @@ def test_packages_import_only_packages_below() -> None:
     assert set(level) >= {package_of(m) for m in graph()}, "a package is missing from PACKAGE_LAYERS"
 
 
-# Modules outside evalproxy/storage that still import sqlite3, each with the reason it may.
-SQLITE3_EXCEPTIONS = {
-    "evalproxy.jobs.store",  # the jobs DB: moves under storage/ once the jobs work lands
-}
-
-
 def test_only_storage_imports_sqlite3() -> None:
     """No module outside evalproxy/storage imports sqlite3 (or diskcache), anywhere in the file: every store error
     reaches the rest of the code as the StoreError subtree."""
     bad = []
     for path in PKG.rglob("*.py"):
         name = module_name(path)
-        if name.startswith("evalproxy.storage") or name in SQLITE3_EXCEPTIONS:
+        if name.startswith("evalproxy.storage"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import signal
@@ -205,18 +204,3 @@ async def wait_for_status(client: TestClient[Any, Any], job_id: str, *statuses: 
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"job {job_id} stayed {job.get('status')}: {job.get('status_details')}") from None
-
-
-@pytest.fixture(autouse=True)
-async def no_blocking_calls(caplog: pytest.LogCaptureFixture) -> AsyncIterator[None]:
-    """Fail a test in which anything held the event loop for long (asyncio's debug mode reports it)."""
-    loop = asyncio.get_running_loop()
-    loop.set_debug(True)
-    # Generous: a 2-core CI machine running the whole suite stalls for a fraction of a second now and then; what
-    # this catches is a blocking call (SQLite, a file, a process wait) holding the loop for long.
-    loop.slow_callback_duration = 1.0
-    with caplog.at_level(logging.WARNING, logger="asyncio"):
-        yield
-    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
-    slow = [r.getMessage() for r in records if r.name == "asyncio" and "took" in r.getMessage()]
-    assert not slow, f"the event loop was blocked: {slow}"

@@ -26,16 +26,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from evalproxy.adapter.core.errors import (
+    JobsBadRequestError,
+    JobsConflictError,
+    JobsError,
+    JobsInvalidFieldError,
+    JobsNotFoundError,
+    JobsUnauthorizedError,
+)
 from evalproxy.adapter.server.guard import SitePolicy, install_guard
 from evalproxy.jobs import launch
-from evalproxy.jobs.errors import (
-    BadRequestError,
-    ConflictError,
-    InvalidFieldError,
-    JobsError,
-    NotFoundError,
-    UnauthorizedError,
-)
 from evalproxy.jobs.files import Downloads
 from evalproxy.jobs.models import (
     ConfigIn,
@@ -50,7 +50,7 @@ from evalproxy.jobs.models import (
 )
 from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, status_details
 from evalproxy.jobs.settings import Settings
-from evalproxy.jobs.store import JobsDB, Kind
+from evalproxy.storage.jobs_db import JobsDB, Kind
 
 log = logging.getLogger("evalproxy.jobs")
 
@@ -101,7 +101,7 @@ def bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.St
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
-            raise UnauthorizedError("a bearer token is required: Authorization: Bearer <token>")
+            raise JobsUnauthorizedError("a bearer token is required: Authorization: Bearer <token>")
         return await handler(request)
 
     return check
@@ -112,11 +112,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+        raise JobsBadRequestError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise BadRequestError("the body must be a JSON object")
+        raise JobsBadRequestError("the body must be a JSON object")
     if _deeper_than(data, MAX_JSON_DEPTH):
-        raise BadRequestError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
+        raise JobsBadRequestError(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
     return data
 
 
@@ -141,10 +141,10 @@ def _positive_int(request: web.Request, name: str, default: int, maximum: int | 
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequestError(f"{name}: must be a whole number, not {raw!r}", field=name) from None
+        raise JobsBadRequestError(f"{name}: must be a whole number, not {raw!r}", field=name) from None
     if value < 1 or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum else ""
-        raise BadRequestError(f"{name}: must be at least 1{upper}", field=name)
+        raise JobsBadRequestError(f"{name}: must be at least 1{upper}", field=name)
     return value
 
 
@@ -158,10 +158,10 @@ async def list_page(request: web.Request, table: str, columns: dict[str, str]) -
         if name in ("page", "page_size", "sort"):
             continue
         if name not in columns:
-            raise BadRequestError(f"{key}: unknown filter (one of {', '.join(columns)})", field=key)
+            raise JobsBadRequestError(f"{key}: unknown filter (one of {', '.join(columns)})", field=key)
         shown[name] = value.lower() if name == "status" else value
     if "status" in shown and shown["status"] not in (*ACTIVE, *FINAL):
-        raise BadRequestError(f"status: no such status '{shown['status']}'", field="status")
+        raise JobsBadRequestError(f"status: no such status '{shown['status']}'", field="status")
     filters = {columns[k]: v for k, v in shown.items()}
     result = await asyncio.to_thread(request.app[DB].list, table, filters=filters, sort=sort, page=page,
                                      page_size=page_size)
@@ -181,7 +181,7 @@ async def list_page(request: web.Request, table: str, columns: dict[str, str]) -
 def _ref(value: str, field: str) -> tuple[str, str]:
     namespace, sep, name = value.partition("/")
     if not sep or not namespace or not name or "/" in name:
-        raise InvalidFieldError(f"{field}: expected 'namespace/name', got {value!r}", field=field)
+        raise JobsInvalidFieldError(f"{field}: expected 'namespace/name', got {value!r}", field=field)
     return namespace, name
 
 
@@ -212,7 +212,7 @@ def resource_routes(kind: Kind, build: Callable[[dict[str, Any]], dict[str, Any]
         # Checking an adapter config may import interceptor modules: off the event loop.
         record = await asyncio.to_thread(build, await read_json(request))
         if record["name"] is None:
-            raise InvalidFieldError("name: required", field="name")
+            raise JobsInvalidFieldError("name: required", field="name")
         record["created_at"] = record["updated_at"] = now()
         await asyncio.to_thread(request.app[DB].add_resource, kind, record)
         return json_response(record)
@@ -224,13 +224,13 @@ def resource_routes(kind: Kind, build: Callable[[dict[str, Any]], dict[str, Any]
         ns, name = request.match_info["namespace"], request.match_info["name"]
         record = await asyncio.to_thread(request.app[DB].get_resource, kind, ns, name)
         if record is None:
-            raise NotFoundError(f"no {singular} '{ns}/{name}'")
+            raise JobsNotFoundError(f"no {singular} '{ns}/{name}'")
         return json_response(record)
 
     async def delete(request: web.Request) -> web.Response:
         ns, name = request.match_info["namespace"], request.match_info["name"]
         if not await asyncio.to_thread(request.app[DB].delete_resource, kind, ns, name):
-            raise NotFoundError(f"no {singular} '{ns}/{name}'")
+            raise JobsNotFoundError(f"no {singular} '{ns}/{name}'")
         return json_response({"message": "Resource deleted successfully.", "id": f"{ns}/{name}",
                               "deleted_at": now()})
 
@@ -249,7 +249,7 @@ async def _resolve(request: web.Request, kind: Kind, value: Any,
         ns, name = _ref(value, field)
         record = await asyncio.to_thread(request.app[DB].get_resource, kind, ns, name)
         if record is None:
-            raise InvalidFieldError(f"{field}: no {field} '{ns}/{name}'", field=field)
+            raise JobsInvalidFieldError(f"{field}: no {field} '{ns}/{name}'", field=field)
         return record, f"{ns}/{name}"
     return await asyncio.to_thread(build, value, field), None
 
@@ -285,7 +285,7 @@ async def _job(request: web.Request) -> dict[str, Any]:
     job_id = request.match_info["job_id"]
     job = await asyncio.to_thread(request.app[DB].get_job, job_id)
     if job is None:
-        raise NotFoundError(f"no job '{job_id}'")
+        raise JobsNotFoundError(f"no job '{job_id}'")
     return job
 
 
@@ -302,7 +302,7 @@ async def job_results(request: web.Request) -> web.Response:
     job = await _job(request)
     results = await asyncio.to_thread(request.app[DB].get_results, job["id"])
     if results is None:
-        raise NotFoundError(f"job '{job['id']}' has no results (status {job['status']})")
+        raise JobsNotFoundError(f"job '{job['id']}' has no results (status {job['status']})")
     return json_response({
         "created_at": job["updated_at"], "updated_at": job["updated_at"], "id": job["result"],
         "job": job["id"], "namespace": job["namespace"], "description": job["description"],
@@ -316,7 +316,7 @@ async def job_download(request: web.Request) -> web.StreamResponse:
     job = await _job(request)
     job_dir = request.app[SETTINGS].jobs_dir / job["id"]
     if not await asyncio.to_thread(job_dir.is_dir):
-        raise NotFoundError(f"job '{job['id']}' has no files yet (status {job['status']})")
+        raise JobsNotFoundError(f"job '{job['id']}' has no files yet (status {job['status']})")
     return await request.app[DOWNLOADS].zip_dir(request, job_dir, job["id"])
 
 
@@ -330,7 +330,7 @@ async def job_logs(request: web.Request) -> web.StreamResponse:
 async def cancel_job(request: web.Request) -> web.Response:
     job = await _job(request)
     if job["status"] in FINAL:
-        raise ConflictError(f"job '{job['id']}' has already ended ({job['status']})", field="status")
+        raise JobsConflictError(f"job '{job['id']}' has already ended ({job['status']})", field="status")
     await request.app[RUNNER].cancel(job["id"])
     return json_response(await _job(request))
 

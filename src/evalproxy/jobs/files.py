@@ -28,7 +28,7 @@ from typing import IO
 
 from aiohttp import web
 
-from evalproxy.jobs.errors import BadRequestError, JobsError, NotFoundError
+from evalproxy.adapter.core.errors import JobsBadRequestError, JobsError, JobsNotFoundError
 
 log = logging.getLogger("evalproxy.jobs")
 
@@ -112,7 +112,7 @@ class Downloads:
                                            "bytes, 'bytes=START-END', 'bytes=START-' or 'bytes=-LAST')") from None
         ranged = wanted.start is not None or wanted.stop is not None
         if tail is not None and ranged:
-            raise BadRequestError("tail: give tail or a Range header, not both", field="tail")
+            raise JobsBadRequestError("tail: give tail or a Range header, not both", field="tail")
         loop = asyncio.get_running_loop()
         fd, size = await loop.run_in_executor(self.executor, _open_regular, path)
         try:
@@ -149,9 +149,9 @@ def _tail_lines(request: web.Request) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequestError(f"tail: must be a whole number, not {raw!r}", field="tail") from None
+        raise JobsBadRequestError(f"tail: must be a whole number, not {raw!r}", field="tail") from None
     if not 1 <= value <= MAX_TAIL_LINES:
-        raise BadRequestError(f"tail: must be between 1 and {MAX_TAIL_LINES}", field="tail")
+        raise JobsBadRequestError(f"tail: must be between 1 and {MAX_TAIL_LINES}", field="tail")
     return value
 
 
@@ -175,12 +175,12 @@ def _open_regular(path: Path) -> tuple[int, int]:
         return -1, 0
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NotFoundError(f"{path.name} is a symbolic link: it is not served") from None
+            raise JobsNotFoundError(f"{path.name} is a symbolic link: it is not served") from None
         raise
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise NotFoundError(f"{path.name} is not a regular file: it is not served")
+        raise JobsNotFoundError(f"{path.name} is not a regular file: it is not served")
     return fd, st.st_size
 
 

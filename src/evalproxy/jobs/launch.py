@@ -22,10 +22,9 @@ import orjson
 import yaml
 
 from evalproxy.adapter.config import parse_config
-from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.errors import ConfigError, JobsInvalidFieldError
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
-from evalproxy.jobs.errors import InvalidFieldError
 from evalproxy.jobs.models import expand_command
 
 CONFIG_INPUT = "adapter_config_input.yaml"
@@ -55,7 +54,7 @@ def check_adapter_config(adapter_config: dict[str, Any], *, field: str) -> None:
     except ConfigError as exc:
         inner = (exc.field or "").removeprefix("adapter_config").lstrip(".")
         path = f"{field}.{inner}" if inner and not inner.startswith("[") else f"{field}{inner}"
-        raise InvalidFieldError(f"{path}: {exc.reason}", field=path) from None
+        raise JobsInvalidFieldError(f"{path}: {exc.reason}", field=path) from None
 
 
 def cache_dir(root: Path, target: dict[str, Any], config: dict[str, Any]) -> Path:

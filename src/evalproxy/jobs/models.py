@@ -23,8 +23,8 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from evalproxy.adapter.core.errors import JobsInvalidFieldError
 from evalproxy.adapter.core.redact import secret_query
-from evalproxy.jobs.errors import InvalidFieldError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -118,7 +118,7 @@ def _loc(loc: tuple[int | str, ...], prefix: str) -> str:
 def parse_model(cls: type[M], data: Any, *, prefix: str = "") -> M:
     """Validate ``data``; the first problem becomes a 422 naming its field (``config.command``, ``target.name``)."""
     if not isinstance(data, dict):
-        raise InvalidFieldError(f"must be a JSON object, not {type(data).__name__}", field=prefix or None)
+        raise JobsInvalidFieldError(f"must be a JSON object, not {type(data).__name__}", field=prefix or None)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -129,7 +129,7 @@ def parse_model(cls: type[M], data: Any, *, prefix: str = "") -> M:
             msg = KEY_ADVICE
         elif first["type"] == "missing":
             msg = "required"
-        raise InvalidFieldError(f"{field}: {msg}" if field else msg, field=field or None) from None
+        raise JobsInvalidFieldError(f"{field}: {msg}" if field else msg, field=field or None) from None
 
 
 KEY_ADVICE = ("the API key never goes into a record: keep it in an environment variable of the service and name that "
@@ -141,10 +141,10 @@ def check_endpoint_url(url: str, *, field: str) -> None:
     ``token`` or ``sig``: :func:`~evalproxy.adapter.core.redact.secret_query`), naming the parameter, not its value."""
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
-        raise InvalidFieldError(f"{field}: credentials in the URL (user:password@): {KEY_ADVICE}", field=field)
+        raise JobsInvalidFieldError(f"{field}: credentials in the URL (user:password@): {KEY_ADVICE}", field=field)
     for name, _ in parse_qsl(parts.query, keep_blank_values=True):
         if secret_query(name):
-            raise InvalidFieldError(f"{field}: the query parameter '{name}' carries a key: {KEY_ADVICE}",
+            raise JobsInvalidFieldError(f"{field}: the query parameter '{name}' carries a key: {KEY_ADVICE}",
                                     field=field)
 
 
@@ -155,7 +155,7 @@ def normalise_target(target: TargetIn, *, prefix: str = "") -> dict[str, Any]:
     if outer is not None:
         if data["api_endpoint"]["adapter_config"] is not None:
             field = f"{prefix}.adapter_config" if prefix else "adapter_config"
-            raise InvalidFieldError(f"{field}: give adapter_config once, here or in api_endpoint", field=field)
+            raise JobsInvalidFieldError(f"{field}: give adapter_config once, here or in api_endpoint", field=field)
         data["api_endpoint"]["adapter_config"] = outer
     return data
 
@@ -182,14 +182,14 @@ def check_placeholders(config: dict[str, Any], *, prefix: str = "") -> None:
             parts = name.split(".")
             if parts[0] != "params" or len(parts) < 2:
                 known = ", ".join("{" + n + "}" for n in (PROXY_PLACEHOLDER, *SERVICE_PLACEHOLDERS))
-                raise InvalidFieldError(f"{field}: unknown placeholder {{{name}}} (known: {known}, {{params.*}})",
+                raise JobsInvalidFieldError(f"{field}: unknown placeholder {{{name}}} (known: {known}, {{params.*}})",
                                         field=field)
             if parts[1] not in Params.model_fields:
-                raise InvalidFieldError(f"{field}: unknown placeholder {{{name}}}: params has no field "
+                raise JobsInvalidFieldError(f"{field}: unknown placeholder {{{name}}}: params has no field "
                                         f"'{parts[1]}'", field=field)
             found, value = _param_value(config["params"], parts[1:])
             if not found or value is None:
-                raise InvalidFieldError(f"{field}: placeholder {{{name}}} has no value: set {p}{name}",
+                raise JobsInvalidFieldError(f"{field}: placeholder {{{name}}} has no value: set {p}{name}",
                                         field=field)
 
 

@@ -28,7 +28,7 @@ from typing import IO, Any, Protocol
 from evalproxy.jobs import launch
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
-from evalproxy.jobs.store import JobsDB
+from evalproxy.storage.jobs_db import JobsDB
 
 log = logging.getLogger("evalproxy.jobs")
 

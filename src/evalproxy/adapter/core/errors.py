@@ -2,6 +2,12 @@
 
     EvalProxyError
     ├── ConfigError                   bad config: names the file and the field path
+    ├── JobsError                     the jobs service's API: JSON {"detail", "field"} with a status
+    │   ├── JobsBadRequestError       400: body or query string that is not what the API reads
+    │   ├── JobsUnauthorizedError     401: the bearer token is missing or wrong
+    │   ├── JobsNotFoundError         404: no such target, config or job at this path
+    │   ├── JobsConflictError         409: the namespace/name is taken; the job is in the wrong state for this
+    │   └── JobsInvalidFieldError     422: a field of the body is invalid (unknown target, a key in a URL, ...)
     ├── StoreError                    the cache's store failed (never answered to a client: caching passes through)
     │   ├── StoreUnavailableError     cannot be opened, or a server down or too slow; also a ConnectionError
     │   ├── StoreReadOnlyError        refuses writes: a read-only disk or directory, a read-only replica
@@ -207,3 +213,36 @@ class UpstreamClientError(ProxyError):
     type = "upstream_client_error"
     code = "fatal_upstream_status"
 
+
+class JobsError(EvalProxyError):
+    """An error of the jobs service's API, answered as ``{"detail": ..., "field": ...}`` with its status."""
+
+    status = 500
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, "field": self.field}
+
+
+class JobsBadRequestError(JobsError):
+    status = 400
+
+
+class JobsUnauthorizedError(JobsError):
+    status = 401
+
+
+class JobsNotFoundError(JobsError):
+    status = 404
+
+
+class JobsConflictError(JobsError):
+    status = 409
+
+
+class JobsInvalidFieldError(JobsError):
+    status = 422

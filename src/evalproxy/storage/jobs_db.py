@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import orjson
 
-from evalproxy.jobs.errors import BadRequestError, ConflictError
+from evalproxy.adapter.core.errors import JobsBadRequestError, JobsConflictError
 
 Kind = Literal["targets", "configs"]
 
@@ -54,7 +54,7 @@ def order_by(table: str, sort: str) -> str:
     desc = sort.startswith("-")
     column = sort.lstrip("-+")
     if column not in _SORTABLE[table]:
-        raise BadRequestError(f"sort: cannot sort by '{column}' (one of {', '.join(_SORTABLE[table])}, "
+        raise JobsBadRequestError(f"sort: cannot sort by '{column}' (one of {', '.join(_SORTABLE[table])}, "
                               "with '-' for descending)", field="sort")
     direction = "DESC" if desc else "ASC"
     return f"{column} {direction}, seq {direction}"
@@ -83,7 +83,7 @@ class JobsDB:
                      orjson.dumps(record)),
                 )
             except sqlite3.IntegrityError:
-                raise ConflictError(f"name: {kind[:-1]} '{record['namespace']}/{record['name']}' already exists",
+                raise JobsConflictError(f"name: {kind[:-1]} '{record['namespace']}/{record['name']}' already exists",
                                     field="name") from None
 
     def get_resource(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
@@ -157,7 +157,7 @@ class JobsDB:
         where, args = [], []
         for column, value in filters.items():
             if column not in _FILTERABLE[table]:
-                raise BadRequestError(f"filter: cannot filter by '{column}'", field=f"filter[{column}]")
+                raise JobsBadRequestError(f"filter: cannot filter by '{column}'", field=f"filter[{column}]")
             where.append(f"{column} = ?")
             args.append(value)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
