@@ -413,23 +413,6 @@ def _cache_explain(request: dict[str, Any], where: str, stored: list[dict[str, A
     return 0
 
 
-def _answer_text(answer: Any) -> str | None:
-    """The text of an assembled answer: chat, completions or Responses."""
-    if not isinstance(answer, dict):
-        return None
-    choices = answer.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        c = choices[0]
-        msg = c.get("message")
-        if isinstance(msg, dict):
-            content = msg.get("content")
-            return content if isinstance(content, str) else None
-        text = c.get("text")
-        return text if isinstance(text, str) else None
-    text = answer.get("output_text")
-    return text if isinstance(text, str) else None
-
-
 class _RunStore:
     """What compare reads of one run's store: the answer text of each ledger entry (by prompt key), and the saved
     request bodies."""
@@ -442,6 +425,7 @@ async def _read_run_store(run_dir: Path) -> _RunStore:
     """One run's answers (the ledger says which cache key and slot) and saved requests, read through the store
     interface from whatever store its caching used (its cache dir, or a Redis server); a run without a store
     gives none."""
+    from evalproxy.adapter.flow.shape import answer_text
     from evalproxy.storage import open_store
 
     index, location = await asyncio.to_thread(_ledger_and_store, run_dir)
@@ -454,7 +438,7 @@ async def _read_run_store(run_dir: Path) -> _RunStore:
         for i in range(0, len(keys), 500):
             part = keys[i : i + 500]
             stored = await store.get_answers([index[k] for k in part])
-            answers.update((k, _answer_text(a.json()) if a is not None else None)
+            answers.update((k, answer_text(a.json()) if a is not None else None)
                            for k, a in zip(part, stored, strict=True))
         return _RunStore(answers, await _stored_bodies(store))
     finally:

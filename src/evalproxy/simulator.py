@@ -79,6 +79,7 @@ class SimulatedModel:
         reasoning_words: int = 12,
         answer_words: int = 8,
         chunk_chars: int = 7,
+        tool_calls: int = 0,
     ) -> None:
         self.model = model
         self.latency = latency
@@ -87,6 +88,9 @@ class SimulatedModel:
         self.reasoning_words = reasoning_words
         self.answer_words = answer_words
         self.chunk_chars = chunk_chars
+        self.tool_calls = tool_calls
+        """Answer a chat request that offers ``tools`` with this many calls of them (0: never). Streamed, each call is
+        named in its first delta and its arguments follow in ``chunk_chars`` pieces, the calls interleaved."""
         self.faults: deque[Fault] = deque()
         self.log: list[Received] = []
         self._samples = itertools.count(1)
@@ -130,6 +134,17 @@ class SimulatedModel:
             return answer, None
         thought = self._text(digest, self.reasoning_words, offset=5)
         return f"<think>{thought}</think>{answer}", thought
+
+    def make_tool_calls(self, body: dict[str, Any], prompt: str) -> list[dict[str, Any]]:
+        """The tool calls for a request offering ``tools`` (none when it offers none or the knob is 0)."""
+        tools = [t for t in body.get("tools") or () if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        if not (self.tool_calls and tools):
+            return []
+        digest = self._seed_for(body, prompt)
+        return [{"id": f"call_{digest[:8]}_{k}", "type": "function",
+                 "function": {"name": str(tools[k % len(tools)]["function"].get("name")),
+                              "arguments": orjson.dumps({"query": self._text(digest, 16, offset=k), "k": k}).decode()}}
+                for k in range(self.tool_calls)]
 
     # -- handlers --------------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -213,10 +228,14 @@ class SimulatedModel:
                     "finish_reason": "stop",
                 }
             )
+        calls = self.make_tool_calls(body, prompt)
+        for c in choices if calls else ():
+            c["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+            c["finish_reason"] = "tool_calls"
         usage = self._usage(prompt, " ".join(contents), reasoning)
         rid = f"chatcmpl-sim-{next(self._ids)}"
         if body.get("stream"):
-            return await self._stream_chat(request, body, rid, contents[0], usage, fault)
+            return await self._stream_chat(request, body, rid, contents[0], usage, fault, calls)
         return web.json_response(
             {
                 "id": rid,
@@ -236,6 +255,7 @@ class SimulatedModel:
         content: str,
         usage: dict[str, Any],
         fault: Fault | None,
+        calls: list[dict[str, Any]] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
@@ -253,11 +273,21 @@ class SimulatedModel:
             }
             return b"data: " + orjson.dumps(obj) + b"\n\n"
 
-        events = [chunk({"role": "assistant", "content": ""})]
         step = self.chunk_chars
-        events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
+        if calls:
+            events = [chunk({"role": "assistant", "content": None})]
+            events += [chunk({"tool_calls": [{"index": k, "id": c["id"], "type": "function",
+                                              "function": {"name": c["function"]["name"], "arguments": ""}}]})
+                       for k, c in enumerate(calls)]
+            args = [c["function"]["arguments"] for c in calls]
+            pieces = [[a[i : i + step] for i in range(0, len(a), step)] for a in args]
+            events += [chunk({"tool_calls": [{"index": k, "function": {"arguments": p[i]}}]})
+                       for i in range(max(map(len, pieces))) for k, p in enumerate(pieces) if i < len(p)]
+        else:
+            events = [chunk({"role": "assistant", "content": ""})]
+            events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
         finish_at = len(events)
-        events.append(chunk({}, fault.finish_reason if fault else "stop"))
+        events.append(chunk({}, "tool_calls" if calls else fault.finish_reason if fault else "stop"))
         if (body.get("stream_options") or {}).get("include_usage"):
             final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [], "usage": usage}

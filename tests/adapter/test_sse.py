@@ -1,46 +1,17 @@
-"""sse: assembling a stream's events into one answer, in time linear in the stream's length."""
+"""sse: events keep their bytes and parse their JSON once."""
 
 from __future__ import annotations
 
-import pytest
-
-from evalproxy.adapter.flow.sse import DONE, Event, assemble_stream
+from evalproxy.adapter.flow.sse import DONE, Event, event_data, event_json
 
 
-def chunk(index: int = 0, **delta: str) -> Event:
-    return Event.of({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                     "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+class TestEvent:
+    def test_json_and_bytes_round_trip(self) -> None:
+        """An event made from an object serialises to one ``data:`` line that parses back to the object."""
+        e = Event.of({"a": 1})
+        assert e.raw == b'data: {"a":1}\n\n' and event_json(e.raw) == {"a": 1} and Event(e.raw).json == {"a": 1}
 
-
-class TestAssembleStream:
-    def test_content_and_reasoning_are_joined_per_choice(self) -> None:
-        """Content and reasoning_content deltas are joined per choice, in order, with the last finish reason."""
-        events = [chunk(role="assistant", content=""), chunk(reasoning_content="hm"), chunk(content="Fo"),
-                  chunk(1, content="x"), chunk(content="ur"), chunk(reasoning_content="m"),
-                  Event.of({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                            "usage": {"total_tokens": 3}}), DONE]
-        out = assemble_stream(events)
-        assert out is not None
-        assert out["choices"] == [
-            {"index": 0, "message": {"role": "assistant", "content": "Four", "reasoning_content": "hmm"},
-             "finish_reason": "stop"},
-            {"index": 1, "message": {"role": "assistant", "content": "x"}, "finish_reason": None}]
-        assert out["usage"] == {"total_tokens": 3} and out["object"] == "chat.completion"
-
-    def test_completions_text_is_joined(self) -> None:
-        """Text-completion events are joined into one choice's text."""
-        events = [Event.of({"id": "t", "object": "text_completion", "choices": [{"index": 0, "text": t}]})
-                  for t in ("a", "b", "c")]
-        out = assemble_stream(events)
-        assert out is not None and out["choices"] == [{"index": 0, "text": "abc", "finish_reason": None}]
-
-    # 80 000 events of 100 characters: joined once, a fraction of a second; appended to a growing string, minutes.
-    @pytest.mark.timeout(10)  # a hang guard, not a timing assertion
-    def test_long_stream_is_assembled_in_linear_time(self) -> None:
-        """A stream of 80 000 content and reasoning events is assembled exactly."""
-        piece = "abcdefghij" * 10
-        events = [chunk(content=piece, reasoning_content=piece) for _ in range(80_000)]
-        out = assemble_stream(events)
-        assert out is not None
-        message = out["choices"][0]["message"]
-        assert message["content"] == piece * 80_000 and message["reasoning_content"] == piece * 80_000
+    def test_done_and_multi_line_data(self) -> None:
+        """``[DONE]`` has no JSON, and several ``data:`` lines are joined by newlines."""
+        assert DONE.is_done and DONE.json is None
+        assert event_data(b"data: a\r\ndata: b\r\n\r\n") == b"a\nb"

@@ -11,9 +11,9 @@ import pytest
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.shape import split_reasoning
 from evalproxy.adapter.flow.sse import DONE_EVENT, Event, event_json, make_event
 from evalproxy.interceptors.reasoning import ReasoningInterceptor, StreamSplitter, usage_tokens
-from evalproxy.interceptors.reasoning.thinking import split_reasoning
 
 THINK = "<think>let me add two and two</think>\n\nThe answer is 4."
 ANSWER = "The answer is 4."
@@ -39,30 +39,6 @@ CONTENTS = [
 
 def make(run: RunContext, **params: Any) -> ReasoningInterceptor:
     return ReasoningInterceptor(ReasoningInterceptor.Params(**params), run)
-
-
-class TestSplit:
-    @pytest.mark.parametrize(("content", "answer", "reasoning", "finished"), [
-        (THINK, ANSWER, REASONING, True),
-        ("no start token</think> 4", "4", "no start token", True),
-        ("  <think>x</think>y", "y", "x", True),
-        ("plain answer", "plain answer", None, False),
-        ("", "", None, False),
-    ])
-    def test_whole_content(self, content: str, answer: str, reasoning: str | None, finished: bool) -> None:
-        """Reasoning up to the end token is taken out; the start token is optional."""
-        s = split_reasoning(content, "<think>", "</think>")
-        assert (s.answer, s.reasoning, s.finished) == (answer, reasoning, finished)
-
-    @pytest.mark.parametrize(("include", "answer"), [(True, "<think>still thinking"), (False, "")])
-    def test_unfinished(self, include: bool, answer: str) -> None:
-        """An unfinished block is kept as it is, or blanked when include_if_not_finished is off."""
-        s = split_reasoning("<think>still thinking", "<think>", "</think>", include)
-        assert (s.answer, s.started, s.finished) == (answer, True, False)
-
-    def test_never_blanks_an_answer_without_reasoning(self) -> None:
-        """Without any token the answer is untouched even when unfinished blocks are dropped."""
-        assert split_reasoning("just 4", "<think>", "</think>", False).answer == "just 4"
 
 
 def feed_all(s: StreamSplitter, pieces: list[str]) -> tuple[str, str]:

@@ -25,7 +25,7 @@ class TestRecordRun:
         assert read_results(run_dir) == rec
         assert rec.results.flat() == {"sums_exact_match_exact_match": 0.8}
         assert rec.config.params == {"temperature": 0.0, "max_tokens": 16, "seed": 1}
-        assert "sk-x" not in rec.command and rec.target.api_endpoint.url == "http://127.0.0.1:9/v1"
+        assert "sk-x" not in rec.command and rec.target.api_endpoint.url == "http://***@127.0.0.1:9/v1"
         assert rec.harness.name == "lm-evaluation-harness" and rec.harness.files
         assert len(list(read_samples(run_dir))) == 10
 

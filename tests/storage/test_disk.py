@@ -13,7 +13,17 @@ import pytest
 
 from evalproxy.adapter.core.errors import StoreFullError
 from evalproxy.adapter.flow.sse import DONE_EVENT, make_event
-from evalproxy.storage.base import HOST, MAX_FAILURES, Failure, SavedPair, StoredAnswer, answer_key, cache_key
+from evalproxy.storage.base import (
+    HOST,
+    MAX_FAILURES,
+    Failure,
+    SavedPair,
+    StoredAnswer,
+    answer_key,
+    by_value,
+    cache_key,
+    canonical_json,
+)
 from evalproxy.storage.disk import CacheStore, StoreWorker
 
 
@@ -53,6 +63,19 @@ class TestCacheKey:
     def test_different_values_different_key(self, a: dict[str, Any], b: dict[str, Any]) -> None:
         """Booleans, strings and fractions never collapse into integers."""
         assert cache_key("/p", a) != cache_key("/p", b)
+
+    def test_a_known_key(self) -> None:
+        """The key of a known request is the one earlier versions stored answers under (cached answers are found)."""
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "top_p": 1,
+                "n": 1.0, "x": [1.5, 2.0, {"b": True, "a": None}]}
+        assert cache_key("/v1/chat/completions", body, "api-version=1") == \
+            "8ec7116742d282cab3243eb735e9eae6bb481dd639bb874ff5548995c657921e"
+
+    def test_records_canonicalise_as_keys_do(self) -> None:
+        """Prompt keys and observed parameters use the cache key's canonical JSON (one canonicaliser)."""
+        canon = canonical_json({"b": (1.0, 2**70 * 1.0), "a": {1: 0.0}})
+        assert canon == b'{"a":{"1":0},"b":[1,1.1805916207174113e+21]}'
+        assert by_value([True, 2.0, 2.5]) == [True, 2, 2.5]
 
 
 class TestCacheStore:

@@ -54,7 +54,8 @@ from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.sse import Event, assemble_stream
+from evalproxy.adapter.flow.shape import assemble_stream
+from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import CACHE_HIT, CACHE_KEY, CACHE_SLOT
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.storage import Claim, Failure, SavedPair, Store, StoredAnswer, cache_key, is_url, open_store
@@ -124,7 +125,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
 
     def __init__(self, params: CachingParams, run: RunContext) -> None:
         super().__init__(params, run)
-        self.cache_dir = run.resolve(params.cache_dir or run.config.caching_dir or run.output_dir / "cache")
+        self.cache_dir = run.resolve(run.config.cache_dir(run.output_dir, params.cache_dir))
         self.where = params.cache_url or self.cache_dir
         self.secrets = [key] if (key := run.server.api_key()) else []
         """The run's own key: redacted wherever it shows in a saved request, whatever the field is called."""

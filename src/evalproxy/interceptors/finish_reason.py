@@ -17,8 +17,9 @@ from typing import Any
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext, content_text
+from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
+from evalproxy.adapter.flow.shape import content_text
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.finish_reason")

@@ -21,10 +21,11 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext, content_text
+from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.sse import Event, assemble_stream
+from evalproxy.adapter.flow.shape import assemble_stream, content_text
+from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.reasoning_replay")

@@ -13,7 +13,8 @@ from evalproxy.adapter.core.redact import clip, redact_headers
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
-from evalproxy.adapter.flow.sse import Event, assemble_stream
+from evalproxy.adapter.flow.shape import assemble_stream
+from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.logging")

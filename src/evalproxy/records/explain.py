@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalproxy.records.observed import by_value
+from evalproxy.storage.base import by_value
 
 MAX_SHOWN_CHARS = 200
 

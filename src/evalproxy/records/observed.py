@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from evalproxy.storage.base import canonical_json
+
 LEDGER_FILE = "requests.jsonl"
 log = logging.getLogger("evalproxy.records")
 
@@ -30,21 +32,6 @@ GENERATION_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_token
 _SAMPLING_FIELDS = frozenset({*GENERATION_PARAMS, "model", "stream", "stream_options", "frequency_penalty",
                               "presence_penalty", "logprobs", "top_logprobs", "top_k", "min_p"})
 ABSENT = "<absent>"
-
-
-def by_value(obj: Any) -> Any:
-    """Numbers by value (``0`` and ``0.0`` are one), recursively; bools stay bools."""
-    if isinstance(obj, float) and obj.is_integer():
-        return int(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): by_value(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [by_value(v) for v in obj]
-    return obj
-
-
-def canonical_json(obj: Any) -> bytes:
-    return orjson.dumps(by_value(obj), option=orjson.OPT_SORT_KEYS)
 
 
 def prompt_key(body: Mapping[str, Any]) -> str:

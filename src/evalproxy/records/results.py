@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.loads import read_yaml
-from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, secret_query
+from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url
 
 RESULTS_FILE = "results.yaml"
 
@@ -160,19 +159,6 @@ def redact_command(command: str | Sequence[str], secrets: Iterable[str] = ()) ->
     return redact_text(shlex.join(out), secrets)
 
 
-def clean_url(url: str | None) -> str | None:
-    """``url`` without user info and without secret-looking query parameters."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                       if not secret_query(k)])
-    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
-
-
 def git_hash(workdir: str | os.PathLike[str]) -> str:
     """The commit checked out in ``workdir`` (or a parent), ``""`` when it is not a git work tree. Blocking."""
     try:
@@ -212,7 +198,7 @@ def build_record(
         config=RunConfig(output_dir=str(output_dir), params=dict(params)),
         results=results or Results(),
         target=Target(api_endpoint=ApiEndpoint(
-            url=clean_url(api_url), model_id=model_id, type=endpoint_type, api_key_name=api_key_name,
+            url=redact_url(api_url), model_id=model_id, type=endpoint_type, api_key_name=api_key_name,
             adapter_config=redact_obj(dict(adapter_config or {}), secrets),
         )),
         git_hash=git_hash(workdir) if workdir is not None else "",

@@ -26,14 +26,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
 from evalproxy.adapter.core.errors import StoreClosedError as StoreClosedError  # re-exported: the interface's
-from evalproxy.adapter.flow.sse import assemble_stream
+from evalproxy.adapter.flow.shape import assemble_stream
 
 log = logging.getLogger("evalproxy.storage")
 MAGIC = b"EPA1"
@@ -59,24 +59,34 @@ def holder_gone(host: str, pid: int) -> bool:
     return False
 
 
-def _canonical(value: Any) -> Any:
-    """Numbers compare by value in keys: 0 and 0.0 are one number; booleans stay booleans."""
-    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**63:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
+_MAPPINGS = (dict, Mapping)  # tuples: isinstance with a union is slower, and every cache key walks its body
+_ARRAYS = (list, tuple)
+
+
+def by_value(value: Any) -> Any:
+    """``value`` with numbers by value (``0`` and ``0.0`` are one number: an integral float within 64 bits becomes
+    an int), recursively; booleans stay booleans, mapping keys become strings."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and -(2**63) <= value < 2**63 else value
+    if isinstance(value, _MAPPINGS):
+        return {k if isinstance(k, str) else str(k): by_value(v) for k, v in value.items()}
+    if isinstance(value, _ARRAYS):
+        return [by_value(v) for v in value]
     return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical JSON of ``value``: numbers by value (:func:`by_value`), keys sorted. The bytes cache keys,
+    prompt keys and the observed parameters are computed from."""
+    return orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
 
 
 def cache_key(path: str, body: Any, query: str = "") -> str:
     """sha256 of the path (with its query string) and the canonical JSON (sorted keys) of the body.
 
     Headers never take part: clients send per-request ids in them."""
-    canon = orjson.dumps(_canonical(body), option=orjson.OPT_SORT_KEYS)
     target = f"{path}?{query}" if query else path
-    return hashlib.sha256(target.encode() + b"\n" + canon).hexdigest()
+    return hashlib.sha256(target.encode() + b"\n" + canonical_json(body)).hexdigest()
 
 
 @dataclass

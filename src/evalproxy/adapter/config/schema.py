@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -78,6 +79,12 @@ class AdapterConfig(_Strict):
             if ic.name == name:
                 return ic.config
         return None
+
+    def cache_dir(self, output_dir: str | os.PathLike[str], configured: str | os.PathLike[str] | None = None) -> Path:
+        """Where a run's cache directory is: the caching interceptor's own ``cache_dir`` (``configured``), else the
+        adapter's ``caching_dir``, else ``<output_dir>/cache``. The one answer for the interceptor, the workers of a
+        ``serve`` and the report; relative paths are left for the caller to resolve."""
+        return Path(configured or self.caching_dir or Path(output_dir) / "cache")
 
 
 class ServerConfig(_Strict):

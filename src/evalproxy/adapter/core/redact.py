@@ -63,14 +63,14 @@ def secret_query(name: str) -> bool:
 
 def redact_url(url: str | None) -> str | None:
     """``url`` without the credentials it may carry: ``https://user:pass@host`` gives ``https://***@host``, and
-    ``?key=...`` (any :func:`secret_query` parameter) gives ``?key=***``."""
+    ``?key=...`` (any :func:`secret_query` parameter) gives ``?key=***``. The one URL redactor: logs, the status
+    page, run records and reports all show URLs through it."""
     if not url or ("@" not in url and "?" not in url):
         return url
     parts = urlsplit(url)
     netloc, query = parts.netloc, parts.query
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"{REDACTED}@{host}:{parts.port}" if parts.port else f"{REDACTED}@{host}"
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"  # the host as written: an IPv6 one keeps its brackets
     pairs = parse_qsl(query, keep_blank_values=True)
     if any(secret_query(k) for k, _ in pairs):
         query = urlencode([(k, REDACTED if secret_query(k) else v) for k, v in pairs], safe="*")

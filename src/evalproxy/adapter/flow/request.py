@@ -99,15 +99,6 @@ class RequestContext:
         return bool(self._json and self._json.get("stream"))
 
 
-def content_text(content: Any, sep: str = "") -> str:
-    """The text of a message's ``content``: the string, or the text parts of a list joined by ``sep``."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return sep.join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def request_kind(path: str) -> str:
     p = path.rstrip("/")
     if p.endswith("/chat/completions"):

@@ -7,7 +7,6 @@ one from the changed object, and its bytes are serialised once, when they are ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -91,60 +90,3 @@ class Event:
 DONE = Event(DONE_EVENT, None)
 """The final ``data: [DONE]`` event."""
 
-
-def assemble_stream(events: Iterable[bytes | Event]) -> dict[str, Any] | None:
-    """One chat.completion (or text_completion) object built from the events of a stream, for reports and stats.
-
-    Texts are kept in pieces and joined once at the end: time linear in the stream's length."""
-    out: dict[str, Any] | None = None
-    choices: dict[int, dict[str, Any]] = {}
-    texts: dict[tuple[int, str], list[str]] = {}  # (choice, field) -> its pieces
-    for event in events:
-        obj = event.json if isinstance(event, Event) else event_json(event)
-        if not isinstance(obj, dict):
-            continue
-        if out is None:
-            kind = "text_completion" if obj.get("object") == "text_completion" else "chat.completion"
-            out = {"id": obj.get("id"), "object": kind, "created": obj.get("created"), "model": obj.get("model")}
-        for ch in obj.get("choices") or ():
-            if not isinstance(ch, dict):
-                continue
-            idx = ch.get("index", 0)
-            delta = ch.get("delta")
-            if isinstance(delta, dict):
-                c = choices.setdefault(idx, {"index": idx, "message": {"role": "assistant", "content": ""},
-                                             "finish_reason": None})
-                msg = c["message"]
-                if isinstance(delta.get("content"), str):
-                    _piece(texts, idx, "content", delta["content"])
-                if isinstance(delta.get("reasoning_content"), str):
-                    msg.setdefault("reasoning_content", "")  # its place among the keys, filled at the end
-                    _piece(texts, idx, "reasoning_content", delta["reasoning_content"])
-                if delta.get("tool_calls"):
-                    msg.setdefault("tool_calls", []).extend(delta["tool_calls"])
-            elif isinstance(ch.get("text"), str):
-                c = choices.setdefault(idx, {"index": idx, "text": "", "finish_reason": None})
-                c.setdefault("text", "")
-                _piece(texts, idx, "text", ch["text"])
-            else:
-                c = choices.setdefault(idx, {"index": idx, "finish_reason": None})
-            if ch.get("finish_reason"):
-                c["finish_reason"] = ch["finish_reason"]
-        if obj.get("usage"):
-            out["usage"] = obj["usage"]
-    if out is None:
-        return None
-    for (idx, name), pieces in texts.items():
-        c = choices[idx]
-        holder = c if name == "text" else c.setdefault("message", {"role": "assistant"})
-        holder[name] = "".join(pieces)
-    out["choices"] = [choices[i] for i in sorted(choices)]
-    return out
-
-
-def _piece(texts: dict[tuple[int, str], list[str]], idx: int, name: str, text: str) -> None:
-    pieces = texts.get((idx, name))
-    if pieces is None:
-        texts[idx, name] = [text]
-    else:
-        pieces.append(text)

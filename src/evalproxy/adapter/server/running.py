@@ -175,7 +175,7 @@ class Workers:
 
     def worker_config(self, i: int, port: int) -> dict[str, Any]:
         adapter = self.loaded.adapter
-        cache_dir = adapter.caching_dir or str(self.output_dir / "cache")
+        cache_dir = str(adapter.cache_dir(self.output_dir))
         interceptors = []
         for ic in adapter.interceptors:
             cfg = dict(ic.config)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import jinja2
 import orjson
@@ -36,7 +35,8 @@ from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.loads import MAX_DEPTH, load_json, read_yaml, too_deep
 from evalproxy.adapter.core.params import Params as BaseParams
-from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url, secret_query
+from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
+from evalproxy.adapter.flow.shape import content_text, message_of, split_reasoning, tool_call_text, usage_of
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
@@ -82,7 +82,7 @@ class PostEvalReportHook(BaseHook[PostEvalReportParams]):
 def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
     """Where the run's caching interceptor kept its store directory (as configured: no hard-coded path)."""
     cfg = adapter.interceptor_config("caching") or {}
-    return Path(cfg.get("cache_dir") or adapter.caching_dir or output_dir / "cache")
+    return adapter.cache_dir(output_dir, cfg.get("cache_dir"))
 
 
 def store_of(adapter: AdapterConfig, output_dir: Path) -> str | Path:
@@ -243,7 +243,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     store_note = contents.note
     reasoning_cfg = adapter.interceptor_config("reasoning")
     chain = [ic.name for _, ic in adapter.enabled_interceptors()]
-    upstream = safe_url(server.upstream_url) if server.upstream_url else None
+    upstream = redact_url(server.upstream_url)
     report = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "output_dir": str(output_dir),
@@ -306,22 +306,6 @@ def _redact_values(obj: Any, secrets: list[str]) -> Any:
     return obj
 
 
-def safe_url(url: str) -> str:
-    """``url`` without credentials: a password in the user info and secret-looking query values become ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{REDACTED}@{host}" if ":" in userinfo else f"{REDACTED}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(secret_query(k) for k, _ in pairs):
-            query = urlencode([(k, REDACTED if secret_query(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def _first_model(pairs: list[SavedPair]) -> str | None:
     for p in pairs:
         if p.request and isinstance(p.request.get("model"), str):
@@ -344,24 +328,8 @@ def _generation_params(requests: list[dict[str, Any] | None]) -> dict[str, list[
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict):
-                parts.append(str(part.get("text")) if part.get("type") == "text" else f"[{part.get('type')}]")
-        return "\n".join(parts)
-    return "" if content is None else str(content)
-
-
-def _reasoning_apart(content: str, start: str | None, end: str) -> tuple[str, str] | None:
-    """(reasoning, answer) of a stored raw answer, for display: the text up to the end token is the reasoning."""
-    reasoning, found, answer = content.partition(end)
-    if not found:
-        return None
-    head = reasoning.lstrip()
-    return (head[len(start):] if start and head.startswith(start) else reasoning), answer.lstrip()
+    """A content for reading: its text, other parts (images, audio) as ``[their type]``."""
+    return content_text(content, "\n", other_parts=True)
 
 
 def curl_command(url: str, body: Any) -> str:
@@ -383,15 +351,16 @@ def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | No
     for ch in response.get("choices") or []:
         if not isinstance(ch, dict):
             continue
-        msg = ch.get("message") if isinstance(ch.get("message"), dict) else {}
+        msg = message_of(ch) or {}
         content = _text(msg.get("content")) if msg else _text(ch.get("text"))
         reasoning = msg.get("reasoning_content") if msg else None
         answer = content
         if reasoning_cfg is not None:
-            shown = _reasoning_apart(content, reasoning_cfg.get("start_reasoning_token", "<think>"),
-                                     reasoning_cfg.get("end_reasoning_token", "</think>"))
-            if shown is not None:
-                reasoning, answer = shown
+            # A stored answer is the model's raw one: the text up to the end token is its reasoning.
+            split = split_reasoning(content, reasoning_cfg.get("start_reasoning_token", "<think>"),
+                                    reasoning_cfg.get("end_reasoning_token", "</think>"))
+            if split.finished:
+                reasoning, answer = split.reasoning, split.answer
         answers.append({"index": ch.get("index", 0), "content": answer,
                         "reasoning": None if reasoning is None else _text(reasoning),
                         "finish_reason": ch.get("finish_reason"),
@@ -402,7 +371,7 @@ def _pair(p: SavedPair, upstream: str | None, reasoning_cfg: dict[str, Any] | No
         "path": p.path, "status": p.status, "stream": p.stream,
         "received_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p.received_at)),
         "messages": messages, "answers": answers,
-        "usage": response.get("usage") if isinstance(response.get("usage"), dict) else None,
+        "usage": usage_of(response),
         # The curl command carries the whole body (it must reproduce the request); the raw view clips media.
         "request": clip_media(request), "response": p.response, "curl": curl_command(url, request),
         "request_data": request, "endpoint": url,
@@ -457,13 +426,10 @@ def tool_calls_text(calls: Any) -> str:
         return pretty_json(calls)
     lines = []
     for c in calls:
-        fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(fn, dict):
+        if not (isinstance(c, dict) and isinstance(c.get("function"), dict)):
             lines.append(orjson.dumps(c).decode())
             continue
-        args = fn.get("arguments")
-        lines.append(f"{fn.get('name')}({args if isinstance(args, str) else orjson.dumps(args).decode()})"
-                     + (f"  [{c['id']}]" if c.get("id") else ""))
+        lines.append(tool_call_text(c) + (f"  [{c['id']}]" if c.get("id") else ""))
     return "\n".join(lines)
 
 

@@ -54,10 +54,11 @@ from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.shape import Split, split_reasoning
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import CACHE_HIT, STREAM_USAGE
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.interceptors.reasoning.thinking import Split, StreamSplitter, split_reasoning
+from evalproxy.interceptors.reasoning.thinking import StreamSplitter
 
 log = logging.getLogger("evalproxy.reasoning")
 

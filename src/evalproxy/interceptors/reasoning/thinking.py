@@ -1,36 +1,11 @@
-"""Reasoning in an answer's text: where it is and what is left once it is taken out, whole or as it streams."""
+"""Reasoning in an answer's text as it streams. The whole-text splitter (:func:`split_reasoning`, its result a
+:class:`Split`) lives in :mod:`evalproxy.adapter.flow.shape`, where the report uses it too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
-@dataclass
-class Split:
-    """One answer's content taken apart."""
-
-    answer: str
-    reasoning: str | None = None
-    started: bool = False
-    finished: bool = False
-
-
-def split_reasoning(content: str, start: str | None, end: str, include_if_not_finished: bool = True) -> Split:
-    """Separate reasoning from the answer in a whole content string."""
-    i = content.find(end)
-    if i >= 0:
-        reasoning = content[:i]
-        head = reasoning.lstrip()
-        if start and head.startswith(start):
-            reasoning = head[len(start) :]
-        return Split(content[i + len(end) :].lstrip(), reasoning, started=True, finished=True)
-    if start and content.lstrip().startswith(start):
-        reasoning = content.lstrip()[len(start) :]
-        return Split(content if include_if_not_finished else "", reasoning, started=True, finished=False)
-    if not start and not include_if_not_finished:
-        # No start token means every answer opens inside the block: without the end token it is unfinished.
-        return Split("", content, started=True, finished=False)
-    return Split(content)
+from evalproxy.adapter.flow.shape import Split
 
 
 def _held_back(text: str, token: str) -> int:
@@ -43,7 +18,8 @@ def _held_back(text: str, token: str) -> int:
 
 @dataclass
 class StreamSplitter:
-    """Per-choice state machine for streamed content; its result equals :func:`split_reasoning` on the whole text.
+    """Per-choice state machine for streamed content; its result equals
+    :func:`~evalproxy.adapter.flow.shape.split_reasoning` on the whole text.
 
     Modes: ``detect`` (is the start token coming?), ``marked`` (inside a block the start token opened: reasoning is
     decided as it arrives, only a possible end-token prefix is held), ``unmarked`` (no start token: reasoning if an end
