@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
+
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 
 def test_demo_runs_twice_second_from_cache(tmp_path: Path) -> None:

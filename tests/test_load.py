@@ -14,6 +14,8 @@ from aiohttp.test_utils import TestServer
 from evalproxy.simulator import SimulatedModel
 from tests.procs import rss_mib, start_serve
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 N = 2000
 
 

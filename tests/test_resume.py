@@ -9,12 +9,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
 from evalproxy.storage.disk import CacheStore
 from tests.procs import start_serve
+
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 N = 50
 PROMPTS = [f"Question {i}: what is {i} squared?" for i in range(N)]

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 CONFIG = """\
 interceptors:
   - name: caching

@@ -201,6 +201,7 @@ class TestUpstreamHeaders:
         assert resp.headers["X-Request-Id"] == "r1"
 
 
+@pytest.mark.slow  # 60 MiB bodies
 class TestLargeBodies:
     @pytest.mark.timeout(120)
     @pytest.mark.parametrize(("body", "status"), [

@@ -17,6 +17,8 @@ from aiohttp.test_utils import TestClient
 from evalproxy.jobs.app import SETTINGS
 from tests.jobs.conftest import MakeService, wait_for_status
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 GiB = 1 << 30
 MiB = 1 << 20
 

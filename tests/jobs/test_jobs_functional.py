@@ -22,6 +22,8 @@ from tests.jobs.conftest import (
     wait_for_status,
 )
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 N = 6
 
 

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.jobs.conftest import API_KEY_ENV, FakeModel, Service, client_command
+
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 N = 4
 

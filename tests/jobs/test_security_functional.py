@@ -19,6 +19,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.jobs.conftest import API_KEY_ENV, MakeService, Service, wait_for_status
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 TARGET = {"url": "http://127.0.0.1:9/v1", "model_id": "fake/adder", "api_key_name": API_KEY_ENV}
 
 

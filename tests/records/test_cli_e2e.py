@@ -28,6 +28,8 @@ from .conftest import FIXTURES
 pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (in the test extra)")
 from inspect_ai.log import read_eval_log
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 INSPECT = str(Path(sys.executable).parent / "inspect")
 FAKE = Path(__file__).parent / "fake_openai.py"
 CONFIG = """\

@@ -39,6 +39,8 @@ from .fake_openai import make_app
 pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (in the test extra)")
 from inspect_ai.log import read_eval_log
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 INSPECT = str(Path(sys.executable).parent / "inspect")
 
 

@@ -21,7 +21,7 @@ from evalproxy.records import RequestLedger, build_record, write_results
 from evalproxy.storage.base import _PAIR_FIELDS, SavedPair
 from evalproxy.storage.disk import CacheStore
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.slow]
 
 PLUGIN = """\
 from pathlib import Path

@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 from markupsafe import escape
 
 from evalproxy.simulator import SimulatedModel
+
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
          for n in ("get_weather", "search")]

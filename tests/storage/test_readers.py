@@ -20,6 +20,7 @@ from evalproxy.storage import StoredAnswer, StoreUnavailableError, open_store, r
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 CLIENT = """\
 import json, sys, urllib.request

@@ -21,7 +21,7 @@ from tests.procs import ServeProcesses
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
-pytestmark = needs_redis
+pytestmark = [needs_redis, pytest.mark.slow]
 
 PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku."}], "temperature": 0.8}
 
