@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +211,44 @@ def test_open_files_limit_is_raised() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """main() sets up logging on the root logger: put back what pytest had there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+class TestDispatch:
+    def test_job_runs_the_run_command(self, tmp_path: Path) -> None:
+        """A job's process runs ``python -m evalproxy run``, which parses to the run command (one run function)."""
+        from evalproxy.cli import build_parser
+        from evalproxy.cli.serve import cmd_run
+        from evalproxy.jobs.launch import prepare
+
+        target = {"api_endpoint": {"url": "http://127.0.0.1:9/v1", "model_id": "m", "type": "chat"}}
+        job = {"command": ["echo", "{proxy_url}"], "params": {}}
+        argv = prepare(tmp_path / "job", target, job, tmp_path / "caches", sys.executable)
+        run = argv[argv.index("--") + 1:]
+        assert run[:4] == [sys.executable, "-m", "evalproxy", "run"]
+        args = build_parser().parse_args(run[3:])
+        assert args.func is cmd_run and args.cmd == ["--", "echo", "{proxy_url}"]
+
+    @pytest.mark.parametrize("argv", [["export", "/nonexistent/run"], ["compare", "/nonexistent/a", "/nonexistent/b"]])
+    def test_commands_return_their_status(self, argv: list[str]) -> None:
+        """main returns the status its command gives: a missing run directory is a usage error (2)."""
+        from evalproxy.cli import main
+
+        assert main(argv) == 2
+
+    def test_config_error_is_reported_with_status_2(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A config error raised inside a command is printed as one line and exits 2."""
+        from evalproxy.cli import main
+
+        assert main(["run", "-c", str(tmp_path / "absent.yaml"), "--", "true"]) == 2
+        assert "evalproxy: config error:" in capsys.readouterr().err

@@ -185,3 +185,20 @@ def test_readers_use_the_store_interface_only() -> None:
     bad = [f"{m} imports {d}" for m, deps in graph().items() if not m.startswith("evalproxy.storage")
            for d in deps if d in backends]
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_only_main_imports_cli() -> None:
+    """The command line is the top: no module but ``evalproxy.__main__`` (and the cli package itself) imports it."""
+    bad = [f"{m} imports {d}" for m, deps in graph().items()
+           if m != "evalproxy.__main__" and not (m == "evalproxy.cli" or m.startswith("evalproxy.cli."))
+           for d in deps if d == "evalproxy.cli" or d.startswith("evalproxy.cli.")]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_one_run_orchestration() -> None:
+    """Only ``records/run.py`` runs a harness command through a proxy and writes its run record (``evalproxy run``
+    and the jobs service's jobs share it), and only it feeds the ledger from the proxy."""
+    entry_points = {"evalproxy.adapter.server.running.run_command", "evalproxy.records.record_run",
+                    "evalproxy.records.run.record_run", "evalproxy.records.ledger_feed.ledger_observer"}
+    users = {module_name(p) for p in PKG.rglob("*.py") if imports_of(p) & entry_points}
+    assert users <= {"evalproxy.records.run", "evalproxy.records"}, sorted(users)

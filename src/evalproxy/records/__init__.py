@@ -1,12 +1,14 @@
 """Run records: ``results.yaml`` in NeMo Evaluator's shape, harness score parsers, export, and run comparison.
 
-This package knows nothing of the proxy's internals (it imports only ``adapter.errors`` and ``adapter.redact``);
-the proxy and the CLI call into it. The wiring, by command:
+The proxy knows nothing of this package; the CLI and the jobs service call into it. ``evalproxy run`` is
+:func:`evalproxy.records.run.run_evaluation` (it starts a proxy of its own, so this package sits above the
+adapter); compare's store reading is :mod:`evalproxy.records.compare_data`, ``stats merge`` is
+:mod:`evalproxy.records.stats_merge`. The wiring, by command:
 
-``evalproxy run -o TEMPLATE -- <harness command>``
+``evalproxy run -o TEMPLATE -- <harness command>``  (all of it in ``run_evaluation``)
     1. ``run_dir = expand_run_dir(template, model=model_id, run_id=run_id)``  (``new_run_id()`` makes an id)
     2. at proxy start: ``observed = ObservedParams()`` and ``ledger = RequestLedger(run_dir)``
-    3. per request, on the event loop, with the body as sent upstream:
+    3. per request, on the event loop, with the body as sent upstream (``ledger_feed.ledger_observer``):
        ``observed.observe(body)``; when the answer is known:
        ``ledger.record(body, path=..., cache_key=..., slot=..., status=..., latency_ms=..., prompt_tokens=...,
        completion_tokens=..., finish_reason=..., cache_hit=...)``  (never blocks; a thread writes requests.jsonl)

@@ -1,0 +1,109 @@
+"""``evalproxy cache stats|clear|explain|copy``: a run's store, a cache dir or a Redis URL, through the store
+interface."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from evalproxy.adapter.core.loads import load_json
+from evalproxy.cli.common import EXIT_CONFIG, logged
+from evalproxy.records import explain_miss
+from evalproxy.records.compare_data import stored_bodies
+from evalproxy.storage import Store, StoreError, copy_store, is_url, open_store, run_store
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("cache", help="look at, clear or copy a cache, or explain why a request misses")
+    p.add_argument("action", choices=["stats", "clear", "explain", "copy"])
+    p.add_argument("dir", help="a run's output dir, a cache dir, or a Redis URL (redis://host:6379/0?prefix=NAME:)")
+    p.add_argument("request", nargs="?", help="explain: a request body (JSON file); copy: the destination (a cache "
+                   "dir or a Redis URL)")
+    p.set_defaults(func=logged(cmd_cache))
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    return asyncio.run(_cache(args))
+
+
+async def _cache(args: argparse.Namespace) -> int:
+    """``cache stats|clear|explain WHERE`` and ``cache copy SRC DST``: WHERE a run dir (its store, on disk or on the
+    Redis server its caching used), a cache dir or a Redis URL; one code path, through the store interface."""
+    def location(where: str, must_exist: bool) -> str | Path | None:
+        found = run_store(where)
+        if must_exist and not is_url(found) and not Path(found).is_dir():
+            print(f"evalproxy: no cache at {found}", file=sys.stderr)
+            return None
+        return found
+
+    if args.action in ("copy", "explain") and not args.request:
+        print("evalproxy cache copy: give the source and the destination: evalproxy cache copy SRC DST"
+              if args.action == "copy" else
+              "evalproxy cache explain: give the request body: evalproxy cache explain RUN_DIR REQUEST.json",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    request: dict[str, Any] | None = None
+    if args.action == "explain":
+        request = _request_to_explain(args.request)
+        if request is None:
+            return EXIT_CONFIG
+    opened: list[Store] = []
+    try:
+        src = await asyncio.to_thread(location, args.dir, True)
+        if src is None:
+            return 1
+        if args.action == "clear" and is_url(src) and not is_url(args.dir):
+            print(f"evalproxy: the run in {args.dir} used the shared store {src}: to clear it, give its URL",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        store = await asyncio.to_thread(open_store, src)
+        opened.append(store)
+        if args.action == "stats":
+            print(json.dumps(await store.stats(), indent=2))
+        elif args.action == "clear":
+            print(f"cleared {await store.clear()} entries from {store.location}")
+        elif args.action == "explain":
+            assert request is not None
+            return _cache_explain(request, store.location, await stored_bodies(store))
+        else:
+            dst = await asyncio.to_thread(location, args.request, False)
+            assert dst is not None
+            target = await asyncio.to_thread(open_store, dst)
+            opened.append(target)
+            n = await copy_store(store, target)
+            print(f"copied {n['answers']} answers, {n['saved_requests']} saved requests and {n['failures']} "
+                  f"failures from {store.location} to {target.location}"
+                  + (f" ({n['skipped']} damaged answers skipped)" if n["skipped"] else ""))
+    except StoreError as exc:
+        print(f"evalproxy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for s in opened:
+            await s.aclose()
+    return 0
+
+
+def _request_to_explain(request_file: str) -> dict[str, Any] | None:
+    """The request body of ``cache explain``, or None (said why) when the file does not hold a JSON object."""
+    try:
+        request = load_json(Path(request_file).read_bytes(), source=request_file)
+    except ValueError as exc:
+        print(f"evalproxy: {exc}", file=sys.stderr)
+        return None
+    if not isinstance(request, dict):
+        print(f"evalproxy: {request_file} does not hold a JSON object", file=sys.stderr)
+        return None
+    return request
+
+
+def _cache_explain(request: dict[str, Any], where: str, stored: list[dict[str, Any]]) -> int:
+    if not stored:
+        print(f"no stored requests in {where} (the cache saves request bodies only with save_requests: true)")
+        return 1
+    for n in explain_miss(request, stored, limit=3):
+        print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
+    return 0
