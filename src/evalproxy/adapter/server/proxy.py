@@ -200,7 +200,7 @@ class Proxy:
         try:
             try:
                 ctx = await self._context(request)
-                hide_usage = self._ask_usage(ctx)
+                hide_usage = self.transport is not None and _ask_usage(ctx, self.transport)
                 resp = await self.chain(ctx)
             except ProxyError as exc:
                 resp = _error_response(exc)
@@ -212,7 +212,7 @@ class Proxy:
                 self.prometheus.errors.labels("internal").inc()
             status = resp.status
             if status >= 400 and self.run.config.log_failed_requests:
-                self._log_failure(ctx, resp)
+                _log_failure(ctx, resp)
             if ctx is not None:
                 resp.headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
             if resp.stream is not None:
@@ -231,17 +231,6 @@ class Proxy:
                 last = [ctx]
                 del ctx
                 await asyncio.to_thread(last.clear)
-
-    def _ask_usage(self, ctx: RequestContext) -> bool:
-        """Ask upstream for a stream's token usage when the transport wants it and the client did not: as a change
-        of the request before the chain, so the cache key covers what is sent and the cache keeps the usage with
-        the answer (a replay reports the same tokens). True: the client gets the stream without it."""
-        if self.transport is None or ctx.json is None or not self.transport.wants_usage(ctx):
-            return False
-        options = ctx.json.get("stream_options")
-        extra = options if isinstance(options, dict) else {}
-        ctx.set_json({**ctx.json, "stream_options": {**extra, "include_usage": True}})
-        return True
 
     def _path(self, request: web.Request) -> str:
         """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""
@@ -279,13 +268,6 @@ class Proxy:
             client_gone=lambda: request.transport is None,
         )
 
-    def _log_failure(self, ctx: RequestContext | None, resp: ProxyResponse) -> None:
-        """``log_failed_requests``: the failed request (secrets redacted) and the answer, in the log."""
-        request = redact_obj(ctx.json) if ctx is not None and ctx.json is not None else None
-        body = (resp.body or b"")[:2000].decode("utf-8", "replace")
-        log.warning("request failed with %s: request=%s answer=%s", resp.status,
-                    orjson.dumps(request).decode()[:4000] if request is not None else "-", body)
-
     def _observe(self, request: web.Request, ctx: RequestContext | None, resp: ProxyResponse | None,
                  status: int) -> None:
         hit = ctx is not None and ctx.state.get(CACHE_HIT, False)
@@ -317,3 +299,23 @@ def _overhead_ms(ctx: RequestContext) -> str:
 def _error_response(exc: ProxyError) -> ProxyResponse:
     h: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/json"})
     return ProxyResponse(exc.status, h, body=exc.to_json())
+
+
+def _ask_usage(ctx: RequestContext, transport: Terminal) -> bool:
+    """Ask upstream for a stream's token usage when the transport wants it and the client did not: as a change of
+    the request before the chain, so the cache key covers what is sent and the cache keeps the usage with the answer
+    (a replayed stream reports the same tokens). True: the client gets the stream without it."""
+    if ctx.json is None or not transport.wants_usage(ctx):
+        return False
+    options = ctx.json.get("stream_options")
+    extra = options if isinstance(options, dict) else {}
+    ctx.set_json({**ctx.json, "stream_options": {**extra, "include_usage": True}})
+    return True
+
+
+def _log_failure(ctx: RequestContext | None, resp: ProxyResponse) -> None:
+    """``log_failed_requests``: the failed request (secrets redacted) and the answer, in the log."""
+    request = redact_obj(ctx.json) if ctx is not None and ctx.json is not None else None
+    body = (resp.body or b"")[:2000].decode("utf-8", "replace")
+    log.warning("request failed with %s: request=%s answer=%s", resp.status,
+                orjson.dumps(request).decode()[:4000] if request is not None else "-", body)
