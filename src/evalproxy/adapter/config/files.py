@@ -16,10 +16,10 @@ from __future__ import annotations
 import difflib
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from evalproxy.adapter.config.legacy import LEGACY_KEYS, convert_legacy
 from evalproxy.adapter.config.schema import (
@@ -202,19 +202,11 @@ def parse_config(
         _check_mixing(adapter_data, prefix, source)
         adapter_data = merge_adapter_configs(shared, adapter_data)
 
-    server_data.update(raw_server)
-    try:
-        server = ServerConfig.model_validate(server_data)
-    except ValidationError as exc:
-        raise validation_error(exc, prefix="server", file=source) from None
-
+    server = _validated(ServerConfig, {**server_data, **raw_server}, "server", source)
     _check_top_level(adapter_data, prefix, source)
     adapter_data, chain_from = _chain_of(adapter_data, shared is not None, prefix, source, strict, default_chain,
                                          warnings)
-    try:
-        adapter = AdapterConfig.model_validate(adapter_data)
-    except ValidationError as exc:
-        raise validation_error(exc, prefix=prefix, file=source) from None
+    adapter = _validated(AdapterConfig, adapter_data, prefix, source)
     if chain_from == "evalproxy":
         adapter = adapter.model_copy(update={"interceptors": default_interceptors(adapter)})
         if not adapter.post_eval_hooks and adapter.generate_html_report:
@@ -369,3 +361,14 @@ def _chain_of(adapter_data: dict[str, Any], shared: bool, prefix: str, source: s
         adapter_data = convert_legacy(legacy, adapter_data, source=source, prefix=prefix)
         chain_from = "nemo"
     return adapter_data, chain_from
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], data: dict[str, Any], prefix: str, source: str | None) -> M:
+    """``data`` as a ``model``, or a ConfigError naming the file and the field path under ``prefix``."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, prefix=prefix, file=source) from None
