@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import re
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +82,8 @@ class SimulatedModel:
         answer_words: int = 8,
         chunk_chars: int = 7,
         tool_calls: int = 0,
+        answers: Callable[[str], str] | None = None,
+        fail_status: int | None = None,
     ) -> None:
         self.model = model
         self.latency = latency
@@ -91,6 +95,11 @@ class SimulatedModel:
         self.tool_calls = tool_calls
         """Answer a chat request that offers ``tools`` with this many calls of them (0: never). Streamed, each call is
         named in its first delta and its arguments follow in ``chunk_chars`` pieces, the calls interleaved."""
+        self.answers = answers
+        """The answer's text for a prompt, in place of generated words: a model whose answers a test can score (see
+        :func:`sums`)."""
+        self.fail_status = fail_status
+        """Answer every request with this error status (an upstream that is down for good)."""
         self.faults: deque[Fault] = deque()
         self.log: list[Received] = []
         self._samples = itertools.count(1)
@@ -128,6 +137,8 @@ class SimulatedModel:
 
     def make_content(self, body: dict[str, Any], prompt: str) -> tuple[str, str | None]:
         """(content, reasoning) for a request: the content includes the ``<think>`` block when reasoning is on."""
+        if self.answers is not None:
+            return self.answers(prompt), None
         digest = self._seed_for(body, prompt)
         answer = f"[{digest[:8]}] " + self._text(digest, self.answer_words)
         if not self.reasoning:
@@ -177,6 +188,8 @@ class SimulatedModel:
                 return web.json_response({"text": f"{len(raw)} bytes of audio"})
             return _error(400, "simulated model: body is not JSON")
         self._record(request, body)
+        if self.fail_status is not None:
+            return _error(self.fail_status, f"simulated error {self.fail_status}")
         fault = self.faults.popleft() if self.faults else None
         delay = self.latency + (fault.delay if fault else 0.0)
         if delay:
@@ -192,16 +205,8 @@ class SimulatedModel:
         if path.endswith("/completions"):
             return await self._completions(request, body, fault)
         if path.endswith("/embeddings"):
-            return self._embeddings(body)
+            return _embeddings(body, self.model)
         return web.json_response({"echo": body, "path": request.path})
-
-    def _usage(self, prompt: str, content: str, reasoning: str | None) -> dict[str, Any]:
-        p = len(prompt.split())
-        c = len(content.split())
-        usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-        if reasoning is not None:
-            usage["completion_tokens_details"] = {"reasoning_tokens": len(reasoning.split())}
-        return usage
 
     async def _chat(self, request: web.Request, body: dict[str, Any], fault: Fault | None) -> web.StreamResponse:
         messages = body.get("messages") or []
@@ -232,7 +237,7 @@ class SimulatedModel:
         for c in choices if calls else ():
             c["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
             c["finish_reason"] = "tool_calls"
-        usage = self._usage(prompt, " ".join(contents), reasoning)
+        usage = _usage(prompt, " ".join(contents), reasoning)
         rid = f"chatcmpl-sim-{next(self._ids)}"
         if body.get("stream"):
             return await self._stream_chat(request, body, rid, contents[0], usage, fault, calls)
@@ -263,43 +268,8 @@ class SimulatedModel:
         created = int(time.time())
         model = body.get("model", self.model)
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            obj = {
-                "id": rid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-        step = self.chunk_chars
-        if calls:
-            events = [chunk({"role": "assistant", "content": None})]
-            events += [chunk({"tool_calls": [{"index": k, "id": c["id"], "type": "function",
-                                              "function": {"name": c["function"]["name"], "arguments": ""}}]})
-                       for k, c in enumerate(calls)]
-            args = [c["function"]["arguments"] for c in calls]
-            pieces = [[a[i : i + step] for i in range(0, len(a), step)] for a in args]
-            events += [chunk({"tool_calls": [{"index": k, "function": {"arguments": p[i]}}]})
-                       for i in range(max(map(len, pieces))) for k, p in enumerate(pieces) if i < len(p)]
-        else:
-            events = [chunk({"role": "assistant", "content": ""})]
-            events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
-        finish_at = len(events)
-        events.append(chunk({}, "tool_calls" if calls else fault.finish_reason if fault else "stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
-                     "choices": [], "usage": usage}
-            events.append(b"data: " + orjson.dumps(final) + b"\n\n")
-        events.append(b"data: [DONE]\n\n")
-        if fault and fault.end_after_events is not None:
-            events = events[: fault.end_after_events]
-        if fault and fault.error_event_after is not None:
-            error = {"error": {"message": "simulated failure mid-stream", "type": "InternalServerError",
-                               "code": 500}}
-            events = [*events[: fault.error_event_after], b"data: " + orjson.dumps(error) + b"\n\n",
-                      b"data: [DONE]\n\n"]
+        events, finish_at = _chat_events(rid, created, model, content, calls or [], self.chunk_chars, body, usage,
+                                         fault)
         for k, ev in enumerate(events):
             if fault and fault.drop_after_events is not None and k >= fault.drop_after_events:
                 assert request.transport is not None
@@ -341,22 +311,8 @@ class SimulatedModel:
                 "created": int(time.time()),
                 "model": body.get("model", self.model),
                 "choices": choices,
-                "usage": self._usage(total_prompt, total_text, None),
+                "usage": _usage(total_prompt, total_text, None),
             }
-        )
-
-    def _embeddings(self, body: dict[str, Any]) -> web.Response:
-        inputs = body.get("input", "")
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        data = []
-        for i, text in enumerate(inputs):
-            d = hashlib.sha256(str(text).encode()).digest()
-            data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in d[:8]]})
-        tokens = sum(len(str(t).split()) for t in inputs)
-        return web.json_response(
-            {"object": "list", "data": data, "model": body.get("model", self.model),
-             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         )
 
 
@@ -371,3 +327,101 @@ def _text_of(content: Any) -> str:
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": message, "type": "simulated_error", "code": status}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _usage(prompt: str, content: str, reasoning: str | None) -> dict[str, Any]:
+    p = len(prompt.split())
+    c = len(content.split())
+    usage: dict[str, Any] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    if reasoning is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": len(reasoning.split())}
+    return usage
+
+
+def _embeddings(body: dict[str, Any], model: str) -> web.Response:
+    inputs = body.get("input", "")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    data = []
+    for i, text in enumerate(inputs):
+        d = hashlib.sha256(str(text).encode()).digest()
+        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in d[:8]]})
+    tokens = sum(len(str(t).split()) for t in inputs)
+    return web.json_response(
+        {"object": "list", "data": data, "model": body.get("model", model),
+         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    )
+
+
+def _chat_events(rid: str, created: int, model: Any, content: str, calls: list[dict[str, Any]], step: int,
+                 body: dict[str, Any], usage: dict[str, Any], fault: Fault | None) -> tuple[list[bytes], int]:
+    """A chat stream's events (content, or tool calls named first and their arguments in ``step``-long pieces,
+    interleaved), the usage chunk when asked for, ``[DONE]``, with the fault's cuts applied; and the index of the
+    finish event."""
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        obj = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+    if calls:
+        events = [chunk({"role": "assistant", "content": None})]
+        events += [chunk({"tool_calls": [{"index": k, "id": c["id"], "type": "function",
+                                          "function": {"name": c["function"]["name"], "arguments": ""}}]})
+                   for k, c in enumerate(calls)]
+        args = [c["function"]["arguments"] for c in calls]
+        pieces = [[a[i : i + step] for i in range(0, len(a), step)] for a in args]
+        events += [chunk({"tool_calls": [{"index": k, "function": {"arguments": p[i]}}]})
+                   for i in range(max(map(len, pieces))) for k, p in enumerate(pieces) if i < len(p)]
+    else:
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": content[i : i + step]}) for i in range(0, len(content), step)]
+    finish_at = len(events)
+    events.append(chunk({}, "tool_calls" if calls else fault.finish_reason if fault else "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        final = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [], "usage": usage}
+        events.append(b"data: " + orjson.dumps(final) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    if fault and fault.end_after_events is not None:
+        events = events[: fault.end_after_events]
+    if fault and fault.error_event_after is not None:
+        error = {"error": {"message": "simulated failure mid-stream", "type": "InternalServerError", "code": 500}}
+        events = [*events[: fault.error_event_after], b"data: " + orjson.dumps(error) + b"\n\n", b"data: [DONE]\n\n"]
+    return events, finish_at
+
+
+_SUM = re.compile(r"(\d+)\s*\+\s*(\d+)")
+
+
+def sums(wrong: Callable[[int], bool] | Iterable[int] = ()) -> Callable[[str], str]:
+    """An ``answers`` function: the sum of the last "A + B" a prompt asks, off by one where ``wrong`` says (a set of
+    sums, or a rule), and "I do not know." for a prompt asking none: a model a harness can score."""
+    is_wrong = wrong if callable(wrong) else frozenset(wrong).__contains__
+
+    def answer(prompt: str) -> str:
+        found = _SUM.findall(prompt)
+        if not found:
+            return "I do not know."
+        total = int(found[-1][0]) + int(found[-1][1])
+        return str(total + 1 if is_wrong(total) else total)
+
+    return answer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m evalproxy.simulator --port N [--sums] [--wrong 7,11] [--fail]``: serve it on 127.0.0.1."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m evalproxy.simulator", description=__doc__)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--sums", action="store_true", help="answer the sums a prompt asks (see --wrong)")
+    parser.add_argument("--wrong", default="", help="with --sums: comma-separated sums answered off by one")
+    parser.add_argument("--fail", action="store_true", help="answer every request with a 500")
+    args = parser.parse_args(argv)
+    wrong = [int(x) for x in args.wrong.split(",") if x]
+    sim = SimulatedModel(answers=sums(wrong) if args.sums or wrong else None, fail_status=500 if args.fail else None)
+    web.run_app(sim.app(), host="127.0.0.1", port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()
