@@ -319,7 +319,7 @@ class TestStatistics:
     async def test_no_section_without_tracking(self, run: RunContext, params: dict[str, Any]) -> None:
         """Without tracking there is no reasoning section in eval_factory_metrics.json."""
         await through(make(run, **params), json_answer(THINK))
-        assert "reasoning" not in run.statistics.collect()
+        assert "reasoning" not in run.statistics.snapshot()
 
 
 SPLIT_STREAM = "<think>weighing it</think>\n\nFour."

@@ -16,7 +16,8 @@ from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import DONE, Event
 from evalproxy.adapter.flow.state import STREAM_USAGE
-from evalproxy.interceptors.response_stats import ResponseStatsInterceptor
+from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile
+from evalproxy.interceptors.response_stats import ResponseStatsInterceptor, Seen
 
 Params = ResponseStatsInterceptor.Params
 
@@ -67,6 +68,11 @@ def stream(*, usage: dict[str, Any] | None, finish: str = "stop", tool: bool = F
             yield Event.of(c)
         yield DONE
     return events()
+
+
+async def write_statistics(run: RunContext) -> None:
+    """What the server's statistics writer does on its tick: a snapshot on the loop, the files in a thread."""
+    await StatisticsFile(run.output_dir / STATISTICS_FILE, run.statistics).write()
 
 
 async def drain(resp: ProxyResponse) -> list[bytes]:
@@ -202,9 +208,9 @@ class TestLatency:
     def test_percentiles_use_every_sample_of_the_run(self, run: RunContext) -> None:
         """Percentiles of a run longer than the persisted sample share still come from all of its answers."""
         ic = ResponseStatsInterceptor(Params(), run)
-        body = answer().json
+        seen = Seen.of_body(answer().json)
         for i in range(20_000):  # the first 10,000 fast, the rest slow
-            ic._record(200, body, 0.001 if i < 10_000 else 0.1, None, False)
+            ic._record(200, seen, 0.001 if i < 10_000 else 0.1, None, False)
         out = ic.section()
         assert out["p90_latency_ms"] == 100.0 and out["p50_latency_ms"] == pytest.approx(50.5, abs=0.1)
 
@@ -259,7 +265,7 @@ class TestPersistence:
         first = ResponseStatsInterceptor(Params(), run, clock=clock)
         for _ in range(30):
             await first(ctx(), upstream(answer(), clock, 0.1))
-        first.section()  # what the statistics writer does: persists run-test-run.json
+        await write_statistics(run)  # persists run-test-run.json
         saved = run.output_dir / "response_stats_cache" / "run-test-run.json"
         data = orjson.loads(saved.read_bytes())
         data["first_at"], data["last_at"] = data["first_at"] - 7200, data["last_at"] - 3600  # an hour's run, ago
@@ -296,9 +302,9 @@ class TestPersistence:
         for i in (1, 2):
             await ic(ctx(i), upstream(answer(completion=i)))
         assert not path.exists()
-        ic.section()
+        await write_statistics(run)
         await ic(ctx(3), upstream(answer(status=500)))
-        ic.section()
+        await write_statistics(run)
         rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
         assert [(r["request_id"], r["status_code"], r["completion_tokens"]) for r in rows] == [
             (1, 200, 1), (2, 200, 2), (3, 500, None)]  # tokens only from successes
