@@ -8,18 +8,22 @@ percentiles come from bounded samples.
 The section has NeMo Evaluator's keys (an integer ``run_id`` counting the starts on this cache dir, and
 ``inference_run_times`` per run); evalproxy's own run id is ``evalproxy_run_id``, and ``runs`` is keyed by it.
 
-Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json`` (written atomically with the statistics file,
-never per request); on start the earlier runs' files in the same directory are read, so a resumed evaluation reports
-the totals of all its runs, and each run's own numbers under ``runs``.
+Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json``; on start the earlier runs' files in the same
+directory are read, so a resumed evaluation reports the totals of all its runs, and each run's own numbers under
+``runs``. Nothing here touches a file after start: the server's statistics writer takes a :meth:`snapshot` on the event
+loop every few seconds and at shutdown (a copy of the counters and samples) and writes the run's file, the
+``save_individuals`` lines and the section, in a thread (see :class:`~evalproxy.adapter.flow.run.PersistedStats`).
 
-Streams: finish reasons and tool calls come from the events as they pass; usage from the stream's final usage chunk.
-A client that did not ask ``stream_options.include_usage`` gets no such chunk, and this interceptor, listed after
-``endpoint``, may not change the request. The endpoint asks for usage on the client's behalf (its ``stream_usage``
-setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden from the client; with that setting
-off such a stream's tokens are unknown: it is counted under ``streams_without_usage`` and adds no tokens.
+Streams: finish reasons and tool calls come from the events as they pass (into a :class:`Seen`, as a whole body's);
+usage from the stream's final usage chunk. A client that did not ask ``stream_options.include_usage`` gets no such
+chunk, and this interceptor, listed after ``endpoint``, may not change the request. The endpoint asks for usage on the
+client's behalf (its ``stream_usage`` setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden
+from the client; with that setting off such a stream's tokens are unknown: it is counted under
+``streams_without_usage`` and adds no tokens.
 
 Latency is the upstream round trip as seen around ``call_next`` (for a stream, to its last event); percentiles use an
-exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see :mod:`evalproxy.adapter.stats`).
+exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see
+:mod:`evalproxy.adapter.core.summary`).
 """
 
 from __future__ import annotations
