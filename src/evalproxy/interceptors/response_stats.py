@@ -114,7 +114,7 @@ class RunStats:
 
     def copy(self) -> RunStats:
         """The same numbers, to read while this one goes on counting."""
-        return copy_fields(self, RunStats())
+        return copy_fields(self)
 
     def run_times(self) -> dict[str, Any]:
         """This run's entry of NeMo Evaluator's ``inference_run_times``: local ISO times (no zone), seconds."""

@@ -57,7 +57,8 @@ class Summary:
     """Compact machine integers: 20,000 samples take 160 kB, not the 720 kB a list of ints would."""
     keep: int = MAX_SAMPLES
     """How many samples to keep for percentiles (0: none, when only sums and extremes are reported)."""
-    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False, compare=False)
+    _rng: random.Random | None = field(default=None, repr=False, compare=False)
+    """The reservoir's draws, made when the samples are full (seeded: the same run keeps the same samples)."""
 
     def add(self, value: int) -> None:
         self.count += 1
@@ -70,6 +71,8 @@ class Summary:
         if len(self.samples) < self.keep:
             self.samples.append(value)
         elif self.keep:
+            if self._rng is None:
+                self._rng = random.Random(0)
             j = self._rng.randrange(self.count)
             if j < self.keep:
                 self.samples[j] = value
@@ -222,14 +225,15 @@ def merge_fields(a: T, b: T, out: T) -> T:
     return out
 
 
-def copy_fields(obj: T, out: T) -> T:
-    """``out`` with the numbers of ``obj``: counters and samples copied (cheap: arrays copy as memory), so ``obj``
-    may go on counting while ``out`` is read elsewhere."""
-    for f in fields(out):  # type: ignore[arg-type]  # as in merge_fields
+def copy_fields(obj: T) -> T:
+    """A new ``obj`` with the same numbers: counters and samples copied (cheap: arrays copy as memory), so ``obj``
+    may go on counting while the copy is read elsewhere."""
+    values: dict[str, Any] = {}
+    for f in fields(obj):  # type: ignore[arg-type]  # as in merge_fields
         v = getattr(obj, f.name)
         if isinstance(v, Summary):
             v = v.copy()
         elif isinstance(v, dict):
             v = v.copy() if isinstance(v, Counter) else {k: s.copy() for k, s in v.items()}
-        setattr(out, f.name, v)
-    return out
+        values[f.name] = v
+    return type(obj)(**values)

@@ -141,7 +141,7 @@ class ReasoningStats:
 
     def copy(self) -> ReasoningStats:
         """The same numbers, to read while this one goes on counting."""
-        return copy_fields(self, ReasoningStats())
+        return copy_fields(self)
 
     def dump(self) -> dict[str, Any]:
         """The numbers as JSON, to persist (no samples are kept)."""
