@@ -225,13 +225,13 @@ class ResponseStatsParams(BaseParams):
 
 @dataclass(slots=True)
 class Seen:
-    """What response_stats counts of one answer: taken from a whole body, or from a stream's events as they pass."""
+    """What response_stats counts of one answer: a whole body's choices and usage, or what a stream's events showed as
+    they passed. No copy is made: the choices are the answer's own objects."""
 
-    reasons: list[tuple[Any, Any]] = field(default_factory=list)
-    """(finish_reason, stop_reason) of each choice, in order (a stream's: of each choice that finished)."""
+    choices: list[Any] = field(default_factory=list)
+    """A whole answer's choices; of a stream, each choice event that carried a finish_reason."""
     tool_calls: bool = False
-    function_call: bool = False
-    """The legacy single-function form, counted apart as NeMo does."""
+    """A stream's deltas carried tool calls (a whole answer's are seen in its messages)."""
     usage: Any = None
     json: bool = True
     """False: a whole answer whose body is not a JSON object."""
@@ -239,29 +239,16 @@ class Seen:
     @classmethod
     def of_body(cls, body: Any) -> Seen:
         if not isinstance(body, dict):
-            return cls(json=False)
-        seen = cls(usage=body.get("usage"))
-        for ch in body.get("choices") or ():
-            if not isinstance(ch, dict):
-                continue
-            reason = ch.get("finish_reason")
-            seen.reasons.append((reason, ch.get("stop_reason")))
-            msg = ch.get("message")
-            if reason == "tool_calls" or (isinstance(msg, dict) and msg.get("tool_calls")):
-                seen.tool_calls = True
-            if reason == "function_call" or (isinstance(msg, dict) and msg.get("function_call")):
-                seen.function_call = True
-        return seen
+            return cls([], False, None, False)
+        choices = body.get("choices")
+        return cls(choices if isinstance(choices, list) else [], False, body.get("usage"))
 
     def on_chunk(self, obj: dict[str, Any]) -> None:
-        """One event of a stream: finish reasons, tool calls in deltas, and the usage chunk."""
+        """One event of a stream: finished choices, tool calls in deltas, and the usage chunk."""
         for ch in obj.get("choices") or ():
             if isinstance(ch, dict):
-                reason = ch.get("finish_reason")
-                if reason:
-                    self.reasons.append((reason, ch.get("stop_reason")))
-                    self.tool_calls = self.tool_calls or reason == "tool_calls"
-                    self.function_call = self.function_call or reason == "function_call"
+                if ch.get("finish_reason"):
+                    self.choices.append(ch)
                 delta = ch.get("delta")
                 if isinstance(delta, dict) and delta.get("tool_calls"):
                     self.tool_calls = True
@@ -407,11 +394,12 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams], PersistedSt
     ) -> bytes:
         """One answer's line in NeMo Evaluator's per-request shape, plus latency."""
         u = seen.usage if isinstance(seen.usage, dict) else {}
+        first = seen.choices[0] if seen.choices else None
         return orjson.dumps({
             "request_id": request_id, "timestamp": now, "status_code": status, "count": 1,
             "run_id": self.run.run_id, "prompt_tokens": u.get("prompt_tokens"),
             "completion_tokens": u.get("completion_tokens"), "total_tokens": u.get("total_tokens"),
-            "finish_reason": seen.reasons[0][0] if seen.reasons else None,
+            "finish_reason": first.get("finish_reason") if isinstance(first, dict) else None,
             "latency_ms": None if latency is None else round(latency * 1000, 3),
             "time_to_first_token_ms": None if ttft is None else round(ttft * 1000, 3),
         }) + b"\n"
@@ -421,15 +409,23 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams], PersistedSt
             s.errors["not_json"] += 1
             return
         p = self.params
-        if p.collect_finish_reasons:
-            for reason, stop in seen.reasons:
-                if reason:
-                    s.finish_reasons[str(reason)] += 1
-                if stop is not None:
-                    s.stop_reasons[str(stop)] += 1  # vLLM: the stop string or token id that ended it
+        called_tools, called_function = seen.tool_calls, False
+        for ch in seen.choices:
+            if not isinstance(ch, dict):
+                continue
+            reason = ch.get("finish_reason")
+            if reason and p.collect_finish_reasons:
+                s.finish_reasons[str(reason)] += 1
+            if ch.get("stop_reason") is not None and p.collect_finish_reasons:
+                s.stop_reasons[str(ch["stop_reason"])] += 1  # vLLM: the stop string or token id that ended it
+            msg = ch.get("message")
+            if reason == "tool_calls" or (isinstance(msg, dict) and msg.get("tool_calls")):
+                called_tools = True
+            if reason == "function_call" or (isinstance(msg, dict) and msg.get("function_call")):
+                called_function = True  # the legacy single-function form, counted apart as NeMo does
         if p.collect_tool_calls:
-            s.tool_calls += seen.tool_calls
-            s.function_calls += seen.function_call
+            s.tool_calls += called_tools
+            s.function_calls += called_function
         usage = seen.usage
         if p.collect_token_stats and isinstance(usage, dict):
             for kind in ("prompt_tokens", "completion_tokens", "total_tokens"):
@@ -472,7 +468,7 @@ class _Observe(AnswerHandler):
         self.streamed = resp.stream is not None
         self.first: float | None = None
         self.body: Any = None
-        self.seen = Seen()
+        self.seen = Seen() if self.streamed else None
 
     def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
         if whole:
@@ -480,18 +476,20 @@ class _Observe(AnswerHandler):
             return False
         if self.first is None:
             self.first = self.ic._clock() - self.t0
-        self.seen.on_chunk(obj)
+        if self.seen is not None:
+            self.seen.on_chunk(obj)
         return False
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
         latency = self.ic._clock() - self.t0
-        if not self.streamed:
-            seen = Seen.of_body(self.body if self.resp.ok else None)
-            self.ic._record(self.resp.status, seen, latency, None, False, self.ctx.request_id)
+        seen = self.seen
+        if seen is None:
+            self.ic._record(self.resp.status, Seen.of_body(self.body if self.resp.ok else None), latency, None, False,
+                            self.ctx.request_id)
             return []
         # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
-        self.seen.usage = self.seen.usage or self.ctx.state.get(STREAM_USAGE)
-        self.ic._record(self.resp.status, self.seen, latency, self.first, True, self.ctx.request_id)
+        seen.usage = seen.usage or self.ctx.state.get(STREAM_USAGE)
+        self.ic._record(self.resp.status, seen, latency, self.first, True, self.ctx.request_id)
         return []
 
     async def on_error(self, exc: BaseException) -> None:
