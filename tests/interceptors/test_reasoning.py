@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,8 @@ from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import split_reasoning
 from evalproxy.adapter.flow.sse import DONE_EVENT, Event, event_json, make_event
-from evalproxy.interceptors.reasoning import ReasoningInterceptor, StreamSplitter, usage_tokens
+from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile
+from evalproxy.interceptors.reasoning import ReasoningInterceptor, ReasoningStats, StreamSplitter, usage_tokens
 
 THINK = "<think>let me add two and two</think>\n\nThe answer is 4."
 ANSWER = "The answer is 4."
@@ -295,7 +297,28 @@ class TestStatistics:
     async def test_no_section_without_tracking(self, run: RunContext, params: dict[str, Any]) -> None:
         """Without tracking there is no reasoning section in eval_factory_metrics.json."""
         await through(make(run, **params), json_answer(THINK))
-        assert "reasoning" not in run.statistics.collect()
+        assert "reasoning" not in run.statistics.snapshot()
+
+    async def test_the_file_gets_the_snapshot_not_later_counts(self, run: RunContext) -> None:
+        """The writer persists and reports the numbers of the snapshot taken on the loop, not those counted after."""
+        ic = make(run)
+        await through(ic, json_answer(THINK))
+        taken = run.statistics.snapshot()
+        await through(ic, json_answer(THINK))
+        await asyncio.to_thread(StatisticsFile(run.output_dir / STATISTICS_FILE, run.statistics).write_now, taken)
+        section = orjson.loads((run.output_dir / STATISTICS_FILE).read_bytes())["reasoning"]
+        persisted = orjson.loads((ic.dir / "run-test-run.json").read_bytes())
+        assert (section["total_responses"], persisted["total"], ic.stats.total) == (1, 1, 2)
+
+    def test_stats_round_trip_and_merge_by_field(self) -> None:
+        """ReasoningStats reads back from its JSON as it was, and a merge adds every field."""
+        s = ReasoningStats(total=4, with_reasoning=3, started=3, finished=2, unfinished=1)
+        for i, summary in enumerate(s.words.values()):
+            summary.add(i + 1)
+        back = ReasoningStats.load(orjson.loads(orjson.dumps(s.dump())))
+        assert back == s
+        m = s.merge(back)
+        assert (m.total, m.unfinished, m.words["reasoning_words"].total) == (8, 2, 2)
 
 
 SPLIT_STREAM = "<think>weighing it</think>\n\nFour."

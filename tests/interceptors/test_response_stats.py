@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator
 from fractions import Fraction
 from pathlib import Path
@@ -11,12 +14,14 @@ import orjson
 import pytest
 
 from evalproxy.adapter.core.errors import UpstreamProtocolError, UpstreamTimeoutError
+from evalproxy.adapter.core.summary import Summary
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.sse import DONE, Event
 from evalproxy.adapter.flow.state import STREAM_USAGE
-from evalproxy.interceptors.response_stats import ResponseStatsInterceptor
+from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile
+from evalproxy.interceptors.response_stats import ResponseStatsInterceptor, RunStats, Seen
 
 Params = ResponseStatsInterceptor.Params
 
@@ -67,6 +72,11 @@ def stream(*, usage: dict[str, Any] | None, finish: str = "stop", tool: bool = F
             yield Event.of(c)
         yield DONE
     return events()
+
+
+async def write_statistics(run: RunContext) -> None:
+    """What the server's statistics writer does on its tick: a snapshot on the loop, the files in a thread."""
+    await StatisticsFile(run.output_dir / STATISTICS_FILE, run.statistics).write()
 
 
 async def drain(resp: ProxyResponse) -> list[bytes]:
@@ -202,9 +212,9 @@ class TestLatency:
     def test_percentiles_use_every_sample_of_the_run(self, run: RunContext) -> None:
         """Percentiles of a run longer than the persisted sample share still come from all of its answers."""
         ic = ResponseStatsInterceptor(Params(), run)
-        body = answer().json
+        seen = Seen.of_body(answer().json)
         for i in range(20_000):  # the first 10,000 fast, the rest slow
-            ic._record(200, body, 0.001 if i < 10_000 else 0.1, None, False)
+            ic._record(200, seen, 0.001 if i < 10_000 else 0.1, None, False)
         out = ic.section()
         assert out["p90_latency_ms"] == 100.0 and out["p50_latency_ms"] == pytest.approx(50.5, abs=0.1)
 
@@ -259,7 +269,7 @@ class TestPersistence:
         first = ResponseStatsInterceptor(Params(), run, clock=clock)
         for _ in range(30):
             await first(ctx(), upstream(answer(), clock, 0.1))
-        first.section()  # what the statistics writer does: persists run-test-run.json
+        await write_statistics(run)  # persists run-test-run.json
         saved = run.output_dir / "response_stats_cache" / "run-test-run.json"
         data = orjson.loads(saved.read_bytes())
         data["first_at"], data["last_at"] = data["first_at"] - 7200, data["last_at"] - 3600  # an hour's run, ago
@@ -296,9 +306,9 @@ class TestPersistence:
         for i in (1, 2):
             await ic(ctx(i), upstream(answer(completion=i)))
         assert not path.exists()
-        ic.section()
+        await write_statistics(run)
         await ic(ctx(3), upstream(answer(status=500)))
-        ic.section()
+        await write_statistics(run)
         rows = [orjson.loads(line) for line in path.read_bytes().splitlines()]
         assert [(r["request_id"], r["status_code"], r["completion_tokens"]) for r in rows] == [
             (1, 200, 1), (2, 200, 2), (3, 500, None)]  # tokens only from successes
@@ -313,3 +323,72 @@ class TestPersistence:
         await ic(ctx(), upstream(answer()))
         assert asked == [2]
         await ic.aclose()
+
+    async def test_the_file_gets_the_snapshot_not_later_counts(self, run: RunContext) -> None:
+        """The writer writes the numbers of the snapshot taken on the loop, though more answers came before it ran."""
+        ic = ResponseStatsInterceptor(Params(), run)
+        for _ in range(2):
+            await ic(ctx(), upstream(answer()))
+        taken = run.statistics.snapshot()
+        for _ in range(3):
+            await ic(ctx(), upstream(answer()))
+        writer = StatisticsFile(run.output_dir / STATISTICS_FILE, run.statistics)
+        await asyncio.to_thread(writer.write_now, taken)
+        section = orjson.loads((run.output_dir / STATISTICS_FILE).read_bytes())["response_stats"]
+        persisted = orjson.loads((ic.dir / "run-test-run.json").read_bytes())
+        assert (section["count"], persisted["count"], ic.stats.count) == (2, 2, 5)
+        await writer.write()
+        assert orjson.loads((run.output_dir / STATISTICS_FILE).read_bytes())["response_stats"]["count"] == 5
+
+
+def filled(seed: int) -> RunStats:
+    """A RunStats with a distinct value in every field."""
+    s = RunStats(f"run-{seed}", run_start=1000.0 + seed, first_at=1001.0 + seed, last_at=1010.0 + seed)
+    for i, f in enumerate(dataclasses.fields(s)):
+        v = getattr(s, f.name)
+        if isinstance(v, int):
+            setattr(s, f.name, seed * 100 + i)
+        elif isinstance(v, Counter):
+            v.update({"a": seed + i, str(i): 1})
+    for k, summary in [*s.tokens.items(), ("latency", s.latency_us), ("ttft", s.ttft_us)]:
+        for v in (seed + len(k), seed * 7 + 3):
+            summary.add(v)
+    return s
+
+
+class TestRunStats:
+    def test_every_field_survives_a_dump_and_load(self) -> None:
+        """Each field of RunStats reads back from its JSON as it was (the fields are walked, none listed by hand)."""
+        s = filled(3)
+        back = RunStats.load(orjson.loads(orjson.dumps(s.dump())))
+        assert back.dump() == s.dump() and back == s
+
+    def test_merge_adds_every_counter(self) -> None:
+        """Merging two runs adds each integer field and counter, merges the summaries, and spans both runs."""
+        a, b = filled(1), filled(2)
+        m = a.merge(b)
+        for f in dataclasses.fields(RunStats):
+            x, y, got = getattr(a, f.name), getattr(b, f.name), getattr(m, f.name)
+            if isinstance(x, (int, Counter)):
+                assert got == x + y, f.name
+            elif isinstance(x, Summary):
+                assert (got.count, got.total) == (x.count + y.count, x.total + y.total), f.name
+        assert (m.run_id, m.first_at, m.last_at, m.run_start) == ("all", a.first_at, b.last_at, None)
+        assert m.inference_time == a.inference_time + b.inference_time
+
+    def test_a_file_without_newer_counters_reads_them_as_zero(self) -> None:
+        """A per-run file written before function_calls and stop_reasons existed loads with them empty."""
+        data = filled(1).dump()
+        del data["function_calls"], data["stop_reasons"]
+        back = RunStats.load(data)
+        assert (back.function_calls, back.stop_reasons, back.count) == (0, Counter(), filled(1).count)
+
+    def test_a_copy_is_independent(self) -> None:
+        """Counting on after a copy changes neither the copy's counters nor its samples."""
+        s = filled(1)
+        c = s.copy()
+        s.count += 1
+        s.status_codes["200"] += 1
+        s.latency_us.add(999)
+        s.tokens["completion_tokens"].add(5)
+        assert c == filled(1)

@@ -8,27 +8,31 @@ percentiles come from bounded samples.
 The section has NeMo Evaluator's keys (an integer ``run_id`` counting the starts on this cache dir, and
 ``inference_run_times`` per run); evalproxy's own run id is ``evalproxy_run_id``, and ``runs`` is keyed by it.
 
-Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json`` (written atomically with the statistics file,
-never per request); on start the earlier runs' files in the same directory are read, so a resumed evaluation reports
-the totals of all its runs, and each run's own numbers under ``runs``.
+Each run keeps its own numbers in ``<cache_dir>/run-<run_id>.json``; on start the earlier runs' files in the same
+directory are read, so a resumed evaluation reports the totals of all its runs, and each run's own numbers under
+``runs``. Nothing here touches a file after start: the server's statistics writer takes a :meth:`snapshot` on the event
+loop every few seconds and at shutdown (a copy of the counters and samples) and writes the run's file, the
+``save_individuals`` lines and the section, in a thread (see :class:`~evalproxy.adapter.flow.run.PersistedStats`).
 
-Streams: finish reasons and tool calls come from the events as they pass; usage from the stream's final usage chunk.
-A client that did not ask ``stream_options.include_usage`` gets no such chunk, and this interceptor, listed after
-``endpoint``, may not change the request. The endpoint asks for usage on the client's behalf (its ``stream_usage``
-setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden from the client; with that setting
-off such a stream's tokens are unknown: it is counted under ``streams_without_usage`` and adds no tokens.
+Streams: finish reasons and tool calls come from the events as they pass (into a :class:`Seen`, as a whole body's);
+usage from the stream's final usage chunk. A client that did not ask ``stream_options.include_usage`` gets no such
+chunk, and this interceptor, listed after ``endpoint``, may not change the request. The endpoint asks for usage on the
+client's behalf (its ``stream_usage`` setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden
+from the client; with that setting off such a stream's tokens are unknown: it is counted under
+``streams_without_usage`` and adds no tokens.
 
 Latency is the upstream round trip as seen around ``call_next`` (for a stream, to its last event); percentiles use an
-exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see :mod:`evalproxy.adapter.stats`).
+exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see
+:mod:`evalproxy.adapter.core.summary`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,13 +42,13 @@ from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
-from evalproxy.adapter.core.files import atomic_write_bytes, load_run_files, run_files_dir
+from evalproxy.adapter.core.files import load_run_files, run_files_dir
 from evalproxy.adapter.core.params import Params as BaseParams
-from evalproxy.adapter.core.summary import MAX_SAMPLES, Summary
+from evalproxy.adapter.core.summary import MAX_SAMPLES, Summary, copy_fields, dump_fields, load_fields, merge_fields
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
-from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.run import PersistedStats, RunContext, RunFile
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import STREAM_USAGE
 from evalproxy.adapter.registry import register_for_adapter
@@ -54,30 +58,43 @@ log = logging.getLogger("evalproxy.response_stats")
 _TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "total_tokens", "reasoning_tokens")
 
 
-class RunStats:
-    """The numbers of one run."""
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return min(a, b) if a is not None and b is not None else (a if b is None else b)
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.count = 0
-        self.successful = 0
-        self.streamed = 0
-        self.streams_without_usage = 0
-        self.tool_calls = 0
-        self.function_calls = 0
-        self.status_codes: Counter[str] = Counter()
-        self.finish_reasons: Counter[str] = Counter()
-        self.stop_reasons: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        # Samples only where a distribution is shown (the completion tokens histogram); the rest are sums.
-        self.tokens = {k: Summary(keep=MAX_SAMPLES if k == "completion_tokens" else 0) for k in _TOKEN_KINDS}
-        self.latency_us = Summary()
-        self.ttft_us = Summary()
-        self.first_at: float | None = None
-        self.last_at: float | None = None
-        self.merged_span: float | None = None
-        """For totals over runs: the sum of each run's span (the gaps between runs are not inference time)."""
-        self.run_start: float | None = None
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return max(a, b) if a is not None and b is not None else (a if b is None else b)
+
+
+def _token_summaries() -> dict[str, Summary]:
+    # Samples only where a distribution is shown (the completion tokens histogram); the rest are sums.
+    return {k: Summary(keep=MAX_SAMPLES if k == "completion_tokens" else 0) for k in _TOKEN_KINDS}
+
+
+@dataclass
+class RunStats:
+    """The numbers of one run. Persisted, loaded and merged field by field (:func:`dump_fields` and its kin): a
+    counter added here is persisted and merged with no other change."""
+
+    run_id: str = field(default="all", metadata={"merge": lambda a, b: "all"})
+    count: int = 0
+    successful: int = 0
+    streamed: int = 0
+    streams_without_usage: int = 0
+    tool_calls: int = 0
+    function_calls: int = 0
+    status_codes: Counter[str] = field(default_factory=Counter)
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    stop_reasons: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, Summary] = field(default_factory=_token_summaries)
+    latency_us: Summary = field(default_factory=Summary)
+    ttft_us: Summary = field(default_factory=Summary)
+    first_at: float | None = field(default=None, metadata={"merge": _earliest})
+    last_at: float | None = field(default=None, metadata={"merge": _latest})
+    run_start: float | None = field(default=None, metadata={"merge": lambda a, b: None})
+    merged_span: float | None = field(default=None, metadata={"persist": False, "merge": lambda a, b: None})
+    """For totals over runs: the sum of each run's span (the gaps between runs are not inference time)."""
 
     @property
     def inference_time(self) -> float:
@@ -88,35 +105,16 @@ class RunStats:
 
     def dump(self, keep_samples: int = 10_000) -> dict[str, Any]:
         """The numbers as JSON; at most ``keep_samples`` samples per summary (persisted files stay small)."""
-        k = keep_samples
-        return {
-            "run_id": self.run_id, "count": self.count, "successful": self.successful, "streamed": self.streamed,
-            "streams_without_usage": self.streams_without_usage, "tool_calls": self.tool_calls,
-            "function_calls": self.function_calls, "stop_reasons": dict(self.stop_reasons),
-            "status_codes": dict(self.status_codes), "finish_reasons": dict(self.finish_reasons),
-            "errors": dict(self.errors), "tokens": {name: s.dump(k) for name, s in self.tokens.items()},
-            "latency_us": self.latency_us.dump(k), "ttft_us": self.ttft_us.dump(k),
-            "first_at": self.first_at, "last_at": self.last_at, "run_start": self.run_start,
-        }
+        return dump_fields(self, keep_samples)
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> RunStats:
-        s = cls(data["run_id"])
-        s.count, s.successful, s.streamed = data["count"], data["successful"], data["streamed"]
-        s.streams_without_usage, s.tool_calls = data["streams_without_usage"], data["tool_calls"]
-        # Files written before these counters existed read as zero.
-        s.function_calls = data.get("function_calls", 0)
-        s.stop_reasons = Counter(data.get("stop_reasons", {}))
-        s.status_codes = Counter(data["status_codes"])
-        s.finish_reasons = Counter(data["finish_reasons"])
-        s.errors = Counter(data["errors"])
-        for k in _TOKEN_KINDS:
-            s.tokens[k] = Summary.load(data["tokens"][k], keep=s.tokens[k].keep)
-        s.latency_us = Summary.load(data["latency_us"])
-        s.ttft_us = Summary.load(data["ttft_us"])
-        s.first_at, s.last_at = data["first_at"], data["last_at"]
-        s.run_start = data.get("run_start")
-        return s
+        """What :meth:`dump` wrote (a file written before a counter existed reads it as zero)."""
+        return load_fields(cls(data["run_id"]), data)
+
+    def copy(self) -> RunStats:
+        """The same numbers, to read while this one goes on counting."""
+        return copy_fields(self)
 
     def run_times(self) -> dict[str, Any]:
         """This run's entry of NeMo Evaluator's ``inference_run_times``: local ISO times (no zone), seconds."""
@@ -135,24 +133,7 @@ class RunStats:
         }
 
     def merge(self, other: RunStats) -> RunStats:
-        out = RunStats("all")
-        out.count = self.count + other.count
-        out.successful = self.successful + other.successful
-        out.streamed = self.streamed + other.streamed
-        out.streams_without_usage = self.streams_without_usage + other.streams_without_usage
-        out.tool_calls = self.tool_calls + other.tool_calls
-        out.function_calls = self.function_calls + other.function_calls
-        out.stop_reasons = self.stop_reasons + other.stop_reasons
-        out.status_codes = self.status_codes + other.status_codes
-        out.finish_reasons = self.finish_reasons + other.finish_reasons
-        out.errors = self.errors + other.errors
-        out.tokens = {k: self.tokens[k].merge(other.tokens[k]) for k in _TOKEN_KINDS}
-        out.latency_us = self.latency_us.merge(other.latency_us)
-        out.ttft_us = self.ttft_us.merge(other.ttft_us)
-        firsts = [t for t in (self.first_at, other.first_at) if t is not None]
-        lasts = [t for t in (self.last_at, other.last_at) if t is not None]
-        out.first_at = min(firsts) if firsts else None
-        out.last_at = max(lasts) if lasts else None
+        out = merge_fields(self, other, RunStats())
         out.merged_span = self.inference_time + other.inference_time
         return out
 
@@ -242,9 +223,62 @@ class ResponseStatsParams(BaseParams):
     )
 
 
+@dataclass(slots=True)
+class Seen:
+    """What response_stats counts of one answer: a whole body's choices and usage, or what a stream's events showed as
+    they passed. No copy is made: the choices are the answer's own objects."""
+
+    choices: list[Any] = field(default_factory=list)
+    """A whole answer's choices; of a stream, each choice event that carried a finish_reason."""
+    tool_calls: bool = False
+    """A stream's deltas carried tool calls (a whole answer's are seen in its messages)."""
+    usage: Any = None
+    json: bool = True
+    """False: a whole answer whose body is not a JSON object."""
+
+    @classmethod
+    def of_body(cls, body: Any) -> Seen:
+        if not isinstance(body, dict):
+            return cls([], False, None, False)
+        choices = body.get("choices")
+        return cls(choices if isinstance(choices, list) else [], False, body.get("usage"))
+
+    def on_chunk(self, obj: dict[str, Any]) -> None:
+        """One event of a stream: finished choices, tool calls in deltas, and the usage chunk."""
+        for ch in obj.get("choices") or ():
+            if isinstance(ch, dict):
+                if ch.get("finish_reason"):
+                    self.choices.append(ch)
+                delta = ch.get("delta")
+                if isinstance(delta, dict) and delta.get("tool_calls"):
+                    self.tool_calls = True
+        if isinstance(obj.get("usage"), dict):
+            self.usage = obj["usage"]
+
+
+class _Snapshot:
+    """This run's numbers as taken on the event loop, with the earlier runs' (read at start, never changed)."""
+
+    def __init__(self, where: Path, earlier: list[RunStats], mine: RunStats, rows: list[bytes]) -> None:
+        self.where, self.earlier, self.mine, self.rows = where, earlier, mine, rows
+
+    def files(self) -> list[RunFile]:
+        name = f"run-{self.mine.run_id}"
+        out = [RunFile(self.where / f"{name}.json", orjson.dumps(self.mine.dump()))]
+        if self.rows:
+            out.append(RunFile(self.where / f"{name}.individuals.jsonl", b"".join(self.rows), append=True))
+        return out
+
+    def section(self) -> dict[str, Any]:
+        """Totals over this and earlier runs; this run's percentiles use every sample it has (its file keeps a
+        bounded share)."""
+        return _over_runs([*self.earlier, self.mine])
+
+
 @register_for_adapter(name="response_stats", description="Counts statuses, finish reasons, tokens and latency.")
-class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
+class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams], PersistedStats):
     best_effort = True
+    stats_section = "response_stats"
 
     Params = ResponseStatsParams
 
@@ -260,12 +294,11 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         self.stats.run_start = run.started_at
         self.earlier = self._load_earlier()
         self._clock = clock
-        self._lock = threading.Lock()  # the statistics writer reads from a thread
         self._individuals: list[bytes] = []  # lines not yet appended (save_individuals), flushed with the file
         prom = run.prometheus
         self._prompt_tokens = prom.child(prom.tokens, "prompt")
         self._completion_tokens = prom.child(prom.tokens, "completion")
-        run.statistics.register("response_stats", self.section)
+        run.statistics.persist(self)
 
     def _load_earlier(self) -> list[RunStats]:
         return load_run_files([self.dir], RunStats.load, skip=self.run.run_id)
@@ -290,18 +323,14 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         out["proxies_merged"] = len(output_dirs)
         return out
 
+    def snapshot(self) -> _Snapshot:
+        """This run's numbers now, and the answers' lines not yet saved (on the loop: counters and samples copied)."""
+        rows, self._individuals = self._individuals, []
+        return _Snapshot(self.dir, self.earlier, self.stats.copy(), rows)
+
     def section(self) -> dict[str, Any]:
-        """Totals over this and earlier runs in the same directory; persists this run's numbers (in a thread)."""
-        with self._lock:
-            # A copy with every sample: this run's percentiles use all of them; the file keeps a bounded share.
-            mine = RunStats.load(self.stats.dump(keep_samples=MAX_SAMPLES))
-            rows, self._individuals = self._individuals, []
-        atomic_write_bytes(self.dir / f"run-{mine.run_id}.json", orjson.dumps(mine.dump()))
-        if rows:
-            # Appended whole lines at a time; a crash can at worst cut the last line, which readers skip.
-            with (self.dir / f"run-{mine.run_id}.individuals.jsonl").open("ab") as f:
-                f.write(b"".join(rows))
-        return _over_runs([*self.earlier, mine])
+        """The section as it is now: totals over this and earlier runs (computed here; writes nothing)."""
+        return _over_runs([*self.earlier, self.stats.copy()])
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         t0 = self._clock()
@@ -313,43 +342,40 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         return await handle(resp, _Observe(self, ctx, resp, t0))
 
     def _record_error(self, status: int, kind: str, request_id: int = 0) -> None:
-        with self._lock:
-            s = self.stats
-            s.count += 1
-            s.status_codes[str(status)] += 1
-            s.errors[kind] += 1
-            s.last_at = time.time()
-            s.first_at = s.first_at or s.last_at
-            if self.params.save_individuals:
-                self._individuals.append(self._individual(request_id, s.last_at, status, None, None, None, None))
+        s = self.stats
+        s.count += 1
+        s.status_codes[str(status)] += 1
+        s.errors[kind] += 1
+        s.last_at = time.time()
+        s.first_at = s.first_at or s.last_at
+        if self.params.save_individuals:
+            self._individuals.append(self._individual(request_id, s.last_at, status, Seen(), None, None))
         self.run.statistics.touch()
 
     def _record(
-        self, status: int, body: Any, latency: float, ttft: float | None, streamed: bool, request_id: int = 0
+        self, status: int, seen: Seen, latency: float, ttft: float | None, streamed: bool, request_id: int = 0
     ) -> None:
         now = time.time()
-        usage = body.get("usage") if isinstance(body, dict) else None
-        with self._lock:
-            s = self.stats
-            s.count += 1
-            s.status_codes[str(status)] += 1
-            s.first_at = s.first_at or now
-            s.last_at = now
-            s.latency_us.add(round(latency * 1_000_000))
-            if streamed:
-                s.streamed += 1
-                if ttft is not None:
-                    s.ttft_us.add(round(ttft * 1_000_000))
-                if 200 <= status < 300 and not usage:
-                    s.streams_without_usage += 1
-            if 200 <= status < 300:
-                s.successful += 1
-                self._count_body(s, body, usage)
-            count = s.count
-            if self.params.save_individuals:
-                self._individuals.append(self._individual(request_id, now, status, body, usage, latency, ttft))
-        if self.params.collect_token_stats and isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        ok = 200 <= status < 300
+        s = self.stats
+        s.count += 1
+        s.status_codes[str(status)] += 1
+        s.first_at = s.first_at or now
+        s.last_at = now
+        s.latency_us.add(round(latency * 1_000_000))
+        if streamed:
+            s.streamed += 1
+            if ttft is not None:
+                s.ttft_us.add(round(ttft * 1_000_000))
+            if ok and not seen.usage:
+                s.streams_without_usage += 1
+        if ok:
+            s.successful += 1
+            self._count(s, seen)
+        if self.params.save_individuals:
+            self._individuals.append(self._individual(request_id, now, status, seen, latency, ttft))
+        if self.params.collect_token_stats and isinstance(seen.usage, dict):
+            prompt, completion = seen.usage.get("prompt_tokens"), seen.usage.get("completion_tokens")
             if isinstance(prompt, int):
                 self._prompt_tokens.inc(prompt)
             if isinstance(completion, int):
@@ -357,37 +383,34 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
                 self.run.prometheus.completion_tokens.observe(completion)
         self.run.statistics.touch()
         interval = self.params.logging_aggregated_stats_interval
-        if interval and count % interval == 0:
+        if interval and s.count % interval == 0:
             self._log_totals()
         every = self.params.stats_file_saving_interval
-        if every and count % every == 0:
+        if every and s.count % every == 0:
             self.run.statistics.write_soon()
 
     def _individual(
-        self, request_id: int, now: float, status: int, body: Any, usage: Any, latency: float | None,
-        ttft: float | None,
+        self, request_id: int, now: float, status: int, seen: Seen, latency: float | None, ttft: float | None,
     ) -> bytes:
         """One answer's line in NeMo Evaluator's per-request shape, plus latency."""
-        u = usage if isinstance(usage, dict) else {}
-        choices = body.get("choices") if isinstance(body, dict) else None
-        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        u = seen.usage if isinstance(seen.usage, dict) else {}
+        first = seen.choices[0] if seen.choices else None
         return orjson.dumps({
             "request_id": request_id, "timestamp": now, "status_code": status, "count": 1,
             "run_id": self.run.run_id, "prompt_tokens": u.get("prompt_tokens"),
             "completion_tokens": u.get("completion_tokens"), "total_tokens": u.get("total_tokens"),
-            "finish_reason": first.get("finish_reason"),
+            "finish_reason": first.get("finish_reason") if isinstance(first, dict) else None,
             "latency_ms": None if latency is None else round(latency * 1000, 3),
             "time_to_first_token_ms": None if ttft is None else round(ttft * 1000, 3),
         }) + b"\n"
 
-    def _count_body(self, s: RunStats, body: Any, usage: Any) -> None:
-        if not isinstance(body, dict):
+    def _count(self, s: RunStats, seen: Seen) -> None:
+        if not seen.json:
             s.errors["not_json"] += 1
             return
         p = self.params
-        called_tools = bool(body.get("_tool_calls"))
-        called_function = False
-        for ch in body.get("choices") or ():
+        called_tools, called_function = seen.tool_calls, False
+        for ch in seen.choices:
             if not isinstance(ch, dict):
                 continue
             reason = ch.get("finish_reason")
@@ -403,7 +426,8 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
         if p.collect_tool_calls:
             s.tool_calls += called_tools
             s.function_calls += called_function
-        if self.params.collect_token_stats and isinstance(usage, dict):
+        usage = seen.usage
+        if p.collect_token_stats and isinstance(usage, dict):
             for kind in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 v = usage.get(kind)
                 if isinstance(v, int) and not isinstance(v, bool):
@@ -413,16 +437,13 @@ class ResponseStatsInterceptor(BaseInterceptor[ResponseStatsParams]):
                 s.tokens["reasoning_tokens"].add(rt)
 
     def _log_totals(self) -> None:
-        with self._lock:
-            s = self.stats
-            line = (f"{s.count} answers ({s.successful} ok), latency avg {s.latency_us.mean / 1000:.1f} ms, "
-                    f"tokens prompt {s.tokens['prompt_tokens'].total} completion "
-                    f"{s.tokens['completion_tokens'].total}, finish {dict(s.finish_reasons)}")
-        log.info("response_stats: %s", line)
+        s = self.stats
+        log.info("response_stats: %d answers (%d ok), latency avg %.1f ms, tokens prompt %d completion %d, "
+                 "finish %s", s.count, s.successful, s.latency_us.mean / 1000, s.tokens["prompt_tokens"].total,
+                 s.tokens["completion_tokens"].total, dict(s.finish_reasons))
 
     async def aclose(self) -> None:
         self._log_totals()
-
 
 
 def _over_runs(runs: list[RunStats]) -> dict[str, Any]:
@@ -447,9 +468,7 @@ class _Observe(AnswerHandler):
         self.streamed = resp.stream is not None
         self.first: float | None = None
         self.body: Any = None
-        self.finish: list[dict[str, Any]] = []
-        self.usage: dict[str, Any] | None = None
-        self.tool_calls = False
+        self.seen = Seen() if self.streamed else None
 
     def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
         if whole:
@@ -457,27 +476,20 @@ class _Observe(AnswerHandler):
             return False
         if self.first is None:
             self.first = self.ic._clock() - self.t0
-        for ch in obj.get("choices") or ():
-            if isinstance(ch, dict):
-                if ch.get("finish_reason"):
-                    self.finish.append({"finish_reason": ch["finish_reason"], "stop_reason": ch.get("stop_reason")})
-                delta = ch.get("delta")
-                if isinstance(delta, dict) and delta.get("tool_calls"):
-                    self.tool_calls = True
-        if isinstance(obj.get("usage"), dict):
-            self.usage = obj["usage"]
+        if self.seen is not None:
+            self.seen.on_chunk(obj)
         return False
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
         latency = self.ic._clock() - self.t0
-        if not self.streamed:
-            self.ic._record(self.resp.status, self.body if self.resp.ok else None, latency, None, False,
+        seen = self.seen
+        if seen is None:
+            self.ic._record(self.resp.status, Seen.of_body(self.body if self.resp.ok else None), latency, None, False,
                             self.ctx.request_id)
             return []
         # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
-        usage = self.usage or self.ctx.state.get(STREAM_USAGE)
-        body = {"choices": self.finish, "usage": usage, "_tool_calls": self.tool_calls}
-        self.ic._record(self.resp.status, body, latency, self.first, True, self.ctx.request_id)
+        seen.usage = seen.usage or self.ctx.state.get(STREAM_USAGE)
+        self.ic._record(self.resp.status, seen, latency, self.first, True, self.ctx.request_id)
         return []
 
     async def on_error(self, exc: BaseException) -> None:

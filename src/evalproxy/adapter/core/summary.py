@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 import random
 from array import array
-from dataclasses import dataclass, field
-from typing import Any
+from collections import Counter
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MAX_SAMPLES = 20_000
 """Samples kept per summary for percentiles: p99 of 20,000 uniform samples is within a tenth of a percentile rank of
@@ -54,7 +57,8 @@ class Summary:
     """Compact machine integers: 20,000 samples take 160 kB, not the 720 kB a list of ints would."""
     keep: int = MAX_SAMPLES
     """How many samples to keep for percentiles (0: none, when only sums and extremes are reported)."""
-    _rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False, compare=False)
+    _rng: random.Random | None = field(default=None, repr=False, compare=False)
+    """The reservoir's draws, made when the samples are full (seeded: the same run keeps the same samples)."""
 
     def add(self, value: int) -> None:
         self.count += 1
@@ -67,6 +71,8 @@ class Summary:
         if len(self.samples) < self.keep:
             self.samples.append(value)
         elif self.keep:
+            if self._rng is None:
+                self._rng = random.Random(0)
             j = self._rng.randrange(self.count)
             if j < self.keep:
                 self.samples[j] = value
@@ -93,6 +99,10 @@ class Summary:
         for s in sides:
             out.samples.extend(subsample(s.samples, round(size * s.count / weight)))
         return out
+
+    def copy(self) -> Summary:
+        """The same numbers and samples, to read while this one goes on counting."""
+        return Summary(self.count, self.total, self.squares, self.min, self.max, array("q", self.samples), self.keep)
 
     @property
     def mean(self) -> float:
@@ -152,3 +162,78 @@ class Summary:
         samples = subsample(array("q", data.get("samples", [])), keep)
         return cls(int(data["count"]), int(data["total"]), int(data["squares"]), data.get("min"), data.get("max"),
                    samples, keep)
+
+
+# -- numbers as data: a dataclass of counters and summaries, dumped, loaded and merged field by field --------------
+# A field is an int (summed), a Counter (added), a Summary (merged), or a dict of Summaries (merged per key); a field
+# with ``metadata={"merge": f}`` is merged by ``f(a, b)`` instead, and one with ``metadata={"persist": False}`` is
+# neither dumped nor loaded.
+
+
+def _persisted(obj: Any) -> list[Field[Any]]:
+    return [f for f in fields(obj) if f.metadata.get("persist", True)]
+
+
+def dump_fields(obj: Any, keep_samples: int) -> dict[str, Any]:
+    """The persisted fields of a dataclass as JSON; at most ``keep_samples`` samples per summary."""
+    out: dict[str, Any] = {}
+    for f in _persisted(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, Summary):
+            v = v.dump(keep_samples)
+        elif isinstance(v, dict) and v and all(isinstance(s, Summary) for s in v.values()):
+            v = {k: s.dump(keep_samples) for k, s in v.items()}
+        elif isinstance(v, Counter):
+            v = dict(v)
+        out[f.name] = v
+    return out
+
+
+def load_fields(empty: T, data: dict[str, Any]) -> T:
+    """``empty`` (a dataclass with its defaults) with the persisted fields ``data`` holds; a field the data lacks
+    (written before it existed) keeps its default. Summaries keep as many samples as the default's ``keep``."""
+    for f in _persisted(empty):
+        if f.name not in data:
+            continue
+        v, new = getattr(empty, f.name), data[f.name]
+        if isinstance(v, Summary):
+            new = Summary.load(new, keep=v.keep)
+        elif isinstance(v, dict) and v and all(isinstance(s, Summary) for s in v.values()):
+            new = {**v, **{k: Summary.load(s, keep=v[k].keep) for k, s in new.items() if k in v}}
+        elif isinstance(v, Counter):
+            new = Counter(new)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            new = int(new)
+        setattr(empty, f.name, new)
+    return empty
+
+
+def merge_fields(a: T, b: T, out: T) -> T:
+    """``out`` with every field of ``a`` and ``b`` merged (see above); returns ``out``."""
+    for f in fields(out):  # type: ignore[arg-type]  # T is a dataclass by contract; TypeVar cannot say so
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        merge = f.metadata.get("merge")
+        if merge is not None:
+            v = merge(x, y)
+        elif isinstance(x, Summary):
+            v = x.merge(y)
+        elif isinstance(x, dict) and not isinstance(x, Counter):
+            v = {k: x[k].merge(y[k]) for k in x}
+        else:
+            v = x + y  # ints and Counters
+        setattr(out, f.name, v)
+    return out
+
+
+def copy_fields(obj: T) -> T:
+    """A new ``obj`` with the same numbers: counters and samples copied (cheap: arrays copy as memory), so ``obj``
+    may go on counting while the copy is read elsewhere."""
+    values: dict[str, Any] = {}
+    for f in fields(obj):  # type: ignore[arg-type]  # as in merge_fields
+        v = getattr(obj, f.name)
+        if isinstance(v, Summary):
+            v = v.copy()
+        elif isinstance(v, dict):
+            v = v.copy() if isinstance(v, Counter) else {k: s.copy() for k, s in v.items()}
+        values[f.name] = v
+    return type(obj)(**values)

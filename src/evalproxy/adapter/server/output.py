@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import yaml
 from evalproxy.adapter.config.schema import AdapterConfig, ServerConfig
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.redact import redact_obj, redact_url
-from evalproxy.adapter.flow.run import Statistics
+from evalproxy.adapter.flow.run import PersistedStats, RunFile, Statistics, StatsSnapshot
 
 log = logging.getLogger("evalproxy.output")
 
@@ -33,28 +32,61 @@ def read_json_file(path: Path) -> dict[str, Any]:
 
 
 class StatisticsFile:
-    """``eval_factory_metrics.json``: the run's :class:`Statistics` sections, written whole and atomically.
+    """``eval_factory_metrics.json`` and the sections' per-run files: the run's one statistics writer.
 
-    Sections already in the file that no provider of this run owns (from an earlier run) are kept.
+    :meth:`write` takes a snapshot of every :class:`Statistics` section on the event loop, then writes the sections'
+    own files and the statistics file, whole and atomically, in a thread; writes never overlap, and a later snapshot
+    is never overwritten by an earlier one. Sections already in the file that no unit of this run owns (from an
+    earlier run) are kept.
     """
 
     def __init__(self, path: Path, statistics: Statistics) -> None:
         self.path = path
         self.statistics = statistics
-        self._lock = threading.Lock()
-
-    def write_now(self) -> None:
-        """Collect every section and write the file (blocking: call it from a thread)."""
-        with self._lock:
-            sections = self.statistics.collect()
-            if not sections:
-                return
-            data = read_json_file(self.path)
-            data.update(sections)
-            atomic_write_bytes(self.path, dump_json(data))
+        self._lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None
 
     async def write(self) -> None:
-        await asyncio.to_thread(self.write_now)
+        """Snapshot every section now and write them (the file I/O in a thread)."""
+        async with self._lock:
+            if self._writing is not None:
+                # A write whose waiter was cancelled (shutdown) may still be running in its thread: it ends first.
+                await asyncio.wait([self._writing])
+            taken = self.statistics.snapshot()
+            if not taken:
+                return
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self.write_now, taken))
+            await asyncio.shield(self._writing)
+
+    def write_now(self, taken: dict[str, StatsSnapshot]) -> None:
+        """Write the sections' files, then the statistics file with every section (blocking: call it from a thread).
+        A section whose own files cannot be written is logged and still reported."""
+        sections: dict[str, Any] = {}
+        for name, snap in taken.items():
+            try:
+                for f in snap.files():
+                    _write_run_file(f)
+            except OSError as exc:
+                log.warning("cannot persist the %s statistics of this run: %s", name, exc)
+            try:
+                sections[name] = snap.section()
+            except Exception:
+                log.exception("statistics section %r could not be computed", name)
+        if not sections:
+            return
+        data = read_json_file(self.path)
+        data.update(sections)
+        atomic_write_bytes(self.path, dump_json(data))
+
+
+def _write_run_file(f: RunFile) -> None:
+    if not f.append:
+        atomic_write_bytes(f.path, f.data)
+        return
+    # Appended whole lines at a time; a crash can at worst cut the last line, which readers skip.
+    f.path.parent.mkdir(parents=True, exist_ok=True)
+    with f.path.open("ab") as out:
+        out.write(f.data)
 
 
 def write_effective_config(output_dir: Path, adapter: AdapterConfig, server: ServerConfig) -> Path:
@@ -71,19 +103,18 @@ def merge_statistics(output_dirs: list[Path], interceptors: list[tuple[type[Any]
     """One ``eval_factory_metrics.json`` for proxies that served one run (workers, or proxies on several machines),
     from their output dirs.
 
-    An interceptor class that persists its numbers offers ``merged_section(params, output_dirs)`` and its section is
-    merged exactly (response_stats: counts, sums and percentiles over every sample kept; reasoning: its sums). Other
-    sections are merged field by field: integers (at any depth) summed, other values kept where every proxy agrees.
+    A unit class that is a :class:`PersistedStats` has its section merged exactly by its ``merged_section``
+    (response_stats: counts, sums and percentiles over every sample kept; reasoning: its sums). Other sections are
+    merged field by field: integers (at any depth) summed, other values kept where every proxy agrees.
     """
     present = [d for d in (read_json_file(p / STATISTICS_FILE) for p in output_dirs) if d]
     merged = _merge(present) if present else {}
     assert isinstance(merged, dict)
     for cls, params in interceptors:
-        exact = getattr(cls, "merged_section", None)
-        if exact is not None:
-            section = exact(params, output_dirs)
+        if isinstance(cls, type) and issubclass(cls, PersistedStats):
+            section = cls.merged_section(params, output_dirs)
             if section is not None:
-                merged[cls.name] = section
+                merged[cls.stats_section] = section
     if isinstance(merged.get("caching"), dict):  # a ratio does not add up: computed again from the sums
         c = merged["caching"]
         lookups = int(c.get("hits", 0)) + int(c.get("misses", 0))

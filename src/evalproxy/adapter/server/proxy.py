@@ -129,6 +129,8 @@ class Proxy:
         self.interceptors.clear()
 
     async def _statistics_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """The statistics writer: every ``STATS_WRITE_INTERVAL`` seconds, or when a unit asks, if any number changed,
+        :meth:`write_statistics` (a snapshot of every section on the loop, the files in a thread)."""
         wake = asyncio.Event()
 
         async def periodically() -> None:
@@ -170,6 +172,7 @@ class Proxy:
         return Snapshot(self.answered, self.errors, self.cache_hits, self.in_flight)
 
     async def write_statistics(self) -> None:
+        """Write ``eval_factory_metrics.json`` and the units' per-run files now; a failure is logged and counted."""
         try:
             await self.statistics_file.write()
         except OSError as exc:

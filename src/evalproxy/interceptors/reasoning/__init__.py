@@ -40,20 +40,20 @@ dir) starts decided.
 from __future__ import annotations
 
 import logging
-import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
-from evalproxy.adapter.core.files import atomic_write_bytes, dump_json, load_run_files, run_files_dir
+from evalproxy.adapter.core.files import dump_json, load_run_files, run_files_dir
 from evalproxy.adapter.core.params import Params
-from evalproxy.adapter.core.summary import Summary
+from evalproxy.adapter.core.summary import Summary, copy_fields, dump_fields, load_fields, merge_fields
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
-from evalproxy.adapter.flow.run import RunContext
+from evalproxy.adapter.flow.run import PersistedStats, RunContext, RunFile
 from evalproxy.adapter.flow.shape import Split, split_reasoning
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import CACHE_HIT, STREAM_USAGE
@@ -84,96 +84,104 @@ def usage_tokens(usage: Any) -> tuple[int | None, int | None]:
     return rt, ct
 
 
+def _word_summaries() -> dict[str, Summary]:
+    # Only sums, means and maxima are reported: no samples kept.
+    return {k: Summary(keep=0) for k in ("reasoning_words", "original_content_words", "updated_content_words",
+                                         "reasoning_tokens", "updated_content_tokens")}
+
+
+@dataclass
 class ReasoningStats:
-    """NeMo Evaluator's reasoning statistics, from exact integer sums; averages are computed when read.
+    """NeMo Evaluator's reasoning statistics, from exact integer sums; averages are computed when read. Persisted,
+    loaded and merged field by field (:func:`~evalproxy.adapter.core.summary.dump_fields` and its kin).
 
     ``reasoning_finished_ratio`` is finished / started (NeMo Evaluator divides by responses_with_reasoning, which
     can exceed 1 when a block is empty); both are equal whenever every started block has words in it.
     """
 
-    def __init__(self) -> None:
-        self.total = 0
-        self.with_reasoning = 0
-        self.started = 0
-        self.finished = 0
-        self.unfinished = 0
-        # Only sums, means and maxima are reported: no samples kept.
-        self.words = {k: Summary(keep=0) for k in ("reasoning_words", "original_content_words", "updated_content_words",
-                                             "reasoning_tokens", "updated_content_tokens")}
-        self.lock = threading.Lock()
+    total: int = 0
+    with_reasoning: int = 0
+    started: int = 0
+    finished: int = 0
+    unfinished: int = 0
+    words: dict[str, Summary] = field(default_factory=_word_summaries)
 
     def add(self, original: str, split: Split, server_reasoning: str | None, usage: Any) -> None:
         """Count one answer. ``server_reasoning`` is a ``reasoning_content`` the server sent; ``usage`` is given
         with the first choice of a response only, since its token counts cover the whole response."""
         rt, ct = usage_tokens(usage)
-        with self.lock:
-            self.total += 1
-            if server_reasoning and server_reasoning.strip():
-                # As NeMo Evaluator counts it: started if there is reasoning, finished if an answer followed.
-                started, finished = True, bool(split.answer.strip())
-                reasoning = server_reasoning + (split.reasoning or "")
+        self.total += 1
+        if server_reasoning and server_reasoning.strip():
+            # As NeMo Evaluator counts it: started if there is reasoning, finished if an answer followed.
+            started, finished = True, bool(split.answer.strip())
+            reasoning = server_reasoning + (split.reasoning or "")
+        else:
+            started, finished, reasoning = split.started, split.finished, split.reasoning or ""
+        reasoning_words = len(reasoning.split())
+        if reasoning_words:
+            self.with_reasoning += 1
+        if started:
+            self.started += 1
+            if finished:
+                self.finished += 1
             else:
-                started, finished, reasoning = split.started, split.finished, split.reasoning or ""
-            reasoning_words = len(reasoning.split())
-            if reasoning_words:
-                self.with_reasoning += 1
-            if started:
-                self.started += 1
-                if finished:
-                    self.finished += 1
-                else:
-                    self.unfinished += 1
-            self.words["reasoning_words"].add(reasoning_words)
-            original_words = len(original.split())
-            self.words["original_content_words"].add(original_words)
-            # Most answers have no reasoning: their text is unchanged, and a long one is costly to split twice.
-            answer = split.answer
-            self.words["updated_content_words"].add(original_words if answer == original else len(answer.split()))
-            if rt is not None:
-                self.words["reasoning_tokens"].add(rt)
-            if ct is not None:
-                self.words["updated_content_tokens"].add(ct)
+                self.unfinished += 1
+        self.words["reasoning_words"].add(reasoning_words)
+        original_words = len(original.split())
+        self.words["original_content_words"].add(original_words)
+        # Most answers have no reasoning: their text is unchanged, and a long one is costly to split twice.
+        answer = split.answer
+        self.words["updated_content_words"].add(original_words if answer == original else len(answer.split()))
+        if rt is not None:
+            self.words["reasoning_tokens"].add(rt)
+        if ct is not None:
+            self.words["updated_content_tokens"].add(ct)
 
     def merge(self, other: ReasoningStats) -> ReasoningStats:
-        out = ReasoningStats()
-        for name in ("total", "with_reasoning", "started", "finished", "unfinished"):
-            setattr(out, name, getattr(self, name) + getattr(other, name))
-        out.words = {k: self.words[k].merge(other.words[k]) for k in self.words}
-        return out
+        return merge_fields(self, other, ReasoningStats())
+
+    def copy(self) -> ReasoningStats:
+        """The same numbers, to read while this one goes on counting."""
+        return copy_fields(self)
 
     def dump(self) -> dict[str, Any]:
         """The numbers as JSON, to persist (no samples are kept)."""
-        with self.lock:
-            return {"total": self.total, "with_reasoning": self.with_reasoning, "started": self.started,
-                    "finished": self.finished, "unfinished": self.unfinished,
-                    "words": {k: s.dump(0) for k, s in self.words.items()}}
+        return dump_fields(self, 0)
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> ReasoningStats:
-        out = cls()
-        for name in ("total", "with_reasoning", "started", "finished", "unfinished"):
-            setattr(out, name, int(data[name]))
-        for k, v in data["words"].items():
-            if k in out.words:
-                out.words[k] = Summary.load(v, keep=0)
-        return out
+        return load_fields(cls(), data)
 
     def section(self) -> dict[str, Any]:
-        with self.lock:
-            out: dict[str, Any] = {
-                "description": "Reasoning statistics saved during processing",
-                "total_responses": self.total,
-                "responses_with_reasoning": self.with_reasoning,
-                "reasoning_started_count": self.started,
-                "reasoning_finished_count": self.finished,
-                "reasoning_unfinished_count": self.unfinished,
-                "reasoning_finished_ratio": round(self.finished / self.started, 6) if self.started else 0.0,
-            }
-            for name, s in self.words.items():
-                out[f"avg_{name}"] = round(s.mean, 3) if s.count else None
-                out[f"max_{name}"] = s.max
-                out[f"total_{name}"] = s.total
-            return out
+        out: dict[str, Any] = {
+            "description": "Reasoning statistics saved during processing",
+            "total_responses": self.total,
+            "responses_with_reasoning": self.with_reasoning,
+            "reasoning_started_count": self.started,
+            "reasoning_finished_count": self.finished,
+            "reasoning_unfinished_count": self.unfinished,
+            "reasoning_finished_ratio": round(self.finished / self.started, 6) if self.started else 0.0,
+        }
+        for name, s in self.words.items():
+            out[f"avg_{name}"] = round(s.mean, 3) if s.count else None
+            out[f"max_{name}"] = s.max
+            out[f"total_{name}"] = s.total
+        return out
+
+
+class _Snapshot:
+    """This run's numbers and what its answers showed of each model, as taken on the event loop, with the earlier
+    runs' totals (read at start, never changed)."""
+
+    def __init__(self, path: Path, earlier: ReasoningStats, mine: ReasoningStats, models: dict[str, str]) -> None:
+        self.path, self.earlier, self.mine, self.models = path, earlier, mine, models
+
+    def files(self) -> list[RunFile]:
+        return [RunFile(self.path, dump_json({**self.mine.dump(), "models": self.models}))]
+
+    def section(self) -> dict[str, Any]:
+        """Every run in the statistics dir."""
+        return self.earlier.merge(self.mine).section()
 
 
 class ReasoningParams(Params):
@@ -201,8 +209,9 @@ class ReasoningParams(Params):
 
 
 @register_for_adapter(name="reasoning", description="Strips <think> reasoning from answers and counts it.")
-class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
+class ReasoningInterceptor(BaseInterceptor[ReasoningParams], PersistedStats):
     Params = ReasoningParams
+    stats_section = "reasoning"
 
     def __init__(self, params: ReasoningParams, run: RunContext) -> None:
         super().__init__(params, run)
@@ -217,7 +226,7 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
         if self._tracking:
             self.earlier, n = self._load_earlier()
             self.count_replays = n == 0
-            run.statistics.register("reasoning", self.section)
+            run.statistics.persist(self)
 
     def _load_earlier(self) -> tuple[ReasoningStats, int]:
         """Earlier runs' numbers, and what their answers showed of each model (a resumed run streams at once)."""
@@ -242,14 +251,13 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams]):
             total = total.merge(stats)
         return total.section() if runs else None
 
+    def snapshot(self) -> _Snapshot:
+        """This run's numbers now (on the loop: a few counters and the models map copied)."""
+        return _Snapshot(self.dir / f"run-{self.run.run_id}.json", self.earlier, self.stats.copy(), self.models.copy())
+
     def section(self) -> dict[str, Any]:
-        """Every run in the statistics dir; persists this run's numbers (called from the statistics writer thread)."""
-        mine = {**self.stats.dump(), "models": self.models.copy()}
-        try:
-            atomic_write_bytes(self.dir / f"run-{self.run.run_id}.json", dump_json(mine))
-        except OSError as exc:
-            log.warning("cannot persist reasoning statistics in %s: %s", self.dir, exc)
-        return self.earlier.merge(ReasoningStats.load(mine)).section()  # what was dumped under the lock
+        """Every run in the statistics dir, as it is now (writes nothing)."""
+        return self.snapshot().section()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         resp = await call_next(ctx)
