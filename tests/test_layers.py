@@ -202,3 +202,12 @@ def test_one_run_orchestration() -> None:
                     "evalproxy.records.run.record_run", "evalproxy.records.ledger_feed.ledger_observer"}
     users = {module_name(p) for p in PKG.rglob("*.py") if imports_of(p) & entry_points}
     assert users <= {"evalproxy.records.run", "evalproxy.records"}, sorted(users)
+
+
+def test_no_side_channels_through_state() -> None:
+    """The state keys that carried a callback, an answer or a stream's usage around the chain are gone: nothing in
+    src names them (the transport's answer is the only interface; observers get the answer as an argument)."""
+    removed = ("WRITE_HELD", "EVENTS_AT_HAND", "STREAM_USAGE", "ANSWER =", "state[ANSWER]")
+    bad = [f"{p.relative_to(SRC)} names {name}" for p in PKG.rglob("*.py") for name in removed
+           if name in p.read_text()]
+    assert not bad, "\n".join(bad)

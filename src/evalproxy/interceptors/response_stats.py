@@ -17,9 +17,9 @@ loop every few seconds and at shutdown (a copy of the counters and samples) and 
 Streams: finish reasons and tool calls come from the events as they pass (into a :class:`Seen`, as a whole body's);
 usage from the stream's final usage chunk. A client that did not ask ``stream_options.include_usage`` gets no such
 chunk, and this interceptor, listed after ``endpoint``, may not change the request. The endpoint asks for usage on the
-client's behalf (its ``stream_usage`` setting, on by default) and keeps it aside in ``ctx.state[STREAM_USAGE]``, hidden
-from the client; with that setting off such a stream's tokens are unknown: it is counted under
-``streams_without_usage`` and adds no tokens.
+client's behalf (its ``stream_usage`` setting, on by default): the server adds it to the request before the chain,
+the usage chunk passes here like any event, and the server takes it out only of what the client reads. With that
+setting off such a stream's tokens are unknown: it is counted under ``streams_without_usage`` and adds no tokens.
 
 Latency is the upstream round trip as seen around ``call_next`` (for a stream, to its last event); percentiles use an
 exact list of samples up to ``MAX_SAMPLES`` per run, then a uniform reservoir (see
@@ -50,7 +50,6 @@ from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.flow.run import PersistedStats, RunContext, RunFile
 from evalproxy.adapter.flow.sse import Event
-from evalproxy.adapter.flow.state import STREAM_USAGE
 from evalproxy.adapter.registry import register_for_adapter
 
 log = logging.getLogger("evalproxy.response_stats")
@@ -488,7 +487,6 @@ class _Observe(AnswerHandler):
                             self.ctx.request_id)
             return []
         # No usage chunk: the endpoint may have asked for usage itself and kept it aside (see the module docstring).
-        seen.usage = seen.usage or self.ctx.state.get(STREAM_USAGE)
         self.ic._record(self.resp.status, seen, latency, self.first, True, self.ctx.request_id)
         return []
 

@@ -51,9 +51,6 @@ CACHE_HIT = StateKey[bool]("cache_hit")
 UPSTREAM_SECONDS = StateKey[float]("upstream_seconds")
 """Wall time spent on the upstream: to its whole body, or for a stream from the request to its last event (set by
 the transport)."""
-STREAM_USAGE = StateKey[dict[str, Any]]("stream_usage")
-"""No longer set: a stream's usage stays in the stream (the server takes it out only of what the client gets).
-Kept until the statistics that still read it stop doing so."""
 CACHE_KEY = StateKey[str]("cache_key")
 """The key a cache stored (or looked up) the answer under, set by the cache once it is known."""
 CACHE_SLOT = StateKey[int]("cache_slot")

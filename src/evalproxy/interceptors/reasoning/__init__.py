@@ -56,7 +56,7 @@ from evalproxy.adapter.flow.response import ProxyResponse, reasoning_tokens
 from evalproxy.adapter.flow.run import PersistedStats, RunContext, RunFile
 from evalproxy.adapter.flow.shape import Split, split_reasoning
 from evalproxy.adapter.flow.sse import Event
-from evalproxy.adapter.flow.state import CACHE_HIT, STREAM_USAGE
+from evalproxy.adapter.flow.state import CACHE_HIT
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.interceptors.reasoning.thinking import StreamSplitter
 
@@ -423,7 +423,7 @@ class _Strip(AnswerHandler):
                 self.ic.learn(self.model, c.splitter, c.finish_reason)
         if not self.counted:
             return
-        usage = self.usage or self.ctx.state.get(STREAM_USAGE)
+        usage = self.usage
         for i in sorted(self.choices):
             c = self.choices[i]
             if not c.counted:
