@@ -4,81 +4,63 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from evalproxy.jobs.app import create_app
 from evalproxy.jobs.settings import Settings
+from evalproxy.simulator import SimulatedModel, sums
+from tests.waiting import wait_until
 
 CLIENT_SCRIPT = Path(__file__).with_name("client.py")
 API_KEY_ENV = "EVALPROXY_JOBS_TEST_KEY"
 API_KEY = "sk-jobs-test-0123456789-secret"
 TOKEN = "jobs-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-QUESTION = re.compile(r"What is (\d+) \+ (\d+)\?")
 
 
-class FakeModel:
-    """An OpenAI chat endpoint that adds two numbers, wrong on purpose when the sum is a multiple of 3."""
+FakeModel = SimulatedModel
+"""The jobs tests' model: the simulator answering sums, wrong on purpose when the sum is a multiple of 3."""
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.auth_seen: list[str] = []
-        self._changed = asyncio.Condition()
 
-    @staticmethod
-    def answer(a: int, b: int) -> int:
-        return a + b + 1 if (a + b) % 3 == 0 else a + b
+def wrong(total: int) -> bool:
+    return total % 3 == 0
 
-    async def wait_for_calls(self, n: int) -> None:
-        """Return once the model has been asked ``n`` questions in all."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.calls >= n)
 
-    async def chat(self, request: web.Request) -> web.Response:
-        async with self._changed:
-            self.calls += 1
-            self._changed.notify_all()
-        self.auth_seen.append(request.headers.get("Authorization", ""))
-        body = await request.json()
-        text = body["messages"][-1]["content"]
-        m = QUESTION.search(text)
-        content = str(self.answer(int(m.group(1)), int(m.group(2)))) if m else "?"
-        return web.json_response({
-            "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
-        })
+def calls(model: SimulatedModel) -> int:
+    """How many questions the model was asked."""
+    return len(model.requests_to("/chat/completions"))
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
-        return app
+
+def auth_seen(model: SimulatedModel) -> list[str]:
+    """The Authorization header of each question, as the model received it."""
+    return [r.headers.get("Authorization", "") for r in model.requests_to("/chat/completions")]
+
+
+async def wait_for_calls(model: SimulatedModel, n: int) -> None:
+    """Return once the model has been asked ``n`` questions in all."""
+    await wait_until(lambda: calls(model) >= n, what=f"{n} questions to reach the model", seconds=60)
 
 
 def expected_accuracy(n: int) -> float:
-    """The score the client must compute against FakeModel for its first n questions."""
+    """The score the client must compute against the model for its first n questions."""
     right = 0
     for i in range(n):
         a, b = i + 2, 3 * i + 1
-        right += FakeModel.answer(a, b) == a + b
+        right += not wrong(a + b)
     return right / n
 
 
 @pytest.fixture
 def fake_model() -> FakeModel:
-    return FakeModel()
+    return SimulatedModel(answers=sums(wrong))
 
 
 @pytest.fixture

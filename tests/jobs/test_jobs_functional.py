@@ -17,8 +17,11 @@ from tests.jobs.conftest import (
     API_KEY_ENV,
     FakeModel,
     MakeService,
+    auth_seen,
+    calls,
     client_command,
     expected_accuracy,
+    wait_for_calls,
     wait_for_status,
 )
 
@@ -69,8 +72,8 @@ class TestJobRuns:
         assert done["status"] == "completed", done["status_details"]
         assert done["status_details"] == {"message": "Job completed successfully", "task_status": {},
                                           "progress": 100.0}
-        assert fake_model.calls == N
-        assert all(h == f"Bearer {api_key}" for h in fake_model.auth_seen)
+        assert calls(fake_model) == N
+        assert all(h == f"Bearer {api_key}" for h in auth_seen(fake_model))
 
         resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/results")
         assert resp.status == 200
@@ -91,7 +94,7 @@ class TestJobRuns:
         again = await post_job(client)
         second = await wait_for_status(client, again["id"], "completed", "failed")
         assert second["status"] == "completed"
-        assert fake_model.calls == N
+        assert calls(fake_model) == N
         resp = await client.get(f"/v1/evaluation/jobs/{again['id']}/results")
         assert (await resp.json())["tasks"] == results["tasks"]
 
@@ -106,7 +109,7 @@ class TestJobRuns:
         job = await post_job(client)
         done = await wait_for_status(client, job["id"], "completed", "failed")
         assert done["status"] == "completed"
-        assert fake_model.auth_seen == [f"Bearer {api_key}"] * 2
+        assert auth_seen(fake_model) == [f"Bearer {api_key}"] * 2
 
         seen: list[bytes] = []
         for path in (f"/v1/evaluation/jobs/{job['id']}", f"/v1/evaluation/jobs/{job['id']}/logs",
@@ -135,7 +138,7 @@ class TestCancel:
                                      command=client_command("--hold", str(tmp_path / "never")))
         job = await post_job(client)
         await wait_for_status(client, job["id"], "running")
-        await fake_model.wait_for_calls(1)
+        await wait_for_calls(fake_model, 1)
         for _ in range(300):  # the proxy writes its statistics every few seconds
             resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/status")
             status = await resp.json()
@@ -150,7 +153,7 @@ class TestCancel:
         cancelled = await resp.json()
         assert cancelled["status"] == "cancelled"
         assert cancelled["status_details"]["message"] == "Job was cancelled"
-        assert fake_model.calls == 1
+        assert calls(fake_model) == 1
 
         resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/download")
         names = zipfile.ZipFile(io.BytesIO(await resp.read())).namelist()
@@ -213,7 +216,7 @@ class TestFailures:
         assert failed["status_details"]["message"].startswith("Unable to launch the evaluation job")
         resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/logs")
         assert API_KEY_ENV in await resp.text()
-        assert fake_model.calls == 0
+        assert calls(fake_model) == 0
 
 
 class TestQueue:

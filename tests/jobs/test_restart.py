@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.jobs.conftest import API_KEY_ENV, FakeModel, Service, client_command
+from tests.jobs.conftest import API_KEY_ENV, FakeModel, Service, calls, client_command, wait_for_calls
 
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
@@ -80,7 +80,7 @@ class TestRestart:
         held = await first.json("POST", "/v1/evaluation/jobs", job("held"))
         queued = await first.json("POST", "/v1/evaluation/jobs", job("quick"))
         await first.wait_for_status(held["id"], "running")
-        await fake_model.wait_for_calls(N + 1)
+        await wait_for_calls(fake_model, N + 1)
         assert (await first.json("GET", f"/v1/evaluation/jobs/{queued['id']}"))["status"] == "pending"
 
         await first.close(signal.SIGKILL)
@@ -97,7 +97,7 @@ class TestRestart:
         kept = await second.json("GET", f"/v1/evaluation/jobs/{done['id']}")
         assert kept["status"] == "completed"
         assert (await second.wait_for_status(queued["id"], "completed", "failed"))["status"] == "completed"
-        assert fake_model.calls == 2 * N  # the queued job was answered from the cache
+        assert calls(fake_model) == 2 * N  # the queued job was answered from the cache
         listing = await second.json("GET", "/v1/evaluation/jobs?page_size=100")
         assert listing["pagination"]["total_results"] == 3
 
