@@ -31,7 +31,6 @@ from inspect_ai.log import read_eval_log
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
-FAKE = Path(__file__).parent / "fake_openai.py"
 CONFIG = """\
 interceptors:
   - name: system_message
@@ -72,8 +71,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     fakes, upstreams = [], []
     for wrong in ("7,11", "7,11,13,15,17"):
         port = _free_port()
-        fakes.append(subprocess.Popen([sys.executable, str(FAKE), "--port", str(port), "--wrong", wrong],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        fakes.append(subprocess.Popen(
+            [sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--wrong", wrong],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         upstreams.append(f"http://127.0.0.1:{port}/v1")
     try:
         for fake, upstream in zip(fakes, upstreams, strict=True):
@@ -124,7 +124,8 @@ def test_ledger_has_what_the_proxy_saw(runs: dict[str, Path]) -> None:
     entries = list(read_ledger(runs["hot"]))
     assert len(entries) == 10
     assert all(e.cache_key and e.slot is not None and e.status == 200 and e.cache_hit is False for e in entries)
-    assert {(e.prompt_tokens, e.completion_tokens, e.finish_reason) for e in entries} == {(12, 1, "stop")}
+    assert {(e.completion_tokens, e.finish_reason) for e in entries} == {(1, "stop")}  # one number, as answered
+    assert all(isinstance(e.prompt_tokens, int) and e.prompt_tokens > 0 for e in entries)
     answers = _CachedAnswers()  # what compare reads: the ledger's cache key and slot, looked up in the run's cache
     try:
         assert all((answers(runs["hot"], e.prompt_key) or "").isdigit() for e in entries)

@@ -32,9 +32,9 @@ from evalproxy.records import (
     read_results,
     record_run,
 )
+from evalproxy.simulator import SimulatedModel, sums
 
 from .conftest import FIXTURES
-from .fake_openai import make_app
 
 pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (in the test extra)")
 from inspect_ai.log import read_eval_log
@@ -117,8 +117,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("e2e")
     servers = _Servers()
     try:
-        ok = servers.serve(make_app(wrong=[7, 11]))
-        worse = servers.serve(make_app(wrong=[7, 11, 13, 15, 17]))
+        ok = servers.serve(SimulatedModel(answers=sums([7, 11])).app())
+        worse = servers.serve(SimulatedModel(answers=sums([7, 11, 13, 15, 17])).app())
         plan = {"base": (ok, "0.0"), "hot": (ok, "0.6"), "worse": (worse, "0.0")}
         recorders: dict[str, Recorder] = {}
         procs: dict[str, tuple[subprocess.Popen[bytes], list[str], Path, float]] = {}
