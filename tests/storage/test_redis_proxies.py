@@ -19,6 +19,7 @@ from evalproxy.cli import main
 from evalproxy.simulator import SimulatedModel
 from tests.procs import ServeProcesses
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+from tests.waiting import wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 pytestmark = [needs_redis, pytest.mark.slow]
@@ -153,7 +154,12 @@ async def test_redis_dying_mid_run_never_fails_a_request(tmp_path: Path, redis_s
         assert await metric(url, "evalproxy_store_up") == 0
         assert await metric(url, "evalproxy_answers_not_stored_total") == 8
         redis_server.start()  # empty: it kept nothing
-        await asyncio.sleep(1.1)  # the store tries the server again after a short pause
+
+        async def back() -> bool:  # the store tries the server again, after a short pause, when asked
+            await ask(url, {**det, "seed": 999})
+            return await metric(url, "evalproxy_store_up") == 1
+
+        await wait_until(back, what="the store to reconnect", every=0.2)
         assert (await ask(url, det))[1] == "miss"
         assert (await ask(url, det))[1] == "hit"
         assert await metric(url, "evalproxy_store_up") == 1
