@@ -151,10 +151,12 @@ class Service:
 
     async def wait_for_status(self, job_id: str, *statuses: str) -> dict[str, Any]:
         job: dict[str, Any] = {}
-        async with asyncio.timeout(30):
-            while job.get("status") not in statuses:
-                await asyncio.sleep(0.1)
-                job = await self.json("GET", f"/v1/evaluation/jobs/{job_id}")
+
+        async def reached() -> bool:
+            job.update(await self.json("GET", f"/v1/evaluation/jobs/{job_id}"))
+            return job.get("status") in statuses
+
+        await wait_until(reached, what=f"job {job_id} to be {' or '.join(statuses)}", seconds=30, every=0.1)
         return job
 
     async def close(self, sig: int = signal.SIGTERM) -> None:
@@ -176,13 +178,13 @@ async def services() -> AsyncIterator[list[Service]]:
 async def wait_for_status(client: TestClient[Any, Any], job_id: str, *statuses: str) -> dict[str, Any]:
     """Poll the job until its status is one of ``statuses`` (the 30 s limit only stops a hung test)."""
     job: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        job.update(await (await client.get(f"/v1/evaluation/jobs/{job_id}")).json())
+        return job["status"] in statuses
+
     try:
-        async with asyncio.timeout(30):
-            while True:
-                resp = await client.get(f"/v1/evaluation/jobs/{job_id}")
-                job = await resp.json()
-                if job["status"] in statuses:
-                    return job
-                await asyncio.sleep(0.1)
-    except TimeoutError:
+        await wait_until(reached, what=f"job {job_id} to be {' or '.join(statuses)}", seconds=30, every=0.1)
+    except AssertionError:
         raise AssertionError(f"job {job_id} stayed {job.get('status')}: {job.get('status_details')}") from None
+    return job

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import sys
 import zipfile
@@ -24,6 +23,7 @@ from tests.jobs.conftest import (
     wait_for_calls,
     wait_for_status,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
@@ -139,12 +139,13 @@ class TestCancel:
         job = await post_job(client)
         await wait_for_status(client, job["id"], "running")
         await wait_for_calls(fake_model, 1)
-        for _ in range(300):  # the proxy writes its statistics every few seconds
-            resp = await client.get(f"/v1/evaluation/jobs/{job['id']}/status")
-            status = await resp.json()
-            if status["progress"]:
-                break
-            await asyncio.sleep(0.1)
+        status: dict[str, Any] = {}
+
+        async def progressed() -> bool:  # the proxy writes its statistics every few seconds
+            status.update(await (await client.get(f"/v1/evaluation/jobs/{job['id']}/status")).json())
+            return bool(status["progress"])
+
+        await wait_until(progressed, what="the job's progress", seconds=30, every=0.1)
         assert status == {"message": "Job is running", "task_status": {}, "progress": pytest.approx(100 / N),
                           "status": "running"}
 

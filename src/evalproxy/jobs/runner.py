@@ -191,8 +191,6 @@ class JobRunner:
             return
         job_dir = self.settings.jobs_dir / job_id
         limit = _limit(job)
-        await self._set(job_id, "running", MSG_RUNNING, progress=0.0 if limit else None,
-                        output_files_url=download_url(job_id))
         try:
             argv = await asyncio.to_thread(launch.prepare, job_dir, job["target"], job["config"],
                                            self.settings.cache_root, self.settings.python)
@@ -206,7 +204,7 @@ class JobRunner:
             if key_name and not os.environ.get(key_name):
                 await asyncio.to_thread(_write, logfile, f"evalproxy jobs: the target's api_key_name is {key_name}, "
                                         "but the service's environment has no such variable\n")
-                await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
+                await self._set(job_id, "failed", MSG_LAUNCH_FAILED, output_files_url=download_url(job_id))
                 return
             try:
                 # The job's own process writes its log: the service's file handle is only its stdout and stderr.
@@ -218,10 +216,13 @@ class JobRunner:
                 await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)  # and a restarted one too
             except OSError as exc:
                 await asyncio.to_thread(_write, logfile, f"evalproxy jobs: cannot start the job: {exc}\n")
-                await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
+                await self._set(job_id, "failed", MSG_LAUNCH_FAILED, output_files_url=download_url(job_id))
                 return
         finally:
             await asyncio.to_thread(logfile.close)
+        # "running" once its process is alive and recorded: a service killed right after saying so finds it again.
+        await self._set(job_id, "running", MSG_RUNNING, progress=0.0 if limit else None,
+                        output_files_url=download_url(job_id))
         log.info("job %s: running as process %d", job_id, proc.pid)
         await self._follow(job_id, proc, limit)
 
