@@ -221,7 +221,13 @@ class ReasoningInterceptor(BaseInterceptor[ReasoningParams], PersistedStats):
         self.earlier = ReasoningStats()
         self.count_replays = True
         self.models: dict[str, str] = {}
-        """What each model's answers have shown (``stream_unmarked: auto``)."""
+        """What each model (by name) has shown of how it reasons, for ``stream_unmarked: auto``: ``template`` (its
+        chat template opens the block: its streams are held), ``plain`` (it writes its own start token, or gave
+        plain answers: its streams pass as they come), absent while undecided. Learned per interceptor from this
+        run's answers (:meth:`learn`), kept with the run's statistics (``models`` in the per-run file under
+        ``cache_dir``) and read back at start from earlier runs of the same output dir, so a resumed run streams a
+        known model at once; a ``template`` seen once holds for good. Nothing is shared between runs that do not
+        share that directory."""
         self._plain_seen: dict[str, int] = {}
         if self._tracking:
             self.earlier, n = self._load_earlier()
