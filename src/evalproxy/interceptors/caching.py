@@ -40,7 +40,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from multidict import CIMultiDict
@@ -138,19 +138,18 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             self.save_responses, self.max_saved_responses = True, None
         self.owner = f"{run.run_id}:{secrets.token_hex(4)}"
         self.counts: Counter[str] = Counter()
-        self._warned: set[str] = set()
+        self.guard = _StoreGuard(run, self.counts, self._where_label, server=bool(params.cache_url))
         self._filling: dict[tuple[str, int], asyncio.Future[StoredAnswer | None]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self.store: Store | None = None
         self._answers = self._pairs = 0
         self._counted: asyncio.Future[None] | None = None
         """What the store held when this run started (for the caps and the section), asked once, by any backend."""
-        self._store_down = False
         try:
             self.store = open_store(self.where)
             self.store.lease_seconds = params.lease_seconds
         except StoreError as exc:  # a directory that cannot be opened (a server store connects on its first call)
-            self._failed("read", exc)
+            self.guard.failed("read", exc)
             self.store = None
         run.prometheus.store_up.set(1 if self.store is not None else 0)
         run.statistics.register("caching", self.section)
@@ -178,46 +177,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         mode = self.params.repeats
         return mode == "sample" or (mode == "auto" and not is_deterministic(body))
 
-    def _failed(self, what: str, exc: BaseException) -> None:
-        """A failing store (full, read-only, damaged) is logged once, counted, and never fails the request."""
-        self.counts[f"{what}_errors"] += 1
-        self.run.prometheus.cache.labels(f"{what}_error").inc()
-        self.run.prometheus.store_up.set(0)
-        self._store_down = True
-        self.run.statistics.touch()
-        if what not in self._warned:
-            self._warned.add(what)
-            log.error("cache %s failed in %s (%s: %s); requests are still answered, without the cache. "
-                      "Further %s errors are counted, not logged.", what, self._where_label(), type(exc).__name__,
-                      exc, what)
-
     def _where_label(self) -> str:
         return self.store.location if self.store is not None and self.params.cache_url else str(self.where)
-
-    def _store_back(self) -> None:
-        """A store call succeeded after failures. A server store was down and is back: caching resumes, said
-        loudly, and its next outage is logged again (a directory that failed one write, full or read-only, is not
-        "back": its errors stay logged once)."""
-        self._store_down = False
-        self.run.prometheus.store_up.set(1)
-        if self.params.cache_url:
-            self._warned.clear()
-            log.warning("cache store %s answers again: caching resumed", self._where_label())
-
-    async def _io(self, what: str, call: Awaitable[T]) -> tuple[bool, T | None]:
-        """Await a store call: (ok, result); a failure is counted and logged once, never raised."""
-        try:
-            result = await call
-        except (StoreFullError, StoreReadOnlyError) as exc:
-            # A claim writes its lease: a store that is full or read-only fails it as a write, not a read.
-            self._failed("write", exc)
-            return False, None
-        except Exception as exc:  # any other StoreError (down, slow, damaged), or a backend's bug: never the request's
-            self._failed(what, exc)
-            return False, None
-        if self._store_down:
-            self._store_back()
-        return True, result
 
     def _count(self, what: Literal["hit", "miss", "write"]) -> None:
         self.counts[_PLURAL[what]] += 1
@@ -253,8 +214,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                     self.counts["shared"] += 1
                     ctx.state[CACHE_SLOT] = 0
                     return self._hit(ctx, stored)
-        ok, claim = await self._io("read", store.claim(key, self.run.run_id, sampled=sampled, reuse=reuse,
-                                                       owner=self.owner))
+        ok, claim = await self.guard.io("read", store.claim(key, self.run.run_id, sampled=sampled, reuse=reuse,
+                                                        owner=self.owner))
         if not ok or claim is None:
             return await self._without_store(ctx, call_next)
         waited = await self._wait_for_slot(ctx, key, claim)
@@ -301,7 +262,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                 await asyncio.sleep(WAIT_POLL_SECONDS)
             if ctx.client_gone():  # before looking again: a look may lease the slot, and then it must be paid
                 return None
-            ok, again = await self._io("read", self.store.acquire(key, claim.slot, owner=self.owner))
+            ok, again = await self.guard.io("read", self.store.acquire(key, claim.slot, owner=self.owner))
             if not ok or again is None:
                 return Claim(claim.slot)
             claim = again
@@ -343,7 +304,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         while self._filling:
             await asyncio.sleep(self.params.lease_seconds / 3)
             if self.store is not None and self._filling:
-                await self._io("write", self.store.renew(list(self._filling), owner=self.owner))
+                await self.guard.io("write", self.store.renew(list(self._filling), owner=self.owner))
 
     async def _count_stored(self) -> None:
         """Once per run: how many answers and pairs the store already holds (the caps count from there). The count
@@ -354,8 +315,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
 
     async def _count_store(self) -> None:
         assert self.store is not None
-        ok, answers = await self._io("read", self.store.count_answers())
-        ok2, pairs = await self._io("read", self.store.count_pairs())
+        ok, answers = await self.guard.io("read", self.store.count_answers())
+        ok2, pairs = await self.guard.io("read", self.store.count_pairs())
         self._answers += answers if ok and answers is not None else 0
         self._pairs += pairs if ok2 and pairs is not None else 0
 
@@ -375,8 +336,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                 request=redact_obj(ctx.json, self.secrets), status=answer.status, stream=answer.is_stream,
                 received_at=ctx.received_at,
             )
-        ok, _ = await self._io("write", self.store.finish(key, slot, owner=self.owner,
-                                                          answer=answer if save_answer else None, pair=pair))
+        ok, _ = await self.guard.io("write", self.store.finish(key, slot, owner=self.owner,
+                                                           answer=answer if save_answer else None, pair=pair))
         if ok and save_answer:
             self._answers += 1
             self._count("write")
@@ -390,7 +351,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         failure = Failure(run_id=self.run.run_id, request_id=ctx.request_id, path=ctx.path,
                           request=redact_obj(ctx.json, self.secrets), status=status, error=error,
                           received_at=ctx.received_at)
-        await self._io("write", self.store.record_failure(failure))
+        await self.guard.io("write", self.store.record_failure(failure))
 
     async def aclose(self) -> None:
         if self._renewer is not None:
@@ -399,6 +360,54 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                 await self._renewer
         if self.store is not None:
             await self.store.aclose()
+
+
+class _StoreGuard:
+    """The store's calls, guarded: a failing store (full, read-only, damaged, down) is logged once, counted, and never
+    fails the request."""
+
+    def __init__(self, run: RunContext, counts: Counter[str], where: Callable[[], str], server: bool) -> None:
+        self.run, self.counts, self.where, self.server = run, counts, where, server
+        self._warned: set[str] = set()
+        self._down = False
+
+    async def io(self, what: str, call: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await a store call: (ok, result); a failure is counted and logged once, never raised."""
+        try:
+            result = await call
+        except (StoreFullError, StoreReadOnlyError) as exc:
+            # A claim writes its lease: a store that is full or read-only fails it as a write, not a read.
+            self.failed("write", exc)
+            return False, None
+        except Exception as exc:  # any other StoreError (down, slow, damaged), or a backend's bug: never the request's
+            self.failed(what, exc)
+            return False, None
+        if self._down:
+            self._back()
+        return True, result
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """A store call failed (``what``: read or write): counted, and logged the first time."""
+        self.counts[f"{what}_errors"] += 1
+        self.run.prometheus.cache.labels(f"{what}_error").inc()
+        self.run.prometheus.store_up.set(0)
+        self._down = True
+        self.run.statistics.touch()
+        if what not in self._warned:
+            self._warned.add(what)
+            log.error("cache %s failed in %s (%s: %s); requests are still answered, without the cache. "
+                      "Further %s errors are counted, not logged.", what, self.where(), type(exc).__name__,
+                      exc, what)
+
+    def _back(self) -> None:
+        """A store call succeeded after failures. A server store was down and is back: caching resumes, said
+        loudly, and its next outage is logged again (a directory that failed one write, full or read-only, is not
+        "back": its errors stay logged once)."""
+        self._down = False
+        self.run.prometheus.store_up.set(1)
+        if self.server:
+            self._warned.clear()
+            log.warning("cache store %s answers again: caching resumed", self.where())
 
 
 class _Fill(AnswerHandler):
@@ -429,8 +438,8 @@ class _Fill(AnswerHandler):
         if status is not None and error is not None:
             await cache.record_failure(self.ctx, status, error)
         if cache.store is not None:
-            await cache._io("write", cache.store.abandon(self.key, self.slot, owner=cache.owner,
-                                                         run_id=cache.run.run_id, sampled=self.sampled))
+            await cache.guard.io("write", cache.store.abandon(self.key, self.slot, owner=cache.owner,
+                                                          run_id=cache.run.run_id, sampled=self.sampled))
 
     def on_object(self, obj: dict[str, Any], whole: bool) -> bool:
         if not whole and self.error is None:

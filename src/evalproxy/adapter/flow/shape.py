@@ -53,30 +53,8 @@ def assemble_stream(events: Iterable[bytes | Event | Mapping[str, Any]]) -> dict
             out = {"id": obj.get("id"), "object": "text_completion" if text_kind else "chat.completion",
                    "created": obj.get("created"), "model": obj.get("model")}
         for ch in obj.get("choices") or ():
-            if not isinstance(ch, Mapping):
-                continue
-            i = ch.get("index", 0)
-            delta = ch.get("delta")
-            if not text_kind and isinstance(delta, Mapping):
-                c = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": ""},
-                                           "finish_reason": None})
-                msg = c["message"]
-                if isinstance(delta.get("content"), str):
-                    add((i, 1), msg, "content", delta["content"])
-                thought = delta.get("reasoning_content", delta.get("reasoning"))
-                if isinstance(thought, str):
-                    add((i, 2), msg, "reasoning_content", thought)
-                for tc in delta.get("tool_calls") or ():
-                    if isinstance(tc, Mapping):
-                        _merge_call(calls.setdefault(i, {}), tc, i, add)
-            elif text_kind or isinstance(ch.get("text"), str):
-                c = choices.setdefault(i, {"index": i, "text": "", "finish_reason": None})
-                if isinstance(ch.get("text"), str):
-                    add((i, 0), c, "text", ch["text"])
-            else:
-                c = choices.setdefault(i, {"index": i, "finish_reason": None})
-            if ch.get("finish_reason"):
-                c["finish_reason"] = ch["finish_reason"]
+            if isinstance(ch, Mapping):
+                _merge_choice(choices, calls, ch, text_kind, add)
         if obj.get("usage"):
             out["usage"] = obj["usage"]
     if out is None:
@@ -87,6 +65,32 @@ def assemble_stream(events: Iterable[bytes | Event | Mapping[str, Any]]) -> dict
         choices[i].setdefault("message", {"role": "assistant"})["tool_calls"] = [by_index[k] for k in sorted(by_index)]
     out["choices"] = [choices[i] for i in sorted(choices)]
     return out
+
+
+def _merge_choice(choices: dict[int, dict[str, Any]], calls: dict[int, dict[int, dict[str, Any]]],
+                  ch: Mapping[str, Any], text_kind: bool, add: _Add) -> None:
+    """Fold one choice of an event into the choice of its ``index`` (and its tool calls into ``calls``)."""
+    i = ch.get("index", 0)
+    delta = ch.get("delta")
+    if not text_kind and isinstance(delta, Mapping):
+        c = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": ""}, "finish_reason": None})
+        msg = c["message"]
+        if isinstance(delta.get("content"), str):
+            add((i, 1), msg, "content", delta["content"])
+        thought = delta.get("reasoning_content", delta.get("reasoning"))
+        if isinstance(thought, str):
+            add((i, 2), msg, "reasoning_content", thought)
+        for tc in delta.get("tool_calls") or ():
+            if isinstance(tc, Mapping):
+                _merge_call(calls.setdefault(i, {}), tc, i, add)
+    elif text_kind or isinstance(ch.get("text"), str):
+        c = choices.setdefault(i, {"index": i, "text": "", "finish_reason": None})
+        if isinstance(ch.get("text"), str):
+            add((i, 0), c, "text", ch["text"])
+    else:
+        c = choices.setdefault(i, {"index": i, "finish_reason": None})
+    if ch.get("finish_reason"):
+        c["finish_reason"] = ch["finish_reason"]
 
 
 def _merge_call(slots: dict[int, dict[str, Any]], tc: Mapping[str, Any], choice: int, add: _Add) -> None:

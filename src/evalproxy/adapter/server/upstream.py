@@ -6,6 +6,7 @@ and connection failures with exponential backoff and jitter (honouring ``Retry-A
 to reach the client, passes streams through event by event, and turns what cannot be answered into typed errors.
 What it holds of an answer is bounded: ``max_answer_bytes`` for a whole answer or a stream in all,
 ``max_sse_line_bytes`` for one stream event not yet ended; past either it stops reading (``AnswerTooLargeError``).
+Streams are read by :mod:`evalproxy.adapter.server.sse_reader`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import io
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -33,8 +33,8 @@ from evalproxy.adapter.core.redact import HOP_BY_HOP, redact_url
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.flow.state import UPSTREAM_SECONDS
+from evalproxy.adapter.server.sse_reader import SSEReader, answer_too_large
 
 log = logging.getLogger("evalproxy.upstream")
 
@@ -142,11 +142,9 @@ class UpstreamTransport:
         self.prometheus = run.prometheus
         self._session: aiohttp.ClientSession | None = None
         # A stream may take long in total, but must not go silent for longer than request_timeout: its headers are
-        # awaited within it, and then one watchdog per transport looks at every open stream a few times per
-        # request_timeout (aiohttp's sock_read re-arms a timer on every chunk: 7-14 % of a stream's CPU).
+        # awaited within it, and then the reader's watchdog looks at it (no sock_read timer: see sse_reader).
         self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout)
-        self._streams: set[_Watch] = set()
-        self._watchdog: asyncio.Task[None] | None = None
+        self._reader = SSEReader(self.request_timeout, self.max_answer, self.max_event, self.prometheus)
         self._timeout = aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=self.connect_timeout)
         self._urls: dict[str, str] = {}
 
@@ -160,9 +158,7 @@ class UpstreamTransport:
         )
 
     async def aclose(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        await self._reader.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -214,7 +210,7 @@ class UpstreamTransport:
         )
         if resp.status == 200 and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-            return ProxyResponse(resp.status, out_headers, stream=self._events(ctx, resp, t0))
+            return ProxyResponse(resp.status, out_headers, stream=self._reader.events(ctx, resp, t0))
         data = await self._whole(resp, declared=ctx.method != "HEAD")
         ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
         out = ProxyResponse(resp.status, out_headers, body=data)
@@ -304,139 +300,13 @@ class UpstreamTransport:
         refused before reading; a body is also counted as it comes (one without Content-Length, or decompressed)."""
         limit = self.max_answer
         if declared and resp.content_length is not None and resp.content_length > limit:
-            raise self._too_large(f"declares {resp.content_length} bytes, more than max_answer_bytes allows")
+            raise answer_too_large(limit, f"declares {resp.content_length} bytes, more than max_answer_bytes allows")
         parts: list[bytes] = []
         size = 0
         content = resp.content
         while chunk := await content.readany():
             size += len(chunk)
             if size > limit:
-                raise self._too_large("went past max_answer_bytes")
+                raise answer_too_large(limit, "went past max_answer_bytes")
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def _too_large(self, what: str) -> AnswerTooLargeError:
-        return AnswerTooLargeError(
-            f"the upstream's answer {what} ({self.max_answer} bytes); it was not read further nor kept "
-            f"(raise server.max_answer_bytes if such answers are expected)")
-
-    def _event_too_large(self) -> AnswerTooLargeError:
-        return AnswerTooLargeError(
-            f"the upstream's stream held an event (or line) longer than max_sse_line_bytes ({self.max_event} bytes) "
-            f"without ending it; the stream was not read further nor kept (raise server.max_sse_line_bytes if "
-            f"such events are expected)")
-
-    def _watch(self, resp: aiohttp.ClientResponse) -> _Watch:
-        watch = _Watch(resp)
-        self._streams.add(watch)
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch_streams(), name="evalproxy-streams")
-        return watch
-
-    async def _watch_streams(self) -> None:
-        """Close every stream silent for longer than request_timeout (seen within a quarter of it, at most 1 s)."""
-        period = min(1.0, self.request_timeout / 4)
-        while self._streams:
-            await asyncio.sleep(period)
-            since = time.monotonic() - self.request_timeout
-            for watch in [w for w in self._streams if w.waiting_since < since]:
-                watch.silent = True
-                watch.resp.close()
-
-    async def _events(self, ctx: RequestContext, resp: aiohttp.ClientResponse, t0: float) -> AsyncIterator[Event]:
-        """Yield the upstream's SSE events one at a time as they arrive, never buffering the whole stream.
-
-        A stream past ``max_answer_bytes`` in all, or holding an event not ended within ``max_sse_line_bytes``,
-        ends with :class:`AnswerTooLargeError` (an error event for the client; caches store nothing of it).
-        Events that arrive in one read are yielded one after the other without waiting, so the server writes them
-        together."""
-        # The bytes of an event not yet ended by a blank line, as they came (joined once, when it ends: a long
-        # event costs linear time) and how many they are; with the stream's total, both are bounded.
-        parts: list[bytes] = []
-        held = 0
-        total = 0
-        max_answer, max_event = self.max_answer, self.max_event
-        cr = False  # the last chunk held a "\r": a "\r\n" may be split between two chunks
-        complete = False
-        watch = self._watch(resp)
-        try:
-            while True:
-                # Silence counts only while this read waits: time spent writing to a slow client or in the layers
-                # above is not the upstream's.
-                watch.waiting_since = time.monotonic()
-                chunk = await resp.content.readany()
-                watch.waiting_since = _NOT_WAITING
-                if watch.silent:  # closed by the watchdog while the read returned what was buffered
-                    raise TimeoutError
-                if not chunk:
-                    break
-                total += len(chunk)
-                if total > max_answer:
-                    raise self._too_large("went past max_answer_bytes")
-                if cr or b"\r" in chunk:
-                    if parts and chunk[:1] == b"\n" and parts[-1][-1:] == b"\r":
-                        held -= 1
-                        if len(parts[-1]) > 1:
-                            parts[-1] = parts[-1][:-1]
-                        else:
-                            parts.pop()
-                    cr = b"\r" in chunk
-                    if cr:
-                        chunk = chunk.replace(b"\r\n", b"\n")
-                # Only the new bytes are searched (and the one before them): each byte is looked at once.
-                if b"\n\n" not in chunk and not (parts and chunk[:1] == b"\n" and parts[-1][-1:] == b"\n"):
-                    held += len(chunk)
-                    if held > max_event:
-                        raise self._event_too_large()
-                    parts.append(chunk)
-                    continue
-                if parts:
-                    parts.append(chunk)
-                    chunk = b"".join(parts)
-                    parts.clear()
-                *events, rest = chunk.split(b"\n\n")  # one pass over a chunk however many events it holds
-                held = len(rest)
-                if rest:
-                    parts.append(rest)
-                for data in events:
-                    if data and not data.isspace():
-                        yield Event(data + b"\n\n")
-                if held > max_event:  # after the events that did end
-                    raise self._event_too_large()
-            # A last event the upstream did not end with a blank line.
-            buf = b"".join(parts)
-            if buf.strip():
-                yield Event(buf.rstrip(b"\n") + b"\n\n")
-            complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if watch.silent:  # the watchdog closed it
-                self.prometheus.errors.labels("upstream_timeout").inc()
-                raise UpstreamTimeoutError(
-                    f"the upstream sent nothing for {self.request_timeout:g}s in the middle of a stream"
-                ) from exc
-            self.prometheus.errors.labels("upstream_broken_stream").inc()
-            raise UpstreamProtocolError(f"the upstream broke off the stream: {type(exc).__name__}: {exc}") from exc
-        except AnswerTooLargeError:
-            self.prometheus.errors.labels("answer_too_large").inc()
-            raise
-        finally:
-            self._streams.discard(watch)
-            ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
-            if complete:
-                resp.release()
-            else:
-                resp.close()
-
-
-class _Watch:
-    """One open stream as the watchdog sees it: since when its current read waits, and whether it went silent."""
-
-    __slots__ = ("resp", "silent", "waiting_since")
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self.resp = resp
-        self.waiting_since = _NOT_WAITING
-        self.silent = False
-
-
-_NOT_WAITING = float("inf")

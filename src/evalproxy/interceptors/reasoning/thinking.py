@@ -75,6 +75,15 @@ class StreamSplitter:
             buf, at = held + text, len(held) - (len(probe) - len(text)) + i
         else:
             buf, self.pending = self.pending + text, ""
+        out, thought = self._decide(buf, at)
+        if thought:
+            self.reasoning.append(thought)
+        self.answer_parts.append(out)
+        return out, thought
+
+    def _decide(self, buf: str, at: int) -> tuple[str, str]:
+        """(answer, reasoning) of ``buf``, the text not decided before and the new text, moving through the modes as
+        far as it allows; ``at``: where the end token may begin (unmarked mode), so text searched before is not."""
         out, thought = "", ""
         while True:
             if self.mode == "detect":
@@ -121,9 +130,6 @@ class StreamSplitter:
                 continue
             out += buf
             break
-        if thought:
-            self.reasoning.append(thought)
-        self.answer_parts.append(out)
         return out, thought
 
     def _hold(self, text: str, probe: str) -> None:
