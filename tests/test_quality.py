@@ -55,3 +55,18 @@ def test_the_blocking_guard_fails_a_test_that_holds_the_loop(tmp_path: Path) -> 
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert "2 passed, 1 error" in done.stdout, done.stdout + done.stderr  # the error: test_holds' teardown
     assert "ERROR test_probe.py::test_holds - AssertionError: the event loop was held for" in done.stdout
+
+
+def test_functions_and_classes_stay_small() -> None:
+    """No function in src is over 60 lines and no class over 250 (a reader can hold each)."""
+    import ast
+
+    big = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and size > 60:
+                big.append(f"{path.relative_to(ROOT)}: function {node.name} has {size} lines")
+            elif isinstance(node, ast.ClassDef) and size > 250:
+                big.append(f"{path.relative_to(ROOT)}: class {node.name} has {size} lines")
+    assert not big, "\n".join(big)

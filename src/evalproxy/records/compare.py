@@ -30,6 +30,7 @@ import jinja2
 import orjson
 import yaml
 
+from evalproxy.adapter.config.files import dig
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.loads import count_nodes, read_yaml
 from evalproxy.records.explain import explain_miss
@@ -166,20 +167,12 @@ def _load(run_dir: str | os.PathLike[str]) -> _Run:
     adapter = dict(record.target.api_endpoint.adapter_config)
     if not adapter and (p / "adapter_config.yaml").exists():
         loaded = read_yaml(p / "adapter_config.yaml") or {}
-        inner = _dig(loaded, "target", "api_endpoint", "adapter_config") if "target" in loaded else (
-            _dig(loaded, "adapter_config") if "adapter_config" in loaded else loaded)
+        inner = dig(loaded, "target", "api_endpoint", "adapter_config") if "target" in loaded else (
+            dig(loaded, "adapter_config") if "adapter_config" in loaded else loaded)
         adapter = dict(inner) if isinstance(inner, dict) else {}
     ledger = [e if all(_bounded(v) is v for v in e.params.values())
               else replace(e, params={k: _bounded(v) for k, v in e.params.items()}) for e in read_ledger(p)]
     return _Run(p, record, ledger, list(read_samples(p)), adapter)
-
-
-def _dig(data: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict):
-            return None
-        data = data.get(key)
-    return data
 
 
 @dataclass(frozen=True)

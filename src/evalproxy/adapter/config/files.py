@@ -79,7 +79,8 @@ def deep_merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _dig(data: Any, *path: str) -> Any:
+def dig(data: Any, *path: str) -> Any:
+    """``data[path[0]][path[1]]...``, or None where a step is missing or not a mapping."""
     for key in path:
         if not isinstance(data, dict):
             return None
@@ -92,7 +93,7 @@ def _adapter_of(nec: dict[str, Any]) -> dict[str, Any]:
     reads it), or under ``config.target.api_endpoint`` (where NeMo's launcher output docs write it); the first wins."""
     out: dict[str, Any] = {}
     for path in (("config", "target", "api_endpoint", "adapter_config"), ("target", "api_endpoint", "adapter_config")):
-        found = _dig(nec, *path)
+        found = dig(nec, *path)
         if isinstance(found, dict):
             out = deep_merge(out, found)
     return out
@@ -141,7 +142,7 @@ def _pick_task(data: dict[str, Any], task: str | None, source: str | None) -> tu
             raise ConfigError(f"no task '{task}' in this launcher config; its tasks: {', '.join(names) or '(none)'}",
                               field="evaluation.tasks", file=source)
         return task, names, per_task[task]
-    relevant = {n: (_adapter_of(c), _dig(c, "target", "api_endpoint", "type"), _dig(c, "config", "output_dir"))
+    relevant = {n: (_adapter_of(c), dig(c, "target", "api_endpoint", "type"), dig(c, "config", "output_dir"))
                 for n, c in per_task.items()}
     distinct = {orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in relevant.values()}
     if len(distinct) > 1:
@@ -318,7 +319,7 @@ def _launcher_parts(data: dict[str, Any], task: str | None, source: str | None
         task, tasks, nec = _pick_task(data, task, source)
         if isinstance(adapter_data, dict):
             adapter_data = deep_merge(adapter_data, _adapter_of(nec))
-        endpoint_type = _dig(nec, "target", "api_endpoint", "type") or endpoint_type
+        endpoint_type = dig(nec, "target", "api_endpoint", "type") or endpoint_type
         run_cfg = deep_merge(run_cfg or {}, nec.get("config") or {})
         if tasks:
             prefix = (f"evaluation.tasks[{task or tasks[0]}].nemo_evaluator_config"
