@@ -144,3 +144,34 @@ def test_a_redacted_store_url_asks_for_the_url(tmp_path: Path) -> None:
         {"name": "caching", "config": {"cache_url": "redis://***@db.example:6379/0"}}]}}))
     with pytest.raises(StoreUnavailableError, match="give the store's URL"):
         run_store(tmp_path)
+
+
+async def test_run_dir_with_its_own_cache_dir(tmp_path: Path) -> None:
+    """A run whose caching named a cache_dir outside the run dir is read there (stats and explain find its answers,
+    by the proxy's own rule), and `cache clear RUN_DIR` refuses to empty a store that is not the run dir's own."""
+    sim = SimulatedModel()
+    upstream = TestServer(sim.app(), host="127.0.0.1")
+    await upstream.start_server()
+    elsewhere = tmp_path / "shared-cache"
+    cfg = tmp_path / "adapter.yaml"
+    cfg.write_text(yaml.safe_dump({"interceptors": [
+        {"name": "caching", "config": {"save_requests": True, "cache_dir": str(elsewhere)}}, "endpoint"],
+        "post_eval_hooks": []}))
+    client = tmp_path / "client.py"
+    client.write_text(CLIENT)
+    run = tmp_path / "run"
+    try:
+        status, _, err = await evalproxy("run", "-c", cfg, "-u", upstream.make_url("/v1"), "-o", run, "--",
+                                         sys.executable, client, "{proxy_url}")
+        assert status == 0, err
+    finally:
+        await upstream.close()
+    assert not (run / "cache").exists() and elsewhere.is_dir()
+    status, out, err = await evalproxy("cache", "stats", run)
+    assert status == 0, err
+    stats = json.loads(out)
+    assert stats["location"] == str(elsewhere) and stats["answers"] == 4 and stats["saved_requests"] == 4
+    status, _, err = await evalproxy("cache", "clear", run)
+    assert status == 2 and "outside it" in err
+    status, out, _ = await evalproxy("cache", "stats", elsewhere)
+    assert json.loads(out)["answers"] == 4

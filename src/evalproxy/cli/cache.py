@@ -56,9 +56,9 @@ async def _cache(args: argparse.Namespace) -> int:
         src = await asyncio.to_thread(location, args.dir, True)
         if src is None:
             return 1
-        if args.action == "clear" and is_url(src) and not is_url(args.dir):
-            print(f"evalproxy: the run in {args.dir} used the shared store {src}: to clear it, give its URL",
-                  file=sys.stderr)
+        if args.action == "clear" and not is_url(args.dir) and _outside(src, Path(args.dir)):
+            print(f"evalproxy: the run in {args.dir} used the store {src}, outside it (shared, or named by its "
+                  "config): to clear it, name it itself", file=sys.stderr)
             return EXIT_CONFIG
         store = await asyncio.to_thread(open_store, src)
         opened.append(store)
@@ -107,3 +107,11 @@ def _cache_explain(request: dict[str, Any], where: str, stored: list[dict[str, A
     for n in explain_miss(request, stored, limit=3):
         print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
     return 0
+
+
+def _outside(store: str | Path, where: Path) -> bool:
+    """Whether a run dir's store lies outside it (a Redis server, or a directory its config names elsewhere): a
+    run dir handed to ``clear`` never empties what is not its own."""
+    if is_url(store):
+        return True
+    return not Path(store).resolve().is_relative_to(where.resolve())

@@ -42,27 +42,31 @@ def open_store(location: str | Path) -> Store:
 
 def run_store(where: str | Path) -> str | Path:
     """The store a reader (``evalproxy cache``, ``compare``) opens for ``where``: a store URL as given; for a run
-    directory, the Redis store its caching used (``cache_url`` in the effective config it wrote,
-    ``adapter_config.yaml``), else its ``cache/`` directory; any other directory is a cache directory itself.
+    directory, the store its caching used, by the rule the proxy used (:meth:`AdapterConfig.cache_dir`): the
+    caching interceptor's ``cache_url`` or ``cache_dir``, else the adapter's ``caching_dir``, as the effective
+    config it wrote (``adapter_config.yaml``) says, else its ``cache/`` directory; any other directory is a cache
+    directory itself.
 
     A run's URL whose password the run dir keeps redacted cannot be opened from there: ``StoreUnavailableError``
     says to give the URL itself. An effective config that cannot be read raises ``ConfigError``."""
     if is_url(where):
         return str(where)
     run_dir = Path(where)
-    url = _cache_url_of(run_dir)
-    if url is not None:
-        if REDACTED in url:
-            raise StoreUnavailableError(f"the run in {run_dir} used the store {url}, whose credentials the run "
-                                        "directory does not keep: give the store's URL itself")
-        return url
+    configured = _cache_of(run_dir)
+    if configured is not None and is_url(configured):
+        if REDACTED in configured:
+            raise StoreUnavailableError(f"the run in {run_dir} used the store {configured}, whose credentials the "
+                                        "run directory does not keep: give the store's URL itself")
+        return configured
+    if configured is not None and (run_dir / configured).is_dir():
+        return run_dir / configured  # an absolute path stays itself
     return run_dir / "cache" if (run_dir / "cache").is_dir() else run_dir
 
 
-def _cache_url_of(run_dir: Path) -> str | None:
-    """The ``cache_url`` of the first enabled caching interceptor in a run directory's effective config, if any.
-    Only that entry is read (the rest of a run's config may be of another version, or hostile): nothing it names is
-    imported or acted on."""
+def _cache_of(run_dir: Path) -> str | None:
+    """Where a run directory's effective config says its cache was: the first enabled caching interceptor's
+    ``cache_url`` or ``cache_dir``, else the adapter's ``caching_dir``. Only those entries are read (the rest of a
+    run's config may be of another version, or hostile): nothing it names is imported or acted on."""
     from evalproxy.adapter.core.loads import read_yaml
     from evalproxy.adapter.server.output import CONFIG_FILE
 
@@ -71,13 +75,19 @@ def _cache_url_of(run_dir: Path) -> str | None:
         return None
     doc = read_yaml(path)
     adapter = doc.get("adapter_config") if isinstance(doc, dict) else None
-    interceptors = adapter.get("interceptors") if isinstance(adapter, dict) else None
+    if not isinstance(adapter, dict):
+        return None
+    interceptors = adapter.get("interceptors")
     for ic in interceptors if isinstance(interceptors, list) else []:
         if isinstance(ic, dict) and ic.get("name") == "caching" and ic.get("enabled", True) is not False:
             config = ic.get("config")
-            url = config.get("cache_url") if isinstance(config, dict) else None
-            return url if isinstance(url, str) and url else None
-    return None
+            for key in ("cache_url", "cache_dir"):
+                value = config.get(key) if isinstance(config, dict) else None
+                if isinstance(value, str) and value:
+                    return value
+            break
+    caching_dir = adapter.get("caching_dir")
+    return caching_dir if isinstance(caching_dir, str) and caching_dir else None
 
 
 async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, int]:
