@@ -306,14 +306,14 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             if self.store is not None and self._filling:
                 await self.guard.io("write", self.store.renew(list(self._filling), owner=self.owner))
 
-    async def _count_stored(self) -> None:
+    async def _know_what_is_stored(self) -> None:
         """Once per run: how many answers and pairs the store already holds (the caps count from there). The count
         runs in a task of its own: a caller that is cancelled meanwhile leaves it to finish for the others."""
         if self._counted is None:
-            self._counted = asyncio.ensure_future(self._count_store())
+            self._counted = asyncio.ensure_future(self._read_stored_counts())
         await asyncio.shield(self._counted)
 
-    async def _count_store(self) -> None:
+    async def _read_stored_counts(self) -> None:
         assert self.store is not None
         ok, answers = await self.guard.io("read", self.store.count_answers())
         ok2, pairs = await self.guard.io("read", self.store.count_pairs())
@@ -325,7 +325,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         assert self.store is not None
         p = self.params
         if self._counted is None or not self._counted.done():
-            await self._count_stored()
+            await self._know_what_is_stored()
         save_answer = self.save_responses and (self.max_saved_responses is None
                                                or self._answers < self.max_saved_responses)
         pair = None
