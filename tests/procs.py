@@ -1,10 +1,14 @@
-"""Starting ``evalproxy serve`` as a real process, for tests that need signals, SIGKILL or a separate heap."""
+"""Starting ``evalproxy serve`` as a real process, for tests that need signals, SIGKILL or a separate heap, and asking
+it a question over a real socket."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from typing import Any
+
+import aiohttp
 
 
 async def start_serve(*args: str, start_within: float = 30) -> tuple[asyncio.subprocess.Process, str]:
@@ -47,3 +51,17 @@ class ServeProcesses:
                 p.send_signal(signal.SIGTERM)
         for p in self.procs:
             await asyncio.wait_for(p.communicate(), 30)
+
+
+async def ask(url: str, body: dict[str, Any], session: aiohttp.ClientSession | None = None) -> tuple[str, str]:
+    """(answer text, ``X-EvalProxy-Cache``) of one chat request to the proxy at ``url``; fails on anything but 200."""
+    own = session is None
+    s = aiohttp.ClientSession() if session is None else session
+    try:
+        async with s.post(f"{url}/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            data = await resp.json()
+            return str(data["choices"][0]["message"]["content"]), resp.headers.get("X-EvalProxy-Cache", "")
+    finally:
+        if own:
+            await s.close()

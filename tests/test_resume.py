@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
 from evalproxy.storage.disk import CacheStore
+from tests import procs
 from tests.procs import start_serve
 
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
@@ -39,10 +40,7 @@ def write_config(tmp_path: Path, name: str) -> Path:
 
 
 async def ask(session: aiohttp.ClientSession, url: str, prompt: str) -> str:
-    async with session.post(f"{url}/v1/chat/completions", json=body(prompt)) as resp:
-        assert resp.status == 200
-        data = await resp.json()
-        return str(data["choices"][0]["message"]["content"])
+    return (await procs.ask(url, body(prompt), session))[0]
 
 
 def prompts_seen(sim: SimulatedModel, since: int) -> list[str]:

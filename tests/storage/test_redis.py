@@ -14,6 +14,7 @@ from evalproxy.storage import DiskStore, is_url, open_store
 from evalproxy.storage.base import MAX_FAILURES, Failure, SavedPair, StoredAnswer
 from evalproxy.storage.redis import RedisStore, StoreUnavailableError, parse_location
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+from tests.waiting import wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 pytestmark = needs_redis
@@ -153,11 +154,11 @@ class TestLeaseDeadline:
         lease = store._lease("k", 0)
         await store.redis.set(lease, f"{await store_ms(store) + 800}|someone|elsewhere|1")
         assert not (await store.acquire("k", 0, owner="b")).leased
-        for _ in range(400):  # bounded: 20 s
-            if (claim := await store.acquire("k", 0, owner="b")).leased:
-                break
-            await asyncio.sleep(0.05)
-        assert claim.leased and await store.redis.pttl(lease) > 0
+        async def taken() -> bool:
+            return (await store.acquire("k", 0, owner="b")).leased
+
+        await wait_until(taken, what="the planted lease's deadline to pass", seconds=20, every=0.05)
+        assert await store.redis.pttl(lease) > 0
 
     async def test_deadline_beyond_one_lease_is_taken_over(self, store: RedisStore) -> None:
         """A deadline further ahead than one lease (no holder sets one) is not believed: the lease is taken."""
@@ -175,10 +176,10 @@ class TestLeaseDeadline:
         assert (await store.claim("k", "r", sampled=False, reuse=True, owner="a")).leased
         lease = store._lease("k", 0)
         first = int((await store.redis.get(lease)).split(b"|")[0])
-        for _ in range(200):  # bounded: 2 s; the store's clock moves on before the renewal
-            if await store_ms(store) > first - 990:
-                break
-            await asyncio.sleep(0.01)
+        async def moved_on() -> bool:  # the store's clock moves on before the renewal
+            return await store_ms(store) > first - 990
+
+        await wait_until(moved_on, what="the store's clock to move on", seconds=2, every=0.01)
         await store.renew([("k", 0)], owner="a")
         assert int((await store.redis.get(lease)).split(b"|")[0]) > first
         assert not (await store.acquire("k", 0, owner="b")).leased

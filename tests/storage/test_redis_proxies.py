@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from evalproxy.cli import main
 from evalproxy.simulator import SimulatedModel
+from tests import procs
 from tests.procs import ServeProcesses
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
 from tests.waiting import wait_until
@@ -39,10 +40,7 @@ def config(tmp_path: Path, name: str, extra: dict[str, Any] | None = None) -> Pa
 
 
 async def ask(url: str, body: dict[str, Any] = PROMPT) -> tuple[str, str]:
-    """(answer text, X-EvalProxy-Cache) of one request; fails on anything but 200."""
-    async with aiohttp.ClientSession() as s, s.post(f"{url}/v1/chat/completions", json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        return str((await resp.json())["choices"][0]["message"]["content"]), resp.headers.get("X-EvalProxy-Cache", "")
+    return await procs.ask(url, body)
 
 
 async def answers(url: str, times: int, body: dict[str, Any] = PROMPT) -> list[str]:

@@ -46,9 +46,10 @@ def secret_header(name: str) -> bool:
 
 
 def safe_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Headers fit to store: secrets and hop-by-hop headers removed."""
+    """Headers fit to store: secrets (cookies included), hop-by-hop and CORS headers removed."""
     # str(k): multidict's case-insensitive keys are a str subclass that JSON encoders refuse.
-    return {str(k): v for k, v in headers if k.lower() not in HOP_BY_HOP and not secret_header(k)}
+    return {str(k): v for k, v in headers
+            if k.lower() not in HOP_BY_HOP and not k.lower().startswith("access-control-") and not secret_header(k)}
 
 
 def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,13 +16,17 @@ from evalproxy.adapter.core.redact import redact_url
 from evalproxy.adapter.server.prometheus import CONTENT_TYPE
 from evalproxy.adapter.server.proxy import Proxy
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(obj), content_type="application/json")
 
 
-def add_admin_routes(app: web.Application, proxy: Proxy) -> None:
-    """``GET /health``, ``GET /metrics`` and ``POST /adapterserver/run-post-hook`` for ``proxy``."""
+def add_admin_routes(app: web.Application, proxy: Proxy,
+                     wrap: Callable[[Handler], Handler] = lambda handler: handler) -> None:
+    """``GET /health``, ``GET /metrics`` and ``POST /adapterserver/run-post-hook`` for ``proxy``, each handler passed
+    through ``wrap`` (the app's site guard)."""
 
     async def health(request: web.Request) -> web.Response:
         return json_response({
@@ -50,6 +55,6 @@ def add_admin_routes(app: web.Application, proxy: Proxy) -> None:
         return json_response({"status": "success", "message": "Post-eval hooks executed successfully",
                               "hooks": results})
 
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/adapterserver/run-post-hook", run_post_hook)
+    app.router.add_get("/health", wrap(health))
+    app.router.add_get("/metrics", wrap(metrics))
+    app.router.add_post("/adapterserver/run-post-hook", wrap(run_post_hook))

@@ -6,8 +6,9 @@
     *    /{anything}                  proxied through the chain: the OpenAI-compatible paths, GET and POST, and
                                       what server.forward_paths / forward_methods add
 
-Every route is behind the site guard (:mod:`evalproxy.adapter.server.guard`): Host, Origin and Content-Type are
-checked before anything else is read.
+Every route is behind the site guard (:mod:`evalproxy.adapter.server.guard`, each route's own first check rather
+than an aiohttp middleware, which costs more per request): Host, Origin and Content-Type are checked before
+anything else is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from evalproxy.adapter.core.errors import (
 from evalproxy.adapter.registry.registry import Resolved
 from evalproxy.adapter.server.admin import add_admin_routes
 from evalproxy.adapter.server.forwarding import OPAQUE_TYPES
-from evalproxy.adapter.server.guard import SitePolicy, install_guard
+from evalproxy.adapter.server.guard import SitePolicy, add_cors, guarded
 from evalproxy.adapter.server.proxy import Proxy
 
 PROXY: web.AppKey[Proxy] = web.AppKey("evalproxy", Proxy)
@@ -40,11 +41,12 @@ def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id
     app = web.Application(client_max_size=loaded.server.max_request_bytes, handler_args={"max_field_size": 65536})
     app[PROXY] = proxy
     s = loaded.server
-    install_guard(app, SitePolicy(bind=s.host, allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
-                                  opaque_types=OPAQUE_TYPES, cors_methods=", ".join(s.forward_methods)), refusal)
+    policy = SitePolicy(bind=s.host, allowed_hosts=s.allowed_hosts, allowed_origins=s.allowed_origins,
+                        opaque_types=OPAQUE_TYPES, cors_methods=", ".join(s.forward_methods))
+    add_cors(app, policy)
     app.cleanup_ctx.extend(proxy.cleanup_contexts())
-    add_admin_routes(app, proxy)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    add_admin_routes(app, proxy, lambda handler: guarded(handler, policy, refusal))
+    app.router.add_route("*", "/{tail:.*}", guarded(proxy.handle, policy, refusal))
     return app
 
 _SITE_ERRORS: dict[int, type[ProxyError]] = {

@@ -4,8 +4,8 @@ The proxy holds the user's API key and adds it to what it forwards, so it forwar
 nothing else: the OpenAI-compatible paths (with or without ``/v1``), plus the ones ``server.forward_paths`` adds,
 with the methods ``server.forward_methods`` names (GET and POST). A path is taken only in normal form: a ``.`` or
 ``..`` segment, an empty segment, a backslash or an encoded slash could otherwise walk out of the upstream's base
-path once joined to it. Upstream headers that act on a browser (cookies, CORS) are never passed back: the proxy
-answers CORS itself.
+path once joined to it. (Upstream headers that act on a browser, cookies and CORS, are dropped by the transport and
+never stored: the proxy answers CORS itself.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict
 
 from evalproxy.adapter.config.schema import ServerConfig
 from evalproxy.adapter.core.errors import BadRequestError, NotForwardedError, PayloadTooLargeError
@@ -35,7 +34,6 @@ OPAQUE_TYPES = ("multipart/", "audio/", "image/", "video/")
 """Bodies of these types go upstream untouched and unparsed (audio uploads, images); every other body is JSON."""
 OFF_LOOP_BYTES = 256 * 1024
 """A body larger than this is parsed in a thread: a 60 MiB request must not stall every other one."""
-_BROWSER_HEADERS = ("set-cookie", "set-cookie2")
 _BAD_RAW = ("\\", "%2f", "%5c", "%00", "\x00")
 
 
@@ -135,14 +133,3 @@ def count_containers(raw: bytes, limit: int) -> int:
         return int(done.stdout)
     except (ValueError, subprocess.TimeoutExpired, OSError):
         return limit + 1  # the counter died (out of memory) or took too long: the body is too much here too
-
-
-def outgoing_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
-    """``headers`` without what acts on a browser (Set-Cookie, Access-Control-*); copied only when needed."""
-    drop = [k for k in headers if k.lower().startswith(("access-control-", *_BROWSER_HEADERS))]
-    if not drop:
-        return headers
-    out = headers.copy()
-    for k in drop:
-        out.popall(k, None)
-    return out

@@ -28,7 +28,7 @@ from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
 from evalproxy.adapter.registry.registry import Resolved, resolve
-from evalproxy.adapter.server.forwarding import OFF_LOOP_BYTES, Forwarding, outgoing_headers, parse_body
+from evalproxy.adapter.server.forwarding import OFF_LOOP_BYTES, Forwarding, parse_body
 from evalproxy.adapter.server.lifecycle import open_run, run_hooks
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile, write_effective_config
 from evalproxy.adapter.server.prometheus import Prometheus
@@ -221,7 +221,7 @@ class Proxy:
             if resp.stream is not None:
                 out, status = await write_stream(request, ctx, resp, self.prometheus, hide_usage=hide_usage)
                 return out
-            return web.Response(status=resp.status, headers=outgoing_headers(resp.headers), body=resp.body)
+            return web.Response(status=resp.status, headers=resp.headers, body=resp.body)
         finally:
             self.in_flight -= 1
             self.answered += 1
@@ -246,8 +246,11 @@ class Proxy:
         self.forwarding.check(request.method, request.raw_path, path)
         server = self.run.server
         try:
-            async with asyncio.timeout(server.client_body_timeout):
+            if request.content.is_eof():  # the whole body came with the headers (the usual case): nothing to wait for
                 raw = await request.read()
+            else:
+                async with asyncio.timeout(server.client_body_timeout):
+                    raw = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
             raise PayloadTooLargeError(
                 f"request body is larger than max_request_bytes ({server.max_request_bytes} bytes)"

@@ -21,7 +21,6 @@ from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.sse import Event
-from evalproxy.adapter.server.forwarding import outgoing_headers
 from evalproxy.adapter.server.prometheus import Prometheus
 
 log = logging.getLogger("evalproxy.server")
@@ -110,7 +109,7 @@ async def write_stream(request: web.Request, ctx: RequestContext | None, resp: P
     and the cache stores it once whole.
     """
     assert resp.stream is not None
-    out = web.StreamResponse(status=resp.status, headers=outgoing_headers(resp.headers))
+    out = web.StreamResponse(status=resp.status, headers=resp.headers)
     status = resp.status
     sink = ClientStream(out)
     try:

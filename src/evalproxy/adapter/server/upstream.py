@@ -42,7 +42,9 @@ _ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/mode
 # Client headers that must not be forwarded: hop-by-hop ones, and those aiohttp computes itself.
 _DROP_REQUEST = HOP_BY_HOP | {"accept-encoding"}
 # Upstream headers that must not reach the client: aiohttp already decompressed the body and aiohttp.web frames it.
-_DROP_RESPONSE = HOP_BY_HOP | {"content-encoding"}
+_DROP_RESPONSE = HOP_BY_HOP | {"content-encoding", "set-cookie", "set-cookie2"}
+# ... and what acts on a browser: the proxy answers CORS itself (docs/security.md), never the upstream for it.
+_BROWSER_PREFIX = "access-control-"
 # aiohttp sends bytes above this size as a stream (from a BytesIO), so a large body never holds the event loop.
 _LARGE_BODY = 1 << 20
 
@@ -206,7 +208,8 @@ class UpstreamTransport:
         t0 = time.perf_counter()
         resp = await self._send(ctx, url, body)
         out_headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in resp.headers.items() if k.lower() not in _DROP_RESPONSE
+            (k, v) for k, v in resp.headers.items()
+            if (low := k.lower()) not in _DROP_RESPONSE and not low.startswith(_BROWSER_PREFIX)
         )
         if resp.status == 200 and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
             ctx.state[UPSTREAM_SECONDS] = time.perf_counter() - t0
