@@ -137,6 +137,27 @@ class SitePolicy:
         allowed, anything = self._origins
         return anything or _origin_key(origin) in allowed
 
+    @cached_property
+    def _memo(self) -> dict[tuple[str, str | None], bool]:
+        return {}
+
+    def _remembered(self, kind: str, value: str | None, decide: Callable[[str | None], bool]) -> bool:
+        """``decide(value)``, remembered: every request of a run names the same Host and Content-Type (bounded, so a
+        client sending ever new values costs only the deciding)."""
+        memo = self._memo
+        found = memo.get((kind, value))
+        if found is None:
+            found = decide(value)
+            if len(memo) < 256:
+                memo[(kind, value)] = found
+        return found
+
+    def host_ok(self, host_header: str | None) -> bool:
+        return self._remembered("host", host_header, self.host_allowed)
+
+    def body_ok(self, content_type: str | None) -> bool:
+        return self._remembered("type", content_type, lambda c: self.is_json(c) or self.is_opaque(c))
+
     def is_json(self, content_type: str | None) -> bool:
         if content_type is None:
             return True
@@ -152,7 +173,7 @@ def refusal(policy: SitePolicy, request: web.BaseRequest, deny: Deny) -> web.Str
     look-ups for what every client sends; called first by every route (see the module's doc)."""
     headers = request.headers
     host = headers.get("Host")
-    if not policy.host_allowed(host):
+    if not policy.host_ok(host):
         return deny(421, "host_not_allowed",
                     f"Host {host!r} is not this server's: a page that rebinds a name to this machine cannot use it. "
                     "If you reach this server by that name, allow it (--allowed-host / server.allowed_hosts).")
@@ -170,7 +191,7 @@ def refusal(policy: SitePolicy, request: web.BaseRequest, deny: Deny) -> web.Str
         return deny(403, "origin_not_allowed", "requests from another site's web page are refused")
     if request.method in _BODY_METHODS and request.body_exists:
         ctype = headers.get("Content-Type")
-        if not policy.is_json(ctype) and not policy.is_opaque(ctype):
+        if not policy.body_ok(ctype):
             return deny(415, "unsupported_media_type",
                         f"the body must be JSON (Content-Type: application/json), not {ctype!r}")
     return None
