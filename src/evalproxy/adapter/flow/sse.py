@@ -55,11 +55,14 @@ _UNSET: Any = object()
 class Event:
     """One server-sent event: its bytes and, parsed on first use and then kept, its JSON payload."""
 
-    __slots__ = ("_json", "_raw")
+    __slots__ = ("_json", "_raw", "more")
 
-    def __init__(self, raw: bytes | None = None, json: Any = _UNSET) -> None:
+    def __init__(self, raw: bytes | None = None, json: Any = _UNSET, *, more: bool = False) -> None:
         self._raw = raw
         self._json = json
+        self.more = more
+        """A hint from the transport: another event came in the same network read, right behind this one (the
+        server may write both at once). A layer that makes a new event leaves it False: written at once."""
 
     @classmethod
     def of(cls, payload: Any) -> Event:

@@ -103,9 +103,10 @@ class SSEReader:
                 held = len(rest)
                 if rest:
                     parts.append(rest)
-                for data in events:
+                last = len(events) - 1
+                for j, data in enumerate(events):
                     if data and not data.isspace():
-                        yield Event(data + b"\n\n")
+                        yield Event(data + b"\n\n", more=j < last)
                 if held > max_event:  # after the events that did end
                     raise event_too_large(max_event)
             if (buf := b"".join(parts)).strip():  # a last event the upstream did not end with a blank line
