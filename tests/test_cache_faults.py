@@ -100,6 +100,9 @@ class TestDiskFaults:
         await asyncio.to_thread(subprocess.run, ["umount", "-l", str(cache)], capture_output=True)
 
 
+@pytest.mark.slow
+
+
 async def test_two_processes_share_one_cache(tmp_path: Path) -> None:
     """Two proxy processes writing one cache directory at once lose and corrupt nothing."""
     logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -22,6 +22,9 @@ from evalproxy.simulator import SimulatedModel
 from tests.procs import start_serve
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
+
 PLUGINS = str(Path(__file__).parent / "adapter" / "plugins")
 MSGS = [{"role": "user", "content": "hello"}]
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from evalproxy.simulator import Fault, SimulatedModel
 from tests.waiting import wait_until
@@ -45,6 +46,8 @@ class TestUpstreamFaults:
         resp = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS, "stream": True})
         events = data_events(await resp.read())
         assert orjson.loads(events[-1])["error"]["code"] == "upstream_timeout"
+
+    @pytest.mark.slow
 
     async def test_a_stream_longer_than_request_timeout_but_never_silent_completes(
         self, make_proxy: Any, sim: SimulatedModel

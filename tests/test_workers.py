@@ -12,11 +12,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
 from evalproxy.simulator import SimulatedModel
 from tests.procs import start_serve
+
+pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
+
 
 PROMPT = {"model": "m", "messages": [{"role": "user", "content": "Write a haiku."}], "temperature": 0.8}
 
