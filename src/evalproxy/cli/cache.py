@@ -57,8 +57,9 @@ async def _cache(args: argparse.Namespace) -> int:
         if src is None:
             return 1
         if args.action == "clear" and not is_url(args.dir) and _outside(src, Path(args.dir)):
-            print(f"evalproxy: the run in {args.dir} used the store {src}, outside it (shared, or named by its "
-                  "config): to clear it, name it itself", file=sys.stderr)
+            print(f"evalproxy: the run in {args.dir} used the shared store {src}: to clear it, give its URL"
+                  if is_url(src) else f"evalproxy: the run in {args.dir} used the cache {src}, outside it: to clear "
+                  "it, name that directory", file=sys.stderr)
             return EXIT_CONFIG
         store = await asyncio.to_thread(open_store, src)
         opened.append(store)

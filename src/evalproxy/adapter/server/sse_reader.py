@@ -103,10 +103,9 @@ class SSEReader:
                 held = len(rest)
                 if rest:
                     parts.append(rest)
-                last = len(events) - 1
-                for j, data in enumerate(events):
+                for j, data in enumerate(events, 1 - len(events)):  # j < 0: another event follows in this read
                     if data and not data.isspace():
-                        yield Event(data + b"\n\n", more=j < last)
+                        yield Event(data + b"\n\n", more=j < 0)
                 if held > max_event:  # after the events that did end
                     raise event_too_large(max_event)
             if (buf := b"".join(parts)).strip():  # a last event the upstream did not end with a blank line
