@@ -193,6 +193,14 @@ class TestWholeAnswers:
         resp = await through(make(run), ProxyResponse.from_json(body), "/v1/completions")
         assert [c["text"] for c in resp.json["choices"]] == [ANSWER, "b"]
 
+    async def test_every_choice_is_stripped_without_indexes(self, run: RunContext) -> None:
+        """n > 1 choices that carry no index (as NeMo Evaluator's own tests send them) are each stripped, not only
+        the first (issue 21)."""
+        body = {"choices": [{"message": {"role": "assistant", "content": f"<think>Reasoning {k}</think>Answer {k}"}}
+                            for k in (1, 2)]}
+        resp = await through(make(run), ProxyResponse.from_json(body))
+        assert [c["message"]["content"] for c in resp.json["choices"]] == ["Answer 1", "Answer 2"]
+
     async def test_untouched_answer_keeps_its_bytes(self, run: RunContext) -> None:
         """An answer without reasoning keeps the upstream's exact bytes."""
         raw = b'{"choices": [{"index": 0, "message": {"content": "4"}}],   "z": 1}'

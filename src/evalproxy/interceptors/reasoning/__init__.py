@@ -369,12 +369,12 @@ class _Strip(AnswerHandler):
         elif not self.template:
             self.template = {k: obj[k] for k in ("id", "object", "created", "model") if k in obj}
         changed = False
-        for ch in choices:
+        for pos, ch in enumerate(choices):
             if not isinstance(ch, dict):
                 continue
-            i = ch.get("index", 0)
+            i = ch.get("index", pos)  # an answer may leave out the index (NeMo's tests do): its place in the list
             if not isinstance(i, int):
-                i = 0
+                i = pos
             c = self.choices.get(i) or self.choice(i, whole)
             part = ch.get("message") if whole else ch.get("delta")
             if isinstance(part, dict):
