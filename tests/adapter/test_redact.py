@@ -20,3 +20,17 @@ class TestRedactUrl:
     def test_credentials_are_removed(self, url: str | None, expected: str | None) -> None:
         """User info and key-like query values never show; the host (an IPv6 one in brackets) and the rest stay."""
         assert redact_url(url) == expected
+
+
+class TestRedactObj:
+    def test_rename_maps_hold_names_not_secrets(self) -> None:
+        """A headers_to_rename map keeps its header names (X-Old-Auth -> X-New-Auth is no secret), while an auth
+        header's value elsewhere is still redacted (issue 21)."""
+        from evalproxy.adapter.core.redact import REDACTED, redact_obj
+
+        cfg = {"headers_to_rename": {"X-Old-Auth": "X-New-Auth"}, "params_to_rename": {"api_key": "key_name"},
+               "headers_to_add": {"X-Auth-Token": "s3cret"}}
+        out = redact_obj(cfg)
+        assert out["headers_to_rename"] == {"X-Old-Auth": "X-New-Auth"}
+        assert out["params_to_rename"] == {"api_key": "key_name"}
+        assert out["headers_to_add"] == {"X-Auth-Token": REDACTED}

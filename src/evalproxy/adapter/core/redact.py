@@ -84,9 +84,13 @@ def redact_obj(obj: Any, secrets: Iterable[str] = ()) -> Any:
     return _redact(obj, secret_values)
 
 
+_RENAME_MAPS = ("_to_rename",)
+"""Config fields whose mapping renames headers or params: what they hold are names."""
+
+
 def _redact(obj: Any, secrets: list[str]) -> Any:
     if isinstance(obj, Mapping):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in obj.items():
             key = str(k)
             secret_field = bool(_SECRET_FIELD.search(key)) and not _NAME_FIELD.search(key)
@@ -94,6 +98,10 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
                 out[k] = REDACTED
             elif isinstance(v, str) and "://" in v and "@" in v:
                 out[k] = redact_url(redact_text(v, secrets)) or v
+            elif key.endswith(_RENAME_MAPS) and isinstance(v, Mapping):
+                # A rename map's keys and values are names (X-Old-Auth -> X-New-Auth), never secrets.
+                out[k] = {name: redact_text(new, secrets) if isinstance(new, str) else _redact(new, secrets)
+                          for name, new in v.items()}
             else:
                 out[k] = _redact(v, secrets)
         return out
