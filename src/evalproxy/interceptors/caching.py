@@ -61,8 +61,6 @@ from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.storage import Claim, Failure, SavedPair, Store, StoredAnswer, cache_key, is_url, open_store
 from evalproxy.storage.base import LEASE_SECONDS
 
-LARGE_BODY_BYTES = 256 * 1024
-"""A request body larger than this is keyed in a thread."""
 log = logging.getLogger("evalproxy.caching")
 
 CACHE_HEADER = "X-EvalProxy-Cache"
@@ -197,7 +195,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             return await call_next(ctx)
         if store is None:  # the cache could not be opened: pass through
             return await self._without_store(ctx, call_next)
-        if len(ctx.raw) > LARGE_BODY_BYTES:  # keying a 60 MiB body takes seconds: not on the event loop
+        if ctx.is_large:  # keying a 60 MiB body takes seconds: not on the event loop
             key = await asyncio.to_thread(cache_key, ctx.path, body, ctx.query)
         else:
             key = cache_key(ctx.path, body, ctx.query)

@@ -34,7 +34,7 @@ from evalproxy.adapter.core.errors import (
     JobsNotFoundError,
     JobsUnauthorizedError,
 )
-from evalproxy.adapter.server.guard import SitePolicy, install_guard
+from evalproxy.adapter.server.guard import Handler, SitePolicy, install_guard
 from evalproxy.jobs import launch
 from evalproxy.jobs.files import Downloads
 from evalproxy.jobs.models import (
@@ -66,7 +66,6 @@ RESOURCE_FILTERS = {"namespace": "namespace", "name": "name"}
 MAX_JSON_DEPTH = 64
 """Deepest nesting of a request body: deeper is a 400 (a record must stay within what orjson writes back)."""
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _dumps(obj: Any) -> str:

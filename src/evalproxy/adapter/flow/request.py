@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from evalproxy.adapter.flow.run import RunContext
 
 
+OFF_LOOP_BYTES = 256 * 1024
+"""A request body larger than this is parsed, keyed and serialised in a thread: a 60 MiB request must not stall
+every other one."""
+
+
 def _never() -> bool:
     return False
 
@@ -93,6 +98,11 @@ class RequestContext:
     def kind(self) -> str:
         """What the request asks for, from its path: chat, completions, embeddings, models, responses or other."""
         return request_kind(self.path)
+
+    @property
+    def is_large(self) -> bool:
+        """Whether the client's body is large enough that work on it is done off the event loop."""
+        return len(self.raw) > OFF_LOOP_BYTES
 
     @property
     def is_stream_request(self) -> bool:

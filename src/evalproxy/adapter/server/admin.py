@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,10 +13,9 @@ from aiohttp import web
 
 from evalproxy.adapter.core.errors import UnauthorizedError
 from evalproxy.adapter.core.redact import redact_url
+from evalproxy.adapter.server.guard import Handler
 from evalproxy.adapter.server.prometheus import CONTENT_TYPE
 from evalproxy.adapter.server.proxy import Proxy
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:

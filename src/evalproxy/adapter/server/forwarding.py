@@ -22,6 +22,7 @@ from aiohttp import web
 from evalproxy.adapter.config.schema import ServerConfig
 from evalproxy.adapter.core.errors import BadRequestError, NotForwardedError, PayloadTooLargeError
 from evalproxy.adapter.flow.frozen import NestingError, freeze
+from evalproxy.adapter.flow.request import OFF_LOOP_BYTES
 from evalproxy.adapter.server.guard import matches_any
 
 OPENAI_PATHS = (
@@ -32,8 +33,6 @@ OPENAI_PATHS = (
 DEFAULT_FORWARD_PATHS = tuple(f"/v1/{p}" for p in OPENAI_PATHS) + tuple(f"/{p}" for p in OPENAI_PATHS)
 OPAQUE_TYPES = ("multipart/", "audio/", "image/", "video/")
 """Bodies of these types go upstream untouched and unparsed (audio uploads, images); every other body is JSON."""
-OFF_LOOP_BYTES = 256 * 1024
-"""A body larger than this is parsed in a thread: a 60 MiB request must not stall every other one."""
 _BAD_RAW = ("\\", "%2f", "%5c", "%00", "\x00")
 
 

@@ -28,7 +28,7 @@ from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
 from evalproxy.adapter.registry.registry import Resolved, resolve
-from evalproxy.adapter.server.forwarding import OFF_LOOP_BYTES, Forwarding, parse_body
+from evalproxy.adapter.server.forwarding import Forwarding, parse_body
 from evalproxy.adapter.server.lifecycle import open_run, run_hooks
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile, write_effective_config
 from evalproxy.adapter.server.prometheus import Prometheus
@@ -229,11 +229,6 @@ class Proxy:
                 self.errors += 1
             self.prometheus.in_flight.dec()
             self._observe(request, ctx, resp, status)
-            if ctx is not None and len(ctx.raw) > OFF_LOOP_BYTES:
-                # Freeing a body of millions of objects takes as long as parsing it: in a thread, as that was.
-                last = [ctx]
-                del ctx
-                await asyncio.to_thread(last.clear)
 
     def _path(self, request: web.Request) -> str:
         """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""

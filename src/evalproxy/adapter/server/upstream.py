@@ -204,7 +204,7 @@ class UpstreamTransport:
         # upstream is always the request the cache key was made from. A large changed body is serialised in a thread.
         body: bytes | None = None
         if ctx.method not in ("GET", "HEAD"):
-            body = await asyncio.to_thread(ctx.body_bytes) if len(ctx.raw) > _LARGE_BODY else ctx.body_bytes()
+            body = await asyncio.to_thread(ctx.body_bytes) if ctx.is_large else ctx.body_bytes()
         t0 = time.perf_counter()
         resp = await self._send(ctx, url, body)
         out_headers: CIMultiDict[str] = CIMultiDict(
