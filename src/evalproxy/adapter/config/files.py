@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from evalproxy.adapter.config import completions
 from evalproxy.adapter.config.legacy import LEGACY_KEYS, convert_legacy
 from evalproxy.adapter.config.schema import (
     AdapterConfig,
@@ -205,6 +206,7 @@ def parse_config(
 
     server = _validated(ServerConfig, {**server_data, **raw_server}, "server", source)
     _check_top_level(adapter_data, prefix, source)
+    adapter_data = _guard_completions(adapter_data, prefix, source, warnings)
     adapter_data, chain_from = _chain_of(adapter_data, shared is not None, prefix, source, strict, default_chain,
                                          warnings)
     adapter = _validated(AdapterConfig, adapter_data, prefix, source)
@@ -228,6 +230,25 @@ def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> Non
             hint = f"; did you mean '{close[0]}'?" if close else ""
             p = f"{where}." if where else ""
             raise ConfigError(f"unknown adapter_config field '{key}'{hint}", field=f"{p}{key}", file=source)
+
+
+def _guard_completions(cfg: dict[str, Any], where: str, source: str | None, warnings: list[str]) -> dict[str, Any]:
+    """A completions config (``endpoint_type: completions``) holding chat-template controls, as NeMo 0.4 judges a
+    legacy adapter_config: a boolean toggle is an error naming the field (unless allowed by the environment); any
+    other such field is removed, with a warning."""
+    if str(cfg.get("endpoint_type", "chat")).strip().lower() != "completions":
+        return cfg
+    found = completions.scan(cfg, where)
+    if not found:
+        return cfg
+    what = "the adapter config of a completions endpoint"
+    if found.toggles and not completions.allowed_by_env():
+        raise ConfigError(completions.explain(found, what, fatal=True), field=found.toggles[0], file=source)
+    text = completions.explain(found, what, fatal=False)
+    log.warning("%s", text)
+    warnings.append(text)
+    stripped: dict[str, Any] = completions.strip(cfg)
+    return stripped
 
 
 def _check_mixing(cfg: dict[str, Any], where: str, source: str | None) -> None:
