@@ -219,7 +219,8 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
     warnings = list(loaded.warnings)
     try:
         reg = registry or Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
-        kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings}
+        kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings,
+                              "shape": loaded.shape}
         chain = resolve_interceptors(adapter, reg, **kw)
         ends = [(cls, params) for cls, params in chain if plugin_kind(cls) == "terminal"]
         if not ends:
@@ -236,8 +237,27 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
         raise
 
 
+def _of_version(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None, strict: bool,
+                warnings: list[str] | None, shape: str | None) -> dict[str, Any]:
+    """``config`` without the fields of another NeMo Evaluator version than the file's ``shape``: a file keeps the
+    meaning of its version, where such a field does nothing. Said in a warning, or, when ``strict``, an error naming
+    the version (a Params declares ``field_versions``: its fields that only one version has)."""
+    versions: dict[str, str] = getattr(cls.Params, "field_versions", {})
+    foreign = [n for n in config if shape is not None and versions.get(n, shape) != shape]
+    for name in foreign:
+        text = (f"{cls.name}: '{name}' is a NeMo Evaluator {versions[name]} field; this file is shaped as "
+                f"{shape}, where {cls.name} has no such field (it is ignored, as {shape} ignores it)")
+        if strict:
+            raise ConfigError(text, field=f"{field_path}.{name}", file=file)
+        log.warning("%s (%s.%s)", text, field_path, name)
+        if warnings is not None:
+            warnings.append(f"{field_path}.{name}: {text}")
+    return {k: v for k, v in config.items() if k not in foreign}
+
+
 def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None,
-            strict: bool = False, warnings: list[str] | None = None) -> Any:
+            strict: bool = False, warnings: list[str] | None = None, shape: str | None = None) -> Any:
+    config = _of_version(cls, config, field_path, file, strict, warnings, shape)
     for u in unknown_fields(cls.Params, config):
         text = u.describe(cls.name)
         if u.nemo:
@@ -257,7 +277,7 @@ def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str |
 
 def resolve_interceptors(
     adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
-    strict: bool = False, warnings: list[str] | None = None,
+    strict: bool = False, warnings: list[str] | None = None, shape: str | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled chain entry, its terminal (``endpoint``) included, in config
     order."""
@@ -265,7 +285,7 @@ def resolve_interceptors(
     out: list[tuple[type[Any], Any]] = []
     for i, ic in adapter.enabled_interceptors():
         cls = registry.interceptor(ic.name, field_path=f"{p}interceptors[{i}].name")
-        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings)))
+        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings, shape)))
     names = [cls.name for cls, _ in out]
     try:
         check_order(names, {cls.name: cls for cls, _ in out}, plugin_kind)
@@ -276,12 +296,12 @@ def resolve_interceptors(
 
 def resolve_hooks(
     adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
-    strict: bool = False, warnings: list[str] | None = None,
+    strict: bool = False, warnings: list[str] | None = None, shape: str | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled post-eval hook, in config order."""
     p = f"{prefix}." if prefix else ""
     out: list[tuple[type[Any], Any]] = []
     for i, h in adapter.enabled_hooks():
         cls = registry.hook(h.name, field_path=f"{p}post_eval_hooks[{i}].name")
-        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file, strict, warnings)))
+        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file, strict, warnings, shape)))
     return out
