@@ -22,7 +22,8 @@ from typing import Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from evalproxy.adapter.config import completions, nemo04
+import evalproxy.adapter.config.completions as completions
+import evalproxy.adapter.config.nemo04 as nemo04
 from evalproxy.adapter.config.legacy import LEGACY_KEYS, convert_legacy
 from evalproxy.adapter.config.schema import (
     AdapterConfig,

@@ -286,4 +286,12 @@ def snapshot_text(snapshot: dict[str, Any], source: str | None) -> str:
 
     header = (f"# The NeMo Evaluator 0.4-shaped config this run was served from ({source or 'no file'}), as written;\n"
               "# the effective chain and settings are in adapter_config.yaml.\n")
-    return header + yaml.safe_dump(redact_obj(snapshot), sort_keys=False)
+    def kept(obj: Any) -> Any:  # env references as written (no secret in them); every other value redacted
+        if isinstance(obj, dict):
+            return {k: v if isinstance(v, str) and _ENV_REF.match(v) else
+                    kept(v) if isinstance(v, dict | list) else redact_obj({k: v})[k] for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [kept(v) if isinstance(v, dict | list) else redact_obj([v])[0] for v in obj]
+        return obj
+
+    return header + yaml.safe_dump(kept(snapshot), sort_keys=False)
