@@ -87,3 +87,13 @@ class TestConfig:
         loaded = parse_config({"params_to_add": {"chat_template_kwargs": {"enable_thinking": False}}})
         assert loaded.adapter.interceptors[0].config["params_to_add"] == {
             "chat_template_kwargs": {"enable_thinking": False}}
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("1", True), ("true", True), ("YES", True), (" on ", True), ("0", False), ("", False), ("maybe", False)])
+def test_allow_variable(monkeypatch: pytest.MonkeyPatch, value: str, expected: bool) -> None:
+    """The allow variable's truthy spellings, as 0.4 reads them."""
+    from evalproxy.adapter.config.completions import allowed_by_env
+
+    monkeypatch.setenv(ALLOW_ENV_VAR, value)
+    assert allowed_by_env() is expected

@@ -80,3 +80,17 @@ async def test_switches_and_redaction(make_proxy: Any, tmp_path: Path, monkeypat
     assert line["request_body"].endswith("chars dropped]") and len(line["request_body"]) < 100
     raw = (tmp_path / "out" / "model_traffic.jsonl").read_bytes()
     assert SECRET.encode() not in raw and b"sk-body-1" not in raw
+
+
+@pytest.mark.timeout(30)
+async def test_broken_stream_is_a_failed_line(make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+    """A stream that broke off is recorded with no status and the reason (0.4's finish_error), not as a success."""
+    proxy = await make_proxy(chain(), max_retries=0)
+    sim.script(Fault(drop_after_events=2))
+    r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                       "stream": True})
+    await r.read()
+    await proxy.close()
+    (line,) = lines(tmp_path / "out" / "model_traffic.jsonl")
+    assert line["status_code"] is None and line["error_type"] == "stream_interrupted"
+    assert "message_content" not in line
