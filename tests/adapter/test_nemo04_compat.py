@@ -5,6 +5,20 @@ Each test states what NeMo does (0.2.8 at tag nemo-evaluator-v0.2.8; 0.4 at the 
 that evalproxy does the same, or differs where its docstrings say so. 0.4's own cases (tests/test_adapters/*,
 tests/test_completions_guard.py, tests/test_engine/test_model_traffic_capture.py) are rewritten here and in
 tests/interceptors/test_{completions_guard,model_traffic,traffic_log}.py against real servers.
+
+Not replayed, and why:
+* test_cache_keys.py golden keys (test_golden_key_simple, test_golden_key_with_tools) and
+  test_key_ignores_irrelevant_fields: evalproxy keeps its own, stricter key (whole body and path); the difference is
+  checked in TestCaching04.test_key_differences instead;
+* test_disk_cache.py: 0.4's sqlite ``adapter_cache.db``; evalproxy's store is its own (tests/storage);
+* test_proxy.py's ``/s/<id>/`` session path tests: evalproxy forwards paths unchanged and takes the session from the
+  ``X-Session-Id`` header;
+* test_model_traffic_capture.py's spool and drained-session tests (spools_and_flushes_session, dropped/drained/
+  empty session, append_after_consumption) and the inference-stats half of writes_compact_log_and_inference_stats:
+  0.4's engine spools one file per session to fold into its trajectories; evalproxy writes one model_traffic.jsonl;
+* test_completions_guard.py's build_legacy_run_config tests: 0.4's container environment; the same rule on a
+  completions adapter config is TestConfig in tests/interceptors/test_completions_guard.py;
+* no 0.4 test exercises ``logging`` itself; its registry name is test_registry_knows_04_names.
 """
 
 from __future__ import annotations

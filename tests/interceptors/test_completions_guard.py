@@ -97,3 +97,17 @@ def test_allow_variable(monkeypatch: pytest.MonkeyPatch, value: str, expected: b
 
     monkeypatch.setenv(ALLOW_ENV_VAR, value)
     assert allowed_by_env() is expected
+
+    def test_04_completions_service(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A 0.4 completions service whose extra_body sets a toggle is refused naming the key as written; allowed, it
+        is removed from the chain's payload_modifier."""
+        data = {"services": {"m": {"url": "http://x/v1/completions", "protocol": "completions", "proxy": {
+            "extra_body": {"chat_template_kwargs": {"enable_thinking": False}, "top_k": 5}}}}}
+        with pytest.raises(ConfigError) as e:
+            parse_config(data)
+        assert e.value.field == "services.m.proxy.extra_body.chat_template_kwargs"
+        monkeypatch.setenv(ALLOW_ENV_VAR, "1")
+        loaded = parse_config(data)
+        modifier = next(i for i in loaded.adapter.interceptors if i.name == "payload_modifier")
+        assert modifier.config == {"params_to_add": {"top_k": 5}}
+        assert any("removed" in w for w in loaded.warnings)

@@ -94,3 +94,15 @@ async def test_broken_stream_is_a_failed_line(make_proxy: Any, sim: SimulatedMod
     (line,) = lines(tmp_path / "out" / "model_traffic.jsonl")
     assert line["status_code"] is None and line["error_type"] == "stream_interrupted"
     assert "message_content" not in line
+
+
+@pytest.mark.timeout(30)
+async def test_unreachable_upstream_is_recorded(make_proxy: Any, tmp_path: Path) -> None:
+    """A call the upstream never answered (connection refused) still gets its line, with the proxy's own error
+    (0.4's test_client_error_final_failure_records_model_traffic)."""
+    proxy = await make_proxy(chain(), upstream_url="http://127.0.0.1:9/v1", max_retries=0)
+    r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status == 502
+    await proxy.close()
+    (line,) = lines(tmp_path / "out" / "model_traffic.jsonl")
+    assert line["status_code"] == 502 and line["error_message"] and line["error_type"]

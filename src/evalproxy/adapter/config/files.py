@@ -173,6 +173,7 @@ class _Shaped:
     tasks: list[str] = field(default_factory=list)
     shape: Literal["0.2.8", "0.4"] | None = None
     snapshot: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _shaped(data: dict[str, Any], raw_server: dict[str, Any], task: str | None, source: str | None) -> _Shaped:
@@ -181,8 +182,11 @@ def _shaped(data: dict[str, Any], raw_server: dict[str, Any], task: str | None, 
         parts = nemo04.convert(data, wanted=task, source=source)
         for unused in parts.unused:
             log.info("'%s' is NeMo Evaluator 0.4's runner's setting; the proxy does not use it", unused)
+        for text in parts.warnings:
+            log.warning("%s", text)
         return _Shaped(parts.adapter, f"services.{parts.service}.proxy" if parts.service else "proxy", parts.server,
-                       parts.service, parts.services, "0.4", {**data, **({"server": raw_server} if raw_server else {})})
+                       parts.service, parts.services, "0.4", {**data, **({"server": raw_server} if raw_server else {})},
+                       parts.warnings)
     if "target" in data or "evaluation" in data:
         adapter_data, prefix, server_data, task, tasks = _launcher_parts(data, task, source)
         out = _Shaped(adapter_data, prefix, server_data, task, tasks, "0.2.8")
@@ -222,6 +226,7 @@ def parse_config(
     if shared is not None and not isinstance(shared, dict):
         raise ConfigError("must be a mapping", field="global_adapter_config", file=source)
     sh = _shaped(data, raw_server, task, source)
+    warnings += sh.warnings
     adapter_data, prefix, server_data, task, tasks = sh.adapter, sh.prefix, sh.server, sh.task, sh.tasks
     adapter_data = _drop_nones(adapter_data)
     if isinstance(shared, dict):

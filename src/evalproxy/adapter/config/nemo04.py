@@ -34,6 +34,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import evalproxy.adapter.config.completions as completions
 from evalproxy.adapter.config.legacy import LEGACY_KEYS
 from evalproxy.adapter.core.errors import ConfigError
 
@@ -87,6 +88,7 @@ class Parts:
     services: list[str]
     unused: list[str] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _refuse_028(data: dict[str, Any], where: str, source: str | None) -> None:
@@ -176,6 +178,9 @@ def convert(data: dict[str, Any], *, wanted: str | None = None, source: str | No
             proxy, where = own, f"services.{name}.proxy"
     out = Parts(adapter={}, server=server, service=name, services=names, snapshot=data)
     settings = _proxy_settings(proxy, where, source)
+    if adapter.get("endpoint_type") == "completions":  # 0.4's guard, on the keys as the user wrote them
+        settings["extra_body"], adapter["generation"], out.warnings = _guarded(
+            settings["extra_body"], adapter["generation"], where, f"services.{name}.generation", source)
     for k, v in _SERVER_OF_PROXY.items():
         out.server[v] = settings[k]
     out.adapter = {"interceptors": _chain(settings, adapter.pop("generation"), name, where, source), **adapter}
@@ -184,6 +189,23 @@ def convert(data: dict[str, Any], *, wanted: str | None = None, source: str | No
     _output(data.get("output"), out, source)
     out.unused = sorted(k for k in ("benchmarks", "sandboxes", "cluster") if k in data)
     return out
+
+
+def _guarded(extra_body: dict[str, Any], generation: dict[str, Any], where: str, gen_where: str,
+             source: str | None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """A completions service's ``extra_body`` and ``generation`` under 0.4's completions guard: a boolean toggle in
+    ``chat_template_kwargs`` is an error naming the field (unless allowed), any other chat-template field removed."""
+    warnings: list[str] = []
+    out = []
+    for obj, path in ((extra_body, f"{where}.extra_body"), (generation, gen_where)):
+        found = completions.scan(obj, path)
+        if found and found.toggles and not completions.allowed_by_env():
+            raise ConfigError(completions.explain(found, "a completions service", fatal=True),
+                              field=found.toggles[0], file=source)
+        if found:
+            warnings.append(completions.explain(found, "a completions service", fatal=False))
+        out.append(completions.strip(obj))
+    return out[0], out[1], warnings
 
 
 def _proxy_settings(proxy: Any, where: str, source: str | None) -> dict[str, Any]:
