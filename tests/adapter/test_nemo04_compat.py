@@ -193,6 +193,7 @@ class TestVersionedKeys:
         resolved = resolve(loaded)
         assert resolved.interceptors[0][1].bypass is False
         assert any("'bypass' is a NeMo Evaluator 0.4 field" in w for w in resolved.warnings)
+        assert loaded.adapter.interceptors[0].config == {}  # the effective config shows what runs
 
     def test_strict_names_the_version(self) -> None:
         """Under --strict-config the same file is refused, naming the version the key belongs to."""

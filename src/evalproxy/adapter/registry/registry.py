@@ -212,7 +212,9 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
     """Check names, params and order of interceptors and hooks (discovery included); errors name file and field.
 
     A param no unit defines is a warning naming the unit, the field and the closest known name, or, when
-    ``strict`` (default: the loaded config's own ``strict``), a :class:`ConfigError`.
+    ``strict`` (default: the loaded config's own ``strict``), a :class:`ConfigError`. A field only another NeMo
+    version than the file's (``loaded.shape``) has is ignored, as that version ignores it: warned about (an error
+    when ``strict``) and removed from ``loaded.adapter``, so the effective config shows what runs.
     """
     adapter = loaded.adapter
     strict = loaded.strict if strict is None else strict
@@ -227,7 +229,9 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
             default = reg.terminal()
             ends = [(default, default.Params())]
         layers = [(cls, params) for cls, params in chain if plugin_kind(cls) != "terminal"]
-        return Resolved(reg, layers, resolve_hooks(adapter, reg, **kw), ends[0], warnings)
+        hooks = resolve_hooks(adapter, reg, **kw)
+        _without_foreign(loaded, reg)
+        return Resolved(reg, layers, hooks, ends[0], warnings)
     except ConfigError as exc:
         if exc.file is None and loaded.source is not None:
             field_path = exc.field
@@ -237,13 +241,33 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
         raise
 
 
+def foreign_fields(cls: type[Any], config: dict[str, Any], shape: str | None) -> list[str]:
+    """The fields of ``config`` that only another NeMo Evaluator version than ``shape`` gives ``cls``."""
+    versions: dict[str, str] = getattr(cls.Params, "field_versions", {})
+    return [n for n in config if shape is not None and versions.get(n, shape) != shape]
+
+
+def _without_foreign(loaded: LoadedConfig, reg: Registry) -> None:
+    """``loaded.adapter`` without the fields its file's version does not have, so that the effective config written
+    to the run dir shows what runs (those fields were warned about, or refused under ``--strict-config``)."""
+    entries = []
+    changed = False
+    for ic in loaded.adapter.interceptors:
+        foreign = foreign_fields(reg.interceptor(ic.name), ic.config, loaded.shape) if ic.enabled else []
+        changed = changed or bool(foreign)
+        entries.append(ic.model_copy(update={"config": {k: v for k, v in ic.config.items() if k not in foreign}})
+                       if foreign else ic)
+    if changed:
+        loaded.adapter = loaded.adapter.model_copy(update={"interceptors": entries})
+
+
 def _of_version(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None, strict: bool,
                 warnings: list[str] | None, shape: str | None) -> dict[str, Any]:
     """``config`` without the fields of another NeMo Evaluator version than the file's ``shape``: a file keeps the
     meaning of its version, where such a field does nothing. Said in a warning, or, when ``strict``, an error naming
     the version (a Params declares ``field_versions``: its fields that only one version has)."""
     versions: dict[str, str] = getattr(cls.Params, "field_versions", {})
-    foreign = [n for n in config if shape is not None and versions.get(n, shape) != shape]
+    foreign = foreign_fields(cls, config, shape)
     for name in foreign:
         text = (f"{cls.name}: '{name}' is a NeMo Evaluator {versions[name]} field; this file is shaped as "
                 f"{shape}, where {cls.name} has no such field (it is ignored, as {shape} ignores it)")
