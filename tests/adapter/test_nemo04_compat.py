@@ -96,7 +96,9 @@ class TestHtmlReportSizeNull:
     tests/unit_tests/adapters/test_adapter_config.py) keeps null, so no cap (max_saved_requests: null); its CLI and
     ``evaluate()`` (``core/input.py::validate_configuration``) merge the file's adapter_config onto the framework's
     with ``deep_update(..., skip_nones=True)`` first, so a null is dropped there and the default 5 applies. A file
-    read by evalproxy is a file read by NeMo's CLI; evalproxy's conversion is NeMo's conversion."""
+    read by evalproxy is a file read by NeMo's CLI; evalproxy's conversion is NeMo's conversion; and a config with a
+    ``global_adapter_config``, which only get_validated_config reads, keeps its nulls as there. (Each answer was
+    checked against nemo-evaluator 0.2.8 itself, installed in .venv-harnesses.)"""
 
     def test_conversion_keeps_null(self) -> None:
         """The conversion itself, given a null size, caps nothing and hands the hook null, as from_legacy_config."""
@@ -114,6 +116,20 @@ class TestHtmlReportSizeNull:
         loaded = load_config(p)
         caching = dict(chain(loaded))["caching"]
         assert caching["max_saved_requests"] == 5 and caching["max_saved_responses"] == 5
+
+
+    def test_beside_a_global_config_null_is_kept(self, tmp_path: Path) -> None:
+        """NeMo reads global_adapter_config only in get_validated_config, which merges as written: a null size
+        caps nothing there (max_saved_requests null), and a local null overrides a global value. Fails on main
+        91a29fb/5d834dd, which dropped the nulls first (caps of 5)."""
+        loaded = parse_config({"global_adapter_config": {"use_caching": True, "html_report_size": None}})
+        caching = dict(chain(loaded))["caching"]
+        assert "max_saved_requests" not in caching and "max_saved_responses" not in caching
+        assert loaded.adapter.post_eval_hooks[0].config["html_report_size"] is None
+        loaded = parse_config({"global_adapter_config": {"html_report_size": 10},
+                               "target": {"api_endpoint": {"url": "http://x/v1",
+                                                           "adapter_config": {"html_report_size": None}}}})
+        assert "max_saved_requests" not in dict(chain(loaded))["caching"]
 
 
 class TestShape:

@@ -157,8 +157,10 @@ def _pick_task(data: dict[str, Any], task: str | None, source: str | None) -> tu
 
 
 def _drop_nones(d: dict[str, Any]) -> dict[str, Any]:
-    """NeMo Evaluator deep-merges a file's adapter_config onto its defaults skipping null values (lists are values):
-    ``html_report_size: null`` in a file means the default, as there."""
+    """NeMo Evaluator's CLI and ``evaluate()`` deep-merge a file's adapter_config onto the framework's skipping null
+    values (``core/input.py::validate_configuration``; lists are values): ``html_report_size: null`` in a file means
+    the default, as there. (Its conversion called directly keeps a null; so does a config with a
+    ``global_adapter_config``, which only that direct path reads.)"""
     return {k: _drop_nones(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
@@ -228,12 +230,14 @@ def parse_config(
     sh = _shaped(data, raw_server, task, source)
     warnings += sh.warnings
     adapter_data, prefix, server_data, task, tasks = sh.adapter, sh.prefix, sh.server, sh.task, sh.tasks
-    adapter_data = _drop_nones(adapter_data)
     if isinstance(shared, dict):
-        shared = _drop_nones(shared)
+        # NeMo reads global_adapter_config only in AdapterConfig.get_validated_config, which merges the two configs
+        # as written: a null there is a value (html_report_size: null caps nothing), and a local null wins.
         _check_mixing(shared, "global_adapter_config", source)
         _check_mixing(adapter_data, prefix, source)
         adapter_data = merge_adapter_configs(shared, adapter_data)
+    else:
+        adapter_data = _drop_nones(adapter_data)
 
     server = _validated(ServerConfig, {**server_data, **raw_server}, "server", source)
     _check_top_level(adapter_data, prefix, source)
