@@ -191,9 +191,12 @@ class TestShape:
         assert e.value.field == field and words in str(e.value)
 
     def test_service_is_chosen(self) -> None:
-        """Of several services, --task names the one served."""
-        data = {"services": {"a": {"url": "http://x/v1"}, "b": {"url": "http://y/v1", "model": "mb"}}}
+        """Of several services, --task names the one served; without it, the only one the solvers use (not the
+        judge)."""
+        data: dict[str, Any] = {"services": {"a": {"url": "http://x/v1"}, "b": {"url": "http://y/v1", "model": "mb"}}}
         assert parse_config(data, task="b").server.model_id == "mb"
+        data["benchmarks"] = [{"name": "t", "solver": {"type": "simple", "service": "b"}}]
+        assert parse_config(data).task == "b"
 
 
 class TestVersionedKeys:

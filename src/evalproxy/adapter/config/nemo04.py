@@ -108,13 +108,28 @@ def _unknown(key: str, known: frozenset[str] | set[str], where: str, source: str
     return ConfigError(text + (f"; did you mean '{close[0]}'?" if close else ""), field=f"{where}.{key}", file=source)
 
 
-def _pick_service(services: dict[str, Any], wanted: str | None, source: str | None) -> tuple[str | None, list[str]]:
+def _solver_services(benchmarks: Any) -> set[str]:
+    """The services the benchmarks' solvers name (a judge service is named elsewhere, by scoring)."""
+    named = set()
+    for b in benchmarks if isinstance(benchmarks, list) else ():
+        solver = b.get("solver") if isinstance(b, dict) else None
+        if isinstance(solver, dict) and isinstance(solver.get("service"), str):
+            named.add(solver["service"])
+    return named
+
+
+def _pick_service(services: dict[str, Any], wanted: str | None, benchmarks: Any,
+                  source: str | None) -> tuple[str | None, list[str]]:
+    """The service to serve: the one named, else the only model service, else the only one the solvers use."""
     models = [n for n, s in services.items() if isinstance(s, dict) and (s.get("type", "api") in _MANAGED | {"api"})]
     if wanted is not None:
         if wanted not in services:
             raise ConfigError(f"no service '{wanted}' in this file; its model services: {', '.join(models) or '-'}",
                               field="services", file=source)
         return wanted, models
+    solved = [n for n in models if n in _solver_services(benchmarks)]
+    if len(models) > 1 and len(solved) == 1:
+        return solved[0], models
     if len(models) > 1:
         raise ConfigError(f"this file has several model services ({', '.join(models)}); choose one with --task "
                           "SERVICE (or 'service:' at the top)", field="services", file=source)
@@ -168,7 +183,7 @@ def convert(data: dict[str, Any], *, wanted: str | None = None, source: str | No
     if not isinstance(services, dict):
         raise ConfigError("must be a mapping of service names to services", field="services", file=source)
     wanted = wanted or data.get("service")
-    name, names = _pick_service(services, wanted, source)
+    name, names = _pick_service(services, wanted, data.get("benchmarks"), source)
     server: dict[str, Any] = {}
     adapter: dict[str, Any] = {"generation": {}}
     proxy, where = data.get("proxy"), "proxy"
