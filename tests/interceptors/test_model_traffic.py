@@ -66,17 +66,21 @@ async def test_default_capture(make_proxy: Any, sim: SimulatedModel, tmp_path: P
 
 
 @pytest.mark.timeout(30)
-async def test_switches_and_redaction(make_proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """capture_* false leave their fields out; capture_request_body keeps the body with secrets redacted;
-    max_content_chars cuts each text and says how much was dropped."""
+async def test_switches_and_redaction(make_proxy: Any, sim: SimulatedModel, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """capture_* false leave their fields out; capture_request_body keeps the body with secrets redacted, and an
+    answer echoing the run's key is captured redacted; max_content_chars cuts each text and says how much was
+    dropped."""
     monkeypatch.setenv("TRAFFIC_KEY", SECRET)
-    proxy = await make_proxy(chain(capture_messages=False, capture_reasoning=False, capture_tool_calls=False,
+    proxy = await make_proxy(chain(capture_reasoning=False, capture_tool_calls=False,
                                    capture_request_body=True, max_content_chars=40), api_key_name="TRAFFIC_KEY")
     body = {"messages": [{"role": "user", "content": f"my key is {SECRET} " + "y" * 100}], "api_key": "sk-body-1"}
+    sim.answers = lambda prompt: f"you said {SECRET}"  # an answer echoing the key is captured redacted
     assert (await proxy.post("/v1/chat/completions", json=body)).status == 200
     await proxy.close()
     (line,) = lines(tmp_path / "out" / "model_traffic.jsonl")
-    assert not {"message_content", "reasoning_content", "tool_calls_full"} & set(line)
+    assert not {"reasoning_content", "tool_calls_full"} & set(line)
+    assert line["message_content"] == "you said ***"
     assert line["request_body"].endswith("chars dropped]") and len(line["request_body"]) < 100
     raw = (tmp_path / "out" / "model_traffic.jsonl").read_bytes()
     assert SECRET.encode() not in raw and b"sk-body-1" not in raw
@@ -106,3 +110,16 @@ async def test_unreachable_upstream_is_recorded(make_proxy: Any, tmp_path: Path)
     await proxy.close()
     (line,) = lines(tmp_path / "out" / "model_traffic.jsonl")
     assert line["status_code"] == 502 and line["error_message"] and line["error_type"]
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_summary_switches(on: bool) -> None:
+    """Each capture switch adds its field or leaves it out (0.4's test_summary_from_json_response_capture_fields);
+    the statistics fields are there either way."""
+    from evalproxy.interceptors.model_traffic import ModelTrafficParams, summary
+
+    p = ModelTrafficParams(capture_messages=on, capture_reasoning=on, capture_tool_calls=on)
+    got = summary(orjson.loads(REASONED), p)
+    assert ({"message_content", "reasoning_content", "tool_calls_full"} <= set(got)) is on
+    assert not ({"message_content", "reasoning_content", "tool_calls_full"} & set(got)) or on
+    assert got["finish_reason"] == "stop" and got["tool_calls"] == {"count": 0, "names": {}}

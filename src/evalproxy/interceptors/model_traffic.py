@@ -215,7 +215,8 @@ class ModelTrafficInterceptor(BaseInterceptor[ModelTrafficParams]):
         self.add(record)
 
     def add(self, record: dict[str, Any]) -> None:
-        self.pending.append(orjson.dumps(record, default=str) + b"\n")
+        # The run's key, or a bearer token, echoed anywhere in what was captured never reaches the file.
+        self.pending.append(orjson.dumps(redact_obj(record, self.secrets), default=str) + b"\n")
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_pending())
 
