@@ -181,8 +181,9 @@ class TestShape:
         ({"services": {"m": {"url": "http://x/v1", "api_key": "sk-literal"}}}, "services.m.api_key", "env var"),
         ({"services": {"a": {"url": "http://x/v1"}, "b": {"url": "http://y/v1"}}}, "services", "--task"),
         ({"output": {"report": ["pdf"]}}, "output.report", "markdown"),
+        ({"proxy": {}, "services": {"m": {"url": "http://x/v1", "proxy": {}}}}, "proxy", "once"),
     ], ids=["028-beside-04", "legacy-in-proxy", "typo", "enabled", "04-in-adapter", "literal-key",
-            "two-services", "report-format"])
+            "two-services", "report-format", "two-proxies"])
     def test_errors_name_the_field_and_version(self, data: dict[str, Any], field: str, words: str) -> None:
         """A key of the other version, a typo, a literal key or an ambiguous service is an error naming the field
         (and the version a key belongs to)."""

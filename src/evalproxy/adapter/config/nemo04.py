@@ -189,6 +189,9 @@ def convert(data: dict[str, Any], *, wanted: str | None = None, source: str | No
     proxy, where = data.get("proxy"), "proxy"
     if name is not None:
         server, adapter, own = _service_parts(name, services[name], source)
+        if own is not None and proxy is not None:
+            raise ConfigError(f"services.{name}.proxy is set too; give the proxy section once", field="proxy",
+                              file=source)
         if own is not None:
             proxy, where = own, f"services.{name}.proxy"
     out = Parts(adapter={}, server=server, service=name, services=names, snapshot=data)
