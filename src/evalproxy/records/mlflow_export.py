@@ -210,6 +210,11 @@ def _traces(client: Any, rid: str, experiment_id: str, view: RunView, settings: 
         return
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # Written as they end, not by MLflow's background queue (whose flush at exit waits seconds): the export is done
+    # when this returns.
+    sync = "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING" not in os.environ
+    if sync:
+        os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
     try:
         mlflow.set_experiment(experiment_id=experiment_id)
         with mlflow.start_run(run_id=rid):
@@ -217,6 +222,8 @@ def _traces(client: Any, rid: str, experiment_id: str, view: RunView, settings: 
         log.info("MLflow traces: %d of %d samples emitted for %s", n, len(rows), view.invocation)
     finally:
         mlflow.set_tracking_uri(previous)
+        if sync:
+            os.environ.pop("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", None)
 
 
 def _export_one(client: Any, experiment_id: str, view: RunView, settings: MlflowSettings, uri: str) -> str:

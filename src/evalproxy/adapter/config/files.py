@@ -179,6 +179,9 @@ def parse_config(
     raw_server = data.pop("server", None) or {}
     if not isinstance(raw_server, dict):
         raise ConfigError("must be a mapping", field="server", file=source)
+    sections = {k: data.pop(k) for k in ("export",) if k in data}  # any shape may say where its runs export to
+    if "target" in data or "evaluation" in data:
+        sections.update({k: data[k] for k in ("execution",) if k in data})  # a launcher file's auto_export
 
     server_data: dict[str, Any] = {}
     prefix = ""
@@ -213,7 +216,7 @@ def parse_config(
         if not adapter.post_eval_hooks and adapter.generate_html_report:
             adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
     return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
-                        task=task, tasks=tasks, strict=strict, warnings=warnings)
+                        task=task, tasks=tasks, strict=strict, warnings=warnings, sections=sections)
 
 
 def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> None:

@@ -170,6 +170,9 @@ class LoadedConfig:
     """Unknown interceptor/hook params are errors rather than warnings (``--strict-config``)."""
     warnings: list[str] = field(default_factory=list)
     """What loading noticed and did not refuse (each also logged)."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Top-level sections the proxy itself does not read, kept for the run around it: ``export`` and a launcher
+    file's ``execution`` (auto-export: :mod:`evalproxy.records.auto_export`)."""
 
 
 
