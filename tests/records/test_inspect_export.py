@@ -1,4 +1,4 @@
-"""inspect-ai logs from run records of other harnesses (lm-eval, nemo-evaluator BYOB), read with ``inspect log dump``."""
+"""inspect-ai logs from run records of other harnesses (lm-eval, nemo-evaluator BYOB), read by ``inspect log dump``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from evalproxy.records.harnesses import read_harness_output, write_samples
+from evalproxy.records.inspect_export import export_to_inspect
 from evalproxy.records.results import build_record, write_results
 
 from .conftest import copy_fixture
 
 pytest.importorskip("inspect_ai", reason="the inspect export needs inspect-ai (in the test extra)")
-from evalproxy.records.inspect_export import export_to_inspect  # noqa: E402  (after the skip check)
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
 HARNESSES = {
