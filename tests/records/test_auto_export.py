@@ -115,7 +115,11 @@ class TestRunExportsWhenItEnds:
             exp = client.get_experiment_by_name("auto")
             (mrun,) = client.search_runs([exp.experiment_id])
             traces = client.search_traces(locations=[exp.experiment_id], max_results=100)
+            own = {a.path for a in client.list_artifacts(mrun.info.run_id)}
+            harness = [a.path for a in client.list_artifacts(mrun.info.run_id, "harness")]
         assert mrun.data.metrics["sums_match_accuracy"] == 0.8 and mrun.data.tags["task"] == "sums"
+        assert {"results.yaml", "samples.jsonl", "requests.jsonl", "adapter_config.yaml"} <= own
+        assert len(harness) == 1 and harness[0].endswith(".eval")  # inspect's own log, as the harness wrote it
         assert len(traces) == 8  # emit_traces_max_samples
         spans = {t.data.spans[0].name: t.data.spans[0] for t in traces}
         assert all(t.info.request_metadata.get("mlflow.sourceRun") == mrun.info.run_id for t in traces)

@@ -64,9 +64,11 @@ def _sample(row: SampleRow, model: str) -> Any:
                          completion=answer, usage=usage,
                          time=x.latency_ms / 1000 if x is not None and x.latency_ms is not None else None)
     scores = {metric: Score(value=value, answer=row.answer) for metric, value in row.scores.items()}
+    seconds = x.latency_ms / 1000 if x is not None and x.latency_ms is not None else None
     return EvalSample(id=row.sample_id, epoch=1, input=messages if len(messages) > 1 else messages[0].text,
                       target=row.target or "", messages=[*messages, reply], output=output, scores=scores,
-                      metadata=meta, model_usage={model: usage} if usage else {})
+                      metadata=meta, model_usage={model: usage} if usage else {}, total_time=seconds,
+                      working_time=seconds)
 
 
 def _results(view: RunView, task: str, n: int) -> Any:
