@@ -153,15 +153,19 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunView:
 
 
 def finished_at(view: RunView) -> datetime:
-    """When the run ended (its record's ``finished_at``, else its record file's time)."""
+    """When the run ended: its record's ``finished_at``, else when its record was written."""
     stamp = view.record.evalproxy.finished_at
-    if stamp:
-        try:
-            return datetime.fromisoformat(stamp)
-        except ValueError:
-            pass
-    return datetime.fromtimestamp((view.base / "results.yaml").stat().st_mtime) if (
-        view.base / "results.yaml").exists() else datetime.now()
+    try:
+        return datetime.fromisoformat(stamp) if stamp else _record_time(view)
+    except ValueError:
+        return _record_time(view)
+
+
+def _record_time(view: RunView) -> datetime:
+    for name in ("results.yaml", "results.yml"):
+        if (view.base / name).exists():
+            return datetime.fromtimestamp((view.base / name).stat().st_mtime)
+    return datetime.now()
 
 
 @dataclass

@@ -94,8 +94,7 @@ def _one_run(wandb: Any, view: RunView, settings: WandbSettings, task: str | Non
         "entity": settings.entity, "project": settings.project, "name": settings.name or default_name,
         "group": settings.group or view.invocation, "job_type": settings.job_type, "tags": settings.tags or None,
         "notes": settings.description, "config": _config(view, settings, task), "id": run_id, "resume": "allow",
-        "dir": os.environ.get("WANDB_DIR") or None, "reinit": "finish_previous",
-        "settings": wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        "dir": os.environ.get("WANDB_DIR") or None, "settings": wandb.Settings(silent=True, console="off"),
     }
     run = wandb.init(**{k: v for k, v in args.items() if v is not None})
     try:
