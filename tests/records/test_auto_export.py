@@ -77,10 +77,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[P
 
 
 def _dump(log: Path) -> dict[str, Any]:
-    """The log as ``inspect log dump`` prints it (its reader in this process: test_inspect_export runs the CLI)."""
-    from inspect_ai.log import read_eval_log
-
-    data: dict[str, Any] = json.loads(read_eval_log(str(log)).model_dump_json())
+    """The log as ``inspect log dump`` prints it."""
+    done = subprocess.run([INSPECT, "log", "dump", str(log)], capture_output=True, text=True, timeout=120,
+                          check=True)
+    data: dict[str, Any] = json.loads(done.stdout)
     return data
 
 
