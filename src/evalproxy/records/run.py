@@ -103,7 +103,7 @@ async def run_evaluation(loaded: LoadedConfig, resolved: Resolved, command: list
         await ledger.aclose()
         await _write_record(running, run_id, argv=argv, started=started, exit_code=exit_code, observed=observed,
                             results=results)
-        if plan is not None:  # each failure is a warning: the run and its exit status stand
+        if plan is not None and exit_code is not None:  # a run that ended (not one cancelled); failures are warnings
             await asyncio.to_thread(run_auto_export, run_dir, plan)
 
 
