@@ -129,12 +129,12 @@ def export_to(dest: str, run_dirs: Sequence[str | os.PathLike[str]], settings: M
     raise ConfigError(f"unknown export destination '{dest}' (known: {', '.join(DESTINATIONS)})", field="dest")
 
 
-def run_auto_export(run_dir: str | os.PathLike[str], plan: ExportPlan | None) -> list[str]:
+def run_auto_export(run_dir: str | os.PathLike[str], plan: ExportPlan) -> list[str]:
     """Export a finished run to each destination of ``plan``; a destination that fails is a warning on stderr (the
     others still run). Returns the destinations that succeeded. Blocking: call it from a thread."""
     done: list[str] = []
-    for dest in (plan.destinations if plan else []):
-        settings = plan.settings(dest) if plan else {}
+    for dest in plan.destinations:
+        settings = plan.settings(dest)
         if dest in ("local", "file") and "output_dir" not in settings:
             settings["output_dir"] = str(Path(run_dir))  # beside the run's record, not wherever the run started
         try:
