@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,9 @@ from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records import read_results
 from evalproxy.records.auto_export import parse_plan, plan_from_config, run_auto_export
+from tests.waiting import wait_until_sync
 
 from .conftest import FIXTURES
-from .test_cli_e2e import _free_port, _wait_up
 
 INSPECT = str(Path(sys.executable).parent / "inspect")
 ADAPTER = {"interceptors": [{"name": "caching", "config": {"save_requests": True}}, {"name": "endpoint"},
@@ -40,6 +42,24 @@ def _native(root: Path) -> dict[str, Any]:
                    "emit_traces_max_samples": 8, "emit_traces_content_max": 20},
         "wandb": {"project": "auto", "log_mode": "multi_task"},
     }}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    def up() -> bool:
+        assert proc.poll() is None, "the fake upstream exited"
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until_sync(up, what=f"{url} to come up", seconds=15, every=0.05)
 
 
 @pytest.fixture(scope="module")
