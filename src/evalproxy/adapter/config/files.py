@@ -223,6 +223,9 @@ def parse_config(
     raw_server = data.pop("server", None) or {}
     if not isinstance(raw_server, dict):
         raise ConfigError("must be a mapping", field="server", file=source)
+    sections = {k: data.pop(k) for k in ("export",) if k in data}  # any shape may say where its runs export to
+    if "target" in data or "evaluation" in data:
+        sections.update({k: data[k] for k in ("execution",) if k in data})  # a launcher file's auto_export
 
     shared: Any = data.get("global_adapter_config")
     if shared is not None and not isinstance(shared, dict):
@@ -251,7 +254,7 @@ def parse_config(
             adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
     return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
                         task=task, tasks=tasks, strict=strict, warnings=warnings, shape=sh.shape,
-                        snapshot=sh.snapshot)
+                        snapshot=sh.snapshot, sections=sections)
 
 
 def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> None:

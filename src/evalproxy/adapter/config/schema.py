@@ -176,6 +176,9 @@ class LoadedConfig:
     changed between versions means what it means in this one."""
     snapshot: dict[str, Any] | None = None
     """A 0.4 file as written (``${ENV}`` references unexpanded), kept in the run dir as 0.4 keeps its config."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Top-level sections the proxy itself does not read, kept for the run around it: ``export`` and a launcher
+    file's ``execution`` (auto-export: :mod:`evalproxy.records.auto_export`)."""
 
 
 

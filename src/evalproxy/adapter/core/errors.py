@@ -68,6 +68,11 @@ class ConfigError(EvalProxyError):
         self.reason = message
 
 
+class UsageError(EvalProxyError):
+    """A command-line argument that cannot be used (``compare --vary`` naming no setting, a gate policy that does not
+    hold): the message says what is wrong and what would do. ``compare`` and ``gate`` exit 3 on it."""
+
+
 class StoreError(EvalProxyError):
     """A store (a cache directory or a Redis server) failed; the message names it. Readers (CLI, reports) print it;
     the caching interceptor counts it and answers without the store."""
