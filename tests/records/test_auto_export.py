@@ -183,6 +183,13 @@ class TestPlans:
         assert a == b and a is not None and a.destinations == ["wandb"] and a.settings("wandb") == {"project": "p"}
         assert plan_from_config(parse_config({"interceptors": ["endpoint"]}).sections) is None
 
+    def test_a_04_file_exports_where_its_output_section_says(self) -> None:
+        """A NeMo 0.4 file's output.export and output.export_config are the same plan as the launcher's words."""
+        nel = parse_config({"services": {"m": {"type": "api", "url": "http://x/v1", "model": "m"}},
+                            "output": {"export": ["wandb"], "export_config": {"wandb": {"project": "p"}}}})
+        plan = plan_from_config(nel.sections)
+        assert plan is not None and plan.destinations == ["wandb"] and plan.settings("wandb") == {"project": "p"}
+
     def test_unknown_destination_names_the_field(self) -> None:
         """A destination that does not exist is refused at load time, naming the field."""
         with pytest.raises(ConfigError) as exc:

@@ -226,6 +226,12 @@ def parse_config(
     sections = {k: data.pop(k) for k in ("export",) if k in data}  # any shape may say where its runs export to
     if "target" in data or "evaluation" in data:
         sections.update({k: data[k] for k in ("execution",) if k in data})  # a launcher file's auto_export
+    output = data.get("output")
+    if isinstance(output, dict) and output.get("export") and "export" not in sections:  # a 0.4 file's exports
+        export_config = output.get("export_config") or {}
+        if not isinstance(export_config, dict):
+            raise ConfigError("must be a mapping", field="output.export_config", file=source)
+        sections["export"] = {**export_config, "destinations": output["export"]}
 
     shared: Any = data.get("global_adapter_config")
     if shared is not None and not isinstance(shared, dict):

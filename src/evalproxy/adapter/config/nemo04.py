@@ -294,7 +294,8 @@ def _chain(settings: dict[str, Any], generation: dict[str, Any], service: str | 
 
 
 def _output(output: Any, out: Parts, source: str | None) -> None:
-    """``output.dir`` and ``output.report``; the rest of ``output`` is 0.4's runner's."""
+    """``output.dir`` and ``output.report`` (``output.export`` is the run's auto-export: ``parse_config``'s
+    sections); the rest of ``output`` is 0.4's runner's."""
     if output is None:
         output = {}
     if not isinstance(output, dict):
@@ -310,7 +311,7 @@ def _output(output: Any, out: Parts, source: str | None) -> None:
     if not isinstance(report, list) or any(r not in REPORT_FORMATS for r in report):
         raise ConfigError(f"report formats are {', '.join(REPORT_FORMATS)}", field="output.report", file=source)
     out.adapter["post_eval_hooks"] = [{"name": "post_eval_report", "config": {"report_types": list(report)}}]
-    out.unused += [f"output.{k}" for k in sorted(output) if k not in ("dir", "report")]
+    out.unused += [f"output.{k}" for k in sorted(output) if k not in ("dir", "report", "export", "export_config")]
 
 
 SNAPSHOT_FILE = "full_config.yaml"
