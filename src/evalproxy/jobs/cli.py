@@ -15,14 +15,17 @@ from typing import Any
 
 from aiohttp import web
 
-from evalproxy.adapter.core.net import is_loopback
-from evalproxy.jobs.settings import DEFAULT_PORT, Settings
+from evalproxy.adapter.core.errors import JobLaunchError
+from evalproxy.adapter.core.net import is_loopback, is_store_url
+from evalproxy.jobs.settings import DEFAULT_PORT, EXECUTORS, Settings
 
 log = logging.getLogger("evalproxy.jobs")
 
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "EVALPROXY_JOBS_TOKEN"
 TOKEN_FILE = "token"
+SLURM_POLL = 2.0
+"""Seconds between two looks at a Slurm job's state (``scontrol show job``)."""
 
 
 def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,6 +52,17 @@ def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(repeatable); pages of other origins get 403")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a cancelled job gets between SIGTERM and SIGKILL (default 30)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where jobs run: local (a subprocess each, on this machine; the default) or slurm (a batch "
+                        "job each, submitted with sbatch; see docs/cluster.md)")
+    p.add_argument("--partition", help="slurm: the partition jobs are submitted to (sbatch --partition)")
+    p.add_argument("--account", help="slurm: the account jobs are charged to (sbatch --account)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="slurm: one more sbatch option for every job, e.g. --sbatch-arg=--time=02:00:00 (repeatable)")
+    p.add_argument("--cache-url", metavar="URL",
+                   help="the store every job's answers go to: redis://HOST:6379/0, rediss:// or unix:// (one "
+                        "prefix per config inside it), unless a job's adapter config names its own store; with "
+                        "--executor slurm, the one cache all nodes share")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
     return jobs
 
@@ -80,14 +94,44 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"evalproxy jobs: cannot keep the token under {data_dir}: {exc}", file=sys.stderr)
             return 1
+    problem = _executor_problem(args, data_dir)
+    if problem:
+        print(f"evalproxy jobs: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     settings = Settings(data_dir=data_dir, max_concurrent=args.max_concurrent, token=token,
                         grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
-                        allowed_origins=tuple(args.allowed_origin))
+                        allowed_origins=tuple(args.allowed_origin), executor=args.executor,
+                        partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
+                        cache_url=args.cache_url, poll_interval=SLURM_POLL if args.executor == "slurm" else 0.5)
     try:
         return asyncio.run(_serve(settings, args.host, args.port, shown))
     except OSError as exc:
         print(f"evalproxy jobs: {exc}", file=sys.stderr)
         return 1
+
+
+def _executor_problem(args: argparse.Namespace, data_dir: Path) -> str | None:
+    """Why the executor options cannot work, or None: a --cache-url that is not a store URL; on Slurm, a data
+    directory whose path Slurm would rewrite, or a disk cache on a filesystem shared between machines."""
+    if args.cache_url and not is_store_url(args.cache_url):
+        return "--cache-url must start with redis://, rediss:// or unix://"
+    if args.executor != "slurm":
+        if args.partition or args.account or args.sbatch_arg:
+            return "--partition, --account and --sbatch-arg need --executor slurm"
+        return None
+    if "%" in str(data_dir) or "\\" in str(data_dir):
+        return f"--data-dir {data_dir}: Slurm reads % and \\ in an output path as patterns; choose another directory"
+    if not args.cache_url:
+        from evalproxy.jobs import launch  # here: ``evalproxy serve`` never loads the jobs service
+
+        try:
+            launch.check_cache_filesystem(data_dir / "cache")
+        except JobLaunchError as exc:
+            return str(exc).replace("the job's disk cache", "the jobs' disk cache")
+        log.warning("--executor slurm without --cache-url: jobs keep their answers on disk under %s, which works "
+                    "when the nodes share it on a filesystem whose locks hold (or on one node); give --cache-url "
+                    "redis://HOST:6379/0 for one cache that every node shares", data_dir / "cache")
+    return None
 
 
 def _token(env_name: str, data_dir: Path) -> tuple[str, str]:
