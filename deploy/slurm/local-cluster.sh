@@ -74,7 +74,7 @@ EOF
   if [ -e "$CONF" ] && cmp -s "$tmp" "$CONF"; then rm -f "$tmp"; else mv "$tmp" "$CONF"; fi
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
 start_munge() {
   if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
@@ -111,9 +111,9 @@ start() {
 stop_pid() {  # stop_pid NAME PIDFILE
   local pidfile=$2 i
   alive "$pidfile" || return 0
-  kill "$(cat "$pidfile")" 2>/dev/null || true
+  kill "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true
   for ((i = 0; i < 100; i++)); do alive "$pidfile" || return 0; sleep 0.1; done
-  kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  kill -9 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || true
 }
 
 stop() {

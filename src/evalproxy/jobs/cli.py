@@ -63,6 +63,9 @@ def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="the store every job's answers go to: redis://HOST:6379/0, rediss:// or unix:// (one "
                         "prefix per config inside it), unless a job's adapter config names its own store; with "
                         "--executor slurm, the one cache all nodes share")
+    p.add_argument("--poll-interval", type=float, metavar="SECONDS",
+                   help=f"how often a job's progress (and on Slurm its state) is read (default 0.5; {SLURM_POLL:g} "
+                        "with --executor slurm)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
     return jobs
 
@@ -102,7 +105,7 @@ def run_jobs_command(args: argparse.Namespace) -> int:
                         grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
                         allowed_origins=tuple(args.allowed_origin), executor=args.executor,
                         partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
-                        cache_url=args.cache_url, poll_interval=SLURM_POLL if args.executor == "slurm" else 0.5)
+                        cache_url=args.cache_url, poll_interval=_poll_interval(args))
     try:
         return asyncio.run(_serve(settings, args.host, args.port, shown))
     except OSError as exc:
@@ -110,9 +113,17 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def _poll_interval(args: argparse.Namespace) -> float:
+    if args.poll_interval is not None:
+        return float(args.poll_interval)
+    return SLURM_POLL if args.executor == "slurm" else 0.5
+
+
 def _executor_problem(args: argparse.Namespace, data_dir: Path) -> str | None:
     """Why the executor options cannot work, or None: a --cache-url that is not a store URL; on Slurm, a data
     directory whose path Slurm would rewrite, or a disk cache on a filesystem shared between machines."""
+    if args.poll_interval is not None and not 0 < args.poll_interval <= 60:
+        return "--poll-interval must be more than 0 and at most 60 seconds"
     if args.cache_url and not is_store_url(args.cache_url):
         return "--cache-url must start with redis://, rediss:// or unix://"
     if args.executor != "slurm":

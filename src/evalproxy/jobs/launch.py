@@ -35,6 +35,7 @@ EXIT_FILE = "job_exit.json"
 RUN_RECORD = "results.yaml"
 METRICS_FILE = "eval_factory_metrics.json"
 HARNESS_RESULTS = ("results.yaml", "results.yml")
+MOUNTS = Path("/proc/mounts")
 SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "sshfs", "glusterfs", "beegfs",
                                 "9p", "afs", "orangefs", "pvfs2"})
 """Filesystem types (the part after ``fuse.`` too) a disk cache must not live on when jobs run on several machines."""
@@ -110,10 +111,10 @@ def disk_cache(target: dict[str, Any], config: dict[str, Any], cache_root: Path,
     return Path(caching.get("cache_dir") or adapter.get("caching_dir") or cache_dir(cache_root, target, config))
 
 
-def fs_type(path: Path) -> str | None:
+def fs_type(path: Path, mounts_file: Path = MOUNTS) -> str | None:
     """The filesystem type (``ext4``, ``nfs4``, ``lustre``) of the mount that holds ``path``, from /proc/mounts."""
     try:
-        mounts = Path("/proc/mounts").read_text(encoding="utf-8")
+        mounts = mounts_file.read_text(encoding="utf-8")
     except OSError:
         return None
     where = path.resolve()
@@ -128,9 +129,9 @@ def fs_type(path: Path) -> str | None:
     return kind
 
 
-def check_cache_filesystem(directory: Path) -> None:
+def check_cache_filesystem(directory: Path, mounts_file: Path = MOUNTS) -> None:
     """Refuse a disk cache on a filesystem shared between machines, where SQLite's locks do not hold."""
-    kind = fs_type(directory)
+    kind = fs_type(directory, mounts_file)
     if kind is not None and kind.split(".")[-1] in SHARED_FILESYSTEMS:
         raise JobLaunchError(
             f"the job's disk cache {directory} is on {kind}, a filesystem shared between machines where SQLite's "
