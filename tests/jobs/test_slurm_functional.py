@@ -164,6 +164,23 @@ class TestSlurmJobs:
         log = await (await slurm_service.get(f"/v1/evaluation/jobs/{first}/logs")).text()
         assert "evalproxy listening on" in log and API_KEY not in log
 
+    async def test_a_job_sbatch_refuses_ends_failed_saying_why(
+            self, make_service: MakeService, shared_redis: RedisServer, model: tuple[SimulatedModel, str],
+            api_key: str) -> None:
+        """A job sbatch will not take (an unknown partition) ends failed with sbatch's own words, in its status
+        and its log; nothing ran."""
+        fake, url = model
+        service = await make_service(executor="slurm", cache_url=shared_redis.url, poll_interval=POLL,
+                                     partition="no-such-partition")
+        job_id = await _post(service, _job(url, client_command(), 2))
+        failed = await wait_for_status(service, job_id, "failed")
+        message = failed["status_details"]["message"]
+        assert message.startswith("Unable to launch the evaluation job") and "sbatch refused the job" in message
+        assert "invalid partition" in message.lower(), message
+        log = await (await service.get(f"/v1/evaluation/jobs/{job_id}/logs")).text()
+        assert "sbatch refused the job" in log
+        assert calls(fake) == 0
+
     async def test_restart_requeue_and_cancel_on_the_cluster(
             self, services: list[Service], model: tuple[SimulatedModel, str], tmp_path: Path,
             shared_redis: RedisServer, api_key: str) -> None:
@@ -177,8 +194,8 @@ class TestSlurmJobs:
         first = await Service.start(data, tmp_path / "svc.log", *args)
         services.append(first)
         resumed = await first.json("POST", "/v1/evaluation/jobs", _job(url, client_command("--hold", str(go)), 4))
-        held = await first.json("POST", "/v1/evaluation/jobs",
-                                _job(url, client_command("--hold", str(tmp_path / "never"), "--print-env", API_KEY_ENV), 2))
+        holding = client_command("--hold", str(tmp_path / "never"), "--print-env", API_KEY_ENV)
+        held = await first.json("POST", "/v1/evaluation/jobs", _job(url, holding, 2))
         for job in (resumed, held):
             await first.wait_for_status(job["id"], "running")
         stored_before = await _answers_stored(shared_redis.url)
