@@ -22,6 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
 
+from evalproxy.jobs.executors.slurm import SlurmExecutor
+from evalproxy.jobs.wrap import write_exit
 from evalproxy.simulator import SimulatedModel
 from tests.jobs.conftest import (
     API_KEY,
@@ -163,6 +165,19 @@ class TestSlurmJobs:
         assert "ended FAILED, NonZeroExitCode, exit code 3" in message, message
         log = await (await slurm_service.get(f"/v1/evaluation/jobs/{first}/logs")).text()
         assert "evalproxy listening on" in log and API_KEY not in log
+
+    async def test_a_job_slurm_forgot_ends_as_its_exit_file_says(self, cluster: None, tmp_path: Path) -> None:
+        """Without accounting (this cluster has none: sacct says so), a job scontrol no longer knows (a service
+        restarted after MinJobAge) ends as the exit status its wrapper wrote: 0 completed, else failed."""
+        executor = SlurmExecutor(poll=POLL)
+        assert await executor.look(99999999) is None
+        for code, status in ((0, "completed"), (2, "failed")):
+            job_dir = tmp_path / str(code)
+            job_dir.mkdir()
+            await asyncio.to_thread(write_exit, job_dir / "job_exit.json", code)
+            job = executor.attach(99999999, job_dir)
+            assert await job.wait() == code
+            assert job.phase is not None and job.phase[0] == status
 
     async def test_a_job_sbatch_refuses_ends_failed_saying_why(
             self, make_service: MakeService, shared_redis: RedisServer, model: tuple[SimulatedModel, str],

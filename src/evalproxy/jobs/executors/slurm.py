@@ -152,6 +152,7 @@ class SlurmJob:
         self._code: int | None = None
         self._ended = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
+        self._waiters = 0
         self._signals: set[asyncio.Task[None]] = set()
 
     @property
@@ -198,12 +199,15 @@ class SlurmJob:
                 await asyncio.sleep(self._poll)
 
     async def wait(self) -> int:
+        """Its exit status once Slurm says it ended; one poller serves every waiter, and stops with the last."""
         if self._poller is None:
             self._poller = asyncio.ensure_future(self._follow())
+        self._waiters += 1
         try:
             await self._ended.wait()
         finally:
-            if not self._ended.is_set() and self._poller is not None:
+            self._waiters -= 1
+            if not self._waiters and not self._ended.is_set() and self._poller is not None:
                 self._poller.cancel()
                 self._poller = None
         assert self._code is not None  # set with _ended
