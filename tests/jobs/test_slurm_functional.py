@@ -170,14 +170,17 @@ class TestSlurmJobs:
         """Without accounting (this cluster has none: sacct says so), a job scontrol no longer knows (a service
         restarted after MinJobAge) ends as the exit status its wrapper wrote: 0 completed, else failed."""
         executor = SlurmExecutor(poll=POLL)
-        assert await executor.look(99999999) is None
-        for code, status in ((0, "completed"), (2, "failed")):
-            job_dir = tmp_path / str(code)
-            job_dir.mkdir()
-            await asyncio.to_thread(write_exit, job_dir / "job_exit.json", code)
-            job = executor.attach(99999999, job_dir)
-            assert await job.wait() == code
-            assert job.phase is not None and job.phase[0] == status
+        try:
+            assert await executor.look(99999999) is None
+            for code, status in ((0, "completed"), (2, "failed")):
+                job_dir = tmp_path / str(code)
+                job_dir.mkdir()
+                await asyncio.to_thread(write_exit, job_dir / "job_exit.json", code)
+                job = executor.attach(99999999, job_dir)
+                assert await job.wait() == code
+                assert job.phase is not None and job.phase[0] == status
+        finally:
+            await executor.aclose()
 
     async def test_a_job_sbatch_refuses_ends_failed_saying_why(
             self, make_service: MakeService, shared_redis: RedisServer, model: tuple[SimulatedModel, str],

@@ -67,6 +67,7 @@ class JobRunner:
         self.settings = settings
         self.executor: Executor = make_executor(settings)
         self._local = LocalExecutor()
+        self._watcher: SlurmExecutor | None = None
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, JobProcess] = {}
@@ -81,7 +82,9 @@ class JobRunner:
         the service now runs locally."""
         if isinstance(self.executor, SlurmExecutor):
             return self.executor
-        return SlurmExecutor(poll=self.settings.poll_interval)
+        if self._watcher is None:
+            self._watcher = SlurmExecutor(poll=self.settings.poll_interval)
+        return self._watcher
 
     # lifecycle
 
@@ -135,6 +138,8 @@ class JobRunner:
                 stopping.append(proc)
         await asyncio.gather(*(self._executor_of(p).stop(p, self.settings.grace_period) for p in stopping))
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        for executor in {self.executor, *([self._watcher] if self._watcher else [])}:
+            await executor.aclose()
 
     def submit(self, job_id: str) -> None:
         self._track(job_id, self._run(job_id))

@@ -56,3 +56,7 @@ class Executor(Protocol):
     async def stop(self, proc: JobProcess, grace: float) -> None:
         """Ask the job to stop (its hooks still run) and return once it has ended."""
         ...
+
+    async def aclose(self) -> None:
+        """Stop whatever the executor itself runs (a poller of the cluster's states); jobs are left alone."""
+        ...

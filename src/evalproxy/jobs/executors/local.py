@@ -92,3 +92,6 @@ class LocalExecutor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+    async def aclose(self) -> None:
+        """Nothing of its own runs: each job is watched by the runner."""

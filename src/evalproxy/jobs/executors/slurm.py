@@ -7,8 +7,9 @@ appended to), so ``/logs`` shows Slurm's messages (a cancel, a requeue) among th
 script quoted (:func:`shlex.join`); the upstream key and a store URL never go into it: they reach the node in the
 job's environment, as Slurm passes the submitting environment on (``--export`` defaults to ALL).
 
-States come from ``scontrol show job`` (and from ``sacct`` when the cluster keeps accounting, once ``scontrol``
-forgot the job); PENDING/RUNNING/COMPLETED/FAILED/TIMEOUT/OUT_OF_MEMORY/NODE_FAIL/CANCELLED... map to the API's
+States come from one ``squeue`` for every job watched, every poll; a job that ended is then asked about alone
+(``scontrol show job`` for its exit code, and ``sacct`` when the cluster keeps accounting and ``scontrol`` forgot
+the job). PENDING/RUNNING/COMPLETED/FAILED/TIMEOUT/OUT_OF_MEMORY/NODE_FAIL/CANCELLED... map to the API's
 statuses, with Slurm's reason in the message. A job is submitted ``--requeue``: a node that fails or a preemption
 puts it back in the queue, and the requeued run resumes from the shared cache. The service's restart loses nothing:
 jobs are found again by the Slurm id kept in the database.
@@ -143,15 +144,15 @@ def _last_line(text: str) -> str:
 
 
 class SlurmJob:
-    """A submitted job, watched by polling ``scontrol`` every ``poll`` seconds; ``wait`` ends when its state is
-    final. ``phase`` is what the API shows meanwhile, ``outcome`` how it ended."""
+    """A submitted job. Its executor looks at every job it watches at once, every ``poll`` seconds (one ``squeue``
+    for all of them); ``wait`` ends when the job's state is final. ``phase`` is what the API shows meanwhile, and
+    how it ended once it has."""
 
-    def __init__(self, executor: SlurmExecutor, slurm_id: int, job_dir: Path, poll: float) -> None:
-        self.slurm_id, self.executor, self._job_dir, self._poll = slurm_id, executor, job_dir, poll
+    def __init__(self, executor: SlurmExecutor, slurm_id: int, job_dir: Path) -> None:
+        self.slurm_id, self.executor, self._job_dir = slurm_id, executor, job_dir
         self.state: SlurmState | None = None
         self._code: int | None = None
         self._ended = asyncio.Event()
-        self._poller: asyncio.Task[None] | None = None
         self._waiters = 0
         self._signals: set[asyncio.Task[None]] = set()
 
@@ -173,8 +174,11 @@ class SlurmJob:
         task.add_done_callback(self._signals.discard)
 
     async def refresh(self) -> SlurmState:
-        """Look at the job once; a job Slurm no longer knows ended as its exit file says."""
-        state = await self.executor.look(self.slurm_id)
+        """Look at the job once, now."""
+        return await self.settle((await self.executor.look_all([self.slurm_id]))[self.slurm_id])
+
+    async def settle(self, state: SlurmState | None) -> SlurmState:
+        """Take ``state`` as the job's; a job Slurm no longer knows (None) ended as its exit file says."""
         if state is None:
             code = await asyncio.to_thread(launch.read_exit, self._job_dir)
             state = SlurmState("COMPLETED") if code == 0 else SlurmState(
@@ -183,33 +187,22 @@ class SlurmJob:
         if state != self.state and self.state is not None:
             log.info("Slurm job %d: %s (%s)", self.slurm_id, state.state, state.reason)
         self.state = state
-        if state.final:
+        if state.final and not self._ended.is_set():
             self._code = 0 if state.state == "COMPLETED" else (
                 state.exit_code or (128 + state.signal if state.signal else 1))
             self._ended.set()
         return state
 
-    async def _follow(self) -> None:
-        while not self._ended.is_set():
-            try:
-                await self.refresh()
-            except SlurmError as exc:  # slurmctld restarting: look again at the next tick
-                log.warning("Slurm job %d: %s", self.slurm_id, exc)
-            if not self._ended.is_set():
-                await asyncio.sleep(self._poll)
-
     async def wait(self) -> int:
-        """Its exit status once Slurm says it ended; one poller serves every waiter, and stops with the last."""
-        if self._poller is None:
-            self._poller = asyncio.ensure_future(self._follow())
+        """Its exit status once Slurm says it ended; it is watched while anyone waits."""
         self._waiters += 1
+        self.executor.watch(self)
         try:
             await self._ended.wait()
         finally:
             self._waiters -= 1
-            if not self._waiters and not self._ended.is_set() and self._poller is not None:
-                self._poller.cancel()
-                self._poller = None
+            if not self._waiters:
+                self.executor.unwatch(self)
         assert self._code is not None  # set with _ended
         return self._code
 
@@ -224,6 +217,8 @@ class SlurmExecutor:
                  sbatch_args: tuple[str, ...] = (), poll: float = 2.0) -> None:
         self.partition, self.account, self.sbatch_args, self.poll = partition, account, sbatch_args, poll
         self._accounting: bool | None = None
+        self._watched: dict[int, SlurmJob] = {}
+        self._poller: asyncio.Task[None] | None = None
 
     def submit_argv(self, job_id: str, job_dir: Path) -> list[str]:
         argv = ["sbatch", "--parsable", f"--job-name=evalproxy-{job_id}", f"--chdir={job_dir}",
@@ -242,7 +237,7 @@ class SlurmExecutor:
         code, out, err = await _command(*self.submit_argv(job_id, job_dir), env=job_env)
         if code != 0:
             raise SlurmError(f"sbatch refused the job: {_last_line(err or out)}")
-        job = SlurmJob(self, parse_job_id(out), job_dir, self.poll)
+        job = SlurmJob(self, parse_job_id(out), job_dir)
         log.info("job %s: submitted as Slurm job %d", job_id, job.slurm_id)
         with contextlib.suppress(SlurmError):
             await job.refresh()
@@ -250,7 +245,7 @@ class SlurmExecutor:
 
     def attach(self, slurm_id: int, job_dir: Path) -> SlurmJob:
         """A job submitted before the service restarted, found again by its Slurm id."""
-        return SlurmJob(self, slurm_id, job_dir, self.poll)
+        return SlurmJob(self, slurm_id, job_dir)
 
     def remember(self, db: JobsDB, job_id: str, proc: JobProcess) -> None:
         db.set_slurm_id(job_id, proc.pid)
@@ -273,6 +268,54 @@ class SlurmExecutor:
         code, out, err = await _command(*argv)
         if code != 0:
             log.warning("scancel %d: %s", slurm_id, _last_line(err or out))
+
+    def watch(self, job: SlurmJob) -> None:
+        self._watched[job.slurm_id] = job
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+
+    def unwatch(self, job: SlurmJob) -> None:
+        if self._watched.get(job.slurm_id) is job:
+            del self._watched[job.slurm_id]
+
+    async def aclose(self) -> None:
+        """Stop looking at jobs (they go on: the next start of the service looks again)."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+
+    async def _poll(self) -> None:
+        """While jobs are watched: one look at all of them, every ``poll`` seconds."""
+        while self._watched:
+            jobs = dict(self._watched)
+            try:
+                states = await self.look_all(list(jobs))
+            except SlurmError as exc:  # slurmctld restarting, say: look again at the next tick
+                log.warning("Slurm: %s", exc)
+                states = {}
+            for slurm_id, state in states.items():
+                await jobs[slurm_id].settle(state)
+            await asyncio.sleep(self.poll)
+
+    async def look_all(self, slurm_ids: list[int]) -> dict[int, SlurmState | None]:
+        """The state of each job: one ``squeue`` for all; a job that ended (or that squeue no longer lists) is then
+        asked about alone, for its exit code (:meth:`look`)."""
+        code, out, err = await _command("squeue", "--noheader", "--states=all", "--jobs",
+                                        ",".join(map(str, slurm_ids)), "--format=%i|%T|%r")
+        if code != 0 and "invalid job id" not in (err + out).lower():
+            raise SlurmError(f"squeue: {_last_line(err or out)}")
+        listed: dict[int, SlurmState] = {}
+        for line in out.splitlines():
+            job, _, rest = line.strip().partition("|")
+            word, _, reason = rest.partition("|")
+            if job.isdigit() and word:
+                listed[int(job)] = SlurmState(state=word, reason=reason or "None")
+        states: dict[int, SlurmState | None] = {}
+        for slurm_id in slurm_ids:
+            state = listed.get(slurm_id)
+            states[slurm_id] = await self.look(slurm_id) if state is None or state.final else state
+        return states
 
     async def look(self, slurm_id: int) -> SlurmState | None:
         """The job's state from ``scontrol``, else from ``sacct`` when the cluster keeps accounting; None when
