@@ -173,3 +173,11 @@ def test_jobs_serve_on_slurm_refuses_a_data_dir_slurm_would_rewrite(tmp_path: Pa
     """A % in the data directory would be read by Slurm as a pattern of the output path: refused, saying so."""
     assert main(["jobs", "serve", "--executor", "slurm", "--data-dir", str(tmp_path / "100%"), "--port", "0"]) == 2
     assert "Slurm reads %" in capsys.readouterr().err
+
+
+def test_jobs_serve_on_slurm_needs_slurms_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sbatch and its siblings on PATH, ``jobs serve --executor slurm`` does not start, naming them."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["jobs", "serve", "--executor", "slurm", "--data-dir", str(tmp_path / "d"), "--port", "0"]) == 2
+    assert "sbatch, squeue, scontrol, scancel not found on PATH" in capsys.readouterr().err

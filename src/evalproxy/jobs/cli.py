@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import stat
 import sys
@@ -82,6 +83,10 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         print("evalproxy jobs: --max-concurrent must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     data_dir = Path(args.data_dir).resolve()
+    problem = _executor_problem(args, data_dir)
+    if problem:
+        print(f"evalproxy jobs: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.no_token:
         if not is_loopback(args.host):
             print(f"evalproxy jobs: refusing --no-token on {args.host}: anyone who reaches it could run commands "
@@ -97,10 +102,6 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"evalproxy jobs: cannot keep the token under {data_dir}: {exc}", file=sys.stderr)
             return 1
-    problem = _executor_problem(args, data_dir)
-    if problem:
-        print(f"evalproxy jobs: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     settings = Settings(data_dir=data_dir, max_concurrent=args.max_concurrent, token=token,
                         grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
                         allowed_origins=tuple(args.allowed_origin), executor=args.executor,
@@ -132,6 +133,10 @@ def _executor_problem(args: argparse.Namespace, data_dir: Path) -> str | None:
         return None
     if "%" in str(data_dir) or "\\" in str(data_dir):
         return f"--data-dir {data_dir}: Slurm reads % and \\ in an output path as patterns; choose another directory"
+    missing = [name for name in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(name) is None]
+    if missing:
+        return (f"--executor slurm: {', '.join(missing)} not found on PATH (this machine needs Slurm's client "
+                "commands, e.g. Debian's slurm-client, and a slurm.conf that names the cluster)")
     if not args.cache_url:
         from evalproxy.jobs import launch  # here: ``evalproxy serve`` never loads the jobs service
 

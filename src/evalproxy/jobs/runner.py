@@ -1,9 +1,12 @@
-"""Runs jobs: a queue bounded by ``max_concurrent``, one ``evalproxy run`` subprocess per job, cancel and recovery.
+"""Runs jobs: one ``evalproxy run`` per job, handed to an executor (:mod:`evalproxy.jobs.executors`): a subprocess
+of this machine (``local``, at most ``max_concurrent`` at once) or a Slurm batch job (``slurm``, queued by Slurm).
 
-A job's life: ``created`` (recorded) -> ``pending`` (waiting for a slot) -> ``running`` (its subprocess is alive)
--> ``completed`` (exit 0) | ``failed`` (it could not start, or exited non-zero, or the service stopped under it) |
-``cancelled`` (asked to). Cancelling a running job sends SIGTERM to ``evalproxy run``, which forwards it to the
-harness and still runs its post-eval hooks; after ``grace_period`` seconds the whole process group gets SIGKILL.
+A job's life: ``created`` (recorded) -> ``pending`` (waiting for a slot, or in Slurm's queue) -> ``running`` (its
+process is alive) -> ``completed`` (exit 0) | ``failed`` (it could not start, or exited non-zero, or the service
+stopped under it; on Slurm, a FAILED/TIMEOUT/OUT_OF_MEMORY/NODE_FAIL state with Slurm's reason) | ``cancelled``
+(asked to). Cancelling a running job sends SIGTERM to ``evalproxy run`` (on Slurm, ``scancel``), which forwards it
+to the harness and still runs its post-eval hooks; after ``grace_period`` seconds the whole process group gets
+SIGKILL.
 
 Each job runs under :mod:`evalproxy.jobs.wrap` in a session of its own, so the service's own signals never reach
 it, and it writes its log and, when it ends, its exit status to files of the job directory: nothing of it goes
@@ -11,7 +14,8 @@ through the service. If the service dies while jobs run (``kill -9``), the jobs 
 ``running`` in the database and, for each, either its process still alive (it is watched again: progress, cancel,
 its end) or its exit file (the job is reported as it ended). A job whose process is gone without an exit file was
 killed with the service's machine or by hand: it is failed, saying why. A service stopped normally (SIGTERM) stops
-its running jobs first (hooks run) and marks them failed.
+its running local jobs first (hooks run) and marks them failed; jobs on Slurm go on, and the next start reads their
+state from Slurm by the id kept in the database.
 """
 
 from __future__ import annotations
