@@ -29,7 +29,8 @@ from evalproxy.storage.jobs_db import JobsDB
 SCONTROL_LINE = (
     "JobId=42 JobName=evalproxy-eval-ABC UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901759 Nice=0 "
     "Account=(null) QOS=(null) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) Requeue=1 Restarts=2 "
-    "BatchFlag=1 Reboot=0 ExitCode=3:0 RunTime=00:00:02 TimeLimit=UNLIMITED TimeMin=N/A\n")
+    "BatchFlag=1 Reboot=0 ExitCode=3:0 RunTime=00:00:02 TimeLimit=UNLIMITED TimeMin=N/A NodeList=node7 "
+    "BatchHost=node7\n")
 
 
 class TestParsing:
@@ -45,8 +46,9 @@ class TestParsing:
             parse_job_id(out)
 
     def test_scontrol_line_gives_state_reason_exit_code_and_restarts(self) -> None:
-        """One ``scontrol show job -o`` line gives the state, Slurm's reason, the exit code and the restarts."""
-        assert parse_scontrol(SCONTROL_LINE) == SlurmState("FAILED", "NonZeroExitCode", 3, 0, 2)
+        """One ``scontrol show job -o`` line gives the state, Slurm's reason, the exit code, the restarts and the
+        node."""
+        assert parse_scontrol(SCONTROL_LINE) == SlurmState("FAILED", "NonZeroExitCode", 3, 0, 2, "node7")
         assert parse_scontrol("slurm_load_jobs error: Invalid job id specified") is None
 
     def test_sacct_gives_the_state_after_scontrol_forgot_the_job(self) -> None:
@@ -57,7 +59,7 @@ class TestParsing:
     @pytest.mark.parametrize(("state", "status", "words"), [
         (SlurmState("PENDING", "Resources"), "pending", "Slurm job 9: PENDING, Resources"),
         (SlurmState("REQUEUED"), "pending", "Slurm job 9: REQUEUED"),
-        (SlurmState("RUNNING"), "running", "Job is running"),
+        (SlurmState("RUNNING", nodes="node7"), "running", "Job is running (Slurm job 9 on node7)"),
         (SlurmState("COMPLETING"), "running", "Job is running"),
         (SlurmState("COMPLETED"), "completed", "Job completed successfully"),
         (SlurmState("FAILED", "NonZeroExitCode", 2), "failed", "ended FAILED, NonZeroExitCode, exit code 2"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -215,7 +216,8 @@ class TestSlurmJobs:
         holding = client_command("--hold", str(tmp_path / "never"), "--print-env", API_KEY_ENV)
         held = await first.json("POST", "/v1/evaluation/jobs", _job(url, holding, 2))
         for job in (resumed, held):
-            await first.wait_for_status(job["id"], "running")
+            running = await first.wait_for_status(job["id"], "running")
+            assert re.fullmatch(r"Job is running \(Slurm job \d+ on \S+\)", running["status_details"]["message"])
         stored_before = await _answers_stored(shared_redis.url)
 
         async def first_answers_stored() -> bool:  # each job's first answer (the two configs differ)

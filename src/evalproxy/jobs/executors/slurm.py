@@ -59,6 +59,8 @@ class SlurmState:
     exit_code: int = 0
     signal: int = 0
     restarts: int = 0
+    nodes: str = ""
+    """Where it runs (Slurm's node list), when it runs."""
 
     @property
     def final(self) -> bool:
@@ -81,9 +83,10 @@ def parse_scontrol(text: str) -> SlurmState | None:
         return None
     code = _EXIT.fullmatch(fields.get("ExitCode", ""))
     restarts = fields.get("Restarts", "0")
+    nodes = fields.get("NodeList", "")
     return SlurmState(state=state, reason=fields.get("Reason", "None"),
                       exit_code=int(code.group(1)) if code else 0, signal=int(code.group(2)) if code else 0,
-                      restarts=int(restarts) if restarts.isdigit() else 0)
+                      restarts=int(restarts) if restarts.isdigit() else 0, nodes="" if nodes == "(null)" else nodes)
 
 
 def parse_sacct(text: str) -> SlurmState | None:
@@ -103,7 +106,7 @@ def phase_of(slurm_id: int, s: SlurmState) -> Phase:
     if s.state in WAITING:
         return "pending", f"Job is pending (Slurm job {slurm_id}: {s.state}{why})"
     if s.state in RUNNING:
-        return "running", "Job is running"
+        return "running", f"Job is running (Slurm job {slurm_id}{' on ' + s.nodes if s.nodes else ''})"
     if s.state == "COMPLETED":
         return "completed", "Job completed successfully"
     if s.state == "CANCELLED":
@@ -302,15 +305,16 @@ class SlurmExecutor:
         """The state of each job: one ``squeue`` for all; a job that ended (or that squeue no longer lists) is then
         asked about alone, for its exit code (:meth:`look`)."""
         code, out, err = await _command("squeue", "--noheader", "--states=all", "--jobs",
-                                        ",".join(map(str, slurm_ids)), "--format=%i|%T|%r")
+                                        ",".join(map(str, slurm_ids)), "--format=%i|%T|%r|%N")
         if code != 0 and "invalid job id" not in (err + out).lower():
             raise SlurmError(f"squeue: {_last_line(err or out)}")
         listed: dict[int, SlurmState] = {}
         for line in out.splitlines():
             job, _, rest = line.strip().partition("|")
-            word, _, reason = rest.partition("|")
+            word, _, rest = rest.partition("|")
+            reason, _, nodes = rest.partition("|")
             if job.isdigit() and word:
-                listed[int(job)] = SlurmState(state=word, reason=reason or "None")
+                listed[int(job)] = SlurmState(state=word, reason=reason or "None", nodes=nodes.strip())
         states: dict[int, SlurmState | None] = {}
         for slurm_id in slurm_ids:
             state = listed.get(slurm_id)
