@@ -204,7 +204,10 @@ async def _serve(settings: Settings, host: str, port: int, token_note: str) -> i
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: running jobs are stopped and marked failed; queued jobs wait for the next start")
+        if settings.executor == "slurm":
+            log.info("stopping: jobs on the cluster go on; the next start watches them again")
+        else:
+            log.info("stopping: running jobs are stopped and marked failed; queued jobs wait for the next start")
     finally:
         await runner.cleanup()
     return 0
