@@ -20,6 +20,7 @@ CONF=/etc/slurm/slurm.conf
 MARK="# written by evalproxy deploy/slurm/local-cluster.sh"
 CPUS=${EVALPROXY_SLURM_CPUS:-8}
 NODE=$(hostname -s)
+CONF_CHANGED=0
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
@@ -71,7 +72,9 @@ SlurmdLogFile=$STATE_DIR/log/slurmd.log
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=1000 State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
-  if [ -e "$CONF" ] && cmp -s "$tmp" "$CONF"; then rm -f "$tmp"; else mv "$tmp" "$CONF"; fi
+  if [ -e "$CONF" ] && cmp -s "$tmp" "$CONF"; then rm -f "$tmp"; return 0; fi
+  mv "$tmp" "$CONF"
+  CONF_CHANGED=1
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
@@ -101,6 +104,11 @@ start() {
   write_conf
   start_munge
   wait_for munged 10 sh -c 'munge -n </dev/null | unmunge'
+  if [ "$CONF_CHANGED" = 1 ] && alive "$STATE_DIR/slurmctld.pid"; then
+    echo "local-cluster: $CONF changed: restarting slurmctld and slurmd" >&2
+    stop_pid slurmd "$STATE_DIR/slurmd.pid"
+    stop_pid slurmctld "$STATE_DIR/slurmctld.pid"
+  fi
   alive "$STATE_DIR/slurmctld.pid" || slurmctld
   wait_for slurmctld 30 scontrol ping
   alive "$STATE_DIR/slurmd.pid" || slurmd
@@ -130,6 +138,7 @@ stop() {
 
 status() {
   local rc=0
+  munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && echo "munged: running" || { echo "munged: stopped"; rc=1; }
   alive "$STATE_DIR/slurmctld.pid" && echo "slurmctld: running" || { echo "slurmctld: stopped"; rc=1; }
   alive "$STATE_DIR/slurmd.pid" && echo "slurmd: running" || { echo "slurmd: stopped"; rc=1; }
   if [ $rc = 0 ]; then sinfo || rc=1; fi
