@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import stat
 import sys
@@ -15,14 +16,17 @@ from typing import Any
 
 from aiohttp import web
 
-from evalproxy.adapter.core.net import is_loopback
-from evalproxy.jobs.settings import DEFAULT_PORT, Settings
+from evalproxy.adapter.core.errors import JobLaunchError
+from evalproxy.adapter.core.net import is_loopback, is_store_url
+from evalproxy.jobs.settings import DEFAULT_PORT, EXECUTORS, Settings
 
 log = logging.getLogger("evalproxy.jobs")
 
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "EVALPROXY_JOBS_TOKEN"
 TOKEN_FILE = "token"
+SLURM_POLL = 2.0
+"""Seconds between two looks at a Slurm job's state (``scontrol show job``)."""
 
 
 def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,6 +53,20 @@ def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(repeatable); pages of other origins get 403")
     p.add_argument("--grace-period", type=float, default=30.0,
                    help="seconds a cancelled job gets between SIGTERM and SIGKILL (default 30)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where jobs run: local (a subprocess each, on this machine; the default) or slurm (a batch "
+                        "job each, submitted with sbatch; see docs/cluster.md)")
+    p.add_argument("--partition", help="slurm: the partition jobs are submitted to (sbatch --partition)")
+    p.add_argument("--account", help="slurm: the account jobs are charged to (sbatch --account)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                   help="slurm: one more sbatch option for every job, e.g. --sbatch-arg=--time=02:00:00 (repeatable)")
+    p.add_argument("--cache-url", metavar="URL",
+                   help="the store every job's answers go to: redis://HOST:6379/0, rediss:// or unix:// (one "
+                        "prefix per config inside it), unless a job's adapter config names its own store; with "
+                        "--executor slurm, the one cache all nodes share")
+    p.add_argument("--poll-interval", type=float, metavar="SECONDS",
+                   help=f"how often a job's progress (and on Slurm its state) is read (default 0.5; {SLURM_POLL:g} "
+                        "with --executor slurm)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
     return jobs
 
@@ -65,6 +83,10 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         print("evalproxy jobs: --max-concurrent must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     data_dir = Path(args.data_dir).resolve()
+    problem = _executor_problem(args, data_dir)
+    if problem:
+        print(f"evalproxy jobs: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if args.no_token:
         if not is_loopback(args.host):
             print(f"evalproxy jobs: refusing --no-token on {args.host}: anyone who reaches it could run commands "
@@ -82,12 +104,50 @@ def run_jobs_command(args: argparse.Namespace) -> int:
             return 1
     settings = Settings(data_dir=data_dir, max_concurrent=args.max_concurrent, token=token,
                         grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
-                        allowed_origins=tuple(args.allowed_origin))
+                        allowed_origins=tuple(args.allowed_origin), executor=args.executor,
+                        partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
+                        cache_url=args.cache_url, poll_interval=_poll_interval(args))
     try:
         return asyncio.run(_serve(settings, args.host, args.port, shown))
     except OSError as exc:
         print(f"evalproxy jobs: {exc}", file=sys.stderr)
         return 1
+
+
+def _poll_interval(args: argparse.Namespace) -> float:
+    if args.poll_interval is not None:
+        return float(args.poll_interval)
+    return SLURM_POLL if args.executor == "slurm" else 0.5
+
+
+def _executor_problem(args: argparse.Namespace, data_dir: Path) -> str | None:
+    """Why the executor options cannot work, or None: a --cache-url that is not a store URL; on Slurm, a data
+    directory whose path Slurm would rewrite, or a disk cache on a filesystem shared between machines."""
+    if args.poll_interval is not None and not 0 < args.poll_interval <= 60:
+        return "--poll-interval must be more than 0 and at most 60 seconds"
+    if args.cache_url and not is_store_url(args.cache_url):
+        return "--cache-url must start with redis://, rediss:// or unix://"
+    if args.executor != "slurm":
+        if args.partition or args.account or args.sbatch_arg:
+            return "--partition, --account and --sbatch-arg need --executor slurm"
+        return None
+    if "%" in str(data_dir) or "\\" in str(data_dir):
+        return f"--data-dir {data_dir}: Slurm reads % and \\ in an output path as patterns; choose another directory"
+    missing = [name for name in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(name) is None]
+    if missing:
+        return (f"--executor slurm: {', '.join(missing)} not found on PATH (this machine needs Slurm's client "
+                "commands, e.g. Debian's slurm-client, and a slurm.conf that names the cluster)")
+    if not args.cache_url:
+        from evalproxy.jobs import launch  # here: ``evalproxy serve`` never loads the jobs service
+
+        try:
+            launch.check_cache_filesystem(data_dir / "cache")
+        except JobLaunchError as exc:
+            return str(exc).replace("the job's disk cache", "the jobs' disk cache")
+        log.warning("--executor slurm without --cache-url: jobs keep their answers on disk under %s, which works "
+                    "when the nodes share it on a filesystem whose locks hold (or on one node); give --cache-url "
+                    "redis://HOST:6379/0 for one cache that every node shares", data_dir / "cache")
+    return None
 
 
 def _token(env_name: str, data_dir: Path) -> tuple[str, str]:
@@ -144,7 +204,10 @@ async def _serve(settings: Settings, host: str, port: int, token_note: str) -> i
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("stopping: running jobs are stopped and marked failed; queued jobs wait for the next start")
+        if settings.executor == "slurm":
+            log.info("stopping: jobs on the cluster go on; the next start watches them again")
+        else:
+            log.info("stopping: running jobs are stopped and marked failed; queued jobs wait for the next start")
     finally:
         await runner.cleanup()
     return 0

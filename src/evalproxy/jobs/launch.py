@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import yaml
 
 from evalproxy.adapter.config import parse_config
-from evalproxy.adapter.core.errors import ConfigError, JobsInvalidFieldError
+from evalproxy.adapter.core.errors import ConfigError, JobLaunchError, JobsInvalidFieldError
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
 from evalproxy.jobs.models import expand_command
@@ -34,6 +35,10 @@ EXIT_FILE = "job_exit.json"
 RUN_RECORD = "results.yaml"
 METRICS_FILE = "eval_factory_metrics.json"
 HARNESS_RESULTS = ("results.yaml", "results.yml")
+MOUNTS = Path("/proc/mounts")
+SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "sshfs", "glusterfs", "beegfs",
+                                "9p", "afs", "orangefs", "pvfs2"})
+"""Filesystem types (the part after ``fuse.`` too) a disk cache must not live on when jobs run on several machines."""
 
 
 def merged_adapter_config(target: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -70,6 +75,70 @@ def cache_dir(root: Path, target: dict[str, Any], config: dict[str, Any]) -> Pat
     return root / digest[:16]
 
 
+def _caching_entry(adapter: dict[str, Any]) -> dict[str, Any]:
+    """The caching interceptor's config in an adapter config (``{}`` when it has none or names it bare)."""
+    for entry in adapter.get("interceptors") or []:
+        if isinstance(entry, dict) and entry.get("name") == "caching":
+            config = entry.get("config")
+            return config if isinstance(config, dict) else {}
+    return {}
+
+
+def store_url(target: dict[str, Any], config: dict[str, Any], service_url: str | None) -> str | None:
+    """The store URL the job's proxy gets with ``--cache-url``: the service's (``jobs serve --cache-url``), with a
+    prefix of its own per cache identity (jobs of one endpoint, adapter config, command and params share answers,
+    as on disk); None when the service has none or the adapter config names its own store (``cache_url``,
+    ``cache_dir`` or ``caching_dir``)."""
+    adapter = merged_adapter_config(target, config)
+    caching = _caching_entry(adapter)
+    if service_url is None or adapter.get("caching_dir") or caching.get("cache_url") or caching.get("cache_dir"):
+        return None
+    parts = urlsplit(service_url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), "evalproxy:")
+    own = f"{prefix}jobs:{cache_dir(Path(), target, config).name}:"
+    query = [(k, v) for k, v in query if k != "prefix"] + [("prefix", own)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def disk_cache(target: dict[str, Any], config: dict[str, Any], cache_root: Path,
+               cache_url: str | None) -> Path | None:
+    """The directory the job's answers are kept in, or None when they go to a store server."""
+    adapter = merged_adapter_config(target, config)
+    caching = _caching_entry(adapter)
+    if cache_url or caching.get("cache_url"):
+        return None
+    return Path(caching.get("cache_dir") or adapter.get("caching_dir") or cache_dir(cache_root, target, config))
+
+
+def fs_type(path: Path, mounts_file: Path = MOUNTS) -> str | None:
+    """The filesystem type (``ext4``, ``nfs4``, ``lustre``) of the mount that holds ``path``, from /proc/mounts."""
+    try:
+        mounts = mounts_file.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    where = path.resolve()
+    best, kind = -1, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+        if (where == point or point in where.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+def check_cache_filesystem(directory: Path, mounts_file: Path = MOUNTS) -> None:
+    """Refuse a disk cache on a filesystem shared between machines, where SQLite's locks do not hold."""
+    kind = fs_type(directory, mounts_file)
+    if kind is not None and kind.split(".")[-1] in SHARED_FILESYSTEMS:
+        raise JobLaunchError(
+            f"the job's disk cache {directory} is on {kind}, a filesystem shared between machines where SQLite's "
+            "locks do not hold (two nodes would damage it): give evalproxy jobs serve --cache-url "
+            "redis://HOST:6379/0, or a cache_url in the target's caching interceptor")
+
+
 def launch_config(target: dict[str, Any], config: dict[str, Any], cache: Path) -> dict[str, Any]:
     adapter = merged_adapter_config(target, config)
     adapter.setdefault("caching_dir", str(cache))
@@ -85,7 +154,7 @@ def launch_config(target: dict[str, Any], config: dict[str, Any], cache: Path) -
 
 
 def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache_root: Path,
-            python: str) -> list[str]:
+            python: str, cache_url: str | None = None) -> list[str]:
     """Write the job's config file; the argv that runs the job: ``evalproxy run`` under the wrapper that writes its
     log and exit status (:mod:`evalproxy.jobs.wrap`)."""
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +170,8 @@ def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache
     if ep.get("api_key_name"):
         wrap += ["--secret-env", ep["api_key_name"]]
         argv += ["--api-key-name", ep["api_key_name"]]
+    if cache_url:
+        argv += ["--cache-url", cache_url]
     return [*wrap, "--", *argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
 
 

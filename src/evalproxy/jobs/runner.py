@@ -1,9 +1,12 @@
-"""Runs jobs: a queue bounded by ``max_concurrent``, one ``evalproxy run`` subprocess per job, cancel and recovery.
+"""Runs jobs: one ``evalproxy run`` per job, handed to an executor (:mod:`evalproxy.jobs.executors`): a subprocess
+of this machine (``local``, at most ``max_concurrent`` at once) or a Slurm batch job (``slurm``, queued by Slurm).
 
-A job's life: ``created`` (recorded) -> ``pending`` (waiting for a slot) -> ``running`` (its subprocess is alive)
--> ``completed`` (exit 0) | ``failed`` (it could not start, or exited non-zero, or the service stopped under it) |
-``cancelled`` (asked to). Cancelling a running job sends SIGTERM to ``evalproxy run``, which forwards it to the
-harness and still runs its post-eval hooks; after ``grace_period`` seconds the whole process group gets SIGKILL.
+A job's life: ``created`` (recorded) -> ``pending`` (waiting for a slot, or in Slurm's queue) -> ``running`` (its
+process is alive) -> ``completed`` (exit 0) | ``failed`` (it could not start, or exited non-zero, or the service
+stopped under it; on Slurm, a FAILED/TIMEOUT/OUT_OF_MEMORY/NODE_FAIL state with Slurm's reason) | ``cancelled``
+(asked to). Cancelling a running job sends SIGTERM to ``evalproxy run`` (on Slurm, ``scancel``), which forwards it
+to the harness and still runs its post-eval hooks; after ``grace_period`` seconds the whole process group gets
+SIGKILL.
 
 Each job runs under :mod:`evalproxy.jobs.wrap` in a session of its own, so the service's own signals never reach
 it, and it writes its log and, when it ends, its exit status to files of the job directory: nothing of it goes
@@ -11,7 +14,8 @@ through the service. If the service dies while jobs run (``kill -9``), the jobs 
 ``running`` in the database and, for each, either its process still alive (it is watched again: progress, cancel,
 its end) or its exit file (the job is reported as it ended). A job whose process is gone without an exit file was
 killed with the service's machine or by hand: it is failed, saying why. A service stopped normally (SIGTERM) stops
-its running jobs first (hooks run) and marks them failed.
+its running local jobs first (hooks run) and marks them failed; jobs on Slurm go on, and the next start reads their
+state from Slurm by the id kept in the database.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
+from evalproxy.adapter.core.errors import JobLaunchError, SlurmError
 from evalproxy.jobs import launch
+from evalproxy.jobs.executors import make_executor
+from evalproxy.jobs.executors.base import Executor, JobProcess
+from evalproxy.jobs.executors.local import LocalExecutor, Reattached, own_process
+from evalproxy.jobs.executors.slurm import SlurmExecutor, SlurmJob
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
 from evalproxy.storage.jobs_db import JobsDB
@@ -57,76 +65,45 @@ def _limit(job: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _own_process(pid: int, job_id: str) -> bool:
-    """Whether ``pid`` is still this job's process, alive (its command line names the job's directory; a zombie
-    has none)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return job_id.encode() in cmdline and b"evalproxy" in cmdline
-
-
-class JobProcess(Protocol):
-    """What the runner needs of a job's process: a child it started, or one it found alive after a restart."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    def send_signal(self, sig: int, /) -> None: ...
-
-    async def wait(self) -> int: ...
-
-
-class Reattached:
-    """A job's process that outlived the service which started it: not our child, so it is watched by polling, and
-    its exit status is the one it wrote to its exit file (-1 when it wrote none: it was killed)."""
-
-    def __init__(self, pid: int, job_id: str, job_dir: Path, poll: float) -> None:
-        self.pid, self._job_id, self._job_dir, self._poll = pid, job_id, job_dir, poll
-        self._code: int | None = None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._code
-
-    def send_signal(self, sig: int, /) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.pid, sig)
-
-    async def wait(self) -> int:
-        while self._code is None:
-            if not await asyncio.to_thread(_own_process, self.pid, self._job_id):
-                code = await asyncio.to_thread(launch.read_exit, self._job_dir)
-                self._code = -1 if code is None else code
-                break
-            await asyncio.sleep(self._poll)
-        return self._code
-
-
 class JobRunner:
     def __init__(self, db: JobsDB, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self.executor: Executor = make_executor(settings)
+        self._local = LocalExecutor()
+        self._watcher: SlurmExecutor | None = None
         self._slots = asyncio.Semaphore(settings.max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._procs: dict[str, JobProcess] = {}
         self._cancel_requested: set[str] = set()
         self._stopping = False
 
+    def _executor_of(self, proc: JobProcess) -> Executor:
+        return proc.executor if isinstance(proc, SlurmJob) else self._local
+
+    def _slurm(self) -> SlurmExecutor:
+        """The executor that watches jobs submitted to Slurm: the service's own, or one with Slurm's defaults when
+        the service now runs locally."""
+        if isinstance(self.executor, SlurmExecutor):
+            return self.executor
+        if self._watcher is None:
+            self._watcher = SlurmExecutor(poll=self.settings.poll_interval)
+        return self._watcher
+
     # lifecycle
 
     async def recover(self) -> None:
         """After a restart: a job still running is watched again, one that ended while the service was away is
-        reported as it ended; the queue is submitted again."""
-        for job, pid in await asyncio.to_thread(self.db.jobs_in, ["running"]):
+        reported as it ended; a job submitted to Slurm is watched by its Slurm id; the queue is submitted again."""
+        for job, pid, slurm_id in await asyncio.to_thread(self.db.jobs_in, ["running"]):
             job_id = job["id"]
-            if pid is not None and await asyncio.to_thread(_own_process, pid, job_id):
+            if slurm_id is not None:
+                await self._recover_submitted(job, slurm_id)
+                continue
+            if pid is not None and await asyncio.to_thread(own_process, pid, job_id):
                 log.info("job %s: its process %d outlived the previous service: watching it again", job_id, pid)
-                self._track(job_id, self._reattach(job, pid))
+                proc = Reattached(pid, job_id, self.settings.jobs_dir / job_id, self.settings.poll_interval)
+                self._track(job_id, self._reattach(job, proc))
                 continue
             code = await asyncio.to_thread(launch.read_exit, self.settings.jobs_dir / job_id)
             await asyncio.to_thread(self.db.set_pid, job_id, None)
@@ -135,17 +112,38 @@ class JobRunner:
             else:
                 log.info("job %s: ended with status %d while the service was away", job_id, code)
                 await self._conclude(job_id, code, job["status_details"].get("progress"), _limit(job))
-        for job, _ in await asyncio.to_thread(self.db.jobs_in, ["created", "pending"]):
-            self.submit(job["id"])
+        for job, _, slurm_id in await asyncio.to_thread(self.db.jobs_in, ["created", "pending"]):
+            if slurm_id is not None:
+                await self._recover_submitted(job, slurm_id)
+            else:
+                self.submit(job["id"])
+
+    async def _recover_submitted(self, job: dict[str, Any], slurm_id: int) -> None:
+        """Watch a job the previous service submitted to Slurm again, in the state Slurm gives it now."""
+        job_id = job["id"]
+        proc = self._slurm().attach(slurm_id, self.settings.jobs_dir / job_id)
+        try:
+            state = await proc.refresh()
+            log.info("job %s: Slurm job %d is %s: watching it again", job_id, slurm_id, state.state)
+        except SlurmError as exc:  # the poller asks again
+            log.warning("job %s: Slurm job %d: %s", job_id, slurm_id, exc)
+        self._track(job_id, self._reattach(job, proc))
 
     async def aclose(self) -> None:
-        """Stop: queued jobs stay queued for the next start; running jobs are stopped and marked failed."""
+        """Stop: queued jobs stay queued for the next start; running jobs are stopped and marked failed, except on
+        a cluster, where they go on and the next start watches them again."""
         self._stopping = True
+        stopping: list[JobProcess] = []
         for job_id, task in list(self._tasks.items()):
-            if job_id not in self._procs:
+            proc = self._procs.get(job_id)
+            if proc is None or self._executor_of(proc).outlives_service:
                 task.cancel()
-        await asyncio.gather(*(self._terminate(p) for p in list(self._procs.values())))
+            else:
+                stopping.append(proc)
+        await asyncio.gather(*(self._executor_of(p).stop(p, self.settings.grace_period) for p in stopping))
         await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+        for executor in {self.executor, *([self._watcher] if self._watcher else [])}:
+            await executor.aclose()
 
     def submit(self, job_id: str) -> None:
         self._track(job_id, self._run(job_id))
@@ -165,7 +163,7 @@ class JobRunner:
         if proc is None:
             task.cancel()
         else:
-            await self._terminate(proc)
+            await self._executor_of(proc).stop(proc, self.settings.grace_period)
         await asyncio.gather(task, return_exceptions=True)
 
     # one job
@@ -173,7 +171,8 @@ class JobRunner:
     async def _run(self, job_id: str) -> None:
         try:
             await self._set(job_id, "pending", MSG_PENDING)
-            async with self._slots:
+            # A cluster queues its jobs itself: the runner holds no slot for them.
+            async with contextlib.nullcontext() if self.executor.queues else self._slots:
                 await self._execute(job_id)
         except asyncio.CancelledError:
             if job_id in self._cancel_requested:
@@ -192,45 +191,48 @@ class JobRunner:
         job_dir = self.settings.jobs_dir / job_id
         limit = _limit(job)
         try:
-            argv = await asyncio.to_thread(launch.prepare, job_dir, job["target"], job["config"],
-                                           self.settings.cache_root, self.settings.python)
             logfile = await asyncio.to_thread(_open_log, job_dir / launch.LOG_FILE)
         except OSError as exc:
             log.error("job %s: cannot prepare %s: %s", job_id, job_dir, exc)
             await self._set(job_id, "failed", MSG_LAUNCH_FAILED)
             return
-        key_name = job["target"]["api_endpoint"].get("api_key_name")
         try:
-            if key_name and not os.environ.get(key_name):
-                await asyncio.to_thread(_write, logfile, f"evalproxy jobs: the target's api_key_name is {key_name}, "
-                                        "but the service's environment has no such variable\n")
-                await self._set(job_id, "failed", MSG_LAUNCH_FAILED, output_files_url=download_url(job_id))
-                return
-            try:
-                # The job's own process writes its log: the service's file handle is only its stdout and stderr.
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=asyncio.subprocess.STDOUT,
-                    cwd=job_dir, start_new_session=True, env=self._job_env(),
-                )
-                self._procs[job_id] = proc  # before any other await: a stopping service must find it
-                await asyncio.to_thread(self.db.set_pid, job_id, proc.pid)  # and a restarted one too
-            except OSError as exc:
-                await asyncio.to_thread(_write, logfile, f"evalproxy jobs: cannot start the job: {exc}\n")
-                await self._set(job_id, "failed", MSG_LAUNCH_FAILED, output_files_url=download_url(job_id))
-                return
+            proc = await self._start(job_id, job, job_dir, logfile)
         finally:
             await asyncio.to_thread(logfile.close)
+        if proc is None:
+            return
         # "running" once its process is alive and recorded: a service killed right after saying so finds it again.
-        await self._set(job_id, "running", MSG_RUNNING, progress=0.0 if limit else None,
+        status, message = getattr(proc, "phase", None) or ("running", MSG_RUNNING)
+        await self._set(job_id, status, message, progress=0.0 if limit else None,
                         output_files_url=download_url(job_id))
-        log.info("job %s: running as process %d", job_id, proc.pid)
+        log.info("job %s: %s as %s %d", job_id, status, "Slurm job" if isinstance(proc, SlurmJob) else "process",
+                 proc.pid)
         await self._follow(job_id, proc, limit)
 
-    async def _reattach(self, job: dict[str, Any], pid: int) -> None:
-        """Watch a job whose process outlived the previous service, in a slot when one is free (it runs anyway)."""
+    async def _start(self, job_id: str, job: dict[str, Any], job_dir: Path, logfile: IO[str]) -> JobProcess | None:
+        """Prepare and launch the job; None when it could not start (it is then failed, and its log says why)."""
+        key_name = job["target"]["api_endpoint"].get("api_key_name")
+        try:
+            argv = await asyncio.to_thread(prepare, self.settings, self.executor, job_dir, job)
+            if key_name and not os.environ.get(key_name):
+                raise JobLaunchError(f"the target's api_key_name is {key_name}, but the service's environment has "
+                                     "no such variable")
+            proc = await self.executor.launch(job_id, job_dir, argv, logfile, job_env(self.settings.token))
+            self._procs[job_id] = proc  # before any other await: a stopping service must find it
+            await asyncio.to_thread(self.executor.remember, self.db, job_id, proc)  # and a restarted one too
+            return proc
+        except (OSError, JobLaunchError) as exc:
+            await asyncio.to_thread(_write, logfile, f"evalproxy jobs: {exc}\n")
+            log.error("job %s: %s", job_id, exc)
+            message = f"{MSG_LAUNCH_FAILED}: {exc}" if self.executor.distributed else MSG_LAUNCH_FAILED
+            await self._set(job_id, "failed", message, output_files_url=download_url(job_id))
+            return None
+
+    async def _reattach(self, job: dict[str, Any], proc: JobProcess) -> None:
+        """Watch a job that outlived the previous service, in a slot when one is free (it runs anyway)."""
         job_id = job["id"]
-        proc = Reattached(pid, job_id, self.settings.jobs_dir / job_id, self.settings.poll_interval)
-        slot = not self._slots.locked()
+        slot = not self._executor_of(proc).queues and not self._slots.locked()
         if slot:
             await self._slots.acquire()
         try:
@@ -253,13 +255,16 @@ class JobRunner:
             await asyncio.to_thread(self.db.set_pid, job_id, None)
         written = await asyncio.to_thread(launch.read_exit, self.settings.jobs_dir / job_id)
         code = written if written is not None else proc.returncode
-        log.info("job %s: exited with status %s", job_id, code)
+        phase = getattr(proc, "phase", None)  # a cluster's own word on how the job ended
+        log.info("job %s: exited with status %s%s", job_id, code, f" ({phase[1]})" if phase else "")
         if job_id in self._cancel_requested:
             await self._set(job_id, "cancelled", MSG_CANCELLED, progress=progress)
-        elif self._stopping:
+        elif self._stopping and not self._executor_of(proc).outlives_service:
             await self._set(job_id, "failed", MSG_INTERRUPTED, progress=progress)
+        elif phase is not None and phase[0] != "completed":
+            await self._set(job_id, phase[0], phase[1], progress=progress)
         else:
-            await self._conclude(job_id, code, progress, limit)
+            await self._conclude(job_id, 0 if phase is not None else code, progress, limit)
 
     async def _conclude(self, job_id: str, code: int | None, progress: float | None, limit: int | None) -> None:
         """Record a job that ended by itself with status ``code``: completed (and its results) or failed."""
@@ -277,44 +282,29 @@ class JobRunner:
 
     async def _watch(self, job_id: str, proc: JobProcess, job_dir: Path,
                      limit: int | None) -> float | None:
-        """Wait for the process, updating progress from the proxy's statistics file; the last progress."""
+        """Wait for the process, updating progress from the proxy's statistics file (and the status from the
+        cluster's state); the last progress."""
         waiter = asyncio.ensure_future(proc.wait())
         progress: float | None = 0.0 if limit else None
-        while True:
-            done, _ = await asyncio.wait({waiter}, timeout=self.settings.poll_interval)
-            if limit:
-                count = await asyncio.to_thread(launch.answered, job_dir)
-                if count is not None and min(100.0, 100.0 * count / limit) != progress:
-                    progress = min(100.0, 100.0 * count / limit)
-                    if not done and job_id not in self._cancel_requested:
-                        await self._set(job_id, "running", MSG_RUNNING, progress=progress)
-            if done:
-                return progress
-
-    async def _terminate(self, proc: JobProcess) -> None:
-        if proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        shown = getattr(proc, "phase", None)
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(proc.wait())), self.settings.grace_period)
-        except TimeoutError:
-            log.warning("process %d did not stop within %.0f s of SIGTERM; killing it", proc.pid,
-                        self.settings.grace_period)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-
-    def _job_env(self) -> dict[str, str]:
-        """The service's environment without its own token (a harness has no business calling the service), and
-        with a relative PYTHONPATH made absolute: the job runs in its own directory but must import the same
-        evalproxy as the service."""
-        token = self.settings.token
-        env = {k: v for k, v in os.environ.items() if not (token and v == token)}
-        if env.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p
-                                                for p in env["PYTHONPATH"].split(os.pathsep))
-        return env
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=self.settings.poll_interval)
+                phase = getattr(proc, "phase", None)
+                changed = phase != shown
+                shown = phase
+                if limit:
+                    count = await asyncio.to_thread(launch.answered, job_dir)
+                    if count is not None and min(100.0, 100.0 * count / limit) != progress:
+                        progress, changed = min(100.0, 100.0 * count / limit), True
+                if changed and not done and job_id not in self._cancel_requested:
+                    status, message = shown or ("running", MSG_RUNNING)
+                    await self._set(job_id, status, message, progress=progress)
+                if done:
+                    return progress
+        finally:
+            if not waiter.done():
+                waiter.cancel()
 
     async def _set(self, job_id: str, status: str, message: str, *, progress: float | None = None,
                    **changes: Any) -> None:
@@ -323,7 +313,30 @@ class JobRunner:
         })
 
 
+def prepare(settings: Settings, executor: Executor, job_dir: Path, job: dict[str, Any]) -> list[str]:
+    """Write the job's files; its argv. On a cluster, a disk cache on a shared filesystem is refused."""
+    target, config = job["target"], job["config"]
+    url = launch.store_url(target, config, settings.cache_url)
+    argv = launch.prepare(job_dir, target, config, settings.cache_root, settings.python, url)
+    if executor.distributed:
+        disk = launch.disk_cache(target, config, settings.cache_root, url)
+        if disk is not None:
+            launch.check_cache_filesystem(disk)
+    return argv
+
+
+def job_env(token: str | None) -> dict[str, str]:
+    """The service's environment without its own token (a harness has no business calling the service), and with a
+    relative PYTHONPATH made absolute: the job runs in its own directory but must import the same evalproxy as the
+    service."""
+    env = {k: v for k, v in os.environ.items() if not (token and v == token)}
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p for p in env["PYTHONPATH"].split(os.pathsep))
+    return env
+
+
 def _open_log(path: Path) -> IO[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("a", encoding="utf-8", errors="replace")
 
 

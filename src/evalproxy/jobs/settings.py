@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 3826
+EXECUTORS = ("local", "slurm")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,16 @@ class Settings:
     poll_interval: float = 0.5
     """How often a running job's progress is read from its statistics file."""
     python: str = sys.executable
-    """The interpreter that runs ``python -m evalproxy run`` for each job."""
+    """The interpreter that runs ``python -m evalproxy run`` for each job (on a cluster: the same path on the nodes)."""
+    executor: str = "local"
+    """``local`` (a subprocess per job on this machine) or ``slurm`` (a batch job per job, with ``sbatch``)."""
+    partition: str | None = None
+    account: str | None = None
+    sbatch_args: tuple[str, ...] = ()
+    """More ``sbatch`` options for every job (``--time=02:00:00``, ``--mem=8G``, ``--gres=gpu:1``)."""
+    cache_url: str | None = None
+    """The store every job's answers go to (``redis://host:6379/0``), unless its adapter config names its own; each
+    cache identity gets its own key prefix in it."""
 
     @property
     def db_path(self) -> Path:

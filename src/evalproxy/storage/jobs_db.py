@@ -30,9 +30,12 @@ CREATE TABLE IF NOT EXISTS configs (
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, namespace TEXT NOT NULL,
     status TEXT NOT NULL, target_ref TEXT, config_ref TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    data TEXT NOT NULL, results TEXT, pid INTEGER);
+    data TEXT NOT NULL, results TEXT, pid INTEGER, slurm_id INTEGER);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
+
+_ADDED_COLUMNS = {"slurm_id": "INTEGER"}
+"""Columns added to ``jobs`` after its first version: a database written before gets them when it is opened."""
 
 _SORTABLE = {"targets": ("created_at", "updated_at", "namespace", "name"),
              "configs": ("created_at", "updated_at", "namespace", "name"),
@@ -67,6 +70,10 @@ class JobsDB:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -128,6 +135,16 @@ class JobsDB:
         with self._lock:
             self._conn.execute("UPDATE jobs SET pid = ? WHERE id = ?", (pid, job_id))
 
+    def set_slurm_id(self, job_id: str, slurm_id: int | None) -> None:
+        """The id Slurm gave the job (``sbatch --parsable``): a restarted service watches it again by that id."""
+        with self._lock:
+            self._conn.execute("UPDATE jobs SET slurm_id = ? WHERE id = ?", (slurm_id, job_id))
+
+    def get_slurm_id(self, job_id: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT slurm_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else row[0]
+
     def set_results(self, job_id: str, results: dict[str, Any]) -> None:
         with self._lock:
             self._conn.execute("UPDATE jobs SET results = ? WHERE id = ?", (orjson.dumps(results), job_id))
@@ -142,14 +159,14 @@ class JobsDB:
             cur = self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return cur.rowcount > 0
 
-    def jobs_in(self, statuses: Iterable[str]) -> list[tuple[dict[str, Any], int | None]]:
-        """(record, pid) of every job whose status is one of ``statuses``, oldest first."""
+    def jobs_in(self, statuses: Iterable[str]) -> list[tuple[dict[str, Any], int | None, int | None]]:
+        """(record, pid, Slurm id) of every job whose status is one of ``statuses``, oldest first."""
         wanted = list(statuses)
         marks = ", ".join("?" for _ in wanted)
         with self._lock:
-            rows = self._conn.execute(f"SELECT data, pid FROM jobs WHERE status IN ({marks}) ORDER BY seq",
+            rows = self._conn.execute(f"SELECT data, pid, slurm_id FROM jobs WHERE status IN ({marks}) ORDER BY seq",
                                       wanted).fetchall()
-        return [(_loads(data), pid) for data, pid in rows]
+        return [(_loads(data), pid, slurm_id) for data, pid, slurm_id in rows]
 
     # listings
 

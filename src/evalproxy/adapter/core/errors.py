@@ -8,6 +8,8 @@
     │   ├── JobsNotFoundError         404: no such target, config or job at this path
     │   ├── JobsConflictError         409: the namespace/name is taken; the job is in the wrong state for this
     │   └── JobsInvalidFieldError     422: a field of the body is invalid (unknown target, a key in a URL, ...)
+    ├── JobLaunchError                a job could not be handed to its executor; the reason is its status message
+    │   └── SlurmError                a Slurm command (sbatch, scontrol, scancel) failed or answered what cannot be read
     ├── StoreError                    the cache's store failed (never answered to a client: caching passes through)
     │   ├── StoreUnavailableError     cannot be opened, or a server down or too slow; also a ConnectionError
     │   ├── StoreReadOnlyError        refuses writes: a read-only disk or directory, a read-only replica
@@ -260,3 +262,13 @@ class JobsConflictError(JobsError):
 
 class JobsInvalidFieldError(JobsError):
     status = 422
+
+
+class JobLaunchError(EvalProxyError):
+    """A job could not be handed to its executor (a disk cache on a shared filesystem, a command that cannot start):
+    the job fails and this message, which says why, becomes its ``status_details.message``."""
+
+
+class SlurmError(JobLaunchError):
+    """A Slurm command failed (``sbatch`` refused the job, ``scontrol`` cannot be reached) or answered something that
+    is not what it documents (``sbatch --parsable`` printing no job id)."""
