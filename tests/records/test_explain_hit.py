@@ -24,7 +24,7 @@ def chat(text: str) -> dict[str, Any]:
 
 
 async def explain(run_dir: Path, request: dict[str, Any], tmp_path: Path) -> tuple[int, str, str]:
-    path = tmp_path / f"req-{len(list(tmp_path.glob('req-*')))}.json"
+    path = tmp_path / f"req-{abs(hash(json.dumps(request)))}.json"
     await asyncio.to_thread(path.write_text, json.dumps(request))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "evalproxy", "cache", "explain", str(run_dir),
                                                 str(path), stdout=asyncio.subprocess.PIPE,
@@ -38,7 +38,7 @@ async def test_cached_request_not_among_saved_pairs_is_a_hit(make_proxy: MakePro
     """A request the proxy answers from the cache, though its body was not saved (max_saved_requests: 1), is a HIT
     keyed after the run's system prompt; a new question is a MISS with its nearest saved request and the text diff."""
     client = await make_proxy(CONFIG)
-    for text in ("What is 1 + 4?\nOnly the number.", "What is 2 + 5?\nOnly the number.", "What is 2 + 5?\nOnly the number."):
+    for text in ("What is 1 + 4?\nOnly the number.", *["What is 2 + 5?\nOnly the number."] * 2):
         resp = await client.post("/v1/chat/completions", json=chat(text))
         assert resp.status == 200, await resp.text()
     assert resp.headers["X-EvalProxy-Cache"] == "hit"  # the second question is in the cache, its body is not saved
