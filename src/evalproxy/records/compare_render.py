@@ -196,9 +196,9 @@ def plot(c: Comparison) -> dict[str, Any] | None:
         colour = "bad" if r in c.regressions else "good" if r in c.improvements else "flat"
         lo, hi = r.delta_ci if r.delta_ci else (r.delta or 0.0, r.delta or 0.0)
         items.append({"label": r.label + (" (group)" if r.section == "groups" else ""),
-                      "y": 20 + i * PLOT_ROW, "x": x(r.delta or 0.0), "lo": x(max(lo, -reach)),
+                      "y": 40 + i * PLOT_ROW, "x": x(r.delta or 0.0), "lo": x(max(lo, -reach)),
                       "hi": x(min(hi, reach)), "colour": colour, "value": f"{r.delta:+.3g}"})
-    return {"width": PLOT_WIDTH, "height": 30 + len(rows) * PLOT_ROW, "zero": round(zero, 1), "items": items,
+    return {"width": PLOT_WIDTH, "height": 50 + len(rows) * PLOT_ROW, "zero": round(zero, 1), "items": items,
             "left": x(-reach), "right": x(reach), "reach": f"{reach:.2g}", "value_x": PLOT_WIDTH - 60,
             "label_x": PLOT_LABEL - 10}
 
