@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evalproxy.simulator import Fault, SimulatedModel
 from tests.conftest import MakeProxy
 
 SYSTEM = "Answer tersely."
@@ -74,3 +75,19 @@ async def test_without_the_system_prompt_the_client_request_would_miss(make_prox
     assert "keyed as: POST /v1/chat/completions (no interceptor before caching changes it)" in out
     assert f"stored request #0 (1 field(s) differ): system message absent in the request (messages[0]; stored: " \
            f"'{SYSTEM}')" in out
+
+
+async def test_a_request_that_failed_says_so(make_proxy: MakeProxy, sim: SimulatedModel, tmp_path: Path) -> None:
+    """A request whose answer was a 500 is a MISS that says it failed before (errors are never stored), its nearest
+    neighbour the failure itself, with no difference."""
+    sim.script(Fault(status=500))
+    client = await make_proxy({"interceptors": [{"name": "caching", "config": {"reuse_cached_responses": True}},
+                                                {"name": "endpoint", "config": {"max_retries": 0}}]})
+    resp = await client.post("/v1/chat/completions", json=chat("What is 1 + 4?"))
+    assert resp.status == 500
+    await client.close()
+    code, out, err = await explain(tmp_path / "out", chat("What is 1 + 4?"), tmp_path)
+    assert code == 0, err
+    assert out.startswith("MISS: no answer is stored under the key this request gets")
+    assert "this request failed before (status 500: " in out
+    assert "failed request #0 (status 500) (0 field(s) differ): identical" in out

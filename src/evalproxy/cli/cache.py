@@ -13,9 +13,8 @@ from typing import Any
 from evalproxy.adapter.core.loads import load_json, read_yaml
 from evalproxy.adapter.server.output import CONFIG_FILE
 from evalproxy.cli.common import EXIT_CONFIG, logged
-from evalproxy.records import explain_miss
-from evalproxy.records.compare_data import stored_bodies
-from evalproxy.records.explain import KeyedRequest, key_request, text_diff
+from evalproxy.records.compare_data import failed_requests, stored_bodies
+from evalproxy.records.explain import explain_text, key_request
 from evalproxy.storage import Store, StoreError, copy_store, is_url, open_store, run_store
 
 
@@ -73,10 +72,7 @@ async def _cache(args: argparse.Namespace) -> int:
             print(f"cleared {await store.clear()} entries from {store.location}")
         elif args.action == "explain":
             assert request is not None
-            adapter = await asyncio.to_thread(_run_adapter, args.dir)
-            keyed = await key_request(request, adapter, path=args.path)
-            return _cache_explain(keyed, store.location, (await store.get_answers([(keyed.key, 0)]))[0] is not None,
-                                  await stored_bodies(store))
+            return await _explain(request, args.dir, args.path, store)
         else:
             dst = await asyncio.to_thread(location, args.request, False)
             assert dst is not None
@@ -108,6 +104,17 @@ def _request_to_explain(request_file: str) -> dict[str, Any] | None:
     return request
 
 
+async def _explain(request: dict[str, Any], where: str, path: str | None, store: Store) -> int:
+    """HIT or MISS for ``request`` keyed as the run in ``where`` keys it, then why (see ``explain_text``)."""
+    adapter = await asyncio.to_thread(_run_adapter, where)
+    keyed = await key_request(request, adapter, path=path)
+    answered = (await store.get_answers([(keyed.key, 0)]))[0] is not None
+    code, lines = explain_text(keyed, store.location, answered, await stored_bodies(store),
+                               await failed_requests(store))
+    print("\n".join(lines))
+    return code
+
+
 def _run_adapter(where: str) -> dict[str, Any]:
     """The adapter config a run directory's proxy ran with (its ``adapter_config.yaml``); {} for a cache dir or URL.
     Read with the bounded YAML loader; nothing it names is imported."""
@@ -117,38 +124,6 @@ def _run_adapter(where: str) -> dict[str, Any]:
     doc = read_yaml(path)
     adapter = doc.get("adapter_config") if isinstance(doc, dict) else None
     return adapter if isinstance(adapter, dict) else {}
-
-
-def _cache_explain(keyed: KeyedRequest, where: str, stored_answer: bool, stored: list[dict[str, Any]]) -> int:
-    """HIT or MISS first, as the proxy would key the request; for a miss, the nearest stored requests with their
-    field and text differences. Exit 0 when explained, 1 for a miss with no stored request to compare with."""
-    chain = f" after {', '.join(keyed.applied)}" if keyed.applied else " (no interceptor before caching changes it)"
-    if stored_answer and keyed.reuse:
-        print(f"HIT: the proxy answers this request from the cache {where} (key {keyed.key[:16]}, slot 0)")
-    elif stored_answer:
-        print(f"MISS: an answer is stored under this request's key ({keyed.key[:16]}), but this run's caching does "
-              "not replay it (reuse_cached_responses: false)")
-    else:
-        print(f"MISS: no answer is stored under the key this request gets ({keyed.key[:16]}) in {where}")
-    print(f"keyed as: POST {keyed.path}{chain}")
-    if keyed.skipped:
-        print(f"not applied: {', '.join(keyed.skipped)} (not built in: a run dir's reader never imports its "
-              "plugins), so the key may differ from the proxy's")
-    if keyed.sampled:
-        print("a sampled request (temperature absent or above 0, no seed): its first occurrence in a run takes slot "
-              "0, its k-th occurrence slot k-1")
-    if stored_answer and keyed.reuse:
-        return 0
-    if not stored:
-        print(f"no stored requests in {where} to compare with (the cache saves request bodies only with "
-              "save_requests: true)")
-        return 1
-    for n in explain_miss(keyed.body, stored, limit=3):
-        print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
-        for d in n.diffs:
-            for line in text_diff(d.request, d.stored, d.path):
-                print(f"    {line}")
-    return 0
 
 
 def _outside(store: str | Path, where: Path) -> bool:

@@ -12,7 +12,7 @@ is one difference, not a whole new conversation). ``model`` counts too, since th
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -240,3 +240,63 @@ def text_diff(request: Any, stored: Any, name: str) -> list[str]:
         return []
     return list(difflib.unified_diff(stored.splitlines(), request.splitlines(), f"stored {name}",
                                      f"request {name}", lineterm="", n=2))
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request whose answer failed, as the store kept it (failed answers are never cached)."""
+
+    path: str
+    request: Mapping[str, Any]
+    status: int
+    error: str
+
+
+def _verdict_lines(keyed: KeyedRequest, where: str, answered: bool) -> list[str]:
+    chain = f" after {', '.join(keyed.applied)}" if keyed.applied else " (no interceptor before caching changes it)"
+    if answered and keyed.reuse:
+        lines = [f"HIT: the proxy answers this request from the cache {where} (key {keyed.key[:16]}, slot 0)"]
+    elif answered:
+        lines = [f"MISS: an answer is stored under this request's key ({keyed.key[:16]}), but this run's caching "
+                 "does not replay it (reuse_cached_responses: false)"]
+    else:
+        lines = [f"MISS: no answer is stored under the key this request gets ({keyed.key[:16]}) in {where}"]
+    lines.append(f"keyed as: POST {keyed.path}{chain}")
+    if keyed.skipped:
+        lines.append(f"not applied: {', '.join(keyed.skipped)} (not built in: a run dir's reader never imports its "
+                     "plugins), so the key may differ from the proxy's")
+    if keyed.sampled:
+        lines.append("a sampled request (temperature absent or above 0, no seed): its first occurrence in a run takes "
+                     "slot 0, its k-th occurrence slot k-1")
+    return lines
+
+
+def explain_text(keyed: KeyedRequest, where: str, answered: bool, stored: Sequence[Mapping[str, Any]],
+                 failed: Sequence[Failed], *, limit: int = 3) -> tuple[int, list[str]]:
+    """``cache explain``'s answer as lines, and its exit status: HIT or MISS first; for a miss, a failure of this
+    very request the store kept (failed answers are never cached), then the nearest stored and failed requests with
+    their field and text differences. Status 0 when explained, 1 for a miss with nothing to compare with."""
+    from evalproxy.storage import cache_key
+
+    lines = _verdict_lines(keyed, where, answered)
+    if answered and keyed.reuse:
+        return 0, lines
+    for f in failed:
+        if cache_key(f.path, f.request) == keyed.key:
+            lines.append(f"this request failed before (status {f.status}: {f.error[:200]}): failed answers are never "
+                         "stored, so the proxy asks upstream again")
+            break
+    if not stored and not failed:
+        lines.append(f"no stored requests in {where} to compare with (the cache saves request bodies only with "
+                     "save_requests: true)")
+        return 1, lines
+    bodies = [*stored, *(f.request for f in failed)]
+    for n in explain_miss(keyed.body, bodies, limit=limit):
+        if n.index < len(stored):
+            label = f"stored request #{n.index}"
+        else:
+            f = failed[n.index - len(stored)]
+            label = f"failed request #{n.index - len(stored)} (status {f.status})"
+        lines.append(f"{label} ({n.distance} field(s) differ): {n.summary()}")
+        lines += [f"    {line}" for d in n.diffs for line in text_diff(d.request, d.stored, d.path)]
+    return 0, lines
