@@ -168,6 +168,7 @@ def test_vary_system_prompt_is_a_comparable_paired_comparison(tmp_path: Path,
                                         "system_message.system_message, prompts")
     code, out, _ = evalproxy(capsys, "compare", a, b, "--vary", "system_message", "--json", tmp_path / "c.json")
     assert code == 0 and out.startswith("NO SIGNIFICANT CHANGE: 1 score(s), none moved beyond noise")
+    assert out.splitlines()[0].endswith("; varied: system_message.system_message")
     assert "  - [varied] system_message.system_message: " in out
     assert "mcnemar-exact over 10 paired samples, p=1" in out
     doc = json.loads((tmp_path / "c.json").read_text())

@@ -51,7 +51,13 @@ def _move(r: ScoreRow) -> str:
 
 
 def reason(c: Comparison) -> str:
-    """Why the verdict is what it is, in one sentence."""
+    """Why the verdict is what it is, in one sentence (naming the varied settings of a comparable comparison)."""
+    varied = [x.name for x in c.checks if x.varied and not x.same]
+    tail = f"; varied: {', '.join(varied)}" if varied and c.comparable else ""
+    return _reason(c) + tail
+
+
+def _reason(c: Comparison) -> str:
     if c.verdict == "not comparable":
         names = ", ".join(x.name for x in c.differences)
         return (f"{len(c.differences)} setting(s) that could change the answers differ: {names} "
