@@ -194,3 +194,12 @@ def test_output_folders_are_created_and_write_errors_exit_3(pair: tuple[Path, Pa
     assert code == 3 and out == "" and "cannot write" in err
     code, out, err = evalproxy(capsys, "compare", pair[0], tmp_path / "nope")
     assert code == 3 and "no run directory" in err
+
+
+@pytest.mark.parametrize("argv", [["compare", "only-one"], ["compare", "a", "b", "--max-drop", "x"],
+                                  ["gate", "a", "b"]])
+def test_argument_errors_exit_3_not_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad command line of compare or gate exits 3 (argparse's own 2 would read as 'not comparable')."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 3 and "error:" in capsys.readouterr().err
