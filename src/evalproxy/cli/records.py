@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from evalproxy.adapter.core.errors import ConfigError, UsageError
 from evalproxy.cli.common import EXIT_CONFIG, logged
-from evalproxy.records import compare_runs, export_runs
+from evalproxy.records import compare_runs
 from evalproxy.records.compare import EXIT_USAGE
 from evalproxy.records.compare_data import CachedAnswers
 from evalproxy.records.stats_merge import merge_run_statistics
@@ -26,14 +26,7 @@ def add_report_parser(sub: Any) -> None:
 
 def add_parsers(sub: Any) -> None:
     """``export``, ``compare`` and ``stats`` (``report`` is added by :func:`add_report_parser`, before ``cache``)."""
-    p = sub.add_parser("export", help="gather runs into processed_results.json (or .csv, or MLflow)")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--output-dir", "-o", default=".", help="where processed_results goes (default: here)")
-    p.add_argument("--dest", choices=["file", "mlflow"], default="file")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///..., file:...)")
-    p.add_argument("--experiment", default="evalproxy", help="MLflow experiment name")
-    p.set_defaults(func=logged(cmd_export))
+    add_export_parser(sub)
 
     p = sub.add_parser("compare", help="one verdict on two runs: regression, improvement, no significant change or "
                        "not comparable (exit 1, 1, 0, 2; 3 on a usage or I/O error)")
@@ -170,27 +163,76 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_parser(sub: Any) -> None:
+    """``export``: the launcher's destinations and words (``--dest local``, ``--output_dir``), its settings keys."""
+    p = sub.add_parser("export", help="export runs: processed_results.json/.csv, MLflow, W&B, inspect-ai logs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--dest", choices=["local", "file", "mlflow", "wandb", "inspect"], default="local",
+                   help="local (alias file): processed_results; mlflow; wandb; inspect: inspect-ai logs")
+    p.add_argument("--format", help="local: json (default) or csv; inspect: eval (default) or json")
+    p.add_argument("--output-dir", "--output_dir", "-o", dest="output_dir",
+                   help="local: where processed_results goes (default: here); inspect: where the logs go "
+                        "(default: each run's inspect_logs/)")
+    p.add_argument("--config", dest="export_config", metavar="FILE",
+                   help="settings from a file: a launcher file's export.<dest> (or export: at the top)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="one setting of the destination (YAML value), e.g. --set emit_traces=true")
+    p.add_argument("--tracking-uri", help="mlflow: tracking URI (default MLFLOW_TRACKING_URI, else a local store)")
+    p.add_argument("--experiment", help="mlflow: experiment name (default evalproxy)")
+    p.add_argument("--entity", help="wandb: entity (team)")
+    p.add_argument("--project", help="wandb: project (default evalproxy)")
+    p.add_argument("--log-mode", "--log_mode", dest="log_mode", choices=["per_task", "multi_task"],
+                   help="wandb: one W&B run per task (default) or per run")
+    p.set_defaults(func=logged(cmd_export))
+
+
+_FLAG_KEYS = {"tracking_uri": "tracking_uri", "experiment": "experiment_name", "entity": "entity",
+              "project": "project", "log_mode": "log_mode"}
+
+
+def _export_settings(args: argparse.Namespace, dest: str) -> dict[str, Any]:
+    """The destination's settings: from ``--config``, then ``--set``, then the flags (each over the one before)."""
+    from evalproxy.adapter.core.loads import load_yaml, read_yaml
+
+    settings: dict[str, Any] = {}
+    if args.export_config:
+        data = read_yaml(args.export_config)
+        section = data.get("export", data) if isinstance(data, dict) else None
+        section = section.get(dest, {}) if isinstance(section, dict) else None
+        if not isinstance(section, dict):
+            raise ConfigError("must be a mapping", field=f"export.{dest}", file=args.export_config)
+        settings.update(section)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"'{item}' is not KEY=VALUE", field="--set")
+        settings[key.strip()] = load_yaml(value, source="--set")
+    settings.update({key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag)})
+    if args.output_dir is not None:
+        settings["output_dir"] = args.output_dir
+    if args.format is not None:
+        settings["format"] = args.format
+    return settings
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from evalproxy.records.auto_export import EXTRAS, export_to
+
     missing = [d for d in args.run_dirs if not Path(d).is_dir()]
     if missing:
         print(f"evalproxy export: no run directory at {', '.join(missing)}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.dest == "mlflow":
-        if not args.tracking_uri:
-            print("evalproxy export --dest mlflow needs --tracking-uri", file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            from evalproxy.records.mlflow_export import export_to_mlflow
-
-            ids = export_to_mlflow(args.run_dirs, tracking_uri=args.tracking_uri, experiment_name=args.experiment)
-        except ImportError as exc:
-            print(f"evalproxy: MLflow export needs the extra evalproxy[mlflow] ({exc})", file=sys.stderr)
-            return 1
-        except Exception as exc:  # MLflow's own errors (an unsupported store URI, a server that refuses)
-            print(f"evalproxy: MLflow export failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 1
-        for run_id in ids:
-            print(run_id)
-        return 0
-    print(export_runs(args.run_dirs, args.output_dir, fmt=args.format))
+    try:
+        written = export_to(args.dest, args.run_dirs, _export_settings(args, args.dest))
+    except ConfigError as exc:
+        print(f"evalproxy export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImportError as exc:
+        print(f"evalproxy: export to {args.dest} needs {EXTRAS[args.dest]}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the destination library's own errors (an unsupported store URI, a refusing server)
+        print(f"evalproxy: export to {args.dest} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for item in written:
+        print(item)
     return 0

@@ -43,6 +43,11 @@ def add_demo_parser(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     loaded, resolved = start_proxy_command(args)
     worker = os.environ.get(WORKER_ENV)
+    execution = loaded.sections.get("execution")
+    exports = "export" in loaded.sections or (isinstance(execution, dict) and "auto_export" in execution)
+    if worker is None and exports:
+        log.warning("the config's exports run when an evaluation ends: `evalproxy run` does them, `serve` does not "
+                    "(export a served run with `evalproxy export RUN_DIR --dest ...`)")
     if worker is not None:  # one of serve --workers' processes
         return run_loop(_serve(loaded, resolved, args.run_id, int(worker)), args.loop)
     try:

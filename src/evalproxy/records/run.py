@@ -18,6 +18,7 @@ from evalproxy.adapter.config import LoadedConfig
 from evalproxy.adapter.registry import Resolved
 from evalproxy.adapter.server.lifecycle import new_run_id
 from evalproxy.adapter.server.running import RunningProxy, run_command
+from evalproxy.records.auto_export import plan_from_config, run_auto_export
 from evalproxy.records.harnesses import read_harness_output, write_samples
 from evalproxy.records.ledger_feed import ledger_observer
 from evalproxy.records.observed import ObservedParams, RequestLedger
@@ -77,6 +78,7 @@ async def run_evaluation(loaded: LoadedConfig, resolved: Resolved, command: list
     the command ends (a failure to write it is logged, never raised); ``results`` names the harness's results when
     they cannot be found.
     """
+    plan = plan_from_config(loaded.sections, source=loaded.source)  # refused now, not when the run ends
     run_id = run_id or new_run_id()  # the proxy's: sorts by start time, so saved pairs sort across runs
     running = RunningProxy(_in_run_dir(loaded, run_id), resolved=resolved, run_id=run_id)
     run_dir = running.proxy.run.output_dir  # absolute
@@ -101,6 +103,8 @@ async def run_evaluation(loaded: LoadedConfig, resolved: Resolved, command: list
         await ledger.aclose()
         await _write_record(running, run_id, argv=argv, started=started, exit_code=exit_code, observed=observed,
                             results=results)
+        if plan is not None and exit_code is not None:  # a run that ended (not one cancelled); failures are warnings
+            await asyncio.to_thread(run_auto_export, run_dir, plan)
 
 
 def _in_run_dir(loaded: LoadedConfig, run_id: str) -> LoadedConfig:
