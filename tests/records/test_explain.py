@@ -46,3 +46,12 @@ class TestExplain:
         assert text_diff("a\nB\nc", "a\nb\nc", "x") == ["--- stored x", "+++ request x", "@@ -1,3 +1,3 @@", " a",
                                                          "-b", "+B", " c"]
         assert text_diff(1, 2, "x") == []
+
+    def test_a_bypassed_cache_misses_whatever_is_stored(self) -> None:
+        """A run whose caching was bypassed (NeMo 0.4's bypass: true) misses even with an answer stored."""
+        from evalproxy.records.explain import KeyedRequest, explain_text
+
+        code, lines = explain_text(KeyedRequest("/v1/chat/completions", dict(BASE), "k" * 64, bypass=True), "c",
+                                   True, [BASE], [])
+        assert code == 0 and lines[0] == "MISS: this run's caching is bypassed (bypass: true): nothing is looked up " \
+                                         "or stored"

@@ -24,11 +24,11 @@ def chat(text: str) -> dict[str, Any]:
     return {"model": "m", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": text}]}
 
 
-async def explain(run_dir: Path, request: dict[str, Any], tmp_path: Path) -> tuple[int, str, str]:
+async def explain(run_dir: Path, request: dict[str, Any], tmp_path: Path, *args: str) -> tuple[int, str, str]:
     path = tmp_path / f"req-{abs(hash(json.dumps(request)))}.json"
     await asyncio.to_thread(path.write_text, json.dumps(request))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "evalproxy", "cache", "explain", str(run_dir),
-                                                str(path), stdout=asyncio.subprocess.PIPE,
+                                                str(path), *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
@@ -91,3 +91,17 @@ async def test_a_request_that_failed_says_so(make_proxy: MakeProxy, sim: Simulat
     assert out.startswith("MISS: no answer is stored under the key this request gets")
     assert "this request failed before (status 500: " in out
     assert "failed request #0 (status 500) (0 field(s) differ): identical" in out
+
+
+async def test_a_session_keyed_run_needs_the_session(make_proxy: MakeProxy, tmp_path: Path) -> None:
+    """A run whose caching keys by session (NeMo 0.4's session_prefix) hits with --session naming the request's
+    X-Session-Id, and without one misses, saying why."""
+    client = await make_proxy({"interceptors": [
+        {"name": "caching", "config": {"reuse_cached_responses": True, "session_prefix": True}}, {"name": "endpoint"}]})
+    resp = await client.post("/v1/chat/completions", json=chat("What is 1 + 4?"), headers={"X-Session-Id": "s-7"})
+    assert resp.status == 200
+    await client.close()
+    code, out, err = await explain(tmp_path / "out", chat("What is 1 + 4?"), tmp_path, "--session", "s-7")
+    assert code == 0 and out.startswith("HIT: ") and ", in session s-7" in out, out + err
+    code, out, err = await explain(tmp_path / "out", chat("What is 1 + 4?"), tmp_path)
+    assert out.startswith("MISS: ") and "session_prefix: true): give --session ID" in out, out + err

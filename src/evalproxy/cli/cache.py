@@ -26,6 +26,8 @@ def add_parsers(sub: Any) -> None:
                    "dir or a Redis URL)")
     p.add_argument("--path", help="explain: the request's path (default: /v1/completions for a prompt, else the run's "
                    "endpoint_type, /v1/chat/completions)")
+    p.add_argument("--session", help="explain: the request's session (its X-Session-Id header), for a run whose "
+                   "caching keys by session (session_prefix: true)")
     p.set_defaults(func=logged(cmd_cache))
 
 
@@ -72,7 +74,7 @@ async def _cache(args: argparse.Namespace) -> int:
             print(f"cleared {await store.clear()} entries from {store.location}")
         elif args.action == "explain":
             assert request is not None
-            return await _explain(request, args.dir, args.path, store)
+            return await _explain(request, args, store)
         else:
             dst = await asyncio.to_thread(location, args.request, False)
             assert dst is not None
@@ -104,10 +106,10 @@ def _request_to_explain(request_file: str) -> dict[str, Any] | None:
     return request
 
 
-async def _explain(request: dict[str, Any], where: str, path: str | None, store: Store) -> int:
-    """HIT or MISS for ``request`` keyed as the run in ``where`` keys it, then why (see ``explain_text``)."""
-    adapter = await asyncio.to_thread(_run_adapter, where)
-    keyed = await key_request(request, adapter, path=path)
+async def _explain(request: dict[str, Any], args: argparse.Namespace, store: Store) -> int:
+    """HIT or MISS for ``request`` keyed as the run in ``args.dir`` keys it, then why (see ``explain_text``)."""
+    adapter = await asyncio.to_thread(_run_adapter, args.dir)
+    keyed = await key_request(request, adapter, path=args.path, session=args.session)
     answered = (await store.get_answers([(keyed.key, 0)]))[0] is not None
     code, lines = explain_text(keyed, store.location, answered, await stored_bodies(store),
                                await failed_requests(store))

@@ -146,6 +146,12 @@ class KeyedRequest:
     """Interceptors before caching that could not be: not built in (a plugin a run dir's reader never imports)."""
     sampled: bool = False
     reuse: bool = True
+    bypass: bool = False
+    """The run's caching was off (NeMo 0.4's ``bypass: true``): nothing is looked up or stored."""
+    session: str | None = None
+    """The session whose key this is (``session_prefix: true``), or None."""
+    needs_session: bool = False
+    """The run's caching prefixes keys by session, and no session was given."""
 
 
 @dataclass
@@ -190,7 +196,7 @@ def default_path(adapter: Mapping[str, Any], body: Mapping[str, Any]) -> str:
 
 
 async def key_request(request: Mapping[str, Any], adapter: Mapping[str, Any], *, path: str | None = None,
-                      output_dir: Path | None = None) -> KeyedRequest:
+                      session: str | None = None, output_dir: Path | None = None) -> KeyedRequest:
     """Run ``request`` through the request side of the run's chain up to ``caching`` and key it with caching's own
     key function. Only built-in interceptors are applied (a run dir's reader never imports its plugins); the others
     are named in ``skipped``."""
@@ -201,7 +207,7 @@ async def key_request(request: Mapping[str, Any], adapter: Mapping[str, Any], *,
     from evalproxy.adapter.flow.run import RunContext
     from evalproxy.adapter.registry.registry import BUILTIN_PACKAGES, Registry
     from evalproxy.adapter.server.prometheus import Prometheus
-    from evalproxy.interceptors.caching import is_deterministic
+    from evalproxy.interceptors.caching import is_deterministic, session_key
     from evalproxy.storage import cache_key
 
     before, caching = _chain_before_caching(adapter)
@@ -230,8 +236,13 @@ async def key_request(request: Mapping[str, Any], adapter: Mapping[str, Any], *,
     body = thaw(ctx.json) if ctx.json is not None else {}
     repeats = caching.get("repeats", "auto")
     sampled = repeats == "sample" or (repeats != "reuse" and not is_deterministic(body))
-    return KeyedRequest(ctx.path, body, cache_key(ctx.path, body, ctx.query), applied, skipped, sampled,
-                        bool(caching.get("reuse_cached_responses", True)))
+    key = cache_key(ctx.path, body, ctx.query)
+    by_session = bool(caching.get("session_prefix"))
+    if by_session and session:
+        key = session_key(session, key)
+    return KeyedRequest(ctx.path, body, key, applied, skipped, sampled,
+                        bool(caching.get("reuse_cached_responses", True)), bool(caching.get("bypass")),
+                        session if by_session else None, by_session and not session)
 
 
 def text_diff(request: Any, stored: Any, name: str) -> list[str]:
@@ -254,14 +265,19 @@ class Failed:
 
 def _verdict_lines(keyed: KeyedRequest, where: str, answered: bool) -> list[str]:
     chain = f" after {', '.join(keyed.applied)}" if keyed.applied else " (no interceptor before caching changes it)"
-    if answered and keyed.reuse:
+    if keyed.bypass:
+        lines = ["MISS: this run's caching is bypassed (bypass: true): nothing is looked up or stored"]
+    elif answered and keyed.reuse:
         lines = [f"HIT: the proxy answers this request from the cache {where} (key {keyed.key[:16]}, slot 0)"]
     elif answered:
         lines = [f"MISS: an answer is stored under this request's key ({keyed.key[:16]}), but this run's caching "
                  "does not replay it (reuse_cached_responses: false)"]
     else:
         lines = [f"MISS: no answer is stored under the key this request gets ({keyed.key[:16]}) in {where}"]
-    lines.append(f"keyed as: POST {keyed.path}{chain}")
+    lines.append(f"keyed as: POST {keyed.path}{chain}" + (f", in session {keyed.session}" if keyed.session else ""))
+    if keyed.needs_session:
+        lines.append("this run's caching keys requests by session (session_prefix: true): give --session ID (the "
+                     "X-Session-Id header) to key a session's request; keyed here without one")
     if keyed.skipped:
         lines.append(f"not applied: {', '.join(keyed.skipped)} (not built in: a run dir's reader never imports its "
                      "plugins), so the key may differ from the proxy's")
@@ -279,7 +295,7 @@ def explain_text(keyed: KeyedRequest, where: str, answered: bool, stored: Sequen
     from evalproxy.storage import cache_key
 
     lines = _verdict_lines(keyed, where, answered)
-    if answered and keyed.reuse:
+    if (answered and keyed.reuse) or keyed.bypass:
         return 0, lines
     for f in failed:
         if cache_key(f.path, f.request) == keyed.key:
