@@ -1,14 +1,16 @@
 """End to end through the command line, in real processes: ``evalproxy run`` with inspect-ai against the fake model,
 then ``evalproxy export``, ``evalproxy compare`` and ``evalproxy cache explain`` on the run directories it wrote.
 
-Three runs are made once per module, at the same time: ``base`` (temperature 0), ``hot`` (temperature 0.6) and
-``worse`` (temperature 0, a model that gets 3 more sums wrong).
+Four runs are made once per module, at the same time: ``base`` (temperature 0), ``hot`` (temperature 0.6),
+``worse`` (temperature 0, a model that gets 6 more sums wrong: a regression beyond noise, McNemar p = 0.031) and
+``prompt`` (the base model with another system prompt).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +41,7 @@ interceptors:
     config: {save_requests: true}
   - name: endpoint
 """
+NEW_PROMPT = "Reply with digits only."
 
 
 def _free_port() -> int:
@@ -69,7 +72,7 @@ def _evalproxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("cli-e2e")
     fakes, upstreams = [], []
-    for wrong in ("7,11", "7,11,13,15,17"):
+    for wrong in ("7,11", "7,11,13,15,17,19,21,23"):
         port = _free_port()
         fakes.append(subprocess.Popen(
             [sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--wrong", wrong],
@@ -78,18 +81,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     try:
         for fake, upstream in zip(fakes, upstreams, strict=True):
             _wait_up(f"{upstream}/models", fake)
-        cfg = root / "adapter.yaml"
+        cfg, cfg_prompt = root / "adapter.yaml", root / "adapter-prompt.yaml"
         cfg.write_text(CONFIG)
+        cfg_prompt.write_text(CONFIG.replace("Answer with a number.", NEW_PROMPT))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
         env.update(OPENAI_API_KEY="sk-not-a-real-key", NO_COLOR="1")
         procs = {}
-        for name, temperature, upstream in (("base", "0.0", upstreams[0]), ("hot", "0.6", upstreams[0]),
-                                            ("worse", "0.0", upstreams[1])):
+        for name, temperature, upstream, config in (
+                ("base", "0.0", upstreams[0], cfg), ("hot", "0.6", upstreams[0], cfg),
+                ("worse", "0.0", upstreams[1], cfg), ("prompt", "0.0", upstreams[0], cfg_prompt)):
             work = root / f"work-{name}"
             work.mkdir()
             shutil.copy2(FIXTURES / "sums_task.py", work)
             shutil.copy2(FIXTURES / "sums.jsonl", work)
-            argv = [sys.executable, "-m", "evalproxy", "run", "-c", str(cfg), "--upstream", upstream,
+            argv = [sys.executable, "-m", "evalproxy", "run", "-c", str(config), "--upstream", upstream,
                     "--model-id", "fake-model", "-o", str(root / "runs" / (name + "-{model}-{date}")),
                     "--log-level", "WARNING", "--",
                     INSPECT, "eval", "sums_task.py", "--model", "openai-api/fake/fake-model",
@@ -151,15 +156,56 @@ def test_compare_names_temperature(runs: dict[str, Path], tmp_path: Path) -> Non
     assert "not comparable" in page.read_text() and json.loads(doc.read_text())
 
 
-def test_compare_lists_the_three_changed_answers(runs: dict[str, Path], tmp_path: Path) -> None:
-    """`evalproxy compare` of comparable runs where 3 answers differ exits 0 and lists those 3, read from the caches."""
-    doc = tmp_path / "c.json"
-    done = _evalproxy("compare", str(runs["base"]), str(runs["worse"]), "--fail-on", "regression", "--json", str(doc))
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_compare_of_a_worse_model_is_a_regression(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`evalproxy compare --fail-on regression --show-flips` of the worse model says REGRESSION first (text and
+    page), exits 1, and lists the 6 flips with their questions, targets and both answers, read from inspect's log."""
+    page, doc = tmp_path / "cmp" / "worse.html", tmp_path / "cmp" / "worse.json"
+    done = _evalproxy("compare", str(runs["base"]), str(runs["worse"]), "--fail-on", "regression", "--show-flips",
+                      "--html", str(page), "--json", str(doc))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith("REGRESSION: sums match.accuracy 0.8 -> 0.2 (delta -0.6, 95% CI [")
+    assert "mcnemar-exact over 10 paired samples, p=0.0312" in done.stdout.splitlines()[0]
+    assert "flips: 6 right -> wrong, 0 wrong -> right" in done.stdout
+    assert ('  [sums/q5] right -> wrong (match)\n      question:  "What is 5 + 8? Answer with the number only."\n'
+            '      target:    "13"\n      baseline:  "13" (right)\n      candidate: "14" (wrong)') in done.stdout
     c = json.loads(doc.read_text())
-    assert c["comparable"] and c["changed_total"] == 3 and c["pairs_compared"] == 10
-    assert sorted((ch["baseline"], ch["candidate"]) for ch in c["changed"]) == [("13", "14"), ("15", "16"),
-                                                                               ("17", "18")]
+    assert c["verdict"] == "regression" and c["paired_samples"] == 10 and c["changed_total"] == 6
+    assert [s["sample_id"] for s in c["samples"] if s["flip"] == "regressed"] == ["q5", "q6", "q7", "q8", "q9", "q10"]
+    if CHROMIUM is not None:  # the page as a browser shows it: the verdict block comes first and says REGRESSION
+        dom = _dump_dom(page, tmp_path)
+        assert re.search(r'<div id="verdict" class="headline regression">\s*<div class="word">REGRESSION</div>', dom)
+        assert dom.index('id="verdict"') < dom.index('id="scores"') and "What is 5 + 8?" in dom
+        assert '<svg id="deltas"' in dom
+
+
+def test_compare_of_two_system_prompts_with_vary(runs: dict[str, Path]) -> None:
+    """Two system prompts are NOT COMPARABLE (exit 2) until declared with --vary system_message: then comparable,
+    the varied prompt named, and paired over the 10 samples both runs graded."""
+    done = _evalproxy("compare", str(runs["base"]), str(runs["prompt"]))
+    assert done.returncode == 2 and done.stdout.startswith("NOT COMPARABLE: ")
+    assert "system_message.system_message" in done.stdout.splitlines()[0]
+    done = _evalproxy("compare", str(runs["base"]), str(runs["prompt"]), "--vary", "system_message")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("NO SIGNIFICANT CHANGE: ")
+    assert f'  - [varied] system_message.system_message: "Answer with a number." in baseline, "{NEW_PROMPT}" in ' \
+           "candidate" in done.stdout
+    assert "mcnemar-exact over 10 paired samples, p=1" in done.stdout
+    assert "answers changed: 0 of 10 paired samples (from the harness's per-sample answers)" in done.stdout
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+def _dump_dom(page: Path, tmp_path: Path) -> str:
+    assert CHROMIUM is not None
+    profile = tmp_path / "chromium"
+    done = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(profile)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def test_cache_explain_names_the_changed_field(runs: dict[str, Path], tmp_path: Path) -> None:

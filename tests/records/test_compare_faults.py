@@ -168,6 +168,7 @@ def test_vary_system_prompt_is_a_comparable_paired_comparison(tmp_path: Path,
                                         "system_message.system_message, prompts")
     code, out, _ = evalproxy(capsys, "compare", a, b, "--vary", "system_message", "--json", tmp_path / "c.json")
     assert code == 0 and out.startswith("NO SIGNIFICANT CHANGE: 1 score(s), none moved beyond noise")
+    assert out.splitlines()[0].endswith("; varied: system_message.system_message")
     assert "  - [varied] system_message.system_message: " in out
     assert "mcnemar-exact over 10 paired samples, p=1" in out
     doc = json.loads((tmp_path / "c.json").read_text())
@@ -193,3 +194,12 @@ def test_output_folders_are_created_and_write_errors_exit_3(pair: tuple[Path, Pa
     assert code == 3 and out == "" and "cannot write" in err
     code, out, err = evalproxy(capsys, "compare", pair[0], tmp_path / "nope")
     assert code == 3 and "no run directory" in err
+
+
+@pytest.mark.parametrize("argv", [["compare", "only-one"], ["compare", "a", "b", "--max-drop", "x"],
+                                  ["gate", "a", "b"]])
+def test_argument_errors_exit_3_not_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad command line of compare or gate exits 3 (argparse's own 2 would read as 'not comparable')."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 3 and "error:" in capsys.readouterr().err

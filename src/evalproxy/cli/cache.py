@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from evalproxy.adapter.core.loads import load_json
+from evalproxy.adapter.core.loads import load_json, read_yaml
+from evalproxy.adapter.server.output import CONFIG_FILE
 from evalproxy.cli.common import EXIT_CONFIG, logged
-from evalproxy.records import explain_miss
-from evalproxy.records.compare_data import stored_bodies
+from evalproxy.records.compare_data import failed_requests, stored_bodies
+from evalproxy.records.explain import explain_text, key_request
 from evalproxy.storage import Store, StoreError, copy_store, is_url, open_store, run_store
 
 
@@ -23,6 +24,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("dir", help="a run's output dir, a cache dir, or a Redis URL (redis://host:6379/0?prefix=NAME:)")
     p.add_argument("request", nargs="?", help="explain: a request body (JSON file); copy: the destination (a cache "
                    "dir or a Redis URL)")
+    p.add_argument("--path", help="explain: the request's path (default: /v1/completions for a prompt, else the run's "
+                   "endpoint_type, /v1/chat/completions)")
+    p.add_argument("--session", help="explain: the request's session (its X-Session-Id header), for a run whose "
+                   "caching keys by session (session_prefix: true)")
     p.set_defaults(func=logged(cmd_cache))
 
 
@@ -69,7 +74,7 @@ async def _cache(args: argparse.Namespace) -> int:
             print(f"cleared {await store.clear()} entries from {store.location}")
         elif args.action == "explain":
             assert request is not None
-            return _cache_explain(request, store.location, await stored_bodies(store))
+            return await _explain(request, args, store)
         else:
             dst = await asyncio.to_thread(location, args.request, False)
             assert dst is not None
@@ -101,13 +106,26 @@ def _request_to_explain(request_file: str) -> dict[str, Any] | None:
     return request
 
 
-def _cache_explain(request: dict[str, Any], where: str, stored: list[dict[str, Any]]) -> int:
-    if not stored:
-        print(f"no stored requests in {where} (the cache saves request bodies only with save_requests: true)")
-        return 1
-    for n in explain_miss(request, stored, limit=3):
-        print(f"stored request #{n.index} ({n.distance} field(s) differ): {n.summary()}")
-    return 0
+async def _explain(request: dict[str, Any], args: argparse.Namespace, store: Store) -> int:
+    """HIT or MISS for ``request`` keyed as the run in ``args.dir`` keys it, then why (see ``explain_text``)."""
+    adapter = await asyncio.to_thread(_run_adapter, args.dir)
+    keyed = await key_request(request, adapter, path=args.path, session=args.session)
+    answered = (await store.get_answers([(keyed.key, 0)]))[0] is not None
+    code, lines = explain_text(keyed, store.location, answered, await stored_bodies(store),
+                               await failed_requests(store))
+    print("\n".join(lines))
+    return code
+
+
+def _run_adapter(where: str) -> dict[str, Any]:
+    """The adapter config a run directory's proxy ran with (its ``adapter_config.yaml``); {} for a cache dir or URL.
+    Read with the bounded YAML loader; nothing it names is imported."""
+    path = Path(where) / CONFIG_FILE
+    if is_url(where) or not path.is_file():
+        return {}
+    doc = read_yaml(path)
+    adapter = doc.get("adapter_config") if isinstance(doc, dict) else None
+    return adapter if isinstance(adapter, dict) else {}
 
 
 def _outside(store: str | Path, where: Path) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from evalproxy.adapter.core.errors import ConfigError, UsageError
 from evalproxy.cli.common import EXIT_CONFIG, logged
@@ -47,6 +47,7 @@ def add_parsers(sub: Any) -> None:
                    help="list the samples that flipped (right -> wrong first) with question, target and answers")
     p.add_argument("--max-changed", type=int, default=10, help="changed answers listed in the text")
     p.set_defaults(func=logged(cmd_compare))
+    usage_exits_3(p)
 
     add_gate_parser(sub)
 
@@ -69,6 +70,17 @@ def add_gate_parser(sub: Any) -> None:
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="exit 1 on NO-GO and 2 on INCONCLUSIVE (default); --no-strict exits 0")
     p.set_defaults(func=logged(cmd_gate))
+    usage_exits_3(p)
+
+
+def usage_exits_3(p: argparse.ArgumentParser) -> None:
+    """A usage error of ``compare`` or ``gate`` exits 3, not argparse's 2: their 2 is a verdict (not comparable,
+    inconclusive)."""
+    def error(message: str) -> NoReturn:
+        p.print_usage(sys.stderr)
+        p.exit(EXIT_USAGE, f"{p.prog}: error: {message}\n")
+
+    setattr(p, "error", error)  # noqa: B010  (an instance's own error(): argparse calls self.error)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

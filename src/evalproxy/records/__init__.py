@@ -27,15 +27,24 @@ adapter); compare's store reading is :mod:`evalproxy.records.compare_data`, ``st
     joined with the requests the proxy saw). When a run ends, ``run_evaluation`` calls
     ``auto_export.run_auto_export(run_dir, plan_from_config(loaded.sections))``.
 
-``evalproxy compare BASELINE CANDIDATE [--html FILE] [--json FILE] [--fail-on regression]``
+``evalproxy compare BASELINE CANDIDATE [--html FILE] [--json FILE] [--fail-on regression] [--vary FIELD...]
+[--max-drop X [--strict]] [--show-flips]``
     ``c = compare_runs(baseline, candidate, answers=<(run_dir, prompt_key) -> str | None>,
-    request_bodies=<run_dir -> iterable of stored request bodies>, max_changed=10, fail_on="none"|"regression")``;
-    print ``c.to_text()``, write ``c.to_html()`` / ``c.to_dict()``; exit with ``c.exit_code``
-    (0 comparable and no gated regression, 1 significant drop with ``fail_on="regression"``, 2 not comparable).
+    request_bodies=<run_dir -> iterable of stored request bodies>, max_changed=10, fail_on="none"|"regression",
+    vary=[...], max_drop=None, strict=False)``; print ``c.to_text(show_flips=...)`` (its first line is
+    ``c.verdict``), write ``c.to_html()`` / ``c.to_dict()``; exit with ``c.exit_code`` (0 no significant change or
+    improvement, 1 regression with ``fail_on="regression"`` or a ``max_drop`` breach, 2 not comparable; the command
+    exits 3 on a usage or I/O error).
+
+``evalproxy gate --policy FILE BASELINE CANDIDATE``
+    ``gate_runs(baseline, candidate, load_policy(file))`` in :mod:`evalproxy.records.gate` -> ``GateReport`` with
+    ``verdict`` GO / NO-GO / INCONCLUSIVE (exit 0 / 1 / 2).
 
 ``evalproxy cache explain RUN_DIR REQUEST.json``
-    ``explain_miss(request_body, stored_bodies, limit=3)`` -> ``[Neighbour(index, distance, diffs)]``;
-    ``Neighbour.summary()`` says it in words ("system prompt changed (messages[0].content); max_tokens bumped: ...").
+    ``keyed = await key_request(request_body, adapter_config)`` (the run's chain before caching, caching's key), the
+    store looked up for ``keyed.key`` (HIT or MISS); for a miss ``explain_miss(keyed.body, stored_bodies, limit=3)``
+    -> ``[Neighbour(index, distance, diffs)]``; ``Neighbour.summary()`` says it in words ("system prompt changed
+    (messages[0].content); max_tokens bumped: ...").
 
 Files in a run directory written here: ``results.yaml`` (``RESULTS_FILE``), ``requests.jsonl`` (``LEDGER_FILE``),
 ``samples.jsonl`` (per-sample harness scores, for paired tests).

@@ -176,6 +176,8 @@ def mark_breaches(rows: Sequence[ScoreRow], max_drop: float, *, strict: bool) ->
 
 @dataclass
 class Run:
+    """One run directory as compare and gate read it: its record, request ledger, per-sample results and config."""
+
     path: Path
     record: RunRecord
     ledger: list[LedgerEntry]
@@ -184,6 +186,8 @@ class Run:
 
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:
+    """Read a run directory (bounded: values too large to compare stand in as ``TooLarge``); a directory
+    without ``results.yaml`` reads as an empty record."""
     p = Path(run_dir)
     if not p.is_dir():
         raise ConfigError("not a run directory", file=str(p))

@@ -13,6 +13,7 @@ from typing import Any
 
 from evalproxy.adapter.core.loads import MAX_DEPTH, too_deep
 from evalproxy.adapter.flow.shape import answer_text
+from evalproxy.records.explain import Failed
 from evalproxy.records.observed import read_ledger
 from evalproxy.storage import Store, is_url, open_store, run_store
 
@@ -34,6 +35,15 @@ async def stored_bodies(store: Store) -> list[dict[str, Any]]:
             continue
         bodies.append(p.request)
     return bodies
+
+
+async def failed_requests(store: Store) -> list[Failed]:
+    """The requests whose answers failed (the store keeps the last ones for the report; errors are never cached)."""
+    out = []
+    for f in await store.failures():
+        if isinstance(f.request, dict) and not f.damaged and not too_deep(f.request):
+            out.append(Failed(f.path, f.request, f.status, f.error))
+    return out
 
 
 class RunStore:

@@ -51,7 +51,13 @@ def _move(r: ScoreRow) -> str:
 
 
 def reason(c: Comparison) -> str:
-    """Why the verdict is what it is, in one sentence."""
+    """Why the verdict is what it is, in one sentence (naming the varied settings of a comparable comparison)."""
+    varied = [x.name for x in c.checks if x.varied and not x.same]
+    tail = f"; varied: {', '.join(varied)}" if varied and c.comparable else ""
+    return _reason(c) + tail
+
+
+def _reason(c: Comparison) -> str:
     if c.verdict == "not comparable":
         names = ", ".join(x.name for x in c.differences)
         return (f"{len(c.differences)} setting(s) that could change the answers differ: {names} "
@@ -196,9 +202,9 @@ def plot(c: Comparison) -> dict[str, Any] | None:
         colour = "bad" if r in c.regressions else "good" if r in c.improvements else "flat"
         lo, hi = r.delta_ci if r.delta_ci else (r.delta or 0.0, r.delta or 0.0)
         items.append({"label": r.label + (" (group)" if r.section == "groups" else ""),
-                      "y": 20 + i * PLOT_ROW, "x": x(r.delta or 0.0), "lo": x(max(lo, -reach)),
+                      "y": 40 + i * PLOT_ROW, "x": x(r.delta or 0.0), "lo": x(max(lo, -reach)),
                       "hi": x(min(hi, reach)), "colour": colour, "value": f"{r.delta:+.3g}"})
-    return {"width": PLOT_WIDTH, "height": 30 + len(rows) * PLOT_ROW, "zero": round(zero, 1), "items": items,
+    return {"width": PLOT_WIDTH, "height": 50 + len(rows) * PLOT_ROW, "zero": round(zero, 1), "items": items,
             "left": x(-reach), "right": x(reach), "reach": f"{reach:.2g}", "value_x": PLOT_WIDTH - 60,
             "label_x": PLOT_LABEL - 10}
 
