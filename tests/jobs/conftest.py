@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from evalproxy.jobs.app import create_app
+from evalproxy.jobs.app import RUNNER, create_app
 from evalproxy.jobs.settings import Settings
 from evalproxy.simulator import SimulatedModel, sums
 from tests.waiting import wait_until
@@ -90,8 +90,8 @@ MakeService = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 async def make_service(tmp_path: Path) -> AsyncIterator[MakeService]:
-    """Start the jobs service app in this process (its jobs are real ``evalproxy run`` subprocesses); its client
-    sends the token on every call unless ``send_token=False``."""
+    """Start the jobs service app in this process (its jobs are real ``evalproxy run`` subprocesses), told its URL
+    as ``jobs serve`` tells it; its client sends the token on every call unless ``send_token=False``."""
     clients: list[TestClient[Any, Any]] = []
 
     async def make(*, send_token: bool = True, **kw: Any) -> TestClient[Any, Any]:
@@ -103,6 +103,7 @@ async def make_service(tmp_path: Path) -> AsyncIterator[MakeService]:
                                                   headers=headers)
         await client.start_server()
         clients.append(client)
+        client.server.app[RUNNER].serving_at(str(client.make_url("")).rstrip("/"))  # as jobs serve does once bound
         return client
 
     yield make

@@ -78,18 +78,24 @@ class TestParsing:
 class TestScript:
     def test_every_argument_reaches_the_command_as_written(self, tmp_path: Path) -> None:
         """The batch script, run by bash, hands each argument over verbatim: quotes, $(...), backticks and ';' run
-        nothing, and a store URL is read from the environment, never written into the file."""
+        nothing; the store URL is never written into the file (a ``${...}`` the wrapper fills in stands for it), and
+        the wrapper is told to fetch the job's secrets."""
         canary = tmp_path / "canary"
         tricky = [f"$(touch {canary})", f"a'b; touch {canary}", f"`touch {canary}`", "${HOME}", "two words", ""]
         url = "redis://:s3cret-password@cache:6379/0?prefix=p:"
-        text, cache_url = script_text("eval-X", tmp_path, ["printf", r"[%s]\n", *tricky, "--cache-url", url])
-        assert cache_url == url and "s3cret" not in text
+        argv = ["printf", r"[%s]\n", "--log", "l", "--", "run", "--cache-url", url, "--", *tricky, "--cache-url", "x"]
+        text = script_text("eval-X", tmp_path, argv)
+        assert "s3cret" not in text
         script = tmp_path / "job.sh"
         script.write_text(text)
         out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True,
                              env={"PATH": "/usr/bin:/bin", CACHE_URL_ENV: url}).stdout
-        assert out.splitlines() == [f"[{a}]" for a in [*tricky, "--cache-url", url]]
+        assert out.splitlines() == [f"[{a}]" for a in [
+            "--log", "l", "--secrets-from", "eval-X", "--env-arg", CACHE_URL_ENV, "--", "run", "--cache-url",
+            "${EVALPROXY_JOBS_CACHE_URL}", "--", *tricky, "--cache-url", "x"]]  # the harness's own option is left
         assert not canary.exists()
+        no_store = script_text("eval-X", tmp_path, ["w", "--", "run", "--", "h"])
+        assert "exec w --secrets-from eval-X -- run -- h" in no_store
 
     def test_sbatch_options_name_the_job_its_output_and_the_users_options(self, tmp_path: Path) -> None:
         """sbatch gets --parsable, the job's name, its directory, the log as Slurm's output (appended), --requeue,
@@ -137,8 +143,9 @@ class TestSharedFilesystems:
         assert launch.disk_cache(target, a, Path("/c"), None) == launch.cache_dir(Path("/c"), target, a)
 
 
-def test_an_old_jobs_database_gets_the_slurm_id_column(tmp_path: Path) -> None:
-    """A jobs.db written before the Slurm executor opens, keeps its jobs, and records a Slurm id."""
+def test_an_old_jobs_database_gets_the_slurm_id_and_ticket_columns(tmp_path: Path) -> None:
+    """A jobs.db written before the Slurm executor opens, keeps its jobs, and records a Slurm id and a ticket's
+    hash."""
     path = tmp_path / "jobs.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
@@ -153,6 +160,8 @@ def test_an_old_jobs_database_gets_the_slurm_id_column(tmp_path: Path) -> None:
         assert db.jobs_in(["running"]) == [({"id": "eval-OLD"}, None, None)]
         db.set_slurm_id("eval-OLD", 77)
         assert db.get_slurm_id("eval-OLD") == 77
+        db.set_ticket_hash("eval-OLD", "ab" * 32)
+        assert db.get_ticket("eval-OLD") == ("running", "ab" * 32)
         assert db.jobs_in(["running"]) == [({"id": "eval-OLD"}, None, 77)]
     finally:
         db.close()
@@ -161,6 +170,8 @@ def test_an_old_jobs_database_gets_the_slurm_id_column(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("options", "words"), [
     (["--cache-url", "http://cache:6379"], "--cache-url must start with redis://"),
     (["--partition", "gpu"], "need --executor slurm"),
+    (["--public-url", "http://login1:3826"], "need --executor slurm"),
+    (["--executor", "slurm", "--public-url", "ftp://login1"], "--public-url 'ftp://login1': expected http(s)://"),
     (["--executor", "slurm", "--poll-interval", "0"], "--poll-interval must be more than 0"),
 ])
 def test_jobs_serve_refuses_executor_options_that_cannot_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -7,7 +7,9 @@ take ``page``, ``page_size``, ``sort`` (``-created_at`` by default) and filters 
 
 Every route is behind the site guard (:mod:`evalproxy.adapter.server.guard`), then the bearer token: a Host that is
 not this service's gets 421, a request from another site's web page 403, a body that is not JSON 415, so no web page
-the user opens can create a job (which runs a command) or read one.
+the user opens can create a job (which runs a command) or read one. One route takes another credential instead of
+the token: ``POST /v1/evaluation/jobs/{id}/secrets`` answers a job on a cluster its secrets for its own ticket
+(:mod:`evalproxy.jobs.tickets`), and no other route accepts a ticket.
 
 Errors are JSON ``{"detail", "field"}``: 400 for a malformed body or query (JSON nested deeper than
 ``MAX_JSON_DEPTH`` included), 401 without the token, 403/421/415 from the guard, 404 for an unknown path, 409 for a
@@ -30,6 +32,7 @@ from evalproxy.adapter.core.errors import (
     JobsBadRequestError,
     JobsConflictError,
     JobsError,
+    JobsForbiddenError,
     JobsInvalidFieldError,
     JobsNotFoundError,
     JobsUnauthorizedError,
@@ -48,8 +51,9 @@ from evalproxy.jobs.models import (
     now,
     parse_model,
 )
-from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, status_details
+from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, job_secrets, status_details
 from evalproxy.jobs.settings import Settings
+from evalproxy.jobs.tickets import ticket_matches
 from evalproxy.storage.jobs_db import JobsDB, Kind
 
 log = logging.getLogger("evalproxy.jobs")
@@ -65,6 +69,10 @@ JOB_FILTERS = {"status": "status", "namespace": "namespace", "target": "target_r
 RESOURCE_FILTERS = {"namespace": "namespace", "name": "name"}
 MAX_JSON_DEPTH = 64
 """Deepest nesting of a request body: deeper is a 400 (a record must stay within what orjson writes back)."""
+SECRETS_ROUTE = "job-secrets"
+"""The one route the service's token does not guard: its credential is the job's ticket."""
+TICKET_STATUSES = ("pending", "running")
+"""A job's ticket is accepted while the job is in one of these (a requeued job is pending again)."""
 
 
 
@@ -98,6 +106,8 @@ def bearer_auth(token: str) -> Callable[[web.Request, Handler], Awaitable[web.St
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route.name == SECRETS_ROUTE:  # the job's ticket is checked there, not the token
+            return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             raise JobsUnauthorizedError("a bearer token is required: Authorization: Bearer <token>")
@@ -345,6 +355,31 @@ async def delete_job(request: web.Request) -> web.Response:
     return json_response(final)
 
 
+async def job_secrets_for_ticket(request: web.Request) -> web.Response:
+    """A job's secrets ``{"env": {NAME: value}}``, for its ticket (``Authorization: Bearer <ticket>``), while it is
+    pending or running: the job's wrapper asks on the node before ``evalproxy run`` starts. A missing ticket is a
+    401; another job's, an unknown job's or an ended job's a 403. Every use is logged, the ticket never."""
+    job_id, peer = request.match_info["job_id"], request.remote or "?"
+    scheme, _, ticket = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not ticket.strip():
+        log.warning("job %s: secrets refused to %s: no ticket", job_id, peer)
+        raise JobsUnauthorizedError("the job's ticket is required: Authorization: Bearer <ticket>")
+    found = await asyncio.to_thread(request.app[DB].get_ticket, job_id)
+    if found is None or not ticket_matches(ticket.strip(), found[1]):
+        log.warning("job %s: secrets refused to %s: not this job's ticket", job_id, peer)
+        raise JobsForbiddenError(f"this ticket is not job '{job_id}'s")
+    status = found[0]
+    if status not in TICKET_STATUSES:
+        log.warning("job %s: secrets refused to %s: the job is %s", job_id, peer, status)
+        raise JobsForbiddenError(f"job '{job_id}' is {status}: its ticket is no longer accepted", field="status")
+    job = await asyncio.to_thread(request.app[DB].get_job, job_id)
+    if job is None:  # deleted meanwhile
+        raise JobsForbiddenError(f"this ticket is not job '{job_id}'s")
+    env = job_secrets(request.app[SETTINGS], job)
+    log.info("job %s: secrets (%s) fetched with its ticket by %s", job_id, ", ".join(sorted(env)) or "none", peer)
+    return json_response({"env": env})
+
+
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "healthy"})
 
@@ -385,6 +420,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/v1/evaluation/jobs/{job_id}/download", job_download),
         web.get("/v1/evaluation/jobs/{job_id}/logs", job_logs),
         web.post("/v1/evaluation/jobs/{job_id}/cancel", cancel_job),
+        web.post("/v1/evaluation/jobs/{job_id}/secrets", job_secrets_for_ticket, name=SECRETS_ROUTE),
         web.get("/health", health),
     ])
     return app

@@ -9,10 +9,12 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import stat
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -56,6 +58,9 @@ def add_jobs_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="where jobs run: local (a subprocess each, on this machine; the default) or slurm (a batch "
                         "job each, submitted with sbatch; see docs/cluster.md)")
+    p.add_argument("--public-url", metavar="URL",
+                   help="slurm: the service's URL as the nodes reach it (http://login1:3826), where each job fetches "
+                        "its key with its ticket (default: the address bound); its host is then allowed too")
     p.add_argument("--partition", help="slurm: the partition jobs are submitted to (sbatch --partition)")
     p.add_argument("--account", help="slurm: the account jobs are charged to (sbatch --account)")
     p.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
@@ -102,8 +107,10 @@ def run_jobs_command(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"evalproxy jobs: cannot keep the token under {data_dir}: {exc}", file=sys.stderr)
             return 1
+    public_host = urlsplit(args.public_url).hostname if args.public_url else None
     settings = Settings(data_dir=data_dir, max_concurrent=args.max_concurrent, token=token,
-                        grace_period=args.grace_period, bind=args.host, allowed_hosts=tuple(args.allowed_host),
+                        grace_period=args.grace_period, bind=args.host, public_url=args.public_url,
+                        allowed_hosts=(*args.allowed_host, *([public_host] if public_host else [])),
                         allowed_origins=tuple(args.allowed_origin), executor=args.executor,
                         partition=args.partition, account=args.account, sbatch_args=tuple(args.sbatch_arg),
                         cache_url=args.cache_url, poll_interval=_poll_interval(args))
@@ -128,9 +135,13 @@ def _executor_problem(args: argparse.Namespace, data_dir: Path) -> str | None:
     if args.cache_url and not is_store_url(args.cache_url):
         return "--cache-url must start with redis://, rediss:// or unix://"
     if args.executor != "slurm":
-        if args.partition or args.account or args.sbatch_arg:
-            return "--partition, --account and --sbatch-arg need --executor slurm"
+        if args.partition or args.account or args.sbatch_arg or args.public_url:
+            return "--partition, --account, --sbatch-arg and --public-url need --executor slurm"
         return None
+    if args.public_url:
+        parts = urlsplit(args.public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            return f"--public-url {args.public_url!r}: expected http(s)://HOST[:PORT][/PATH], as the nodes reach it"
     if "%" in str(data_dir) or "\\" in str(data_dir):
         return f"--data-dir {data_dir}: Slurm reads % and \\ in an output path as patterns; choose another directory"
     missing = [name for name in ("sbatch", "squeue", "scontrol", "scancel") if shutil.which(name) is None]
@@ -184,9 +195,11 @@ def _header_line(token: str, path: Path) -> str:
 
 
 async def _serve(settings: Settings, host: str, port: int, token_note: str) -> int:
-    from evalproxy.jobs.app import create_app  # here, not at the top: ``evalproxy serve`` never loads the service
+    # here, not at the top: ``evalproxy serve`` never loads the service
+    from evalproxy.jobs.app import RUNNER, create_app
 
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -197,6 +210,8 @@ async def _serve(settings: Settings, host: str, port: int, token_note: str) -> i
                 bound = addr[1]
                 break
         shown = f"[{host}]" if ":" in host else host
+        reached = socket.getfqdn() if host in ("", "0.0.0.0", "::") else shown  # what the nodes can call
+        app[RUNNER].serving_at(f"http://{reached}:{bound}")
         print(f"evalproxy jobs listening on http://{shown}:{bound} (data: {settings.data_dir})\n"
               f"  {token_note}", flush=True)
         stop = asyncio.Event()

@@ -31,7 +31,8 @@ from evalproxy.jobs.models import expand_command
 CONFIG_INPUT = "adapter_config_input.yaml"
 LOG_FILE = "evalproxy_run.log"
 EXIT_FILE = "job_exit.json"
-"""Written by the job's own process (:mod:`evalproxy.jobs.wrap`) when its command ends: ``{"returncode": N}``."""
+"""Written by the job's own process (:mod:`evalproxy.jobs.wrap`) when its command ends: ``{"returncode": N}``, with
+``"reason"`` when the command could not start."""
 RUN_RECORD = "results.yaml"
 METRICS_FILE = "eval_factory_metrics.json"
 HARNESS_RESULTS = ("results.yaml", "results.yml")
@@ -183,6 +184,16 @@ def read_exit(job_dir: Path) -> int | None:
         return None
     code = data.get("returncode") if isinstance(data, dict) else None
     return code if isinstance(code, int) else None
+
+
+def read_exit_reason(job_dir: Path) -> str | None:
+    """Why the job's process ended before its command ran (it could not fetch its secrets), when it wrote why."""
+    try:
+        data = orjson.loads((job_dir / EXIT_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason[:500] if isinstance(reason, str) and reason else None
 
 
 def answered(job_dir: Path) -> int | None:

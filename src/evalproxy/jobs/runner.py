@@ -36,6 +36,7 @@ from evalproxy.jobs.executors.local import LocalExecutor, Reattached, own_proces
 from evalproxy.jobs.executors.slurm import SlurmExecutor, SlurmJob
 from evalproxy.jobs.models import now
 from evalproxy.jobs.settings import Settings
+from evalproxy.jobs.tickets import CACHE_URL_ENV, SERVICE_URL_ENV, TICKET_ENV, new_ticket, ticket_hash
 from evalproxy.storage.jobs_db import JobsDB
 
 log = logging.getLogger("evalproxy.jobs")
@@ -77,6 +78,16 @@ class JobRunner:
         self._procs: dict[str, JobProcess] = {}
         self._cancel_requested: set[str] = set()
         self._stopping = False
+        self._url = settings.public_url
+        self._url_known = asyncio.Event()
+        if self._url:
+            self._url_known.set()
+
+    def serving_at(self, url: str) -> None:
+        """The URL the service was bound to: what jobs on a cluster reach it at, unless ``public_url`` says."""
+        if not self._url:
+            self._url = url
+        self._url_known.set()
 
     def _executor_of(self, proc: JobProcess) -> Executor:
         return proc.executor if isinstance(proc, SlurmJob) else self._local
@@ -218,7 +229,10 @@ class JobRunner:
             if key_name and not os.environ.get(key_name):
                 raise JobLaunchError(f"the target's api_key_name is {key_name}, but the service's environment has "
                                      "no such variable")
-            proc = await self.executor.launch(job_id, job_dir, argv, logfile, job_env(self.settings.token))
+            env = job_env(self.settings.token)
+            if self.executor.fetches_secrets:
+                env = await self._ticketed(job_id, job, env)
+            proc = await self.executor.launch(job_id, job_dir, argv, logfile, env)
             self._procs[job_id] = proc  # before any other await: a stopping service must find it
             await asyncio.to_thread(self.executor.remember, self.db, job_id, proc)  # and a restarted one too
             return proc
@@ -228,6 +242,18 @@ class JobRunner:
             message = f"{MSG_LAUNCH_FAILED}: {exc}" if self.executor.distributed else MSG_LAUNCH_FAILED
             await self._set(job_id, "failed", message, output_files_url=download_url(job_id))
             return None
+
+    async def _ticketed(self, job_id: str, job: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
+        """``env`` without the job's secrets (every variable holding one), with a new ticket to fetch them by and
+        the service's URL; the ticket's hash is recorded first, so the job finds it however fast it starts."""
+        await self._url_known.wait()
+        assert self._url is not None  # set with _url_known
+        ticket = new_ticket()
+        await asyncio.to_thread(self.db.set_ticket_hash, job_id, ticket_hash(ticket))
+        secret = job_secrets(self.settings, job)
+        values = set(secret.values())
+        kept = {k: v for k, v in env.items() if k not in secret and k != CACHE_URL_ENV and v not in values}
+        return {**kept, TICKET_ENV: ticket, SERVICE_URL_ENV: self._url}
 
     async def _reattach(self, job: dict[str, Any], proc: JobProcess) -> None:
         """Watch a job that outlived the previous service, in a slot when one is free (it runs anyway)."""
@@ -262,7 +288,8 @@ class JobRunner:
         elif self._stopping and not self._executor_of(proc).outlives_service:
             await self._set(job_id, "failed", MSG_INTERRUPTED, progress=progress)
         elif phase is not None and phase[0] != "completed":
-            await self._set(job_id, phase[0], phase[1], progress=progress)
+            reason = await asyncio.to_thread(launch.read_exit_reason, self.settings.jobs_dir / job_id)
+            await self._set(job_id, phase[0], f"{phase[1]}: {reason}" if reason else phase[1], progress=progress)
         else:
             await self._conclude(job_id, 0 if phase is not None else code, progress, limit)
 
@@ -323,6 +350,20 @@ def prepare(settings: Settings, executor: Executor, job_dir: Path, job: dict[str
         if disk is not None:
             launch.check_cache_filesystem(disk)
     return argv
+
+
+def job_secrets(settings: Settings, job: dict[str, Any]) -> dict[str, str]:
+    """The secrets a job's ``evalproxy run`` needs in its environment: the upstream key (the variable the target's
+    ``api_key_name`` names, from the service's environment) and the store URL (:data:`CACHE_URL_ENV`), when it has
+    them. Worked out again on every call: nothing of them is kept."""
+    out: dict[str, str] = {}
+    key_name = job["target"]["api_endpoint"].get("api_key_name")
+    if key_name and os.environ.get(key_name):
+        out[key_name] = os.environ[key_name]
+    url = launch.store_url(job["target"], job["config"], settings.cache_url)
+    if url:
+        out[CACHE_URL_ENV] = url
+    return out
 
 
 def job_env(token: str | None) -> dict[str, str]:

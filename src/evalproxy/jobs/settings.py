@@ -36,6 +36,9 @@ class Settings:
     account: str | None = None
     sbatch_args: tuple[str, ...] = ()
     """More ``sbatch`` options for every job (``--time=02:00:00``, ``--mem=8G``, ``--gres=gpu:1``)."""
+    public_url: str | None = None
+    """The service's URL as the nodes of a cluster reach it (``jobs serve --public-url``); by default the address it
+    is bound to. A job on the cluster fetches its secrets there with its ticket."""
     cache_url: str | None = None
     """The store every job's answers go to (``redis://host:6379/0``), unless its adapter config names its own; each
     cache identity gets its own key prefix in it."""

@@ -1,10 +1,17 @@
-"""``python -m evalproxy.jobs.wrap --log FILE --exit-file FILE [--secret-env NAME] -- CMD ...``: how a job runs.
+"""``python -m evalproxy.jobs.wrap --log FILE --exit-file FILE [--secret-env NAME] [--secrets-from JOB_ID
+[--env-arg NAME]] -- CMD ...``: how a job runs.
 
 The jobs service starts this in a session of its own; it runs ``CMD`` (``evalproxy run ...``), writes CMD's output
 to the job's log itself, whole lines at a time with the upstream key (the value of ``$NAME``) and bearer tokens
 redacted, and when CMD ends writes its exit status to the exit file (``{"returncode": N}``, replaced atomically).
 Nothing of the job goes through the service: if the service is killed, the job goes on, its log keeps growing, and
 the next start of the service finds the job's process (reattaches) or its exit file (reports how it ended).
+
+On a cluster (``--secrets-from JOB_ID``), the job's environment holds no secret but a ticket: before CMD starts, the
+wrapper fetches the job's secrets from the service with it (:mod:`evalproxy.jobs.tickets`) and puts them into CMD's
+environment only (the ticket is not passed on); a CMD argument written ``${NAME}`` for an ``--env-arg NAME`` is
+replaced by that variable's value. A fetch that fails (the service unreachable, the ticket refused) ends the job
+with status :data:`FETCH_FAILED` and the reason in its log and exit file: CMD never runs without its key.
 
 SIGTERM and SIGINT are passed on to CMD (``evalproxy run`` then stops its harness and still runs its hooks). The
 process exits with CMD's status (128 + N when CMD died of signal N).
@@ -26,12 +33,15 @@ from typing import IO
 import orjson
 
 from evalproxy.adapter.core.redact import redact_text
+from evalproxy.jobs.tickets import SERVICE_URL_ENV, TICKET_ENV, FetchError, fetch_secrets
 
 READ_SIZE = 65536
 MAX_PENDING = 1 << 20
 """Output without a newline is written once this much of it is waiting (a secret could then be cut in two)."""
 DRAIN_SECONDS = 5.0
 """How long to wait for output after CMD exits: a daemon it left behind may hold the pipe open."""
+FETCH_FAILED = 78
+"""The exit status of a job that could not fetch its secrets (EX_CONFIG): its command never ran."""
 
 
 def pump(source: IO[bytes], sink: IO[str], secrets: list[str]) -> None:
@@ -56,10 +66,38 @@ def pump(source: IO[bytes], sink: IO[str], secrets: list[str]) -> None:
             return
 
 
-def write_exit(path: Path, returncode: int) -> None:
+def write_exit(path: Path, returncode: int, reason: str | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps({"returncode": returncode}))
+    tmp.write_bytes(orjson.dumps({"returncode": returncode, **({"reason": reason} if reason else {})}))
     os.replace(tmp, path)
+
+
+def child_env(job_id: str | None, env_args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(CMD's environment, the secret values it holds): this process's environment, and with ``job_id`` the secrets
+    fetched with the ticket instead of the ticket. Raises FetchError."""
+    env = dict(os.environ)
+    if job_id is None:
+        return env, []
+    ticket, url = env.pop(TICKET_ENV, ""), env.pop(SERVICE_URL_ENV, "")
+    if not ticket or not url:
+        raise FetchError(f"--secrets-from needs ${TICKET_ENV} and ${SERVICE_URL_ENV} in the job's environment")
+    fetched = fetch_secrets(url, job_id, ticket)
+    for name in env_args:
+        if name not in fetched:
+            raise FetchError(f"the jobs service sent no {name}, which the command needs")
+    return {**env, **fetched}, [ticket, *fetched.values()]
+
+
+def _fill(cmd: list[str], env: dict[str, str], names: list[str]) -> list[str]:
+    marks = {f"${{{name}}}": env[name] for name in names if name in env}
+    return [marks.get(arg, arg) for arg in cmd]
+
+
+def _fail(args: argparse.Namespace, code: int, message: str) -> int:
+    with args.log.open("a", encoding="utf-8", errors="replace") as sink:
+        sink.write(f"evalproxy jobs: {message}\n")
+    write_exit(args.exit_file, code, message)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,20 +105,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", required=True, type=Path)
     parser.add_argument("--exit-file", required=True, type=Path)
     parser.add_argument("--secret-env", action="append", default=[], help="a variable whose value is redacted")
+    parser.add_argument("--secrets-from", metavar="JOB_ID", help="fetch the job's secrets with its ticket first")
+    parser.add_argument("--env-arg", action="append", default=[], metavar="NAME",
+                        help="replace a command argument written ${NAME} by that variable's value")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command after --")
-    secrets = [v for v in (os.environ.get(name, "") for name in args.secret_env) if v]
-    sink = args.log.open("a", encoding="utf-8", errors="replace")
     try:
-        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        env, fetched = child_env(args.secrets_from, args.env_arg)
+    except FetchError as exc:
+        return _fail(args, FETCH_FAILED, f"the job could not fetch its secrets: {exc}")
+    secrets = [v for v in (env.get(name, "") for name in args.secret_env) if v] + fetched
+    try:
+        child = subprocess.Popen(_fill(cmd, env, args.env_arg), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, env=env)
     except OSError as exc:
-        sink.write(f"evalproxy jobs: cannot start the job: {exc}\n")
-        sink.close()
-        write_exit(args.exit_file, 127)
-        return 127
+        return _fail(args, 127, f"cannot start the job: {exc}")
+    sink = args.log.open("a", encoding="utf-8", errors="replace")
 
     def forward(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -30,11 +30,11 @@ CREATE TABLE IF NOT EXISTS configs (
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, namespace TEXT NOT NULL,
     status TEXT NOT NULL, target_ref TEXT, config_ref TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    data TEXT NOT NULL, results TEXT, pid INTEGER, slurm_id INTEGER);
+    data TEXT NOT NULL, results TEXT, pid INTEGER, slurm_id INTEGER, ticket_hash TEXT);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
-_ADDED_COLUMNS = {"slurm_id": "INTEGER"}
+_ADDED_COLUMNS = {"slurm_id": "INTEGER", "ticket_hash": "TEXT"}
 """Columns added to ``jobs`` after its first version: a database written before gets them when it is opened."""
 
 _SORTABLE = {"targets": ("created_at", "updated_at", "namespace", "name"),
@@ -144,6 +144,17 @@ class JobsDB:
         with self._lock:
             row = self._conn.execute("SELECT slurm_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else row[0]
+
+    def set_ticket_hash(self, job_id: str, digest: str | None) -> None:
+        """The SHA-256 of the ticket a job on a cluster fetches its secrets with (never the ticket itself)."""
+        with self._lock:
+            self._conn.execute("UPDATE jobs SET ticket_hash = ? WHERE id = ?", (digest, job_id))
+
+    def get_ticket(self, job_id: str) -> tuple[str, str | None] | None:
+        """(status, ticket hash) of a job, or None when there is no such job."""
+        with self._lock:
+            row = self._conn.execute("SELECT status, ticket_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def set_results(self, job_id: str, results: dict[str, Any]) -> None:
         with self._lock:

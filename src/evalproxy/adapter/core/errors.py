@@ -5,6 +5,7 @@
     ├── JobsError                     the jobs service's API: JSON {"detail", "field"} with a status
     │   ├── JobsBadRequestError       400: body or query string that is not what the API reads
     │   ├── JobsUnauthorizedError     401: the bearer token is missing or wrong
+    │   ├── JobsForbiddenError        403: a job's ticket that is not valid (another job's, an ended job's)
     │   ├── JobsNotFoundError         404: no such target, config or job at this path
     │   ├── JobsConflictError         409: the namespace/name is taken; the job is in the wrong state for this
     │   └── JobsInvalidFieldError     422: a field of the body is invalid (unknown target, a key in a URL, ...)
@@ -250,6 +251,10 @@ class JobsBadRequestError(JobsError):
 
 class JobsUnauthorizedError(JobsError):
     status = 401
+
+
+class JobsForbiddenError(JobsError):
+    status = 403
 
 
 class JobsNotFoundError(JobsError):

@@ -39,6 +39,9 @@ class Executor(Protocol):
     """Whether it queues jobs itself (Slurm does): the runner then holds no ``--max-concurrent`` slot for them."""
     outlives_service: bool
     """Whether its jobs go on when the service stops normally (on a cluster they do; the next start watches them)."""
+    fetches_secrets: bool
+    """Whether its jobs get no secret in their environment (a cluster stores it on disk) but a ticket to fetch them
+    from the service with (:mod:`evalproxy.jobs.tickets`)."""
     distributed: bool
     """Whether its jobs may run on other machines: their disk cache must then not be on a shared filesystem, and a
     launch that fails says why in the job's status message."""

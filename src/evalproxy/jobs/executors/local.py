@@ -65,6 +65,7 @@ class LocalExecutor:
     queues = False
     outlives_service = False
     distributed = False
+    fetches_secrets = False  # its child inherits the environment in memory: nothing reaches a disk
 
     async def launch(self, job_id: str, job_dir: Path, argv: list[str], logfile: IO[str],
                      env: dict[str, str]) -> JobProcess:

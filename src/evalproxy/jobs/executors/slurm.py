@@ -4,8 +4,9 @@ The batch script (``slurm_job.sh`` in the job's directory) runs the job exactly 
 ``evalproxy run`` under :mod:`evalproxy.jobs.wrap`, which writes the redacted log and the exit status into the job's
 directory (which the nodes must share with the service). Slurm's own output file is that same log (``--output``,
 appended to), so ``/logs`` shows Slurm's messages (a cancel, a requeue) among the run's. Every argument goes into the
-script quoted (:func:`shlex.join`); the upstream key and a store URL never go into it: they reach the node in the
-job's environment, as Slurm passes the submitting environment on (``--export`` defaults to ALL).
+script quoted (:func:`shlex.join`). No secret goes into it nor into the job's environment, which slurmctld keeps on
+its disk: the job gets a ticket instead, and its wrapper fetches the upstream key and the store URL from the service
+on the node (:mod:`evalproxy.jobs.tickets`; ``--secrets-from``), for ``evalproxy run``'s environment only.
 
 States come from one ``squeue`` for every job watched, every poll; a job that ended is then asked about alone
 (``scontrol show job`` for its exit code, and ``sacct`` when the cluster keeps accounting and ``scontrol`` forgot
@@ -30,13 +31,12 @@ from typing import IO
 from evalproxy.adapter.core.errors import SlurmError
 from evalproxy.jobs import launch
 from evalproxy.jobs.executors.base import JobProcess, Phase
+from evalproxy.jobs.tickets import CACHE_URL_ENV
 from evalproxy.storage.jobs_db import JobsDB
 
 log = logging.getLogger("evalproxy.jobs")
 
 SCRIPT = "slurm_job.sh"
-CACHE_URL_ENV = "EVALPROXY_JOBS_CACHE_URL"
-"""The store URL reaches the node in this variable of the job's environment (a URL may carry a password)."""
 _PARSABLE = re.compile(r"(\d{1,18})(?:;[A-Za-z0-9_.-]+)?")
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=(\S*)")
 _EXIT = re.compile(r"(\d+):(\d+)")
@@ -116,18 +116,23 @@ def phase_of(slurm_id: int, s: SlurmState) -> Phase:
                       "(its output is in /logs)")
 
 
-def script_text(job_id: str, job_dir: Path, argv: list[str]) -> tuple[str, str | None]:
-    """(the batch script, the store URL it reads from its environment or None). The command is quoted word by word;
-    a ``--cache-url`` value is replaced by ``"$EVALPROXY_JOBS_CACHE_URL"`` so a password never lands in the file."""
-    words, cache_url = [shlex.quote(a) for a in argv], None
-    for i, arg in enumerate(argv[:-1]):
-        if arg == "--cache-url" and cache_url is None:
-            cache_url, words[i + 1] = argv[i + 1], f'"${CACHE_URL_ENV}"'
+def script_text(job_id: str, job_dir: Path, argv: list[str]) -> str:
+    """The batch script. The command is quoted word by word; a ``--cache-url`` value is replaced by
+    ``${EVALPROXY_JOBS_CACHE_URL}``, which the wrapper fills in from the secrets it fetched (``--env-arg``), so a
+    password never lands in the file; the wrapper is told to fetch them (``--secrets-from JOB_ID``)."""
+    args, fetched = list(argv), False
+    cut = args.index("--") if "--" in args else len(args)  # the end of the wrapper's own options
+    run_end = args.index("--", cut + 1) if "--" in args[cut + 1:] else len(args)  # and of evalproxy run's
+    for i in range(cut + 1, run_end - 1):
+        if args[i] == "--cache-url" and not fetched:
+            args[i + 1], fetched = f"${{{CACHE_URL_ENV}}}", True
+    options = ["--secrets-from", job_id, *(["--env-arg", CACHE_URL_ENV] if fetched else [])]
+    args[cut:cut] = options
     lines = ["#!/bin/bash", f"# evalproxy job {job_id}, submitted by evalproxy jobs serve --executor slurm",
              f"cd {shlex.quote(str(job_dir))} || exit 1",
              f"rm -f {shlex.quote(launch.EXIT_FILE)}  # a requeued run writes its own",
-             "exec " + " ".join(words), ""]
-    return "\n".join(lines), cache_url
+             "exec " + shlex.join(args), ""]
+    return "\n".join(lines)
 
 
 async def _command(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
@@ -215,6 +220,7 @@ class SlurmExecutor:
     queues = True
     outlives_service = True
     distributed = True
+    fetches_secrets = True
 
     def __init__(self, *, partition: str | None = None, account: str | None = None,
                  sbatch_args: tuple[str, ...] = (), poll: float = 2.0) -> None:
@@ -234,10 +240,9 @@ class SlurmExecutor:
 
     async def launch(self, job_id: str, job_dir: Path, argv: list[str], logfile: IO[str],
                      env: dict[str, str]) -> JobProcess:
-        text, cache_url = script_text(job_id, job_dir, argv)
-        await asyncio.to_thread(_write_script, job_dir / SCRIPT, text)
-        job_env = {**env, CACHE_URL_ENV: cache_url} if cache_url else env
-        code, out, err = await _command(*self.submit_argv(job_id, job_dir), env=job_env)
+        await asyncio.to_thread(_write_script, job_dir / SCRIPT, script_text(job_id, job_dir, argv))
+        # env has no secret (the runner took them out and put a ticket in): slurmctld stores it on its disk.
+        code, out, err = await _command(*self.submit_argv(job_id, job_dir), env=env)
         if code != 0:
             raise SlurmError(f"sbatch refused the job: {_last_line(err or out)}")
         job = SlurmJob(self, parse_job_id(out), job_dir)
