@@ -34,9 +34,10 @@ from tests.jobs.conftest import (
     calls,
     client_command,
     expected_accuracy,
+    wait_for_calls,
     wait_for_status,
 )
-from tests.storage.test_redis_server import RedisServer
+from tests.storage.test_redis_server import RedisServer, free_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -123,6 +124,33 @@ def _slurm_id_now(data_dir: Path, job_id: str) -> int:
     return int(row[0])
 
 
+def _slurm_disk(slurm_id: int) -> list[Path]:
+    """Where Slurm keeps the job on disk: its directory in the controller's StateSaveLocation (environment,
+    script) and in the node's SlurmdSpoolDir (the script as the node runs it)."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    config = {k.strip(): v.strip() for k, _, v in (line.partition("=") for line in out.splitlines())}
+    state, spool = Path(config["StateSaveLocation"]), Path(config["SlurmdSpoolDir"])
+    return [*state.glob(f"hash.*/job.{slurm_id}"), *spool.glob(f"job{slurm_id:05d}")]
+
+
+def _files_holding(roots: list[Path], needles: list[bytes]) -> list[str]:
+    """Every file under ``roots`` whose bytes hold one of ``needles`` (as 'path: needle')."""
+    found = []
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                found += [f"{path}: {n.decode()}" for n in needles if n in data]
+    return found
+
+
+def _saved_environment(slurm_id: int) -> bytes:
+    """The environment slurmctld saved for the job (``hash.N/job.ID/environment`` in its StateSaveLocation)."""
+    files = [d / "environment" for d in _slurm_disk(slurm_id) if (d / "environment").is_file()]
+    assert files, f"no saved environment for Slurm job {slurm_id}"
+    return files[0].read_bytes()
+
+
 async def _answers_stored(url: str) -> int:
     client = aioredis.Redis.from_url(url)
     try:
@@ -167,6 +195,48 @@ class TestSlurmJobs:
         log = await (await slurm_service.get(f"/v1/evaluation/jobs/{first}/logs")).text()
         assert "evalproxy listening on" in log and API_KEY not in log
 
+    async def test_the_key_never_reaches_slurms_disk_or_the_job_dir(
+            self, slurm_service: TestClient[Any, Any], model: tuple[SimulatedModel, str], tmp_path: Path,
+            shared_redis: RedisServer) -> None:
+        """While a job runs, the environment slurmctld saved for it (and everything else Slurm keeps on disk) holds
+        its ticket but neither the upstream key nor the store URL; the harness still got the key (it prints it,
+        redacted), and once it completed no file of its directory holds the key."""
+        fake, url = model
+        go = tmp_path / "go"
+        job_id = await _post(slurm_service, _job(url, client_command("--hold", str(go), "--print-env", API_KEY_ENV),
+                                                 2))
+        await wait_for_calls(fake, 1)  # the job fetched its secrets and its harness asks through its proxy
+        slurm_id = await _slurm_id(tmp_path / "data", job_id)
+        saved = await asyncio.to_thread(_saved_environment, slurm_id)
+        secrets = [API_KEY.encode(), shared_redis.url.encode()]
+        assert [s for s in secrets if s in saved] == []
+        assert b"EVALPROXY_JOBS_TICKET=" in saved and b"EVALPROXY_JOBS_URL=http://127.0.0.1:" in saved
+        assert await asyncio.to_thread(_files_holding, _slurm_disk(slurm_id), secrets) == []
+        go.touch()
+        done = await wait_for_status(slurm_service, job_id, "completed", "failed")
+        assert done["status"] == "completed", done["status_details"]
+        assert await asyncio.to_thread(_files_holding, [tmp_path / "data" / "jobs" / job_id], [API_KEY.encode()]) == []
+        log = await (await slurm_service.get(f"/v1/evaluation/jobs/{job_id}/logs")).text()
+        assert f"{API_KEY_ENV}=" in log and API_KEY not in log  # the key reached the harness, redacted in the log
+
+    async def test_a_job_whose_ticket_is_refused_fails_saying_so_and_runs_nothing(
+            self, make_service: MakeService, shared_redis: RedisServer, model: tuple[SimulatedModel, str],
+            tmp_path: Path, api_key: str) -> None:
+        """A service whose --public-url names another service: the job's fetch is refused there, the job ends
+        failed with the refusal in its status message and its log, and its harness never ran."""
+        fake, url = model
+        other = await make_service(data_dir=tmp_path / "other")
+        service = await make_service(executor="slurm", cache_url=shared_redis.url, poll_interval=POLL,
+                                     public_url=str(other.make_url("")).rstrip("/"))
+        job_id = await _post(service, _job(url, client_command(), 2))
+        failed = await wait_for_status(service, job_id, "failed")
+        message = failed["status_details"]["message"]
+        assert "exit code 78" in message and "the job could not fetch its secrets" in message, message
+        assert "refused the job's ticket (403: this ticket is not job" in message, message
+        log = await (await service.get(f"/v1/evaluation/jobs/{job_id}/logs")).text()
+        assert "refused the job's ticket" in log and "evalproxy listening on" not in log
+        assert calls(fake) == 0
+
     async def test_a_job_slurm_forgot_ends_as_its_exit_file_says(self, cluster: None, tmp_path: Path) -> None:
         """Without accounting (this cluster has none: sacct says so), a job scontrol no longer knows (a service
         restarted after MinJobAge) ends as the exit status its wrapper wrote: 0 completed, else failed."""
@@ -206,10 +276,13 @@ class TestSlurmJobs:
         """``jobs serve --executor slurm`` stopped mid-job leaves its jobs to the cluster; one of them is requeued
         (``scontrol requeue``) meanwhile. The next start shows each job's true state (the requeued one pending
         with Slurm's reason, the other running, none failed); a cancel ends the running one cancelled through
-        ``scancel``, and the requeued one resumes from the shared cache: the model is asked each question once."""
+        ``scancel``, and the requeued one fetches its secrets again from the new service and resumes from the shared
+        cache: the model is asked each question once."""
         fake, url = model
         data, go = tmp_path / "svc", tmp_path / "go"
-        args = ("--executor", "slurm", "--cache-url", shared_redis.url, "--poll-interval", str(POLL))
+        # One port for both starts, as a real service has: a requeued job fetches its secrets at the URL it got.
+        args = ("--executor", "slurm", "--cache-url", shared_redis.url, "--poll-interval", str(POLL),
+                "--port", str(free_port()))
         first = await Service.start(data, tmp_path / "svc.log", *args)
         services.append(first)
         resumed = await first.json("POST", "/v1/evaluation/jobs", _job(url, client_command("--hold", str(go)), 4))
@@ -243,7 +316,8 @@ class TestSlurmJobs:
         assert "CANCELLED AT" in log  # Slurm's own line, in the output file /logs serves
         assert f"{API_KEY_ENV}=" in log and API_KEY not in log  # the key reached the node, redacted in its log
         script = await asyncio.to_thread((data / "jobs" / held["id"] / "slurm_job.sh").read_text)
-        assert API_KEY not in script and shared_redis.url not in script and '"$EVALPROXY_JOBS_CACHE_URL"' in script
+        assert API_KEY not in script and shared_redis.url not in script and "'${EVALPROXY_JOBS_CACHE_URL}'" in script
+        assert f"--secrets-from {held['id']}" in script
 
         go.touch()
         # A requeued job may start again two minutes later (its BeginTime): an administrator's "now" saves the wait.
