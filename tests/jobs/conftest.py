@@ -103,7 +103,7 @@ async def make_service(tmp_path: Path) -> AsyncIterator[MakeService]:
                                                   headers=headers)
         await client.start_server()
         clients.append(client)
-        client.server.app[RUNNER].serving_at(str(client.make_url("")).rstrip("/"))  # as jobs serve does once bound
+        client.server.app[RUNNER].service_url.set(str(client.make_url("")).rstrip("/"))  # as jobs serve does once bound
         return client
 
     yield make

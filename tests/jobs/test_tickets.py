@@ -136,6 +136,15 @@ class TestSecretsEndpoint:
         assert f"job {asked}: secrets refused" in caplog.text and ticket not in caplog.text
         assert (await ticketed.fetch(other_id, other_ticket))[0] == 200  # the other job's own ticket still works
 
+    async def test_a_service_without_the_key_sends_nothing(self, ticketed: Ticketed,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """A service restarted without the key's variable answers a live job's ticket with a 409 naming the
+        variable, never with secrets lacking the key (the job would run without it)."""
+        job_id, ticket = await ticketed.add("running")
+        monkeypatch.delenv(API_KEY_ENV)
+        status, body = await ticketed.fetch(job_id, ticket)
+        assert status == 409 and f"has no {API_KEY_ENV}" in body["detail"] and "env" not in body
+
     async def test_no_other_route_takes_a_ticket_and_the_guard_still_applies(self, ticketed: Ticketed) -> None:
         """A ticket opens no other route (401 as without a token); the secrets route keeps the guard's rules: a
         foreign Host is a 421, another site's page a 403, a body that is not JSON a 415."""

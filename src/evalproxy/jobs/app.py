@@ -358,7 +358,8 @@ async def delete_job(request: web.Request) -> web.Response:
 async def job_secrets_for_ticket(request: web.Request) -> web.Response:
     """A job's secrets ``{"env": {NAME: value}}``, for its ticket (``Authorization: Bearer <ticket>``), while it is
     pending or running: the job's wrapper asks on the node before ``evalproxy run`` starts. A missing ticket is a
-    401; another job's, an unknown job's or an ended job's a 403. Every use is logged, the ticket never."""
+    401; another job's, an unknown job's or an ended job's a 403; a 409 when the service has no key to give. Every
+    use is logged, the ticket never."""
     job_id, peer = request.match_info["job_id"], request.remote or "?"
     scheme, _, ticket = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not ticket.strip():
@@ -376,6 +377,11 @@ async def job_secrets_for_ticket(request: web.Request) -> web.Response:
     if job is None:  # deleted meanwhile
         raise JobsForbiddenError(f"this ticket is not job '{job_id}'s")
     env = job_secrets(request.app[SETTINGS], job)
+    key_name = job["target"]["api_endpoint"].get("api_key_name")
+    if key_name and key_name not in env:  # a service restarted without it: the job must not run keyless
+        log.error("job %s: secrets asked for, but the service's environment has no %s", job_id, key_name)
+        raise JobsConflictError(f"the service's environment has no {key_name} (the target's api_key_name): "
+                                "restart it with the key set", field="api_key_name")
     log.info("job %s: secrets (%s) fetched with its ticket by %s", job_id, ", ".join(sorted(env)) or "none", peer)
     return json_response({"env": env})
 

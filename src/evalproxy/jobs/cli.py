@@ -211,7 +211,7 @@ async def _serve(settings: Settings, host: str, port: int, token_note: str) -> i
                 break
         shown = f"[{host}]" if ":" in host else host
         reached = socket.getfqdn() if host in ("", "0.0.0.0", "::") else shown  # what the nodes can call
-        app[RUNNER].serving_at(f"http://{reached}:{bound}")
+        app[RUNNER].service_url.set(f"http://{reached}:{bound}")
         print(f"evalproxy jobs listening on http://{shown}:{bound} (data: {settings.data_dir})\n"
               f"  {token_note}", flush=True)
         stop = asyncio.Event()

@@ -78,16 +78,7 @@ class JobRunner:
         self._procs: dict[str, JobProcess] = {}
         self._cancel_requested: set[str] = set()
         self._stopping = False
-        self._url = settings.public_url
-        self._url_known = asyncio.Event()
-        if self._url:
-            self._url_known.set()
-
-    def serving_at(self, url: str) -> None:
-        """The URL the service was bound to: what jobs on a cluster reach it at, unless ``public_url`` says."""
-        if not self._url:
-            self._url = url
-        self._url_known.set()
+        self.service_url = ServiceURL(settings.public_url)
 
     def _executor_of(self, proc: JobProcess) -> Executor:
         return proc.executor if isinstance(proc, SlurmJob) else self._local
@@ -230,8 +221,8 @@ class JobRunner:
                 raise JobLaunchError(f"the target's api_key_name is {key_name}, but the service's environment has "
                                      "no such variable")
             env = job_env(self.settings.token)
-            if self.executor.fetches_secrets:
-                env = await self._ticketed(job_id, job, env)
+            if self.executor.fetches_secrets:  # on a cluster: no secret in its environment, a ticket instead
+                env = await ticketed_env(self.db, self.settings, job, env, await self.service_url.get())
             proc = await self.executor.launch(job_id, job_dir, argv, logfile, env)
             self._procs[job_id] = proc  # before any other await: a stopping service must find it
             await asyncio.to_thread(self.executor.remember, self.db, job_id, proc)  # and a restarted one too
@@ -242,18 +233,6 @@ class JobRunner:
             message = f"{MSG_LAUNCH_FAILED}: {exc}" if self.executor.distributed else MSG_LAUNCH_FAILED
             await self._set(job_id, "failed", message, output_files_url=download_url(job_id))
             return None
-
-    async def _ticketed(self, job_id: str, job: dict[str, Any], env: dict[str, str]) -> dict[str, str]:
-        """``env`` without the job's secrets (every variable holding one), with a new ticket to fetch them by and
-        the service's URL; the ticket's hash is recorded first, so the job finds it however fast it starts."""
-        await self._url_known.wait()
-        assert self._url is not None  # set with _url_known
-        ticket = new_ticket()
-        await asyncio.to_thread(self.db.set_ticket_hash, job_id, ticket_hash(ticket))
-        secret = job_secrets(self.settings, job)
-        values = set(secret.values())
-        kept = {k: v for k, v in env.items() if k not in secret and k != CACHE_URL_ENV and v not in values}
-        return {**kept, TICKET_ENV: ticket, SERVICE_URL_ENV: self._url}
 
     async def _reattach(self, job: dict[str, Any], proc: JobProcess) -> None:
         """Watch a job that outlived the previous service, in a slot when one is free (it runs anyway)."""
@@ -288,8 +267,7 @@ class JobRunner:
         elif self._stopping and not self._executor_of(proc).outlives_service:
             await self._set(job_id, "failed", MSG_INTERRUPTED, progress=progress)
         elif phase is not None and phase[0] != "completed":
-            reason = await asyncio.to_thread(launch.read_exit_reason, self.settings.jobs_dir / job_id)
-            await self._set(job_id, phase[0], f"{phase[1]}: {reason}" if reason else phase[1], progress=progress)
+            await self._set(job_id, phase[0], phase[1], progress=progress)
         else:
             await self._conclude(job_id, 0 if phase is not None else code, progress, limit)
 
@@ -350,6 +328,39 @@ def prepare(settings: Settings, executor: Executor, job_dir: Path, job: dict[str
         if disk is not None:
             launch.check_cache_filesystem(disk)
     return argv
+
+
+class ServiceURL:
+    """The URL jobs on a cluster reach the service at: ``public_url``, else the address it is bound to, known once
+    ``jobs serve`` has bound it (:meth:`set`); a job launched before waits for it."""
+
+    def __init__(self, public_url: str | None) -> None:
+        self._url = public_url
+        self._known = asyncio.Event()
+        if public_url:
+            self._known.set()
+
+    def set(self, bound: str) -> None:
+        """The URL the service was bound to (``public_url``, when given, stays the one)."""
+        self._url = self._url or bound
+        self._known.set()
+
+    async def get(self) -> str:
+        await self._known.wait()
+        assert self._url is not None  # set with _known
+        return self._url
+
+
+async def ticketed_env(db: JobsDB, settings: Settings, job: dict[str, Any], env: dict[str, str],
+                       url: str) -> dict[str, str]:
+    """``env`` without the job's secrets (nor any variable holding one), with a new ticket to fetch them by and the
+    service's URL; the ticket's hash is recorded first, so the job finds it however fast it starts."""
+    ticket = new_ticket()
+    await asyncio.to_thread(db.set_ticket_hash, job["id"], ticket_hash(ticket))
+    secret = job_secrets(settings, job)
+    values = set(secret.values())
+    kept = {k: v for k, v in env.items() if k not in secret and k != CACHE_URL_ENV and v not in values}
+    return {**kept, TICKET_ENV: ticket, SERVICE_URL_ENV: url}
 
 
 def job_secrets(settings: Settings, job: dict[str, Any]) -> dict[str, str]:

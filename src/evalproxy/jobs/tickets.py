@@ -72,8 +72,8 @@ def fetch_secrets(service_url: str, job_id: str, ticket: str, wait: float = FETC
                 return _env_of(resp.read(), url)
         except urllib.error.HTTPError as exc:
             if exc.code < 500 or time.monotonic() >= deadline:
-                raise FetchError(f"the jobs service at {service_url} refused the job's ticket "
-                                 f"({exc.code}: {_detail(exc)})") from None
+                what = "refused the job's ticket" if exc.code in (401, 403) else "could not give the job's secrets"
+                raise FetchError(f"the jobs service at {service_url} {what} ({exc.code}: {_detail(exc)})") from None
         except (urllib.error.URLError, OSError) as exc:
             if time.monotonic() >= deadline:
                 reason = getattr(exc, "reason", exc)

@@ -159,6 +159,8 @@ class SlurmJob:
     def __init__(self, executor: SlurmExecutor, slurm_id: int, job_dir: Path) -> None:
         self.slurm_id, self.executor, self._job_dir = slurm_id, executor, job_dir
         self.state: SlurmState | None = None
+        self.reason: str | None = None
+        """Why the job ended before its command ran (it could not fetch its secrets), as its wrapper wrote."""
         self._code: int | None = None
         self._ended = asyncio.Event()
         self._waiters = 0
@@ -174,7 +176,10 @@ class SlurmJob:
 
     @property
     def phase(self) -> Phase | None:
-        return None if self.state is None else phase_of(self.slurm_id, self.state)
+        if self.state is None:
+            return None
+        status, message = phase_of(self.slurm_id, self.state)
+        return status, f"{message}: {self.reason}" if self.reason and status == "failed" else message
 
     def send_signal(self, sig: int, /) -> None:
         task = asyncio.ensure_future(self.executor.scancel(self.slurm_id, sig))
@@ -195,6 +200,8 @@ class SlurmJob:
         if state != self.state and self.state is not None:
             log.info("Slurm job %d: %s (%s)", self.slurm_id, state.state, state.reason)
         self.state = state
+        if state.final and state.state != "COMPLETED" and self.reason is None:
+            self.reason = await asyncio.to_thread(launch.read_exit_reason, self._job_dir)
         if state.final and not self._ended.is_set():
             self._code = 0 if state.state == "COMPLETED" else (
                 state.exit_code or (128 + state.signal if state.signal else 1))
