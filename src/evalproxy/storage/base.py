@@ -3,7 +3,8 @@
 A store keeps, for a cache shared by any number of runs and processes:
 
 * answers, by cache key and slot (slot 0 for a deterministic request; slot k for the k-th sample of a sampled one),
-  each encoded with a checksum so a damaged entry is never served;
+  each encoded with a checksum so a damaged entry is never served, and compressed with zstd
+  (:mod:`evalproxy.storage.codec`; entries of older versions, uncompressed, stay readable);
 * pass@k slot counters per (run, key), claimed atomically, and the slots handed back by failed samples;
 * leases: who is filling a slot right now, so identical requests in flight share one upstream call and another
   process waits instead of paying twice. A lease carries its deadline, by the store's own clock (the Redis server's
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 import orjson
 
+import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import StoreClosedError as StoreClosedError  # re-exported: the interface's
 from evalproxy.adapter.flow.shape import assemble_stream
 
@@ -104,6 +106,7 @@ class StoredAnswer:
         return self.events is not None
 
     def encode(self) -> bytes:
+        """The bytes a store keeps: compressed (:mod:`~evalproxy.storage.codec`) unless too small to gain."""
         header: dict[str, Any] = {"status": self.status, "headers": self.headers, "stored_at": self.stored_at}
         if self.events is not None:
             header["events"] = [len(e) for e in self.events]
@@ -112,22 +115,36 @@ class StoredAnswer:
             body = self.body or b""
         h = orjson.dumps(header)
         payload = struct.pack(">I", len(h)) + h + body
+        packed = codec.compress(payload)
+        if packed is not None:
+            return packed
         return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
 
     @classmethod
     def decode(cls, blob: bytes) -> StoredAnswer:
-        if not isinstance(blob, bytes) or blob[:4] != MAGIC:
+        """An answer from what a store keeps, compressed or not (entries of older versions included); ValueError
+        for damaged or foreign bytes."""
+        if not isinstance(blob, bytes):
             raise ValueError("not an evalproxy cache entry")
-        digest, payload = blob[4:12], blob[12:]
-        if hashlib.sha256(payload).digest()[:8] != digest:
-            raise ValueError("checksum mismatch")
-        (n,) = struct.unpack(">I", payload[:4])
-        header = orjson.loads(payload[4 : 4 + n])
+        if blob[:4] == codec.ZMAGIC:
+            payload = codec.decompress(blob)
+        elif blob[:4] == MAGIC:
+            digest, payload = blob[4:12], blob[12:]
+            if hashlib.sha256(payload).digest()[:8] != digest:
+                raise ValueError("checksum mismatch")
+        else:
+            raise ValueError("not an evalproxy cache entry")
+        try:
+            (n,) = struct.unpack(">I", payload[:4])
+            header = orjson.loads(payload[4 : 4 + n])
+            answer = cls(status=header["status"], headers=header["headers"], stored_at=header.get("stored_at", 0.0))
+            sizes = header.get("events")
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"damaged entry header ({exc})") from exc
         body = payload[4 + n :]
-        answer = cls(status=header["status"], headers=header["headers"], stored_at=header.get("stored_at", 0.0))
-        if "events" in header:
+        if sizes is not None:
             events, at = [], 0
-            for size in header["events"]:
+            for size in sizes:
                 events.append(body[at : at + size])
                 at += size
             answer.events = events

@@ -1,0 +1,89 @@
+"""Answers stored compressed (zstd): what the codec writes, what it refuses, and entries of older versions."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+
+import orjson
+import pytest
+import zstandard
+
+from evalproxy.storage import codec
+from evalproxy.storage.base import MAGIC, StoredAnswer
+
+TEXT = b" ".join(b"step %d: the premise gives %d, so the total is %d." % (i, i * 7, i * 11) for i in range(400))
+EVENTS = [b'data: {"choices":[{"index":0,"delta":{"content":"tok%d "}}]}\n\n' % i for i in range(300)]
+
+
+def legacy(answer: StoredAnswer) -> bytes:
+    """An answer as versions before issue 23 wrote it: ``EPA1`` + sha256[:8] + the payload, uncompressed."""
+    header: dict[str, object] = {"status": answer.status, "headers": answer.headers, "stored_at": answer.stored_at}
+    if answer.events is not None:
+        header["events"] = [len(e) for e in answer.events]
+    h = orjson.dumps(header)
+    payload = struct.pack(">I", len(h)) + h + (b"".join(answer.events) if answer.events is not None
+                                                else answer.body or b"")
+    return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
+
+
+class TestEncode:
+    @pytest.mark.parametrize("answer", [StoredAnswer(200, {"content-type": "application/json"}, body=TEXT),
+                                        StoredAnswer(200, {}, events=[*EVENTS, b"", b"data: [DONE]\n\n"])],
+                             ids=["body", "stream"])
+    def test_compressible_answers_are_stored_compressed_and_read_back_exactly(self, answer: StoredAnswer) -> None:
+        """A compressible body or event sequence is kept as one zstd frame, far smaller, and decodes to the same
+        bytes, event boundaries included."""
+        blob = answer.encode()
+        raw = len(answer.body or b"") + sum(len(e) for e in answer.events or [])
+        assert blob[:4] == codec.ZMAGIC and len(blob) < raw / 3
+        back = StoredAnswer.decode(blob)
+        assert (back.status, back.headers, back.body, back.events) == (answer.status, answer.headers, answer.body,
+                                                                       answer.events)
+
+    @pytest.mark.parametrize("body", [b'{"x": 1}', random.Random(0).randbytes(5000)], ids=["tiny", "random"])
+    def test_what_compression_cannot_shrink_is_kept_as_it_is(self, body: bytes) -> None:
+        """A tiny or incompressible answer is stored in the uncompressed format, and reads back."""
+        blob = StoredAnswer(200, {}, body=body).encode()
+        assert blob[:4] == MAGIC and StoredAnswer.decode(blob).body == body
+
+    @pytest.mark.parametrize("answer", [StoredAnswer(201, {"a": "b"}, body=TEXT),
+                                        StoredAnswer(200, {}, events=EVENTS)], ids=["body", "stream"])
+    def test_entries_written_before_compression_stay_readable(self, answer: StoredAnswer) -> None:
+        """An uncompressed entry of an older version decodes to its answer."""
+        back = StoredAnswer.decode(legacy(answer))
+        assert (back.status, back.headers, back.body, back.events) == (answer.status, answer.headers, answer.body,
+                                                                       answer.events)
+
+
+class TestDamage:
+    @pytest.mark.parametrize("damage", [
+        lambda b: b[:-1],                                   # truncated
+        lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:],     # one bit flipped inside the frame
+        lambda b: b + b"junk",                              # bytes appended after the frame
+        lambda b: b[:4],                                    # the magic alone
+    ], ids=["truncated", "flipped", "appended", "magic-only"])
+    def test_a_damaged_compressed_entry_never_decodes(self, damage: object) -> None:
+        """Truncated, altered or extended compressed bytes raise ValueError, never a wrong answer."""
+        blob = StoredAnswer(200, {}, body=TEXT).encode()
+        with pytest.raises(ValueError):
+            StoredAnswer.decode(damage(blob))  # type: ignore[operator]
+
+    def test_a_frame_that_hides_its_size_is_refused(self) -> None:
+        """A frame without its content size (not one the store writes) is refused before it is expanded."""
+        frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 10_000)
+        with pytest.raises(ValueError, match="claims no bytes"):
+            StoredAnswer.decode(codec.ZMAGIC + frame)
+
+    def test_a_frame_that_claims_too_much_is_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A frame claiming more than MAX_PAYLOAD is refused unread (a planted entry cannot exhaust memory)."""
+        blob = StoredAnswer(200, {}, body=TEXT).encode()
+        monkeypatch.setattr(codec, "MAX_PAYLOAD", 1000)
+        with pytest.raises(ValueError, match="claims"):
+            StoredAnswer.decode(blob)
+
+    def test_a_frame_of_garbage_json_is_damaged(self) -> None:
+        """A well-formed frame whose payload is not an answer raises ValueError, not a parser's own error."""
+        with pytest.raises(ValueError):
+            StoredAnswer.decode(codec.ZMAGIC + zstandard.ZstdCompressor().compress(b"\x00\x00\x00\x05nope!" * 50))
