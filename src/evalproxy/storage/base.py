@@ -21,6 +21,7 @@ as the ``StoreError`` subtree of :mod:`evalproxy.adapter.core.errors` (``StoreUn
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -35,6 +36,7 @@ import orjson
 
 import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import StoreClosedError as StoreClosedError  # re-exported: the interface's
+from evalproxy.adapter.flow.request import OFF_LOOP_BYTES
 from evalproxy.adapter.flow.shape import assemble_stream
 
 log = logging.getLogger("evalproxy.storage")
@@ -105,6 +107,11 @@ class StoredAnswer:
     def is_stream(self) -> bool:
         return self.events is not None
 
+    @property
+    def size(self) -> int:
+        """The answer's bytes as the model sent them (body, or events in all)."""
+        return sum(map(len, self.events)) if self.events is not None else len(self.body or b"")
+
     def encode(self) -> bytes:
         """The bytes a store keeps: compressed (:mod:`~evalproxy.storage.codec`) unless too small to gain."""
         header: dict[str, Any] = {"status": self.status, "headers": self.headers, "stored_at": self.stored_at}
@@ -160,6 +167,21 @@ class StoredAnswer:
             return orjson.loads(self.body or b"")
         except orjson.JSONDecodeError:
             return None
+
+
+async def encode_answer(answer: StoredAnswer) -> bytes:
+    """:meth:`StoredAnswer.encode` for a caller on the event loop: a large answer (the server's rule for large
+    bodies, ``OFF_LOOP_BYTES``) is compressed in a thread, so that it never stalls the loop."""
+    if answer.size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(answer.encode)
+    return answer.encode()
+
+
+async def decode_answer(blob: bytes) -> StoredAnswer:
+    """:meth:`StoredAnswer.decode` for a caller on the event loop: a large entry is decoded in a thread."""
+    if codec.payload_size(blob) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(StoredAnswer.decode, blob)
+    return StoredAnswer.decode(blob)
 
 
 @dataclass

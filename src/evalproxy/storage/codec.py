@@ -54,6 +54,17 @@ def compress(payload: bytes) -> bytes | None:
     return ZMAGIC + frame if len(frame) + 16 < len(payload) else None
 
 
+def payload_size(blob: bytes) -> int:
+    """How large an entry's payload is (what decoding it handles), as its frame says; its length if uncompressed or
+    unreadable."""
+    if blob[:4] == ZMAGIC:
+        try:
+            return max(0, zstandard.frame_content_size(memoryview(blob)[len(ZMAGIC):]))
+        except zstandard.ZstdError:
+            return len(blob)
+    return len(blob)
+
+
 def decompress(blob: bytes) -> bytes:
     """The payload of an ``EPZ1`` entry; ValueError for a damaged or foreign one."""
     frame = memoryview(blob)[len(ZMAGIC):]
