@@ -23,7 +23,7 @@ import threading
 import zstandard
 
 ZMAGIC = b"EPZ1"
-LEVEL = 3
+LEVEL = 1
 MIN_SIZE = 256
 """A payload shorter than this is kept as it is: a frame's own overhead eats what compression would save."""
 MAX_PAYLOAD = 2**31
