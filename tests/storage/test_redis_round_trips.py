@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from typing import Any
 
 import redis.asyncio as aredis
@@ -75,6 +76,22 @@ class TestBatches:
                 assert await monitor.sent() == ["evalsha"]
             assert all(c.leased and c.slot == 0 for c in claims[:50])
             assert (await store.claim("warm", "r2", sampled=False, reuse=True, owner="b")).answer is not None
+        finally:
+            await store.aclose()
+
+    async def test_any_bytes_survive_the_batch_framing(self, redis_server: RedisServer) -> None:
+        """Answers of arbitrary bytes (colons, digits, NULs, empty), stored and claimed in one batch, come back
+        exactly, with their slots."""
+        store = RedisStore(redis_server.url)
+        rng = random.Random(5)
+        bodies = [b"", b"1:2:3:", b"\x00" * 300, rng.randbytes(20_000), b"7:" * 5000]
+        try:
+            await asyncio.gather(*(store.finish(f"b{i}", 0, owner="a", answer=StoredAnswer(200, {"k": ":"}, body=b),
+                                                pair=None) for i, b in enumerate(bodies)))
+            claims = await asyncio.gather(*(store.claim(f"b{i}", "r", sampled=False, reuse=True, owner="a")
+                                            for i in range(len(bodies))))
+            assert [c.answer.body if c.answer else None for c in claims] == bodies
+            assert all(c.answer is not None and c.answer.headers == {"k": ":"} for c in claims)
         finally:
             await store.aclose()
 

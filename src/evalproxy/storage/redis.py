@@ -57,7 +57,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -189,28 +189,89 @@ local function failure(K, A)
 end
 """
 
-# KEYS: every operation's keys, in order. ARGV: per operation its name, its number of keys and of arguments, then
-# its arguments. Returns one result per operation (an error reply for one that failed).
+# ARGV[1]: the batch, every field as "<length>:<bytes>": per operation its name, its number of keys and of arguments,
+# its keys, its arguments. Returns one string in the same framing, per operation "V" and a value, "T", a count and
+# that many values (a table), or "E" and an error message (the operation failed; the others still ran). One argument
+# and one string, not hundreds of each: packing and parsing them was most of a batch's cost in the client.
 _BATCH = _OPS_LUA + """
 local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure}
-local out, ki, ai = {}, 1, 1
-while ai <= #ARGV do
-  local fn, nk, na = OPS[ARGV[ai]], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+local B, pos, out = ARGV[1], 1, {}
+local function field()
+  local colon = string.find(B, ':', pos, true)
+  local n = tonumber(string.sub(B, pos, colon - 1))
+  pos = colon + n + 1
+  return string.sub(B, colon + 1, colon + n)
+end
+local function put(v)
+  v = tostring(v)
+  out[#out + 1] = #v .. ':' .. v
+end
+while pos <= #B do
+  local fn, nk, na = OPS[field()], tonumber(field()), tonumber(field())
   local K, A = {}, {}
-  for j = 1, nk do K[j] = KEYS[ki + j - 1] end
-  for j = 1, na do A[j] = ARGV[ai + 2 + j] end
-  ki, ai = ki + nk, ai + 3 + na
+  for j = 1, nk do K[j] = field() end
+  for j = 1, na do A[j] = field() end
   local ok, res = pcall(fn, K, A)
-  if ok then
-    out[#out + 1] = res
+  if not ok then
+    put('E')
+    put(type(res) == 'table' and (res.err or 'ERR') or res)
   elseif type(res) == 'table' then
-    out[#out + 1] = res
+    put('T')
+    put(#res)
+    for _, v in ipairs(res) do put(v) end
   else
-    out[#out + 1] = redis.error_reply(tostring(res))
+    put('V')
+    put(res)
   end
 end
-return out
+return table.concat(out)
 """
+
+
+def pack_batch(ops: list[tuple[str, list[Any], list[Any]]]) -> bytes:
+    """The framing :data:`_BATCH` reads: every field ``<length>:<bytes>``."""
+    fields: list[bytes] = []
+    for op, keys, args in ops:
+        fields += [op.encode(), b"%d" % len(keys), b"%d" % len(args)]
+        fields += [_bytes(x) for x in keys]
+        fields += [_bytes(x) for x in args]
+    return b"".join([b"%d:%s" % (len(f), f) for f in fields])
+
+
+def _bytes(x: Any) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, float):
+        return repr(x).encode()
+    return b"%d" % x
+
+
+def unpack_results(blob: bytes) -> list[Any]:
+    """The results :data:`_BATCH` returns, one per operation: bytes, a list of bytes, or a redis-py error."""
+    out: list[Any] = []
+    pos = 0
+
+    def field() -> bytes:
+        nonlocal pos
+        colon = blob.index(b":", pos)
+        end = colon + 1 + int(blob[pos:colon])
+        pos = end
+        return blob[colon + 1 : end]
+
+    while pos < len(blob):
+        tag = field()
+        if tag == b"V":
+            out.append(field())
+        elif tag == b"T":
+            out.append([field() for _ in range(int(field()))])
+        else:
+            message = field().decode("utf-8", "replace")
+            kind = (OutOfMemoryError if message.startswith("OOM") else
+                    RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
+            out.append(kind(message))
+    return out
 
 
 def parse_location(url: str) -> tuple[str, str, float]:
@@ -278,14 +339,10 @@ class TurnBatch:
             self._flush()
 
     async def _send(self, ops: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
-        keys: list[Any] = []
-        args: list[Any] = []
-        for op, k, a, _ in ops:
-            keys += k
-            args += [op, len(k), len(a), *a]
         self.round_trips += 1
         try:
-            results = await self._call(self._script(keys=keys, args=args))
+            blob = await self._call(self._script(keys=[], args=[pack_batch([op[:3] for op in ops])]))
+            results = unpack_results(blob)
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
             for *_, fut in ops:
                 if not fut.done():
