@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import struct
+from pathlib import Path
 
 import orjson
 import pytest
 import zstandard
 
-from evalproxy.storage import codec
+from evalproxy.storage import codec, copy_store, open_store
 from evalproxy.storage.base import MAGIC, StoredAnswer
+from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
 
 TEXT = b" ".join(b"step %d: the premise gives %d, so the total is %d." % (i, i * 7, i * 11) for i in range(400))
 EVENTS = [b'data: {"choices":[{"index":0,"delta":{"content":"tok%d "}}]}\n\n' % i for i in range(300)]
@@ -87,3 +92,37 @@ class TestDamage:
         """A well-formed frame whose payload is not an answer raises ValueError, not a parser's own error."""
         with pytest.raises(ValueError):
             StoredAnswer.decode(codec.ZMAGIC + zstandard.ZstdCompressor().compress(b"\x00\x00\x00\x05nope!" * 50))
+
+
+@needs_redis
+class TestThroughStores:
+    async def test_compressed_and_legacy_entries_read_and_copy_through_both_backends(
+            self, tmp_path: Path, redis_server: RedisServer) -> None:
+        """A cache holding a compressed answer, a compressed stream and an entry of an older version replays all
+        three from disk, copies to Redis and back (`cache copy`), and every store reads them whole; claims replay
+        them byte for byte."""
+        answers = {"a" * 64: StoredAnswer(200, {"x": "1"}, body=TEXT),
+                   "b" * 64: StoredAnswer(200, {}, events=[*EVENTS, b"data: [DONE]\n\n"])}
+        old = StoredAnswer(200, {}, body=TEXT[:3000])
+        disk = await asyncio.to_thread(open_store, tmp_path / "one")
+        redis = open_store(redis_server.url)
+        back = await asyncio.to_thread(open_store, tmp_path / "two")
+        try:
+            for key, answer in answers.items():
+                await disk.finish(key, 0, owner="o", answer=answer, pair=None)
+            await disk.put_raw_answers([(f"{'c' * 64}:0", legacy(old))])
+            everything = {**answers, "c" * 64: old}
+            assert (await copy_store(disk, redis))["answers"] == 3
+            assert (await copy_store(redis, back))["answers"] == 3
+            for store in (disk, redis, back):
+                got = await store.get_answers([(k, 0) for k in everything])
+                assert [(g.body, g.events) if g else None for g in got] == [(a.body, a.events)
+                                                                            for a in everything.values()]
+                for key, answer in everything.items():
+                    claim = await store.claim(key, "r", sampled=False, reuse=True, owner="p")
+                    assert claim.answer is not None and claim.answer.size == answer.size
+            raw = dict([x async for chunk in redis.raw_answers() for x in chunk])
+            assert sorted(blob[:4] for blob in raw.values()) == [MAGIC, codec.ZMAGIC, codec.ZMAGIC]
+        finally:
+            for store in (disk, redis, back):
+                await store.aclose()

@@ -9,12 +9,13 @@ import contextlib
 import random
 from typing import Any
 
+import pytest
 import redis.asyncio as aredis
 
 from evalproxy.simulator import SimulatedModel
 from evalproxy.storage import codec
 from evalproxy.storage.base import StoredAnswer
-from evalproxy.storage.redis import RedisStore
+from evalproxy.storage.redis import RedisStore, TurnBatch
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
 from tests.waiting import wait_until
 
@@ -92,6 +93,24 @@ class TestBatches:
                                             for i in range(len(bodies))))
             assert [c.answer.body if c.answer else None for c in claims] == bodies
             assert all(c.answer is not None and c.answer.headers == {"k": ":"} for c in claims)
+        finally:
+            await store.aclose()
+
+    async def test_large_answers_close_a_batch(self, redis_server: RedisServer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        """Answers past the batch's byte bound go in batches of their own, small operations with them; all are
+        stored."""
+        monkeypatch.setattr(TurnBatch, "MAX_BYTES", 100_000)  # answers this large are compressed on the loop
+        store = RedisStore(redis_server.url)
+        big = [random.Random(i).randbytes(80_000) for i in range(2)]  # incompressible: stored at full size
+        try:
+            before = store.batch.round_trips
+            await asyncio.gather(*(store.finish(f"big{i}", 0, owner="a", answer=StoredAnswer(200, {}, body=b),
+                                                pair=None) for i, b in enumerate(big)),
+                                 *(store.save_pair(_pair()) for _ in range(3)))
+            assert store.batch.round_trips - before == 2
+            got = await store.get_answers([("big0", 0), ("big1", 0)])
+            assert [a.body if a else None for a in got] == big
         finally:
             await store.aclose()
 

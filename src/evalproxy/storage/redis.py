@@ -305,12 +305,16 @@ class TurnBatch:
     fails every caller in it. The round trip goes through the store's guarded call (timeout, down, errors)."""
 
     MAX_OPS = 512
+    MAX_BYTES = 4 * 2**20
+    """A batch closes at this many bytes of answers (a few large answers go in batches of their own: one script call
+    never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
     def __init__(self, script: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
                  error: Callable[[BaseException], BaseException]) -> None:
         self._script, self._call, self._error = script, call, error
         self._outbox: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._sizes: list[int] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self.round_trips = 0
@@ -320,6 +324,7 @@ class TurnBatch:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._outbox.append((op, keys, args, fut))
+        self._sizes.append(sum(len(a) for a in args if isinstance(a, bytes)))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -328,7 +333,11 @@ class TurnBatch:
     def _flush(self) -> None:
         self._scheduled = False
         while self._outbox and len(self._in_flight) < self.MAX_IN_FLIGHT:
-            ops, self._outbox = self._outbox[: self.MAX_OPS], self._outbox[self.MAX_OPS :]
+            n, size = 1, self._sizes[0]
+            while n < min(len(self._outbox), self.MAX_OPS) and size + self._sizes[n] <= self.MAX_BYTES:
+                size += self._sizes[n]
+                n += 1
+            ops, self._outbox, self._sizes = self._outbox[:n], self._outbox[n:], self._sizes[n:]
             task = asyncio.get_running_loop().create_task(self._send(ops), name="evalproxy-redis-batch")
             self._in_flight.add(task)
             task.add_done_callback(self._sent)
