@@ -15,6 +15,7 @@ import zstandard
 from evalproxy.storage import codec, copy_store, open_store
 from evalproxy.storage.base import MAGIC, StoredAnswer
 from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+from tests.waiting import wait_until
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -126,3 +127,83 @@ class TestThroughStores:
         finally:
             for store in (disk, redis, back):
                 await store.aclose()
+
+
+WORDS = ("the model checks each step of the proof and then writes the answer so we compute the sum again carefully "
+         "because a premise may be wrong therefore a result follows from two facts and one rule").split()
+
+
+def answer(i: int) -> StoredAnswer:
+    """An answer of a few KB of varied text (training needs samples that differ)."""
+    rng = random.Random(i)
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(300, 700)))
+    return StoredAnswer(200, {"content-type": "application/json"},
+                        body=b'{"choices": [{"message": {"content": "' + text.encode() + b'"}}], "n": %d}' % i)
+
+
+def dict_id(blob: bytes) -> int:
+    return int(zstandard.get_frame_parameters(blob[4:]).dict_id) if blob[:4] == codec.ZMAGIC else -1
+
+
+@pytest.fixture
+def small_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "TRAIN_ANSWERS", 40)
+    monkeypatch.setattr(codec, "DICT_BYTES", 16 * 1024)
+
+
+@needs_redis
+@pytest.mark.usefixtures("small_training")
+class TestDictionaries:
+    async def test_disk_trains_publishes_and_every_reader_decodes(self, tmp_path: Path,
+                                                                  redis_server: RedisServer) -> None:
+        """After the first answers the disk store trains a dictionary, keeps it in the store and writes with it;
+        the store reopened (a restart), and a Redis store it is copied to, decode every answer."""
+        store = await asyncio.to_thread(open_store, tmp_path)
+        try:
+            for i in range(40):
+                await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
+            await wait_until(lambda: store.sync.dicts.current is not None, what="a trained dictionary")  # type: ignore[attr-defined]
+            for i in range(40, 50):
+                await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
+            current = store.sync.dicts.current  # type: ignore[attr-defined]
+        finally:
+            await store.aclose()
+        reopened = await asyncio.to_thread(open_store, tmp_path)
+        redis = open_store(redis_server.url)
+        try:
+            raw = dict([x async for chunk in reopened.raw_answers() for x in chunk])
+            assert {dict_id(raw[f"k{i}:0"]) for i in range(40, 50)} == {current}
+            assert len(await reopened.dictionaries()) == 1
+            await copy_store(reopened, redis)
+            for store in (reopened, redis):
+                got = await store.get_answers([(f"k{i}", 0) for i in range(50)])
+                assert [g.body if g else None for g in got] == [answer(i).body for i in range(50)]
+        finally:
+            await reopened.aclose()
+            await redis.aclose()
+
+    async def test_proxies_on_one_redis_share_one_dictionary(self, redis_server: RedisServer) -> None:
+        """Two processes' stores on one server train at once; one dictionary is published and both write with
+        it; a fresh reader decodes every answer either wrote."""
+        a, b = open_store(redis_server.url), open_store(redis_server.url)
+        try:
+            await asyncio.gather(*(s.finish(f"{n}{i}", 0, owner=n, answer=answer(i + (0 if n == "a" else 100)),
+                                            pair=None)
+                                   for i in range(40) for n, s in (("a", a), ("b", b))))
+            await wait_until(lambda: a.dicts.table.current is not None and b.dicts.table.current is not None,  # type: ignore[attr-defined]
+                             what="both stores writing with a dictionary")
+            assert a.dicts.table.current == b.dicts.table.current  # type: ignore[attr-defined]
+            await asyncio.gather(*(s.finish(f"{n}{i}", 0, owner=n, answer=answer(i + 200), pair=None)
+                                   for i in range(40, 45) for n, s in (("a", a), ("b", b))))
+        finally:
+            await a.aclose()
+            await b.aclose()
+        reader = open_store(redis_server.url)
+        try:
+            keys = [(f"{n}{i}", 0) for n in "ab" for i in range(45)]
+            got = await reader.get_answers(keys)
+            assert all(g is not None for g in got) and len(await reader.dictionaries()) == 1
+            raw = dict([x async for chunk in reader.raw_answers() for x in chunk])
+            assert {dict_id(raw[f"{n}{i}:0"]) for n in "ab" for i in range(40, 45)} == {a.dicts.table.current}  # type: ignore[attr-defined]
+        finally:
+            await reader.aclose()

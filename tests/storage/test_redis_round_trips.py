@@ -68,7 +68,10 @@ class TestBatches:
         caller gets its own result."""
         store = RedisStore(redis_server.url)
         try:
-            await store.claim("warm", "r", sampled=False, reuse=True, owner="a")  # loads the script
+            # Loads the script, and asks for the store's compression dictionary (once per process, before its
+            # first write).
+            await store.claim("warm", "r", sampled=False, reuse=True, owner="a")
+            await store.finish("other", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"), pair=None)
             async with Monitor(redis_server.url) as monitor:
                 claims = await asyncio.gather(
                     *(store.claim(f"k{i}", "r", sampled=False, reuse=True, owner="a") for i in range(50)),
@@ -104,6 +107,7 @@ class TestBatches:
         store = RedisStore(redis_server.url)
         big = [random.Random(i).randbytes(80_000) for i in range(2)]  # incompressible: stored at full size
         try:
+            await store.finish("other", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"), pair=None)
             before = store.batch.round_trips
             await asyncio.gather(*(store.finish(f"big{i}", 0, owner="a", answer=StoredAnswer(200, {}, body=b),
                                                 pair=None) for i, b in enumerate(big)),

@@ -112,8 +112,9 @@ class StoredAnswer:
         """The answer's bytes as the model sent them (body, or events in all)."""
         return sum(map(len, self.events)) if self.events is not None else len(self.body or b"")
 
-    def encode(self) -> bytes:
-        """The bytes a store keeps: compressed (:mod:`~evalproxy.storage.codec`) unless too small to gain."""
+    def encode(self, dicts: codec.Dictionaries | None = None) -> bytes:
+        """The bytes a store keeps: compressed (:mod:`~evalproxy.storage.codec`, with the store's dictionary if it
+        has one, ``dicts``) unless too small to gain."""
         header: dict[str, Any] = {"status": self.status, "headers": self.headers, "stored_at": self.stored_at}
         if self.events is not None:
             header["events"] = [len(e) for e in self.events]
@@ -122,19 +123,19 @@ class StoredAnswer:
             body = self.body or b""
         h = orjson.dumps(header)
         payload = struct.pack(">I", len(h)) + h + body
-        packed = codec.compress(payload)
+        packed = codec.compress(payload, dicts)
         if packed is not None:
             return packed
         return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
 
     @classmethod
-    def decode(cls, blob: bytes) -> StoredAnswer:
+    def decode(cls, blob: bytes, dicts: codec.Dictionaries | None = None) -> StoredAnswer:
         """An answer from what a store keeps, compressed or not (entries of older versions included); ValueError
-        for damaged or foreign bytes."""
+        for damaged or foreign bytes, ``codec.MissingDictionary`` for an entry of a dictionary ``dicts`` lacks."""
         if not isinstance(blob, bytes):
             raise ValueError("not an evalproxy cache entry")
         if blob[:4] == codec.ZMAGIC:
-            payload = codec.decompress(blob)
+            payload = codec.decompress(blob, dicts)
         elif blob[:4] == MAGIC:
             digest, payload = blob[4:12], blob[12:]
             if hashlib.sha256(payload).digest()[:8] != digest:
@@ -169,19 +170,19 @@ class StoredAnswer:
             return None
 
 
-async def encode_answer(answer: StoredAnswer) -> bytes:
+async def encode_answer(answer: StoredAnswer, dicts: codec.Dictionaries | None = None) -> bytes:
     """:meth:`StoredAnswer.encode` for a caller on the event loop: a large answer (the server's rule for large
     bodies, ``OFF_LOOP_BYTES``) is compressed in a thread, so that it never stalls the loop."""
     if answer.size > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(answer.encode)
-    return answer.encode()
+        return await asyncio.to_thread(answer.encode, dicts)
+    return answer.encode(dicts)
 
 
-async def decode_answer(blob: bytes) -> StoredAnswer:
+async def decode_answer(blob: bytes, dicts: codec.Dictionaries | None = None) -> StoredAnswer:
     """:meth:`StoredAnswer.decode` for a caller on the event loop: a large entry is decoded in a thread."""
     if codec.payload_size(blob) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(StoredAnswer.decode, blob)
-    return StoredAnswer.decode(blob)
+        return await asyncio.to_thread(StoredAnswer.decode, blob, dicts)
+    return StoredAnswer.decode(blob, dicts)
 
 
 @dataclass
@@ -350,6 +351,14 @@ class Store(Protocol):
         ...
 
     async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None: ...
+
+    async def dictionaries(self) -> list[bytes]:
+        """The compression dictionaries the store holds (what its answers may need to be decoded; for copying)."""
+        ...
+
+    async def put_dictionaries(self, items: list[bytes]) -> None:
+        """Hold these dictionaries too (a copy's source's); the one the store writes with does not change."""
+        ...
 
     async def stats(self) -> dict[str, Any]:
         """What the store holds, in one shape for every backend: ``location``, ``backend``, ``answers``,

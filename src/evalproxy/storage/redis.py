@@ -13,6 +13,8 @@ Layout, every key under the prefix ``P``::
     P free:<run>:<key>      sorted set of slots handed back by failed samples (the lowest is taken first)
     P pairs / P pair        sorted set by arrival time (wall clock) / hash member -> saved pair (JSON)
     P failures / P failure  the same for failed requests, at most MAX_FAILURES
+    P dict / P dicts        string: the id of the compression dictionary answers are written with / hash
+                            id -> every dictionary the store's answers may need (storage/codec.py)
 
 A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
 the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
@@ -54,6 +56,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aredis
+import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -61,6 +64,7 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import (
     StoreError,
     StoreFullError,
@@ -123,6 +127,8 @@ end
 # renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
 # pair    K: pairs zset, pair hash. A: score, member, record.
 # failure K: failures zset, failure hash. A: score, member, record, bound. Returns 1 if kept, 0 at the bound.
+# dict    K: the current dictionary's id, the dictionaries hash. A: a dictionary's id and bytes ("" "": only read).
+#         Publishes it unless the store has one; returns the bytes of the store's current one ("" for none).
 _OPS_LUA = _LEASE_LUA + """
 local function claim(K, A)
   local slot
@@ -181,6 +187,13 @@ local function pair(K, A)
   return 1
 end
 
+local function dict(K, A)
+  if A[1] ~= '' and redis.call('SET', K[1], A[1], 'NX') then redis.call('HSET', K[2], A[1], A[2]) end
+  local cur = redis.call('GET', K[1])
+  if not cur then return '' end
+  return redis.call('HGET', K[2], cur) or ''
+end
+
 local function failure(K, A)
   if redis.call('ZCARD', K[1]) >= tonumber(A[4]) then return 0 end
   redis.call('ZADD', K[1], A[1], A[2])
@@ -194,7 +207,7 @@ end
 # that many values (a table), or "E" and an error message (the operation failed; the others still ran). One argument
 # and one string, not hundreds of each: packing and parsing them was most of a batch's cost in the client.
 _BATCH = _OPS_LUA + """
-local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure}
+local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
 local B, pos, out = ARGV[1], 1, {}
 local function field()
   local colon = string.find(B, ':', pos, true)
@@ -282,6 +295,34 @@ def parse_location(url: str) -> tuple[str, str, float]:
     rest = [(k, v) for k, v in query if k not in ("prefix", "timeout")]
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
     return client_url, ours.get("prefix", DEFAULT_PREFIX), float(ours.get("timeout", DEFAULT_TIMEOUT))
+
+
+def store_error(exc: BaseException, location: str, timeout: float) -> BaseException:
+    """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree (its cause
+    kept); anything else is returned as it is."""
+    error: StoreError
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
+        what = (f"did not answer within {timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
+                else f"is unreachable ({exc})")
+        error = StoreUnavailableError(f"the store at {location} {what}")
+    elif isinstance(exc, OutOfMemoryError):
+        error = StoreFullError(f"the store at {location} is full (maxmemory): {exc}")
+    elif isinstance(exc, RedisReadOnlyError):
+        error = StoreReadOnlyError(f"the store at {location} is read-only: {exc}")
+    elif isinstance(exc, RedisError):
+        error = StoreError(f"the store at {location} refused: {type(exc).__name__}: {exc}")
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
+
+
+def with_prefix(location: str, prefix: str) -> str:
+    """A store URL that names its prefix: the location ``stats`` reports (the disk store's keys, no more; a URL that
+    opens this very store)."""
+    if "prefix" in dict(parse_qsl(urlsplit(location).query)):
+        return location
+    return f"{location}{'&' if '?' in location else '?'}{urlencode({'prefix': prefix})}"
 
 
 def _pid_dead(holder: str) -> bool:
@@ -386,6 +427,56 @@ def _copy(exc: Exception) -> Exception:
     return exc
 
 
+class RedisDictionaries:
+    """A Redis store's compression dictionaries (:class:`~evalproxy.storage.codec.Dictionaries`): ``P dict`` names
+    the current one, ``P dicts`` holds every one by id. Asked for once before this process first writes; trained in
+    a thread once enough answers were written without one, and published unless another process was first."""
+
+    def __init__(self, batch: TurnBatch, redis: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
+                 prefix: str) -> None:
+        self.batch, self.redis, self._call = batch, redis, call
+        self.keys = [f"{prefix}dict", f"{prefix}dicts"]
+        self.table = codec.Dictionaries()
+        self._training: asyncio.Task[None] | None = None
+
+    async def before_write(self) -> None:
+        if not self.table.checked:
+            self.table.use(await self.batch.run("dict", self.keys, ["", b""]) or None)
+
+    def after_write(self) -> None:
+        if self.table.take_due():
+            self._training = asyncio.get_running_loop().create_task(self._train(), name="evalproxy-dictionary")
+
+    async def _train(self) -> None:
+        try:
+            data = await asyncio.to_thread(self.table.train)
+            if data is not None:
+                dict_id = zstandard.ZstdCompressionDict(data).dict_id()
+                self.table.use(await self.batch.run("dict", self.keys, [dict_id, data]) or None)
+        except Exception as exc:  # answers are compressed without a dictionary meanwhile
+            self.table.training = False
+            log.warning("the compression dictionary could not be stored (%s: %s)", type(exc).__name__, exc)
+
+    async def load(self) -> None:
+        """Hold every dictionary the store has (a frame named one this process did not know)."""
+        for data in await self.all():
+            self.table.add(data)
+
+    async def all(self) -> list[bytes]:
+        return list(await self._call(self.redis.hvals(self.keys[1])))
+
+    async def put(self, items: list[bytes]) -> None:
+        if items:
+            await self._call(self.redis.hset(self.keys[1], mapping={
+                zstandard.ZstdCompressionDict(d).dict_id(): d for d in items}))
+            for d in items:
+                self.table.add(d)
+
+    async def aclose(self) -> None:
+        if self._training is not None:
+            await asyncio.gather(self._training, return_exceptions=True)
+
+
 class RedisStore:
     """The :class:`~evalproxy.storage.base.Store` interface over a Redis or Valkey server."""
 
@@ -407,6 +498,7 @@ class RedisStore:
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
         self.batch = TurnBatch(self.redis.register_script(_BATCH), self._call, self._error)
+        self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
         self._closed = False
@@ -428,23 +520,11 @@ class RedisStore:
             raise self._error(exc) from exc
 
     def _error(self, exc: BaseException) -> BaseException:
-        """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree."""
-        error: StoreError
+        """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree; a server
+        that is unreachable or slow is taken as down for a short while."""
         if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
             self._down_until = time.monotonic() + RETRY_AFTER
-            what = (f"did not answer within {self.timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
-                    else f"is unreachable ({exc})")
-            error = StoreUnavailableError(f"the store at {self.location} {what}")
-        elif isinstance(exc, OutOfMemoryError):
-            error = StoreFullError(f"the store at {self.location} is full (maxmemory): {exc}")
-        elif isinstance(exc, RedisReadOnlyError):
-            error = StoreReadOnlyError(f"the store at {self.location} is read-only: {exc}")
-        elif isinstance(exc, RedisError):
-            error = StoreError(f"the store at {self.location} refused: {type(exc).__name__}: {exc}")
-        else:
-            return exc
-        error.__cause__ = exc
-        return error
+        return store_error(exc, self.location, self.timeout)
 
     def _lease_value(self, owner: str) -> str:
         """The holder part of ``owner``'s lease values (the scripts put the deadline in front)."""
@@ -460,7 +540,11 @@ class RedisStore:
     async def _decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
         """The answer of an entry (decompressed in a thread when large), None when damaged (logged)."""
         try:
-            return await decode_answer(blob)
+            try:
+                return await decode_answer(blob, self.dicts.table)
+            except codec.MissingDictionary:  # written with a dictionary another process published: load it
+                await self.dicts.load()
+                return await decode_answer(blob, self.dicts.table)
         except Exception as exc:
             log.warning("cache entry %s:%d is corrupted (%s): the request goes upstream", key, slot, exc)
             return None
@@ -504,7 +588,11 @@ class RedisStore:
     async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
                      pair: SavedPair | None) -> None:
         member, score, record = self._pair_record(pair) if pair is not None else ("", 0.0, b"")
-        blob = await encode_answer(answer) if answer is not None else b""
+        blob = b""
+        if answer is not None:
+            await self.dicts.before_write()
+            blob = await encode_answer(answer, self.dicts.table)
+            self.dicts.after_write()
         await self.batch.run(
             "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
             [answer_key(key, slot), blob, self._lease_value(owner), member, score, record, ""])
@@ -596,6 +684,12 @@ class RedisStore:
         if items:
             await self._call(self.redis.hset(self.k_answers, mapping=dict(items)))
 
+    async def dictionaries(self) -> list[bytes]:
+        return await self.dicts.all()
+
+    async def put_dictionaries(self, items: list[bytes]) -> None:
+        await self.dicts.put(items)
+
     # -- whole store -----------------------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)
@@ -605,12 +699,8 @@ class RedisStore:
         for k in (self.k_answers, self.k_pair, self.k_failure):
             pipe.memory_usage(k)
         answers, pairs, failures, *sizes = await self._call(pipe.execute())
-        # The disk store's keys, no more: the prefix is part of the location (a URL that opens this very store).
-        location = self.location
-        if "prefix" not in dict(parse_qsl(urlsplit(location).query)):
-            location += f"{'&' if '?' in location else '?'}{urlencode({'prefix': self.prefix})}"
-        return {"location": location, "backend": "redis", "answers": answers, "saved_requests": pairs,
-                "failures": failures, "bytes": sum(s or 0 for s in sizes)}
+        return {"location": with_prefix(self.location, self.prefix), "backend": "redis", "answers": answers,
+                "saved_requests": pairs, "failures": failures, "bytes": sum(s or 0 for s in sizes)}
 
     async def clear(self) -> int:
         """Delete every key under this store's prefix (answers, pairs, failures, slots, leases)."""
@@ -625,11 +715,13 @@ class RedisStore:
             if keys:
                 await self._call(self.redis.unlink(*keys))
             if cursor == 0:
+                self.dicts.table.forget()
                 return int(n)
 
     async def aclose(self) -> None:
         if self._closed:
             return
+        await self.dicts.aclose()
         await self.batch.drain()  # what callers asked for before the close still reaches the server
         self._closed = True
         await self.redis.aclose()
