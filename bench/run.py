@@ -562,14 +562,16 @@ def stored_sizes(where: str) -> dict[str, Any]:
     import asyncio
 
     from evalproxy.storage import StoredAnswer, open_store, run_store
+    from evalproxy.storage.codec import dictionaries_of
 
     async def read() -> dict[str, Any]:
         store = open_store(run_store(where))
         sums = {k: [0, 0, 0] for k in ("json", "stream")}
         try:
+            table = dictionaries_of(await store.dictionaries())  # what the answers were compressed with
             async for chunk in store.raw_answers():
                 for _, blob in chunk:
-                    answer = StoredAnswer.decode(blob)
+                    answer = StoredAnswer.decode(blob, table)
                     raw = b"".join(answer.events) if answer.events is not None else answer.body or b""
                     if b'"bench-corpus"' not in raw[:400]:
                         continue
