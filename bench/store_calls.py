@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -85,6 +86,8 @@ async def measure(args: argparse.Namespace, server: subprocess.Popen[bytes], por
                 trips = getattr(getattr(store, "batch", None), "round_trips", 0) - trips0
                 row[f"{what}_round_trips_per_req"] = trips / args.requests
             await store.aclose()
+            if name == "disk":
+                shutil.rmtree(where, ignore_errors=True)
             rows[name].append(row)
             print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
     med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in rows.items()}
