@@ -79,6 +79,20 @@ class PostEvalReportHook(BaseHook[PostEvalReportParams]):
                              report_types=tuple(self.params.report_types))
 
 
+async def report_again(adapter: AdapterConfig, server: ServerConfig, output_dir: Path) -> list[Path]:
+    """The report as the run's ``post_eval_report`` hook wrote it, written again (``evalproxy run`` does, once the
+    run record holds the scores); nothing when the hook is not in the run's config."""
+    hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), None)
+    if hook is None:
+        return []
+    params = PostEvalReportParams.model_validate(hook)
+    size = params.html_report_size
+    if size is None:
+        size = adapter.html_report_size if adapter.html_report_size is not None else 5
+    return await render_reports(output_dir, adapter=adapter, server=server, size=size,
+                                report_types=tuple(params.report_types))
+
+
 def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
     """Where the run's caching interceptor kept its store directory (as configured: no hard-coded path)."""
     cfg = adapter.interceptor_config("caching") or {}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evalproxy.adapter.core.errors import ConfigError
-from evalproxy.records.harnesses.base import HarnessResult, arg_values, runs_program
+from evalproxy.records.harnesses.base import HarnessResult, RunFacts, arg_values, runs_program
 from evalproxy.records.results import read_results
 
 _NAMES = ("results.yml", "results.yaml")
@@ -38,4 +38,7 @@ class NemoEvaluatorParser:
         empty = record.results.is_empty()
         return HarnessResult(self.name, "empty" if empty else "success", results=record.results, files=[path],
                              version=str(version) if version else None,
-                             reason="results.yml holds no scores" if empty else None)
+                             reason="results.yml holds no scores" if empty else None,
+                             facts=RunFacts(type=(record.config.model_extra or {}).get("type"),
+                                            params=dict(record.config.params),
+                                            endpoint_type=record.target.api_endpoint.type))
