@@ -261,6 +261,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     report = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "output_dir": str(output_dir),
+        "scores": run_scores(output_dir),
         "summary": {
             "model": server.model_id or _first_model(pairs),
             "endpoint": upstream,
@@ -280,6 +281,57 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     }
     key = server.api_key() if server.api_key_name else None
     return redact_report(report, [key] if key else [])
+
+
+RESULTS_FILES = ("results.yaml", "results.yml")
+Z95 = 1.959964  # a normal 95 % interval: value +- Z95 * stderr
+
+
+def run_scores(output_dir: Path) -> dict[str, Any]:
+    """How the model did, from the run record (``results.yaml``) beside the report: one row per task or group and
+    score, with its stderr, a 95 % interval and the sample count where the harness gave them; the task type, the
+    params and the endpoint type. Read as plain YAML (no code runs); no record gives rows ``[]`` and a note."""
+    doc: Any = None
+    for name in RESULTS_FILES:
+        try:
+            doc = read_yaml(output_dir / name)
+            break
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            return {"rows": [], "note": f"{name} could not be read: {exc}"}
+    if not isinstance(doc, dict):
+        return {"rows": [], "note": "no run record (results.yaml) here: the scores are written by evalproxy run"}
+    results = doc.get("results") if isinstance(doc.get("results"), dict) else {}
+    rows = [row for section in ("groups", "tasks") for row in _score_rows(section, results.get(section))]
+    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    harness = doc.get("harness") if isinstance(doc.get("harness"), dict) else {}
+    endpoint = (doc.get("target") or {}).get("api_endpoint") if isinstance(doc.get("target"), dict) else None
+    note = None if rows else f"no scores in the run record ({harness.get('status') or 'no harness'}: " \
+                             f"{harness.get('reason') or 'the harness reported none'})"
+    return {"rows": rows, "note": note, "type": config.get("type"), "params": config.get("params") or {},
+            "endpoint_type": endpoint.get("type") if isinstance(endpoint, dict) else None,
+            "harness": harness.get("name"), "harness_version": harness.get("version")}
+
+
+def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for task, tr in (tasks or {}).items() if isinstance(tasks, dict) else ():
+        metrics = tr.get("metrics") if isinstance(tr, dict) else None
+        if not metrics:
+            rows.append({"kind": section[:-1], "task": str(task), "metric": None, "score": None, "value": None,
+                         "stderr": None, "ci95": None, "count": None})
+            continue
+        for metric, m in metrics.items():
+            for score, sc in ((m or {}).get("scores") or {}).items():
+                if not isinstance(sc, dict) or not isinstance(sc.get("value"), int | float):
+                    continue
+                stats = sc.get("stats") if isinstance(sc.get("stats"), dict) else {}
+                value, stderr = float(sc["value"]), stats.get("stderr")
+                ci = ([value - Z95 * stderr, value + Z95 * stderr] if isinstance(stderr, int | float) else None)
+                rows.append({"kind": section[:-1], "task": str(task), "metric": str(metric), "score": str(score),
+                             "value": value, "stderr": stderr, "ci95": ci, "count": stats.get("count")})
+    return rows
 
 
 def _shown(show: Callable[..., dict[str, Any]], record: Any, *args: Any) -> dict[str, Any] | None:
