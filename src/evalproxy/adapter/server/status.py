@@ -95,6 +95,8 @@ class StatusReporter:
             self._task = None
         if self.mode == "tty" and self._last is not None:
             self._emit(final=True)
+        elif self.mode == "log" and self._last is not None:
+            self._emit()  # the last count, when it changed since the last line
 
     async def _loop(self) -> None:
         while True:

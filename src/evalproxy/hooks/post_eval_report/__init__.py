@@ -302,11 +302,10 @@ def run_scores(output_dir: Path) -> dict[str, Any]:
             return {"rows": [], "note": f"{name} could not be read: {exc}"}
     if not isinstance(doc, dict):
         return {"rows": [], "note": "no run record (results.yaml) here: the scores are written by evalproxy run"}
-    results = doc.get("results") if isinstance(doc.get("results"), dict) else {}
+    results, config, harness, target = (doc[k] if isinstance(doc.get(k), dict) else {}
+                                        for k in ("results", "config", "harness", "target"))
     rows = [row for section in ("groups", "tasks") for row in _score_rows(section, results.get(section))]
-    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    harness = doc.get("harness") if isinstance(doc.get("harness"), dict) else {}
-    endpoint = (doc.get("target") or {}).get("api_endpoint") if isinstance(doc.get("target"), dict) else None
+    endpoint = target.get("api_endpoint")
     note = None if rows else f"no scores in the run record ({harness.get('status') or 'no harness'}: " \
                              f"{harness.get('reason') or 'the harness reported none'})"
     return {"rows": rows, "note": note, "type": config.get("type"), "params": config.get("params") or {},
@@ -317,7 +316,7 @@ def run_scores(output_dir: Path) -> dict[str, Any]:
 def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for task, tr in (tasks or {}).items() if isinstance(tasks, dict) else ():
-        metrics = tr.get("metrics") if isinstance(tr, dict) else None
+        metrics: Any = tr.get("metrics") if isinstance(tr, dict) else None
         if not metrics:
             rows.append({"kind": section[:-1], "task": str(task), "metric": None, "score": None, "value": None,
                          "stderr": None, "ci95": None, "count": None})
@@ -326,7 +325,7 @@ def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
             for score, sc in ((m or {}).get("scores") or {}).items():
                 if not isinstance(sc, dict) or not isinstance(sc.get("value"), int | float):
                     continue
-                stats = sc.get("stats") if isinstance(sc.get("stats"), dict) else {}
+                stats: dict[str, Any] = sc["stats"] if isinstance(sc.get("stats"), dict) else {}
                 value, stderr = float(sc["value"]), stats.get("stderr")
                 ci = ([value - Z95 * stderr, value + Z95 * stderr] if isinstance(stderr, int | float) else None)
                 rows.append({"kind": section[:-1], "task": str(task), "metric": str(metric), "score": str(score),
