@@ -24,6 +24,8 @@ pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (i
 
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
 
+Runs = dict[str, tuple[Path, subprocess.CompletedProcess[str]]]
+
 INSPECT = str(Path(sys.executable).parent / "inspect")
 HARNESSES = Path(__file__).resolve().parents[2] / ".venv-harnesses"
 if not HARNESSES.exists():  # a worktree: the harness env sits in the main checkout
@@ -105,7 +107,7 @@ def _workdir(root: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, subprocess.CompletedProcess[str]]]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("run-e2e")
     port = _free_port()
     fake = subprocess.Popen([sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--sums", "--wrong",
@@ -134,7 +136,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[P
         fake.wait(10)
 
 
-def _ok(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], name: str) -> Path:
+def _ok(runs: Runs, name: str) -> Path:
     if name not in runs:
         pytest.skip(f"{LM_EVAL} is not ready (lm-eval with its [api] extra, in .venv-harnesses)")
     run_dir, done = runs[name]
@@ -149,7 +151,7 @@ def _ok(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], name: st
     ("lm_completions", "completions", {"temperature": 0.0, "max_new_tokens": 16, "limit_samples": 6,
                                        "parallelism": 2}),
 ])
-def test_record_says_what_happened(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]], name: str,
+def test_record_says_what_happened(runs: Runs, name: str,
                                    endpoint: str, params: dict[str, object]) -> None:
     """results.yaml has the endpoint type of the requests sent (per run and task), config.type, NeMo-named params
     with their source, the command as written with {proxy_url}, and the harness's own score (4 of 6 right)."""
@@ -165,7 +167,7 @@ def test_record_says_what_happened(runs: dict[str, tuple[Path, subprocess.Comple
     assert record.git_hash is None or len(record.git_hash) == 40
 
 
-def test_launcher_task_params_reach_the_harness(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
+def test_launcher_task_params_reach_the_harness(runs: Runs,
                                                 ) -> None:
     """The launcher task's params went into the command (and so to the wire); --task is the type."""
     record = read_results(_ok(runs, "inspect_json"))
@@ -174,14 +176,14 @@ def test_launcher_task_params_reach_the_harness(runs: dict[str, tuple[Path, subp
     assert record.evalproxy.observed_params["max_tokens"] == 16 and record.evalproxy.observed_requests == 6
 
 
-def test_status_lines_have_total_and_percent(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+def test_status_lines_have_total_and_percent(runs: Runs) -> None:
     """With --progress line, the status comes as plain lines (no redraw) with the total --limit gives."""
     _, done = runs["inspect_eval"]
     assert "\x1b[2K" not in done.stderr and "\r" not in done.stderr
     assert "6/6 requests 100% done" in done.stderr
 
 
-def test_unreadable_results_warn_and_fail(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+def test_unreadable_results_warn_and_fail(runs: Runs) -> None:
     """A harness log that cannot be read is a warning on stderr and exit 3, not a quiet empty record (issue 20)."""
     run_dir, done = runs["unreadable"]
     assert done.returncode == 3, done.stderr[-2000:]
@@ -189,7 +191,7 @@ def test_unreadable_results_warn_and_fail(runs: dict[str, tuple[Path, subprocess
     assert read_results(run_dir).harness.status == "error"
 
 
-def test_report_opens_with_the_scores(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]]) -> None:
+def test_report_opens_with_the_scores(runs: Runs) -> None:
     """report.html and evalproxy_report.json give each task's score, interval and sample count before the proxy's
     statistics; report.json keeps NeMo's list shape."""
     run_dir = _ok(runs, "inspect_eval")
@@ -203,7 +205,7 @@ def test_report_opens_with_the_scores(runs: dict[str, tuple[Path, subprocess.Com
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
-def test_report_scores_in_chromium(runs: dict[str, tuple[Path, subprocess.CompletedProcess[str]]],
+def test_report_scores_in_chromium(runs: Runs,
                                    tmp_path: Path) -> None:
     """Chromium renders the score table at the top of report.html (a screenshot is saved for a person to see)."""
     page = _ok(runs, "inspect_eval") / "report.html"
