@@ -4,6 +4,7 @@ an empty directory, with ``evalproxy`` on the PATH and ``MODEL_URL`` pointing at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -82,10 +83,8 @@ def run_blocks(doc: Path, blocks: list[tuple[int, str]], workdir: Path, model_ur
         try:
             code = proc.wait(timeout=180)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)  # the session this test started, with what it left running
-            except ProcessLookupError:
-                pass
             proc.wait()
     return subprocess.CompletedProcess(proc.args, code, out.read_text(), err.read_text())
 
