@@ -27,6 +27,9 @@ class TestStatusReporter:
         assert line.startswith("[evalproxy] 12/40 requests 30% ETA 0:56 (0.5/s) | ") and "[#" not in line
         bar = StatusReporter(lambda: snap, mode="tty", total=40).line(snap, elapsed=24.0)
         assert bar.startswith("[evalproxy] [######..............] 12/40 requests 30% ETA 0:56")
+        slow_start = StatusReporter(lambda: snap, mode="log", total=40)
+        slow_start.line(Snapshot(0, 0, 0, 0), elapsed=20.0)  # the harness took 20 s to send its first request
+        assert "12/40 requests 30% ETA 0:09 (0.5/s)" in slow_start.line(snap, elapsed=24.0)
         over = Snapshot(requests=45, errors=0, cache_hits=0, in_flight=0)
         assert "45/40 requests 100% done" in StatusReporter(lambda: over, mode="log", total=40).line(over, 9.0)
 

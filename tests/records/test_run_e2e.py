@@ -83,7 +83,8 @@ def _commands(root: Path, url: str, lm_ready: bool) -> dict[str, tuple[list[str]
     if lm_ready:
         for name, model, path in (("lm_chat", "local-chat-completions", "chat/completions"),
                                   ("lm_completions", "local-completions", "completions")):
-            args = f"model=fake-model,base_url={{proxy_url}}/{path},num_concurrent=2,tokenized_requests=False"
+            args = (f"model=fake-model,base_url={{proxy_url}}/{path},num_concurrent=2,tokenized_requests=False,"
+                    "tokenizer_backend=None")
             extra = ["--apply_chat_template"] if "chat" in model else []
             out[name] = (["-c", str(root / "adapter.yaml"), "--upstream", url],
                          [str(LM_EVAL), "--model", model, "--model_args", args, "--tasks", "sums", "--include_path",

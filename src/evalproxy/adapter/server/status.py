@@ -60,13 +60,19 @@ class StatusReporter:
         self._task: asyncio.Task[None] | None = None
         self._last: Snapshot | None = None
         self._t0 = time.monotonic()
+        self._idle = 0.0  # seconds after start of the last line that saw no request
 
     def line(self, s: Snapshot, elapsed: float) -> str:
+        """The status for ``s``, ``elapsed`` seconds after the proxy started. The time left counts from the last
+        line that saw no request yet: a harness that takes a while to start does not stretch it."""
+        if s.requests == 0:
+            self._idle = elapsed
         rate = s.requests / elapsed if elapsed > 0 else 0.0
+        busy = elapsed - self._idle
         hit_pct = f" ({100 * s.cache_hits / s.requests:.0f}%)" if s.requests else ""
         return (
-            f"[evalproxy] {self.progress(s.requests, rate)} ({rate:.1f}/s) | cache hits {s.cache_hits}{hit_pct} | "
-            f"errors {s.errors} | in flight {s.in_flight}"
+            f"[evalproxy] {self.progress(s.requests, s.requests / busy if busy > 0 else rate)} ({rate:.1f}/s) | "
+            f"cache hits {s.cache_hits}{hit_pct} | errors {s.errors} | in flight {s.in_flight}"
         )
 
     def progress(self, done: int, rate: float) -> str:
