@@ -161,6 +161,7 @@ def test_record_says_what_happened(runs: Runs, name: str,
     assert record.config.model_extra == {"type": "sums"}
     for key, value in params.items():
         assert record.config.params.get(key) == value, (key, record.config.params)
+        assert type(record.config.params.get(key)) is type(value), (key, record.config.params)  # 6, not 6.0
     assert set(record.evalproxy.params_from) == set(record.config.params)
     assert "{proxy_url}" in record.command and "127.0.0.1" not in record.command
     values = [s.value for m in record.results.tasks["sums"].metrics.values() for s in m.scores.values()]

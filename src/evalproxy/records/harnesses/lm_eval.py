@@ -177,8 +177,9 @@ def run_facts(data: dict[str, Any]) -> RunFacts:
             params[nemo] = orjson.loads(values.pop())
     for source, names in ((_kv(config.get("model_args")), _MODEL_ARGS), (_kv(config.get("gen_kwargs")), _GEN_KWARGS)):
         params.update({nemo: source[name] for name, nemo in names.items() if source.get(name) is not None})
-    if config.get("limit") is not None:
-        params["limit_samples"] = config["limit"]
+    limit = config.get("limit")
+    if isinstance(limit, int | float) and not isinstance(limit, bool):
+        params["limit_samples"] = int(limit) if float(limit).is_integer() else limit  # lm-eval keeps 6 as 6.0
     tasks = top_level_tasks(data)
     if tasks:
         params["task"] = ",".join(tasks)
