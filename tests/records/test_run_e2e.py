@@ -1,6 +1,8 @@
-"""`evalproxy run` end to end with real harnesses against the simulator: what results.yaml records (endpoint type,
-config.type, NeMo-named params, a re-runnable command), the report opening with the scores (in Chromium), the status
-line's total, and harness results that cannot be read. The runs are made once per module, at the same time."""
+"""`evalproxy run` end to end with real harnesses against the simulator (inspect-ai from the test env; lm-eval and
+nemo-evaluator from ``.venv-harnesses``, as users run a harness in an env of its own): what results.yaml records
+(endpoint type, config.type, NeMo-named params, a re-runnable command), the report opening with the scores (in
+Chromium), the status line's total, and harness results that cannot be read. The runs are made once per module, at
+the same time."""
 
 from __future__ import annotations
 
@@ -58,6 +60,45 @@ BROKEN_INSPECT = """#!/bin/sh
 # Writes an inspect-ai log that cannot be read (a .eval zip whose header is not JSON), as a failed reader sees it.
 mkdir -p logs && cd logs && printf 'not json' > header.json && python3 -m zipfile -c broken.eval header.json
 """
+
+
+BYOB_SUMS = """\
+import os
+
+from nemo_evaluator.contrib.byob import ScorerInput, benchmark, scorer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@benchmark(name="sums", dataset=os.path.join(HERE, "sums.jsonl"), prompt="{input}", target_field="target",
+           endpoint_type="chat")
+@scorer
+def exact(sample: ScorerInput) -> dict:
+    return {"correct": sample.response.strip() == str(sample.target).strip()}
+"""
+
+
+def _nemo_benchmark(work: Path) -> dict[str, str] | None:
+    """Compile a BYOB benchmark of the sums into ``work/pkgs/core_evals`` (the namespace nemo-evaluator finds
+    harnesses in, without installing into its env); the environment its run needs, or None without nemo-evaluator.
+
+    nemo-evaluator 0.2.8's BYOB runner writes ``<out>/<benchmark>/byob_results.json`` while the parser it compiles
+    reads ``<out>/byob_results.json`` (its own run then fails, writing no results.yml): the compiled parser is
+    pointed at the runner's file."""
+    byob = HARNESSES / "bin" / "nemo-evaluator-byob"
+    if not byob.exists():
+        return None
+    (work / "sums_byob.py").write_text(BYOB_SUMS)
+    done = subprocess.run([str(byob), "sums_byob.py", "--no-install", "--install-dir", "byob"], cwd=work,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pkg = work / "pkgs" / "core_evals" / "byob_sums"
+    shutil.copytree(work / "byob" / "byob_sums" / "nemo_evaluator" / "byob_sums", pkg)
+    parser = pkg / "output.py"
+    parser.write_text(parser.read_text().replace('os.path.join(output_dir, "byob_results.json")',
+                                                 'os.path.join(output_dir, "sums", "byob_results.json")'))
+    return {"PATH": f"{HARNESSES / 'bin'}:{os.environ['PATH']}",  # its command runs `python`: the harness's
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(work / "pkgs"), os.environ.get("PYTHONPATH")]))}
 
 
 def _lm_eval_ready() -> bool:
@@ -122,11 +163,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         env.update(OPENAI_API_KEY="sk-not-a-real-key", FAKE_API_KEY="sk-not-a-real-key", NO_COLOR="1",
                    HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
         procs = {}
-        for name, (opts, cmd) in _commands(root, url, _lm_eval_ready()).items():
+        commands = _commands(root, url, _lm_eval_ready())
+        nemo_work = _workdir(root, "nemo")
+        nemo_env = _nemo_benchmark(nemo_work)
+        if nemo_env is not None:
+            commands["nemo"] = (["-c", str(root / "adapter.yaml"), "--upstream", url],
+                                [str(HARNESSES / "bin" / "nemo-evaluator"), "run_eval", "--eval_type",
+                                 "byob_sums.sums", "--model_url", "{proxy_url}/chat/completions", "--model_id",
+                                 "fake-model", "--model_type", "chat", "--output_dir", str(nemo_work / "nemo_out"),
+                                 "--overrides", "config.params.limit_samples=6,config.params.parallelism=2"])
+        for name, (opts, cmd) in commands.items():
             argv = [sys.executable, "-m", "evalproxy", "run", *opts, "-o", str(root / "runs" / name),
                     "--progress", "line", "--", *cmd]
-            procs[name] = subprocess.Popen(argv, cwd=_workdir(root, name), env=env, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
+            work = nemo_work if name == "nemo" else _workdir(root, name)
+            procs[name] = subprocess.Popen(argv, cwd=work, env={**env, **(nemo_env if name == "nemo" else {})},
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         done = {}
         for name, proc in procs.items():
             out, err = proc.communicate(timeout=240)
@@ -139,7 +190,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
 def _ok(runs: Runs, name: str) -> Path:
     if name not in runs:
-        pytest.skip(f"{LM_EVAL} is not ready (lm-eval with its [api] extra, in .venv-harnesses)")
+        pytest.skip(f"{name}: its harness is not ready in {HARNESSES} (lm-eval with its [api] extra, "
+                    "nemo-evaluator 0.2.8)")
     run_dir, done = runs[name]
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
@@ -167,6 +219,19 @@ def test_record_says_what_happened(runs: Runs, name: str,
     values = [s.value for m in record.results.tasks["sums"].metrics.values() for s in m.scores.values()]
     assert values == [pytest.approx(4 / 6)]
     assert record.git_hash is None or len(record.git_hash) == 40
+
+
+def test_nemo_evaluator_record(runs: Runs) -> None:
+    """A nemo-evaluator run: its results.yml's type, params and score, the endpoint type of the requests sent, the
+    command as written."""
+    record = read_results(_ok(runs, "nemo"))
+    assert record.config.model_extra == {"type": "byob_sums.sums"} and record.evalproxy.type_from == "harness"
+    assert {k: record.config.params[k] for k in ("limit_samples", "parallelism", "task", "temperature")} == {
+        "limit_samples": 6, "parallelism": 2, "task": "sums", "temperature": 0.0}
+    assert set(record.evalproxy.params_from.values()) == {"harness"}
+    assert record.target.api_endpoint.type == "chat" and record.evalproxy.endpoint_types == {"sums": "chat"}
+    assert record.results.tasks["sums"].metrics["pass@1"].scores["correct"].value == pytest.approx(4 / 6, abs=1e-4)
+    assert "{proxy_url}/chat/completions" in record.command and record.harness.name == "nemo-evaluator"
 
 
 def test_launcher_task_params_reach_the_harness(runs: Runs,
