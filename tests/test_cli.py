@@ -242,12 +242,14 @@ class TestDispatch:
         args = build_parser().parse_args(run[3:])
         assert args.func is cmd_run and args.cmd == ["--", "echo", "{proxy_url}"]
 
-    @pytest.mark.parametrize("argv", [["export", "/nonexistent/run"], ["compare", "/nonexistent/a", "/nonexistent/b"]])
-    def test_commands_return_their_status(self, argv: list[str]) -> None:
-        """main returns the status its command gives: a missing run directory is a usage error (2)."""
+    @pytest.mark.parametrize(("argv", "status"), [(["export", "/nonexistent/run"], 2),
+                                                  (["compare", "/nonexistent/a", "/nonexistent/b"], 3)])
+    def test_commands_return_their_status(self, argv: list[str], status: int) -> None:
+        """main returns the status its command gives: a missing run directory is a usage error (2; compare's is 3,
+        since its 2 means "not comparable")."""
         from evalproxy.cli import main
 
-        assert main(argv) == 2
+        assert main(argv) == status
 
     def test_config_error_is_reported_with_status_2(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A config error raised inside a command is printed as one line and exits 2."""

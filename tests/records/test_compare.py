@@ -113,9 +113,10 @@ class TestScores:
 
 class TestOutput:
     def test_changed_answers_through_the_callable(self, tmp_path: Path) -> None:
-        """Answers come from the given callable, keyed by each run's prompt key; the first N are shown."""
-        a = make_run(tmp_path / "a", values=[1.0] * 20)
-        b = make_run(tmp_path / "b", values=[1.0] * 20)
+        """Without harness answers, answers come from the given callable, keyed by each run's prompt key; the first N
+        are shown."""
+        a = make_run(tmp_path / "a", values=[1.0] * 20, samples=False)
+        b = make_run(tmp_path / "b", values=[1.0] * 20, samples=False)
         from evalproxy.records import read_ledger
 
         keys = {e.prompt_key: i for i, e in enumerate(read_ledger(a))}

@@ -8,6 +8,10 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
+from evalproxy.cli import main
+from evalproxy.cli.common import EXIT_CONFIG
 from evalproxy.records.export import build_processed_results, export_runs
 from evalproxy.records.harnesses import read_harness_output
 from evalproxy.records.results import build_record, write_results
@@ -71,3 +75,20 @@ class TestProcessedResults:
         rows = list(csv.DictReader(io.StringIO(export_runs([a], tmp_path / "out", fmt="csv").read_text())))
         assert {r["score_name"]: float(r["value"]) for r in rows} == {"sums_chars_micro": 1.0, "sums_score_micro": 0.8}
         assert rows[0]["model"] == "m" and rows[0]["invocation_id"] == "id-a"
+
+
+class TestLauncherWords:
+    def test_dest_local_and_output_dir_underscore(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`export --dest local --output_dir DIR` (the launcher's words) writes what `--dest file -o DIR` writes."""
+        a = _run(tmp_path, "a", "lm_eval", ["lm_eval", "--output_path", "lm_eval"], "m")
+        assert main(["export", str(a), "--dest", "local", "--output_dir", str(tmp_path / "l"), "--format", "csv"]) == 0
+        assert main(["export", str(a), "--dest", "file", "-o", str(tmp_path / "f"), "--format", "csv"]) == 0
+        assert (tmp_path / "l" / "processed_results.csv").read_text() == (
+            tmp_path / "f" / "processed_results.csv").read_text()
+        assert capsys.readouterr().out.splitlines() == [str(tmp_path / d / "processed_results.csv") for d in "lf"]
+
+    def test_bad_setting_names_the_field(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A setting the destination does not have is a config error naming export.<dest>.<key>."""
+        a = _run(tmp_path, "a", "lm_eval", ["lm_eval", "--output_path", "lm_eval"], "m")
+        assert main(["export", str(a), "--dest", "local", "--set", "colour=blue"]) == EXIT_CONFIG
+        assert "export.local.colour" in capsys.readouterr().err

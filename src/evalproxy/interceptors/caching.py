@@ -23,6 +23,15 @@ waiting for another request's answer (in this process or another) stops waiting 
 ends with a 499 (``client_closed_request``) and pays for nothing. A request that holds a lease finishes its answer
 and stores it even when its client left.
 
+NeMo Evaluator 0.4's two settings: ``bypass: true`` turns the cache off for the run (no lookup, nothing stored, the
+request passes through as if caching were not listed), and ``session_prefix: true`` puts the request's session
+(its ``X-Session-Id`` header) in front of the key, so repeats of one problem in different sessions never share an
+answer. 0.4 always prefixes by session; here it is off unless asked for (or the config file is 0.4-shaped), since
+evalproxy's pass@k slots already give repeats within a run their own samples. 0.4's key covers only ``model``,
+``messages``, ``tools``, ``temperature``, ``max_tokens``, ``top_p``, ``seed`` and ``extra_body``; evalproxy's covers
+the whole body and the path, which is stricter (a changed ``stop`` or ``n``, or ``stream``, is another request), and
+stays the key in every shape.
+
 As in NeMo Evaluator, ``reuse_cached_responses: true`` implies ``save_responses: true`` and no
 ``max_saved_responses`` cap: a cache that is read must be written.
 
@@ -37,11 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from multidict import CIMultiDict
 from pydantic import Field, field_validator
@@ -70,6 +80,15 @@ _PLURAL = {"hit": "hits", "miss": "misses", "write": "writes"}
 T = TypeVar("T")
 
 
+SESSION_HEADER = "X-Session-Id"
+"""The header naming a request's session (as turn_counter and reasoning_replay read it)."""
+
+
+def session_key(session: str, key: str) -> str:
+    """``key`` for one session only: the session id in front, hashed again (NeMo 0.4's ``session|key`` rule)."""
+    return hashlib.sha256(f"{session}|{key}".encode()).hexdigest()
+
+
 def is_deterministic(body: dict[str, Any]) -> bool:
     """temperature 0 or a seed: the same request gives the same answer, so one stored answer serves every repeat."""
     if body.get("seed") is not None:
@@ -96,7 +115,8 @@ class CachingParams(Params):
     whose deadline lies further ahead than one lease is not believed); the default suits every run, tests shorten it.
     """
 
-    nemo_fields = frozenset({"bypass"})  # NeMo Evaluator 0.3+: no effect here
+    field_versions: ClassVar[dict[str, str]] = {"bypass": "0.4", "session_prefix": "0.4"}
+    """NeMo Evaluator 0.4's caching fields (``--strict-config`` names the version when a 0.2.8 file uses them)."""
     cache_dir: str | None = Field(default=None, description="Default: caching_dir, else <output_dir>/cache")
     cache_url: str | None = Field(default=None, description="A shared store in place of cache_dir: redis://, "
                                   "rediss:// or unix:// (Redis 6+ or Valkey); ?prefix=NAME: keeps projects apart")
@@ -108,6 +128,9 @@ class CachingParams(Params):
     repeats: Literal["auto", "sample", "reuse"] = "auto"
     lease_seconds: float = Field(default=LEASE_SECONDS, gt=0, le=3600,
                                  description="How long a slot's lease lives without renewal, by the store's clock")
+    bypass: bool = Field(default=False, description="NeMo 0.4: the cache is off (no lookup, nothing stored)")
+    session_prefix: bool = Field(default=False, description="NeMo 0.4: the X-Session-Id header prefixes the key, "
+                                 "so sessions never share an answer")
 
     @field_validator("cache_url")
     @classmethod
@@ -191,7 +214,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         body = ctx.json
         store = self.store
-        if body is None or ctx.method != "POST":
+        if body is None or ctx.method != "POST" or self.params.bypass:
             return await call_next(ctx)
         if store is None:  # the cache could not be opened: pass through
             return await self._without_store(ctx, call_next)
@@ -199,6 +222,8 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             key = await asyncio.to_thread(cache_key, ctx.path, body, ctx.query)
         else:
             key = cache_key(ctx.path, body, ctx.query)
+        if self.params.session_prefix and (session := ctx.headers.get(SESSION_HEADER)):
+            key = session_key(session, key)
         ctx.state[CACHE_KEY] = key
         sampled = self.sampled(body)
         reuse = self.params.reuse_cached_responses

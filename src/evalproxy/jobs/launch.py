@@ -78,7 +78,10 @@ def launch_config(target: dict[str, Any], config: dict[str, Any], cache: Path) -
     if ep.get("api_key_name"):
         endpoint["api_key_name"] = ep["api_key_name"]
     endpoint["adapter_config"] = adapter
-    return {"target": {"api_endpoint": endpoint}}
+    out: dict[str, Any] = {"target": {"api_endpoint": endpoint}}
+    if config.get("auto_export"):
+        out["export"] = config["auto_export"]  # the run exports when it ends (evalproxy.records.auto_export)
+    return out
 
 
 def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache_root: Path,

@@ -22,11 +22,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evalproxy.adapter.core.errors import JobsInvalidFieldError
+from evalproxy.adapter.core.errors import ConfigError, JobsInvalidFieldError
 from evalproxy.adapter.core.placeholders import PLACEHOLDER
 from evalproxy.adapter.core.placeholders import param_value as _param_value
 from evalproxy.adapter.core.placeholders import placeholder_text as _text
 from evalproxy.adapter.core.redact import secret_query
+from evalproxy.records.auto_export import parse_plan
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -97,6 +98,19 @@ class ConfigIn(_Resource):
     command: list[str] = Field(min_length=1)
     params: Params = Field(default_factory=Params)
     adapter_config: dict[str, Any] | None = None
+    auto_export: dict[str, Any] | None = None
+    """Where the job's run exports when it ends: ``{destinations: [...], <dest>: {settings}}`` (as a run config's
+    ``export:``; :mod:`evalproxy.records.auto_export`)."""
+
+    @field_validator("auto_export")
+    @classmethod
+    def _plan(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            try:
+                parse_plan(v)
+            except ConfigError as exc:
+                raise ValueError(f"{exc.field}: {exc.reason}") from None
+        return v
 
 
 class JobIn(_Strict):

@@ -18,10 +18,14 @@ adapter); compare's store reading is :mod:`evalproxy.records.compare_data`, ``st
        run_id=..., explicit_results=<--results PATH or None>, secrets=[api key value])``
        which reads the harness output and writes ``results.yaml`` (+ ``samples.jsonl``).
 
-``evalproxy export RUN_DIR... [--format json|csv] [-o DIR] [--dest mlflow --tracking-uri URI]``
-    ``export_runs(run_dirs, out_dir, fmt="json"|"csv")`` -> path of ``processed_results.json``/``.csv``;
-    ``build_processed_results(run_dirs)`` -> the document; for MLflow (extra ``evalproxy[mlflow]``):
-    ``evalproxy.records.mlflow_export.export_to_mlflow(run_dirs, tracking_uri=..., experiment_name=...)``.
+``evalproxy export RUN_DIR... [--dest local|mlflow|wandb|inspect] [--format ...] [-o DIR] [--set KEY=VALUE]``
+    ``auto_export.export_to(dest, run_dirs, settings)`` -> what was written; ``local`` (alias ``file``) is
+    ``export_runs(run_dirs, out_dir, fmt="json"|"csv")`` (``processed_results.json``/``.csv``, the document from
+    ``build_processed_results(run_dirs)``); ``mlflow_export.export_to_mlflow``, ``wandb_export.export_to_wandb`` and
+    ``inspect_export.export_to_inspect`` import their optional packages only when called. What they read of a run:
+    ``export_data.read_run`` (record, scores per task, curated proxy statistics, files) and ``sample_rows`` (samples
+    joined with the requests the proxy saw). When a run ends, ``run_evaluation`` calls
+    ``auto_export.run_auto_export(run_dir, plan_from_config(loaded.sections))``.
 
 ``evalproxy compare BASELINE CANDIDATE [--html FILE] [--json FILE] [--fail-on regression]``
     ``c = compare_runs(baseline, candidate, answers=<(run_dir, prompt_key) -> str | None>,

@@ -22,6 +22,7 @@ from evalproxy.adapter.registry import Resolved
 from evalproxy.adapter.server.lifecycle import new_run_id
 from evalproxy.adapter.server.running import RunningProxy, run_command
 from evalproxy.hooks.post_eval_report import report_again
+from evalproxy.records.auto_export import plan_from_config, run_auto_export
 from evalproxy.records.facts import expected_answers, record_facts
 from evalproxy.records.harnesses import read_harness_output, write_samples
 from evalproxy.records.ledger_feed import ledger_observer
@@ -133,6 +134,7 @@ async def run_evaluation(loaded: LoadedConfig, resolved: Resolved, command: list
     they cannot be found. Harness results that cannot be read turn a 0 status into ``EXIT_UNREADABLE_RESULTS``.
     ``progress``: the status line's mode (``line``, ``bar``, ``off``; default: the config's ``status_line``).
     """
+    plan = plan_from_config(loaded.sections, source=loaded.source)  # refused now, not when the run ends
     command = launcher_command(loaded, command)  # as written, {proxy_url} kept: the record's re-runnable command
     run_id = run_id or new_run_id()  # the proxy's: sorts by start time, so saved pairs sort across runs
     argv = [a.replace("{proxy_url}", "http://127.0.0.1/v1") for a in command]  # only for what it asks (--limit)
@@ -159,6 +161,8 @@ async def run_evaluation(loaded: LoadedConfig, resolved: Resolved, command: list
         await ledger.aclose()
         record = await _write_record(running, run_id, argv=argv, command=command, started=started,
                                      exit_code=exit_code, observed=observed, results=results)
+        if plan is not None and exit_code is not None:  # a run that ended (not one cancelled); failures are warnings
+            await asyncio.to_thread(run_auto_export, run_dir, plan)
     return _status(exit_code, record)
 
 

@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 # Below this many discordant pairs McNemar's chi-square approximation is poor; the exact binomial test is used.
 EXACT_BELOW = 25
@@ -79,3 +80,75 @@ def quantile(sorted_values: Sequence[float], q: float) -> float | None:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+# ------------------------------------------------------------------------------------------------ confidence intervals
+
+Interval = tuple[float, float]
+
+# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion is exact to
+# the third decimal.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int, confidence: float = 0.95) -> float:
+    """The two-sided ``confidence`` quantile of Student's t with ``df`` degrees of freedom (standard library only)."""
+    if confidence == 0.95 and 1 <= df <= len(_T975):
+        return _T975[df - 1]
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    d = max(df, 1)
+    return z + (z**3 + z) / (4 * d) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * d**2)
+
+
+def wilson(successes: float, n: int, confidence: float = 0.95) -> Interval | None:
+    """Wilson score interval of a proportion (right even at 0/n and n/n, where mean +- z*se collapses)."""
+    if n == 0:
+        return None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval | None:
+    """Interval of a mean: Wilson's for 0/1 results, Student's t otherwise; None below two values."""
+    n = len(values)
+    if n and is_binary(values):
+        return wilson(sum(values), n, confidence)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_delta_ci(baseline: Sequence[float], candidate: Sequence[float],
+                    confidence: float = 0.95) -> Interval | None:
+    """Student's t interval of the mean paired difference (candidate - baseline); None below two pairs."""
+    diffs = [y - x for x, y in zip(baseline, candidate, strict=True)]
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def stderr_ci(value: float, stderr: float | None, confidence: float = 0.95) -> Interval | None:
+    """value +- z * stderr (the harness's own standard error); None without one."""
+    if stderr is None:
+        return None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    return value - z * stderr, value + z * stderr
+
+
+def unpaired_delta_ci(delta: float, se_baseline: float | None, se_candidate: float | None,
+                      confidence: float = 0.95) -> Interval | None:
+    """delta +- z * sqrt(se_b^2 + se_c^2): the interval when no per-sample results pair the runs."""
+    if se_baseline is None or se_candidate is None:
+        return None
+    return stderr_ci(delta, math.sqrt(se_baseline**2 + se_candidate**2), confidence)

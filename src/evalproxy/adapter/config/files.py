@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import difflib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
+import evalproxy.adapter.config.completions as completions
+import evalproxy.adapter.config.nemo04 as nemo04
 from evalproxy.adapter.config.legacy import LEGACY_KEYS, convert_legacy
 from evalproxy.adapter.config.schema import (
     AdapterConfig,
@@ -154,9 +157,50 @@ def _pick_task(data: dict[str, Any], task: str | None, source: str | None) -> tu
 
 
 def _drop_nones(d: dict[str, Any]) -> dict[str, Any]:
-    """NeMo Evaluator deep-merges a file's adapter_config onto its defaults skipping null values (lists are values):
-    ``html_report_size: null`` in a file means the default, as there."""
+    """NeMo Evaluator's CLI and ``evaluate()`` deep-merge a file's adapter_config onto the framework's skipping null
+    values (``core/input.py::validate_configuration``; lists are values): ``html_report_size: null`` in a file means
+    the default, as there. (Its conversion called directly keeps a null; so does a config with a
+    ``global_adapter_config``, which only that direct path reads.)"""
     return {k: _drop_nones(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+@dataclass
+class _Shaped:
+    """A file's adapter config (a dict, not validated yet) and server settings, by the file's shape."""
+
+    adapter: dict[str, Any]
+    prefix: str = ""
+    server: dict[str, Any] = field(default_factory=dict)
+    task: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    shape: Literal["0.2.8", "0.4"] | None = None
+    snapshot: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _shaped(data: dict[str, Any], raw_server: dict[str, Any], task: str | None, source: str | None) -> _Shaped:
+    """Where the adapter config sits in ``data``, which NeMo version the file is shaped as, and what it sets."""
+    if nemo04.is_nemo04(data):
+        parts = nemo04.convert(data, wanted=task, source=source)
+        for unused in parts.unused:
+            log.info("'%s' is NeMo Evaluator 0.4's runner's setting; the proxy does not use it", unused)
+        for text in parts.warnings:
+            log.warning("%s", text)
+        return _Shaped(parts.adapter, f"services.{parts.service}.proxy" if parts.service else "proxy", parts.server,
+                       parts.service, parts.services, "0.4", {**data, **({"server": raw_server} if raw_server else {})},
+                       parts.warnings)
+    if "target" in data or "evaluation" in data:
+        adapter_data, prefix, server_data, task, tasks = _launcher_parts(data, task, source)
+        out = _Shaped(adapter_data, prefix, server_data, task, tasks, "0.2.8")
+    elif "adapter_config" in data:
+        out = _Shaped(data.get("adapter_config") or {}, "adapter_config", shape="0.2.8")
+    else:
+        out = _Shaped({k: v for k, v in data.items() if k != "global_adapter_config"})
+    if not isinstance(out.adapter, dict):
+        raise ConfigError("must be a mapping", field=out.prefix or None, file=source)
+    if LEGACY_KEYS & set(out.adapter):
+        out.shape = "0.2.8"
+    return out
 
 
 def parse_config(
@@ -179,32 +223,28 @@ def parse_config(
     raw_server = data.pop("server", None) or {}
     if not isinstance(raw_server, dict):
         raise ConfigError("must be a mapping", field="server", file=source)
+    sections = {k: data.pop(k) for k in ("export",) if k in data}  # any shape may say where its runs export to
+    if "target" in data or "evaluation" in data:
+        sections.update({k: data[k] for k in ("execution",) if k in data})  # a launcher file's auto_export
 
-    server_data: dict[str, Any] = {}
-    prefix = ""
-    tasks: list[str] = []
     shared: Any = data.get("global_adapter_config")
     if shared is not None and not isinstance(shared, dict):
         raise ConfigError("must be a mapping", field="global_adapter_config", file=source)
-    adapter_data: Any
-    if "target" in data or "evaluation" in data:
-        adapter_data, prefix, server_data, task, tasks = _launcher_parts(data, task, source)
-    elif "adapter_config" in data:
-        adapter_data = data.get("adapter_config") or {}
-        prefix = "adapter_config"
-    else:
-        adapter_data = {k: v for k, v in data.items() if k != "global_adapter_config"}
-    if not isinstance(adapter_data, dict):
-        raise ConfigError("must be a mapping", field=prefix or None, file=source)
-    adapter_data = _drop_nones(adapter_data)
+    sh = _shaped(data, raw_server, task, source)
+    warnings += sh.warnings
+    adapter_data, prefix, server_data, task, tasks = sh.adapter, sh.prefix, sh.server, sh.task, sh.tasks
     if isinstance(shared, dict):
-        shared = _drop_nones(shared)
+        # NeMo reads global_adapter_config only in AdapterConfig.get_validated_config, which merges the two configs
+        # as written: a null there is a value (html_report_size: null caps nothing), and a local null wins.
         _check_mixing(shared, "global_adapter_config", source)
         _check_mixing(adapter_data, prefix, source)
         adapter_data = merge_adapter_configs(shared, adapter_data)
+    else:
+        adapter_data = _drop_nones(adapter_data)
 
     server = _validated(ServerConfig, {**server_data, **raw_server}, "server", source)
     _check_top_level(adapter_data, prefix, source)
+    adapter_data = _guard_completions(adapter_data, prefix, source, warnings)
     adapter_data, chain_from = _chain_of(adapter_data, shared is not None, prefix, source, strict, default_chain,
                                          warnings)
     adapter = _validated(AdapterConfig, adapter_data, prefix, source)
@@ -212,9 +252,11 @@ def parse_config(
         adapter = adapter.model_copy(update={"interceptors": default_interceptors(adapter)})
         if not adapter.post_eval_hooks and adapter.generate_html_report:
             adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
-    run_params = _run_params(data, task, source) if ("target" in data or "evaluation" in data) else {}
+    launcher = sh.shape != "0.4" and ("target" in data or "evaluation" in data)
+    run_params = _run_params(data, task, source) if launcher else {}
     return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
-                        task=task, tasks=tasks, strict=strict, warnings=warnings, run_params=run_params)
+                        task=task, tasks=tasks, strict=strict, warnings=warnings, shape=sh.shape,
+                        snapshot=sh.snapshot, sections=sections, run_params=run_params)
 
 
 def _run_params(data: dict[str, Any], task: str | None, source: str | None) -> dict[str, Any]:
@@ -237,8 +279,29 @@ def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> Non
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
+            if nemo04.version_note(str(key)):  # a 0.4 proxy key written in an adapter config
+                hint = f" ({nemo04.version_note(str(key))}: it belongs under a 0.4 file's 'proxy:')" + hint
             p = f"{where}." if where else ""
             raise ConfigError(f"unknown adapter_config field '{key}'{hint}", field=f"{p}{key}", file=source)
+
+
+def _guard_completions(cfg: dict[str, Any], where: str, source: str | None, warnings: list[str]) -> dict[str, Any]:
+    """A completions config (``endpoint_type: completions``) holding chat-template controls, as NeMo 0.4 judges a
+    legacy adapter_config: a boolean toggle is an error naming the field (unless allowed by the environment); any
+    other such field is removed, with a warning."""
+    if str(cfg.get("endpoint_type", "chat")).strip().lower() != "completions":
+        return cfg
+    found = completions.scan(cfg, where)
+    if not found:
+        return cfg
+    what = "the adapter config of a completions endpoint"
+    if found.toggles and not completions.allowed_by_env():
+        raise ConfigError(completions.explain(found, what, fatal=True), field=found.toggles[0], file=source)
+    text = completions.explain(found, what, fatal=False)
+    log.warning("%s", text)
+    warnings.append(text)
+    stripped: dict[str, Any] = completions.strip(cfg)
+    return stripped
 
 
 def _check_mixing(cfg: dict[str, Any], where: str, source: str | None) -> None:

@@ -172,6 +172,15 @@ class LoadedConfig:
     """Unknown interceptor/hook params are errors rather than warnings (``--strict-config``)."""
     warnings: list[str] = field(default_factory=list)
     """What loading noticed and did not refuse (each also logged)."""
+    shape: Literal["0.2.8", "0.4"] | None = None
+    """Which NeMo Evaluator version the file is shaped as (a launcher file or legacy keys: 0.2.8; ``services:``,
+    ``proxy:``, ``output:``: 0.4); None for a bare adapter config, which both read alike. A key whose meaning
+    changed between versions means what it means in this one."""
+    snapshot: dict[str, Any] | None = None
+    """A 0.4 file as written (``${ENV}`` references unexpanded), kept in the run dir as 0.4 keeps its config."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """Top-level sections the proxy itself does not read, kept for the run around it: ``export`` and a launcher
+    file's ``execution`` (auto-export: :mod:`evalproxy.records.auto_export`)."""
     run_params: dict[str, Any] = field(default_factory=dict)
     """A launcher (or nemo-evaluator run) config's ``config.params`` for the task: what the harness is to be given."""
 

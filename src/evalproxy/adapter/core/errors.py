@@ -15,6 +15,8 @@
     │   └── StoreClosedError          a call after the store's aclose(); also a RuntimeError
     └── ProxyError                    answered to the client as OpenAI-shaped JSON
         ├── BadRequestError           400: body is not JSON, not an object, ...
+        │   └── ChatTemplateToggleError  400: completions_guard: a chat-template on/off toggle sent to
+        │                                     /v1/completions, where no chat template is applied
         ├── PayloadTooLargeError      413: body over max_request_bytes
         ├── UnauthorizedError         401: admin path without the admin token
         ├── RequestTimeoutError       408: the client did not send its body in time
@@ -66,6 +68,11 @@ class ConfigError(EvalProxyError):
         self.reason = message
 
 
+class UsageError(EvalProxyError):
+    """A command-line argument that cannot be used (``compare --vary`` naming no setting, a gate policy that does not
+    hold): the message says what is wrong and what would do. ``compare`` and ``gate`` exit 3 on it."""
+
+
 class StoreError(EvalProxyError):
     """A store (a cache directory or a Redis server) failed; the message names it. Readers (CLI, reports) print it;
     the caching interceptor counts it and answers without the store."""
@@ -113,6 +120,13 @@ class BadRequestError(ProxyError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class ChatTemplateToggleError(BadRequestError):
+    """A boolean inside ``chat_template_kwargs`` sent to a text completions endpoint (NeMo 0.4's completions guard):
+    the toggle can have no effect there, so the run would score in the wrong mode."""
+
+    code = "chat_template_on_completions"
 
 
 class PayloadTooLargeError(ProxyError):

@@ -212,21 +212,26 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
     """Check names, params and order of interceptors and hooks (discovery included); errors name file and field.
 
     A param no unit defines is a warning naming the unit, the field and the closest known name, or, when
-    ``strict`` (default: the loaded config's own ``strict``), a :class:`ConfigError`.
+    ``strict`` (default: the loaded config's own ``strict``), a :class:`ConfigError`. A field only another NeMo
+    version than the file's (``loaded.shape``) has is ignored, as that version ignores it: warned about (an error
+    when ``strict``) and removed from ``loaded.adapter``, so the effective config shows what runs.
     """
     adapter = loaded.adapter
     strict = loaded.strict if strict is None else strict
     warnings = list(loaded.warnings)
     try:
         reg = registry or Registry.default(adapter.discovery.modules, adapter.discovery.dirs)
-        kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings}
+        kw: dict[str, Any] = {"prefix": loaded.prefix, "file": loaded.source, "strict": strict, "warnings": warnings,
+                              "shape": loaded.shape}
         chain = resolve_interceptors(adapter, reg, **kw)
         ends = [(cls, params) for cls, params in chain if plugin_kind(cls) == "terminal"]
         if not ends:
             default = reg.terminal()
             ends = [(default, default.Params())]
         layers = [(cls, params) for cls, params in chain if plugin_kind(cls) != "terminal"]
-        return Resolved(reg, layers, resolve_hooks(adapter, reg, **kw), ends[0], warnings)
+        hooks = resolve_hooks(adapter, reg, **kw)
+        _without_foreign(loaded, reg)
+        return Resolved(reg, layers, hooks, ends[0], warnings)
     except ConfigError as exc:
         if exc.file is None and loaded.source is not None:
             field_path = exc.field
@@ -236,8 +241,47 @@ def resolve(loaded: LoadedConfig, registry: Registry | None = None, *, strict: b
         raise
 
 
+def foreign_fields(cls: type[Any], config: dict[str, Any], shape: str | None) -> list[str]:
+    """The fields of ``config`` that only another NeMo Evaluator version than ``shape`` gives ``cls``."""
+    versions: dict[str, str] = getattr(cls.Params, "field_versions", {})
+    return [n for n in config if shape is not None and versions.get(n, shape) != shape]
+
+
+def _without_foreign(loaded: LoadedConfig, reg: Registry) -> None:
+    """``loaded.adapter`` without the fields its file's version does not have, so that the effective config written
+    to the run dir shows what runs (those fields were warned about, or refused under ``--strict-config``)."""
+    entries = []
+    changed = False
+    for ic in loaded.adapter.interceptors:
+        foreign = foreign_fields(reg.interceptor(ic.name), ic.config, loaded.shape) if ic.enabled else []
+        changed = changed or bool(foreign)
+        entries.append(ic.model_copy(update={"config": {k: v for k, v in ic.config.items() if k not in foreign}})
+                       if foreign else ic)
+    if changed:
+        loaded.adapter = loaded.adapter.model_copy(update={"interceptors": entries})
+
+
+def _of_version(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None, strict: bool,
+                warnings: list[str] | None, shape: str | None) -> dict[str, Any]:
+    """``config`` without the fields of another NeMo Evaluator version than the file's ``shape``: a file keeps the
+    meaning of its version, where such a field does nothing. Said in a warning, or, when ``strict``, an error naming
+    the version (a Params declares ``field_versions``: its fields that only one version has)."""
+    versions: dict[str, str] = getattr(cls.Params, "field_versions", {})
+    foreign = foreign_fields(cls, config, shape)
+    for name in foreign:
+        text = (f"{cls.name}: '{name}' is a NeMo Evaluator {versions[name]} field; this file is shaped as "
+                f"{shape}, where {cls.name} has no such field (it is ignored, as {shape} ignores it)")
+        if strict:
+            raise ConfigError(text, field=f"{field_path}.{name}", file=file)
+        log.warning("%s (%s.%s)", text, field_path, name)
+        if warnings is not None:
+            warnings.append(f"{field_path}.{name}: {text}")
+    return {k: v for k, v in config.items() if k not in foreign}
+
+
 def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str | None,
-            strict: bool = False, warnings: list[str] | None = None) -> Any:
+            strict: bool = False, warnings: list[str] | None = None, shape: str | None = None) -> Any:
+    config = _of_version(cls, config, field_path, file, strict, warnings, shape)
     for u in unknown_fields(cls.Params, config):
         text = u.describe(cls.name)
         if u.nemo:
@@ -257,7 +301,7 @@ def _params(cls: type[Any], config: dict[str, Any], field_path: str, file: str |
 
 def resolve_interceptors(
     adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
-    strict: bool = False, warnings: list[str] | None = None,
+    strict: bool = False, warnings: list[str] | None = None, shape: str | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled chain entry, its terminal (``endpoint``) included, in config
     order."""
@@ -265,7 +309,7 @@ def resolve_interceptors(
     out: list[tuple[type[Any], Any]] = []
     for i, ic in adapter.enabled_interceptors():
         cls = registry.interceptor(ic.name, field_path=f"{p}interceptors[{i}].name")
-        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings)))
+        out.append((cls, _params(cls, ic.config, f"{p}interceptors[{i}].config", file, strict, warnings, shape)))
     names = [cls.name for cls, _ in out]
     try:
         check_order(names, {cls.name: cls for cls, _ in out}, plugin_kind)
@@ -276,12 +320,12 @@ def resolve_interceptors(
 
 def resolve_hooks(
     adapter: AdapterConfig, registry: Registry, *, prefix: str = "", file: str | None = None,
-    strict: bool = False, warnings: list[str] | None = None,
+    strict: bool = False, warnings: list[str] | None = None, shape: str | None = None,
 ) -> list[tuple[type[Any], Any]]:
     """(class, validated params) for each enabled post-eval hook, in config order."""
     p = f"{prefix}." if prefix else ""
     out: list[tuple[type[Any], Any]] = []
     for i, h in adapter.enabled_hooks():
         cls = registry.hook(h.name, field_path=f"{p}post_eval_hooks[{i}].name")
-        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file, strict, warnings)))
+        out.append((cls, _params(cls, h.config, f"{p}post_eval_hooks[{i}].config", file, strict, warnings, shape)))
     return out

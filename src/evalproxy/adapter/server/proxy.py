@@ -21,8 +21,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from evalproxy.adapter.chain.interceptor import Interceptor, Next, Terminal, build_chain
+from evalproxy.adapter.config import nemo04
 from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.errors import PayloadTooLargeError, ProxyError, RequestTimeoutError
+from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.request import RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
@@ -56,7 +58,8 @@ class Proxy:
         self.resolved = resolved or resolve(loaded)
         self.prometheus = Prometheus()
         self.run = open_run(loaded, run_id, self.prometheus)
-        self.loaded = LoadedConfig(self.run.config, self.run.server, loaded.source, loaded.prefix)
+        self.loaded = LoadedConfig(self.run.config, self.run.server, loaded.source, loaded.prefix,
+                                   snapshot=loaded.snapshot)
         self.statistics_file = StatisticsFile(self.run.output_dir / STATISTICS_FILE, self.run.statistics)
         self.transport: Terminal | None = None
         self.interceptors: list[Interceptor] = []
@@ -86,6 +89,9 @@ class Proxy:
     async def _output_ctx(self, app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(self.run.output_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(write_effective_config, self.run.output_dir, self.run.config, self.run.server)
+        if self.loaded.snapshot is not None:  # a NeMo 0.4-shaped file: kept as written, as 0.4 keeps it
+            text = nemo04.snapshot_text(self.loaded.snapshot, self.loaded.source)
+            await asyncio.to_thread(atomic_write_bytes, self.run.output_dir / nemo04.SNAPSHOT_FILE, text.encode())
         yield
 
     async def _transport_ctx(self, app: web.Application) -> AsyncIterator[None]:

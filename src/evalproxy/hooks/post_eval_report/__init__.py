@@ -40,6 +40,7 @@ from evalproxy.adapter.flow.shape import content_text, message_of, split_reasoni
 from evalproxy.adapter.registry import register_for_adapter
 from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
+from evalproxy.hooks.post_eval_report import formats
 from evalproxy.hooks.post_eval_report.charts import report_charts
 from evalproxy.storage import Failure, SavedPair, is_url, open_store
 
@@ -62,8 +63,9 @@ _env = jinja2.Environment(
 
 
 class PostEvalReportParams(BaseParams):
-    report_types: list[Literal["html", "json"]] = Field(default=["html"], min_length=1,
-                                                        description="json: report.json and evalproxy_report.json")
+    report_types: list[Literal["html", "json", "markdown", "csv", "latex"]] = Field(
+        default=["html"], min_length=1, description="json: report.json and evalproxy_report.json; markdown, csv, "
+        "latex: report.md, report.csv, report.tex (formats.py)")
     html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
 
 
@@ -213,6 +215,9 @@ def _render(output_dir: Path, adapter: AdapterConfig, server: ServerConfig, size
     if "json" in report_types:
         path = output_dir / DETAILS_FILE
         atomic_write_bytes(path, dump_json(report))
+        written.append(path)
+    for kind in (k for k in report_types if k in formats.FILES):  # written with or without pairs: run summaries
+        atomic_write_bytes(path := output_dir / formats.FILES[kind], formats.RENDERERS[kind](report).encode())
         written.append(path)
     if not report["pairs"]:
         return written  # as NeMo Evaluator: no saved pairs, no report

@@ -25,13 +25,19 @@ SAMPLES_FILE = "samples.jsonl"
 
 @dataclass(frozen=True)
 class SampleScore:
-    """One sample's score for one metric, as the harness graded it (for paired tests between runs)."""
+    """One sample's score for one metric, as the harness graded it (for paired tests between runs).
+
+    ``input`` is the question or prompt as the harness shows it, ``target`` the reference answer and ``answer`` the
+    model's answer as graded; each is None when the harness's sample file does not hold it.
+    """
 
     task: str
     sample_id: str
     metric: str
     value: float
     answer: str | None = None
+    input: str | None = None
+    target: str | None = None
 
 
 @dataclass
@@ -141,8 +147,58 @@ def add_score(section: dict[str, TaskResult], task: str, metric: str, score: str
     m.scores[score] = Score(value=value, stats=stats)
 
 
+def sample_text(v: Any) -> str | None:
+    """A sample's input or target as text: strings as they are, a chat (list of messages) as its turns, a list of
+    reference answers joined by `` | ``, numbers as written; None when there is nothing."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        if v and all(isinstance(m, dict) and "content" in m for m in v):
+            return chat_text(v)
+        parts = [t for t in (sample_text(x) for x in v) if t is not None]
+        return " | ".join(parts) if parts else None
+    if isinstance(v, bool | int | float):
+        return str(v)
+    if isinstance(v, dict):
+        return orjson.dumps(v, option=orjson.OPT_SORT_KEYS).decode()
+    return None
+
+
+def chat_text(messages: list[dict[str, Any]]) -> str:
+    """A chat as text: one message is its content alone; several are ``role: content`` paragraphs."""
+    def content(m: dict[str, Any]) -> str:
+        c = m.get("content")
+        if isinstance(c, list):  # content parts: the text ones
+            return "".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+        return "" if c is None else str(c)
+    if len(messages) == 1:
+        return content(messages[0])
+    return "\n\n".join(f"{m.get('role', '?')}: {content(m)}" for m in messages)
+
+
 def load_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def load_json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file; lines that are not objects are skipped with a warning."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as e:
+        log.warning("%s not read: %s", path, e)
+        return
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            log.warning("%s line %d skipped: not JSON (%s)", path, n, e)
+            continue
+        if isinstance(d, dict):
+            yield d
 
 
 def write_samples(run_dir: str | os.PathLike[str], samples: Sequence[SampleScore]) -> Path:
@@ -162,11 +218,13 @@ def read_samples(run_dir: str | os.PathLike[str]) -> Iterator[SampleScore]:
                 continue
             try:
                 d = orjson.loads(line)
+                # input and target are newer fields: a samples.jsonl written without them reads as None.
                 sample = SampleScore(task=d["task"], sample_id=d["sample_id"], metric=d["metric"],
-                                     value=float(d["value"]), answer=d.get("answer"))
-                if not all(isinstance(v, str) for v in (sample.task, sample.sample_id, sample.metric)) or not (
-                        sample.answer is None or isinstance(sample.answer, str)):
-                    raise TypeError("task, sample_id, metric and answer must be strings")
+                                     value=float(d["value"]), answer=d.get("answer"), input=d.get("input"),
+                                     target=d.get("target"))
+                if not all(isinstance(v, str) for v in (sample.task, sample.sample_id, sample.metric)) or not all(
+                        v is None or isinstance(v, str) for v in (sample.answer, sample.input, sample.target)):
+                    raise TypeError("task, sample_id, metric, answer, input and target must be strings")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.warning("%s line %d skipped: not a sample score (%s: %s)", p, n, type(exc).__name__, exc)
                 continue

@@ -26,6 +26,7 @@ from evalproxy.records.harnesses.base import (
     as_float,
     load_json,
     runs_program,
+    sample_text,
 )
 from evalproxy.records.results import Results, ScoreStats
 
@@ -179,11 +180,13 @@ def _samples(task: str, path: Path, header: dict[str, Any]) -> list[SampleScore]
         sid = str(s.get("id")) if epoch == 1 else f"{s.get('id')}#{epoch}"
         output = s.get("output") or {}
         answer = output.get("completion") if isinstance(output, dict) else None
+        question, target = sample_text(s.get("input")), sample_text(s.get("target"))
         for scorer, score in (s.get("scores") or {}).items():
             value = _value((score or {}).get("value"))
             if value is not None:
                 out.append(SampleScore(task=task, sample_id=sid, metric=str(scorer), value=value,
-                                       answer=answer if isinstance(answer, str) else None))
+                                       answer=answer if isinstance(answer, str) else None,
+                                       input=question, target=target))
     return out
 
 

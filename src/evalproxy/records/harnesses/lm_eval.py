@@ -17,8 +17,10 @@ from evalproxy.records.harnesses.base import (
     add_score,
     arg_values,
     as_float,
+    chat_text,
     load_json,
     runs_program,
+    sample_text,
 )
 from evalproxy.records.results import Results, ScoreStats, TaskResult
 
@@ -118,14 +120,45 @@ def _samples(results_file: Path, data: dict[str, Any]) -> list[SampleScore]:
                     continue
                 row = load_json_line(line)
                 flt = row.get("filter", "none")
-                resp = row.get("filtered_resps")
-                answer = resp[0] if isinstance(resp, list) and resp and isinstance(resp[0], str) else None
+                answer = _first_text(row.get("filtered_resps")) or _first_text(row.get("resps"))
+                question, target = _prompt(row.get("arguments")), sample_text(row.get("target"))
                 for metric in row.get("metrics") or []:
                     value = as_float(row.get(metric))
                     if value is not None:
                         out.append(SampleScore(task=task, sample_id=str(row.get("doc_id")),
-                                               metric=_metric_name(metric, flt), value=value, answer=answer))
+                                               metric=_metric_name(metric, flt), value=value, answer=answer,
+                                               input=question, target=target))
     return out
+
+
+def _first_text(resps: Any) -> str | None:
+    """The first response as text: ``filtered_resps`` is ``["5"]``, ``resps`` is ``[["5"]]``."""
+    while isinstance(resps, list) and resps:
+        resps = resps[0]
+    return resps if isinstance(resps, str) else None
+
+
+def _prompt(arguments: Any) -> str | None:
+    """The prompt lm-eval sent: the first request's first argument (``gen_args_0.arg_0``, or ``[[ctx, ...]]`` in
+    older files); a chat-templated prompt is a JSON list of messages, shown as its text."""
+    first: Any = None
+    if isinstance(arguments, dict) and arguments:
+        req = arguments.get("gen_args_0", next(iter(arguments.values())))
+        first = req.get("arg_0") if isinstance(req, dict) else None
+    elif isinstance(arguments, list) and arguments:
+        first = arguments[0]
+    if isinstance(first, list):
+        first = first[0] if first else None
+    if not isinstance(first, str):
+        return sample_text(first)
+    if first.startswith("[{"):
+        try:
+            messages = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            return first
+        if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+            return chat_text(messages)
+    return first
 
 
 def load_json_line(line: bytes) -> dict[str, Any]:

@@ -1,0 +1,55 @@
+"""post_eval_report's markdown, CSV and LaTeX formats (NeMo 0.4's output.report): rendered from the report's data,
+with model output escaped for each format."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from evalproxy.hooks.post_eval_report.formats import render_csv, render_latex, render_markdown
+from evalproxy.simulator import SimulatedModel
+
+TRICKY = "a | b % c_d & $x$\nsecond line"
+
+
+async def test_formats_written_by_a_run(make_proxy: Any, sim: SimulatedModel, tmp_path: Path) -> None:
+    """A run asking for markdown, csv and latex gets report.md, report.csv and report.tex beside report.json: the
+    model, the statistics and (in markdown) the pairs, an answer's | and newline escaped so the table holds."""
+    sim.answers = lambda prompt: TRICKY
+    proxy = await make_proxy({"interceptors": [
+        {"name": "caching", "config": {"save_requests": True, "reuse_cached_responses": True}}, "endpoint",
+        "response_stats"],
+        "post_eval_hooks": [{"name": "post_eval_report", "config": {
+            "report_types": ["markdown", "csv", "latex", "json"]}}]}, model_id="sim-model")
+    for i in range(2):
+        r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"q{i}"}],
+                                                           "temperature": 0})
+        assert r.status == 200
+    await proxy.close()
+    out = tmp_path / "out"
+    md = (out / "report.md").read_text()
+    assert md.startswith("# evalproxy report: sim-model")
+    assert "| model | sim-model |" in md and "a \\| b % c_d & $x$<br>second line" in md
+    table = [line for line in md.splitlines() if line.startswith(("| 0 | 200 |", "| 1 | 200 |"))]
+    assert len(table) == 2 and all(line.count(" | ") == 4 for line in table)
+    rows = list(csv.reader(io.StringIO((out / "report.csv").read_text())))
+    assert rows[0] == ["section", "name", "value"]
+    assert ["response_stats", "count", "2"] in rows and ["summary", "model", "sim-model"] in rows
+    tex = (out / "report.tex").read_text()
+    assert "\\begin{tabular}{ll}" in tex and tex.count("\\begin{tabular}") == tex.count("\\end{tabular}")
+    assert (out / "report.json").exists()
+
+
+def test_scores_and_escaping() -> None:
+    """Scores, when the data has them, come first after the summary, a {value, stats} shown by its value; LaTeX and
+    CSV escape what their formats need."""
+    report = {"summary": {"model": "m_1"}, "scores": {"gsm8k": {"accuracy": {"value": 0.5, "stats": {"n": 2}}}},
+              "statistics": {"caching": {"hits": 1}}, "pairs": []}
+    md = render_markdown(report)
+    assert "## scores" in md and "| gsm8k.accuracy | 0.5 |" in md and "no request/response pairs" in md
+    assert md.index("## summary") < md.index("## scores") < md.index("## caching")
+    assert list(csv.reader(io.StringIO(render_csv(report))))[2] == ["scores", "gsm8k.accuracy", "0.5"]
+    tex = render_latex(report)
+    assert "m\\_1" in tex and "gsm8k.accuracy & 0.5" in tex

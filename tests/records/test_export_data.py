@@ -1,0 +1,52 @@
+"""What the export destinations read of a run: curated statistics, stable ids, samples joined with their requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from evalproxy.records.export_data import Exchange, SampleRow, _join, curated_stats, stable_id
+
+
+class TestCuratedStats:
+    def test_stable_names_only(self, tmp_path: Path) -> None:
+        """Only the curated statistics come out, under their own names: no run-keyed entries, no timestamps."""
+        (tmp_path / "eval_factory_metrics.json").write_bytes(orjson.dumps({
+            "response_stats": {"count": 3, "avg_latency_ms": 5.5, "first_request_time": 1.7e9,
+                               "runs": {"20260101T000000Z-abc": {"count": 3}}, "status_codes": {"200": 3}},
+            "caching": {"hits": 1, "misses": 2, "hit_ratio": 1 / 3, "cache_dir": "/x", "available": True},
+        }))
+        assert curated_stats(tmp_path) == {"requests": 3.0, "latency_ms_avg": 5.5, "cache_hits": 1.0,
+                                           "cache_misses": 2.0, "cache_hit_ratio": 1 / 3}
+
+    def test_missing_or_broken_file_gives_none(self, tmp_path: Path) -> None:
+        """A run without statistics, or with a file that is not JSON, has no proxy statistics (no error)."""
+        assert curated_stats(tmp_path) == {}
+        (tmp_path / "eval_factory_metrics.json").write_text("{not json")
+        assert curated_stats(tmp_path) == {}
+
+
+class TestStableId:
+    def test_short_kept_long_digested(self) -> None:
+        """Ids keep their parts when short; long ones are cut and end in a digest, so two long ids still differ."""
+        assert stable_id("evalproxy", "inv 1", "sums/x") == "evalproxy-inv_1-sums_x"
+        a, b = stable_id("x" * 80, "a"), stable_id("x" * 80, "b")
+        assert len(a) == len(b) == 64 and a != b
+
+
+class TestJoin:
+    def test_by_question_then_by_a_unique_answer(self) -> None:
+        """A sample finds its request by its question; without one, by an answer that only one request gave."""
+        asked = [Exchange(prompt=[{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Q: What is 1 + 4?"}], answer="5", latency_ms=1.0),
+                 Exchange(prompt=[{"role": "user", "content": "Q: What is 2 + 5?"}], answer="8", latency_ms=2.0),
+                 Exchange(answer="8", latency_ms=3.0),
+                 Exchange(answer="42", latency_ms=4.0)]
+        rows = [SampleRow("t", "a", input="What is 2 + 5?", answer="8"),
+                SampleRow("t", "b", answer="42"),
+                SampleRow("t", "c", answer="8"),  # two requests answered 8: no match
+                SampleRow("t", "d", input="What is 9 + 9?")]
+        _join(rows, asked)
+        assert [r.exchange.latency_ms if r.exchange else None for r in rows] == [2.0, 4.0, None, None]
+        assert rows[0].prompt_text == "What is 2 + 5?" and rows[1].prompt_text == ""
