@@ -16,9 +16,16 @@ and one load generator per measurement (bench/loadgen.py). Targets:
 * ``evalproxy_redis``: evalproxy with its cache on a redis-server that the run starts on loopback (``--cache-url``);
 * ``evalproxy_workers2``: ``evalproxy serve --workers 2`` (on a 2-core machine shared with the load generator the
   figure is indicative only);
+* ``evalproxy_fleet_disk`` / ``evalproxy_fleet_redis``: the fleet, two ``evalproxy serve`` processes sharing one
+  store (one cache directory / one redis-server), each loaded by a load generator of its own with half the
+  concurrency (the figures are the sums; on 2 cores, indicative only);
 * ``evalproxy_prev``: ``python -m evalproxy serve`` exactly as ``evalproxy``, but run by the interpreter given in
   ``--prev-python`` (the venv of another checkout, e.g. the previous main in a git worktree), for paired
   new/previous ratios of req/s and CPU per request within one run.
+
+Scenarios ``corpus_*`` ask for answers of the realistic corpus (bench/corpus.py: 1-30 KB, reasoning, tool calls,
+streams); after its round, the store of each evalproxy target is read back and its bytes per stored corpus answer
+set against the answers' own bytes. Targets on Redis also report redis-server's own CPU per request.
 
 A round starts each target once and runs every scenario against it; rounds interleave the targets (each round in a
 rotated order) and every figure is the median over rounds, ratios being taken within a round first. Each measurement
@@ -53,7 +60,8 @@ PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
 NEMO = {"nemo028": ("0.2.8", "3.11"), "nemo030": ("0.3.0", "3.12")}
 ALL_TARGETS = ["direct", "bare", "evalproxy", "evalproxy_prev", "evalproxy_asyncio", "evalproxy_redis",
-               "evalproxy_workers2", "nemo028", "nemo030"]
+               "evalproxy_workers2", "evalproxy_fleet_disk", "evalproxy_fleet_redis", "nemo028", "nemo030"]
+FLEET = ("evalproxy_fleet_disk", "evalproxy_fleet_redis")
 PREV_PY: str | None = None  # the interpreter of target evalproxy_prev (--prev-python)
 STREAM_EVENTS = 23  # role, 20 content events, finish, [DONE] (bench/upstream.py)
 DEFAULT_CHAIN = {
@@ -137,12 +145,26 @@ def first_line(proc: subprocess.Popen[str], seconds: float = 60) -> str:
 class Proc:
     popen: subprocess.Popen[str]
     url: str
+    store: str | None = None
+    """Where an evalproxy target keeps its cache: its output dir (the store it used) or its store URL."""
+    fleet: list[Proc] | None = None
+    """The other proxies of a fleet target (this one is the first)."""
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.pid] + [p.pid for p in self.fleet or []]
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] + [p.url for p in self.fleet or []]
+
     def stop(self) -> None:
+        for other in self.fleet or []:
+            other.stop()
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -153,7 +175,11 @@ class Proc:
 
 
 def start_upstream() -> Proc:
-    p = subprocess.Popen([PY, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True)
+    from corpus import DEFAULT, load
+
+    load()  # made on first use (about 20 s)
+    p = subprocess.Popen([PY, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "BENCH_CORPUS": str(DEFAULT)})
     return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
 
 
@@ -164,21 +190,17 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         p = subprocess.Popen([PY, str(HERE / "bare_proxy.py"), "--upstream", upstream], stdout=subprocess.PIPE,
                              text=True)
         return Proc(p, f"http://127.0.0.1:{int(first_line(p))}")
-    if name in ("evalproxy", "evalproxy_prev", "evalproxy_asyncio", "evalproxy_redis", "evalproxy_workers2"):
-        cfg = workdir / "evalproxy.json"
-        cfg.write_text(json.dumps(chain or DEFAULT_CHAIN))
-        loop = {"evalproxy_asyncio": ["--loop", "asyncio"], "evalproxy_workers2": ["--workers", "2"],
-                # A fresh key prefix per start: a new, empty cache on the shared server, as a fresh cache dir.
-                "evalproxy_redis": ["--cache-url", f"{redis_url()}?prefix=bench-{time.time_ns()}:"]}.get(name, [])
-        py = PREV_PY if name == "evalproxy_prev" else PY
-        assert py is not None
-        p = subprocess.Popen([py, "-m", "evalproxy", "serve", *loop, "--config", str(cfg), "--port", "0", "--upstream",
-                              f"{upstream}/v1", "--output-dir", str(workdir / "out"), "--log-level", "WARNING"],
-                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = first_line(p)
-        if "listening on " not in line:
-            raise RuntimeError(f"unexpected first line from evalproxy: {line!r}")
-        return Proc(p, line.split("listening on ")[1].split()[0].rstrip(";"))
+    if name in FLEET:
+        # A fresh key prefix per start: a new, empty cache on the shared server, as a fresh cache dir.
+        store = (f"{redis_url()}?prefix=bench-{time.time_ns()}:" if name.endswith("redis")
+                 else str(workdir / "shared-cache"))
+        a, b = (start_evalproxy(name, upstream, workdir / x, chain, store) for x in ("a", "b"))
+        a.fleet = [b]
+        return a
+    if name.startswith("evalproxy"):
+        # A fresh key prefix per start: a new, empty cache on the shared server, as a fresh cache dir.
+        url = f"{redis_url()}?prefix=bench-{time.time_ns()}:" if name == "evalproxy_redis" else None
+        return start_evalproxy(name, upstream, workdir, chain, url)
     if name in NEMO:
         py = HERE / ".venvs" / name / "bin" / "python"
         port = free_port()
@@ -192,6 +214,32 @@ def start_target(name: str, upstream: str, workdir: Path, chain: dict[str, Any] 
         wait_port(port, p)
         return Proc(p, f"http://127.0.0.1:{port}")
     raise ValueError(name)
+
+
+def start_evalproxy(name: str, upstream: str, workdir: Path, chain: dict[str, Any] | None,
+                    store: str | None) -> Proc:
+    """``evalproxy serve`` for target ``name``; ``store``: a Redis URL (``--cache-url``) or a cache directory shared
+    with other processes (else the run's own ``out/cache``)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "evalproxy.json"
+    config = json.loads(json.dumps(chain or DEFAULT_CHAIN))
+    if store is not None and "://" not in store:
+        for ic in config["interceptors"]:
+            if isinstance(ic, dict) and ic["name"] == "caching":
+                ic["config"]["cache_dir"] = store
+    cfg.write_text(json.dumps(config))
+    loop = {"evalproxy_asyncio": ["--loop", "asyncio"], "evalproxy_workers2": ["--workers", "2"]}.get(name, [])
+    if store is not None and "://" in store:
+        loop = ["--cache-url", store]
+    py = PREV_PY if name == "evalproxy_prev" else PY
+    assert py is not None
+    p = subprocess.Popen([py, "-m", "evalproxy", "serve", *loop, "--config", str(cfg), "--port", "0", "--upstream",
+                          f"{upstream}/v1", "--output-dir", str(workdir / "out"), "--log-level", "WARNING"],
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = first_line(p)
+    if "listening on " not in line:
+        raise RuntimeError(f"unexpected first line from evalproxy: {line!r}")
+    return Proc(p, line.split("listening on ")[1].split()[0].rstrip(";"), store=store or str(workdir / "out"))
 
 
 _REDIS: list[subprocess.Popen[str]] = []
@@ -286,16 +334,49 @@ loadgen = LoadGen()
 
 
 def measured(target: Proc | None, upstream: Proc, url: str, **kw: Any) -> dict[str, Any]:
-    """One load generator run; CPU of the proxy and of the upstream over exactly that window."""
-    cpu0 = cpu_seconds(target.pid) if target else 0.0
+    """One load generator run (one per proxy of a fleet, at once); CPU of the proxy (the fleet's in all), of the
+    upstream and, for a target on Redis, of redis-server, over exactly that window."""
+    pids = target.pids if target else []
+    redis = _REDIS[0].pid if target and target.store and "://" in target.store else None
+    cpu0 = sum(cpu_seconds(p) for p in pids)
     up0 = cpu_seconds(upstream.pid)
-    res = loadgen(url, **kw)
+    rd0 = cpu_seconds(redis) if redis else 0.0
+    res = loadgen(url, **kw) if not target or not target.fleet else fleet_load(target.urls, **kw)
     ok = max(1, res["ok"])
     res["upstream_cpu_ms_per_req"] = (cpu_seconds(upstream.pid) - up0) * 1000 / ok
     if target:
-        res["cpu_ms_per_req"] = (cpu_seconds(target.pid) - cpu0) * 1000 / ok
-        res["rss_mb"] = rss_mb(target.pid)
+        res["cpu_ms_per_req"] = (sum(cpu_seconds(p) for p in pids) - cpu0) * 1000 / ok
+        res["rss_mb"] = sum(rss_mb(p) for p in pids)
+    if redis:
+        res["redis_cpu_ms_per_req"] = (cpu_seconds(redis) - rd0) * 1000 / ok
     return res
+
+
+def fleet_load(urls: list[str], **kw: Any) -> dict[str, Any]:
+    """One load generator per proxy at once, each with its share of the concurrency and requests; misses get a
+    prompt tag per proxy (the same prompts on two proxies would share answers), hits the same prompts everywhere."""
+    procs = []
+    for i, url in enumerate(urls):
+        args = [PY, str(HERE / "loadgen.py"), url]
+        share = {**kw, "concurrency": max(1, kw.get("concurrency", 1) // len(urls)),
+                 "requests": max(1, kw.get("requests", 1) // len(urls))}
+        if not share.get("repeat"):
+            share["unique"] = f"{share.get('unique', 'run')}-{i}"
+        for k, v in share.items():
+            flag = "--" + k.replace("_", "-")
+            args += [flag] if v is True else [] if v in (None, False) else [flag, str(v)]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, text=True))
+    parts = [json.loads(first_line(p, float(kw.get("seconds", 60)) + 180)) for p in procs]
+    for p in procs:
+        p.wait()
+    out = dict(parts[0])
+    out["ok"] = sum(x["ok"] for x in parts)
+    out["requests"] = sum(x["requests"] for x in parts)
+    out["rps"] = sum(x["rps"] for x in parts)
+    out["errors"] = {k: sum(x["errors"].get(k, 0) for x in parts) for x in parts for k in x["errors"]}
+    for k in [k for k in out if k.endswith("_ms")]:
+        out[k] = max(x[k] for x in parts)  # the slower proxy's figure
+    return out
 
 
 @dataclass
@@ -333,6 +414,18 @@ def scenarios(target: str, z: Sizes, tag: str) -> list[tuple[str, dict[str, Any]
             ("cache_hits_c64", {"concurrency": 64, "requests": z.n_tput, "seconds": s, **hits}, prime),
             ("cache_hits_c1", {"concurrency": 1, "requests": z.n_lat, "seconds": s, **hits}, None),
         ]
+    if target != "direct" and target not in NEMO:
+        # The realistic corpus: answers of 1-30 KB (JSON with reasoning or tool calls; streams), misses then hits.
+        corpus = {"model": "bench-corpus", "concurrency": 64, "requests": z.n_tput, "seconds": s}
+        out += [("corpus_c64", {**corpus, "unique": tag + "k"}, None),
+                ("corpus_stream_c64", {**corpus, "stream": True, "unique": tag + "m"}, None)]
+        if target.startswith("evalproxy"):
+            hits = {"unique": tag + "q", "repeat": z.n_prime}
+            out.append(("corpus_hits_c64", {**corpus, **hits},
+                        {**corpus, "concurrency": 32, "requests": z.n_prime, "seconds": 4 * s + 5, **hits}))
+    if target in FLEET:  # the fleet: throughput, hits and the corpus (the latency and stream scenarios are one proxy's)
+        keep = ("tput_c64", "tput_c256", "cache_hits_c64", "corpus_c64", "corpus_stream_c64", "corpus_hits_c64")
+        return [x for x in out if x[0] in keep]
     if target not in NEMO:  # NeMo Evaluator does not stream to the client: 0.2.8 buffers, 0.3.0 coalesces to JSON
         stream = {"stream": True, "expect_events": STREAM_EVENTS, "concurrency": 256}
         paced = {**stream, "requests": 256 * z.stream_rounds, "seconds": 3 * s + 2, "ramp": min(1.0, 2 * s)}
@@ -412,6 +505,7 @@ def main() -> None:
     upstream = start_upstream()
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     memory: dict[str, dict[str, list[float]]] = {}
+    stored: dict[str, list[dict[str, Any]]] = {}
 
     def record(scenario: str, target: str, res: dict[str, Any]) -> None:
         results.setdefault(scenario, {}).setdefault(target, []).append(res)
@@ -440,6 +534,9 @@ def main() -> None:
                         record(name, target, measured(proc, upstream, url, **kw))
                     if proc:
                         mem.setdefault("end_of_round_mb", []).append(rss_mb(proc.pid))
+                    if proc and proc.store:
+                        stored.setdefault(target, []).append(stored_sizes(proc.store))
+                        print(f"  stored corpus answers: {stored[target][-1]}", flush=True)
         if not args.no_memory:
             memory["evalproxy"].update(memory_growth(upstream, z))
     finally:
@@ -447,6 +544,8 @@ def main() -> None:
         upstream.stop()
 
     report = summarise(args, z, targets, unavailable, results, memory, time.monotonic() - t_begin)
+    report["stored"] = {t: median_of(r) for t, r in stored.items()}
+    report["issue23"] = issue23(report, results)
     out = Path(args.out) if args.out else HERE / "results" / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -454,6 +553,43 @@ def main() -> None:
     out.with_suffix(".md").write_text(md)
     print("\n" + md)
     print(f"results: {out} and {out.with_suffix('.md')} ({report['seconds']:.0f}s)")
+
+
+def stored_sizes(where: str) -> dict[str, Any]:
+    """What a target's store holds of the corpus's answers: their count, stored bytes (as the store keeps them:
+    compressed or not) and raw bytes (the answers as the model sent them), for JSON answers and streams apart.
+    Read through the store's own interface (a reader, as ``evalproxy cache copy`` is)."""
+    import asyncio
+
+    from evalproxy.storage import StoredAnswer, open_store, run_store
+    from evalproxy.storage.codec import dictionaries_of
+
+    async def read() -> dict[str, Any]:
+        store = open_store(run_store(where))
+        sums = {k: [0, 0, 0] for k in ("json", "stream")}
+        try:
+            table = dictionaries_of(await store.dictionaries())  # what the answers were compressed with
+            async for chunk in store.raw_answers():
+                for _, blob in chunk:
+                    answer = StoredAnswer.decode(blob, table)
+                    raw = b"".join(answer.events) if answer.events is not None else answer.body or b""
+                    if b'"bench-corpus"' not in raw[:400]:
+                        continue
+                    acc = sums["stream" if answer.is_stream else "json"]
+                    acc[0] += 1
+                    acc[1] += len(blob)
+                    acc[2] += len(raw)
+        finally:
+            await store.aclose()
+        n, b, r = (sum(v[i] for v in sums.values()) for i in range(3))
+        out: dict[str, Any] = {"answers": n, "stored_bytes_per_answer": b / max(1, n),
+                               "raw_bytes_per_answer": r / max(1, n), "ratio": b / r if r else 0.0}
+        for k, (kn, kb, kr) in sums.items():
+            out[f"ratio_{k}"] = kb / kr if kr else 0.0
+            out[f"answers_{k}"] = kn
+        return out
+
+    return asyncio.run(read())
 
 
 def memory_growth(upstream: Proc, z: Sizes) -> dict[str, Any]:
@@ -522,8 +658,8 @@ def summarise(args: argparse.Namespace, z: Sizes, targets: list[str], unavailabl
             if r is not None:
                 ratios[f"{t}/{peer} hits_vs_pass_through req/s"] = r
     vs_prev: dict[str, Any] = {}  # evalproxy / evalproxy_prev per round: the median and every round
-    for s in ("latency_c1", "tput_c64", "tput_c256", "tput_c64_50ms", "cache_hits_c64", "stream_c256",
-              "stream_c256_burst"):
+    for s in ("latency_c1", "tput_c64", "tput_c256", "tput_c64_50ms", "cache_hits_c64", "cache_hits_c1",
+              "stream_c256", "stream_c256_burst", "corpus_c64", "corpus_stream_c64", "corpus_hits_c64"):
         ra, rb = results.get(s, {}).get("evalproxy"), results.get(s, {}).get("evalproxy_prev")
         if ra and rb:
             for key in ("rps", "cpu_ms_per_req"):
@@ -577,6 +713,69 @@ def check_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"target": name, "measured": value, "met": met} for name, value, met in rows]
 
 
+ISSUE23_SCENARIOS = ("tput_c64", "tput_c256", "cache_hits_c64", "corpus_c64", "corpus_stream_c64", "corpus_hits_c64")
+
+
+def compression_cpu_ms() -> dict[str, float]:
+    """CPU ms to encode (compress) one corpus answer as the store does, JSON answers and streams apart (this process,
+    best of three passes)."""
+    from corpus import load
+
+    from evalproxy.storage import StoredAnswer
+
+    out: dict[str, float] = {}
+    entries = load()
+    for kind in ("json", "stream"):
+        answers = [StoredAnswer(200, {"content-type": "application/json"}, body=e["body"].encode())
+                   if kind == "json" else StoredAnswer(200, {}, events=[x.encode() for x in e["events"]])
+                   for e in entries if e["kind"] == kind]
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.process_time()
+            for a in answers:
+                a.encode()
+            best = min(best, (time.process_time() - t0) / len(answers))
+        out[kind] = best * 1000
+    return out
+
+
+def issue23(r: dict[str, Any], results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Issue 23's figures: Redis against disk (one proxy, and the fleet) per scenario, paired within rounds;
+    redis-server's own CPU per request; bytes per stored corpus answer; compression's CPU against a miss's; hit
+    replay against bare's pass-through."""
+    def ratio(scen: str, a: str, b: str, key: str = "rps") -> float | None:
+        return paired(results, scen, a, b, lambda x, y: x[key] / y[key] if y.get(key) else float("inf"))
+
+    out: dict[str, Any] = {"redis_vs_disk": {}, "fleet_redis_vs_disk": {}, "redis_cpu_ms_per_req": {}}
+    for scen in ISSUE23_SCENARIOS:
+        for name, a, b in (("redis_vs_disk", "evalproxy_redis", "evalproxy"),
+                           ("fleet_redis_vs_disk", "evalproxy_fleet_redis", "evalproxy_fleet_disk")):
+            rps, cpu = ratio(scen, a, b), ratio(scen, a, b, "cpu_ms_per_req")
+            if rps is not None:
+                out[name][scen] = {"rps": rps, "proxy_cpu": cpu}
+        for t in ("evalproxy_redis", "evalproxy_fleet_redis"):
+            v = r["summary"].get(scen, {}).get(t, {}).get("redis_cpu_ms_per_req")
+            if v is not None:
+                out["redis_cpu_ms_per_req"][f"{t} {scen}"] = v
+    out["c1_hit_p50_redis_minus_disk_ms"] = paired(results, "cache_hits_c1", "evalproxy_redis", "evalproxy",
+                                                   lambda x, y: x["p50_ms"] - y["p50_ms"])
+    out["hits_vs_bare_pass_through"] = paired(
+        {"x": {"evalproxy": results.get("cache_hits_c64", {}).get("evalproxy", []),
+               "bare": results.get("tput_c64", {}).get("bare", [])}}, "x", "evalproxy", "bare",
+        lambda x, y: x["rps"] / y["rps"])
+    out["corpus_hits_vs_bare_pass_through"] = paired(
+        {"x": {"evalproxy": results.get("corpus_hits_c64", {}).get("evalproxy", []),
+               "bare": results.get("corpus_c64", {}).get("bare", [])}}, "x", "evalproxy", "bare",
+        lambda x, y: x["rps"] / y["rps"])
+    comp = compression_cpu_ms()
+    out["compress_ms_per_answer"] = comp
+    s = r["summary"]
+    for kind, scen in (("json", "corpus_c64"), ("stream", "corpus_stream_c64")):
+        miss = s.get(scen, {}).get("evalproxy", {}).get("cpu_ms_per_req")
+        out[f"compress_share_of_miss_{kind}"] = comp[kind] / miss if miss else None
+    return out
+
+
 def _le(v: float | None, limit: float) -> bool | None:
     return None if v is None else v <= limit
 
@@ -619,7 +818,63 @@ ROWS: list[tuple[str, str, str]] = [
     ("stream_c256_burst", "rps", "256 streams, no pacing: streams/s"),
     ("stream_c256_burst", "events_min", "256 streams, no pacing: fewest events"),
     ("stream_c256_burst", "cpu_ms_per_req", "256 streams, no pacing: proxy CPU ms/stream"),
+    ("corpus_c64", "rps", "corpus (JSON, 1-30 KB) misses c=64 req/s"),
+    ("corpus_c64", "cpu_ms_per_req", "corpus misses c=64 proxy CPU ms/req"),
+    ("corpus_stream_c64", "rps", "corpus streams misses c=64 req/s"),
+    ("corpus_stream_c64", "cpu_ms_per_req", "corpus streams misses c=64 proxy CPU ms/req"),
+    ("corpus_hits_c64", "rps", "corpus hits c=64 req/s"),
+    ("corpus_hits_c64", "cpu_ms_per_req", "corpus hits c=64 proxy CPU ms/req"),
 ]
+
+
+def issue23_markdown(r: dict[str, Any]) -> list[str]:
+    i = r.get("issue23")
+    if not i:
+        return []
+    lines = ["", "| Redis / disk (paired within rounds) | req/s | proxy CPU ms/req |", "|---|---:|---:|"]
+    for name in ("redis_vs_disk", "fleet_redis_vs_disk"):
+        for scen, v in i[name].items():
+            lines.append(f"| {name.replace('_', ' ')}: {scen} | {_fmt(v['rps'])} | {_fmt(v['proxy_cpu'])} |")
+    lines += ["", "| redis-server's own CPU ms per request | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in i["redis_cpu_ms_per_req"].items()]
+    lines += ["", "| stored corpus answers | answers | stored B/answer | raw B/answer | stored/raw | JSON | streams |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for t, v in r.get("stored", {}).items():
+        lines.append(f"| {t} | {v['answers']:.0f} | {v['stored_bytes_per_answer']:.0f} | "
+                     f"{v['raw_bytes_per_answer']:.0f} | {v['ratio']:.3f} | {v['ratio_json']:.3f} | "
+                     f"{v['ratio_stream']:.3f} |")
+    comp = i["compress_ms_per_answer"]
+    lines += ["", f"Compression CPU per corpus answer: JSON {comp['json'] * 1000:.0f} us "
+                  f"({_fmt(i['compress_share_of_miss_json'])} of a corpus miss's proxy CPU), streams "
+                  f"{comp['stream'] * 1000:.0f} us ({_fmt(i['compress_share_of_miss_stream'])}).",
+              f"c=1 hit p50, Redis minus disk: {_fmt(i['c1_hit_p50_redis_minus_disk_ms'])} ms. Hit replay / bare "
+              f"pass-through at c=64: {_fmt(i['hits_vs_bare_pass_through'])} (bench answers), "
+              f"{_fmt(i['corpus_hits_vs_bare_pass_through'])} (corpus answers)."]
+    rd = i["redis_vs_disk"]
+    st = r.get("stored", {})
+
+    def at(scen: str) -> float | None:
+        return rd.get(scen, {}).get("rps")
+
+    rows: list[tuple[str, Any, bool | None]] = [
+        ("Redis misses >= 0.9 of disk req/s, c=64", at("tput_c64"), _ge(at("tput_c64"), 0.9)),
+        ("Redis misses >= 0.9 of disk req/s, c=256", at("tput_c256"), _ge(at("tput_c256"), 0.9)),
+        ("Redis hits >= 0.9 of disk hits, c=64", at("cache_hits_c64"), _ge(at("cache_hits_c64"), 0.9)),
+        ("c=1 hit p50 Redis <= disk + 0.2 ms", i["c1_hit_p50_redis_minus_disk_ms"],
+         _le(i["c1_hit_p50_redis_minus_disk_ms"], 0.2)),
+    ]
+    for t in ("evalproxy", "evalproxy_redis"):
+        ratio = st.get(t, {}).get("ratio")
+        rows.append((f"bytes per stored corpus answer <= 0.35 of raw ({t})", ratio, _le(ratio, 0.35)))
+    for kind in ("json", "stream"):
+        share = i[f"compress_share_of_miss_{kind}"]
+        rows.append((f"compression CPU <= 5 % of a miss ({kind})", share, _le(share, 0.05)))
+    rows.append(("hit replay >= 2x bare's pass-through req/s, c=64", i["hits_vs_bare_pass_through"],
+                 _ge(i["hits_vs_bare_pass_through"], 2)))
+    verdict = {True: "met", False: "not met", None: "not measured"}
+    lines += ["", "| issue 23 target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(v)} | {verdict[met]} |" for name, v, met in rows]
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -664,6 +919,7 @@ def markdown(r: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|"]
         lines += [f"| {k} | {v['median']:.3f} | {min(v['rounds']):.3f} | {max(v['rounds']):.3f} |"
                   for k, v in r["vs_prev"].items()]
+    lines += issue23_markdown(r)
     m = mem.get("evalproxy", {})
     if "growth_pct" in m:
         lines += ["", f"Memory (evalproxy, default chain, c=64): idle {m['idle_before_growth_mb']:.1f} MB, after "

@@ -9,6 +9,8 @@ once per round and sees one upstream:
     "model": "bench-d50"              answer after 50 ms (for a stream: first event after 50 ms)
     "model": "bench-g50"              with "stream": true: 20 content events, 50 ms apart
     "model": "bench-d20-g50-n40"      combined; n is the number of content events (default 20)
+    "model": "bench-corpus"           an answer of the realistic corpus (bench/corpus.py, path in $BENCH_CORPUS):
+                                      a JSON one, or for "stream": true a stream; one per prompt (crc32 of the body)
 
 It looks for ``"stream": true`` in the raw body, so it stays cheaper per request than any proxy in front of it.
 """
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import zlib
+from pathlib import Path
 
 from aiohttp import web
 from loopback import run, serve_forever
@@ -53,6 +58,30 @@ USAGE = b"data: " + json.dumps({"id": "chatcmpl-bench", "object": "chat.completi
 DONE = b"data: [DONE]\n\n"
 
 
+def load_corpus() -> tuple[list[bytes], list[list[bytes]]]:
+    """(JSON answers, streams' events) of the corpus at $BENCH_CORPUS; empty without one."""
+    path = os.environ.get("BENCH_CORPUS")
+    if not path:
+        return [], []
+    entries = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return ([e["body"].encode() for e in entries if e["kind"] == "json"],
+            [[x.encode() for x in e["events"]] for e in entries if e["kind"] == "stream"])
+
+
+CORPUS_JSON, CORPUS_STREAMS = load_corpus()
+
+
+async def corpus_answer(request: web.Request, raw: bytes, stream: bool) -> web.StreamResponse:
+    pick = zlib.crc32(raw)
+    if not stream:
+        return web.Response(body=CORPUS_JSON[pick % len(CORPUS_JSON)], content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(b"".join(CORPUS_STREAMS[pick % len(CORPUS_STREAMS)]))
+    await resp.write_eof()
+    return resp
+
+
 def knobs(raw: bytes) -> tuple[float, float, int]:
     """(delay s, gap s, content events) from the model name."""
     m = MODEL.search(raw)
@@ -71,10 +100,13 @@ def knobs(raw: bytes) -> tuple[float, float, int]:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
+    stream = b'"stream":true' in raw or b'"stream": true' in raw
+    if CORPUS_JSON and b'"bench-corpus"' in raw:
+        return await corpus_answer(request, raw, stream)
     delay, gap, n = knobs(raw)
     if delay:
         await asyncio.sleep(delay)
-    if b'"stream":true' not in raw and b'"stream": true' not in raw:
+    if not stream:
         return web.Response(body=BODY, content_type="application/json")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+import random
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -88,7 +90,8 @@ class TestDiskFaults:
         # already holds open stay writable, as on a real remount; new files, as large answers need, fail.)
         await asyncio.to_thread(subprocess.run, ["mount", "--bind", str(cache), str(cache)], check=True)
         await asyncio.to_thread(subprocess.run, ["mount", "-o", "remount,ro,bind", str(cache)], check=True)
-        big = "y " * 40_000
+        # Incompressible (answers are stored compressed): large enough, compressed, to need a file of its own.
+        big = base64.b64encode(random.Random(0).randbytes(60_000)).decode()
         for i in range(3):
             sim.script(Fault(content=big))
             resp = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": f"n{i}"}],

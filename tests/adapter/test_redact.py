@@ -34,3 +34,17 @@ class TestRedactObj:
         assert out["headers_to_rename"] == {"X-Old-Auth": "X-New-Auth"}
         assert out["params_to_rename"] == {"api_key": "key_name"}
         assert out["headers_to_add"] == {"X-Auth-Token": REDACTED}
+
+
+class TestRedactText:
+    def test_a_one_character_key_does_not_garble_text(self) -> None:
+        """A one-character key value is not cut out of words (issue 20: ``ma***_saved_responses``), yet a field or
+        a text that is the key itself is still redacted."""
+        from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text
+
+        line = "caching: max_saved_responses=10, key x"
+        assert redact_text(line, ["x"]) == line
+        assert redact_text("x", ["x"]) == REDACTED
+        assert redact_obj({"note": "x", "api_key": "x", "text": "max"}, ["x"]) == {
+            "note": REDACTED, "api_key": REDACTED, "text": "max"}
+        assert redact_text("key sk-long-secret-1 here", ["sk-long-secret-1"]) == f"key {REDACTED} here"

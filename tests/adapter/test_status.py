@@ -19,6 +19,20 @@ class TestStatusReporter:
         assert r.line(Snapshot(requests=40, errors=2, cache_hits=10, in_flight=3), elapsed=10.0) == (
             "[evalproxy] 40 requests (4.0/s) | cache hits 10 (25%) | errors 2 | in flight 3")
 
+    def test_a_known_total_gives_percent_and_eta(self) -> None:
+        """With the run's total, the line says answers of total, percent and the time left at the rate so far; a
+        bar only where the proxy owns the terminal (issue 20: no total, percent or ETA)."""
+        snap = Snapshot(requests=12, errors=0, cache_hits=0, in_flight=1)
+        line = StatusReporter(lambda: snap, mode="log", total=40).line(snap, elapsed=24.0)
+        assert line.startswith("[evalproxy] 12/40 requests 30% ETA 0:56 (0.5/s) | ") and "[#" not in line
+        bar = StatusReporter(lambda: snap, mode="tty", total=40).line(snap, elapsed=24.0)
+        assert bar.startswith("[evalproxy] [######..............] 12/40 requests 30% ETA 0:56")
+        slow_start = StatusReporter(lambda: snap, mode="log", total=40)
+        slow_start.line(Snapshot(0, 0, 0, 0), elapsed=20.0)  # the harness took 20 s to send its first request
+        assert "12/40 requests 30% ETA 0:09 (0.5/s)" in slow_start.line(snap, elapsed=24.0)
+        over = Snapshot(requests=45, errors=0, cache_hits=0, in_flight=0)
+        assert "45/40 requests 100% done" in StatusReporter(lambda: over, mode="log", total=40).line(over, 9.0)
+
     async def test_tty_mode_redraws_in_place(self) -> None:
         """On a terminal the line is redrawn with a carriage return and ends with a newline on close."""
         out = io.StringIO()

@@ -286,7 +286,12 @@ class TestCommand:
         assert json.loads((tmp_path / "out" / "gate.json").read_text())["verdict"] == "GO"
         assert main(["gate", *args, "--format", "json"]) == 0
         doc = json.loads(capsys.readouterr().out)
-        assert doc["verdict"] == "GO" and doc["tasks"][0]["task"] == "mmlu"
+        assert doc["verdict"] == "GO" and doc["report_version"] == 1 and doc["missing"] == []
+        row = doc["benchmarks"][0]  # nel gate's field names, so a pipeline reading nel's report reads this one
+        assert row["benchmark"] == "mmlu" and row["status"] == "PASS" and row["n_paired"] == 20
+        assert row["baseline_score"] == pytest.approx(0.80) and row["candidate_score"] == pytest.approx(0.795)
+        assert row["delta_ci_lower"] <= row["delta"] + 1e-9 <= row["delta_ci_upper"] + 2e-9
+        assert row["max_drop_threshold"] == 0.01  # the policy's, not the default
 
     def test_nogo_exits_1_naming_the_breach(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """NO-GO exits 1 and the first line names the breached task; --no-strict exits 0."""

@@ -67,7 +67,7 @@ class TestRecord:
         assert data["config"]["params"] == {"temperature": 0.0}
         assert data["target"]["api_endpoint"]["adapter_config"]["interceptors"][0]["config"]["api_key"] == "***"
         assert data["evalproxy"]["run_ids"] == ["r1"] and data["evalproxy"]["version"]
-        assert data["git_hash"] == ""
+        assert "git_hash" in data and data["git_hash"] is None  # as NeMo writes it
 
     def test_endpoint_url_is_redacted(self, tmp_path: Path) -> None:
         """The endpoint URL is shown as every URL is (core's redact_url): credentials and key values as ***."""
@@ -92,7 +92,7 @@ class TestRecord:
         """A results.yml written by nemo-evaluator's own models reads, keeping its extra keys."""
         rec = read_results(fixtures / "nemo_evaluator" / "results.yml")
         assert rec.results.flat() == {"sums_score_micro": 0.8}
-        assert rec.git_hash == ""
+        assert rec.git_hash is None
         assert rec.config.model_extra == {"type": "sums"}
 
     def test_missing_or_bad_file_is_a_config_error(self, tmp_path: Path) -> None:
@@ -104,9 +104,9 @@ class TestRecord:
             read_results(tmp_path)
 
     def test_git_hash_of_a_work_tree(self, tmp_path: Path) -> None:
-        """The commit of a git work tree is recorded; a plain directory gives ''."""
-        assert git_hash(tmp_path) == ""
+        """The commit of a git work tree is recorded; a plain directory gives None (NeMo's ``git_hash: null``)."""
+        assert git_hash(tmp_path) is None
         subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
         subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=a@b", "-c", "user.name=t", "commit", "-q",
                         "--allow-empty", "-m", "x"], check=True)
-        assert len(git_hash(tmp_path)) == 40
+        assert len(git_hash(tmp_path) or "") == 40

@@ -24,7 +24,11 @@ class TestRecordRun:
                          api_url="http://user:pw@127.0.0.1:9/v1", model_id="m", run_id="abc")
         assert read_results(run_dir) == rec
         assert rec.results.flat() == {"sums_exact_match_exact_match": 0.8}
-        assert rec.config.params == {"temperature": 0.0, "max_tokens": 16, "seed": 1}
+        # NeMo's names, from lm-eval's own record; what was sent is kept apart, under its wire names.
+        assert rec.config.params == {"temperature": 0.0, "max_new_tokens": 16, "parallelism": 1, "task": "sums"}
+        assert set(rec.evalproxy.params_from.values()) == {"harness"}
+        assert rec.evalproxy.observed_params == {"temperature": 0.0, "max_tokens": 16, "seed": 1}
+        assert rec.config.model_extra == {"type": "sums"} and rec.evalproxy.type_from == "harness"
         assert "sk-x" not in rec.command and rec.target.api_endpoint.url == "http://***@127.0.0.1:9/v1"
         assert rec.harness.name == "lm-evaluation-harness" and rec.harness.files
         assert len(list(read_samples(run_dir))) == 10

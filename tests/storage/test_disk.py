@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ class TestCacheStore:
     def test_truncated_large_answer_is_a_miss(self, tmp_path: Path) -> None:
         """A large answer (kept by diskcache in its own file) cut short on disk is detected and not served."""
         s = CacheStore(tmp_path)
-        s.put_answer("big", 0, StoredAnswer(200, {}, body=b"x" * 200_000))
+        s.put_answer("big", 0, StoredAnswer(200, {}, body=random.Random(0).randbytes(200_000)))  # incompressible
         files = list((tmp_path / "responses").rglob("*.val"))
         assert len(files) == 1
         files[0].write_bytes(files[0].read_bytes()[:1000])
@@ -118,7 +119,7 @@ class TestCacheStore:
         """Small answers (written by the store's own statement) and large ones (a file of diskcache's) read back
         through plain diskcache, and an entry diskcache wrote reads back through the store."""
         s = CacheStore(tmp_path)
-        answer = StoredAnswer(200, {}, body=b"x" * size)
+        answer = StoredAnswer(200, {}, body=random.Random(size).randbytes(size))  # incompressible: 200 KB is a file
         s.put_answer("ours", 0, answer)
         assert StoredAnswer.decode(s.responses.get(answer_key("ours", 0))).body == answer.body
         s.responses.set(answer_key("theirs", 0), answer.encode())
@@ -132,10 +133,11 @@ class TestCacheStore:
                                                                   second: int) -> None:
         """Storing over an existing answer (small or large, either way) keeps only the new one on disk."""
         s = CacheStore(tmp_path)
-        s.put_answer("k", 0, StoredAnswer(200, {}, body=b"a" * first))
-        s.put_answer("k", 0, StoredAnswer(200, {}, body=b"b" * second))
+        s.put_answer("k", 0, StoredAnswer(200, {}, body=random.Random(1).randbytes(first)))  # incompressible
+        new = random.Random(2).randbytes(second)
+        s.put_answer("k", 0, StoredAnswer(200, {}, body=new))
         got = s.get_answer("k", 0)
-        assert got is not None and got.body == b"b" * second and s.count_answers() == 1
+        assert got is not None and got.body == new and s.count_answers() == 1
         assert len(list((tmp_path / "responses").rglob("*.val"))) == (1 if second >= 32_768 else 0)
         s.close()
 

@@ -29,6 +29,10 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("run", help="run a harness command through the proxy: evalproxy run -c FILE -- CMD ...")
     add_server_args(p, default_port=0)
     p.add_argument("--results", help="the harness's results file or directory, when evalproxy cannot find it")
+    p.add_argument("--progress", choices=["auto", "line", "bar", "off"], default=None,
+                   help="the status line: plain periodic lines (line; auto, as the harness shares the terminal), a "
+                   "bar redrawn in place (bar: only when the harness prints nothing), or none (off); with total, "
+                   "percent and ETA when --limit or a launcher's limit_samples says how many")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     p.set_defaults(func=cmd_run)
 
@@ -72,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host = loaded.server.host
     return run_loop(run_evaluation(loaded, resolved, cmd, run_id=args.run_id, results=args.results,
-                                   on_started=lambda: warn_bind(host)), args.loop)
+                                   on_started=lambda: warn_bind(host), progress=args.progress), args.loop)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

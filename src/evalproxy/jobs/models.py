@@ -20,16 +20,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evalproxy.adapter.core.errors import ConfigError, JobsInvalidFieldError
+from evalproxy.adapter.core.placeholders import PLACEHOLDER
+from evalproxy.adapter.core.placeholders import param_value as _param_value
+from evalproxy.adapter.core.placeholders import placeholder_text as _text
 from evalproxy.adapter.core.redact import secret_query
 from evalproxy.records.auto_export import parse_plan
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 SERVICE_PLACEHOLDERS = ("model_id", "output_dir")
 PROXY_PLACEHOLDER = "proxy_url"
 _ID_ALPHABET = string.ascii_uppercase + string.digits
@@ -174,16 +175,6 @@ def normalise_target(target: TargetIn, *, prefix: str = "") -> dict[str, Any]:
     return data
 
 
-def _param_value(params: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
-    """(found, value) of ``params.a.b`` in the config's params."""
-    node: Any = params
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def check_placeholders(config: dict[str, Any], *, prefix: str = "") -> None:
     """Refuse a command with a placeholder the service cannot fill (unknown, or a param that is not set)."""
     p = f"{prefix}." if prefix else ""
@@ -205,16 +196,6 @@ def check_placeholders(config: dict[str, Any], *, prefix: str = "") -> None:
             if not found or value is None:
                 raise JobsInvalidFieldError(f"{field}: placeholder {{{name}}} has no value: set {p}{name}",
                                         field=field)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def expand_command(config: dict[str, Any], *, model_id: str, output_dir: str) -> list[str]:

@@ -169,10 +169,25 @@ class GateReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["verdict"] = self.verdict
-        d["verdict_reasons"] = self.verdict_reasons()
-        return d
+        """The report in ``nel gate``'s JSON shape (``report_version``, ``verdict``, ``benchmarks[]`` with its field
+        names), so a pipeline reading nel's report reads this one; evalproxy's own fields are kept beside them."""
+        return {"report_version": REPORT_VERSION, "verdict": self.verdict, "verdict_reasons": self.verdict_reasons(),
+                "benchmarks": [_nel_fields(t) for t in self.tasks],
+                "missing": [t.task for t in self.tasks if t.status == "MISSING"], "warnings": list(self.warnings),
+                "baseline_dir": self.baseline_dir, "candidate_dir": self.candidate_dir,
+                "policy_file": self.policy_file}
+
+
+REPORT_VERSION = 1
+"""``nel gate``'s report version, whose shape :meth:`GateReport.to_dict` writes."""
+
+
+def _nel_fields(t: TaskGate) -> dict[str, Any]:
+    lo, hi = t.delta_ci if t.delta_ci is not None else (None, None)
+    return {"benchmark": t.task, "tier": t.tier, "status": t.status, "metric": t.metric,
+            "baseline_score": t.baseline, "candidate_score": t.candidate, "delta": t.delta,
+            "delta_ci_lower": lo, "delta_ci_upper": hi, "n_paired": t.n_paired, "max_drop_threshold": t.max_drop,
+            "reasons": list(t.reasons), "evidence": t.evidence}
 
 
 # ------------------------------------------------------------------------------------------------------- the runs

@@ -50,7 +50,7 @@ def ledger_observer(observed: ObservedParams, ledger: RequestLedger) -> Observer
         body = ctx.json
         if body is None or ctx.method != "POST":
             return
-        observed.observe(body)
+        observed.observe(body, ctx.path)
         state = ctx.state
         outcome = answer_outcome(resp)
         ledger.record(body, path=ctx.path, cache_key=state.get(CACHE_KEY), slot=state.get(CACHE_SLOT),

@@ -44,6 +44,16 @@ def input_key(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in body.items() if k not in _SAMPLING_FIELDS})).hexdigest()
 
 
+_ENDPOINTS = (("/chat/completions", "chat"), ("/completions", "completions"), ("/embeddings", "embedding"),
+              ("/responses", "responses"))
+
+
+def endpoint_type_of(path: str) -> str | None:
+    """The endpoint type a request path calls: ``/v1/completions`` is ``completions``; None for another path."""
+    clean = path.split("?", 1)[0].rstrip("/")
+    return next((kind for suffix, kind in _ENDPOINTS if clean.endswith(suffix)), None)
+
+
 @dataclass
 class _ParamCounts:
     counts: dict[bytes, list[Any]] = field(default_factory=dict)  # canonical value -> [value, requests]
@@ -63,9 +73,12 @@ class ObservedParams:
         self.names = names
         self.total = 0
         self._seen: dict[str, _ParamCounts] = {n: _ParamCounts() for n in names}
+        self.paths: dict[str, int] = {}
 
-    def observe(self, body: Mapping[str, Any]) -> None:
+    def observe(self, body: Mapping[str, Any], path: str | None = None) -> None:
         self.total += 1
+        if path is not None and (path in self.paths or len(self.paths) < self.max_distinct):
+            self.paths[path] = self.paths.get(path, 0) + 1
         for name in self.names:
             pc = self._seen[name]
             if name not in body:
@@ -81,6 +94,16 @@ class ObservedParams:
                 pc.counts[key] = [value, 1]
             else:
                 pc.overflow += 1
+
+    def endpoint_type(self) -> str | None:
+        """NeMo's endpoint type of the requests sent (``chat``, ``completions``, ``embedding``; the most requests'
+        when they were mixed), or None when none was sent to a known API path."""
+        kinds: dict[str, int] = {}
+        for path, n in self.paths.items():
+            kind = endpoint_type_of(path)
+            if kind is not None:
+                kinds[kind] = kinds.get(kind, 0) + n
+        return max(kinds, key=lambda k: kinds[k]) if kinds else None
 
     def counts(self, name: str) -> list[tuple[Any, int]]:
         """(value, requests) pairs for one parameter, most frequent first; the absent case is ``ABSENT``."""

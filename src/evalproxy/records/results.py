@@ -87,6 +87,9 @@ class Target(_Open):
 
 
 class RunConfig(_Open):
+    """NeMo's ``config``: ``params`` by NeMo's names (``max_new_tokens``, ``temperature``, ...) and, as an extra key
+    (read as ``model_extra["type"]``), ``type``: the task."""
+
     output_dir: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -102,6 +105,12 @@ class HarnessInfo(_Open):
 
 
 class EvalproxyInfo(_Open):
+    """evalproxy's own facts of a run. ``params_from`` says where each of ``config.params`` came from (``harness``:
+    the harness's own record; ``launcher``: the launcher config's task params, given to the harness through its
+    command; ``requests``: the requests sent), ``type_from`` the same of ``config.type``; ``endpoint_types`` is the
+    endpoint type per task, ``endpoint_paths`` the requests per API path, ``observed_params`` every generation
+    parameter as sent (wire names, with the counts of values that varied)."""
+
     version: str = ""
     run_id: str | None = None
     run_ids: list[str] = Field(default_factory=list)
@@ -109,6 +118,12 @@ class EvalproxyInfo(_Open):
     started_at: str | None = None
     finished_at: str | None = None
     exit_code: int | None = None
+    type_from: str | None = None
+    params_from: dict[str, str] = Field(default_factory=dict)
+    endpoint_types: dict[str, str] = Field(default_factory=dict)
+    endpoint_type_from: str | None = None
+    endpoint_paths: dict[str, int] = Field(default_factory=dict)
+    observed_params: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunRecord(_Open):
@@ -118,15 +133,20 @@ class RunRecord(_Open):
     config: RunConfig = Field(default_factory=RunConfig)
     results: Results = Field(default_factory=Results)
     target: Target = Field(default_factory=Target)
-    git_hash: str = ""
+    git_hash: str | None = None
     evalproxy: EvalproxyInfo = Field(default_factory=EvalproxyInfo)
     harness: HarnessInfo = Field(default_factory=HarnessInfo)
 
-    @field_validator("git_hash", "command", mode="before")
+    @field_validator("command", mode="before")
     @classmethod
     def _none_is_empty(cls, v: Any) -> Any:
-        # nemo-evaluator writes ``git_hash: null`` when it has none.
         return "" if v is None else v
+
+    @field_validator("git_hash", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        # As nemo-evaluator: ``git_hash: null`` when there is none (older evalproxy records wrote '').
+        return None if v == "" else v
 
 
 def evalproxy_version() -> str:
@@ -159,14 +179,14 @@ def redact_command(command: str | Sequence[str], secrets: Iterable[str] = ()) ->
     return redact_text(shlex.join(out), secrets)
 
 
-def git_hash(workdir: str | os.PathLike[str]) -> str:
-    """The commit checked out in ``workdir`` (or a parent), ``""`` when it is not a git work tree. Blocking."""
+def git_hash(workdir: str | os.PathLike[str]) -> str | None:
+    """The commit checked out in ``workdir`` (or a parent), None when it is not a git work tree. Blocking."""
     try:
         proc = subprocess.run(["git", "-C", str(workdir), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return proc.stdout.strip() if proc.returncode == 0 else ""
+        return None
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
 
 def build_record(
@@ -189,22 +209,27 @@ def build_record(
     finished_at: str | None = None,
     exit_code: int | None = None,
     secrets: Iterable[str] = (),
+    config_type: str | None = None,
+    facts: Mapping[str, Any] | None = None,
 ) -> RunRecord:
-    """A run record with secrets redacted from the command, the URL and the adapter config."""
+    """A run record with secrets redacted from the command, the URL and the adapter config. ``facts``: more of
+    :class:`EvalproxyInfo`'s fields (where the params came from, endpoint types per task, ...)."""
     secrets = list(secrets)
     ids = list(run_ids) or ([run_id] if run_id else [])
     return RunRecord(
         command=redact_command(command, secrets),
-        config=RunConfig(output_dir=str(output_dir), params=dict(params)),
+        config=RunConfig(output_dir=str(output_dir), params=redact_obj(dict(params), secrets),
+                         **({"type": config_type} if config_type else {})),
         results=results or Results(),
         target=Target(api_endpoint=ApiEndpoint(
             url=redact_url(api_url), model_id=model_id, type=endpoint_type, api_key_name=api_key_name,
             adapter_config=redact_obj(dict(adapter_config or {}), secrets),
         )),
-        git_hash=git_hash(workdir) if workdir is not None else "",
+        git_hash=git_hash(workdir) if workdir is not None else None,
         evalproxy=EvalproxyInfo(version=evalproxy_version(), run_id=run_id, run_ids=ids,
                                 observed_requests=observed_requests, started_at=started_at,
-                                finished_at=finished_at, exit_code=exit_code),
+                                finished_at=finished_at, exit_code=exit_code,
+                                **redact_obj(dict(facts or {}), secrets)),
         harness=harness or HarnessInfo(),
     )
 
@@ -224,7 +249,9 @@ def write_results(run_dir: str | os.PathLike[str], record: RunRecord) -> Path:
     directory = Path(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / RESULTS_FILE
-    text = yaml.safe_dump(record.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)
+    data = record.model_dump(mode="json", exclude_none=True)
+    data = {k: data.get(k) for k in ("command", "config", "results", "target", "git_hash")} | data  # null kept
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     write_atomic(target, text)
     return target
 

@@ -25,6 +25,7 @@ from evalproxy.storage.base import (
     StoredAnswer,
     cache_key,
 )
+from evalproxy.storage.codec import dictionaries_of
 from evalproxy.storage.disk import DiskStore
 
 
@@ -91,15 +92,18 @@ def _cache_of(run_dir: Path) -> str | None:
 
 
 async def copy_store(src: Store, dst: Store, *, batch: int = 500) -> dict[str, int]:
-    """Copy every answer (its bytes as stored: a damaged one is skipped), saved pair and failure of ``src`` into
-    ``dst``, between a cache directory and a Redis store either way. Slot counters and leases belong to running
-    runs and are not copied. Returns how many of each were copied."""
+    """Copy the compression dictionaries, then every answer (its bytes as stored: a damaged one is skipped), saved
+    pair and failure of ``src`` into ``dst``, between a cache directory and a Redis store either way. Slot counters
+    and leases belong to running runs and are not copied. Returns how many of each were copied."""
     copied = {"answers": 0, "skipped": 0, "saved_requests": 0, "failures": 0}
+    dictionaries = await src.dictionaries()  # first: what the answers need to be decoded there
+    await dst.put_dictionaries(dictionaries)
+    table = dictionaries_of(dictionaries)
     async for chunk in src.raw_answers(batch):
         good = []
         for name, blob in chunk:
             try:
-                StoredAnswer.decode(blob)
+                StoredAnswer.decode(blob, table)
             except Exception:
                 copied["skipped"] += 1
                 continue

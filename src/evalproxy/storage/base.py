@@ -3,7 +3,8 @@
 A store keeps, for a cache shared by any number of runs and processes:
 
 * answers, by cache key and slot (slot 0 for a deterministic request; slot k for the k-th sample of a sampled one),
-  each encoded with a checksum so a damaged entry is never served;
+  each encoded with a checksum so a damaged entry is never served, and compressed with zstd
+  (:mod:`evalproxy.storage.codec`; entries of older versions, uncompressed, stay readable);
 * pass@k slot counters per (run, key), claimed atomically, and the slots handed back by failed samples;
 * leases: who is filling a slot right now, so identical requests in flight share one upstream call and another
   process waits instead of paying twice. A lease carries its deadline, by the store's own clock (the Redis server's
@@ -20,6 +21,7 @@ as the ``StoreError`` subtree of :mod:`evalproxy.adapter.core.errors` (``StoreUn
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -32,7 +34,9 @@ from typing import Any, Protocol
 
 import orjson
 
+import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import StoreClosedError as StoreClosedError  # re-exported: the interface's
+from evalproxy.adapter.flow.request import OFF_LOOP_BYTES
 from evalproxy.adapter.flow.shape import assemble_stream
 
 log = logging.getLogger("evalproxy.storage")
@@ -103,7 +107,14 @@ class StoredAnswer:
     def is_stream(self) -> bool:
         return self.events is not None
 
-    def encode(self) -> bytes:
+    @property
+    def size(self) -> int:
+        """The answer's bytes as the model sent them (body, or events in all)."""
+        return sum(map(len, self.events)) if self.events is not None else len(self.body or b"")
+
+    def encode(self, dicts: codec.Dictionaries | None = None) -> bytes:
+        """The bytes a store keeps: compressed (:mod:`~evalproxy.storage.codec`, with the store's dictionary if it
+        has one, ``dicts``) unless too small to gain."""
         header: dict[str, Any] = {"status": self.status, "headers": self.headers, "stored_at": self.stored_at}
         if self.events is not None:
             header["events"] = [len(e) for e in self.events]
@@ -112,22 +123,36 @@ class StoredAnswer:
             body = self.body or b""
         h = orjson.dumps(header)
         payload = struct.pack(">I", len(h)) + h + body
+        packed = codec.compress(payload, dicts)
+        if packed is not None:
+            return packed
         return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
 
     @classmethod
-    def decode(cls, blob: bytes) -> StoredAnswer:
-        if not isinstance(blob, bytes) or blob[:4] != MAGIC:
+    def decode(cls, blob: bytes, dicts: codec.Dictionaries | None = None) -> StoredAnswer:
+        """An answer from what a store keeps, compressed or not (entries of older versions included); ValueError
+        for damaged or foreign bytes, ``codec.MissingDictionary`` for an entry of a dictionary ``dicts`` lacks."""
+        if not isinstance(blob, bytes):
             raise ValueError("not an evalproxy cache entry")
-        digest, payload = blob[4:12], blob[12:]
-        if hashlib.sha256(payload).digest()[:8] != digest:
-            raise ValueError("checksum mismatch")
-        (n,) = struct.unpack(">I", payload[:4])
-        header = orjson.loads(payload[4 : 4 + n])
+        if blob[:4] == codec.ZMAGIC:
+            payload = codec.decompress(blob, dicts)
+        elif blob[:4] == MAGIC:
+            digest, payload = blob[4:12], blob[12:]
+            if hashlib.sha256(payload).digest()[:8] != digest:
+                raise ValueError("checksum mismatch")
+        else:
+            raise ValueError("not an evalproxy cache entry")
+        try:
+            (n,) = struct.unpack(">I", payload[:4])
+            header = orjson.loads(payload[4 : 4 + n])
+            answer = cls(status=header["status"], headers=header["headers"], stored_at=header.get("stored_at", 0.0))
+            sizes = header.get("events")
+        except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"damaged entry header ({exc})") from exc
         body = payload[4 + n :]
-        answer = cls(status=header["status"], headers=header["headers"], stored_at=header.get("stored_at", 0.0))
-        if "events" in header:
+        if sizes is not None:
             events, at = [], 0
-            for size in header["events"]:
+            for size in sizes:
                 events.append(body[at : at + size])
                 at += size
             answer.events = events
@@ -143,6 +168,21 @@ class StoredAnswer:
             return orjson.loads(self.body or b"")
         except orjson.JSONDecodeError:
             return None
+
+
+async def encode_answer(answer: StoredAnswer, dicts: codec.Dictionaries | None = None) -> bytes:
+    """:meth:`StoredAnswer.encode` for a caller on the event loop: a large answer (the server's rule for large
+    bodies, ``OFF_LOOP_BYTES``) is compressed in a thread, so that it never stalls the loop."""
+    if answer.size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(answer.encode, dicts)
+    return answer.encode(dicts)
+
+
+async def decode_answer(blob: bytes, dicts: codec.Dictionaries | None = None) -> StoredAnswer:
+    """:meth:`StoredAnswer.decode` for a caller on the event loop: a large entry is decoded in a thread."""
+    if codec.payload_size(blob) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(StoredAnswer.decode, blob, dicts)
+    return StoredAnswer.decode(blob, dicts)
 
 
 @dataclass
@@ -311,6 +351,14 @@ class Store(Protocol):
         ...
 
     async def put_raw_answers(self, items: list[tuple[str, bytes]]) -> None: ...
+
+    async def dictionaries(self) -> list[bytes]:
+        """The compression dictionaries the store holds (what its answers may need to be decoded; for copying)."""
+        ...
+
+    async def put_dictionaries(self, items: list[bytes]) -> None:
+        """Hold these dictionaries too (a copy's source's); the one the store writes with does not change."""
+        ...
 
     async def stats(self) -> dict[str, Any]:
         """What the store holds, in one shape for every backend: ``location``, ``backend``, ``answers``,

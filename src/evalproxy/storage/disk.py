@@ -9,7 +9,8 @@ entry intact and at most loses what it was writing)::
     failures/    "<run_id>/<request_id>" -> a failed request (upstream error or broken stream), at most MAX_FAILURES
                  and in the same database, tables of evalproxy's own: evalproxy_counters (run, key) -> the run's
                  next pass@k slot of a key and the slots handed back; evalproxy_leases (key, slot) -> who fills
-                 that slot now (owner, host, pid), until when
+                 that slot now (owner, host, pid), until when; evalproxy_dicts id -> a compression dictionary and
+                 evalproxy_dict_current, the one answers are written with (storage/codec.py)
 
 An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = len(header) (4 bytes) + header JSON
 + body``: a truncated or altered entry fails its checksum and is treated as a miss, deleted, never served.
@@ -39,7 +40,9 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import diskcache
 import orjson
+import zstandard
 
+import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import (
     StoreError,
     StoreFullError,
@@ -124,6 +127,8 @@ class SlotTable:
             " PRIMARY KEY (run, key)) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS evalproxy_leases (key TEXT, slot INTEGER, owner TEXT, host TEXT, pid INTEGER,"
             " expires REAL, PRIMARY KEY (key, slot)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS evalproxy_dicts (id INTEGER PRIMARY KEY, data BLOB)",
+            "CREATE TABLE IF NOT EXISTS evalproxy_dict_current (k INTEGER PRIMARY KEY CHECK (k = 0), id INTEGER)",
         ):
             table.db.execute(statement)
 
@@ -192,8 +197,8 @@ class SlotTable:
 
     def clear(self) -> None:
         with self.transaction():
-            self.db.execute("DELETE FROM evalproxy_counters")
-            self.db.execute("DELETE FROM evalproxy_leases")
+            for table in ("evalproxy_counters", "evalproxy_leases", "evalproxy_dicts", "evalproxy_dict_current"):
+                self.db.execute(f"DELETE FROM {table}")
 
 
 def _live(host: Any, pid: Any, expires: Any, t: float, lease_seconds: float) -> bool:
@@ -219,14 +224,63 @@ class CacheStore:
         self.answers = DiskcacheTable(self.responses)
         self.slots = SlotTable(self.answers, lease_seconds)
         self._n_failures = len(self.failures_db)
+        self.dicts = codec.Dictionaries()
+        self._training: threading.Thread | None = None
+        self._load_dictionaries()
 
     @property
     def databases(self) -> tuple[diskcache.Cache, ...]:
         return (self.responses, self.requests, self.failures_db)
 
     def close(self) -> None:
+        if self._training is not None:
+            self._training.join()
         for c in self.databases:
             c.close()
+
+    # -- compression dictionaries (codec.Dictionaries), in tables of the answers' database ------------------------
+    def _load_dictionaries(self) -> None:
+        """Hold every dictionary of the store and write with its current one (if it has one)."""
+        for (data,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall():
+            self.dicts.add(data)
+        row = self.slots.db.execute("SELECT d.data FROM evalproxy_dict_current c JOIN evalproxy_dicts d"
+                                    " ON d.id = c.id").fetchone()
+        self.dicts.use(row[0] if row else None)
+
+    def _train(self) -> None:
+        """On a thread of its own: train a dictionary on the samples and publish it, unless another process
+        published one first; then write with whichever the store holds."""
+        try:
+            data = self.dicts.train()
+            if data is not None:
+                dict_id = zstandard.ZstdCompressionDict(data).dict_id()
+                with self.slots.transaction():
+                    if self.slots.db.execute("INSERT OR IGNORE INTO evalproxy_dict_current VALUES (0, ?)",
+                                             (dict_id,)).rowcount == 1:
+                        self.slots.db.execute("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)", (dict_id, data))
+                self._load_dictionaries()
+        except Exception as exc:  # the store stays usable without: answers are compressed without a dictionary
+            log.warning("the compression dictionary could not be stored in %s (%s: %s)", self.dir,
+                        type(exc).__name__, exc)
+
+    def dictionaries(self) -> list[bytes]:
+        return [bytes(d) for (d,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall()]
+
+    def put_dictionaries(self, items: list[bytes]) -> None:
+        self.slots.db.executemany("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)",
+                                  [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in items])
+        for d in items:
+            self.dicts.add(d)
+
+    def _decode(self, blob: bytes) -> StoredAnswer:
+        try:
+            return StoredAnswer.decode(blob, self.dicts)
+        except codec.MissingDictionary:  # written by another process with a dictionary published since
+            self._load_dictionaries()
+        try:
+            return StoredAnswer.decode(blob, self.dicts)
+        except codec.MissingDictionary as exc:
+            raise ValueError(str(exc)) from exc
 
     # -- answers ---------------------------------------------------------------------------------------------------
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
@@ -236,7 +290,7 @@ class CacheStore:
         if blob is None:
             return None
         try:
-            return StoredAnswer.decode(blob)
+            return self._decode(blob)
         except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
             log.warning("cache entry %s is corrupted (%s): deleted, the request goes upstream", k, exc)
             self.responses.delete(k)
@@ -247,7 +301,10 @@ class CacheStore:
         return [self.get_answer(key, slot) for key, slot in slots]
 
     def put_answer(self, key: str, slot: int, answer: StoredAnswer) -> None:
-        self.answers.put(answer_key(key, slot), answer.encode())
+        self.answers.put(answer_key(key, slot), answer.encode(self.dicts))
+        if self.dicts.take_due():
+            self._training = threading.Thread(target=self._train, name="evalproxy-dictionary", daemon=True)
+            self._training.start()
 
     def count_answers(self) -> int:
         return len(self.responses)
@@ -364,6 +421,8 @@ class CacheStore:
         n: int = sum(int(c.clear()) for c in self.databases)
         self.slots.clear()
         self._n_failures = 0
+        self.dicts.forget()
+        self.dicts.use(None)
         return n
 
 
@@ -552,6 +611,8 @@ class DiskStore:
     save_pair = _OnThread(CacheStore.save_pair, writes=True)
     record_failure = _OnThread(CacheStore.record_failure, writes=True)
     put_raw_answers = _OnThread(CacheStore.put_raw_answers, writes=True)
+    put_dictionaries = _OnThread(CacheStore.put_dictionaries, writes=True)
+    dictionaries = _OnThread(CacheStore.dictionaries, writes=False)
     clear = _OnThread(CacheStore.clear, writes=True)
     get_answers = _OnThread(CacheStore.get_answers, writes=False)
     count_answers = _OnThread(CacheStore.count_answers, writes=False)

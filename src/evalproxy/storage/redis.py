@@ -13,10 +13,16 @@ Layout, every key under the prefix ``P``::
     P free:<run>:<key>      sorted set of slots handed back by failed samples (the lowest is taken first)
     P pairs / P pair        sorted set by arrival time (wall clock) / hash member -> saved pair (JSON)
     P failures / P failure  the same for failed requests, at most MAX_FAILURES
+    P dict / P dicts        string: the id of the compression dictionary answers are written with / hash
+                            id -> every dictionary the store's answers may need (storage/codec.py)
 
-A claim is one Lua script (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
+A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
 the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
-are one script each, so a miss costs two round trips and a hit one. A lease lives ``lease_seconds`` (default
+are one operation each. The operations asked for in one turn of the event loop, by every request of this process, go
+to the server together as one call of one script (:class:`TurnBatch`), as the disk store commits a turn's calls in
+one transaction: a miss costs one round trip before the upstream call and one after, a hit one, and under load a
+round trip serves many requests. Answers are stored compressed (:mod:`evalproxy.storage.codec`; a large one is
+compressed and decompressed in a thread). A lease lives ``lease_seconds`` (default
 LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` and keep the lease's deadline in
 its value, so a lease key that lost its TTL or never had one (a crashed writer, a hand-made ``SET``) still expires.
 A claim takes over a lease past its deadline, one whose value has no deadline and whose key has no TTL, and one
@@ -44,19 +50,21 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aredis
+import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import evalproxy.storage.codec as codec
 from evalproxy.adapter.core.errors import (
     StoreError,
     StoreFullError,
@@ -74,6 +82,8 @@ from evalproxy.storage.base import (
     StoreClosedError,
     StoredAnswer,
     answer_key,
+    decode_answer,
+    encode_answer,
     holder_gone,
 )
 
@@ -104,72 +114,177 @@ local function parse_lease(v)
 end
 """
 
-# KEYS: answers, lease base ("P lease:<key>"), next, free. ARGV: key, holder ("<owner>|<host>|<pid>"), lease ms,
-# slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
-# {slot, code, payload}: code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease
-# value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a deadline
-# further ahead than one lease is taken over.
-_CLAIM = _LEASE_LUA + """
-local slot
-if ARGV[4] == 'next' then
-  local free = redis.call('ZPOPMIN', KEYS[4])
-  if free[1] then slot = tonumber(free[1]) else slot = redis.call('INCR', KEYS[3]) - 1 end
-else
-  slot = tonumber(ARGV[4])
-end
-if ARGV[5] ~= '1' then return {slot, 1, ''} end
-local answer = redis.call('HGET', KEYS[1], ARGV[1] .. ':' .. slot)
-if answer then return {slot, 0, answer} end
-local lease = KEYS[2] .. ':' .. slot
-local now, span = now_ms(), tonumber(ARGV[3])
-local value = lease_value(now + span, ARGV[2])
-if redis.call('SET', lease, value, 'NX', 'PX', ARGV[3]) then return {slot, 1, ''} end
-local held = redis.call('GET', lease)
-if held then
-  local deadline = parse_lease(held)
-  if not deadline then
-    local ttl = redis.call('PTTL', lease)
-    if ttl > 0 then deadline = now + ttl end
+# Each operation is a Lua function of its own keys K and arguments A; a batch (:class:`TurnBatch`) runs any number of
+# them in one script call, each under pcall, so one failing operation (a key of another type) fails only itself.
+#
+# claim   K: answers, lease base ("P lease:<key>"), next, free. A: key, holder ("<owner>|<host>|<pid>"), lease ms,
+#         slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
+#         {slot, code, payload}: code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the
+#         lease value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a
+#         deadline further ahead than one lease is taken over.
+# settle  K: answers, lease, pairs, pair, free. A: answer field, answer ("" none), holder, pair member ("" none),
+#         pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
+# renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
+# pair    K: pairs zset, pair hash. A: score, member, record.
+# failure K: failures zset, failure hash. A: score, member, record, bound. Returns 1 if kept, 0 at the bound.
+# dict    K: the current dictionary's id, the dictionaries hash. A: a dictionary's id and bytes ("" "": only read).
+#         Publishes it unless the store has one; returns the bytes of the store's current one ("" for none).
+_OPS_LUA = _LEASE_LUA + """
+local function claim(K, A)
+  local slot
+  if A[4] == 'next' then
+    local free = redis.call('ZPOPMIN', K[4])
+    if free[1] then slot = tonumber(free[1]) else slot = redis.call('INCR', K[3]) - 1 end
+  else
+    slot = tonumber(A[4])
   end
-  if not deadline or deadline <= now or deadline > now + span or (ARGV[6] ~= '' and held == ARGV[6]) then
-    redis.call('SET', lease, value, 'PX', ARGV[3])
-    return {slot, 1, ''}
+  if A[5] ~= '1' then return {slot, 1, ''} end
+  local answer = redis.call('HGET', K[1], A[1] .. ':' .. slot)
+  if answer then return {slot, 0, answer} end
+  local lease = K[2] .. ':' .. slot
+  local now, span = now_ms(), tonumber(A[3])
+  local value = lease_value(now + span, A[2])
+  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return {slot, 1, ''} end
+  local held = redis.call('GET', lease)
+  if held then
+    local deadline = parse_lease(held)
+    if not deadline then
+      local ttl = redis.call('PTTL', lease)
+      if ttl > 0 then deadline = now + ttl end
+    end
+    if not deadline or deadline <= now or deadline > now + span or (A[6] ~= '' and held == A[6]) then
+      redis.call('SET', lease, value, 'PX', A[3])
+      return {slot, 1, ''}
+    end
+  end
+  return {slot, 2, held or ''}
+end
+
+local function settle(K, A)
+  if A[2] ~= '' then redis.call('HSET', K[1], A[1], A[2]) end
+  if A[4] ~= '' then
+    redis.call('ZADD', K[3], A[5], A[4])
+    redis.call('HSET', K[4], A[4], A[6])
+  end
+  local _, holder = parse_lease(redis.call('GET', K[2]))
+  if holder == A[3] then redis.call('DEL', K[2]) end
+  if A[7] ~= '' then redis.call('ZADD', K[5], A[7], A[7]) end
+  return 1
+end
+
+local function renew(K, A)
+  local value = lease_value(now_ms() + tonumber(A[2]), A[1])
+  for _, k in ipairs(K) do
+    local _, holder = parse_lease(redis.call('GET', k))
+    if holder == A[1] then redis.call('SET', k, value, 'PX', A[2]) end
+  end
+  return 1
+end
+
+local function pair(K, A)
+  redis.call('ZADD', K[1], A[1], A[2])
+  redis.call('HSET', K[2], A[2], A[3])
+  return 1
+end
+
+local function dict(K, A)
+  if A[1] ~= '' and redis.call('SET', K[1], A[1], 'NX') then redis.call('HSET', K[2], A[1], A[2]) end
+  local cur = redis.call('GET', K[1])
+  if not cur then return '' end
+  return redis.call('HGET', K[2], cur) or ''
+end
+
+local function failure(K, A)
+  if redis.call('ZCARD', K[1]) >= tonumber(A[4]) then return 0 end
+  redis.call('ZADD', K[1], A[1], A[2])
+  redis.call('HSET', K[2], A[2], A[3])
+  return 1
+end
+"""
+
+# ARGV[1]: the batch, every field as "<length>:<bytes>": per operation its name, its number of keys and of arguments,
+# its keys, its arguments. Returns one string in the same framing, per operation "V" and a value, "T", a count and
+# that many values (a table), or "E" and an error message (the operation failed; the others still ran). One argument
+# and one string, not hundreds of each: packing and parsing them was most of a batch's cost in the client.
+_BATCH = _OPS_LUA + """
+local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
+local B, pos, out = ARGV[1], 1, {}
+local function field()
+  local colon = string.find(B, ':', pos, true)
+  local n = tonumber(string.sub(B, pos, colon - 1))
+  pos = colon + n + 1
+  return string.sub(B, colon + 1, colon + n)
+end
+local function put(v)
+  v = tostring(v)
+  out[#out + 1] = #v .. ':' .. v
+end
+while pos <= #B do
+  local fn, nk, na = OPS[field()], tonumber(field()), tonumber(field())
+  local K, A = {}, {}
+  for j = 1, nk do K[j] = field() end
+  for j = 1, na do A[j] = field() end
+  local ok, res = pcall(fn, K, A)
+  if not ok then
+    put('E')
+    put(type(res) == 'table' and (res.err or 'ERR') or res)
+  elseif type(res) == 'table' then
+    put('T')
+    put(#res)
+    for _, v in ipairs(res) do put(v) end
+  else
+    put('V')
+    put(res)
   end
 end
-return {slot, 2, held or ''}
+return table.concat(out)
 """
 
-# KEYS: answers, lease, pairs, pair, free. ARGV: answer field, answer ("" none), holder, pair member ("" none),
-# pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
-_SETTLE = _LEASE_LUA + """
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-if ARGV[4] ~= '' then
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-  redis.call('HSET', KEYS[4], ARGV[4], ARGV[6])
-end
-local _, holder = parse_lease(redis.call('GET', KEYS[2]))
-if holder == ARGV[3] then redis.call('DEL', KEYS[2]) end
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[5], ARGV[7], ARGV[7]) end
-return 1
-"""
 
-# KEYS: lease keys. ARGV: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
-_RENEW = _LEASE_LUA + """
-local value = lease_value(now_ms() + tonumber(ARGV[2]), ARGV[1])
-for _, k in ipairs(KEYS) do
-  local _, holder = parse_lease(redis.call('GET', k))
-  if holder == ARGV[1] then redis.call('SET', k, value, 'PX', ARGV[2]) end
-end
-return 1
-"""
+def pack_batch(ops: list[tuple[str, list[Any], list[Any]]]) -> bytes:
+    """The framing :data:`_BATCH` reads: every field ``<length>:<bytes>``."""
+    fields: list[bytes] = []
+    for op, keys, args in ops:
+        fields += [op.encode(), b"%d" % len(keys), b"%d" % len(args)]
+        fields += [_bytes(x) for x in keys]
+        fields += [_bytes(x) for x in args]
+    return b"".join([b"%d:%s" % (len(f), f) for f in fields])
 
-# KEYS: failures zset, failure hash. ARGV: score, member, record, bound.
-_ADD_FAILURE = """
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
+
+def _bytes(x: Any) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, float):
+        return repr(x).encode()
+    return b"%d" % x
+
+
+def unpack_results(blob: bytes) -> list[Any]:
+    """The results :data:`_BATCH` returns, one per operation: bytes, a list of bytes, or a redis-py error."""
+    out: list[Any] = []
+    pos = 0
+
+    def field() -> bytes:
+        nonlocal pos
+        colon = blob.index(b":", pos)
+        end = colon + 1 + int(blob[pos:colon])
+        pos = end
+        return blob[colon + 1 : end]
+
+    while pos < len(blob):
+        tag = field()
+        if tag == b"V":
+            out.append(field())
+        elif tag == b"T":
+            out.append([field() for _ in range(int(field()))])
+        else:
+            message = field().decode("utf-8", "replace")
+            kind = (OutOfMemoryError if message.startswith("OOM") else
+                    RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
+            out.append(kind(message))
+    return out
 
 
 def parse_location(url: str) -> tuple[str, str, float]:
@@ -182,6 +297,34 @@ def parse_location(url: str) -> tuple[str, str, float]:
     return client_url, ours.get("prefix", DEFAULT_PREFIX), float(ours.get("timeout", DEFAULT_TIMEOUT))
 
 
+def store_error(exc: BaseException, location: str, timeout: float) -> BaseException:
+    """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree (its cause
+    kept); anything else is returned as it is."""
+    error: StoreError
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
+        what = (f"did not answer within {timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
+                else f"is unreachable ({exc})")
+        error = StoreUnavailableError(f"the store at {location} {what}")
+    elif isinstance(exc, OutOfMemoryError):
+        error = StoreFullError(f"the store at {location} is full (maxmemory): {exc}")
+    elif isinstance(exc, RedisReadOnlyError):
+        error = StoreReadOnlyError(f"the store at {location} is read-only: {exc}")
+    elif isinstance(exc, RedisError):
+        error = StoreError(f"the store at {location} refused: {type(exc).__name__}: {exc}")
+    else:
+        return exc
+    error.__cause__ = exc
+    return error
+
+
+def with_prefix(location: str, prefix: str) -> str:
+    """A store URL that names its prefix: the location ``stats`` reports (the disk store's keys, no more; a URL that
+    opens this very store)."""
+    if "prefix" in dict(parse_qsl(urlsplit(location).query)):
+        return location
+    return f"{location}{'&' if '?' in location else '?'}{urlencode({'prefix': prefix})}"
+
+
 def _pid_dead(holder: str) -> bool:
     """Whether a lease value ("[<deadline>|]<owner>|<host>|<pid>") names a process on this host that is gone."""
     try:
@@ -189,6 +332,149 @@ def _pid_dead(holder: str) -> bool:
         return holder_gone(host, int(pid))
     except ValueError:
         return False
+
+
+class TurnBatch:
+    """The store's operations asked for in one turn of the event loop, sent as one call of one script: one round trip
+    for all of them, as the disk store commits a turn's calls in one transaction.
+
+    ``await batch.run(op, keys, args)`` queues an operation of :data:`_BATCH` (claim, settle, renew, pair, failure);
+    the first one of a turn schedules the send at the end of that turn. At most :attr:`MAX_IN_FLIGHT` batches are
+    at the server at once; what is asked for meanwhile waits and goes in the next batch, so under load batches grow
+    by themselves (a lone request is a batch of one). Each operation runs under ``pcall`` in the script: one that
+    fails (a key of another type) fails only its caller; a batch that fails as a whole (server down, timeout, full)
+    fails every caller in it. The round trip goes through the store's guarded call (timeout, down, errors)."""
+
+    MAX_OPS = 512
+    MAX_BYTES = 4 * 2**20
+    """A batch closes at this many bytes of answers (a few large answers go in batches of their own: one script call
+    never carries more than the store's timeout can cover)."""
+    MAX_IN_FLIGHT = 2
+
+    def __init__(self, script: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
+                 error: Callable[[BaseException], BaseException]) -> None:
+        self._script, self._call, self._error = script, call, error
+        self._outbox: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._sizes: list[int] = []
+        self._scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self.round_trips = 0
+        """Batches sent so far (for tests and benchmarks)."""
+
+    def run(self, op: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._outbox.append((op, keys, args, fut))
+        self._sizes.append(sum(len(a) for a in args if isinstance(a, bytes)))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        while self._outbox and len(self._in_flight) < self.MAX_IN_FLIGHT:
+            n, size = 1, self._sizes[0]
+            while n < min(len(self._outbox), self.MAX_OPS) and size + self._sizes[n] <= self.MAX_BYTES:
+                size += self._sizes[n]
+                n += 1
+            ops, self._outbox, self._sizes = self._outbox[:n], self._outbox[n:], self._sizes[n:]
+            task = asyncio.get_running_loop().create_task(self._send(ops), name="evalproxy-redis-batch")
+            self._in_flight.add(task)
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if self._outbox and not self._scheduled:
+            self._flush()
+
+    async def _send(self, ops: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+        self.round_trips += 1
+        try:
+            blob = await self._call(self._script(keys=[], args=[pack_batch([op[:3] for op in ops])]))
+            results = unpack_results(blob)
+        except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
+            for *_, fut in ops:
+                if not fut.done():
+                    fut.set_exception(_copy(exc))
+            return
+        except BaseException:  # cancelled (the loop is closing): so are its callers
+            for *_, fut in ops:
+                fut.cancel()
+            raise
+        for (*_, fut), result in zip(ops, results, strict=True):
+            if fut.done():
+                continue  # its caller went away; the operation ran all the same
+            if isinstance(result, RedisError):
+                fut.set_exception(self._error(result))
+            else:
+                fut.set_result(result)
+
+    async def drain(self) -> None:
+        """Send what is queued and wait for every batch at the server."""
+        self._flush()
+        while self._in_flight or self._outbox:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            self._flush()
+
+
+def _copy(exc: Exception) -> Exception:
+    """A fresh instance of a store error for each caller that shares one failed batch (its cause kept)."""
+    if isinstance(exc, StoreError):
+        copy = type(exc)(str(exc))
+        copy.__cause__ = exc.__cause__
+        return copy
+    return exc
+
+
+class RedisDictionaries:
+    """A Redis store's compression dictionaries (:class:`~evalproxy.storage.codec.Dictionaries`): ``P dict`` names
+    the current one, ``P dicts`` holds every one by id. Asked for once before this process first writes; trained in
+    a thread once enough answers were written without one, and published unless another process was first."""
+
+    def __init__(self, batch: TurnBatch, redis: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
+                 prefix: str) -> None:
+        self.batch, self.redis, self._call = batch, redis, call
+        self.keys = [f"{prefix}dict", f"{prefix}dicts"]
+        self.table = codec.Dictionaries()
+        self._training: asyncio.Task[None] | None = None
+
+    async def before_write(self) -> None:
+        if not self.table.checked:
+            self.table.use(await self.batch.run("dict", self.keys, ["", b""]) or None)
+
+    def after_write(self) -> None:
+        if self.table.take_due():
+            self._training = asyncio.get_running_loop().create_task(self._train(), name="evalproxy-dictionary")
+
+    async def _train(self) -> None:
+        try:
+            data = await asyncio.to_thread(self.table.train)
+            if data is not None:
+                dict_id = zstandard.ZstdCompressionDict(data).dict_id()
+                self.table.use(await self.batch.run("dict", self.keys, [dict_id, data]) or None)
+        except Exception as exc:  # answers are compressed without a dictionary meanwhile
+            self.table.training = False
+            log.warning("the compression dictionary could not be stored (%s: %s)", type(exc).__name__, exc)
+
+    async def load(self) -> None:
+        """Hold every dictionary the store has (a frame named one this process did not know)."""
+        for data in await self.all():
+            self.table.add(data)
+
+    async def all(self) -> list[bytes]:
+        return list(await self._call(self.redis.hvals(self.keys[1])))
+
+    async def put(self, items: list[bytes]) -> None:
+        if items:
+            await self._call(self.redis.hset(self.keys[1], mapping={
+                zstandard.ZstdCompressionDict(d).dict_id(): d for d in items}))
+            for d in items:
+                self.table.add(d)
+
+    async def aclose(self) -> None:
+        if self._training is not None:
+            await asyncio.gather(self._training, return_exceptions=True)
 
 
 class RedisStore:
@@ -211,10 +497,8 @@ class RedisStore:
         p = self.prefix
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
-        self._claim: Any = self.redis.register_script(_CLAIM)
-        self._settle: Any = self.redis.register_script(_SETTLE)
-        self._renew: Any = self.redis.register_script(_RENEW)
-        self._add_failure: Any = self.redis.register_script(_ADD_FAILURE)
+        self.batch = TurnBatch(self.redis.register_script(_BATCH), self._call, self._error)
+        self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
         self._closed = False
@@ -232,17 +516,15 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout):
                 return await aw
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree; a server
+        that is unreachable or slow is taken as down for a short while."""
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError | TimeoutError):
             self._down_until = time.monotonic() + RETRY_AFTER
-            what = (f"did not answer within {self.timeout:g} s" if isinstance(exc, TimeoutError | RedisTimeoutError)
-                    else f"is unreachable ({exc})")
-            raise StoreUnavailableError(f"the store at {self.location} {what}") from exc
-        except OutOfMemoryError as exc:
-            raise StoreFullError(f"the store at {self.location} is full (maxmemory): {exc}") from exc
-        except RedisReadOnlyError as exc:
-            raise StoreReadOnlyError(f"the store at {self.location} is read-only: {exc}") from exc
-        except RedisError as exc:
-            raise StoreError(f"the store at {self.location} refused: {type(exc).__name__}: {exc}") from exc
+        return store_error(exc, self.location, self.timeout)
 
     def _lease_value(self, owner: str) -> str:
         """The holder part of ``owner``'s lease values (the scripts put the deadline in front)."""
@@ -255,9 +537,14 @@ class RedisStore:
     def _lease(self, key: str, slot: int) -> str:
         return f"{self.prefix}lease:{key}:{slot}"
 
-    def _decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
+    async def _decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
+        """The answer of an entry (decompressed in a thread when large), None when damaged (logged)."""
         try:
-            return StoredAnswer.decode(blob)
+            try:
+                return await decode_answer(blob, self.dicts.table)
+            except codec.MissingDictionary:  # written with a dictionary another process published: load it
+                await self.dicts.load()
+                return await decode_answer(blob, self.dicts.table)
         except Exception as exc:
             log.warning("cache entry %s:%d is corrupted (%s): the request goes upstream", key, slot, exc)
             return None
@@ -270,7 +557,7 @@ class RedisStore:
         keys = [self.k_answers, f"{p}lease:{key}", f"{p}next:{run_id}:{key}", f"{p}free:{run_id}:{key}"]
         args = [key, self._lease_value(owner), self._lease_ms, "next" if slot is None else slot,
                 "1" if reuse else "", stale]
-        got, code, payload = await self._call(self._claim(keys=keys, args=args))
+        got, code, payload = await self.batch.run("claim", keys, args)
         return int(got), int(code), payload
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
@@ -283,7 +570,7 @@ class RedisStore:
 
     async def _outcome(self, key: str, slot: int, code: int, payload: Any, owner: str) -> Claim:
         if code == 0:
-            answer = self._decode(key, slot, payload)
+            answer = await self._decode(key, slot, payload)
             if answer is not None:
                 return Claim(slot, answer)
             # A damaged entry: dropped; the caller fills the slot again.
@@ -301,21 +588,25 @@ class RedisStore:
     async def finish(self, key: str, slot: int, *, owner: str, answer: StoredAnswer | None,
                      pair: SavedPair | None) -> None:
         member, score, record = self._pair_record(pair) if pair is not None else ("", 0.0, b"")
-        await self._call(self._settle(
-            keys=[self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
-            args=[answer_key(key, slot), answer.encode() if answer is not None else b"", self._lease_value(owner),
-                  member, score, record, ""]))
+        blob = b""
+        if answer is not None:
+            await self.dicts.before_write()
+            blob = await encode_answer(answer, self.dicts.table)
+            self.dicts.after_write()
+        await self.batch.run(
+            "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
+            [answer_key(key, slot), blob, self._lease_value(owner), member, score, record, ""])
 
     async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
-        await self._call(self._settle(
-            keys=[self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair,
-                  f"{self.prefix}free:{run_id}:{key}"],
-            args=["", b"", self._lease_value(owner), "", 0, b"", slot if sampled else ""]))
+        await self.batch.run(
+            "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair,
+                       f"{self.prefix}free:{run_id}:{key}"],
+            ["", b"", self._lease_value(owner), "", 0, b"", slot if sampled else ""])
 
     async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
         if slots:
-            await self._call(self._renew(keys=[self._lease(k, s) for k, s in slots],
-                                         args=[self._lease_value(owner), self._lease_ms]))
+            await self.batch.run("renew", [self._lease(k, s) for k, s in slots],
+                                 [self._lease_value(owner), self._lease_ms])
 
     # -- saved pairs -----------------------------------------------------------------------------------------------
     def _pair_record(self, pair: SavedPair) -> tuple[str, float, bytes]:
@@ -324,10 +615,7 @@ class RedisStore:
 
     async def save_pair(self, pair: SavedPair) -> None:
         member, score, record = self._pair_record(pair)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(self.k_pairs, {member: score})
-        pipe.hset(self.k_pair, member, record)
-        await self._call(pipe.execute())
+        await self.batch.run("pair", [self.k_pairs, self.k_pair], [score, member, record])
 
     async def count_pairs(self) -> int:
         return int(await self._call(self.redis.zcard(self.k_pairs)))
@@ -348,7 +636,7 @@ class RedisStore:
             blobs = await self._call(self.redis.hmget(self.k_answers,
                                                       [answer_key(p.key, p.occurrence) for p in pairs]))
             for pair, blob in zip(pairs, blobs, strict=True):
-                answer = self._decode(pair.key, pair.occurrence, blob) if blob is not None else None
+                answer = await self._decode(pair.key, pair.occurrence, blob) if blob is not None else None
                 if answer is not None:
                     pair.response, pair.events = answer.json(), answer.events
         return pairs
@@ -356,8 +644,9 @@ class RedisStore:
     # -- failures --------------------------------------------------------------------------------------------------
     async def record_failure(self, failure: Failure) -> bool:
         member = f"{failure.sort_key}/{self._tag}"
-        return int(await self._call(self._add_failure(keys=[self.k_failures, self.k_failure],
-                                           args=[failure.received_at, member, failure.record(), MAX_FAILURES]))) == 1
+        kept = await self.batch.run("failure", [self.k_failures, self.k_failure],
+                                    [failure.received_at, member, failure.record(), MAX_FAILURES])
+        return int(kept) == 1
 
     async def failures(self, limit: int | None = None) -> list[Failure]:
         members = await self._call(self.redis.zrange(self.k_failures, 0, -1 if limit is None else limit - 1))
@@ -376,7 +665,7 @@ class RedisStore:
         if not slots:
             return []
         blobs = await self._call(self.redis.hmget(self.k_answers, [answer_key(k, s) for k, s in slots]))
-        return [self._decode(k, s, b) if b is not None else None for (k, s), b in zip(slots, blobs, strict=True)]
+        return [await self._decode(k, s, b) if b is not None else None for (k, s), b in zip(slots, blobs, strict=True)]
 
     async def count_answers(self) -> int:
         return int(await self._call(self.redis.hlen(self.k_answers)))
@@ -395,6 +684,12 @@ class RedisStore:
         if items:
             await self._call(self.redis.hset(self.k_answers, mapping=dict(items)))
 
+    async def dictionaries(self) -> list[bytes]:
+        return await self.dicts.all()
+
+    async def put_dictionaries(self, items: list[bytes]) -> None:
+        await self.dicts.put(items)
+
     # -- whole store -----------------------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)
@@ -404,12 +699,8 @@ class RedisStore:
         for k in (self.k_answers, self.k_pair, self.k_failure):
             pipe.memory_usage(k)
         answers, pairs, failures, *sizes = await self._call(pipe.execute())
-        # The disk store's keys, no more: the prefix is part of the location (a URL that opens this very store).
-        location = self.location
-        if "prefix" not in dict(parse_qsl(urlsplit(location).query)):
-            location += f"{'&' if '?' in location else '?'}{urlencode({'prefix': self.prefix})}"
-        return {"location": location, "backend": "redis", "answers": answers, "saved_requests": pairs,
-                "failures": failures, "bytes": sum(s or 0 for s in sizes)}
+        return {"location": with_prefix(self.location, self.prefix), "backend": "redis", "answers": answers,
+                "saved_requests": pairs, "failures": failures, "bytes": sum(s or 0 for s in sizes)}
 
     async def clear(self) -> int:
         """Delete every key under this store's prefix (answers, pairs, failures, slots, leases)."""
@@ -424,11 +715,14 @@ class RedisStore:
             if keys:
                 await self._call(self.redis.unlink(*keys))
             if cursor == 0:
+                self.dicts.table.forget()
                 return int(n)
 
     async def aclose(self) -> None:
         if self._closed:
             return
+        await self.dicts.aclose()
+        await self.batch.drain()  # what callers asked for before the close still reaches the server
         self._closed = True
         await self.redis.aclose()
         await self.pool.disconnect()

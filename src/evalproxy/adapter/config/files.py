@@ -258,9 +258,21 @@ def parse_config(
         adapter = adapter.model_copy(update={"interceptors": default_interceptors(adapter)})
         if not adapter.post_eval_hooks and adapter.generate_html_report:
             adapter = adapter.model_copy(update={"post_eval_hooks": default_hooks(adapter)})
+    launcher = sh.shape != "0.4" and ("target" in data or "evaluation" in data)
+    run_params = _run_params(data, task, source) if launcher else {}
     return LoadedConfig(adapter=adapter, server=server, source=source, prefix=prefix, default_chain=chain_from,
                         task=task, tasks=tasks, strict=strict, warnings=warnings, shape=sh.shape,
-                        snapshot=sh.snapshot, sections=sections)
+                        snapshot=sh.snapshot, sections=sections, run_params=run_params)
+
+
+def _run_params(data: dict[str, Any], task: str | None, source: str | None) -> dict[str, Any]:
+    """A launcher-shaped file's ``config.params`` for ``task`` (the task's over the file's), unset ones left out."""
+    run_cfg = data.get("config") if isinstance(data.get("config"), dict) else {}
+    if isinstance(data.get("evaluation"), dict):
+        _, _, nec = _pick_task(data, task, source)
+        run_cfg = deep_merge(run_cfg, nec.get("config") or {})
+    params = run_cfg.get("params") if isinstance(run_cfg, dict) else None
+    return _drop_nones(params) if isinstance(params, dict) else {}
 
 
 def _check_top_level(cfg: dict[str, Any], where: str, source: str | None) -> None:

@@ -110,6 +110,8 @@ class ServerConfig(_Strict):
     )
     status_line: Literal["auto", "tty", "log", "off"] = "auto"
     status_interval: float = Field(default=10.0, gt=0)
+    progress_total: int | None = Field(default=None, ge=1, description="Answers the run is expected to ask for "
+                                       "(the status line's total, percent and ETA); evalproxy run sets it")
     # -- what the proxy accepts (docs/security.md) ----------------------------------------------------------------
     allowed_hosts: list[str] = Field(
         default_factory=list,
@@ -179,6 +181,8 @@ class LoadedConfig:
     sections: dict[str, Any] = field(default_factory=dict)
     """Top-level sections the proxy itself does not read, kept for the run around it: ``export`` and a launcher
     file's ``execution`` (auto-export: :mod:`evalproxy.records.auto_export`)."""
+    run_params: dict[str, Any] = field(default_factory=dict)
+    """A launcher (or nemo-evaluator run) config's ``config.params`` for the task: what the harness is to be given."""
 
 
 

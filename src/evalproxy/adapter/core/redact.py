@@ -112,9 +112,15 @@ def _redact(obj: Any, secrets: list[str]) -> Any:
     return obj
 
 
+MIN_SECRET_CHARS = 8
+"""A secret shorter than this is replaced in free text only where it is the whole text: a one-character key found
+inside words (``max_saved_responses``) would garble the text and, by its ``***``s, point at the key's letters."""
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with each of ``secrets`` and bearer tokens as ``***`` (a short secret only when it is all of it)."""
     for s in secrets:
-        if s and s in text:
+        if s and s in text and (len(s) >= MIN_SECRET_CHARS or s == text):
             text = text.replace(s, REDACTED)
     return _BEARER.sub(r"\1" + REDACTED, text) if "earer" in text else text
 

@@ -159,7 +159,8 @@ class Proxy:
 
     async def _status_ctx(self, app: web.Application) -> AsyncIterator[None]:
         s = self.run.server
-        status = StatusReporter(self.status, mode=s.status_line, interval=s.status_interval)
+        status = StatusReporter(self.status, mode=s.status_line, interval=s.status_interval,
+                                total=s.progress_total)
         status.start()
         try:
             yield

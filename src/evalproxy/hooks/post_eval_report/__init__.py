@@ -81,6 +81,20 @@ class PostEvalReportHook(BaseHook[PostEvalReportParams]):
                              report_types=tuple(self.params.report_types))
 
 
+async def report_again(adapter: AdapterConfig, server: ServerConfig, output_dir: Path) -> list[Path]:
+    """The report as the run's ``post_eval_report`` hook wrote it, written again (``evalproxy run`` does, once the
+    run record holds the scores); nothing when the hook is not in the run's config."""
+    hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), None)
+    if hook is None:
+        return []
+    params = PostEvalReportParams.model_validate(hook)
+    size = params.html_report_size
+    if size is None:
+        size = adapter.html_report_size if adapter.html_report_size is not None else 5
+    return await render_reports(output_dir, adapter=adapter, server=server, size=size,
+                                report_types=tuple(params.report_types))
+
+
 def cache_dir_of(adapter: AdapterConfig, output_dir: Path) -> Path:
     """Where the run's caching interceptor kept its store directory (as configured: no hard-coded path)."""
     cfg = adapter.interceptor_config("caching") or {}
@@ -252,6 +266,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     report = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "output_dir": str(output_dir),
+        "scores": run_scores(output_dir),
         "summary": {
             "model": server.model_id or _first_model(pairs),
             "endpoint": upstream,
@@ -271,6 +286,56 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     }
     key = server.api_key() if server.api_key_name else None
     return redact_report(report, [key] if key else [])
+
+
+RESULTS_FILES = ("results.yaml", "results.yml")
+Z95 = 1.959964  # a normal 95 % interval: value +- Z95 * stderr
+
+
+def run_scores(output_dir: Path) -> dict[str, Any]:
+    """How the model did, from the run record (``results.yaml``) beside the report: one row per task or group and
+    score, with its stderr, a 95 % interval and the sample count where the harness gave them; the task type, the
+    params and the endpoint type. Read as plain YAML (no code runs); no record gives rows ``[]`` and a note."""
+    doc: Any = None
+    for name in RESULTS_FILES:
+        try:
+            doc = read_yaml(output_dir / name)
+            break
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            return {"rows": [], "note": f"{name} could not be read: {exc}"}
+    if not isinstance(doc, dict):
+        return {"rows": [], "note": "no run record (results.yaml) here: the scores are written by evalproxy run"}
+    results, config, harness, target = (doc[k] if isinstance(doc.get(k), dict) else {}
+                                        for k in ("results", "config", "harness", "target"))
+    rows = [row for section in ("groups", "tasks") for row in _score_rows(section, results.get(section))]
+    endpoint = target.get("api_endpoint")
+    note = None if rows else f"no scores in the run record ({harness.get('status') or 'no harness'}: " \
+                             f"{harness.get('reason') or 'the harness reported none'})"
+    return {"rows": rows, "note": note, "type": config.get("type"), "params": config.get("params") or {},
+            "endpoint_type": endpoint.get("type") if isinstance(endpoint, dict) else None,
+            "harness": harness.get("name"), "harness_version": harness.get("version")}
+
+
+def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for task, tr in (tasks or {}).items() if isinstance(tasks, dict) else ():
+        metrics: Any = tr.get("metrics") if isinstance(tr, dict) else None
+        if not metrics:
+            rows.append({"kind": section[:-1], "task": str(task), "metric": None, "score": None, "value": None,
+                         "stderr": None, "ci95": None, "count": None})
+            continue
+        for metric, m in metrics.items():
+            for score, sc in ((m or {}).get("scores") or {}).items():
+                if not isinstance(sc, dict) or not isinstance(sc.get("value"), int | float):
+                    continue
+                stats: dict[str, Any] = sc["stats"] if isinstance(sc.get("stats"), dict) else {}
+                value, stderr = float(sc["value"]), stats.get("stderr")
+                ci = ([value - Z95 * stderr, value + Z95 * stderr] if isinstance(stderr, int | float) else None)
+                rows.append({"kind": section[:-1], "task": str(task), "metric": str(metric), "score": str(score),
+                             "value": value, "stderr": stderr, "ci95": ci, "count": stats.get("count")})
+    return rows
 
 
 def _shown(show: Callable[..., dict[str, Any]], record: Any, *args: Any) -> dict[str, Any] | None:

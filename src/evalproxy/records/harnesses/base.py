@@ -41,6 +41,18 @@ class SampleScore:
 
 
 @dataclass
+class RunFacts:
+    """What a harness's own record says about its run, in NeMo Evaluator's terms: the task ``type``, ``params`` by
+    NeMo's names (``max_new_tokens``, ``temperature``, ``parallelism``, ``limit_samples``, ...), and the endpoint
+    type, for the run and per task, where the harness says which API it called."""
+
+    type: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    endpoint_type: str | None = None
+    task_endpoint_types: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class HarnessResult:
     """Scores read from a harness's own files, or the reason there are none."""
 
@@ -51,6 +63,7 @@ class HarnessResult:
     files: list[Path] = field(default_factory=list)
     version: str | None = None
     reason: str | None = None
+    facts: RunFacts = field(default_factory=RunFacts)
 
     def info(self) -> HarnessInfo:
         return HarnessInfo(name=self.harness, version=self.version, files=[str(f) for f in self.files],

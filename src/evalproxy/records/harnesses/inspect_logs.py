@@ -18,6 +18,7 @@ import orjson
 
 from evalproxy.records.harnesses.base import (
     HarnessResult,
+    RunFacts,
     SampleScore,
     Status,
     add_score,
@@ -121,7 +122,7 @@ class InspectParser:
             state = "success"
         reason = "; ".join(errors) or ("the logs hold no scores" if state == "empty" else None)
         return HarnessResult(self.name, state, results=results, samples=samples, files=used, version=version,
-                             reason=reason)
+                             reason=reason, facts=run_facts([h for _, _, h in by_task.values()]))
 
 
 def _header(path: Path) -> dict[str, Any]:
@@ -187,3 +188,28 @@ def _samples(task: str, path: Path, header: dict[str, Any]) -> list[SampleScore]
                                        answer=answer if isinstance(answer, str) else None,
                                        input=question, target=target))
     return out
+
+
+# inspect-ai's generate config and eval config names -> NeMo Evaluator's params.
+_GENERATE = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_new_tokens",
+             "max_connections": "parallelism", "timeout": "request_timeout", "max_retries": "max_retries"}
+
+
+def run_facts(headers: Sequence[dict[str, Any]]) -> RunFacts:
+    """The task type and NeMo-named params the logs record (the first log's value where tasks differ)."""
+    params: dict[str, Any] = {}
+    tasks: list[str] = []
+    for header in headers:
+        ev = header.get("eval") or {}
+        tasks.append(str(ev.get("task")))
+        generate = ev.get("model_generate_config") or {}
+        for name, nemo in _GENERATE.items():
+            if generate.get(name) is not None:
+                params.setdefault(nemo, generate[name])
+        limit = (ev.get("config") or {}).get("limit")
+        if isinstance(limit, int):
+            params.setdefault("limit_samples", limit)
+    names = sorted(set(tasks))
+    if names:
+        params["task"] = ",".join(names)
+    return RunFacts(type=",".join(names) or None, params=params)

@@ -11,6 +11,7 @@ import orjson
 
 from evalproxy.records.harnesses.base import (
     HarnessResult,
+    RunFacts,
     SampleScore,
     Status,
     add_score,
@@ -21,7 +22,7 @@ from evalproxy.records.harnesses.base import (
     runs_program,
     sample_text,
 )
-from evalproxy.records.results import Results, ScoreStats
+from evalproxy.records.results import Results, ScoreStats, TaskResult
 
 _RESULTS = re.compile(r"^results_(.+)\.json$")
 _SKIP = frozenset({"alias", "name", "sample_len", "sample_count", " "})
@@ -51,7 +52,8 @@ class LmEvalParser:
         status: Status = "empty" if results.is_empty() else "success"
         return HarnessResult(self.name, status, results=results, samples=samples, files=[newest],
                              version=data.get("lm_eval_version"),
-                             reason="the results file holds no scores" if status == "empty" else None)
+                             reason="the results file holds no scores" if status == "empty" else None,
+                             facts=run_facts(data))
 
 
 def _looks_like_results(path: Path) -> bool:
@@ -97,6 +99,8 @@ def _scores(data: dict[str, Any]) -> Results:
                 count = counts.get(task)
                 stats = ScoreStats(stderr=stderr, count=count) if (stderr is not None or count) else None
                 add_score(target, task, name, name, value, stats)
+    for group in group_names:  # a group without an aggregate score is still the group the harness reports
+        results.groups.setdefault(group, TaskResult())
     return results
 
 
@@ -160,3 +164,58 @@ def _prompt(arguments: Any) -> str | None:
 def load_json_line(line: bytes) -> dict[str, Any]:
     d = orjson.loads(line)
     return d if isinstance(d, dict) else {}
+
+
+# lm-eval's API models and the endpoint each calls.
+_MODEL_ENDPOINTS = {"local-completions": "completions", "openai-completions": "completions",
+                    "local-chat-completions": "chat", "openai-chat-completions": "chat"}
+# lm-eval's names (model_args, gen_kwargs, generation_kwargs) -> NeMo Evaluator's params.
+_MODEL_ARGS = {"num_concurrent": "parallelism", "max_gen_toks": "max_new_tokens", "timeout": "request_timeout",
+               "max_retries": "max_retries"}
+_GEN_KWARGS = {"temperature": "temperature", "top_p": "top_p", "max_gen_toks": "max_new_tokens"}
+
+
+def _kv(value: Any) -> dict[str, Any]:
+    """``model_args``/``gen_kwargs`` as a mapping: lm-eval keeps the command line's ``a=1,b=x`` string or a dict."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        return {}
+    out: dict[str, Any] = {}
+    for part in value.split(","):
+        k, sep, v = part.partition("=")
+        if sep:
+            try:
+                out[k.strip()] = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                out[k.strip()] = v.strip()
+    return out
+
+
+def top_level_tasks(data: dict[str, Any]) -> list[str]:
+    """The tasks and groups asked for: those of the results that are no other group's subtask."""
+    subtasks = {t for subs in (data.get("group_subtasks") or {}).values() for t in subs or []}
+    names = [*(data.get("results") or {}), *(data.get("group_subtasks") or {})]
+    return sorted({n for n in names if n not in subtasks})
+
+
+def run_facts(data: dict[str, Any]) -> RunFacts:
+    """The task type, NeMo-named params and endpoint type that an lm-eval results file records."""
+    config: dict[str, Any] = data["config"] if isinstance(data.get("config"), dict) else {}
+    params: dict[str, Any] = {}
+    task_gen = [(c or {}).get("generation_kwargs") for c in (data.get("configs") or {}).values()]
+    for name, nemo in _GEN_KWARGS.items():  # a task's own generation_kwargs, where every task agrees
+        values = {orjson.dumps(g.get(name)) for g in task_gen if isinstance(g, dict)}
+        if len(values) == 1 and all(isinstance(g, dict) and name in g for g in task_gen):
+            params[nemo] = orjson.loads(values.pop())
+    for source, names in ((_kv(config.get("model_args")), _MODEL_ARGS), (_kv(config.get("gen_kwargs")), _GEN_KWARGS)):
+        params.update({nemo: source[name] for name, nemo in names.items() if source.get(name) is not None})
+    limit = config.get("limit")
+    if isinstance(limit, int | float) and not isinstance(limit, bool):
+        params["limit_samples"] = int(limit) if float(limit).is_integer() else limit  # lm-eval keeps 6 as 6.0
+    tasks = top_level_tasks(data)
+    if tasks:
+        params["task"] = ",".join(tasks)
+    endpoint = _MODEL_ENDPOINTS.get(str(config.get("model")))
+    return RunFacts(type=",".join(tasks) or None, params=params, endpoint_type=endpoint,
+                    task_endpoint_types={t: endpoint for t in (data.get("configs") or {})} if endpoint else {})

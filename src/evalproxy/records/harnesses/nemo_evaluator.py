@@ -13,6 +13,7 @@ from pathlib import Path
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records.harnesses.base import (
     HarnessResult,
+    RunFacts,
     SampleScore,
     arg_values,
     as_float,
@@ -53,7 +54,10 @@ class NemoEvaluatorParser:
         return HarnessResult(self.name, "empty" if empty else "success", results=record.results, files=[path],
                              samples=_samples(path.parent, record.results),
                              version=str(version) if version else None,
-                             reason="results.yml holds no scores" if empty else None)
+                             reason="results.yml holds no scores" if empty else None,
+                             facts=RunFacts(type=(record.config.model_extra or {}).get("type"),
+                                            params=dict(record.config.params),
+                                            endpoint_type=record.target.api_endpoint.type))
 
 
 def _samples(out_dir: Path, results: Results) -> list[SampleScore]:

@@ -1,0 +1,209 @@
+"""Answers stored compressed (zstd): what the codec writes, what it refuses, and entries of older versions."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import struct
+from pathlib import Path
+
+import orjson
+import pytest
+import zstandard
+
+from evalproxy.storage import codec, copy_store, open_store
+from evalproxy.storage.base import MAGIC, StoredAnswer
+from tests.storage.test_redis_server import RedisServer, needs_redis, redis_server
+from tests.waiting import wait_until
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
+
+TEXT = b" ".join(b"step %d: the premise gives %d, so the total is %d." % (i, i * 7, i * 11) for i in range(400))
+EVENTS = [b'data: {"choices":[{"index":0,"delta":{"content":"tok%d "}}]}\n\n' % i for i in range(300)]
+
+
+def legacy(answer: StoredAnswer) -> bytes:
+    """An answer as versions before issue 23 wrote it: ``EPA1`` + sha256[:8] + the payload, uncompressed."""
+    header: dict[str, object] = {"status": answer.status, "headers": answer.headers, "stored_at": answer.stored_at}
+    if answer.events is not None:
+        header["events"] = [len(e) for e in answer.events]
+    h = orjson.dumps(header)
+    payload = struct.pack(">I", len(h)) + h + (b"".join(answer.events) if answer.events is not None
+                                                else answer.body or b"")
+    return MAGIC + hashlib.sha256(payload).digest()[:8] + payload
+
+
+class TestEncode:
+    @pytest.mark.parametrize("answer", [StoredAnswer(200, {"content-type": "application/json"}, body=TEXT),
+                                        StoredAnswer(200, {}, events=[*EVENTS, b"", b"data: [DONE]\n\n"])],
+                             ids=["body", "stream"])
+    def test_compressible_answers_are_stored_compressed_and_read_back_exactly(self, answer: StoredAnswer) -> None:
+        """A compressible body or event sequence is kept as one zstd frame, far smaller, and decodes to the same
+        bytes, event boundaries included."""
+        blob = answer.encode()
+        raw = len(answer.body or b"") + sum(len(e) for e in answer.events or [])
+        assert blob[:4] == codec.ZMAGIC and len(blob) < raw / 3
+        back = StoredAnswer.decode(blob)
+        assert (back.status, back.headers, back.body, back.events) == (answer.status, answer.headers, answer.body,
+                                                                       answer.events)
+
+    @pytest.mark.parametrize("body", [b'{"x": 1}', random.Random(0).randbytes(5000)], ids=["tiny", "random"])
+    def test_what_compression_cannot_shrink_is_kept_as_it_is(self, body: bytes) -> None:
+        """A tiny or incompressible answer is stored in the uncompressed format, and reads back."""
+        blob = StoredAnswer(200, {}, body=body).encode()
+        assert blob[:4] == MAGIC and StoredAnswer.decode(blob).body == body
+
+    @pytest.mark.parametrize("answer", [StoredAnswer(201, {"a": "b"}, body=TEXT),
+                                        StoredAnswer(200, {}, events=EVENTS)], ids=["body", "stream"])
+    def test_entries_written_before_compression_stay_readable(self, answer: StoredAnswer) -> None:
+        """An uncompressed entry of an older version decodes to its answer."""
+        back = StoredAnswer.decode(legacy(answer))
+        assert (back.status, back.headers, back.body, back.events) == (answer.status, answer.headers, answer.body,
+                                                                       answer.events)
+
+
+class TestDamage:
+    @pytest.mark.parametrize("damage", [
+        lambda b: b[:-1],                                   # truncated
+        lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:],     # one bit flipped inside the frame
+        lambda b: b + b"junk",                              # bytes appended after the frame
+        lambda b: b[:4],                                    # the magic alone
+    ], ids=["truncated", "flipped", "appended", "magic-only"])
+    def test_a_damaged_compressed_entry_never_decodes(self, damage: object) -> None:
+        """Truncated, altered or extended compressed bytes raise ValueError, never a wrong answer."""
+        blob = StoredAnswer(200, {}, body=TEXT).encode()
+        with pytest.raises(ValueError):
+            StoredAnswer.decode(damage(blob))  # type: ignore[operator]
+
+    def test_a_frame_that_hides_its_size_is_refused(self) -> None:
+        """A frame without its content size (not one the store writes) is refused before it is expanded."""
+        frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 10_000)
+        with pytest.raises(ValueError, match="claims no bytes"):
+            StoredAnswer.decode(codec.ZMAGIC + frame)
+
+    def test_a_frame_that_claims_too_much_is_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A frame claiming more than MAX_PAYLOAD is refused unread (a planted entry cannot exhaust memory)."""
+        blob = StoredAnswer(200, {}, body=TEXT).encode()
+        monkeypatch.setattr(codec, "MAX_PAYLOAD", 1000)
+        with pytest.raises(ValueError, match="claims"):
+            StoredAnswer.decode(blob)
+
+    def test_a_frame_of_garbage_json_is_damaged(self) -> None:
+        """A well-formed frame whose payload is not an answer raises ValueError, not a parser's own error."""
+        with pytest.raises(ValueError):
+            StoredAnswer.decode(codec.ZMAGIC + zstandard.ZstdCompressor().compress(b"\x00\x00\x00\x05nope!" * 50))
+
+
+@needs_redis
+class TestThroughStores:
+    async def test_compressed_and_legacy_entries_read_and_copy_through_both_backends(
+            self, tmp_path: Path, redis_server: RedisServer) -> None:
+        """A cache holding a compressed answer, a compressed stream and an entry of an older version replays all
+        three from disk, copies to Redis and back (`cache copy`), and every store reads them whole; claims replay
+        them byte for byte."""
+        answers = {"a" * 64: StoredAnswer(200, {"x": "1"}, body=TEXT),
+                   "b" * 64: StoredAnswer(200, {}, events=[*EVENTS, b"data: [DONE]\n\n"])}
+        old = StoredAnswer(200, {}, body=TEXT[:3000])
+        disk = await asyncio.to_thread(open_store, tmp_path / "one")
+        redis = open_store(redis_server.url)
+        back = await asyncio.to_thread(open_store, tmp_path / "two")
+        try:
+            for key, answer in answers.items():
+                await disk.finish(key, 0, owner="o", answer=answer, pair=None)
+            await disk.put_raw_answers([(f"{'c' * 64}:0", legacy(old))])
+            everything = {**answers, "c" * 64: old}
+            assert (await copy_store(disk, redis))["answers"] == 3
+            assert (await copy_store(redis, back))["answers"] == 3
+            for store in (disk, redis, back):
+                got = await store.get_answers([(k, 0) for k in everything])
+                assert [(g.body, g.events) if g else None for g in got] == [(a.body, a.events)
+                                                                            for a in everything.values()]
+                for key, answer in everything.items():
+                    claim = await store.claim(key, "r", sampled=False, reuse=True, owner="p")
+                    assert claim.answer is not None and claim.answer.size == answer.size
+            raw = dict([x async for chunk in redis.raw_answers() for x in chunk])
+            assert sorted(blob[:4] for blob in raw.values()) == [MAGIC, codec.ZMAGIC, codec.ZMAGIC]
+        finally:
+            for store in (disk, redis, back):
+                await store.aclose()
+
+
+WORDS = ("the model checks each step of the proof and then writes the answer so we compute the sum again carefully "
+         "because a premise may be wrong therefore a result follows from two facts and one rule").split()
+
+
+def answer(i: int) -> StoredAnswer:
+    """An answer of a few KB of varied text (training needs samples that differ)."""
+    rng = random.Random(i)
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(300, 700)))
+    return StoredAnswer(200, {"content-type": "application/json"},
+                        body=b'{"choices": [{"message": {"content": "' + text.encode() + b'"}}], "n": %d}' % i)
+
+
+def dict_id(blob: bytes) -> int:
+    return int(zstandard.get_frame_parameters(blob[4:]).dict_id) if blob[:4] == codec.ZMAGIC else -1
+
+
+@pytest.fixture
+def small_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "TRAIN_ANSWERS", 40)
+    monkeypatch.setattr(codec, "DICT_BYTES", 16 * 1024)
+
+
+@needs_redis
+@pytest.mark.usefixtures("small_training")
+class TestDictionaries:
+    async def test_disk_trains_publishes_and_every_reader_decodes(self, tmp_path: Path,
+                                                                  redis_server: RedisServer) -> None:
+        """After the first answers the disk store trains a dictionary, keeps it in the store and writes with it;
+        the store reopened (a restart), and a Redis store it is copied to, decode every answer."""
+        store = await asyncio.to_thread(open_store, tmp_path)
+        try:
+            for i in range(40):
+                await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
+            await wait_until(lambda: store.sync.dicts.current is not None, what="a trained dictionary")  # type: ignore[attr-defined]
+            for i in range(40, 50):
+                await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
+            current = store.sync.dicts.current  # type: ignore[attr-defined]
+        finally:
+            await store.aclose()
+        reopened = await asyncio.to_thread(open_store, tmp_path)
+        redis = open_store(redis_server.url)
+        try:
+            raw = dict([x async for chunk in reopened.raw_answers() for x in chunk])
+            assert {dict_id(raw[f"k{i}:0"]) for i in range(40, 50)} == {current}
+            assert len(await reopened.dictionaries()) == 1
+            await copy_store(reopened, redis)
+            for store in (reopened, redis):
+                got = await store.get_answers([(f"k{i}", 0) for i in range(50)])
+                assert [g.body if g else None for g in got] == [answer(i).body for i in range(50)]
+        finally:
+            await reopened.aclose()
+            await redis.aclose()
+
+    async def test_proxies_on_one_redis_share_one_dictionary(self, redis_server: RedisServer) -> None:
+        """Two processes' stores on one server train at once; one dictionary is published and both write with
+        it; a fresh reader decodes every answer either wrote."""
+        a, b = open_store(redis_server.url), open_store(redis_server.url)
+        try:
+            await asyncio.gather(*(s.finish(f"{n}{i}", 0, owner=n, answer=answer(i + (0 if n == "a" else 100)),
+                                            pair=None)
+                                   for i in range(40) for n, s in (("a", a), ("b", b))))
+            await wait_until(lambda: a.dicts.table.current is not None and b.dicts.table.current is not None,  # type: ignore[attr-defined]
+                             what="both stores writing with a dictionary")
+            assert a.dicts.table.current == b.dicts.table.current  # type: ignore[attr-defined]
+            await asyncio.gather(*(s.finish(f"{n}{i}", 0, owner=n, answer=answer(i + 200), pair=None)
+                                   for i in range(40, 45) for n, s in (("a", a), ("b", b))))
+        finally:
+            await a.aclose()
+            await b.aclose()
+        reader = open_store(redis_server.url)
+        try:
+            keys = [(f"{n}{i}", 0) for n in "ab" for i in range(45)]
+            got = await reader.get_answers(keys)
+            assert all(g is not None for g in got) and len(await reader.dictionaries()) == 1
+            raw = dict([x async for chunk in reader.raw_answers() for x in chunk])
+            assert {dict_id(raw[f"{n}{i}:0"]) for n in "ab" for i in range(40, 45)} == {a.dicts.table.current}  # type: ignore[attr-defined]
+        finally:
+            await reader.aclose()
