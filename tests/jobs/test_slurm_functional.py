@@ -34,7 +34,6 @@ from tests.jobs.conftest import (
     calls,
     client_command,
     expected_accuracy,
-    wait_for_calls,
     wait_for_status,
 )
 from tests.storage.test_redis_server import RedisServer, free_port
@@ -195,30 +194,6 @@ class TestSlurmJobs:
         log = await (await slurm_service.get(f"/v1/evaluation/jobs/{first}/logs")).text()
         assert "evalproxy listening on" in log and API_KEY not in log
 
-    async def test_the_key_never_reaches_slurms_disk_or_the_job_dir(
-            self, slurm_service: TestClient[Any, Any], model: tuple[SimulatedModel, str], tmp_path: Path,
-            shared_redis: RedisServer) -> None:
-        """While a job runs, the environment slurmctld saved for it (and everything else Slurm keeps on disk) holds
-        its ticket but neither the upstream key nor the store URL; the harness still got the key (it prints it,
-        redacted), and once it completed no file of its directory holds the key."""
-        fake, url = model
-        go = tmp_path / "go"
-        job_id = await _post(slurm_service, _job(url, client_command("--hold", str(go), "--print-env", API_KEY_ENV),
-                                                 2))
-        await wait_for_calls(fake, 1)  # the job fetched its secrets and its harness asks through its proxy
-        slurm_id = await _slurm_id(tmp_path / "data", job_id)
-        saved = await asyncio.to_thread(_saved_environment, slurm_id)
-        secrets = [API_KEY.encode(), shared_redis.url.encode()]
-        assert [s for s in secrets if s in saved] == []
-        assert b"EVALPROXY_JOBS_TICKET=" in saved and b"EVALPROXY_JOBS_URL=http://127.0.0.1:" in saved
-        assert await asyncio.to_thread(_files_holding, _slurm_disk(slurm_id), secrets) == []
-        go.touch()
-        done = await wait_for_status(slurm_service, job_id, "completed", "failed")
-        assert done["status"] == "completed", done["status_details"]
-        assert await asyncio.to_thread(_files_holding, [tmp_path / "data" / "jobs" / job_id], [API_KEY.encode()]) == []
-        log = await (await slurm_service.get(f"/v1/evaluation/jobs/{job_id}/logs")).text()
-        assert f"{API_KEY_ENV}=" in log and API_KEY not in log  # the key reached the harness, redacted in the log
-
     async def test_a_job_whose_ticket_is_refused_fails_saying_so_and_runs_nothing(
             self, make_service: MakeService, shared_redis: RedisServer, model: tuple[SimulatedModel, str],
             tmp_path: Path, api_key: str) -> None:
@@ -273,11 +248,12 @@ class TestSlurmJobs:
     async def test_restart_requeue_and_cancel_on_the_cluster(
             self, services: list[Service], model: tuple[SimulatedModel, str], tmp_path: Path,
             shared_redis: RedisServer, api_key: str) -> None:
-        """``jobs serve --executor slurm`` stopped mid-job leaves its jobs to the cluster; one of them is requeued
-        (``scontrol requeue``) meanwhile. The next start shows each job's true state (the requeued one pending
+        """``jobs serve --executor slurm`` stopped mid-job leaves its jobs to the cluster, which keeps on its disk
+        (StateSaveLocation, SlurmdSpoolDir) each job's ticket and neither the key nor the store URL; one of them is
+        requeued (``scontrol requeue``) meanwhile. The next start shows each job's true state (the requeued one pending
         with Slurm's reason, the other running, none failed); a cancel ends the running one cancelled through
         ``scancel``, and the requeued one fetches its secrets again from the new service and resumes from the shared
-        cache: the model is asked each question once."""
+        cache: the model is asked each question once; no file of its directory holds the key."""
         fake, url = model
         data, go = tmp_path / "svc", tmp_path / "go"
         # One port for both starts, as a real service has: a requeued job fetches its secrets at the URL it got.
@@ -300,6 +276,12 @@ class TestSlurmJobs:
         await first.close()  # SIGTERM: a local job would be stopped and failed; a cluster job goes on
         resumed_id, held_id = await _slurm_id(data, resumed["id"]), await _slurm_id(data, held["id"])
         assert (await _scontrol(held_id))["JobState"] == "RUNNING"
+        secrets = [API_KEY.encode(), shared_redis.url.encode()]
+        for slurm_id in (resumed_id, held_id):  # what Slurm keeps of a running job: a ticket, no secret
+            saved = await asyncio.to_thread(_saved_environment, slurm_id)
+            assert [s for s in secrets if s in saved] == []
+            assert b"EVALPROXY_JOBS_TICKET=" in saved and b"EVALPROXY_JOBS_URL=http://127.0.0.1:" in saved
+            assert await asyncio.to_thread(_files_holding, _slurm_disk(slurm_id), secrets) == []
         await asyncio.to_thread(subprocess.run, ["scontrol", "requeue", str(resumed_id)], check=True)
 
         second = await Service.start(data, tmp_path / "svc.log", *args)
@@ -327,3 +309,5 @@ class TestSlurmJobs:
         assert done["status"] == "completed", done["status_details"]
         assert (await _scontrol(resumed_id))["Restarts"] == "1"
         assert calls(fake) == 4 + 1  # 0 repaid: the requeued run's first answer came from the cache
+        job_dir = data / "jobs" / resumed["id"]
+        assert await asyncio.to_thread(_files_holding, [job_dir], [API_KEY.encode()]) == []
