@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
+from evalproxy.adapter.core.intervals import Interval as Interval
+from evalproxy.adapter.core.intervals import wilson
+
 # Below this many discordant pairs McNemar's chi-square approximation is poor; the exact binomial test is used.
 EXACT_BELOW = 25
 
@@ -84,7 +87,6 @@ def quantile(sorted_values: Sequence[float], q: float) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ confidence intervals
 
-Interval = tuple[float, float]
 
 # Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion is exact to
 # the third decimal.
@@ -99,17 +101,6 @@ def t_quantile(df: int, confidence: float = 0.95) -> float:
     z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
     d = max(df, 1)
     return z + (z**3 + z) / (4 * d) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * d**2)
-
-
-def wilson(successes: float, n: int, confidence: float = 0.95) -> Interval | None:
-    """Wilson score interval of a proportion (right even at 0/n and n/n, where mean +- z*se collapses)."""
-    if n == 0:
-        return None
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval | None:

@@ -33,6 +33,7 @@ from evalproxy.adapter.chain.hook import BaseHook
 from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_error
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.intervals import score_interval
 from evalproxy.adapter.core.loads import MAX_DEPTH, load_json, read_yaml, too_deep
 from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
@@ -289,7 +290,6 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
 
 
 RESULTS_FILES = ("results.yaml", "results.yml")
-Z95 = 1.959964  # a normal 95 % interval: value +- Z95 * stderr
 
 
 def run_scores(output_dir: Path) -> dict[str, Any]:
@@ -332,9 +332,11 @@ def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
                     continue
                 stats: dict[str, Any] = sc["stats"] if isinstance(sc.get("stats"), dict) else {}
                 value, stderr = float(sc["value"]), stats.get("stderr")
-                ci = ([value - Z95 * stderr, value + Z95 * stderr] if isinstance(stderr, int | float) else None)
+                count = stats.get("count")
+                ci = score_interval(value, float(stderr) if isinstance(stderr, int | float) else None,
+                                    count if isinstance(count, int) else None)
                 rows.append({"kind": section[:-1], "task": str(task), "metric": str(metric), "score": str(score),
-                             "value": value, "stderr": stderr, "ci95": ci, "count": stats.get("count")})
+                             "value": value, "stderr": stderr, "ci95": list(ci) if ci else None, "count": count})
     return rows
 
 
