@@ -65,6 +65,23 @@ class TestComparable:
         assert not check.same and check.baseline == SYSTEM and check.candidate == "Think step by step."
         assert c.exit_code == 2
 
+    def test_without_ledgers_the_params_as_sent_are_compared(self, tmp_path: Path) -> None:
+        """With no request in common, a temperature sent differently (the record's observed_params, wire names)
+        makes the runs incomparable, though config.params (NeMo's names, from the harness) agree."""
+        runs = []
+        for name, sent in (("a", 0.0), ("b", 0.7)):
+            run_dir = tmp_path / name
+            results = Results()
+            add_score(results.tasks, "quiz", "acc", "acc", 1.0, ScoreStats(count=20))
+            write_results(run_dir, build_record(command="quiz", output_dir=run_dir, params={"max_new_tokens": 16},
+                                                results=results, model_id="m", endpoint_type="chat",
+                                                adapter_config=_adapter(run_dir),
+                                                facts={"observed_params": {"temperature": sent}}))
+            runs.append(run_dir)
+        c = compare_runs(*runs)
+        check = next(x for x in c.checks if x.name == "generation param temperature")
+        assert not check.same and (check.baseline, check.candidate) == ("0.0", "0.7") and c.exit_code == 2
+
     def test_prompts_in_one_run_only_are_counted(self, tmp_path: Path) -> None:
         """Requests asked in one run only are counted per side."""
         a = make_run(tmp_path / "a", values=[1.0] * 20)

@@ -152,8 +152,10 @@ def pair_requests(a: Sequence[LedgerEntry], b: Sequence[LedgerEntry]) -> list[tu
 def _param_checks(base: Run, cand: Run, checks: list[Check]) -> None:
     pairs = pair_requests(base.ledger, cand.ledger)
     if not pairs:
-        # No paired requests (no ledgers, or nothing asked in common): the recorded params are all there is.
-        bp, cp = base.record.config.params, cand.record.config.params
+        # No paired requests (no ledgers, or nothing asked in common): the recorded params are all there is, as sent
+        # (the record's observed_params, in wire names), else config.params (a record written before them).
+        bp = base.record.evalproxy.observed_params or base.record.config.params
+        cp = cand.record.evalproxy.observed_params or cand.record.config.params
         for name in GENERATION_PARAMS:
             if name in bp or name in cp:
                 _check(checks, f"generation param {name}", bp.get(name), cp.get(name),
