@@ -71,7 +71,7 @@ class TestInspect:
     def test_scores_and_samples_from_log_dir(self, workdir: Path, kind: str) -> None:
         """Both log formats give accuracy with stderr and the per-sample C/I grades as 1/0."""
         if kind == "inspect_eval":
-            pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need evalproxy[inspect]")
+            pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need zstandard")
         copy_fixture(kind, workdir)
         r = read_harness_output(["inspect", "eval", "sums_task.py", "--log-dir", kind], workdir=workdir)
         assert r.status == "success" and r.version == "0.3.285"

@@ -2,8 +2,8 @@
 
 The ``.eval`` zip is read with the standard library: ``header.json`` holds everything but the samples, which are
 ``samples/<id>_epoch_<n>.json``. inspect-ai itself is not needed to read either form; recent inspect-ai compresses
-the members with zstd (zip method 93), which the standard library cannot read, so those need the ``zstandard``
-package (``evalproxy[inspect]``).
+the members with zstd (zip method 93), which the standard library cannot read: those are read with ``zstandard``,
+one of evalproxy's own dependencies (the store compresses answers with it).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _read_member(z: zipfile.ZipFile, name: str) -> bytes:
     if info.compress_type != _ZSTD:
         return z.read(name)
     try:
-        import zstandard  # optional: only zstd-compressed .eval logs need it
+        import zstandard  # a dependency of evalproxy's; an install that lost it still reads the other logs
     except ImportError as e:
-        raise ValueError("this .eval log is zstd-compressed; install evalproxy[inspect] (zstandard) to read it") from e
+        raise ValueError("this .eval log is zstd-compressed and the zstandard package is missing "
+                         "(pip install zstandard)") from e
     fp = z.fp
     if fp is None:
         raise ValueError("zip file is closed")
