@@ -33,8 +33,9 @@ def chain(tmp_path: Path, **adapter: Any) -> dict[str, Any]:
     return {"interceptors": ["reasoning",
                              {"name": "caching", "config": {"save_requests": True, "cache_dir": str(tmp_path / "c")}},
                              "endpoint", "response_stats"],
-            "post_eval_hooks": [{"name": "post_eval_report", "config": {"report_types": ["html", "json"]}}],
-            "html_report_size": 3, **adapter}
+            "post_eval_hooks": [{"name": "post_eval_report",
+                                 "config": {"report_types": ["html", "json"], "html_report_size": 3}}],
+            **adapter}
 
 
 async def real_run(make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -225,9 +226,11 @@ class TestReport:
 
         assert PostEvalReportHook.Params().report_types == ["html"]
 
-    async def test_size_falls_back_to_the_adapter_setting(self, make_proxy: Any, sim: SimulatedModel,
-                                                          tmp_path: Path) -> None:
-        """Without its own html_report_size the hook shows the adapter's; report_types picks the files written."""
+    async def test_without_its_own_size_the_hook_shows_every_saved_pair(self, make_proxy: Any, sim: SimulatedModel,
+                                                                         tmp_path: Path) -> None:
+        """As NeMo 0.2.8's hook: without its own html_report_size it shows every saved pair (the adapter's
+        html_report_size sizes only the hook it adds itself); report_types picks the files written; evalproxy report
+        re-renders the same."""
         hooks = [{"name": "post_eval_report", "config": {"report_types": ["json"]}}]
         proxy = await make_proxy(chain(tmp_path, html_report_size=2, post_eval_hooks=hooks))
         for i in range(4):
@@ -235,9 +238,11 @@ class TestReport:
         await proxy.close()
         out = tmp_path / "out"
         report = load(out)
-        assert [p["messages"][0]["content"] for p in report["pairs"]] == ["q0", "q1"]
+        assert [p["messages"][0]["content"] for p in report["pairs"]] == ["q0", "q1", "q2", "q3"]
         assert report["summary"]["saved_pairs_total"] == 4
         assert not (out / "report.html").exists()
+        await render_reports(out)
+        assert len(load(out)["pairs"]) == 4
 
     async def test_empty_run_directory(self, tmp_path: Path) -> None:
         """A directory without config, statistics or cache gets no report, and details that say what is missing."""

@@ -67,7 +67,15 @@ class PostEvalReportParams(BaseParams):
     report_types: list[Literal["html", "json", "markdown", "csv", "latex"]] = Field(
         default=["html"], min_length=1, description="json: report.json and evalproxy_report.json; markdown, csv, "
         "latex: report.md, report.csv, report.tex (formats.py)")
-    html_report_size: int | None = Field(default=None, ge=0, description="Default: the adapter's html_report_size")
+    html_report_size: int | None = Field(default=None, ge=0, description="Pairs shown; null: every saved pair, as "
+                                         "NeMo Evaluator (up to MAX_REQUESTS_SCANNED)")
+
+
+def report_size(configured: int | None) -> int:
+    """The pairs a report shows for the hook's ``html_report_size``: as set, or every saved pair when it is null, as
+    NeMo Evaluator 0.2.8's hook does (the saved pairs are bounded by caching's ``max_saved_*``; the report reads at
+    most ``MAX_REQUESTS_SCANNED``). The default hook and a legacy config set it (to ``html_report_size``, 5)."""
+    return MAX_REQUESTS_SCANNED if configured is None else configured
 
 
 @register_for_adapter(name="post_eval_report", description="Writes report.html and report.json.")
@@ -75,9 +83,7 @@ class PostEvalReportHook(BaseHook[PostEvalReportParams]):
     Params = PostEvalReportParams
 
     async def __call__(self) -> None:
-        size = self.params.html_report_size
-        if size is None:
-            size = self.run.config.html_report_size if self.run.config.html_report_size is not None else 5
+        size = report_size(self.params.html_report_size)
         await render_reports(self.run.output_dir, adapter=self.run.config, server=self.run.server, size=size,
                              report_types=tuple(self.params.report_types))
 
@@ -89,10 +95,7 @@ async def report_again(adapter: AdapterConfig, server: ServerConfig, output_dir:
     if hook is None:
         return []
     params = PostEvalReportParams.model_validate(hook)
-    size = params.html_report_size
-    if size is None:
-        size = adapter.html_report_size if adapter.html_report_size is not None else 5
-    return await render_reports(output_dir, adapter=adapter, server=server, size=size,
+    return await render_reports(output_dir, adapter=adapter, server=server, size=report_size(params.html_report_size),
                                 report_types=tuple(params.report_types))
 
 
@@ -196,12 +199,12 @@ async def render_reports(
     if adapter is None or server is None:
         loaded_adapter, loaded_server = await asyncio.to_thread(_load_effective_config, output_dir)
         adapter, server = adapter or loaded_adapter, server or loaded_server
-    if size is None:
-        hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), {})
-        size = hook.get("html_report_size")
-        if size is None:
-            size = adapter.html_report_size
-        size = 5 if size is None else int(size)
+    if size is None:  # as the run's hook showed them; a run without the hook: the adapter's html_report_size
+        hook = next((h.config for _, h in adapter.enabled_hooks() if h.name == "post_eval_report"), None)
+        if hook is not None:
+            size = report_size(PostEvalReportParams.model_validate(hook).html_report_size)
+        else:
+            size = 5 if adapter.html_report_size is None else adapter.html_report_size
     contents = await read_store(adapter, output_dir, size)
     return await asyncio.to_thread(_render, output_dir, adapter, server, size, report_types, contents)
 
