@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
 import sys
+import urllib.request
 from typing import Any
 
 import aiohttp
+
+from tests.waiting import wait_until_sync
 
 
 async def start_serve(*args: str, start_within: float = 30) -> tuple[asyncio.subprocess.Process, str]:
@@ -65,3 +70,23 @@ async def ask(url: str, body: dict[str, Any], session: aiohttp.ClientSession | N
     finally:
         if own:
             await s.close()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http_up(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
+    """Wait until ``url`` answers a GET, failing at once if ``proc`` (the server behind it) exited."""
+    def up() -> bool:
+        assert proc.poll() is None, f"the server for {url} exited"
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until_sync(up, what=f"{url} to come up", seconds=seconds, every=0.05)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.records.test_cli_e2e import _free_port, _wait_up
+from tests.procs import free_port, wait_http_up
 
 ROOT = Path(__file__).resolve().parent.parent
 # README.md always (a skip says when it marks nothing), a page of docs/ when it marks a block.
@@ -53,12 +53,12 @@ def test_markers_are_found() -> None:
 
 @pytest.fixture(scope="module")
 def model_url() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     fake = subprocess.Popen([sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--sums", "--wrong",
                              "7,11"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/v1"
-        _wait_up(f"{url}/models", fake)
+        wait_http_up(f"{url}/models", fake)
         yield url
     finally:
         fake.terminate()

@@ -16,6 +16,7 @@ from evalproxy.adapter.registry.registry import Registry, resolve
 from evalproxy.adapter.server.running import RunningProxy
 from evalproxy.interceptors.endpoint import EndpointInterceptor
 from tests.conftest import make_loaded
+from tests.procs import free_port
 
 EVENTS: list[str] = []
 """What the resources below did, in order; cleared before each test."""
@@ -79,11 +80,6 @@ def running_proxy(interceptors: list[Any], tmp_path: Path, upstream_url: str, po
         registry.add(cls)
     return RunningProxy(loaded, resolved=resolve(loaded, registry))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def recorder(label: str) -> dict[str, Any]:

@@ -36,7 +36,8 @@ from tests.jobs.conftest import (
     expected_accuracy,
     wait_for_status,
 )
-from tests.storage.test_redis_server import RedisServer, free_port
+from tests.procs import free_port
+from tests.storage.test_redis_server import RedisServer
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow

@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.records import read_results
 from evalproxy.records.auto_export import parse_plan, plan_from_config, run_auto_export
-from tests.waiting import wait_until_sync
+from tests.procs import free_port, wait_http_up
 
 from .conftest import FIXTURES
 
@@ -44,30 +42,13 @@ def _native(root: Path) -> dict[str, Any]:
     }}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    def up() -> bool:
-        assert proc.poll() is None, "the fake upstream exited"
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until_sync(up, what=f"{url} to come up", seconds=15, every=0.05)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[Path, str]]]:
     """The run's directory and what ``evalproxy run`` printed."""
     pytest.importorskip("inspect_ai", reason="the runs use inspect-ai (in the test extra)")
     root = tmp_path_factory.mktemp("auto-export")
-    port = _free_port()
+    port = free_port()
     fake = subprocess.Popen([sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--wrong", "7,11"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     upstream = f"http://127.0.0.1:{port}/v1"
@@ -76,7 +57,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, tuple[P
                WANDB_MODE="offline", WANDB_DIR=str(root), WANDB_SILENT="true",
                MLFLOW_DISABLE_TELEMETRY="true")  # MLflow 3 sends usage data at exit (seconds, and off the machine)
     try:
-        _wait_up(f"{upstream}/models", fake)
+        wait_http_up(f"{upstream}/models", fake)
         work = root / "work"
         work.mkdir()
         shutil.copy2(FIXTURES / "sums_task.py", work)

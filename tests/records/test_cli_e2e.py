@@ -12,10 +12,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 
 from evalproxy.cli import _CachedAnswers
 from evalproxy.records import read_ledger, read_results
-from tests.waiting import wait_until_sync
+from tests.procs import free_port, wait_http_up
 
 from .conftest import FIXTURES
 
@@ -44,23 +42,6 @@ interceptors:
 NEW_PROMPT = "Reply with digits only."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    def up() -> bool:
-        assert proc.poll() is None, "the fake upstream exited"
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return True
-        except OSError:
-            return False
-
-    wait_until_sync(up, what=f"{url} to come up", seconds=15, every=0.05)
-
 
 def _evalproxy(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
@@ -73,14 +54,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("cli-e2e")
     fakes, upstreams = [], []
     for wrong in ("7,11", "7,11,13,15,17,19,21,23"):
-        port = _free_port()
+        port = free_port()
         fakes.append(subprocess.Popen(
             [sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--wrong", wrong],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         upstreams.append(f"http://127.0.0.1:{port}/v1")
     try:
         for fake, upstream in zip(fakes, upstreams, strict=True):
-            _wait_up(f"{upstream}/models", fake)
+            wait_http_up(f"{upstream}/models", fake)
         cfg, cfg_prompt = root / "adapter.yaml", root / "adapter-prompt.yaml"
         cfg.write_text(CONFIG)
         cfg_prompt.write_text(CONFIG.replace("Answer with a number.", NEW_PROMPT))

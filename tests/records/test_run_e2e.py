@@ -18,9 +18,9 @@ import pytest
 
 from evalproxy.records import read_results
 from tests.hooks.test_post_eval_report import CHROMIUM, chromium
+from tests.procs import free_port, wait_http_up
 
 from .conftest import FIXTURES
-from .test_cli_e2e import _free_port, _wait_up
 
 pytest.importorskip("inspect_ai", reason="the end-to-end test runs inspect-ai (in the test extra)")
 
@@ -151,12 +151,12 @@ def _workdir(root: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     root = tmp_path_factory.mktemp("run-e2e")
-    port = _free_port()
+    port = free_port()
     fake = subprocess.Popen([sys.executable, "-m", "evalproxy.simulator", "--port", str(port), "--sums", "--wrong",
                              "7,11"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_up(f"{url}/models", fake)
+        wait_http_up(f"{url}/models", fake)
         (root / "adapter.yaml").write_text(ADAPTER)
         (root / "launcher.yaml").write_text(LAUNCHER.format(url=url))
         env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECT_")}
