@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+
+from aiohttp.test_utils import TestServer
 
 from evalproxy.adapter.config import load_config
 from evalproxy.jobs.launch import prepare
 from evalproxy.records.auto_export import plan_from_config
-from tests.jobs.conftest import MakeService, client_command
+from tests.jobs.conftest import MakeService, client_command, wait_for_status
 
 PLAN = {"destinations": ["local", "mlflow"], "mlflow": {"experiment_name": "jobs", "emit_traces": True}}
 
@@ -37,3 +40,27 @@ class TestAutoExportField:
         plan = plan_from_config(load_config(cfg).sections, source=cfg)
         assert plan is not None and plan.destinations == ["local", "mlflow"]
         assert plan.settings("mlflow") == PLAN["mlflow"]
+
+
+async def test_a_job_exports_where_its_config_says_when_it_ends(make_service: MakeService, fake_upstream: TestServer,
+                                                                  api_key: str, tmp_path: Path) -> None:
+    """A real job whose config names auto_export ends completed with processed_results.json written where the
+    plan says, holding the job's score (its run record reads the NeMo-format results.yml the job's command wrote)."""
+    client = await make_service()
+    resp = await client.post("/v1/evaluation/targets", json={
+        "namespace": "team", "name": "fake-model",
+        "api_endpoint": {"url": str(fake_upstream.make_url("/v1")), "model_id": "fake/adder", "type": "chat"}})
+    assert resp.status == 200, await resp.text()
+    out = tmp_path / "exported"
+    resp = await client.post("/v1/evaluation/configs", json={
+        "namespace": "team", "name": "arith", "command": client_command(), "params": {"limit_samples": 4},
+        "auto_export": {"destinations": ["local"], "local": {"output_dir": str(out)}}})
+    assert resp.status == 200, await resp.text()
+    resp = await client.post("/v1/evaluation/jobs",
+                             json={"namespace": "team", "target": "team/fake-model", "config": "team/arith"})
+    job = await resp.json()
+    done = await wait_for_status(client, job["id"], "completed", "failed")
+    assert done["status"] == "completed", done["status_details"]
+    exported = json.loads((out / "processed_results.json").read_text())
+    (entry,) = exported["benchmarks"]["arithmetic"]["models"]["fake/adder"]  # the job's run record held the score
+    assert entry["scores"] == {"arithmetic_accuracy_accuracy": 0.5}

@@ -144,3 +144,30 @@ class TestOthers:
         r = read_harness_output(["lm_eval", "--output_path", "lm_eval"], workdir=workdir)
         write_samples(tmp_path, r.samples)
         assert list(read_samples(tmp_path)) == r.samples
+
+
+class TestUnknownCommand:
+    RESULTS = ("tasks:\n  arithmetic:\n    metrics:\n      accuracy:\n        scores:\n"
+               "          accuracy: {value: 0.5}\n")
+
+    def test_a_nemo_format_results_file_written_during_the_run_is_read(self, tmp_path: Path) -> None:
+        """A command evalproxy does not know that writes NeMo's results.yml (bare tasks at the top, as the jobs
+        service's harnesses do) during the run gets its scores recorded, under the program's name."""
+        started = time.time() - 1
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "results.yml").write_text(self.RESULTS)
+        r = read_harness_output(["./my_eval.sh", "--n", "4"], workdir=tmp_path, started_at=started)
+        assert r.status == "success" and r.harness == "my_eval.sh"
+        assert r.results.tasks["arithmetic"].metrics["accuracy"].scores["accuracy"].value == 0.5
+
+    def test_old_files_and_evalproxy_records_are_not_read(self, tmp_path: Path) -> None:
+        """A results file older than the run, or evalproxy's own run record, never stands for the run's scores."""
+        old = tmp_path / "old" / "results.yml"
+        old.parent.mkdir()
+        old.write_text(self.RESULTS)
+        os.utime(old, (time.time() - 3600, time.time() - 3600))
+        (tmp_path / "results.yaml").write_text("evalproxy: {version: x}\nresults:\n  " +
+                                               self.RESULTS.replace("\n", "\n  ").rstrip() + "\n")
+        r = read_harness_output(["./my_eval.sh"], workdir=tmp_path, started_at=time.time() - 60)
+        assert r.status == "unknown" and "unknown harness 'my_eval.sh'" in (r.reason or "")
+        assert read_harness_output(["./my_eval.sh"], workdir=tmp_path).status == "unknown"  # no start time: no scan

@@ -272,6 +272,10 @@ def read_results(path: str | os.PathLike[str]) -> RunRecord:
         raise ConfigError(f"cannot read: {e}", file=str(p)) from e
     if not isinstance(data, dict):
         raise ConfigError("results file is not a mapping", file=str(p))
+    if "results" not in data and any(isinstance(data.get(k), dict) for k in ("tasks", "groups")):
+        # the bare shape (tasks/groups at the top), as some harnesses write NeMo's results.yml: its results section
+        data = {"results": {k: data[k] for k in ("tasks", "groups") if k in data},
+                **{k: v for k, v in data.items() if k not in ("tasks", "groups")}}
     try:
         return RunRecord.model_validate(data)
     except ValueError as e:

@@ -3,16 +3,22 @@
 ``read_harness_output(argv, workdir=..., started_at=..., explicit=...)`` picks the parser from the command, then looks
 for its files (1) where the command's own arguments say (``--output_path``, ``--log-dir``, ``--out_dir``,
 ``--output_dir``, with the harness's defaults), else (2) among files created in ``workdir`` since ``started_at``,
-else (3) at ``explicit`` (``--results PATH``). A command evalproxy does not recognise gives a result with
-``status="unknown"`` and a reason (unless ``explicit`` names files one parser recognises): it never guesses.
+else (3) at ``explicit`` (``--results PATH``). For a command evalproxy does not recognise, ``explicit`` is read by
+the parser that recognises its files; without it, a results file in NeMo Evaluator's format (``results.yml``, with
+``tasks``/``groups``: what the jobs service's harnesses and any NeMo-compatible script write) created in ``workdir``
+during the run is read (evalproxy's own run records are not such files); else the result has ``status="unknown"``
+and a reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.records.harnesses.base import (
     HarnessParser,
     HarnessResult,
@@ -74,6 +80,27 @@ def _outputs(parser: HarnessParser, roots: Sequence[Path], since: float | None) 
     return sorted(set(found))
 
 
+_NEMO = NemoEvaluatorParser()
+
+
+def _nemo_shaped_results(workdir: Path, since: float | None) -> list[Path]:
+    """NeMo-format results files created in ``workdir`` since ``since`` (never without a start time: an old file is
+    not this run's), evalproxy's own run records left out."""
+    if since is None:
+        return []
+    out = []
+    for path in _outputs(_NEMO, [workdir], since):
+        try:
+            doc = read_yaml(path)
+        except (OSError, ConfigError):
+            continue
+        if isinstance(doc, dict) and "evalproxy" not in doc and any(isinstance(doc.get(k), dict) or
+                                                                    isinstance((doc.get("results") or {}).get(k), dict)
+                                                                    for k in ("tasks", "groups")):
+            out.append(path)
+    return out
+
+
 def read_harness_output(
     argv: Sequence[str],
     *,
@@ -98,6 +125,10 @@ def read_harness_output(
                 if files:
                     return candidate.parse(files)
         prog = os.path.basename(argv[0]) if argv else ""
+        nemo_shaped = _nemo_shaped_results(wd, started_at)
+        if nemo_shaped:
+            found = _NEMO.parse(nemo_shaped)
+            return dataclasses.replace(found, harness=prog or None, version=None)
         return HarnessResult(None, "unknown",
                              reason=f"unknown harness '{prog}': no scores recorded (evalproxy reads lm-eval, "
                                     "inspect-ai, simple-evals and nemo-evaluator output; pass --results PATH to "
