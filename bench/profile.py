@@ -1,6 +1,7 @@
 """Profile evalproxy under load with py-spy: where its CPU goes, by function (self and inclusive time).
 
-    .venv/bin/python bench/profile.py [--scenario c64|stream|hits] [--seconds 15] [--native]
+    .venv/bin/python bench/profile.py [--scenario c64|stream|hits|corpus] [--seconds 15] [--native]
+                                      [--prev-python /tmp/prev-python]
 
 Starts the fake upstream and ``evalproxy serve`` (default chain) as in bench/run.py, keeps a load generator on it,
 records the proxy with ``py-spy record --format raw`` (needs ptrace), and prints the top functions. The collapsed
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import run
 from run import HERE, PY, loadgen, running, start_upstream
 
 
@@ -45,20 +48,35 @@ def top(collapsed: Path, n: int = 40) -> str:
     return "\n".join(out)
 
 
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["c64", "stream", "hits"], default="c64")
+    ap.add_argument("--scenario", choices=["c64", "stream", "hits", "corpus"], default="c64",
+                    help="corpus: misses of the realistic corpus's answers (run.py's corpus_c64)")
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--native", action="store_true", help="include native frames (C extensions)")
+    ap.add_argument("--warm-model", default=None,
+                    help="the model of the 300 warm-up requests (their answers train the store's dictionary), e.g. "
+                         "bench-corpus; default: the simulator's small answers, as in bench/run.py")
+    ap.add_argument("--prev-python", help="profile the previous main (run.py's evalproxy_prev) with this python")
     args = ap.parse_args()
+    target = "evalproxy_prev" if args.prev_python else "evalproxy"
+    run.PREV_PY = args.prev_python
     spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-    out = HERE / "results" / f"profile-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+    which = args.scenario + ("-prev" if args.prev_python else "")
+    out = HERE / "results" / f"profile-{which}-{time.strftime('%Y%m%dT%H%M%S')}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     upstream = start_upstream()
     try:
-        with running("evalproxy", upstream.url) as (proc, url):
+        with running(target, upstream.url) as (proc, url):
             assert proc is not None
-            loadgen(url, concurrency=8, requests=300, seconds=5, unique="warm")
+            warm: dict[str, object] = {"model": args.warm_model} if args.warm_model else {}
+            loadgen(url, concurrency=8, requests=300, seconds=5, unique="warm", **warm)
             kw: dict[str, object] = {"concurrency": 64, "requests": 10**6, "seconds": args.seconds + 4,
                                      "unique": f"prof-{time.time_ns()}"}
             if args.scenario == "stream":
@@ -66,7 +84,11 @@ def main() -> None:
             elif args.scenario == "hits":
                 kw.update(repeat=1000)
                 loadgen(url, concurrency=32, requests=1000, seconds=30, unique=kw["unique"], repeat=1000)
-            load = threading.Thread(target=loadgen, args=(url,), kwargs=kw)
+            elif args.scenario == "corpus":
+                kw.update(model="bench-corpus")
+            result: list[dict[str, object]] = []
+            load = threading.Thread(target=lambda: result.append(loadgen(url, **kw)))
+            cpu0 = proc_cpu(proc.pid)
             load.start()
             time.sleep(2)
             cmd = [spy, "record", "--pid", str(proc.pid), "--duration", str(int(args.seconds)), "--rate", "250",
@@ -75,9 +97,15 @@ def main() -> None:
                 cmd.append("--native")
             subprocess.run(cmd, check=True, capture_output=True, timeout=args.seconds + 60)
             load.join(timeout=args.seconds + 120)
+            cpu = proc_cpu(proc.pid) - cpu0
     finally:
         upstream.stop()
     text = top(out)
+    if result:
+        r = result[0]
+        ok = int(str(r.get("ok", 0))) or 1
+        text = (f"load: {float(str(r.get('rps', 0))):.0f} req/s, {ok} requests; proxy CPU {1000 * cpu / ok:.3f} ms/req "
+                f"(py-spy's own cost included)\n{text}")
     out.with_suffix(".top.txt").write_text(text)
     print(text)
     print(f"\ncollapsed stacks: {out}", file=sys.stderr)
