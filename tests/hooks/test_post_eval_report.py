@@ -19,9 +19,10 @@ from evalproxy.adapter.server.app import PROXY
 from evalproxy.hooks.post_eval_report import render_reports
 from evalproxy.hooks.post_eval_report.charts import report_charts, svg_histogram
 from evalproxy.simulator import Fault, SimulatedModel
+from tests import browser
+from tests.browser import CHROMIUM, MISSING, chromium
 from tests.storage.test_redis_server import RedisServer, needs_redis
 
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 # Model output that would retitle the page and add a marker element, were it ever executed.
 SCRIPT = ('<script>document.title="pwned";var d=document.createElement("div");d.id="pwned-marker";'
           'document.body.appendChild(d)</script><b>bold?</b><img src=x onerror="document.title=1">')
@@ -301,24 +302,12 @@ class TestCharts:
         assert report_charts({}) == [] and report_charts({"histograms": {"latency_ms": None}}) == []
 
 
-def chromium(*args: str, user_dir: Path) -> subprocess.CompletedProcess[str]:
-    """Headless Chromium with a fresh profile and nothing that talks to the network on its own."""
-    assert CHROMIUM is not None
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={user_dir}", *args],
-        capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(user_dir)})
-
-
 async def dump_dom(page: Path, user_dir: Path) -> str:
-    done = await asyncio.to_thread(chromium, "--dump-dom", page.as_uri(), user_dir=user_dir)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return await asyncio.to_thread(browser.dump_dom, page, user_dir)
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 class TestInBrowser:
     async def test_dom_and_screenshot(self, make_proxy: Any, sim: SimulatedModel, monkeypatch: pytest.MonkeyPatch,
                                       tmp_path: Path) -> None:

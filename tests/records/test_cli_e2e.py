@@ -21,6 +21,7 @@ import pytest
 
 from evalproxy.cli import _CachedAnswers
 from evalproxy.records import read_ledger, read_results
+from tests.browser import CHROMIUM, dump_dom
 from tests.procs import free_port, wait_http_up
 
 from .conftest import FIXTURES
@@ -174,19 +175,10 @@ def test_compare_of_two_system_prompts_with_vary(runs: dict[str, Path]) -> None:
     assert "answers changed: 0 of 10 paired samples (from the harness's per-sample answers)" in done.stdout
 
 
-CHROMIUM = shutil.which("chromium")
 
 
 def _dump_dom(page: Path, tmp_path: Path) -> str:
-    assert CHROMIUM is not None
-    profile = tmp_path / "chromium"
-    done = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
-         "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(profile)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    return dump_dom(page, tmp_path / "chromium")
 
 
 def test_cache_explain_names_the_changed_field(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ from evalproxy.records.harnesses import SampleScore, write_samples
 from evalproxy.records.harnesses.base import add_score
 from evalproxy.records.results import Results, ScoreStats
 from evalproxy.records.stats import mcnemar, paired_bootstrap, stderr_z
+from tests.browser import CHROMIUM, MISSING, dump_dom
 
 SYSTEM = "You are terse.\nAnswer <b>only</b> the number."
 
@@ -173,11 +172,10 @@ class TestOutput:
             compare_runs(tmp_path / "nope", tmp_path)
 
 
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 class TestInBrowser:
     def test_page_renders_and_model_script_never_runs(self, tmp_path: Path) -> None:
         """Headless Chromium shows the three sections; a <script> in a model answer stays text and never runs."""
@@ -187,14 +185,7 @@ class TestInBrowser:
                      answers={0: "<script>document.title='pwned'</script>"})
         page = tmp_path / "compare.html"
         page.write_text(compare_runs(a, b).to_html())
-        profile = tmp_path / "chromium"
-        done = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-             "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
-             "--dump-dom", page.as_uri()],
-            capture_output=True, text=True, timeout=90, env={**os.environ, "HOME": str(profile)})
-        assert done.returncode == 0, done.stderr[-2000:]
-        dom = done.stdout
+        dom = dump_dom(page, tmp_path / "chromium")
         assert "<title>evalproxy compare</title>" in dom
         for section in ('id="comparable"', 'id="scores"', 'id="changed"'):
             assert section in dom

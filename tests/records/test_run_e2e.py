@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from evalproxy.records import read_results
-from tests.hooks.test_post_eval_report import CHROMIUM, chromium
+from tests.browser import CHROMIUM, MISSING, chromium
 from tests.procs import free_port, wait_http_up
 
 from .conftest import FIXTURES
@@ -271,7 +271,7 @@ def test_report_opens_with_the_scores(runs: Runs) -> None:
     assert isinstance(json.loads((run_dir / "report.json").read_text()), list)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="/usr/bin/chromium is missing (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 def test_report_scores_in_chromium(runs: Runs,
                                    tmp_path: Path) -> None:
     """Chromium renders the score table at the top of report.html (a screenshot is saved for a person to see)."""

@@ -105,9 +105,14 @@ def t_quantile(df: int, confidence: float = 0.95) -> float:
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval | None:
     """Interval of a mean: Wilson's for 0/1 results, Student's t otherwise; None below two values."""
+    if values and is_binary(values):
+        return wilson(sum(values), len(values), confidence)
+    return _t_interval(values, confidence)
+
+
+def _t_interval(values: Sequence[float], confidence: float) -> Interval | None:
+    """Student's t interval of the mean of ``values``; None below two."""
     n = len(values)
-    if n and is_binary(values):
-        return wilson(sum(values), n, confidence)
     if n < 2:
         return None
     mean = sum(values) / n
@@ -119,14 +124,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Interval | Non
 def paired_delta_ci(baseline: Sequence[float], candidate: Sequence[float],
                     confidence: float = 0.95) -> Interval | None:
     """Student's t interval of the mean paired difference (candidate - baseline); None below two pairs."""
-    diffs = [y - x for x, y in zip(baseline, candidate, strict=True)]
-    n = len(diffs)
-    if n < 2:
-        return None
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = t_quantile(n - 1, confidence) * sd / math.sqrt(n)
-    return mean - half, mean + half
+    return _t_interval([y - x for x, y in zip(baseline, candidate, strict=True)], confidence)
 
 
 def stderr_ci(value: float, stderr: float | None, confidence: float = 0.95) -> Interval | None:
