@@ -154,6 +154,17 @@ def small_training(monkeypatch: pytest.MonkeyPatch) -> None:
 @needs_redis
 @pytest.mark.usefixtures("small_training")
 class TestDictionaries:
+    def test_a_dictionary_is_kept_only_where_it_helps(self) -> None:
+        """Trained on answers of one kind it stores the next ones in fewer bytes and is kept; trained on answers
+        that share nothing (random bytes) it would not help, and none is used."""
+        alike = codec.Dictionaries()
+        alike.samples = [answer(i).body for i in range(60)]
+        assert alike.train() is not None
+        rng = random.Random(7)
+        unalike = codec.Dictionaries()
+        unalike.samples = [rng.randbytes(2048) for _ in range(60)]
+        assert unalike.train() is None
+
     async def test_disk_trains_publishes_and_every_reader_decodes(self, tmp_path: Path,
                                                                   redis_server: RedisServer) -> None:
         """After the first answers the disk store trains a dictionary, keeps it in the store and writes with it;

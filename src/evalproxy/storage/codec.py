@@ -44,6 +44,8 @@ MAX_PAYLOAD = 2**31
 TRAIN_ANSWERS = 200
 """Answers a store's first dictionary is trained on."""
 DICT_BYTES = 64 * 1024
+DICT_MIN_GAIN = 0.05
+"""The share of bytes a trained dictionary must save on held-out answers to be used."""
 SAMPLE_MAX = 1 << 20
 """An answer larger than this is not kept as a training sample (the samples stay a few MB)."""
 
@@ -99,14 +101,27 @@ class Dictionaries:
         return due
 
     def train(self) -> bytes | None:
-        """A dictionary of the samples (None if zstd cannot make one of them; it is not tried again)."""
-        samples: list[bytes | bytearray | memoryview[int]] = list(self.samples)
+        """A dictionary of the samples, or None (it is not tried again) if zstd cannot make one or it does not
+        measurably help: trained on four in five samples, it must store the fifth in at least
+        :data:`DICT_MIN_GAIN` fewer bytes than level-``LEVEL`` zstd without it (a dictionary of answers unlike the
+        run's later ones would only cost CPU)."""
+        held_out = self.samples[::5]
+        samples: list[bytes | bytearray | memoryview[int]] = [s for i, s in enumerate(self.samples) if i % 5]
         self.samples = []
         try:
-            return bytes(zstandard.train_dictionary(DICT_BYTES, samples).as_bytes())
+            trained = zstandard.train_dictionary(DICT_BYTES, samples)
         except zstandard.ZstdError as exc:
             log.warning("no compression dictionary could be trained (%s): answers are compressed without", exc)
             return None
+        plain = zstandard.ZstdCompressor(level=LEVEL)
+        with_dict = zstandard.ZstdCompressor(level=LEVEL, dict_data=trained)
+        without = sum(len(plain.compress(s)) for s in held_out)
+        used = sum(len(with_dict.compress(s)) for s in held_out)
+        if used > without * (1 - DICT_MIN_GAIN):
+            log.info("a compression dictionary of the first answers saves %.1f %% on the next ones: not used",
+                     100 * (1 - used / max(without, 1)))
+            return None
+        return bytes(trained.as_bytes())
 
     def forget(self) -> None:
         """The store was cleared: it holds no dictionary now."""
