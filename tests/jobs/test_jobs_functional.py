@@ -12,6 +12,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
+from evalproxy.jobs import launch
 from tests.jobs.conftest import (
     API_KEY_ENV,
     FakeModel,
@@ -23,6 +24,7 @@ from tests.jobs.conftest import (
     wait_for_calls,
     wait_for_status,
 )
+from tests.storage.test_redis_server import RedisServer
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # real processes and servers: left out of `pytest -m "not slow"`
@@ -246,3 +248,23 @@ class TestQueue:
         release.touch()
         assert (await wait_for_status(client, first["id"], "completed", "failed"))["status"] == "completed"
         assert (await wait_for_status(client, second["id"], "completed", "failed"))["status"] == "completed"
+
+
+class TestSharedStore:
+    async def test_local_jobs_share_the_services_store_without_its_url_on_a_command_line(
+        self, make_service: MakeService, fake_upstream: TestServer, fake_model: FakeModel, api_key: str,
+        redis_server: RedisServer, tmp_path: Path,
+    ) -> None:
+        """With jobs serve --cache-url, a local job's evalproxy run gets the store URL by the name of a variable of
+        its environment (so a password never shows in `ps`), caches there, and a second job of the config pays 0."""
+        argv = launch.prepare(tmp_path / "j", {"api_endpoint": {"url": "http://m/v1", "model_id": "m", "type": "chat"}},
+                              {"command": ["true"], "params": {}}, tmp_path / "cache", sys.executable,
+                              redis_server.url)
+        assert "--cache-url-env" in argv and redis_server.url not in " ".join(argv)
+        client = await make_service(cache_url=redis_server.url)
+        await make_target_and_config(client, fake_upstream, limit=3)
+        done = await wait_for_status(client, (await post_job(client))["id"], "completed", "failed")
+        assert done["status"] == "completed", done["status_details"]
+        assert calls(fake_model) == 3
+        again = await wait_for_status(client, (await post_job(client))["id"], "completed", "failed")
+        assert again["status"] == "completed" and calls(fake_model) == 3

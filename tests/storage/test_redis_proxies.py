@@ -204,3 +204,25 @@ def test_cache_url_mistakes_are_config_errors(tmp_path: Path, chain: list[Any], 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"interceptors": chain, "post_eval_hooks": []}))
     assert main(["serve", "-c", str(cfg), "--upstream", "http://127.0.0.1:1/v1", "--cache-url", url]) == 2
+
+
+async def test_the_store_url_by_the_name_of_its_variable(tmp_path: Path, redis_server: RedisServer, model: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cache-url-env NAME reads the store URL from the environment: the proxy caches in that Redis and its
+    command line (what `ps` shows other users) holds no URL; a variable that is not set is a config error."""
+    sim, upstream = model
+    monkeypatch.setenv("MY_STORE_URL", redis_server.url)
+    procs = ServeProcesses()
+    try:
+        url = await procs.serve("-c", str(config(tmp_path, "a")), "--upstream", upstream,
+                                "--cache-url-env", "MY_STORE_URL")
+        det = {**PROMPT, "temperature": 0}
+        assert (await ask(url, det))[1] == "miss" and (await ask(url, det))[1] == "hit"
+        cmdline = await asyncio.to_thread(Path(f"/proc/{procs.procs[0].pid}/cmdline").read_bytes)
+        assert b"MY_STORE_URL" in cmdline and b"redis://" not in cmdline
+        assert len(sim.requests_to("/chat/completions")) == 1
+    finally:
+        await procs.stop()
+    monkeypatch.delenv("MY_STORE_URL")
+    assert main(["serve", "-c", str(config(tmp_path, "b")), "--upstream", upstream,
+                 "--cache-url-env", "MY_STORE_URL"]) == 2

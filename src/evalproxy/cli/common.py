@@ -128,6 +128,8 @@ def add_server_args(p: argparse.ArgumentParser, default_port: int | None = None)
                    "(default: a new run id)")
     p.add_argument("--cache-url", help="the caching interceptor's store: a Redis/Valkey URL (redis://host:6379/0, "
                    "rediss://, unix://) shared by proxies on many machines, in place of its cache_dir")
+    p.add_argument("--cache-url-env", metavar="NAME", help="the store URL read from this environment variable "
+                   "(as --cache-url; a password in it then stays out of the process list)")
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default=None,
                    help="event loop: uvloop where installed (auto, the default), or asyncio's own "
                    "(also EVALPROXY_LOOP=asyncio)")
@@ -151,8 +153,14 @@ def load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
     nemo_compat.install()
     loaded = load_config(args.config, overrides=_server_overrides(args), task=args.task,
                          strict=args.strict_config)
-    if args.cache_url:
-        loaded = _with_cache_url(loaded, args.cache_url)
+    url = args.cache_url
+    if getattr(args, "cache_url_env", None):
+        url = os.environ.get(args.cache_url_env)
+        if not url:
+            raise ConfigError(f"--cache-url-env names {args.cache_url_env}, which is not set (or empty) in the "
+                              "environment", field="--cache-url-env")
+    if url:
+        loaded = _with_cache_url(loaded, url)
     if not loaded.server.upstream_url:
         raise ConfigError("no upstream URL: set server.upstream_url (or target.api_endpoint.url) or --upstream",
                           field="server.upstream_url", file=loaded.source)

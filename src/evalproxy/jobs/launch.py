@@ -27,6 +27,7 @@ from evalproxy.adapter.core.errors import ConfigError, JobLaunchError, JobsInval
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
 from evalproxy.jobs.models import expand_command
+from evalproxy.jobs.tickets import CACHE_URL_ENV
 
 CONFIG_INPUT = "adapter_config_input.yaml"
 LOG_FILE = "evalproxy_run.log"
@@ -171,8 +172,8 @@ def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache
     if ep.get("api_key_name"):
         wrap += ["--secret-env", ep["api_key_name"]]
         argv += ["--api-key-name", ep["api_key_name"]]
-    if cache_url:
-        argv += ["--cache-url", cache_url]
+    if cache_url:  # by the name of the variable that holds it: a password in the URL stays out of `ps`
+        argv += ["--cache-url-env", CACHE_URL_ENV]
     return [*wrap, "--", *argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
 
 

@@ -223,6 +223,8 @@ class JobRunner:
             env = job_env(self.settings.token)
             if self.executor.fetches_secrets:  # on a cluster: no secret in its environment, a ticket instead
                 env = await ticketed_env(self.db, self.settings, job, env, await self.service_url.get())
+            else:  # here: the store URL in the child's environment (in memory), named on its command line
+                env.update({k: v for k, v in job_secrets(self.settings, job).items() if k == CACHE_URL_ENV})
             proc = await self.executor.launch(job_id, job_dir, argv, logfile, env)
             self._procs[job_id] = proc  # before any other await: a stopping service must find it
             await asyncio.to_thread(self.executor.remember, self.db, job_id, proc)  # and a restarted one too
