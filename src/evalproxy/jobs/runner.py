@@ -220,11 +220,9 @@ class JobRunner:
             if key_name and not os.environ.get(key_name):
                 raise JobLaunchError(f"the target's api_key_name is {key_name}, but the service's environment has "
                                      "no such variable")
-            env = job_env(self.settings.token)
+            env = job_env(self.settings.token, self.settings, job)
             if self.executor.fetches_secrets:  # on a cluster: no secret in its environment, a ticket instead
                 env = await ticketed_env(self.db, self.settings, job, env, await self.service_url.get())
-            else:  # here: the store URL in the child's environment (in memory), named on its command line
-                env.update({k: v for k, v in job_secrets(self.settings, job).items() if k == CACHE_URL_ENV})
             proc = await self.executor.launch(job_id, job_dir, argv, logfile, env)
             self._procs[job_id] = proc  # before any other await: a stopping service must find it
             await asyncio.to_thread(self.executor.remember, self.db, job_id, proc)  # and a restarted one too
@@ -379,13 +377,17 @@ def job_secrets(settings: Settings, job: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def job_env(token: str | None) -> dict[str, str]:
-    """The service's environment without its own token (a harness has no business calling the service), and with a
-    relative PYTHONPATH made absolute: the job runs in its own directory but must import the same evalproxy as the
-    service."""
+def job_env(token: str | None, settings: Settings | None = None, job: dict[str, Any] | None = None
+            ) -> dict[str, str]:
+    """The service's environment without its own token (a harness has no business calling the service), with a
+    relative PYTHONPATH made absolute (the job runs in its own directory but must import the same evalproxy as the
+    service), and the job's store URL in :data:`CACHE_URL_ENV`, which its ``evalproxy run`` is told by name
+    (``--cache-url-env``: never on a command line; a cluster's job fetches it instead, :func:`ticketed_env`)."""
     env = {k: v for k, v in os.environ.items() if not (token and v == token)}
     if env.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) if p else p for p in env["PYTHONPATH"].split(os.pathsep))
+    if settings is not None and job is not None:
+        env.update({k: v for k, v in job_secrets(settings, job).items() if k == CACHE_URL_ENV})
     return env
 
 
