@@ -177,23 +177,29 @@ def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache
     return [*wrap, "--", *argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
 
 
+EXIT_FILE_MAX = 64 * 1024
+"""The most of an exit file that is read (it holds a status and a line of reason: anything bigger is not one)."""
+
+
+def _exit_record(job_dir: Path) -> dict[str, Any]:
+    """What the job's process wrote into its exit file, or ``{}`` (none yet, unreadable, or not an exit file)."""
+    try:
+        with open(job_dir / EXIT_FILE, "rb") as f:
+            data = orjson.loads(f.read(EXIT_FILE_MAX + 1))
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_exit(job_dir: Path) -> int | None:
     """The exit status the job's process wrote when its command ended, or None (still running, or killed)."""
-    try:
-        data = orjson.loads((job_dir / EXIT_FILE).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    code = data.get("returncode") if isinstance(data, dict) else None
+    code = _exit_record(job_dir).get("returncode")
     return code if isinstance(code, int) else None
 
 
 def read_exit_reason(job_dir: Path) -> str | None:
     """Why the job's process ended before its command ran (it could not fetch its secrets), when it wrote why."""
-    try:
-        data = orjson.loads((job_dir / EXIT_FILE).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    reason = data.get("reason") if isinstance(data, dict) else None
+    reason = _exit_record(job_dir).get("reason")
     return reason[:500] if isinstance(reason, str) and reason else None
 
 
