@@ -42,6 +42,8 @@ class TrafficLogInterceptor(BaseInterceptor[TrafficLogParams]):
     Params = TrafficLogParams
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
+        if not log.isEnabledFor(logging.INFO):  # nothing would be written: no redaction, no stream held
+            return await call_next(ctx)
         body: Any = ctx.json
         keys = list(body) if isinstance(body, dict) else []
         shown = redact_obj(dict(body)) if isinstance(body, dict) else body
