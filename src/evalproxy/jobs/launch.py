@@ -172,7 +172,8 @@ def prepare(job_dir: Path, target: dict[str, Any], config: dict[str, Any], cache
     if ep.get("api_key_name"):
         wrap += ["--secret-env", ep["api_key_name"]]
         argv += ["--api-key-name", ep["api_key_name"]]
-    if cache_url:  # by the name of the variable that holds it: a password in the URL stays out of `ps`
+    if cache_url:  # by the name of the variable that holds it: a password in the URL stays out of `ps` (and logs)
+        wrap += ["--secret-env", CACHE_URL_ENV]
         argv += ["--cache-url-env", CACHE_URL_ENV]
     return [*wrap, "--", *argv, "--", *expand_command(config, model_id=ep["model_id"], output_dir=str(job_dir))]
 

@@ -330,6 +330,10 @@ def prepare(settings: Settings, executor: Executor, job_dir: Path, job: dict[str
     return argv
 
 
+URL_WAIT = 30.0
+"""Seconds a cluster job's launch waits for the service's own URL (known once ``jobs serve`` has bound)."""
+
+
 class ServiceURL:
     """The URL jobs on a cluster reach the service at: ``public_url``, else the address it is bound to, known once
     ``jobs serve`` has bound it (:meth:`set`); a job launched before waits for it."""
@@ -346,7 +350,11 @@ class ServiceURL:
         self._known.set()
 
     async def get(self) -> str:
-        await self._known.wait()
+        try:
+            await asyncio.wait_for(self._known.wait(), URL_WAIT)
+        except TimeoutError:
+            raise JobLaunchError("the service does not know the URL its jobs reach it at (it was not bound within "
+                                 f"{URL_WAIT:.0f} s): give jobs serve --public-url") from None
         assert self._url is not None  # set with _known
         return self._url
 

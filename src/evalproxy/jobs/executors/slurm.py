@@ -46,6 +46,9 @@ WAITING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", 
            "RESIZING", "SPECIAL_EXIT", "RESV_DEL_HOLD", "SIGNALING"}
 RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
 FAILED = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+COMMAND_TIMEOUT = 60.0
+"""Seconds a Slurm command (sbatch, squeue, scontrol, sacct, scancel) may take before it is killed: a hung one must
+not hold the poller, a cancel or the service's stop."""
 KILL_AFTER = 60.0
 """Seconds after ``scancel`` before SIGKILL is asked for (Slurm's own KillWait normally ends the job first)."""
 
@@ -142,7 +145,12 @@ async def _command(*argv: str, env: dict[str, str] | None = None) -> tuple[int, 
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         raise SlurmError(f"cannot run {argv[0]}: {exc} (is Slurm's client installed on this machine?)") from None
-    out, err = await proc.communicate()
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise SlurmError(f"{argv[0]} did not answer within {COMMAND_TIMEOUT:.0f} s (is slurmctld reachable?)") from None
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -275,7 +283,10 @@ class SlurmExecutor:
         except TimeoutError:
             log.warning("Slurm job %d did not end after scancel; asking for SIGKILL", proc.pid)
             await self.scancel(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(proc.wait())), KILL_AFTER)
+            except TimeoutError:
+                log.warning("Slurm job %d still not ended after SIGKILL; its state is left to the next poll", proc.pid)
 
     async def scancel(self, slurm_id: int, sig: int | None = None) -> None:
         argv = ["scancel", *([f"--signal={signal.Signals(sig).name.removeprefix('SIG')}", "--full"] if sig else []),
