@@ -53,3 +53,12 @@ def test_scores_and_escaping() -> None:
     assert list(csv.reader(io.StringIO(render_csv(report))))[2] == ["scores", "gsm8k.accuracy", "0.5"]
     tex = render_latex(report)
     assert "m\\_1" in tex and "gsm8k.accuracy & 0.5" in tex
+
+
+def test_markdown_shows_html_in_model_output_as_text() -> None:
+    """An answer holding HTML is shown in report.md as text: no tag of it survives for a markdown viewer to run."""
+    report = {"summary": {"model": "<b>m</b>"}, "statistics": {}, "pairs": [
+        {"request_id": 0, "status": 200, "messages": [{"role": "user", "content": "q"}],
+         "answers": [{"content": "<img src=x onerror=alert(1)>", "finish_reason": "stop"}]}]}
+    md = render_markdown(report)
+    assert "<img" not in md and "<b>" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md.replace("\\", "")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import orjson
 
-from evalproxy.records.export_data import Exchange, SampleRow, _join, curated_stats, stable_id
+from evalproxy.records import build_record, write_results
+from evalproxy.records.export_data import Exchange, SampleRow, _join, curated_stats, read_run, stable_id
+from evalproxy.records.results import HarnessInfo
 
 
 class TestCuratedStats:
@@ -50,3 +52,22 @@ class TestJoin:
         _join(rows, asked)
         assert [r.exchange.latency_ms if r.exchange else None for r in rows] == [2.0, 4.0, None, None]
         assert rows[0].prompt_text == "What is 2 + 5?" and rows[1].prompt_text == ""
+
+
+class TestFiles:
+    def test_only_the_runs_files_and_real_harness_outputs_are_uploaded(self, tmp_path: Path) -> None:
+        """A run record naming /etc/passwd or a link as harness files gets neither into what an export uploads (only
+        files a harness parser recognises as its output, and no link); the harness's real output is still there."""
+        run = tmp_path / "run"
+        out = run / "lm"
+        out.mkdir(parents=True)
+        real = out / "results_2026-01-01T00-00-00.json"
+        real.write_bytes(orjson.dumps({"results": {"t": {"acc,none": 1.0}}, "configs": {"t": {}}}))
+        outside = tmp_path / "secret.json"
+        outside.write_bytes(orjson.dumps({"results": {"t": {"acc,none": 1.0}}, "configs": {"t": {}}}))
+        (run / "link_results.json").symlink_to(outside)
+        write_results(run, build_record(command="lm_eval", output_dir=run, params={}, harness=HarnessInfo(
+            name="lm-eval", files=["/etc/passwd", str(real), "link_results.json"])))
+        files = read_run(run).files()
+        assert real in files and (run / "results.yaml") in files
+        assert Path("/etc/passwd") not in files and run / "link_results.json" not in files

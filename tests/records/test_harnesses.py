@@ -171,3 +171,15 @@ class TestUnknownCommand:
         r = read_harness_output(["./my_eval.sh"], workdir=tmp_path, started_at=time.time() - 60)
         assert r.status == "unknown" and "unknown harness 'my_eval.sh'" in (r.reason or "")
         assert read_harness_output(["./my_eval.sh"], workdir=tmp_path).status == "unknown"  # no start time: no scan
+
+
+class TestDamagedHarnessFiles:
+    def test_torn_and_too_deep_sample_lines_are_skipped(self, workdir: Path) -> None:
+        """A torn line and a line nested 1000 deep in lm-eval's samples file are skipped: the scores and the other
+        samples are still read (they ended the run record before)."""
+        copy_fixture("lm_eval", workdir)
+        samples = next((workdir / "lm_eval").rglob("samples_*.jsonl"))
+        with samples.open("ab") as f:
+            f.write(b'{"doc_id": 99, "target": ' + b"[" * 1000 + b"]" * 1000 + b"}\n" + b'{"doc_id": 100, "tar\n')
+        r = read_harness_output(["lm_eval", "--output_path", "lm_eval"], workdir=workdir)
+        assert r.status == "success" and len(r.samples) == 10

@@ -199,7 +199,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
         record = RunRecord()
     adapter = dict(record.target.api_endpoint.adapter_config)
     if not adapter and (p / "adapter_config.yaml").exists():
-        loaded = read_yaml(p / "adapter_config.yaml") or {}
+        loaded = read_yaml(p / "adapter_config.yaml")
+        loaded = loaded if isinstance(loaded, dict) else {}  # a scalar or a list is no config
         inner = dig(loaded, "target", "api_endpoint", "adapter_config") if "target" in loaded else (
             dig(loaded, "adapter_config") if "adapter_config" in loaded else loaded)
         adapter = dict(inner) if isinstance(inner, dict) else {}

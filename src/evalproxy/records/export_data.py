@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from evalproxy.adapter.core.loads import load_json
 from evalproxy.adapter.flow.shape import answer_text, content_text
 from evalproxy.records.export import find_results_file
+from evalproxy.records.harnesses import PARSERS
 from evalproxy.records.harnesses.base import SampleScore, read_samples
 from evalproxy.records.observed import LEDGER_FILE, LedgerEntry, read_ledger
 from evalproxy.records.results import RunRecord, read_results
@@ -86,11 +86,13 @@ class RunView:
         return self.record.harness.name or "unknown"
 
     def files(self) -> list[Path]:
-        """The run's own files present in its directory, then the harness's output files (that still exist)."""
-        out = [self.base / n for n in RUN_FILES if (self.base / n).is_file()]
+        """The run's own files present in its directory, then the harness's output files that still exist and that
+        a harness parser recognises as its output: a run record that names any other file (``/etc/passwd``, a
+        link out of the run) never makes an export upload it."""
+        out = [self.base / n for n in RUN_FILES if (self.base / n).is_file() and not (self.base / n).is_symlink()]
         for f in self.record.harness.files:
             p = Path(f) if os.path.isabs(f) else self.base / f
-            if p.is_file() and p not in out:
+            if p.is_file() and not p.is_symlink() and p not in out and any(h.is_output(p) for h in PARSERS):
                 out.append(p)
         return out
 
@@ -130,8 +132,8 @@ def task_scores(record: RunRecord) -> dict[str, dict[str, float]]:
 def curated_stats(run_dir: Path) -> dict[str, float]:
     """The curated proxy statistics of a run from its ``eval_factory_metrics.json`` (none when it has none)."""
     try:
-        data = orjson.loads((run_dir / STATS_FILE).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = load_json((run_dir / STATS_FILE).read_bytes(), source=str(run_dir / STATS_FILE))
+    except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
         return {}

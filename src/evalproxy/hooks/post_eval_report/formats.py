@@ -66,6 +66,8 @@ def _md(v: Any, clip: int = _CLIP) -> str:
     text = "" if v is None else str(v)
     if len(text) > clip:
         text = text[:clip] + f"... ({len(text)} chars)"
+    # HTML in the text is shown, not run (markdown renders raw HTML): no tag survives; then the line breaks are added.
+    text = text.replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", "<br>")
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from evalproxy.adapter.core import loads
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.records.results import HarnessInfo, Metric, Results, Score, ScoreStats, TaskResult
 
@@ -179,26 +180,29 @@ def chat_text(messages: list[dict[str, Any]]) -> str:
 
 
 def load_json(path: Path) -> Any:
-    return orjson.loads(path.read_bytes())
+    """A harness's JSON file, through the one bounded loader (a ``ValueError`` past its nesting depth)."""
+    return loads.load_json(path.read_bytes(), source=str(path))
 
 
 def load_json_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file; lines that are not objects are skipped with a warning."""
+    """The JSON objects of a ``.jsonl`` file, read a line at a time; lines that are not objects (torn, or nested
+    past the loader's depth) are skipped with a warning."""
     try:
-        lines = path.read_bytes().splitlines()
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below; only opening may fail with a warning)
     except OSError as e:
         log.warning("%s not read: %s", path, e)
         return
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            log.warning("%s line %d skipped: not JSON (%s)", path, n, e)
-            continue
-        if isinstance(d, dict):
-            yield d
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = loads.load_json(line)
+            except ValueError as e:
+                log.warning("%s line %d skipped: %s", path, n, e)
+                continue
+            if isinstance(d, dict):
+                yield d
 
 
 def write_samples(run_dir: str | os.PathLike[str], samples: Sequence[SampleScore]) -> Path:

@@ -14,8 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from evalproxy.adapter.core import loads
 from evalproxy.records.harnesses.base import (
     HarnessResult,
     RunFacts,
@@ -131,7 +130,7 @@ def _header(path: Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
             name = "header.json" if "header.json" in names else "_journal/start.json"
-            d = orjson.loads(_read_member(z, name))
+            d = loads.load_json(_read_member(z, name), source=f"{path}:{name}")
             if name != "header.json":
                 d.setdefault("status", "started")
             return d if isinstance(d, dict) else {}
@@ -167,7 +166,7 @@ def _iter_samples(path: Path, header: dict[str, Any]) -> Iterator[dict[str, Any]
         with zipfile.ZipFile(path) as z:
             for name in sorted(z.namelist()):
                 if name.startswith("samples/") and name.endswith(".json"):
-                    d = orjson.loads(_read_member(z, name))
+                    d = loads.load_json(_read_member(z, name), source=f"{path}:{name}")
                     if isinstance(d, dict):
                         yield d
         return

@@ -19,6 +19,7 @@ from evalproxy.records.harnesses.base import (
     as_float,
     chat_text,
     load_json,
+    load_json_lines,
     runs_program,
     sample_text,
 )
@@ -114,20 +115,16 @@ def _samples(results_file: Path, data: dict[str, Any]) -> list[SampleScore]:
         path = results_file.with_name(f"samples_{task}_{stamp}.jsonl")
         if not path.exists():
             continue
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                row = load_json_line(line)
-                flt = row.get("filter", "none")
-                answer = _first_text(row.get("filtered_resps")) or _first_text(row.get("resps"))
-                question, target = _prompt(row.get("arguments")), sample_text(row.get("target"))
-                for metric in row.get("metrics") or []:
-                    value = as_float(row.get(metric))
-                    if value is not None:
-                        out.append(SampleScore(task=task, sample_id=str(row.get("doc_id")),
-                                               metric=_metric_name(metric, flt), value=value, answer=answer,
-                                               input=question, target=target))
+        for row in load_json_lines(path):  # a torn or too-deep line is skipped, never the run record
+            flt = row.get("filter", "none")
+            answer = _first_text(row.get("filtered_resps")) or _first_text(row.get("resps"))
+            question, target = _prompt(row.get("arguments")), sample_text(row.get("target"))
+            for metric in row.get("metrics") or []:
+                value = as_float(row.get(metric))
+                if value is not None:
+                    out.append(SampleScore(task=task, sample_id=str(row.get("doc_id")),
+                                           metric=_metric_name(metric, flt), value=value, answer=answer,
+                                           input=question, target=target))
     return out
 
 
@@ -159,11 +156,6 @@ def _prompt(arguments: Any) -> str | None:
         if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
             return chat_text(messages)
     return first
-
-
-def load_json_line(line: bytes) -> dict[str, Any]:
-    d = orjson.loads(line)
-    return d if isinstance(d, dict) else {}
 
 
 # lm-eval's API models and the endpoint each calls.
