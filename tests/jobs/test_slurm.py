@@ -194,3 +194,13 @@ def test_jobs_serve_on_slurm_needs_slurms_commands(tmp_path: Path, capsys: pytes
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["jobs", "serve", "--executor", "slurm", "--data-dir", str(tmp_path / "d"), "--port", "0"]) == 2
     assert "sbatch, squeue, scontrol, scancel not found on PATH" in capsys.readouterr().err
+
+
+async def test_a_slurm_command_that_hangs_is_killed_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Slurm command that does not answer (slurmctld unreachable) is killed at its deadline and is a SlurmError
+    naming it, so no poll, cancel or stop waits on it for ever."""
+    from evalproxy.jobs.executors import slurm
+
+    monkeypatch.setattr(slurm, "COMMAND_TIMEOUT", 0.3)
+    with pytest.raises(SlurmError, match="sleep did not answer within"):
+        await slurm._command("sleep", "30")

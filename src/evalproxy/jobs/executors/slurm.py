@@ -291,7 +291,11 @@ class SlurmExecutor:
     async def scancel(self, slurm_id: int, sig: int | None = None) -> None:
         argv = ["scancel", *([f"--signal={signal.Signals(sig).name.removeprefix('SIG')}", "--full"] if sig else []),
                 str(slurm_id)]
-        code, out, err = await _command(*argv)
+        try:
+            code, out, err = await _command(*argv)
+        except SlurmError as exc:  # the poll still sees the job and says how it ended
+            log.warning("scancel %d: %s", slurm_id, exc)
+            return
         if code != 0:
             log.warning("scancel %d: %s", slurm_id, _last_line(err or out))
 
@@ -321,7 +325,10 @@ class SlurmExecutor:
                 log.warning("Slurm: %s", exc)
                 states = {}
             for slurm_id, state in states.items():
-                await jobs[slurm_id].settle(state)
+                try:
+                    await jobs[slurm_id].settle(state)
+                except SlurmError as exc:  # scontrol/sacct did not answer: settled at a later tick
+                    log.warning("Slurm: %s", exc)
             await asyncio.sleep(self.poll)
 
     async def look_all(self, slurm_ids: list[int]) -> dict[int, SlurmState | None]:
