@@ -56,8 +56,9 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         self.secrets = [key] if key else []
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        # Secret-named body fields (api_key, ...) as secret headers are: redacted, and the run's key wherever it is.
-        request = {"headers": redact_headers(ctx.headers.items()), "body": redact_obj(ctx.json, self.secrets)}
+        # The body is redacted in add(), for the pairs that are kept (most answers are only counted): ctx.json is
+        # frozen, so holding it until then is safe.
+        request = {"headers": redact_headers(ctx.headers.items()), "body": ctx.json}
         t0 = time.perf_counter()
         resp = await call_next(ctx)
         if self.seen >= self.params.first_n and resp.status == 200:  # not kept: counted, not looked at
@@ -70,6 +71,8 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         self.seen += 1
         self.metrics[str(response["status"])] += 1
         if self.seen <= self.params.first_n or response["status"] != 200:
+            # Secret-named body fields (api_key, ...) as secret headers are: redacted, and the run's key wherever it is.
+            request = {**request, "body": redact_obj(request["body"], self.secrets)}
             self.pairs.append({"request_id": request_id, "request": request, "response": response})
             # Written when a pair is added (the counts go with it, and all of them at the end), not per answer.
             self._dirty = True

@@ -171,7 +171,8 @@ class ModelTrafficInterceptor(BaseInterceptor[ModelTrafficParams]):
         self._writer: asyncio.Task[None] | None = None
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        record = self.start(ctx)
+        # A large body's hash (and captured copy) is worked out in a thread, as caching keys it.
+        record = await asyncio.to_thread(self.start, ctx) if ctx.is_large else self.start(ctx)
         t0 = time.perf_counter()
         try:
             resp = await call_next(ctx)

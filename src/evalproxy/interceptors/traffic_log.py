@@ -46,7 +46,7 @@ class TrafficLogInterceptor(BaseInterceptor[TrafficLogParams]):
             return await call_next(ctx)
         body: Any = ctx.json
         keys = list(body) if isinstance(body, dict) else []
-        shown = redact_obj(dict(body)) if isinstance(body, dict) else body
+        shown = redact_obj(body) if isinstance(body, dict) else body
         log.info("request #%s %s %s body_keys=%s body_preview=%s", ctx.request_id, ctx.method, ctx.path, keys,
                  clip(shown, self.params.preview_chars) if shown is not None else "")
         resp = await call_next(ctx)

@@ -160,14 +160,6 @@ def content_text(content: Any, sep: str = "", *, other_parts: bool = False) -> s
     return ""
 
 
-def choice_text(choice: Any) -> str:
-    """The text of a choice: its message's content, or a text completion's ``text``."""
-    msg = message_of(choice)
-    if msg is not None:
-        return content_text(msg.get("content"))
-    return content_text(choice.get("text")) if isinstance(choice, Mapping) else ""
-
-
 def tool_calls(choice: Any) -> list[dict[str, Any]]:
     """The tool calls of a choice's message (whole ones, as :func:`assemble_stream` makes them), or []."""
     msg = message_of(choice)
