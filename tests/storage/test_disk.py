@@ -6,10 +6,12 @@ import asyncio
 import errno
 import os
 import random
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from evalproxy.adapter.core.errors import StoreFullError
@@ -25,7 +27,7 @@ from evalproxy.storage.base import (
     cache_key,
     canonical_json,
 )
-from evalproxy.storage.disk import CacheStore, StoreWorker
+from evalproxy.storage.disk import CacheStore, DiskStore, StoreWorker
 
 
 def pair(run_id: str, request_id: int) -> SavedPair:
@@ -77,6 +79,25 @@ class TestCacheKey:
         canon = canonical_json({"b": (1.0, 2**70 * 1.0), "a": {1: 0.0}})
         assert canon == b'{"a":{"1":0},"b":[1,1.1805916207174113e+21]}'
         assert by_value([True, 2.0, 2.5]) == [True, 2, 2.5]
+
+    @pytest.mark.parametrize("value", [
+        {"model": "m", "temperature": 0, "top_p": 0.95, "messages": [{"content": "6 x 7? 3.0, 1e+5 or 2.05"}]},
+        {"x": [1.0, -0.0, 1e16, 2.5, 1e-7, 2**53 * 1.0], "y": {"z": 3.0}, "big": 1e300},
+        {"b": (1.0, 2), "a": {1: 0.0}}, [{"a": 2.0}], "x", 7, 7.0, None,
+    ])
+    def test_bodies_with_and_without_integral_floats_canonicalise_alike(self, value: Any) -> None:
+        """Written as it is (no integral float in sight) or through by_value, a value's canonical JSON is the one
+        of its by_value copy."""
+        assert canonical_json(value) == orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
+
+    def test_random_floats_canonicalise_as_by_value_does(self) -> None:
+        """Floats of every magnitude, integral or not, at any depth: the same bytes as by_value's copy."""
+        rng = random.Random(23)
+        for _ in range(3000):
+            f = rng.choice([float(rng.randint(-2**70, 2**70)), rng.uniform(-1e6, 1e6), float(rng.randint(-999, 999)),
+                            rng.choice([-1.0, 1.0]) * 10.0 ** rng.randint(-30, 300)])
+            value = {"n": f, "v": [{"k": f}, str(f)]}
+            assert canonical_json(value) == orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS), f
 
 
 class TestCacheStore:
@@ -263,6 +284,25 @@ class TestStoreWorker:
         assert await worker.call(in_txn) is True
         assert await worker.read(in_txn) is False
         await worker.aclose()
+
+    async def test_a_hit_takes_no_write_lock(self, tmp_path: Path) -> None:
+        """A deterministic request's stored answer is found while another process holds the database's write lock
+        (a hit is a plain read); a miss waits for that lock, and then leases its slot."""
+        store = DiskStore(tmp_path)
+        assert (await store.claim("k", "r", sampled=False, reuse=True, owner="a")).leased
+        await store.finish("k", 0, owner="a", answer=StoredAnswer(200, {}, body=b'{"x": 1}'), pair=None)
+        other = sqlite3.connect(tmp_path / "responses" / "cache.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # what another process's batch holds while it writes
+        hit = await asyncio.wait_for(store.claim("k", "r", sampled=False, reuse=True, owner="b"), 10)
+        assert hit.answer is not None and hit.answer.body == b'{"x": 1}' and not hit.leased
+        miss = asyncio.ensure_future(store.claim("new", "r", sampled=False, reuse=True, owner="b"))
+        await asyncio.sleep(0.2)
+        assert not miss.done()  # the look-up found nothing, so the claim needs the write lock
+        other.execute("ROLLBACK")
+        claim = await asyncio.wait_for(miss, 10)
+        assert claim.answer is None and claim.leased
+        other.close()
+        await store.aclose()
 
     async def test_concurrent_calls_are_batched_and_all_answered(self, tmp_path: Path) -> None:
         """Many concurrent writes and reads through the store thread all complete, in order per caller."""

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -79,10 +80,25 @@ def by_value(value: Any) -> Any:
     return value
 
 
+_INTEGRAL_FLOAT = re.compile(rb"\d\.0(?!\d)|\de\+")
+"""Where orjson may have written an integral float: ``2.0``, ``-0.0``, ``1e+16`` (it writes every float below 1e16
+with a point, and from there on, where every float is integral, with ``e+``). It may also match inside a string."""
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON of ``value``: numbers by value (:func:`by_value`), keys sorted. The bytes cache keys,
-    prompt keys and the observed parameters are computed from."""
-    return orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
+    prompt keys and the observed parameters are computed from.
+
+    Most bodies hold no integral float, and :func:`by_value` then changes nothing: they are written as they are
+    (the same bytes, without rebuilding every container of the body first); a body whose JSON shows anything that
+    may be one (or that orjson cannot write as it is: keys that are not strings) goes through :func:`by_value`."""
+    try:
+        out = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        out = None
+    if out is None or _INTEGRAL_FLOAT.search(out) is not None:
+        out = orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
+    return out
 
 
 def cache_key(path: str, body: Any, query: str = "") -> str:

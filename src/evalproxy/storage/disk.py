@@ -17,9 +17,11 @@ An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = 
 
 Every call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one SQLite
 transaction per database; claims take the slot table's write lock, so they are atomic across processes sharing the
-directory. Not for NFS or Lustre: SQLite's locks do not hold there (use Redis). What fails on that thread (sqlite3,
-diskcache, the file system) reaches the caller as the ``StoreError`` subtree (:func:`store_error`); every use of
-diskcache's internals is in :mod:`evalproxy.storage.diskcache_table`.
+directory. A deterministic request whose answer is stored (a hit) is settled by a plain read before that
+(:meth:`CacheStore.look`): hits take no write lock and wait for no commit. Not for NFS or Lustre: SQLite's locks do
+not hold there (use Redis). What fails on that thread (sqlite3, diskcache, the file system) reaches the caller as the
+``StoreError`` subtree (:func:`store_error`); every use of diskcache's internals is in
+:mod:`evalproxy.storage.diskcache_table`.
 """
 
 from __future__ import annotations
@@ -322,6 +324,16 @@ class CacheStore:
             self.responses.set(name, blob)
 
     # -- slots and leases ------------------------------------------------------------------------------------------
+    def look(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim | None:
+        """A claim settled by a plain read, outside the write transaction: the stored answer of a deterministic
+        request (slot 0), or None, and then :meth:`claim` runs in the write transaction. A committed answer is never
+        taken back, so what this read finds is what the claim would find; a miss looks again under the write lock
+        before it leases. (A sampled request's slot is counted, a write, so it always takes the claim.)"""
+        if sampled or not reuse:
+            return None
+        answer = self.get_answer(key, 0)
+        return Claim(0, answer) if answer is not None else None
+
     def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
         slot = self.slots.next_slot(run_id, key) if sampled else 0
         if not reuse:
@@ -426,7 +438,9 @@ class CacheStore:
         return n
 
 
-Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool]  # fn (its arguments bound), future, writes
+Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool, Callable[[], Any] | None]
+"""fn (its arguments bound), its future, whether it writes, and for a write a plain read to try first (its result,
+unless None, is the call's: the write is not run)."""
 
 
 class StoreWorker:
@@ -437,9 +451,11 @@ class StoreWorker:
     the thread takes everything handed over so far, runs the writes inside one transaction (one commit per batch
     instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A
     result is delivered only after its batch committed, so an answer the client saw is on disk. Under load the
-    batches grow by themselves; a lone request is a batch of one. After :meth:`aclose`, calls are refused. Claims
-    and leases live in the answers' database, so they commit with the batch: a miss costs no extra commit. A call
-    that fails raises the ``StoreError`` subtree (:func:`store_error`) in its caller only.
+    batches grow by themselves; a lone request is a batch of one. A write may come with a read to try first,
+    outside the transaction (:meth:`submit`'s ``first``: a claim's look-up), which settles it when it finds its
+    answer. After :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so they commit
+    with the batch: a miss costs no extra commit. A call that fails raises the ``StoreError`` subtree
+    (:func:`store_error`) in its caller only.
     """
 
     MAX_BATCH = 256
@@ -462,7 +478,10 @@ class StoreWorker:
         (every saved pair, for a report) does not hold the write lock other processes' claims wait for."""
         return await self.submit(functools.partial(fn, *args, **kwargs) if args or kwargs else fn, writes=False)
 
-    async def submit(self, fn: Callable[[], T], *, writes: bool) -> T:
+    async def submit(self, fn: Callable[[], T], *, writes: bool, first: Callable[[], T | None] | None = None) -> T:
+        """Queue ``fn`` for the thread's next batch (see :meth:`call` and :meth:`read`). ``first``, for a write: a read
+        tried before it, outside the transaction; a result other than None is the call's and ``fn`` is not run (a
+        cache hit takes no write lock and waits for no commit)."""
         if self._closed:
             raise StoreClosedError(f"the store at {self.store.dir} is closed")
         loop = asyncio.get_running_loop()
@@ -471,7 +490,7 @@ class StoreWorker:
             self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
             self._thread.start()
         fut: asyncio.Future[T] = loop.create_future()
-        self._outbox.append((fn, fut, writes))
+        self._outbox.append((fn, fut, writes, first))
         if len(self._outbox) == 1:
             loop.call_soon(self._hand_over)
         return await fut
@@ -498,8 +517,8 @@ class StoreWorker:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 batch += more
-            writes = [call for call in batch if call[2]]
             outcomes = _run_calls([call for call in batch if not call[2]], where)
+            writes = _settle_first([call for call in batch if call[2]], outcomes)
             if writes:
                 try:
                     # One commit per batch for the answers and the slot table (they share the answers' database).
@@ -507,7 +526,7 @@ class StoreWorker:
                         done = _run_calls(writes, where)
                 except Exception as exc:  # the commit itself failed (disk full, read-only): nothing of it is stored
                     error = store_error(exc, where)
-                    done = [(fut, None, error) for _, fut, _ in writes]
+                    done = [(fut, None, error) for _, fut, _, _ in writes]
                 outcomes += done
             self._loop.call_soon_threadsafe(_deliver, outcomes)
 
@@ -524,9 +543,31 @@ class StoreWorker:
         await asyncio.to_thread(self.store.close)
 
 
-def _run_calls(calls: list[Call], where: str) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-    for fn, fut, _ in calls:
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle_first(writes: list[Call], outcomes: list[Outcome]) -> list[Call]:
+    """Run the plain reads of ``writes`` that have one, outside any transaction; those that find their result are
+    settled (appended to ``outcomes``); the rest, to run in the batch's transaction, are returned. A read that fails
+    leaves its call to the write, which meets the failure again or not (the read never decides on an error)."""
+    left: list[Call] = []
+    for call in writes:
+        first = call[3]
+        if first is not None:
+            try:
+                result = first()
+            except Exception:
+                result = None
+            if result is not None:
+                outcomes.append((call[1], result, None))
+                continue
+        left.append(call)
+    return left
+
+
+def _run_calls(calls: list[Call], where: str) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for fn, fut, _, _ in calls:
         try:
             outcomes.append((fut, fn(), None))
         except Exception as exc:
@@ -534,7 +575,7 @@ def _run_calls(calls: list[Call], where: str) -> list[tuple[asyncio.Future[Any],
     return outcomes
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+def _deliver(outcomes: list[Outcome]) -> None:
     for fut, result, exc in outcomes:
         if fut.done():
             continue
@@ -549,8 +590,9 @@ class _OnThread(Generic[P, T]):
     thread (as a write, inside its batch's transaction, or as a read outside it). Bound once per store: the first
     look-up leaves the bound method in the instance, so a request pays no more than a plain method call."""
 
-    def __init__(self, fn: Callable[Concatenate[CacheStore, P], T], *, writes: bool) -> None:
-        self.fn, self.writes = fn, writes
+    def __init__(self, fn: Callable[Concatenate[CacheStore, P], T], *, writes: bool,
+                 first: Callable[Concatenate[CacheStore, P], T | None] | None = None) -> None:
+        self.fn, self.writes, self.first = fn, writes, first
         self.name = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -567,10 +609,19 @@ class _OnThread(Generic[P, T]):
         if obj is None:
             return self
         submit, method, writes = obj._worker.submit, getattr(obj.sync, self.name), self.writes
+        if self.first is not None:
+            look = getattr(obj.sync, self.first.__name__)
 
-        async def on_thread(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await submit(functools.partial(method, *args, **kwargs) if args or kwargs else method,
-                                writes=writes)
+            def looking_first(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+                return submit(functools.partial(method, *args, **kwargs), writes=writes,
+                              first=functools.partial(look, *args, **kwargs))
+
+            obj.__dict__[self.name] = looking_first
+            return looking_first
+
+        def on_thread(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+            # submit's own coroutine is the method's: one coroutine less per call than an ``async def`` around it
+            return submit(functools.partial(method, *args, **kwargs) if args or kwargs else method, writes=writes)
 
         obj.__dict__[self.name] = on_thread
         return on_thread
@@ -603,7 +654,7 @@ class DiskStore:
     def lease_seconds(self, value: float) -> None:
         self.sync.slots.lease_seconds = value
 
-    claim = _OnThread(CacheStore.claim, writes=True)
+    claim = _OnThread(CacheStore.claim, writes=True, first=CacheStore.look)
     acquire = _OnThread(CacheStore.acquire, writes=True)
     finish = _OnThread(CacheStore.finish, writes=True)
     abandon = _OnThread(CacheStore.abandon, writes=True)
