@@ -66,6 +66,20 @@ class TestStreamSplitter:
                 whole.answer, whole.answer, whole.reasoning, whole.started, whole.finished), cut
 
     @pytest.mark.parametrize("content", CONTENTS)
+    @pytest.mark.parametrize("start", ["<think>", None])
+    @pytest.mark.parametrize("include", [True, False])
+    def test_a_whole_text_at_once_ends_as_feed_and_close_do(self, content: str, start: str | None,
+                                                             include: bool) -> None:
+        """take_whole emits what feeding the whole text and closing emit, and leaves the same result, original
+        text and flags (a replayed whole answer is taken apart this way)."""
+        fed = StreamSplitter(start, "</think>", include)
+        out = (fed.feed(content)[0] if content else "") + fed.close()
+        whole = StreamSplitter(start, "</think>", include)
+        assert whole.take_whole(content) == out
+        assert (whole.result(), whole.original, whole.opened, whole.close()) == (
+            fed.result(), fed.original, fed.opened, "")
+
+    @pytest.mark.parametrize("content", CONTENTS)
     def test_character_by_character(self, content: str) -> None:
         """One character per event gives the same answer as the whole text."""
         s = StreamSplitter("<think>", "</think>", True)

@@ -387,12 +387,16 @@ class _Strip(AnswerHandler):
             else:
                 holder, key = ch, "text"
             text = holder.get(key)
-            out, thought = c.splitter.feed(text) if isinstance(text, str) and text else ("", "")
             finish_reason = ch.get("finish_reason")
             if finish_reason:
                 c.finish_reason = finish_reason
-            if whole or finish_reason:
-                out += c.splitter.close()
+            thought = ""
+            if whole:
+                out = c.splitter.take_whole(text if isinstance(text, str) else "")
+            else:
+                out, thought = c.splitter.feed(text) if isinstance(text, str) and text else ("", "")
+                if finish_reason:
+                    out += c.splitter.close()
             if (isinstance(text, str) and out != text) or (not isinstance(text, str) and out):
                 holder[key] = out
                 changed = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evalproxy.adapter.flow.shape import Split
+from evalproxy.adapter.flow.shape import Split, split_reasoning
 
 
 def _held_back(text: str, token: str) -> int:
@@ -137,6 +137,25 @@ class StreamSplitter:
         self.held.append(text)
         k = len(self.end) - 1
         self.tail = probe[max(0, len(probe) - k) :] if k else ""
+
+    def take_whole(self, text: str) -> str:
+        """``feed(text)`` and then :meth:`close`, for a whole text: the text they would emit together, and the same
+        state after them (what :meth:`result` gives, ``original``, ``opened``), found at once by
+        :func:`~evalproxy.adapter.flow.shape.split_reasoning` instead of by the state machine (a replayed whole
+        answer is taken apart on every request). A splitter that was fed or closed before goes the long way."""
+        if self.original or self.closed or self.mode not in ("detect", "unmarked"):
+            out = self.feed(text)[0] if text else ""
+            return out + self.close()
+        split = split_reasoning(text, self.start, self.end, self.include_if_not_finished)
+        if text:
+            self.original.append(text)
+        self.opened = bool(self.start) and text.lstrip().startswith(self.start or "")
+        self.started, self.finished = split.started, split.finished
+        if split.reasoning is not None:
+            self.reasoning.append(split.reasoning)
+        self.answer_parts.append(split.answer)
+        self.closed = True
+        return split.answer
 
     def close(self) -> str:
         """The text still owed to the client when the choice ends."""
