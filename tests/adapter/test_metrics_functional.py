@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,6 +44,18 @@ class TestMetrics:
         assert got[("evalproxy_upstream_retries_total", (("reason", "500"),))] == 1
         assert got[("evalproxy_errors_total", (("type", "invalid_request"),))] == 1
         assert got[("evalproxy_requests_in_flight", ())] == 0
+
+    async def test_requests_in_flight_are_seen_while_they_last(self, make_proxy: Any, sim: SimulatedModel) -> None:
+        """The in-flight gauge counts a request while it waits for its answer, and drops when it is answered."""
+        sim.script(Fault(delay=0.5))
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        slow = asyncio.ensure_future(proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS}))
+        await asyncio.sleep(0.2)
+        during = samples(await (await proxy.get("/metrics")).text())
+        assert (await slow).status == 200
+        after = samples(await (await proxy.get("/metrics")).text())
+        key = ("evalproxy_requests_in_flight", ())
+        assert (during[key], after[key]) == (1, 0)
 
     async def test_two_apps_have_separate_registries(self, make_proxy: Any) -> None:
         """Each app counts only its own requests (no global registry)."""

@@ -159,6 +159,9 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
             self.save_responses, self.max_saved_responses = True, None
         self.owner = f"{run.run_id}:{secrets.token_hex(4)}"
         self.counts: Counter[str] = Counter()
+        prom = run.prometheus
+        self._counters = {what: prom.child(prom.cache, what) for what in _PLURAL}
+        """The Prometheus counter of each result, bound once (a label look-up per request is not free)."""
         self.guard = _StoreGuard(run, self.counts, self._where_label, server=bool(params.cache_url))
         self._filling: dict[tuple[str, int], asyncio.Future[StoredAnswer | None]] = {}
         self._renewer: asyncio.Task[None] | None = None
@@ -203,7 +206,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
 
     def _count(self, what: Literal["hit", "miss", "write"]) -> None:
         self.counts[_PLURAL[what]] += 1
-        self.run.prometheus.child(self.run.prometheus.cache, what).inc()
+        self._counters[what].inc()
         self.run.statistics.touch()
 
     def _hit(self, ctx: RequestContext, stored: StoredAnswer) -> ProxyResponse:
@@ -241,10 +244,11 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
                                                         owner=self.owner))
         if not ok or claim is None:
             return await self._without_store(ctx, call_next)
-        waited = await self._wait_for_slot(ctx, key, claim)
-        if waited is None:
-            raise self._client_gone()
-        claim = waited
+        if claim.answer is None and not claim.leased:  # another request fills the slot
+            waited = await self._wait_for_slot(ctx, key, claim)
+            if waited is None:
+                raise self._client_gone()
+            claim = waited
         ctx.state[CACHE_SLOT] = claim.slot
         if claim.answer is not None:
             return self._hit(ctx, claim.answer)

@@ -8,6 +8,7 @@ multiprocess mode), so one scrape sees the sum over the workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -65,6 +66,15 @@ class Prometheus:
             "store was down or failed", registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+
+    def count_in_flight(self, read: Callable[[], float]) -> bool:
+        """Report the requests in flight as ``read()`` at each scrape, so that counting them costs nothing per
+        request; False under ``serve --workers`` (prometheus_client's multiprocess mode keeps each value in a file,
+        which a function cannot fill): the caller then moves the gauge itself (``in_flight.inc()`` and ``dec()``)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return False
+        self.in_flight.set_function(read)
+        return True
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: label lookups take a lock and build tuples each time."""

@@ -70,6 +70,8 @@ class Proxy:
         self.errors = 0
         self.in_flight = 0
         self.cache_hits = 0
+        self._move_in_flight_gauge = not self.prometheus.count_in_flight(lambda: self.in_flight)
+        """Only under ``serve --workers``: elsewhere the gauge reads :attr:`in_flight` when scraped."""
         self.ready = False
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
@@ -202,7 +204,8 @@ class Proxy:
         tests' server are set up so): the answer being paid for runs to its end and is stored; only the writing to
         the client stops."""
         self.in_flight += 1
-        self.prometheus.in_flight.inc()
+        if self._move_in_flight_gauge:
+            self.prometheus.in_flight.inc()
         ctx: RequestContext | None = None
         resp: ProxyResponse | None = None
         status = 500
@@ -234,7 +237,8 @@ class Proxy:
             self.answered += 1
             if status >= 400:
                 self.errors += 1
-            self.prometheus.in_flight.dec()
+            if self._move_in_flight_gauge:
+                self.prometheus.in_flight.dec()
             self._observe(request, ctx, resp, status)
 
     def _path(self, request: web.Request) -> str:
