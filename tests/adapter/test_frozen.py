@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from evalproxy import BaseInterceptor, Next, Params, ProxyResponse, RequestContext, register_for_adapter
+from evalproxy.adapter.flow.frozen import FrozenDict, FrozenList, NestingError, freeze
 from evalproxy.adapter.registry.registry import Registry, resolve
 from evalproxy.adapter.server.app import create_app
 from evalproxy.simulator import SimulatedModel
@@ -48,6 +49,24 @@ class TestFrozenBody:
         with pytest.raises(TypeError, match="set_json"):
             change(ctx.json)
         assert ctx.body_bytes() == RAW
+
+    def test_freezing_copies_every_level_and_leaves_the_input_alone(self) -> None:
+        """Every dict and list, at any depth and beside already frozen ones, comes back as its frozen twin with the
+        same values; the plain input stays plain and changeable; nesting past the limit is refused."""
+        inner = freeze({"x": [1, {"y": None}]})
+        plain = {"a": [{"b": [[1, 2.5], {"c": "d"}]}, inner, "s"], "e": {"f": {}}, "g": 0}
+        frozen = freeze(plain)
+        assert frozen == plain and frozen["a"][1] is inner
+        stack: list[Any] = [frozen]
+        while stack:
+            v = stack.pop()
+            assert type(v) in (FrozenDict, FrozenList)
+            stack += [x for x in (v.values() if isinstance(v, dict) else v) if isinstance(x, dict | list)]
+        plain["a"][0]["b"][0].append(3)  # the input was copied, not frozen in place
+        assert frozen["a"][0]["b"][0] == [1, 2.5]
+        with pytest.raises(NestingError):
+            freeze({"a": [{"b": [1]}]}, depth=3)
+        assert freeze({"a": [{"b": [1]}]}, depth=4) == {"a": [{"b": [1]}]}
 
     def test_untouched_body_is_sent_byte_for_byte(self) -> None:
         """A request no interceptor replaced goes upstream as the client's own bytes."""

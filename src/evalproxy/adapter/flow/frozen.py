@@ -64,19 +64,34 @@ class NestingError(ValueError):
 def freeze(value: Any, depth: int = MAX_DEPTH) -> Any:
     """``value`` with every dict and list replaced by its frozen twin (scalars are already immutable); containers
     nested more than ``depth`` deep raise :class:`NestingError`."""
+    # Copied whole in C, then only the containers inside replaced (most values of a request are scalars): no
+    # intermediate dict or list per container, and no comprehension's function call.
     if isinstance(value, dict):
         if type(value) is FrozenDict:
             return value
         if depth <= 0:
             raise NestingError(depth)
-        return FrozenDict({k: freeze(v, depth - 1) if isinstance(v, _CONTAINERS) else v for k, v in value.items()})
+        frozen_dict = FrozenDict(value)
+        for k, v in value.items():
+            if isinstance(v, _CONTAINERS):
+                _set_item(frozen_dict, k, freeze(v, depth - 1))
+        return frozen_dict
     if isinstance(value, list):
         if type(value) is FrozenList:
             return value
         if depth <= 0:
             raise NestingError(depth)
-        return FrozenList([freeze(v, depth - 1) if isinstance(v, _CONTAINERS) else v for v in value])
+        frozen_list = FrozenList(value)
+        for i, v in enumerate(value):
+            if isinstance(v, _CONTAINERS):
+                _set_index(frozen_list, i, freeze(v, depth - 1))
+        return frozen_list
     return value
+
+
+# The frozen twins refuse changes: while one is being built, the base types' own methods fill it.
+_set_item = dict.__setitem__
+_set_index = list.__setitem__
 
 
 def thaw(value: Any) -> Any:
