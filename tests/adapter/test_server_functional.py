@@ -265,6 +265,25 @@ class TestAdminPaths:
         assert ok.status == 200
 
 
+class TestRouting:
+    async def test_named_and_other_paths_reach_the_one_proxy_handler(self, make_proxy: Any,
+                                                                      sim: SimulatedModel) -> None:
+        """The OpenAI paths, routed by name, and any other path (the catch-all) are the proxy's, for every method:
+        an answer, the proxy's own refusal of a path it does not forward, its answer to another method."""
+        proxy = await make_proxy(ENDPOINT_ONLY)
+        router = proxy.server.app.router
+        handlers = {route.handler for resource in router.resources()
+                    if resource.canonical in ("/v1/chat/completions", "/v1/models", "/{tail}") for route in resource}
+        assert len(handlers) == 1
+        ok = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": MSGS})
+        assert ok.status == 200 and (await ok.json())["choices"]
+        assert (await proxy.get("/v1/models")).status == 200
+        other = await proxy.post("/v2/anything", json={"x": 1})
+        assert other.status == 404 and (await other.json())["error"]["code"] == "path_not_forwarded"
+        method = await proxy.delete("/v1/chat/completions")
+        assert method.status == 405 and (await method.json())["error"]["code"] == "method_not_forwarded"
+
+
 class TestStreamUsage:
     async def test_usage_is_asked_for_but_hidden_from_the_client(self, make_proxy: Any, sim: SimulatedModel) -> None:
         """A stream whose client did not ask for usage: upstream is asked, the client sees no usage chunk."""

@@ -46,8 +46,15 @@ def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id
     add_cors(app, policy)
     app.cleanup_ctx.extend(proxy.cleanup_contexts())
     add_admin_routes(app, proxy, lambda handler: guarded(handler, policy, refusal))
-    app.router.add_route("*", "/{tail:.*}", guarded(proxy.handle, policy, refusal))
+    proxied = guarded(proxy.handle, policy, refusal)
+    for path in _OPENAI_PATHS:  # found by the router's first look-up; the catch-all costs a walk and a regex
+        app.router.add_route("*", path, proxied)
+    app.router.add_route("*", "/{tail:.*}", proxied)
     return app
+
+
+_OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+"""The paths nearly every request names, routed to the proxy by name (the same handler as every other path)."""
 
 _SITE_ERRORS: dict[int, type[ProxyError]] = {
     421: HostNotAllowedError, 403: OriginNotAllowedError, 415: UnsupportedMediaTypeError}
