@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,13 @@ from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import split_reasoning
 from evalproxy.adapter.flow.sse import DONE_EVENT, Event, event_json, make_event
 from evalproxy.adapter.server.output import STATISTICS_FILE, StatisticsFile
-from evalproxy.interceptors.reasoning import ReasoningInterceptor, ReasoningStats, StreamSplitter, usage_tokens
+from evalproxy.interceptors.reasoning import (
+    ReasoningInterceptor,
+    ReasoningStats,
+    StreamSplitter,
+    count_words,
+    usage_tokens,
+)
 
 THINK = "<think>let me add two and two</think>\n\nThe answer is 4."
 ANSWER = "The answer is 4."
@@ -296,6 +303,14 @@ class TestStatistics:
         await through(ic, ProxyResponse.from_json(body))
         s = ic.stats.section()
         assert (s["total_responses"], s["total_reasoning_words"], s["total_reasoning_tokens"]) == (3, 18, 6)
+
+    def test_words_are_counted_as_split_counts_them(self) -> None:
+        """count_words gives len(text.split()) for any text: every ASCII character, Unicode spaces and others."""
+        rng = random.Random(7)
+        alphabet = [chr(i) for i in range(128)] + ["\x85", "\xa0", "\u2003", "\u3000", "é", "\u2019"]
+        texts = ["", " ", "a", " a ", "The answer is 42. " * 40]
+        texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))) for _ in range(20000)]
+        assert [count_words(t) for t in texts] == [len(t.split()) for t in texts]
 
     @pytest.mark.parametrize(("usage", "expected"), [
         ({"completion_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 6}}, (6, 4)),
