@@ -321,3 +321,68 @@ class TestDictionaryFollowsAnswers:
         finally:
             await again.aclose()
             await copy.aclose()
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_stores_sharing_a_backing_store_agree_and_publishing_is_compare_and_set(
+            self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        """When one store replaces the shared dictionary, another store on the same directory or server switches to
+        it within a check's worth of answers; a publication judged against a dictionary that is no longer current
+        is refused, and both keep writing with the one published."""
+        a = await open_backend(backend, tmp_path, request)
+        b = await open_backend(backend, tmp_path, request)
+        ta, tb = table_of(a), table_of(b)
+        try:
+            await write_until(a, "s", small, lambda: ta.current is not None)
+            first = ta.current
+            for i in range(codec.CHECK_EVERY):
+                await b.finish(f"b-first{i}", 0, owner="b", answer=small(10_000 + i), pair=None)
+            await wait_until(lambda: tb.current == first, what="the other store taking the first dictionary")
+            await write_until(a, "p", prose, lambda: ta.current not in (None, first))
+            second = ta.current
+            for i in range(codec.CHECK_EVERY):
+                await b.finish(f"b{i}", 0, owner="b", answer=prose(20_000 + i), pair=None)
+            await wait_until(lambda: tb.current == second, what="the other store switching")
+            stale = zstandard.train_dictionary(16 * 1024, [prose(i, THIRD).body or b"" for i in range(40)])
+            if backend == "disk":
+                await asyncio.to_thread(b.sync.publish, first, stale.as_bytes())
+                await asyncio.to_thread(b.sync.publish, first, b"")
+            else:
+                await b.dicts.publish(first, stale.as_bytes())
+                await b.dicts.publish(first, b"")
+            assert (ta.current, tb.current) == (second, second)
+            assert len(await a.dictionaries()) == 2
+            await a.finish("a-last", 0, owner="a", answer=prose(30_000), pair=None)
+            await b.finish("b-last", 0, owner="b", answer=prose(30_001), pair=None)
+            raw = dict([x async for chunk in a.raw_answers() for x in chunk])
+            assert dict_id(raw["a-last:0"]) == dict_id(raw["b-last:0"]) == second
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_the_number_of_dictionaries_is_bounded(self, backend: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+        """A store holding the bound of dictionaries trains no more (said once in the log): answers of a third kind
+        are written without a dictionary rather than with an unfit one, and entries of every dictionary decode."""
+        monkeypatch.setattr(codec, "MAX_DICTS", 2)
+        store = await open_backend(backend, tmp_path, request)
+        t = table_of(store)
+        try:
+            n_small = await write_until(store, "s", small, lambda: t.current is not None)
+            first = t.current
+            n_prose = await write_until(store, "p", prose, lambda: t.current not in (None, first))
+            n_third = await write_until(store, "t", lambda i: prose(i, THIRD), lambda: t.current is None)
+            for i in range(n_third, n_third + 200):
+                await store.finish(f"t{i}", 0, owner="o", answer=prose(i, THIRD), pair=None)
+            assert t.current is None and len(await store.dictionaries()) == 2
+            raw = dict([x async for chunk in store.raw_answers() for x in chunk])
+            assert dict_id(raw[f"t{n_third + 199}:0"]) == 0
+            everything = ({f"s{i}": small(i) for i in range(n_small)} | {f"p{i}": prose(i) for i in range(n_prose)}
+                          | {f"t{i}": prose(i, THIRD) for i in range(n_third + 200)})
+            got = await store.get_answers([(k, 0) for k in everything])
+            assert [g.body if g else None for g in got] == [a.body for a in everything.values()]
+        finally:
+            await store.aclose()
+        assert sum("no more are trained" in r.getMessage() for r in caplog.records) == 1

@@ -129,28 +129,27 @@ class Dictionaries:
         (every :data:`CHECK_EVERY`-th left in :attr:`pending` for the store to check)."""
         if self.training or not self.checked:
             return
+        self._seen += 1
+        if self._seen % CHECK_EVERY == 0 and self.pending is None:
+            self.pending = (payload, frame)
         if self.collecting:
             if len(payload) <= SAMPLE_MAX:
                 self.samples.append(payload)
             if len(self.samples) >= TRAIN_ANSWERS:
                 self.collecting, self.training, self.due, self.base = False, True, True, self.current
-            return
-        self._seen += 1
-        if self._seen % CHECK_EVERY == 0 and self.pending is None:
-            self.pending = (payload, frame)
 
     def run_check(self) -> None:
         """Off the event loop: the pending answer compressed without the dictionary too, tallied; at the end of a
         window, judge the current choice (a dictionary saving less than :data:`DICT_MIN_GAIN`, or none, starts
         fresh samples)."""
         pending, self.pending = self.pending, None
-        if pending is None:
-            return
+        if pending is None or self.collecting or self.training:
+            return  # (the store still reads its current id: while collecting, another process may publish one)
         if self.current is not None:
             self._with += pending[1]
             self._without += len(_plain_compressor().compress(pending[0]))
         self._checks += 1
-        if self._checks * CHECK_EVERY < WINDOW or self.training or self.collecting:
+        if self._checks * CHECK_EVERY < WINDOW:
             return
         with_, without = self._with, self._without
         self._seen = self._checks = self._with = self._without = 0
