@@ -276,6 +276,14 @@ async def open_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequ
     return open_store(server.url)
 
 
+async def publish(store: Any, judged: int | None, data: bytes) -> bool:
+    """Publish ``data`` as the store's current dictionary in place of ``judged`` (either backend); whether the
+    bound refused it."""
+    if hasattr(store, "sync"):
+        return await asyncio.to_thread(store.sync.publish, judged, data)
+    return await store.dicts.publish(judged, data)  # type: ignore[no-any-return]
+
+
 BACKENDS = ["disk", pytest.param("redis", marks=needs_redis)]
 
 
@@ -343,12 +351,8 @@ class TestDictionaryFollowsAnswers:
                 await b.finish(f"b{i}", 0, owner="b", answer=prose(20_000 + i), pair=None)
             await wait_until(lambda: tb.current == second, what="the other store switching")
             stale = zstandard.train_dictionary(16 * 1024, [prose(i, THIRD).body or b"" for i in range(40)])
-            if backend == "disk":
-                await asyncio.to_thread(b.sync.publish, first, stale.as_bytes())
-                await asyncio.to_thread(b.sync.publish, first, b"")
-            else:
-                await b.dicts.publish(first, stale.as_bytes())
-                await b.dicts.publish(first, b"")
+            await publish(b, first, stale.as_bytes())
+            await publish(b, first, b"")
             assert (ta.current, tb.current) == (second, second)
             assert len(await a.dictionaries()) == 2
             await a.finish("a-last", 0, owner="a", answer=prose(30_000), pair=None)
@@ -377,6 +381,9 @@ class TestDictionaryFollowsAnswers:
             for i in range(n_third, n_third + 200):
                 await store.finish(f"t{i}", 0, owner="o", answer=prose(i, THIRD), pair=None)
             assert t.current is None and len(await store.dictionaries()) == 2
+            another = zstandard.train_dictionary(16 * 1024, [prose(i, THIRD).body or b"" for i in range(40)])
+            assert await publish(store, None, another.as_bytes())  # refused by the store itself
+            assert len(await store.dictionaries()) == 2
             raw = dict([x async for chunk in store.raw_answers() for x in chunk])
             assert dict_id(raw[f"t{n_third + 199}:0"]) == 0
             everything = ({f"s{i}": small(i) for i in range(n_small)} | {f"p{i}": prose(i) for i in range(n_prose)}

@@ -58,7 +58,7 @@ MAX_PAYLOAD = 2**31
 """The largest payload a frame may expand to (an answer is bounded by ``max_answer_bytes``, 256 MiB by default)."""
 
 TRAIN_ANSWERS = 200
-"""Answers a dictionary is trained on (four in five; the fifth judge it)."""
+"""Answers a dictionary is trained on (four in five; the fifth judges it)."""
 DICT_BYTES = 64 * 1024
 DICT_MIN_GAIN = 0.05
 """The share of bytes a dictionary must save, against the other choices, to be written with (or to stay in use)."""
@@ -176,7 +176,7 @@ class Dictionaries:
         if self.current is not None and gain >= DICT_MIN_GAIN:
             return
         if len(self.known) >= MAX_DICTS:
-            self.done_training(full=True)  # the store holds enough: a stale one may still be dropped
+            self._set_full()  # no new one: a stale one may still be dropped
         if self.full and self.current is None:
             return
         if self.current is not None:
@@ -222,11 +222,15 @@ class Dictionaries:
 
     def done_training(self, full: bool = False) -> None:
         """Training and publishing are over (``full``: the store refused a new dictionary, it holds enough)."""
-        if full and not self.full:
-            log.warning("the store holds %d compression dictionaries or more: no more are trained", MAX_DICTS)
-        self.full = self.full or full
+        if full:
+            self._set_full()
         self.training = False
         self._seen = self._checks = self._with = self._without = 0
+
+    def _set_full(self) -> None:
+        if not self.full:
+            log.warning("the store holds %d compression dictionaries or more: no more are trained", MAX_DICTS)
+        self.full = True
 
     def forget(self) -> None:
         """The store was cleared: it holds no dictionary now."""
