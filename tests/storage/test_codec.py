@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import sqlite3
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aredis
 import zstandard
 
 from evalproxy.storage import codec, copy_store, open_store
@@ -393,3 +395,36 @@ class TestDictionaryFollowsAnswers:
         finally:
             await store.aclose()
         assert sum("no more are trained" in r.getMessage() for r in caplog.records) == 1
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_a_planted_dictionary_is_never_written_with(self, backend: str, tmp_path: Path,
+                                                              request: pytest.FixtureRequest,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+        """Bytes that are no zstd dictionary, planted in the store as its current one (under id 0, the id zstd gives
+        raw content), are left out (logged): the store writes without them, and what it writes reads back."""
+        planted = b"not a dictionary " * 20
+        if backend == "disk":
+            store = await open_backend(backend, tmp_path, request)
+            await store.aclose()
+            db = sqlite3.connect(tmp_path / "store" / "responses" / "cache.db")
+            with db:
+                db.execute("INSERT INTO evalproxy_dicts VALUES (0, ?)", (planted,))
+                db.execute("INSERT INTO evalproxy_dict_current VALUES (0, 0)")
+            db.close()
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            client = aredis.Redis.from_url(server.url)
+            await client.hset("evalproxy:dicts", "0", planted)
+            await client.set("evalproxy:dict", "0")
+            await client.aclose()
+        store = await open_backend(backend, tmp_path, request)
+        try:
+            await store.finish("k", 0, owner="o", answer=prose(1), pair=None)
+            assert table_of(store).current is None
+            raw = dict([x async for chunk in store.raw_answers() for x in chunk])
+            assert dict_id(raw["k:0"]) == 0
+            got = await store.get_answers([("k", 0)])
+            assert got[0] is not None and got[0].body == prose(1).body
+        finally:
+            await store.aclose()
+        assert any("left out" in r.getMessage() for r in caplog.records)

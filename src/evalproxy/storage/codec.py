@@ -118,13 +118,32 @@ class Dictionaries:
         self._failures = 0
 
     def add(self, data: bytes) -> int:
-        """Hold a dictionary (its stored bytes); its id."""
+        """Hold a dictionary (its stored bytes); its id. ValueError for bytes that are no zstd dictionary (a damaged
+        or planted entry of the store: zstd would take them as raw content, and frames written with them would
+        name no dictionary, so no reader could decode them)."""
         d = zstandard.ZstdCompressionDict(data)
         dict_id = int(d.dict_id())
+        if not dict_id:
+            raise ValueError("not a zstd dictionary")
         if dict_id not in self.known:
-            d.precompute_compress(level=LEVEL)
+            try:
+                d.precompute_compress(level=LEVEL)
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"damaged zstd dictionary {dict_id} ({exc})") from exc
             self.known[dict_id] = d
         return dict_id
+
+    def add_all(self, items: Iterable[bytes]) -> list[bytes]:
+        """Hold each of these dictionaries; those held (one that is no dictionary is left out, logged)."""
+        held = []
+        for data in items:
+            try:
+                self.add(data)
+            except ValueError as exc:
+                log.warning("a compression dictionary of the store is left out: %s", exc)
+                continue
+            held.append(data)
+        return held
 
     def use(self, data: bytes | None) -> None:
         """Write with the store's current dictionary (None or empty: the store has none)."""
@@ -280,8 +299,7 @@ _PLAIN = Dictionaries()  # none: the codec of a caller without a store (tests, t
 def dictionaries_of(items: Iterable[bytes]) -> Dictionaries:
     """A table holding the given dictionaries (a copy's source's, to check what it copies)."""
     table = Dictionaries()
-    for data in items:
-        table.add(data)
+    table.add_all(items)
     return table
 
 

@@ -241,9 +241,8 @@ class CacheStore:
     # -- compression dictionaries (codec.Dictionaries), in tables of the answers' database ------------------------
     def _load_dictionaries(self) -> None:
         """Hold every dictionary of the store and write with its current one (if it has one)."""
-        for dict_id, data in self.slots.db.execute("SELECT id, data FROM evalproxy_dicts").fetchall():
-            if dict_id not in self.dicts.known:
-                self.dicts.add(data)
+        rows = self.slots.db.execute("SELECT id, data FROM evalproxy_dicts").fetchall()
+        self.dicts.add_all(data for dict_id, data in rows if dict_id not in self.dicts.known)
         row = self.slots.db.execute("SELECT c.id FROM evalproxy_dict_current c JOIN evalproxy_dicts d"
                                     " ON d.id = c.id").fetchone()
         self.dicts.use_id(row[0] if row and row[0] in self.dicts.known else None)
@@ -296,10 +295,9 @@ class CacheStore:
         return [bytes(d) for (d,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall()]
 
     def put_dictionaries(self, items: list[bytes]) -> None:
+        held = self.dicts.add_all(items)
         self.slots.db.executemany("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)",
-                                  [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in items])
-        for d in items:
-            self.dicts.add(d)
+                                  [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in held])
 
     def _decode(self, blob: bytes) -> StoredAnswer:
         try:

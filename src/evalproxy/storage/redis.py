@@ -479,9 +479,9 @@ class RedisDictionaries:
             judged = t.current if t.checked else None
         cur, got, full = await self.batch.run("dict", self.keys, ["" if judged is None else judged, new, data,
                                                                   codec.MAX_DICTS])
-        dict_id = int(cur) if cur else None
+        dict_id = int(cur) if cur.isdigit() else None
         if got or (data and dict_id == new):
-            t.add(got or data)
+            t.add_all([got or data])
         t.use_id(dict_id if dict_id in t.known else None)
         return bool(int(full))
 
@@ -512,8 +512,7 @@ class RedisDictionaries:
     async def load(self) -> None:
         """Hold every dictionary the store has (a frame named one this process did not know), and write with the
         store's current one."""
-        for data in await self.all():
-            self.table.add(data)
+        self.table.add_all(await self.all())
         if self.table.checked:
             await self._sync()
 
@@ -521,11 +520,10 @@ class RedisDictionaries:
         return list(await self._call(self.redis.hvals(self.keys[1])))
 
     async def put(self, items: list[bytes]) -> None:
-        if items:
+        held = self.table.add_all(items)
+        if held:
             await self._call(self.redis.hset(self.keys[1], mapping={
-                zstandard.ZstdCompressionDict(d).dict_id(): d for d in items}))
-            for d in items:
-                self.table.add(d)
+                zstandard.ZstdCompressionDict(d).dict_id(): d for d in held}))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
