@@ -354,10 +354,8 @@ class CacheStore:
 
     # -- slots and leases ------------------------------------------------------------------------------------------
     def look(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim | None:
-        """A claim settled by a plain read, outside the write transaction: the stored answer of a deterministic
-        request (slot 0), or None, and then :meth:`claim` runs in the write transaction. A committed answer is never
-        taken back, so what this read finds is what the claim would find; a miss looks again under the write lock
-        before it leases. (A sampled request's slot is counted, a write, so it always takes the claim.)"""
+        """A deterministic request's stored answer found by a plain read, outside the write transaction (None: the
+        claim runs in it, and looks again under the write lock before it leases; a sampled slot is counted there)."""
         if sampled or not reuse:
             return None
         answer = self.get_answer(key, 0)
