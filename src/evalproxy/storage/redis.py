@@ -46,7 +46,9 @@ and passes requests through)::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -60,7 +62,7 @@ import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -240,15 +242,25 @@ end
 return table.concat(out)
 """
 
+_BATCH_SHA = hashlib.sha1(_BATCH.encode()).hexdigest().encode()  # the name Redis gives the script
+
+
+def pack_op(op: str, keys: list[Any], args: list[Any]) -> bytes:
+    """One operation in the framing :data:`_BATCH` reads: every field ``<length>:<bytes>`` (its name, its numbers
+    of keys and of arguments, its keys, its arguments); a batch is its operations joined."""
+    parts = [b"%d:%s%d:%d%d:%d" % (len(op), op.encode(), len(str(len(keys))), len(keys),
+                                   len(str(len(args))), len(args))]
+    for x in (*keys, *args):
+        t = type(x)
+        b = x.encode() if t is str else x if t is bytes else _bytes(x)
+        parts.append(b"%d:" % len(b))
+        parts.append(b)
+    return b"".join(parts)
+
 
 def pack_batch(ops: list[tuple[str, list[Any], list[Any]]]) -> bytes:
     """The framing :data:`_BATCH` reads: every field ``<length>:<bytes>``."""
-    fields: list[bytes] = []
-    for op, keys, args in ops:
-        fields += [op.encode(), b"%d" % len(keys), b"%d" % len(args)]
-        fields += [_bytes(x) for x in keys]
-        fields += [_bytes(x) for x in args]
-    return b"".join([b"%d:%s" % (len(f), f) for f in fields])
+    return b"".join([pack_op(*op) for op in ops])
 
 
 def _bytes(x: Any) -> bytes:
@@ -264,23 +276,25 @@ def _bytes(x: Any) -> bytes:
 def unpack_results(blob: bytes) -> list[Any]:
     """The results :data:`_BATCH` returns, one per operation: bytes, a list of bytes, or a redis-py error."""
     out: list[Any] = []
-    pos = 0
-
-    def field() -> bytes:
-        nonlocal pos
-        colon = blob.index(b":", pos)
-        end = colon + 1 + int(blob[pos:colon])
-        pos = end
-        return blob[colon + 1 : end]
-
-    while pos < len(blob):
-        tag = field()
-        if tag == b"V":
-            out.append(field())
-        elif tag == b"T":
-            out.append([field() for _ in range(int(field()))])
-        else:
-            message = field().decode("utf-8", "replace")
+    pos, end, index = 0, len(blob), blob.index
+    while pos < end:
+        tag = blob[pos + 2]  # the tag is one byte: "1:V", "1:T" or "1:E"
+        colon = index(b":", pos + 3)
+        stop = colon + 1 + int(blob[pos + 3 : colon])
+        value = blob[colon + 1 : stop]
+        pos = stop
+        if tag == 86:  # V: one value
+            out.append(value)
+        elif tag == 84:  # T: a count, then that many values
+            items = []
+            for _ in range(int(value)):
+                colon = index(b":", pos)
+                stop = colon + 1 + int(blob[pos:colon])
+                items.append(blob[colon + 1 : stop])
+                pos = stop
+            out.append(items)
+        else:  # E: the operation's error message
+            message = value.decode("utf-8", "replace")
             kind = (OutOfMemoryError if message.startswith("OOM") else
                     RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
             out.append(kind(message))
@@ -347,14 +361,15 @@ class TurnBatch:
 
     MAX_OPS = 512
     MAX_BYTES = 4 * 2**20
-    """A batch closes at this many bytes of answers (a few large answers go in batches of their own: one script call
-    never carries more than the store's timeout can cover)."""
+    """A batch closes at this many bytes of packed operations, answers included (a few large answers go in batches
+    of their own: one script call never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
-    def __init__(self, script: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
+    def __init__(self, script: Callable[[bytes], Awaitable[bytes]], call: Callable[[Awaitable[Any]], Awaitable[Any]],
                  error: Callable[[BaseException], BaseException]) -> None:
         self._script, self._call, self._error = script, call, error
-        self._outbox: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._outbox: list[tuple[bytes, asyncio.Future[Any]]] = []
+        """Each operation packed as it is asked for (:func:`pack_op`), and its caller's future."""
         self._sizes: list[int] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -364,8 +379,9 @@ class TurnBatch:
     def run(self, op: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._outbox.append((op, keys, args, fut))
-        self._sizes.append(sum(len(a) for a in args if isinstance(a, bytes)))
+        data = pack_op(op, keys, args)
+        self._outbox.append((data, fut))
+        self._sizes.append(len(data))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -388,21 +404,21 @@ class TurnBatch:
         if self._outbox and not self._scheduled:
             self._flush()
 
-    async def _send(self, ops: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         self.round_trips += 1
         try:
-            blob = await self._call(self._script(keys=[], args=[pack_batch([op[:3] for op in ops])]))
+            blob = await self._call(self._script(b"".join([data for data, _ in ops])))
             results = unpack_results(blob)
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
-            for *_, fut in ops:
+            for _, fut in ops:
                 if not fut.done():
                     fut.set_exception(_copy(exc))
             return
         except BaseException:  # cancelled (the loop is closing): so are its callers
-            for *_, fut in ops:
+            for _, fut in ops:
                 fut.cancel()
             raise
-        for (*_, fut), result in zip(ops, results, strict=True):
+        for (_, fut), result in zip(ops, results, strict=True):
             if fut.done():
                 continue  # its caller went away; the operation ran all the same
             if isinstance(result, RedisError):
@@ -497,7 +513,9 @@ class RedisStore:
         p = self.prefix
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
-        self.batch = TurnBatch(self.redis.register_script(_BATCH), self._call, self._error)
+        self._batch_conns: list[Any] = []
+        """Idle connections of the batch script's calls (:meth:`_script`), at most ``TurnBatch.MAX_IN_FLIGHT``."""
+        self.batch = TurnBatch(self._script, self._call, self._error)
         self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
@@ -518,6 +536,41 @@ class RedisStore:
                 return await aw
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._error(exc) from exc
+
+    async def _script(self, blob: bytes) -> bytes:
+        """One call of the batch script with ``blob``, on a connection of the batches' own: taken from the pool
+        for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the
+        call itself. A kept connection that went stale (the server restarted) is tried once more, connected
+        afresh; a script the server lost (restarted, flushed) is loaded again."""
+        conn = self._batch_conns.pop() if self._batch_conns else self.pool.make_connection()  # type: ignore[no-untyped-call]
+        for attempt in (1, 2):
+            try:
+                reply = await self._evalsha(conn, blob)
+            except RedisConnectionError:
+                await conn.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except ResponseError:  # the server refused the call (full, read-only): the connection itself is fine
+                self._batch_conns.append(conn)
+                raise
+            except BaseException:  # timed out or cancelled mid-call: what the connection holds is unknown
+                await asyncio.shield(conn.disconnect(nowait=True))
+                raise
+            self._batch_conns.append(conn)
+            return bytes(reply)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
+        head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
+        await conn.send_packed_command([head, blob, b"\r\n"])
+        try:
+            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
+            return await conn.read_response(timeout=math.inf)
+        except NoScriptError:
+            await self.redis.script_load(_BATCH)
+            await conn.send_packed_command([head, blob, b"\r\n"])
+            return await conn.read_response(timeout=math.inf)
 
     def _error(self, exc: BaseException) -> BaseException:
         """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree; a server
@@ -724,5 +777,8 @@ class RedisStore:
         await self.dicts.aclose()
         await self.batch.drain()  # what callers asked for before the close still reaches the server
         self._closed = True
+        for conn in self._batch_conns:
+            await conn.disconnect()
+        self._batch_conns.clear()
         await self.redis.aclose()
         await self.pool.disconnect()
