@@ -134,6 +134,20 @@ class TestBatches:
             await store.aclose()
             await good.aclose()
 
+    async def test_an_operation_of_many_keys_runs_whole(self, redis_server: RedisServer) -> None:
+        """A renewal of 150 slots (more fields than the script reads in one go) moves every one of their leases,
+        the first as the last."""
+        store = RedisStore(redis_server.url, lease_seconds=5)
+        slots = [(f"m{i}", 0) for i in range(150)]
+        try:
+            await asyncio.gather(*(store.claim(k, "r", sampled=False, reuse=True, owner="o") for k, _ in slots))
+            store.lease_seconds = 500
+            await store.renew(slots, owner="o")
+            ttls = [await store.redis.pttl(store._lease(k, s)) for k, s in slots]
+            assert min(ttls) > 100_000
+        finally:
+            await store.aclose()
+
     async def test_a_killed_connection_and_a_flushed_script_fail_no_call(self, redis_server: RedisServer) -> None:
         """The batches' own connection killed by the server and the script flushed from it: the next calls
         succeed all the same (a fresh connection, the script loaded again) and what they store is there."""
