@@ -16,21 +16,21 @@ Layout, every key under the prefix ``P``::
     P dict / P dicts        string: the id of the compression dictionary answers are written with / hash
                             id -> every dictionary the store's answers may need (storage/codec.py)
 
-A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
-the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
-are one operation each. The operations asked for in one turn of the event loop, by every request of this process, go
-to the server together as one call of one script (:class:`TurnBatch`), as the disk store commits a turn's calls in
-one transaction: a miss costs one round trip before the upstream call and one after, a hit one, and under load a
-round trip serves many requests. Answers are stored compressed (:mod:`evalproxy.storage.codec`; a large one is
-compressed and decompressed in a thread). A lease lives ``lease_seconds`` (default
-LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` and keep the lease's deadline in
-its value, so a lease key that lost its TTL or never had one (a crashed writer, a hand-made ``SET``) still expires.
-A claim takes over a lease past its deadline, one whose value has no deadline and whose key has no TTL, and one
-whose deadline lies further ahead than one lease (no holder sets that); a value without a deadline but with a TTL
-(a proxy of an older version) holds until its TTL runs out. Every proxy sharing a server must use one lease length.
-On this host, a lease whose process died is taken over at once, as the disk store does. After a failed call (server
-down, timeout) the store refuses calls for a short while without touching the network, so a dead server costs
-requests nothing; the connection pool reconnects by itself.
+A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on the
+server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back) are one
+operation each. The operations asked for in one turn of the event loop, by every request of this process, go to the
+server together as one call of one script (:class:`TurnBatch`, on connections of its own, outside the pool), as the disk
+store commits a turn's calls in one transaction: a miss costs one round trip before the upstream call and one after, a
+hit one, and under load a round trip serves many requests. Answers are stored compressed
+(:mod:`evalproxy.storage.codec`; a large one is compressed and decompressed in a thread). A lease lives
+``lease_seconds`` (default LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` (once per
+call) and keep the lease's deadline in its value, so a lease key that lost its TTL or never had one (a crashed writer, a
+hand-made ``SET``) still expires. A claim takes over a lease past its deadline, one whose value has no deadline and
+whose key has no TTL, and one whose deadline lies further ahead than one lease (no holder sets that); a value without a
+deadline but with a TTL (a proxy of an older version) holds until its TTL runs out. Every proxy sharing a server must
+use one lease length. On this host, a lease whose process died is taken over at once, as the disk store does. After a
+failed call (server down, timeout) the store refuses calls for a short while without touching the network, so a dead
+server costs requests nothing; the pool and the batches' connections reconnect by themselves.
 
 Errors, translated at :meth:`RedisStore._call` into the ``StoreError`` subtree (the caching interceptor counts them
 and passes requests through)::
@@ -562,7 +562,8 @@ class RedisStore:
         for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the
         call itself. A kept connection that went stale (the server restarted) is tried once more, connected
         afresh; a script the server lost (restarted, flushed) is loaded again."""
-        conn = self._batch_conns.pop() if self._batch_conns else self.pool.make_connection()  # type: ignore[no-untyped-call]
+        make = self.pool.make_connection
+        conn = self._batch_conns.pop() if self._batch_conns else make()  # type: ignore[no-untyped-call]
         for attempt in (1, 2):
             try:
                 reply = await self._evalsha(conn, blob)
