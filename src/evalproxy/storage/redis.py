@@ -222,6 +222,14 @@ local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure
 local B, pos, out, FMT = ARGV[1], 1, {}, {}
 -- n fields from pos on, in struct.unpack calls of up to 64 fields each (one C call, not four Lua calls, a field)
 local function fields(n)
+  if n <= 64 then  -- the common case: one call, its values kept as they come
+    local f = FMT[n]
+    if not f then f = '>' .. string.rep('I4c0', n); FMT[n] = f end
+    local V = {struct.unpack(f, B, pos)}
+    pos = V[n + 1]
+    V[n + 1] = nil
+    return V
+  end
   local V, j = {}, 0
   while j < n do
     local m = math.min(n - j, 64)
