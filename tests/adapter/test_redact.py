@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evalproxy.adapter.core.redact import redact_url
+from evalproxy.adapter.core.redact import redact_url, secret_env
 
 
 class TestRedactUrl:
@@ -48,3 +48,24 @@ class TestRedactText:
         assert redact_obj({"note": "x", "api_key": "x", "text": "max"}, ["x"]) == {
             "note": REDACTED, "api_key": REDACTED, "text": "max"}
         assert redact_text("key sk-long-secret-1 here", ["sk-long-secret-1"]) == f"key {REDACTED} here"
+
+
+class TestSecretEnv:
+    @pytest.mark.parametrize(("name", "value", "secret"), [
+        ("HF_TOKEN", "hf_abc", True),
+        ("WANDB_API_KEY", "k", True),
+        ("AWS_SECRET_ACCESS_KEY", "k", True),
+        ("MLFLOW_TRACKING_PASSWORD", "pw", True),
+        ("DATABASE_URL", "postgres://app:pw@db/app", True),
+        ("PROVIDER_ENDPOINT", "https://x.example.com/v1?key=abc", True),
+        ("PATH", "/usr/bin:/bin", False),
+        ("HF_HOME", "/data/hf", False),
+        ("MAX_TOKENS", "512", False),
+        ("TOKENIZERS_PARALLELISM", "false", False),
+        ("EVALPROXY_JOBS_URL", "http://127.0.0.1:8080", False),
+    ])
+    def test_credentials_are_told_by_name_or_by_a_url_carrying_one(self, name: str, value: str,
+                                                                   secret: bool) -> None:
+        """A variable is a credential when a word of its name says so or its value is a URL holding one; names
+        that only mention tokens (MAX_TOKENS, TOKENIZERS_PARALLELISM) and plain URLs are not."""
+        assert secret_env(name, value) is secret

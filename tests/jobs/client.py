@@ -2,8 +2,8 @@
 
 It uses the ``openai`` SDK as real harnesses do, writes ``results.yml`` in the tasks -> metrics -> scores shape and
 prints its own accuracy as the last line of stdout. ``--hold FILE`` makes it wait after the first answer until FILE
-exists (at most 60 s), so a test can catch the job while it is running. ``--print-env NAME`` prints that variable
-first, as a careless harness might (the service must keep it out of the job's log).
+exists (at most 60 s), so a test can catch the job while it is running. ``--print-env NAME`` (repeatable) prints
+that variable first, as a careless harness might (the service must keep it out of the job's log).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--out", required=True)
     parser.add_argument("--hold", default=None)
-    parser.add_argument("--print-env", default=None)
+    parser.add_argument("--print-env", action="append", default=[])
     args = parser.parse_args()
-    if args.print_env:
-        print(f"{args.print_env}={os.environ.get(args.print_env, '')}", flush=True)
+    for name in args.print_env:
+        print(f"{name}={os.environ.get(name, '')}", flush=True)
 
     client = OpenAI(base_url=args.base_url, api_key="unused-by-the-proxy", max_retries=0)
     scores: list[float] = []

@@ -40,6 +40,9 @@ from tests.procs import free_port
 from tests.storage.test_redis_server import RedisServer
 from tests.waiting import wait_until
 
+HF_TOKEN = "hf_never-on-slurmctlds-disk-31"
+"""A credential of the service's environment that no target names (a harness may need it)."""
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,22 +251,25 @@ class TestSlurmJobs:
 
     async def test_restart_requeue_and_cancel_on_the_cluster(
             self, services: list[Service], model: tuple[SimulatedModel, str], tmp_path: Path,
-            shared_redis: RedisServer, api_key: str) -> None:
+            shared_redis: RedisServer, api_key: str, monkeypatch: pytest.MonkeyPatch) -> None:
         """``jobs serve --executor slurm`` stopped mid-job leaves its jobs to the cluster, which keeps on its disk
         (StateSaveLocation, SlurmdSpoolDir) each job's ticket and neither the key nor the store URL; one of them is
         requeued (``scontrol requeue``) meanwhile. The next start shows each job's true state (the requeued one pending
         with Slurm's reason, the other running, none failed); a cancel ends the running one cancelled through
         ``scancel``, and the requeued one fetches its secrets again from the new service and resumes from the shared
-        cache: the model is asked each question once; no file of its directory holds the key."""
+        cache: the model is asked each question once; no file of its directory holds the key, and the service's other
+        credentials (HF_TOKEN) reach the node by the ticket too, never Slurm's disk."""
         fake, url = model
         data, go = tmp_path / "svc", tmp_path / "go"
+        monkeypatch.setenv("HF_TOKEN", HF_TOKEN)  # a credential of the service's no target names
         # One port for both starts, as a real service has: a requeued job fetches its secrets at the URL it got.
         args = ("--executor", "slurm", "--cache-url", shared_redis.url, "--poll-interval", str(POLL),
                 "--port", str(free_port()))
         first = await Service.start(data, tmp_path / "svc.log", *args)
         services.append(first)
         resumed = await first.json("POST", "/v1/evaluation/jobs", _job(url, client_command("--hold", str(go)), 4))
-        holding = client_command("--hold", str(tmp_path / "never"), "--print-env", API_KEY_ENV)
+        holding = client_command("--hold", str(tmp_path / "never"), "--print-env", API_KEY_ENV,
+                                 "--print-env", "HF_TOKEN")
         held = await first.json("POST", "/v1/evaluation/jobs", _job(url, holding, 2))
         for job in (resumed, held):
             running = await first.wait_for_status(job["id"], "running")
@@ -277,7 +283,7 @@ class TestSlurmJobs:
         await first.close()  # SIGTERM: a local job would be stopped and failed; a cluster job goes on
         resumed_id, held_id = await _slurm_id(data, resumed["id"]), await _slurm_id(data, held["id"])
         assert (await _scontrol(held_id))["JobState"] == "RUNNING"
-        secrets = [API_KEY.encode(), shared_redis.url.encode()]
+        secrets = [API_KEY.encode(), shared_redis.url.encode(), HF_TOKEN.encode()]
         for slurm_id in (resumed_id, held_id):  # what Slurm keeps of a running job: a ticket, no secret
             saved = await asyncio.to_thread(_saved_environment, slurm_id)
             assert [s for s in secrets if s in saved] == []
@@ -301,6 +307,7 @@ class TestSlurmJobs:
             log = await resp.text()
         assert "CANCELLED AT" in log  # Slurm's own line, in the output file /logs serves
         assert f"{API_KEY_ENV}=" in log and API_KEY not in log  # the key reached the node, redacted in its log
+        assert "HF_TOKEN=" in log and HF_TOKEN not in log  # and so did the service's other credential
         script = await asyncio.to_thread((data / "jobs" / held["id"] / "slurm_job.sh").read_text)
         assert API_KEY not in script and shared_redis.url not in script
         assert "--cache-url-env EVALPROXY_JOBS_CACHE_URL" in script  # the URL reaches evalproxy run by its name

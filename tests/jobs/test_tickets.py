@@ -16,9 +16,11 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from evalproxy.adapter.core.redact import secret_env
 from evalproxy.jobs import launch
-from evalproxy.jobs.app import DB
+from evalproxy.jobs.app import DB, SETTINGS
 from evalproxy.jobs.models import new_job_id, now
+from evalproxy.jobs.runner import ticketed_env
 from evalproxy.jobs.tickets import (
     CACHE_URL_ENV,
     SERVICE_URL_ENV,
@@ -33,6 +35,8 @@ from evalproxy.storage.jobs_db import JobsDB
 from tests.jobs.conftest import API_KEY, API_KEY_ENV, TOKEN, MakeService
 
 STORE = "redis://:store-password-42@cache.cluster:6379/0"
+HF_ENV, HF_TOKEN = "HF_TOKEN", "hf_dataset-download-secret-7"
+"""Another credential of the service's environment, which no target names: a harness may need it."""
 
 
 class Ticketed:
@@ -68,11 +72,15 @@ class Ticketed:
                                    "api_key_name": API_KEY_ENV, "adapter_config": None}}
         url = launch.store_url(target, {"command": ["harness"], "params": {}}, STORE)
         assert url is not None and url.startswith(STORE)
-        return {API_KEY_ENV: API_KEY, CACHE_URL_ENV: url}
+        return {API_KEY_ENV: API_KEY, CACHE_URL_ENV: url, HF_ENV: HF_TOKEN}
 
 
 @pytest.fixture
-async def ticketed(make_service: MakeService, api_key: str) -> Ticketed:
+async def ticketed(make_service: MakeService, api_key: str, monkeypatch: pytest.MonkeyPatch) -> Ticketed:
+    for name, value in list(os.environ.items()):  # the service's credentials: the key and HF_TOKEN, no others
+        if secret_env(name, value) and name != API_KEY_ENV:
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(HF_ENV, HF_TOKEN)
     # send_token=False: the ticket is the only credential these calls carry
     return Ticketed(await make_service(cache_url=STORE, send_token=False))
 
@@ -94,8 +102,21 @@ class TestSecretsEndpoint:
         on_disk = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("jobs.db*"))
         assert ticket.encode() not in on_disk and API_KEY.encode() not in on_disk
         fetched = [r.getMessage() for r in caplog.records if "fetched with its ticket" in r.getMessage()]
-        assert len(fetched) == 2 and f"({CACHE_URL_ENV}, {API_KEY_ENV})" in fetched[0]
-        assert not any(s in caplog.text for s in (ticket, API_KEY, "store-password-42"))
+        assert len(fetched) == 2 and f"({CACHE_URL_ENV}, {API_KEY_ENV}, {HF_ENV})" in fetched[0]
+        assert not any(s in caplog.text for s in (ticket, API_KEY, "store-password-42", HF_TOKEN))
+
+    async def test_a_cluster_job_is_submitted_with_no_credential_of_the_service(self, ticketed: Ticketed) -> None:
+        """The environment a job goes to the cluster with (which slurmctld keeps on its disk) holds the ticket and
+        the service's URL but none of the service's credentials: not the key, the store URL or HF_TOKEN, under
+        their names or any other; everything else of the environment is kept."""
+        job_id, _ = await ticketed.add("pending")
+        job = await asyncio.to_thread(ticketed.db.get_job, job_id)
+        env = {**os.environ, "COPY_OF_THE_KEY": API_KEY, "HF_HOME": "/data/hf", "TOKENIZERS_PARALLELISM": "false"}
+        sent = await ticketed_env(ticketed.db, ticketed.client.server.app[SETTINGS], job, env, "http://svc:1")
+        assert not [k for k, v in sent.items() if v in (API_KEY, HF_TOKEN, ticketed.expected()[CACHE_URL_ENV])]
+        assert {API_KEY_ENV, HF_ENV, CACHE_URL_ENV, "COPY_OF_THE_KEY"}.isdisjoint(sent)
+        assert sent["HF_HOME"] == "/data/hf" and sent["TOKENIZERS_PARALLELISM"] == "false"
+        assert sent[SERVICE_URL_ENV] == "http://svc:1" and len(sent[TICKET_ENV]) >= 32
 
     @pytest.mark.parametrize(("case", "status", "words"), [
         ("no ticket", 401, "the job's ticket is required"),
@@ -174,7 +195,8 @@ pathlib.Path("ran").touch()
 print("key", os.environ.get("{API_KEY_ENV}") == "{API_KEY}", "ticket", "{TICKET_ENV}" in os.environ,
       "url", "{SERVICE_URL_ENV}" in os.environ)
 print("store", sys.argv[1] == os.environ["{CACHE_URL_ENV}"], sys.argv[1].startswith("redis://"))
-print("printed:", os.environ["{API_KEY_ENV}"])
+print("hf", os.environ.get("{HF_ENV}") == "{HF_TOKEN}")
+print("printed:", os.environ["{API_KEY_ENV}"], os.environ["{HF_ENV}"])
 """
 
 
@@ -182,16 +204,16 @@ class TestWrapperFetch:
     async def test_the_wrapper_gives_its_command_the_secrets_and_not_the_ticket(
             self, ticketed: Ticketed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """With no secret in its own environment, the wrapper fetches them with the ticket: the command gets the
-        key in its environment and the store URL as its ``${...}`` argument, never the ticket; its log redacts
-        the key."""
+        key and HF_TOKEN in its environment and the store URL as its ``${...}`` argument, never the ticket; its log
+        redacts the key and the token."""
         job_id, ticket = await ticketed.add("running")
         monkeypatch.chdir(tmp_path)
-        env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+        env = {k: v for k, v in os.environ.items() if not secret_env(k, v)}
         env.update({TICKET_ENV: ticket, SERVICE_URL_ENV: str(ticketed.client.make_url(""))})
         status, log, exited = await _wrap(tmp_path, env, job_id, CHILD)
         assert (status, exited) == (0, {"returncode": 0}), log
-        assert "key True ticket False url False" in log and "store True True" in log
-        assert "printed:" in log and API_KEY not in log
+        assert "key True ticket False url False" in log and "store True True" in log and "hf True" in log
+        assert "printed:" in log and API_KEY not in log and HF_TOKEN not in log
 
     @pytest.mark.parametrize("why", ["refused", "ended"])
     async def test_a_refused_fetch_ends_the_job_before_its_command_runs(

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from evalproxy.adapter.core import loads
+from evalproxy.adapter.core.errors import ConfigError
+from evalproxy.records.harnesses import base as harness_base
 from evalproxy.records.harnesses import detect_harness, read_harness_output, read_samples, write_samples
+from evalproxy.records.harnesses.base import load_json_lines
 
 from .conftest import copy_fixture
 
@@ -183,3 +187,50 @@ class TestDamagedHarnessFiles:
             f.write(b'{"doc_id": 99, "target": ' + b"[" * 1000 + b"]" * 1000 + b"}\n" + b'{"doc_id": 100, "tar\n')
         r = read_harness_output(["lm_eval", "--output_path", "lm_eval"], workdir=workdir)
         assert r.status == "success" and len(r.samples) == 10
+
+
+class TestSizeBounds:
+    """A run dir's files are read whole only up to a bound (lowered here so that the files stay small)."""
+
+    def test_a_results_file_past_the_bound_is_an_error_naming_it(self, workdir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """lm-eval's results file larger than the bound is reported unreadable, saying so, and is never parsed."""
+        copy_fixture("lm_eval", workdir)
+        monkeypatch.setattr(loads, "MAX_FILE_BYTES", 512)
+        r = read_harness_output(["lm_eval", "--output_path", "lm_eval"], workdir=workdir)
+        assert r.status == "error" and r.reason is not None
+        assert "unreadable results file" in r.reason and "larger than" in r.reason and "results_" in r.reason
+
+    def test_an_eval_log_member_past_the_bound_is_never_expanded(self, workdir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        """An inspect .eval whose header member says it expands past the bound is refused before it is read."""
+        pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need zstandard")
+        copy_fixture("inspect_eval", workdir)
+        monkeypatch.setattr(loads, "MAX_FILE_BYTES", 256)
+        r = read_harness_output(["inspect", "eval", "t.py", "--log-dir", "inspect_eval"], workdir=workdir)
+        assert r.status != "success" and r.results.is_empty()
+        assert r.reason is not None and "header.json is larger than" in r.reason
+
+    def test_a_samples_line_past_the_bound_is_skipped_and_the_next_read(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        """A .jsonl line longer than the bound is passed over with a warning (never held whole); the lines after
+        it are read."""
+        monkeypatch.setattr(harness_base, "MAX_LINE_BYTES", 64)
+        path = tmp_path / "samples.jsonl"
+        path.write_bytes(b'{"n": 1}\n{"n": 2, "long": "' + b"x" * 1000 + b'"}\n{"n": 3}\n' + b'{"n": 4, "t": "'
+                         + b"y" * 200 + b'"}')
+        assert [d["n"] for d in load_json_lines(path)] == [1, 3]
+        assert [r.getMessage().split(" line ")[1] for r in caplog.records] == [
+            "2 skipped: longer than 0 MiB", "4 skipped: longer than 0 MiB"]
+
+    def test_a_yaml_file_past_its_bound_is_a_config_error_naming_it(self, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        """read_yaml refuses a file past MAX_YAML_BYTES with a ConfigError naming it, before parsing it."""
+        monkeypatch.setattr(loads, "MAX_YAML_BYTES", 100)
+        path = tmp_path / "results.yaml"
+        path.write_text("results:\n" + "".join(f"  k{i}: {i}\n" for i in range(50)))
+        with pytest.raises(ConfigError, match="larger than") as info:
+            loads.read_yaml(path)
+        assert "results.yaml" in str(info.value)
+        monkeypatch.setattr(loads, "MAX_YAML_BYTES", 10_000)
+        assert loads.read_yaml(path)["results"]["k49"] == 49

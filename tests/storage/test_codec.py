@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import sqlite3
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aredis
 import zstandard
 
 from evalproxy.storage import codec, copy_store, open_store
@@ -218,3 +222,209 @@ class TestDictionaries:
             assert {dict_id(raw[f"{n}{i}:0"]) for n in "ab" for i in range(40, 45)} == {a.dicts.table.current}  # type: ignore[attr-defined]
         finally:
             await reader.aclose()
+
+
+OTHER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore "
+         "magna aliqua enim ad minim veniam quis nostrud exercitation ullamco laboris nisi aliquip").split()
+THIRD = ("quantum lattice photon boson spectra entropy manifold tensor kernel vector scalar gradient flux vortex "
+         "plasma isotope neutron catalyst polymer enzyme").split()
+
+
+def small(i: int) -> StoredAnswer:
+    """A short chat completion like the bench's (~350 bytes: mostly the JSON around a few words)."""
+    rng = random.Random(-i)
+    words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 40))).encode()
+    body = (b'{"id":"chatcmpl-%d","object":"chat.completion","created":%d,"model":"bench","choices":[{"index":0,'
+            b'"message":{"role":"assistant","content":"%s"},"finish_reason":"stop"}],"usage":{"prompt_tokens":%d,'
+            b'"completion_tokens":%d,"total_tokens":%d}}' % (i, 1_700_000_000 + i, words, i % 50, i % 30, i % 80))
+    return StoredAnswer(200, {"content-type": "application/json"}, body=body)
+
+
+def prose(i: int, words: list[str] = OTHER) -> StoredAnswer:
+    """A long answer of another kind: a few KB of text from another vocabulary."""
+    rng = random.Random(i)
+    text = " ".join(rng.choice(words) for _ in range(rng.randint(300, 700)))
+    return StoredAnswer(200, {"content-type": "application/json"},
+                        body=b'{"choices": [{"message": {"content": "' + text.encode() + b'"}}], "n": %d}' % i)
+
+
+@pytest.fixture
+def following(monkeypatch: pytest.MonkeyPatch, small_training: None) -> None:
+    """Checks every 4th answer and judges every 40, so that a test's few hundred answers see several windows."""
+    monkeypatch.setattr(codec, "CHECK_EVERY", 4)
+    monkeypatch.setattr(codec, "WINDOW", 40)
+
+
+def table_of(store: Any) -> codec.Dictionaries:
+    """The dictionaries a store of either backend writes with."""
+    return store.sync.dicts if hasattr(store, "sync") else store.dicts.table  # type: ignore[no-any-return]
+
+
+async def write_until(store: Any, tag: str, make: Callable[[int], StoredAnswer], done: Callable[[], bool],
+                      start: int = 0, cap: int = 800) -> int:
+    """Write answers ``make(start)``, ... under keys ``<tag><i>`` until ``done()``; the next index."""
+    i = start
+    while not done() and i < start + cap:
+        await store.finish(f"{tag}{i}", 0, owner="o", answer=make(i), pair=None)
+        i += 1
+    await wait_until(done, what=f"the dictionary change while writing {tag} answers")
+    return i
+
+
+async def open_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequest, name: str = "store") -> Any:
+    if backend == "disk":
+        return await asyncio.to_thread(open_store, tmp_path / name)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return open_store(server.url)
+
+
+async def publish(store: Any, judged: int | None, data: bytes) -> bool:
+    """Publish ``data`` as the store's current dictionary in place of ``judged`` (either backend); whether the
+    bound refused it."""
+    if hasattr(store, "sync"):
+        return await asyncio.to_thread(store.sync.publish, judged, data)
+    return await store.dicts.publish(judged, data)  # type: ignore[no-any-return]
+
+
+BACKENDS = ["disk", pytest.param("redis", marks=needs_redis)]
+
+
+@pytest.mark.usefixtures("following")
+class TestDictionaryFollowsAnswers:
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_answers_of_a_new_kind_get_a_dictionary_of_their_own(
+            self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        """A store that trained its dictionary on short answers and then writes long answers of another kind writes
+        the later ones with a dictionary trained on their kind, in fewer bytes than the first dictionary gives;
+        entries of both dictionaries decode after a restart and after `cache copy`, and replay byte for byte."""
+        store = await open_backend(backend, tmp_path, request)
+        t = table_of(store)
+        try:
+            n_small = await write_until(store, "s", small, lambda: t.current is not None)
+            first = t.current
+            n_prose = await write_until(store, "p", prose, lambda: t.current not in (None, first))
+            second = t.current
+            for i in range(n_prose, n_prose + 10):
+                await store.finish(f"p{i}", 0, owner="o", answer=prose(i), pair=None)
+            raw = dict([x async for chunk in store.raw_answers() for x in chunk])
+            dicts = await store.dictionaries()
+        finally:
+            await store.aclose()
+        later = range(n_prose, n_prose + 10)
+        assert {dict_id(raw[f"p{i}:0"]) for i in later} == {second}
+        with_first = codec.dictionaries_of(dicts)
+        with_first.use_id(first)
+        assert sum(len(raw[f"p{i}:0"]) for i in later) < 0.9 * sum(len(prose(i).encode(with_first)) for i in later)
+        assert len(dicts) == 2 and dict_id(raw["p0:0"]) == first  # the first one's entries stay
+        everything = {f"s{i}": small(i) for i in range(n_small)} | {f"p{i}": prose(i) for i in range(n_prose + 10)}
+        again = await open_backend(backend, tmp_path, request)
+        copy = await asyncio.to_thread(open_store, tmp_path / "copy")
+        try:
+            assert (await copy_store(again, copy))["answers"] == len(everything)
+            assert len(await copy.dictionaries()) == 2
+            for s in (again, copy):
+                got = await s.get_answers([(k, 0) for k in everything])
+                assert [g.body if g else None for g in got] == [a.body for a in everything.values()]
+                for key in ("s0", f"p{n_prose + 9}"):
+                    claim = await s.claim(key, "r", sampled=False, reuse=True, owner="x")
+                    assert claim.answer is not None and claim.answer.body == everything[key].body
+        finally:
+            await again.aclose()
+            await copy.aclose()
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_stores_sharing_a_backing_store_agree_and_publishing_is_compare_and_set(
+            self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        """When one store replaces the shared dictionary, another store on the same directory or server switches to
+        it within a check's worth of answers; a publication judged against a dictionary that is no longer current
+        is refused, and both keep writing with the one published."""
+        a = await open_backend(backend, tmp_path, request)
+        b = await open_backend(backend, tmp_path, request)
+        ta, tb = table_of(a), table_of(b)
+        try:
+            await write_until(a, "s", small, lambda: ta.current is not None)
+            first = ta.current
+            for i in range(codec.CHECK_EVERY):
+                await b.finish(f"b-first{i}", 0, owner="b", answer=small(10_000 + i), pair=None)
+            await wait_until(lambda: tb.current == first, what="the other store taking the first dictionary")
+            await write_until(a, "p", prose, lambda: ta.current not in (None, first))
+            second = ta.current
+            for i in range(codec.CHECK_EVERY):
+                await b.finish(f"b{i}", 0, owner="b", answer=prose(20_000 + i), pair=None)
+            await wait_until(lambda: tb.current == second, what="the other store switching")
+            stale = zstandard.train_dictionary(16 * 1024, [prose(i, THIRD).body or b"" for i in range(40)])
+            await publish(b, first, stale.as_bytes())
+            await publish(b, first, b"")
+            assert (ta.current, tb.current) == (second, second)
+            assert len(await a.dictionaries()) == 2
+            await a.finish("a-last", 0, owner="a", answer=prose(30_000), pair=None)
+            await b.finish("b-last", 0, owner="b", answer=prose(30_001), pair=None)
+            raw = dict([x async for chunk in a.raw_answers() for x in chunk])
+            assert dict_id(raw["a-last:0"]) == dict_id(raw["b-last:0"]) == second
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_the_number_of_dictionaries_is_bounded(self, backend: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+        """A store holding the bound of dictionaries trains no more (said once in the log): answers of a third kind
+        are written without a dictionary rather than with an unfit one, and entries of every dictionary decode."""
+        monkeypatch.setattr(codec, "MAX_DICTS", 2)
+        store = await open_backend(backend, tmp_path, request)
+        t = table_of(store)
+        try:
+            n_small = await write_until(store, "s", small, lambda: t.current is not None)
+            first = t.current
+            n_prose = await write_until(store, "p", prose, lambda: t.current not in (None, first))
+            n_third = await write_until(store, "t", lambda i: prose(i, THIRD), lambda: t.current is None)
+            for i in range(n_third, n_third + 200):
+                await store.finish(f"t{i}", 0, owner="o", answer=prose(i, THIRD), pair=None)
+            assert t.current is None and len(await store.dictionaries()) == 2
+            another = zstandard.train_dictionary(16 * 1024, [prose(i, THIRD).body or b"" for i in range(40)])
+            assert await publish(store, None, another.as_bytes())  # refused by the store itself
+            assert len(await store.dictionaries()) == 2
+            raw = dict([x async for chunk in store.raw_answers() for x in chunk])
+            assert dict_id(raw[f"t{n_third + 199}:0"]) == 0
+            everything = ({f"s{i}": small(i) for i in range(n_small)} | {f"p{i}": prose(i) for i in range(n_prose)}
+                          | {f"t{i}": prose(i, THIRD) for i in range(n_third + 200)})
+            got = await store.get_answers([(k, 0) for k in everything])
+            assert [g.body if g else None for g in got] == [a.body for a in everything.values()]
+        finally:
+            await store.aclose()
+        assert sum("no more are trained" in r.getMessage() for r in caplog.records) == 1
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    async def test_a_planted_dictionary_is_never_written_with(self, backend: str, tmp_path: Path,
+                                                              request: pytest.FixtureRequest,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+        """Bytes that are no zstd dictionary, planted in the store as its current one (under id 0, the id zstd gives
+        raw content), are left out (logged): the store writes without them, and what it writes reads back."""
+        planted = b"not a dictionary " * 20
+        if backend == "disk":
+            store = await open_backend(backend, tmp_path, request)
+            await store.aclose()
+            db = sqlite3.connect(tmp_path / "store" / "responses" / "cache.db")
+            with db:
+                db.execute("INSERT INTO evalproxy_dicts VALUES (0, ?)", (planted,))
+                db.execute("INSERT INTO evalproxy_dict_current VALUES (0, 0)")
+            db.close()
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            client = aredis.Redis.from_url(server.url)
+            await client.hset("evalproxy:dicts", "0", planted)
+            await client.set("evalproxy:dict", "0")
+            await client.aclose()
+        store = await open_backend(backend, tmp_path, request)
+        try:
+            await store.finish("k", 0, owner="o", answer=prose(1), pair=None)
+            assert table_of(store).current is None
+            raw = dict([x async for chunk in store.raw_answers() for x in chunk])
+            assert dict_id(raw["k:0"]) == 0
+            got = await store.get_answers([("k", 0)])
+            assert got[0] is not None and got[0].body == prose(1).body
+        finally:
+            await store.aclose()
+        assert any("left out" in r.getMessage() for r in caplog.records)

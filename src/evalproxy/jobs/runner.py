@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from evalproxy.adapter.core.errors import JobLaunchError, SlurmError
+from evalproxy.adapter.core.redact import secret_env
 from evalproxy.jobs import launch
 from evalproxy.jobs.executors import make_executor
 from evalproxy.jobs.executors.base import Executor, JobProcess
@@ -373,9 +374,12 @@ async def ticketed_env(db: JobsDB, settings: Settings, job: dict[str, Any], env:
 
 def job_secrets(settings: Settings, job: dict[str, Any]) -> dict[str, str]:
     """The secrets a job's ``evalproxy run`` needs in its environment: the upstream key (the variable the target's
-    ``api_key_name`` names, from the service's environment) and the store URL (:data:`CACHE_URL_ENV`), when it has
-    them. Worked out again on every call: nothing of them is kept."""
-    out: dict[str, str] = {}
+    ``api_key_name`` names, from the service's environment), the store URL (:data:`CACHE_URL_ENV`), when it has
+    them, and every other credential of the service's environment (:func:`~evalproxy.adapter.core.redact.secret_env`:
+    ``HF_TOKEN``, ``WANDB_API_KEY``, a URL with a password...) but the service's own token, which a harness may need
+    and a cluster must not keep on its disk. Worked out again on every call: nothing of them is kept."""
+    out = {k: v for k, v in os.environ.items()
+           if secret_env(k, v) and not (settings.token and v == settings.token)}
     key_name = job["target"]["api_endpoint"].get("api_key_name")
     if key_name and os.environ.get(key_name):
         out[key_name] = os.environ[key_name]

@@ -241,36 +241,63 @@ class CacheStore:
     # -- compression dictionaries (codec.Dictionaries), in tables of the answers' database ------------------------
     def _load_dictionaries(self) -> None:
         """Hold every dictionary of the store and write with its current one (if it has one)."""
-        for (data,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall():
-            self.dicts.add(data)
-        row = self.slots.db.execute("SELECT d.data FROM evalproxy_dict_current c JOIN evalproxy_dicts d"
+        rows = self.slots.db.execute("SELECT id, data FROM evalproxy_dicts").fetchall()
+        self.dicts.add_all(data for dict_id, data in rows if dict_id not in self.dicts.known)
+        row = self.slots.db.execute("SELECT c.id FROM evalproxy_dict_current c JOIN evalproxy_dicts d"
                                     " ON d.id = c.id").fetchone()
-        self.dicts.use(row[0] if row else None)
+        self.dicts.use_id(row[0] if row and row[0] in self.dicts.known else None)
+
+    def _check_dictionary(self) -> None:
+        """A periodic check (codec.Dictionaries.run_check), then the store's current dictionary re-read: another
+        process may have published one."""
+        self.dicts.run_check()
+        row = self.slots.db.execute("SELECT id FROM evalproxy_dict_current").fetchone()
+        if (row[0] if row else None) != self.dicts.current:
+            self._load_dictionaries()
 
     def _train(self) -> None:
-        """On a thread of its own: train a dictionary on the samples and publish it, unless another process
-        published one first; then write with whichever the store holds."""
+        """On a thread of its own: train a dictionary on the samples and publish the choice, compare-and-set on the
+        current id it was judged against (a dictionary another process published meanwhile stays); then write with
+        whichever the store holds."""
+        full = False
         try:
             data = self.dicts.train()
             if data is not None:
-                dict_id = zstandard.ZstdCompressionDict(data).dict_id()
-                with self.slots.transaction():
-                    if self.slots.db.execute("INSERT OR IGNORE INTO evalproxy_dict_current VALUES (0, ?)",
-                                             (dict_id,)).rowcount == 1:
-                        self.slots.db.execute("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)", (dict_id, data))
-                self._load_dictionaries()
+                full = self.publish(self.dicts.base, data)
+            self._load_dictionaries()
         except Exception as exc:  # the store stays usable without: answers are compressed without a dictionary
             log.warning("the compression dictionary could not be stored in %s (%s: %s)", self.dir,
                         type(exc).__name__, exc)
+        finally:
+            self.dicts.done_training(full)
+
+    def publish(self, judged: int | None, data: bytes) -> bool:
+        """Make ``data`` (empty: no dictionary) the store's current dictionary if ``judged`` still is (the one this
+        process judged stale; None: the store had none); whether the store refused it for holding codec.MAX_DICTS
+        already. (The store's own writes pick the change up at their next check.)"""
+        dict_id = zstandard.ZstdCompressionDict(data).dict_id() if data else None
+        db = self.slots.db
+        with self.slots.transaction():
+            row = db.execute("SELECT id FROM evalproxy_dict_current").fetchone()
+            if (row[0] if row else None) != judged:
+                return False
+            if dict_id is None:
+                db.execute("DELETE FROM evalproxy_dict_current")
+                return False
+            held = db.execute("SELECT COUNT(*) FROM evalproxy_dicts WHERE id != ?", (dict_id,)).fetchone()[0]
+            if held >= codec.MAX_DICTS:
+                return True
+            db.execute("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)", (dict_id, data))
+            db.execute("INSERT OR REPLACE INTO evalproxy_dict_current VALUES (0, ?)", (dict_id,))
+            return False
 
     def dictionaries(self) -> list[bytes]:
         return [bytes(d) for (d,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall()]
 
     def put_dictionaries(self, items: list[bytes]) -> None:
+        held = self.dicts.add_all(items)
         self.slots.db.executemany("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)",
-                                  [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in items])
-        for d in items:
-            self.dicts.add(d)
+                                  [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in held])
 
     def _decode(self, blob: bytes) -> StoredAnswer:
         try:
@@ -302,6 +329,8 @@ class CacheStore:
 
     def put_answer(self, key: str, slot: int, answer: StoredAnswer) -> None:
         self.answers.put(answer_key(key, slot), answer.encode(self.dicts))
+        if self.dicts.pending is not None:
+            self._check_dictionary()
         if self.dicts.take_due():
             self._training = threading.Thread(target=self._train, name="evalproxy-dictionary", daemon=True)
             self._training.start()

@@ -136,8 +136,11 @@ end
 # renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
 # pair    K: pairs zset, pair hash. A: score, member, record.
 # failure K: failures zset, failure hash. A: score, member, record, bound. Returns 1 if kept, 0 at the bound.
-# dict    K: the current dictionary's id, the dictionaries hash. A: a dictionary's id and bytes ("" "": only read).
-#         Publishes it unless the store has one; returns the bytes of the store's current one ("" for none).
+# dict    K: the current dictionary's id, the dictionaries hash. A: the id this process writes with ("" none), a
+#         new dictionary's id and bytes ("" "": only read; "-": none from now on), the bound on dictionaries.
+#         Compare-and-set: publishes only if the store's current id is still A[1] and, for a new dictionary, the hash
+#         holds fewer than the bound. Returns {the current id ("" none), its bytes unless it is A[1] or A[2] (""),
+#         1 if the bound refused it}.
 _OPS_LUA = _LEASE_LUA + """
 local function claim(K, A)
   local slot
@@ -197,10 +200,23 @@ local function pair(K, A)
 end
 
 local function dict(K, A)
-  if A[1] ~= '' and redis.call('SET', K[1], A[1], 'NX') then redis.call('HSET', K[2], A[1], A[2]) end
-  local cur = redis.call('GET', K[1])
-  if not cur then return '' end
-  return redis.call('HGET', K[2], cur) or ''
+  local cur = redis.call('GET', K[1]) or ''
+  local full = 0
+  if A[2] ~= '' and cur == A[1] then
+    if A[2] == '-' then
+      redis.call('DEL', K[1])
+      cur = ''
+    elseif redis.call('HEXISTS', K[2], A[2]) == 1 or redis.call('HLEN', K[2]) < tonumber(A[4]) then
+      redis.call('HSET', K[2], A[2], A[3])
+      redis.call('SET', K[1], A[2])
+      cur = A[2]
+    else
+      full = 1
+    end
+  end
+  local data = ''
+  if cur ~= '' and cur ~= A[1] and cur ~= A[2] then data = redis.call('HGET', K[2], cur) or '' end
+  return {cur, data, full}
 end
 
 local function failure(K, A)
@@ -215,8 +231,8 @@ end
 # keys and its arguments; the name, each key and each argument as a 4-byte big-endian length and its bytes (read by
 # struct.unpack, many fields a call). Returns one string, every field "<length>:<bytes>", per operation "V" and a
 # value, "T", a count and that many values (a table), or "E" and an error message (the operation failed; the others
-# still ran). One argument
-# and one string, not hundreds of each: packing and parsing them was most of a batch's cost in the client.
+# still ran). One argument and one string, not hundreds of each: packing and parsing them was most of a batch's cost
+# in the client.
 _BATCH = _OPS_LUA + """
 local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
 local B, pos, out, FMT = ARGV[1], 1, {}, {}
@@ -473,8 +489,9 @@ def _copy(exc: Exception) -> Exception:
 
 class RedisDictionaries:
     """A Redis store's compression dictionaries (:class:`~evalproxy.storage.codec.Dictionaries`): ``P dict`` names
-    the current one, ``P dicts`` holds every one by id. Asked for once before this process first writes; trained in
-    a thread once enough answers were written without one, and published unless another process was first."""
+    the current one, ``P dicts`` holds every one by id. Asked for once before this process first writes; checked
+    now and then in a thread (then the current id is read again: another process may have published one); trained
+    in a thread when due, and published compare-and-set on the id it was judged against."""
 
     def __init__(self, batch: TurnBatch, redis: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
                  prefix: str) -> None:
@@ -482,43 +499,78 @@ class RedisDictionaries:
         self.keys = [f"{prefix}dict", f"{prefix}dicts"]
         self.table = codec.Dictionaries()
         self._training: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
 
-    async def before_write(self) -> None:
+    async def encode(self, answer: StoredAnswer) -> bytes:
+        """The answer's bytes as stored, with the store's current dictionary; then what is due (a check, training)
+        starts in the background."""
         if not self.table.checked:
-            self.table.use(await self.batch.run("dict", self.keys, ["", b""]) or None)
-
-    def after_write(self) -> None:
+            await self._sync()
+        blob = await encode_answer(answer, self.table)
+        loop = asyncio.get_running_loop()
+        if self.table.pending is not None and (self._checking is None or self._checking.done()):
+            self._checking = loop.create_task(self._check(), name="evalproxy-dictionary-check")
         if self.table.take_due():
-            self._training = asyncio.get_running_loop().create_task(self._train(), name="evalproxy-dictionary")
+            self._training = loop.create_task(self._train(), name="evalproxy-dictionary")
+        return blob
+
+    async def _sync(self, judged: int | None = None, new: int | str = "", data: bytes = b"") -> bool:
+        """Run the ``dict`` operation, publishing ``new`` (a dictionary's id and ``data``; "-" for none) in place of
+        ``judged``, or only reading; then write with the store's current dictionary. Whether the bound refused
+        ``new``."""
+        t = self.table
+        if new == "":
+            judged = t.current if t.checked else None
+        cur, got, full = await self.batch.run("dict", self.keys, ["" if judged is None else judged, new, data,
+                                                                  codec.MAX_DICTS])
+        dict_id = int(cur) if cur.isdigit() else None
+        if got or (data and dict_id == new):
+            t.add_all([got or data])
+        t.use_id(dict_id if dict_id in t.known else None)
+        return bool(int(full))
+
+    async def publish(self, judged: int | None, data: bytes) -> bool:
+        """Make ``data`` (empty: no dictionary) the store's current dictionary if ``judged`` still is (the one this
+        process judged stale; None: the store had none), then write with the store's current one; whether the bound
+        (codec.MAX_DICTS) refused it."""
+        return await self._sync(judged, zstandard.ZstdCompressionDict(data).dict_id() if data else "-", data)
+
+    async def _check(self) -> None:
+        try:
+            await asyncio.to_thread(self.table.run_check)
+            await self._sync()
+        except Exception as exc:  # the next check tries again
+            log.warning("the compression dictionary could not be checked (%s: %s)", type(exc).__name__, exc)
 
     async def _train(self) -> None:
+        full = False
         try:
             data = await asyncio.to_thread(self.table.train)
             if data is not None:
-                dict_id = zstandard.ZstdCompressionDict(data).dict_id()
-                self.table.use(await self.batch.run("dict", self.keys, [dict_id, data]) or None)
-        except Exception as exc:  # answers are compressed without a dictionary meanwhile
-            self.table.training = False
+                full = await self.publish(self.table.base, data)
+        except Exception as exc:  # answers are compressed as before meanwhile
             log.warning("the compression dictionary could not be stored (%s: %s)", type(exc).__name__, exc)
+        finally:
+            self.table.done_training(full)
 
     async def load(self) -> None:
-        """Hold every dictionary the store has (a frame named one this process did not know)."""
-        for data in await self.all():
-            self.table.add(data)
+        """Hold every dictionary the store has (a frame named one this process did not know), and write with the
+        store's current one."""
+        self.table.add_all(await self.all())
+        if self.table.checked:
+            await self._sync()
 
     async def all(self) -> list[bytes]:
         return list(await self._call(self.redis.hvals(self.keys[1])))
 
     async def put(self, items: list[bytes]) -> None:
-        if items:
+        held = self.table.add_all(items)
+        if held:
             await self._call(self.redis.hset(self.keys[1], mapping={
-                zstandard.ZstdCompressionDict(d).dict_id(): d for d in items}))
-            for d in items:
-                self.table.add(d)
+                zstandard.ZstdCompressionDict(d).dict_id(): d for d in held}))
 
     async def aclose(self) -> None:
-        if self._training is not None:
-            await asyncio.gather(self._training, return_exceptions=True)
+        await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
 class RedisStore:
@@ -672,9 +724,7 @@ class RedisStore:
         member, score, record = self._pair_record(pair) if pair is not None else ("", 0.0, b"")
         blob = b""
         if answer is not None:
-            await self.dicts.before_write()
-            blob = await encode_answer(answer, self.dicts.table)
-            self.dicts.after_write()
+            blob = await self.dicts.encode(answer)
         await self.batch.run(
             "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
             [answer_key(key, slot), blob, self._lease_value(owner), member, score, record, ""])

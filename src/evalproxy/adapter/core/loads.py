@@ -3,7 +3,8 @@
 Every YAML evalproxy reads goes through :func:`load_yaml`: a safe loader that refuses alias expansion past a small
 bound (a 700-byte "billion laughs" file otherwise grows to gigabytes in whoever walks it) and nesting past
 :data:`MAX_DEPTH` (the parser recurses). JSON is read with :func:`load_json`, which refuses nesting past the same
-depth, so no reader walks a value deep enough to reach Python's recursion limit.
+depth, so no reader walks a value deep enough to reach Python's recursion limit. A file (or an archive's member)
+is read whole only up to a size (:func:`read_bounded`): a run dir's 20 GB "results" file is refused, never loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,28 @@ MAX_YAML_ALIASES = 100
 """Alias references (``*name``, ``<<: *name``) one YAML document may hold."""
 MAX_YAML_ALIAS_NODES = 10_000
 """Nodes that aliases may add to a YAML document once expanded (each reference counts its whole anchored tree)."""
+MAX_FILE_BYTES = 512 * 2**20
+"""The largest JSON file (or archive member) read whole: a harness's results, an inspect log (its ``.eval`` format
+keeps each sample in a member of its own, so only a ``.json`` log of a very large evaluation comes near)."""
+MAX_YAML_BYTES = 64 * 2**20
+"""The largest YAML file read (configs and run records are kilobytes; parsing YAML costs ~100x its size in memory)."""
+
+
+def too_large(size: int, limit: int, source: str) -> ValueError:
+    """The error of a file or member past its bound."""
+    return ValueError(f"{source} is larger than {limit / 2**20:.0f} MiB ({size} bytes or more): not read")
+
+
+def read_bounded(path: str | Path, limit: int | None = None) -> bytes:
+    """A file's bytes, or a ``ValueError`` naming it when it holds more than ``limit`` (:data:`MAX_FILE_BYTES` by
+    default; never more than ``limit`` + 1 bytes are read, whatever its size says; ``OSError`` as ``open`` raises
+    it)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(len(data), limit, str(path))
+    return data
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -79,9 +102,14 @@ def load_yaml(text: str | bytes, *, source: str | None = None) -> Any:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """:func:`load_yaml` of a file (``OSError`` as ``open`` raises it)."""
+    """:func:`load_yaml` of a file (``OSError`` as ``open`` raises it; a ``ConfigError`` past
+    :data:`MAX_YAML_BYTES`)."""
     p = Path(path)
-    return load_yaml(p.read_text(encoding="utf-8"), source=str(p))
+    try:
+        data = read_bounded(p, MAX_YAML_BYTES)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=str(p)) from None
+    return load_yaml(data.decode("utf-8"), source=str(p))
 
 
 def count_nodes(obj: Any, max_nodes: int | None = None, max_depth: int = MAX_DEPTH) -> int | None:

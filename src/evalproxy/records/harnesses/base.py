@@ -9,7 +9,7 @@ import shlex
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 import orjson
 
@@ -180,8 +180,8 @@ def chat_text(messages: list[dict[str, Any]]) -> str:
 
 
 def load_json(path: Path) -> Any:
-    """A harness's JSON file, through the one bounded loader (a ``ValueError`` past its nesting depth)."""
-    return loads.load_json(path.read_bytes(), source=str(path))
+    """A harness's JSON file, through the one bounded loader (a ``ValueError`` past its size or nesting depth)."""
+    return loads.load_json(loads.read_bounded(path), source=str(path))
 
 
 def load_json_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -193,7 +193,10 @@ def load_json_lines(path: Path) -> Iterator[dict[str, Any]]:
         log.warning("%s not read: %s", path, e)
         return
     with f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(_bounded_lines(f, MAX_LINE_BYTES), 1):
+            if line is None:
+                log.warning("%s line %d skipped: longer than %d MiB", path, n, MAX_LINE_BYTES // 2**20)
+                continue
             if not line.strip():
                 continue
             try:
@@ -203,6 +206,22 @@ def load_json_lines(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(d, dict):
                 yield d
+
+
+MAX_LINE_BYTES = 64 * 2**20
+"""The longest line of a harness's ``.jsonl`` file that is read (one sample's record is kilobytes to megabytes)."""
+
+
+def _bounded_lines(f: IO[bytes], limit: int) -> Iterator[bytes | None]:
+    """The lines of ``f``, each read into memory only up to ``limit`` bytes: a longer one is passed over in pieces
+    of that size and given as None."""
+    while line := f.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 def write_samples(run_dir: str | os.PathLike[str], samples: Sequence[SampleScore]) -> Path:

@@ -36,7 +36,11 @@ _ZSTD = 93
 
 
 def _read_member(z: zipfile.ZipFile, name: str) -> bytes:
+    """A member's bytes, refused (``ValueError``) when its size, as the archive says and as it expands, passes
+    :data:`~evalproxy.adapter.core.loads.MAX_FILE_BYTES` (a zip bomb is never expanded)."""
     info = z.getinfo(name)
+    if info.file_size > loads.MAX_FILE_BYTES:
+        raise loads.too_large(info.file_size, loads.MAX_FILE_BYTES, f"{z.filename}:{name}")
     if info.compress_type != _ZSTD:
         return z.read(name)
     try:

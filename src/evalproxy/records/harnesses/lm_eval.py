@@ -59,7 +59,8 @@ class LmEvalParser:
 
 def _looks_like_results(path: Path) -> bool:
     try:
-        head = path.read_bytes()[:4096]
+        with path.open("rb") as f:
+            head = f.read(4096)
     except OSError:
         return False
     return b'"results"' in head and (b'"configs"' in head or b'"versions"' in head or b'"n-shot"' in head)
