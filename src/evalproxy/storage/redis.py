@@ -573,6 +573,56 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+class BatchConnections:
+    """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
+    pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
+    itself. At most ``TurnBatch.MAX_IN_FLIGHT`` are open, each idle between calls."""
+
+    def __init__(self, pool: Any, redis: Any) -> None:
+        self.pool, self.redis = pool, redis
+        self._idle: list[Any] = []
+
+    async def __call__(self, blob: bytes) -> bytes:
+        """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
+        went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
+        flushed) is loaded again."""
+        make = self.pool.make_connection
+        conn = self._idle.pop() if self._idle else make()
+        for attempt in (1, 2):
+            try:
+                reply = await self._evalsha(conn, blob)
+            except RedisConnectionError:
+                await conn.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except ResponseError:  # the server refused the call (full, read-only): the connection itself is fine
+                self._idle.append(conn)
+                raise
+            except BaseException:  # timed out or cancelled mid-call: what the connection holds is unknown
+                await asyncio.shield(conn.disconnect(nowait=True))
+                raise
+            self._idle.append(conn)
+            return bytes(reply)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
+        head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
+        await conn.send_packed_command([head, blob, b"\r\n"])
+        try:
+            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
+            return await conn.read_response(timeout=math.inf)
+        except NoScriptError:
+            await self.redis.script_load(_BATCH)
+            await conn.send_packed_command([head, blob, b"\r\n"])
+            return await conn.read_response(timeout=math.inf)
+
+    async def aclose(self) -> None:
+        for conn in self._idle:
+            await conn.disconnect()
+        self._idle.clear()
+
+
 class RedisStore:
     """The :class:`~evalproxy.storage.base.Store` interface over a Redis or Valkey server."""
 
@@ -593,9 +643,8 @@ class RedisStore:
         p = self.prefix
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
-        self._batch_conns: list[Any] = []
-        """Idle connections of the batch script's calls (:meth:`_script`), at most ``TurnBatch.MAX_IN_FLIGHT``."""
-        self.batch = TurnBatch(self._script, self._call, self._error)
+        self.batch_connections = BatchConnections(self.pool, self.redis)
+        self.batch = TurnBatch(self.batch_connections, self._call, self._error)
         self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
@@ -616,42 +665,6 @@ class RedisStore:
                 return await aw
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._error(exc) from exc
-
-    async def _script(self, blob: bytes) -> bytes:
-        """One call of the batch script with ``blob``, on a connection of the batches' own: taken from the pool
-        for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the
-        call itself. A kept connection that went stale (the server restarted) is tried once more, connected
-        afresh; a script the server lost (restarted, flushed) is loaded again."""
-        make = self.pool.make_connection
-        conn = self._batch_conns.pop() if self._batch_conns else make()  # type: ignore[no-untyped-call]
-        for attempt in (1, 2):
-            try:
-                reply = await self._evalsha(conn, blob)
-            except RedisConnectionError:
-                await conn.disconnect()
-                if attempt == 2:
-                    raise
-                continue
-            except ResponseError:  # the server refused the call (full, read-only): the connection itself is fine
-                self._batch_conns.append(conn)
-                raise
-            except BaseException:  # timed out or cancelled mid-call: what the connection holds is unknown
-                await asyncio.shield(conn.disconnect(nowait=True))
-                raise
-            self._batch_conns.append(conn)
-            return bytes(reply)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
-        head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
-        await conn.send_packed_command([head, blob, b"\r\n"])
-        try:
-            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
-            return await conn.read_response(timeout=math.inf)
-        except NoScriptError:
-            await self.redis.script_load(_BATCH)
-            await conn.send_packed_command([head, blob, b"\r\n"])
-            return await conn.read_response(timeout=math.inf)
 
     def _error(self, exc: BaseException) -> BaseException:
         """What a failure of redis-py (or of the network under it) means, as the ``StoreError`` subtree; a server
@@ -856,8 +869,6 @@ class RedisStore:
         await self.dicts.aclose()
         await self.batch.drain()  # what callers asked for before the close still reaches the server
         self._closed = True
-        for conn in self._batch_conns:
-            await conn.disconnect()
-        self._batch_conns.clear()
+        await self.batch_connections.aclose()
         await self.redis.aclose()
         await self.pool.disconnect()
