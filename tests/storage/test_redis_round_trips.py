@@ -134,6 +134,37 @@ class TestBatches:
             await store.aclose()
             await good.aclose()
 
+    async def test_an_operation_of_many_keys_runs_whole(self, redis_server: RedisServer) -> None:
+        """A renewal of 150 slots (more fields than the script reads in one go) moves every one of their leases,
+        the first as the last."""
+        store = RedisStore(redis_server.url, lease_seconds=5)
+        slots = [(f"m{i}", 0) for i in range(150)]
+        try:
+            await asyncio.gather(*(store.claim(k, "r", sampled=False, reuse=True, owner="o") for k, _ in slots))
+            store.lease_seconds = 500
+            await store.renew(slots, owner="o")
+            ttls = [await store.redis.pttl(store._lease(k, s)) for k, s in slots]
+            assert min(ttls) > 100_000
+        finally:
+            await store.aclose()
+
+    async def test_a_killed_connection_and_a_flushed_script_fail_no_call(self, redis_server: RedisServer) -> None:
+        """The batches' own connection killed by the server and the script flushed from it: the next calls
+        succeed all the same (a fresh connection, the script loaded again) and what they store is there."""
+        store = RedisStore(redis_server.url)
+        admin = aredis.Redis.from_url(redis_server.url)
+        try:
+            assert (await store.claim("a", "r", sampled=False, reuse=True, owner="o")).leased
+            await admin.script_flush()
+            assert (await store.claim("b", "r", sampled=False, reuse=True, owner="o")).leased
+            assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+            await store.finish("b", 0, owner="o", answer=StoredAnswer(200, {}, body=b'{"x":1}'), pair=None)
+            got = await store.claim("b", "r2", sampled=False, reuse=True, owner="o2")
+            assert got.answer is not None and got.answer.body == b'{"x":1}'
+        finally:
+            await admin.aclose()
+            await store.aclose()
+
 
 def _pair() -> Any:
     from evalproxy.storage.base import SavedPair

@@ -16,21 +16,21 @@ Layout, every key under the prefix ``P``::
     P dict / P dicts        string: the id of the compression dictionary answers are written with / hash
                             id -> every dictionary the store's answers may need (storage/codec.py)
 
-A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on
-the server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back)
-are one operation each. The operations asked for in one turn of the event loop, by every request of this process, go
-to the server together as one call of one script (:class:`TurnBatch`), as the disk store commits a turn's calls in
-one transaction: a miss costs one round trip before the upstream call and one after, a hit one, and under load a
-round trip serves many requests. Answers are stored compressed (:mod:`evalproxy.storage.codec`; a large one is
-compressed and decompressed in a thread). A lease lives ``lease_seconds`` (default
-LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` and keep the lease's deadline in
-its value, so a lease key that lost its TTL or never had one (a crashed writer, a hand-made ``SET``) still expires.
-A claim takes over a lease past its deadline, one whose value has no deadline and whose key has no TTL, and one
-whose deadline lies further ahead than one lease (no holder sets that); a value without a deadline but with a TTL
-(a proxy of an older version) holds until its TTL runs out. Every proxy sharing a server must use one lease length.
-On this host, a lease whose process died is taken over at once, as the disk store does. After a failed call (server
-down, timeout) the store refuses calls for a short while without touching the network, so a dead server costs
-requests nothing; the connection pool reconnects by itself.
+A claim is one Lua operation (next slot, look the slot up, lease it if empty), so it is atomic across every proxy on the
+server; finishing a slot (answer, pair, lease released) and abandoning one (lease released, slot handed back) are one
+operation each. The operations asked for in one turn of the event loop, by every request of this process, go to the
+server together as one call of one script (:class:`TurnBatch`, on connections of its own, outside the pool), as the disk
+store commits a turn's calls in one transaction: a miss costs one round trip before the upstream call and one after, a
+hit one, and under load a round trip serves many requests. Answers are stored compressed
+(:mod:`evalproxy.storage.codec`; a large one is compressed and decompressed in a thread). A lease lives
+``lease_seconds`` (default LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` (once per
+call) and keep the lease's deadline in its value, so a lease key that lost its TTL or never had one (a crashed writer, a
+hand-made ``SET``) still expires. A claim takes over a lease past its deadline, one whose value has no deadline and
+whose key has no TTL, and one whose deadline lies further ahead than one lease (no holder sets that); a value without a
+deadline but with a TTL (a proxy of an older version) holds until its TTL runs out. Every proxy sharing a server must
+use one lease length. On this host, a lease whose process died is taken over at once, as the disk store does. After a
+failed call (server down, timeout) the store refuses calls for a short while without touching the network, so a dead
+server costs requests nothing; the pool and the batches' connections reconnect by themselves.
 
 Errors, translated at :meth:`RedisStore._call` into the ``StoreError`` subtree (the caching interceptor counts them
 and passes requests through)::
@@ -46,9 +46,12 @@ and passes requests through)::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
 import os
 import secrets
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -60,7 +63,7 @@ import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -95,14 +98,20 @@ DEFAULT_TIMEOUT = 2.0
 RETRY_AFTER = 1.0
 """After a failed call, seconds during which calls fail at once; the next call after it tries the server again."""
 
-# Lua shared by the lease scripts: the server's clock in ms, a lease value for a holder, and who holds a lease.
+# Lua shared by the lease scripts: the server's clock in ms (read once per script call: every operation of a batch
+# runs at one instant of the server), a lease value for a holder, and who holds a lease. Numbers are written with
+# '%d' (integer formatting), not Lua's own '%.14g' (C's floating-point formatting, several times slower).
 _LEASE_LUA = """
+local NOW
 local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
 end
 local function lease_value(deadline, holder)
-  return string.format('%.0f', deadline) .. '|' .. holder
+  return string.format('%d|', deadline) .. holder
 end
 -- (deadline or nil, holder) of a lease value "<deadline ms>|<holder>"; a value without a deadline is all holder
 local function parse_lease(v)
@@ -218,28 +227,46 @@ local function failure(K, A)
 end
 """
 
-# ARGV[1]: the batch, every field as "<length>:<bytes>": per operation its name, its number of keys and of arguments,
-# its keys, its arguments. Returns one string in the same framing, per operation "V" and a value, "T", a count and
-# that many values (a table), or "E" and an error message (the operation failed; the others still ran). One argument
-# and one string, not hundreds of each: packing and parsing them was most of a batch's cost in the client.
+# ARGV[1]: the batch, per operation its name, its number of keys and of arguments (4-byte big-endian integers), its
+# keys and its arguments; the name, each key and each argument as a 4-byte big-endian length and its bytes (read by
+# struct.unpack, many fields a call). Returns one string, every field "<length>:<bytes>", per operation "V" and a
+# value, "T", a count and that many values (a table), or "E" and an error message (the operation failed; the others
+# still ran). One argument and one string, not hundreds of each: packing and parsing them was most of a batch's cost
+# in the client.
 _BATCH = _OPS_LUA + """
 local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
-local B, pos, out = ARGV[1], 1, {}
-local function field()
-  local colon = string.find(B, ':', pos, true)
-  local n = tonumber(string.sub(B, pos, colon - 1))
-  pos = colon + n + 1
-  return string.sub(B, colon + 1, colon + n)
+local B, pos, out, FMT = ARGV[1], 1, {}, {}
+-- n fields from pos on, in struct.unpack calls of up to 64 fields each (one C call, not four Lua calls, a field)
+local function fields(n)
+  if n <= 64 then  -- the common case: one call, its values kept as they come
+    local f = FMT[n]
+    if not f then f = '>' .. string.rep('I4c0', n); FMT[n] = f end
+    local V = {struct.unpack(f, B, pos)}
+    pos = V[n + 1]
+    V[n + 1] = nil
+    return V
+  end
+  local V, j = {}, 0
+  while j < n do
+    local m = math.min(n - j, 64)
+    local f = FMT[m]
+    if not f then f = '>' .. string.rep('I4c0', m); FMT[m] = f end
+    local got = {struct.unpack(f, B, pos)}
+    for i = 1, m do V[j + i] = got[i] end
+    pos = got[m + 1]
+    j = j + m
+  end
+  return V
 end
 local function put(v)
-  v = tostring(v)
-  out[#out + 1] = #v .. ':' .. v
+  if type(v) == 'number' then v = string.format('%d', v) else v = tostring(v) end
+  out[#out + 1] = string.format('%d:', #v) .. v
 end
 while pos <= #B do
-  local fn, nk, na = OPS[field()], tonumber(field()), tonumber(field())
-  local K, A = {}, {}
-  for j = 1, nk do K[j] = field() end
-  for j = 1, na do A[j] = field() end
+  local name, nk, na
+  name, nk, na, pos = struct.unpack('>I4c0I4I4', B, pos)
+  local fn, V = OPS[name], fields(nk + na)
+  local K, A = {unpack(V, 1, nk)}, {unpack(V, nk + 1, nk + na)}
   local ok, res = pcall(fn, K, A)
   if not ok then
     put('E')
@@ -256,15 +283,28 @@ end
 return table.concat(out)
 """
 
+_BATCH_SHA = hashlib.sha1(_BATCH.encode()).hexdigest().encode()  # the name Redis gives the script
+
+
+_U32 = struct.Struct(">I").pack
+
+
+def pack_op(op: str, keys: list[Any], args: list[Any]) -> bytes:
+    """One operation in the framing :data:`_BATCH` reads (its name, its numbers of keys and of arguments, its keys,
+    its arguments); a batch is its operations joined."""
+    name = op.encode()
+    parts = [_U32(len(name)), name, _U32(len(keys)), _U32(len(args))]
+    for x in (*keys, *args):
+        t = type(x)
+        b = x.encode() if t is str else x if t is bytes else _bytes(x)
+        parts.append(_U32(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
 
 def pack_batch(ops: list[tuple[str, list[Any], list[Any]]]) -> bytes:
-    """The framing :data:`_BATCH` reads: every field ``<length>:<bytes>``."""
-    fields: list[bytes] = []
-    for op, keys, args in ops:
-        fields += [op.encode(), b"%d" % len(keys), b"%d" % len(args)]
-        fields += [_bytes(x) for x in keys]
-        fields += [_bytes(x) for x in args]
-    return b"".join([b"%d:%s" % (len(f), f) for f in fields])
+    """The framing :data:`_BATCH` reads, of several operations."""
+    return b"".join([pack_op(*op) for op in ops])
 
 
 def _bytes(x: Any) -> bytes:
@@ -280,23 +320,25 @@ def _bytes(x: Any) -> bytes:
 def unpack_results(blob: bytes) -> list[Any]:
     """The results :data:`_BATCH` returns, one per operation: bytes, a list of bytes, or a redis-py error."""
     out: list[Any] = []
-    pos = 0
-
-    def field() -> bytes:
-        nonlocal pos
-        colon = blob.index(b":", pos)
-        end = colon + 1 + int(blob[pos:colon])
-        pos = end
-        return blob[colon + 1 : end]
-
-    while pos < len(blob):
-        tag = field()
-        if tag == b"V":
-            out.append(field())
-        elif tag == b"T":
-            out.append([field() for _ in range(int(field()))])
-        else:
-            message = field().decode("utf-8", "replace")
+    pos, end, index = 0, len(blob), blob.index
+    while pos < end:
+        tag = blob[pos + 2]  # the tag is one byte: "1:V", "1:T" or "1:E"
+        colon = index(b":", pos + 3)
+        stop = colon + 1 + int(blob[pos + 3 : colon])
+        value = blob[colon + 1 : stop]
+        pos = stop
+        if tag == 86:  # V: one value
+            out.append(value)
+        elif tag == 84:  # T: a count, then that many values
+            items = []
+            for _ in range(int(value)):
+                colon = index(b":", pos)
+                stop = colon + 1 + int(blob[pos:colon])
+                items.append(blob[colon + 1 : stop])
+                pos = stop
+            out.append(items)
+        else:  # E: the operation's error message
+            message = value.decode("utf-8", "replace")
             kind = (OutOfMemoryError if message.startswith("OOM") else
                     RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
             out.append(kind(message))
@@ -363,14 +405,15 @@ class TurnBatch:
 
     MAX_OPS = 512
     MAX_BYTES = 4 * 2**20
-    """A batch closes at this many bytes of answers (a few large answers go in batches of their own: one script call
-    never carries more than the store's timeout can cover)."""
+    """A batch closes at this many bytes of packed operations, answers included (a few large answers go in batches
+    of their own: one script call never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
-    def __init__(self, script: Any, call: Callable[[Awaitable[Any]], Awaitable[Any]],
+    def __init__(self, script: Callable[[bytes], Awaitable[bytes]], call: Callable[[Awaitable[Any]], Awaitable[Any]],
                  error: Callable[[BaseException], BaseException]) -> None:
         self._script, self._call, self._error = script, call, error
-        self._outbox: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]] = []
+        self._outbox: list[tuple[bytes, asyncio.Future[Any]]] = []
+        """Each operation packed as it is asked for (:func:`pack_op`), and its caller's future."""
         self._sizes: list[int] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -380,8 +423,9 @@ class TurnBatch:
     def run(self, op: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._outbox.append((op, keys, args, fut))
-        self._sizes.append(sum(len(a) for a in args if isinstance(a, bytes)))
+        data = pack_op(op, keys, args)
+        self._outbox.append((data, fut))
+        self._sizes.append(len(data))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -404,21 +448,21 @@ class TurnBatch:
         if self._outbox and not self._scheduled:
             self._flush()
 
-    async def _send(self, ops: list[tuple[str, list[Any], list[Any], asyncio.Future[Any]]]) -> None:
+    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
         self.round_trips += 1
         try:
-            blob = await self._call(self._script(keys=[], args=[pack_batch([op[:3] for op in ops])]))
+            blob = await self._call(self._script(b"".join([data for data, _ in ops])))
             results = unpack_results(blob)
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
-            for *_, fut in ops:
+            for _, fut in ops:
                 if not fut.done():
                     fut.set_exception(_copy(exc))
             return
         except BaseException:  # cancelled (the loop is closing): so are its callers
-            for *_, fut in ops:
+            for _, fut in ops:
                 fut.cancel()
             raise
-        for (*_, fut), result in zip(ops, results, strict=True):
+        for (_, fut), result in zip(ops, results, strict=True):
             if fut.done():
                 continue  # its caller went away; the operation ran all the same
             if isinstance(result, RedisError):
@@ -529,6 +573,56 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+class BatchConnections:
+    """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
+    pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
+    itself. At most ``TurnBatch.MAX_IN_FLIGHT`` are open, each idle between calls."""
+
+    def __init__(self, pool: Any, redis: Any) -> None:
+        self.pool, self.redis = pool, redis
+        self._idle: list[Any] = []
+
+    async def __call__(self, blob: bytes) -> bytes:
+        """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
+        went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
+        flushed) is loaded again."""
+        make = self.pool.make_connection
+        conn = self._idle.pop() if self._idle else make()
+        for attempt in (1, 2):
+            try:
+                reply = await self._evalsha(conn, blob)
+            except RedisConnectionError:
+                await conn.disconnect()
+                if attempt == 2:
+                    raise
+                continue
+            except ResponseError:  # the server refused the call (full, read-only): the connection itself is fine
+                self._idle.append(conn)
+                raise
+            except BaseException:  # timed out or cancelled mid-call: what the connection holds is unknown
+                await asyncio.shield(conn.disconnect(nowait=True))
+                raise
+            self._idle.append(conn)
+            return bytes(reply)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
+        head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
+        await conn.send_packed_command([head, blob, b"\r\n"])
+        try:
+            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
+            return await conn.read_response(timeout=math.inf)
+        except NoScriptError:
+            await self.redis.script_load(_BATCH)
+            await conn.send_packed_command([head, blob, b"\r\n"])
+            return await conn.read_response(timeout=math.inf)
+
+    async def aclose(self) -> None:
+        for conn in self._idle:
+            await conn.disconnect()
+        self._idle.clear()
+
+
 class RedisStore:
     """The :class:`~evalproxy.storage.base.Store` interface over a Redis or Valkey server."""
 
@@ -549,7 +643,8 @@ class RedisStore:
         p = self.prefix
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
-        self.batch = TurnBatch(self.redis.register_script(_BATCH), self._call, self._error)
+        self.batch_connections = BatchConnections(self.pool, self.redis)
+        self.batch = TurnBatch(self.batch_connections, self._call, self._error)
         self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
@@ -774,5 +869,6 @@ class RedisStore:
         await self.dicts.aclose()
         await self.batch.drain()  # what callers asked for before the close still reaches the server
         self._closed = True
+        await self.batch_connections.aclose()
         await self.redis.aclose()
         await self.pool.disconnect()
