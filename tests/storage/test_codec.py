@@ -271,6 +271,14 @@ async def write_until(store: Any, tag: str, make: Callable[[int], StoredAnswer],
     return i
 
 
+async def two_kinds(store: Any, t: codec.Dictionaries) -> tuple[int, int | None, int]:
+    """Short answers until the store has a dictionary, then prose until it has another: (how many short answers,
+    the first dictionary's id, how many prose answers)."""
+    n_small = await write_until(store, "s", small, lambda: t.current is not None)
+    first = t.current
+    return n_small, first, await write_until(store, "p", prose, lambda: t.current not in (None, first))
+
+
 async def open_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequest, name: str = "store") -> Any:
     if backend == "disk":
         return await asyncio.to_thread(open_store, tmp_path / name)
@@ -300,9 +308,7 @@ class TestDictionaryFollowsAnswers:
         store = await open_backend(backend, tmp_path, request)
         t = table_of(store)
         try:
-            n_small = await write_until(store, "s", small, lambda: t.current is not None)
-            first = t.current
-            n_prose = await write_until(store, "p", prose, lambda: t.current not in (None, first))
+            n_small, first, n_prose = await two_kinds(store, t)
             second = t.current
             for i in range(n_prose, n_prose + 10):
                 await store.finish(f"p{i}", 0, owner="o", answer=prose(i), pair=None)
@@ -376,9 +382,7 @@ class TestDictionaryFollowsAnswers:
         store = await open_backend(backend, tmp_path, request)
         t = table_of(store)
         try:
-            n_small = await write_until(store, "s", small, lambda: t.current is not None)
-            first = t.current
-            n_prose = await write_until(store, "p", prose, lambda: t.current not in (None, first))
+            n_small, _, n_prose = await two_kinds(store, t)
             n_third = await write_until(store, "t", lambda i: prose(i, THIRD), lambda: t.current is None)
             for i in range(n_third, n_third + 200):
                 await store.finish(f"t{i}", 0, owner="o", answer=prose(i, THIRD), pair=None)
