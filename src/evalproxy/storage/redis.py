@@ -581,12 +581,20 @@ class BatchConnections:
     def __init__(self, pool: Any, redis: Any) -> None:
         self.pool, self.redis = pool, redis
         self._idle: list[Any] = []
+        # The pool's settings but no socket timeout and no health check: every call is bounded by the store's own
+        # timeout (``RedisStore._call``), and a stale connection is retried below. With a socket timeout, redis-py
+        # wraps each send in ``asyncio.wait_for`` (a task of its own and two more turns of the loop on Python 3.11);
+        # a health check is a PING round trip before the first call after 15 idle seconds.
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+
+    def _make(self) -> Any:
+        return self.pool.connection_class(**self._kwargs)
 
     async def __call__(self, blob: bytes) -> bytes:
         """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
         went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
         flushed) is loaded again."""
-        make = self.pool.make_connection
+        make = self._make
         conn = self._idle.pop() if self._idle else make()
         for attempt in (1, 2):
             try:
@@ -608,13 +616,13 @@ class BatchConnections:
 
     async def _evalsha(self, conn: Any, blob: bytes) -> Any:
         head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
-        await conn.send_packed_command([head, blob, b"\r\n"])
+        await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
         try:
             # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
             return await conn.read_response(timeout=math.inf)
         except NoScriptError:
             await self.redis.script_load(_BATCH)
-            await conn.send_packed_command([head, blob, b"\r\n"])
+            await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
             return await conn.read_response(timeout=math.inf)
 
     async def aclose(self) -> None:
