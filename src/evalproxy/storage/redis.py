@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import os
 import secrets
 import struct
@@ -62,8 +61,15 @@ import redis.asyncio as aredis
 import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    InvalidResponse,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -338,11 +344,17 @@ def unpack_results(blob: bytes) -> list[Any]:
                 pos = stop
             out.append(items)
         else:  # E: the operation's error message
-            message = value.decode("utf-8", "replace")
-            kind = (OutOfMemoryError if message.startswith("OOM") else
-                    RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
-            out.append(kind(message))
+            out.append(server_error(value.decode("utf-8", "replace")))
     return out
+
+
+def server_error(message: str) -> RedisError:
+    """redis-py's error for an error reply of the server (or of an operation of the batch script)."""
+    kind = (OutOfMemoryError if message.startswith("OOM") else
+            RedisReadOnlyError if message.startswith("READONLY") else
+            NoScriptError if message.startswith("NOSCRIPT") else
+            BusyLoadingError if message.startswith("LOADING") else ResponseError)
+    return kind(message)
 
 
 def parse_location(url: str) -> tuple[str, str, float]:
@@ -573,6 +585,30 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+async def read_reply(conn: Any) -> bytes:
+    """The batch script's reply (one bulk string) read off a redis-py connection's stream. Not through redis-py's
+    parser: its layers (a coroutine per level, buffer bookkeeping, a copy of the reply) cost the client more than
+    the read itself, and the reply is always one string or one error. Only batch calls use these connections, and
+    redis-py's parser holds nothing of a reply between calls. No timeout here: the store's bounds every call."""
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    try:
+        line = await reader.readline()
+        if line[:1] == b"$" and line[-2:] == b"\r\n":
+            data = await reader.readexactly(int(line[1:-2]) + 2)
+            return data[:-2]
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:  # a length that is no number, a line past the stream's limit
+        raise InvalidResponse(f"unreadable reply to the batch script ({exc})") from exc
+    if line[:1] == b"-" and line[-2:] == b"\r\n":
+        raise server_error(line[1:-2].decode("utf-8", "replace"))
+    if not line.endswith(b"\n"):
+        raise RedisConnectionError("the server closed the connection")
+    raise InvalidResponse(f"unexpected reply to the batch script: {line[:40]!r}")
+
+
 class BatchConnections:
     """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
     pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
@@ -611,19 +647,18 @@ class BatchConnections:
                 await asyncio.shield(conn.disconnect(nowait=True))
                 raise
             self._idle.append(conn)
-            return bytes(reply)
+            return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
+    async def _evalsha(self, conn: Any, blob: bytes) -> bytes:
         head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
         await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
         try:
-            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
-            return await conn.read_response(timeout=math.inf)
+            return await read_reply(conn)
         except NoScriptError:
             await self.redis.script_load(_BATCH)
             await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
-            return await conn.read_response(timeout=math.inf)
+            return await read_reply(conn)
 
     async def aclose(self) -> None:
         for conn in self._idle:
