@@ -134,8 +134,8 @@ end
 #
 # claim   K: answers, lease base ("P lease:<key>"), next, free. A: key, holder ("<owner>|<host>|<pid>"), lease ms,
 #         slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
-#         {slot, code, payload}: code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the
-#         lease value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a
+#         one string "<slot>|<code>|<payload>" (one field to frame and parse, not four: a hit's one operation): code
+#         0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a
 #         deadline further ahead than one lease is taken over.
 # settle  K: answers, lease, pairs, pair, free. A: answer field, answer ("" none), holder, pair member ("" none),
 #         pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
@@ -148,6 +148,10 @@ end
 #         holds fewer than the bound. Returns {the current id ("" none), its bytes unless it is A[1] or A[2] (""),
 #         1 if the bound refused it}.
 _OPS_LUA = _LEASE_LUA + """
+local function claimed(slot, code, payload)
+  return string.format('%d|%d|', slot, code) .. payload
+end
+
 local function claim(K, A)
   local slot
   if A[4] == 'next' then
@@ -156,13 +160,13 @@ local function claim(K, A)
   else
     slot = tonumber(A[4])
   end
-  if A[5] ~= '1' then return {slot, 1, ''} end
+  if A[5] ~= '1' then return claimed(slot, 1, '') end
   local answer = redis.call('HGET', K[1], A[1] .. ':' .. slot)
-  if answer then return {slot, 0, answer} end
+  if answer then return claimed(slot, 0, answer) end
   local lease = K[2] .. ':' .. slot
   local now, span = now_ms(), tonumber(A[3])
   local value = lease_value(now + span, A[2])
-  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return {slot, 1, ''} end
+  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return claimed(slot, 1, '') end
   local held = redis.call('GET', lease)
   if held then
     local deadline = parse_lease(held)
@@ -172,10 +176,10 @@ local function claim(K, A)
     end
     if not deadline or deadline <= now or deadline > now + span or (A[6] ~= '' and held == A[6]) then
       redis.call('SET', lease, value, 'PX', A[3])
-      return {slot, 1, ''}
+      return claimed(slot, 1, '')
     end
   end
-  return {slot, 2, held or ''}
+  return claimed(slot, 2, held or '')
 end
 
 local function settle(K, A)
@@ -747,7 +751,7 @@ class RedisStore:
         keys = [self.k_answers, f"{p}lease:{key}", f"{p}next:{run_id}:{key}", f"{p}free:{run_id}:{key}"]
         args = [key, self._lease_value(owner), self._lease_ms, "next" if slot is None else slot,
                 "1" if reuse else "", stale]
-        got, code, payload = await self.batch.run("claim", keys, args)
+        got, code, payload = (await self.batch.run("claim", keys, args)).split(b"|", 2)
         return int(got), int(code), payload
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
