@@ -135,8 +135,9 @@ end
 # claim   K: answers, lease base ("P lease:<key>"), next, free. A: key, holder ("<owner>|<host>|<pid>"), lease ms,
 #         slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
 #         one string "<slot>|<code>|<payload>" (one field to frame and parse, not four: a hit's one operation): code
-#         0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a
-#         deadline further ahead than one lease is taken over.
+#         0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease value). A lease past
+#         its deadline by the server's clock, without one (and without a TTL), or with a deadline further ahead than
+#         one lease is taken over.
 # settle  K: answers, lease, pairs, pair, free. A: answer field, answer ("" none), holder, pair member ("" none),
 #         pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
 # renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
