@@ -165,6 +165,31 @@ class TestBatches:
             await admin.aclose()
             await store.aclose()
 
+    async def test_a_call_the_server_refuses_whole_fails_its_batch_and_keeps_the_connection(
+            self, redis_server: RedisServer) -> None:
+        """The server refuses the script call itself (an ACL without EVALSHA): every caller of that batch gets a
+        StoreError naming the refusal, and once allowed again the next calls succeed on the same connection (the
+        error reply was read whole, nothing of it is left on the stream)."""
+        store = RedisStore(redis_server.url)
+        admin = aredis.Redis.from_url(redis_server.url)
+        try:
+            assert (await store.claim("a", "r", sampled=False, reuse=True, owner="o")).leased
+            conn = store.batch_connections._idle[0]
+            await admin.execute_command("ACL", "SETUSER", "default", "-evalsha")
+            refused = await asyncio.gather(*(store.claim(k, "r", sampled=False, reuse=True, owner="o")
+                                             for k in ("b", "c")), return_exceptions=True)
+            assert [type(e).__name__ for e in refused] == ["StoreError", "StoreError"]
+            assert "NOPERM" in str(refused[0]) or "permission" in str(refused[0]).lower()
+            await admin.execute_command("ACL", "SETUSER", "default", "+evalsha")
+            assert store._down_until == 0.0  # a refusal is no outage: the store is not taken as down
+            await store.finish("a", 0, owner="o", answer=StoredAnswer(200, {}, body=b'{"x":1}'), pair=None)
+            got = await store.claim("a", "r2", sampled=False, reuse=True, owner="o2")
+            assert got.answer is not None and got.answer.body == b'{"x":1}'
+            assert store.batch_connections._idle == [conn]
+        finally:
+            await admin.aclose()
+            await store.aclose()
+
 
 def _pair() -> Any:
     from evalproxy.storage.base import SavedPair

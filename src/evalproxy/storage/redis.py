@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import os
 import secrets
 import struct
@@ -62,8 +61,15 @@ import redis.asyncio as aredis
 import zstandard
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    InvalidResponse,
+    NoScriptError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -128,9 +134,10 @@ end
 #
 # claim   K: answers, lease base ("P lease:<key>"), next, free. A: key, holder ("<owner>|<host>|<pid>"), lease ms,
 #         slot ("next": the run's next one), reuse ("1"/""), a stale lease value to take over ("" for none). Returns
-#         {slot, code, payload}: code 0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the
-#         lease value). A lease past its deadline by the server's clock, without one (and without a TTL), or with a
-#         deadline further ahead than one lease is taken over.
+#         one string "<slot>|<code>|<payload>" (one field to frame and parse, not four: a hit's one operation): code
+#         0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease value). A lease past
+#         its deadline by the server's clock, without one (and without a TTL), or with a deadline further ahead than
+#         one lease is taken over.
 # settle  K: answers, lease, pairs, pair, free. A: answer field, answer ("" none), holder, pair member ("" none),
 #         pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
 # renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
@@ -142,6 +149,10 @@ end
 #         holds fewer than the bound. Returns {the current id ("" none), its bytes unless it is A[1] or A[2] (""),
 #         1 if the bound refused it}.
 _OPS_LUA = _LEASE_LUA + """
+local function claimed(slot, code, payload)
+  return string.format('%d|%d|', slot, code) .. payload
+end
+
 local function claim(K, A)
   local slot
   if A[4] == 'next' then
@@ -150,13 +161,13 @@ local function claim(K, A)
   else
     slot = tonumber(A[4])
   end
-  if A[5] ~= '1' then return {slot, 1, ''} end
+  if A[5] ~= '1' then return claimed(slot, 1, '') end
   local answer = redis.call('HGET', K[1], A[1] .. ':' .. slot)
-  if answer then return {slot, 0, answer} end
+  if answer then return claimed(slot, 0, answer) end
   local lease = K[2] .. ':' .. slot
   local now, span = now_ms(), tonumber(A[3])
   local value = lease_value(now + span, A[2])
-  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return {slot, 1, ''} end
+  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return claimed(slot, 1, '') end
   local held = redis.call('GET', lease)
   if held then
     local deadline = parse_lease(held)
@@ -166,10 +177,10 @@ local function claim(K, A)
     end
     if not deadline or deadline <= now or deadline > now + span or (A[6] ~= '' and held == A[6]) then
       redis.call('SET', lease, value, 'PX', A[3])
-      return {slot, 1, ''}
+      return claimed(slot, 1, '')
     end
   end
-  return {slot, 2, held or ''}
+  return claimed(slot, 2, held or '')
 end
 
 local function settle(K, A)
@@ -338,11 +349,17 @@ def unpack_results(blob: bytes) -> list[Any]:
                 pos = stop
             out.append(items)
         else:  # E: the operation's error message
-            message = value.decode("utf-8", "replace")
-            kind = (OutOfMemoryError if message.startswith("OOM") else
-                    RedisReadOnlyError if message.startswith("READONLY") else ResponseError)
-            out.append(kind(message))
+            out.append(server_error(value.decode("utf-8", "replace")))
     return out
+
+
+def server_error(message: str) -> RedisError:
+    """redis-py's error for an error reply of the server (or of an operation of the batch script)."""
+    kind = (OutOfMemoryError if message.startswith("OOM") else
+            RedisReadOnlyError if message.startswith("READONLY") else
+            NoScriptError if message.startswith("NOSCRIPT") else
+            BusyLoadingError if message.startswith("LOADING") else ResponseError)
+    return kind(message)
 
 
 def parse_location(url: str) -> tuple[str, str, float]:
@@ -573,6 +590,30 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+async def read_reply(conn: Any) -> bytes:
+    """The batch script's reply (one bulk string) read off a redis-py connection's stream. Not through redis-py's
+    parser: its layers (a coroutine per level, buffer bookkeeping, a copy of the reply) cost the client more than
+    the read itself, and the reply is always one string or one error. Only batch calls use these connections, and
+    redis-py's parser holds nothing of a reply between calls. No timeout here: the store's bounds every call."""
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    try:
+        line = await reader.readline()
+        if line[:1] == b"$" and line[-2:] == b"\r\n":
+            data = await reader.readexactly(int(line[1:-2]) + 2)
+            return data[:-2]
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:  # a length that is no number, a line past the stream's limit
+        raise InvalidResponse(f"unreadable reply to the batch script ({exc})") from exc
+    if line[:1] == b"-" and line[-2:] == b"\r\n":
+        raise server_error(line[1:-2].decode("utf-8", "replace"))
+    if not line.endswith(b"\n"):
+        raise RedisConnectionError("the server closed the connection")
+    raise InvalidResponse(f"unexpected reply to the batch script: {line[:40]!r}")
+
+
 class BatchConnections:
     """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
     pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
@@ -581,12 +622,20 @@ class BatchConnections:
     def __init__(self, pool: Any, redis: Any) -> None:
         self.pool, self.redis = pool, redis
         self._idle: list[Any] = []
+        # The pool's settings but no socket timeout and no health check: every call is bounded by the store's own
+        # timeout (``RedisStore._call``), and a stale connection is retried below. With a socket timeout, redis-py
+        # wraps each send in ``asyncio.wait_for`` (a task of its own and two more turns of the loop on Python 3.11);
+        # a health check is a PING round trip before the first call after 15 idle seconds.
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None, "health_check_interval": 0}
+
+    def _make(self) -> Any:
+        return self.pool.connection_class(**self._kwargs)
 
     async def __call__(self, blob: bytes) -> bytes:
         """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
         went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
         flushed) is loaded again."""
-        make = self.pool.make_connection
+        make = self._make
         conn = self._idle.pop() if self._idle else make()
         for attempt in (1, 2):
             try:
@@ -603,19 +652,18 @@ class BatchConnections:
                 await asyncio.shield(conn.disconnect(nowait=True))
                 raise
             self._idle.append(conn)
-            return bytes(reply)
+            return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _evalsha(self, conn: Any, blob: bytes) -> Any:
+    async def _evalsha(self, conn: Any, blob: bytes) -> bytes:
         head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
-        await conn.send_packed_command([head, blob, b"\r\n"])
+        await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
         try:
-            # No timeout of redis-py's own per read: every call is bounded by the store's (``_call``).
-            return await conn.read_response(timeout=math.inf)
+            return await read_reply(conn)
         except NoScriptError:
             await self.redis.script_load(_BATCH)
-            await conn.send_packed_command([head, blob, b"\r\n"])
-            return await conn.read_response(timeout=math.inf)
+            await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
+            return await read_reply(conn)
 
     async def aclose(self) -> None:
         for conn in self._idle:
@@ -704,7 +752,7 @@ class RedisStore:
         keys = [self.k_answers, f"{p}lease:{key}", f"{p}next:{run_id}:{key}", f"{p}free:{run_id}:{key}"]
         args = [key, self._lease_value(owner), self._lease_ms, "next" if slot is None else slot,
                 "1" if reuse else "", stale]
-        got, code, payload = await self.batch.run("claim", keys, args)
+        got, code, payload = (await self.batch.run("claim", keys, args)).split(b"|", 2)
         return int(got), int(code), payload
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
