@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import secrets
 import struct
@@ -594,7 +595,11 @@ async def read_reply(conn: Any) -> bytes:
     """The batch script's reply (one bulk string) read off a redis-py connection's stream. Not through redis-py's
     parser: its layers (a coroutine per level, buffer bookkeeping, a copy of the reply) cost the client more than
     the read itself, and the reply is always one string or one error. Only batch calls use these connections, and
-    redis-py's parser holds nothing of a reply between calls. No timeout here: the store's bounds every call."""
+    redis-py's parser holds nothing of a reply between calls. No timeout here: the store's bounds every call. A
+    redis-py whose connections keep their stream elsewhere (``_reader`` is its private name, in 5 to 8) is read
+    through its own parser."""
+    if not hasattr(conn, "_reader"):
+        return bytes(await conn.read_response(timeout=math.inf))
     reader: asyncio.StreamReader | None = conn._reader
     if reader is None:
         raise RedisConnectionError("the connection is closed")
