@@ -1,6 +1,6 @@
 """Profile evalproxy under load with py-spy: where its CPU goes, by function (self and inclusive time).
 
-    .venv/bin/python bench/profile.py [--scenario c64|stream|hits|corpus] [--seconds 15] [--native]
+    .venv/bin/python bench/profile.py [--scenario c64|stream|burst|hits|corpus] [--seconds 15] [--native]
                                       [--store disk|redis] [--prev-python /tmp/prev-python]
 
 Starts the fake upstream and ``evalproxy serve`` (default chain) as in bench/run.py, keeps a load generator on it,
@@ -75,7 +75,7 @@ def redis_calls(url: str) -> dict[str, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["c64", "stream", "hits", "corpus"], default="c64",
+    ap.add_argument("--scenario", choices=["c64", "stream", "burst", "hits", "corpus"], default="c64",
                     help="corpus: misses of the realistic corpus's answers (run.py's corpus_c64)")
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--native", action="store_true", help="include native frames (C extensions)")
@@ -106,6 +106,8 @@ def main() -> None:
                                      "unique": f"prof-{time.time_ns()}"}
             if args.scenario == "stream":
                 kw.update(concurrency=256, stream=True, model="bench-g50", ramp=1.0)
+            elif args.scenario == "burst":  # run.py's stream_c256_burst: 256 streams as fast as the upstream sends
+                kw.update(concurrency=256, stream=True)
             elif args.scenario == "hits":
                 kw.update(repeat=1000)
                 loadgen(url, concurrency=32, requests=1000, seconds=30, unique=kw["unique"], repeat=1000)
