@@ -605,7 +605,7 @@ async def read_reply(conn: Any) -> bytes:
         raise RedisConnectionError("the connection is closed")
     try:
         line = await reader.readline()
-        if line[:1] == b"$" and line[-2:] == b"\r\n":
+        if line[:1] == b"$" and line[-2:] == b"\r\n" and not line.startswith(b"$-"):  # ($-1: nil, never sent)
             data = await reader.readexactly(int(line[1:-2]) + 2)
             return data[:-2]
     except (asyncio.IncompleteReadError, OSError) as exc:
