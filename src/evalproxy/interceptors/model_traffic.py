@@ -36,7 +36,7 @@ from evalproxy.adapter.flow.answers import AnswerHandler, handle
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.shape import assemble_stream
+from evalproxy.adapter.flow.shape import assemble_stream, message_of, tool_calls
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import register_for_adapter
 
@@ -112,10 +112,8 @@ def summary(body: Any, p: ModelTrafficParams) -> dict[str, Any]:
         if not isinstance(choice, dict):
             continue
         finish = str(choice.get("finish_reason") or finish)
-        msg: dict[str, Any] = choice["message"] if isinstance(choice.get("message"), dict) else {}
-        for call in msg.get("tool_calls") or ():
-            if not isinstance(call, dict):
-                continue
+        msg = message_of(choice) or {}
+        for call in tool_calls(choice):
             fn: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
             names.append(str(fn.get("name") or ""))
             args = fn.get("arguments")
