@@ -32,11 +32,11 @@ from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.redact import redact_obj
-from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.answers import AnswerHandler, handle, whole_answer
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
-from evalproxy.adapter.flow.shape import assemble_stream, message_of, tool_calls
+from evalproxy.adapter.flow.shape import message_of, tool_calls
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import register_for_adapter
 
@@ -255,8 +255,7 @@ class _Captured(AnswerHandler):
         self.ic, self.record, self.resp, self.t0 = ic, record, resp, t0
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
-        body: Any = assemble_stream(events) if events is not None else (
-            self.resp.json if self.resp.json is not None else self.resp.body)
+        body = whole_answer(self.resp, events)
         self.ic.finish(self.record, self.resp.status, body, _ms(self.t0))
         return []
 

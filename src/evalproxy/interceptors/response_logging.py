@@ -10,10 +10,9 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.redact import clip, redact_headers
-from evalproxy.adapter.flow.answers import AnswerHandler, handle
+from evalproxy.adapter.flow.answers import AnswerHandler, handle, whole_answer
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
-from evalproxy.adapter.flow.shape import assemble_stream
 from evalproxy.adapter.flow.sse import Event
 from evalproxy.adapter.registry import register_for_adapter
 
@@ -65,7 +64,6 @@ class _Logged(AnswerHandler):
         self.headers = list(resp.headers.items())
 
     async def on_end(self, events: list[Event] | None) -> list[dict[str, Any]]:
-        body: Any = assemble_stream(events) if events is not None else (
-            self.resp.json if self.resp.json is not None else self.resp.body)
+        body = whole_answer(self.resp, events)
         self.ic._log(self.ctx, self.resp.status, self.headers, body)
         return []

@@ -20,8 +20,17 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from evalproxy.adapter.flow.response import ProxyResponse
+from evalproxy.adapter.flow.shape import assemble_stream
 from evalproxy.adapter.flow.sse import Event
 
+
+def whole_answer(resp: ProxyResponse, events: list[Event] | None) -> Any:
+    """The complete answer, as :meth:`AnswerHandler.on_end` of a ``keep_events`` handler sees it: a stream's events
+    assembled into one object (:func:`~evalproxy.adapter.flow.shape.assemble_stream`), else the body (its JSON, or
+    its bytes)."""
+    if events is not None:
+        return assemble_stream(events)
+    return resp.json if resp.json is not None else resp.body
 
 class AnswerHandler:
     """What one interceptor does with one answer. A new handler is made per answer (it may keep state)."""
