@@ -61,7 +61,7 @@ from evalproxy.adapter.core.errors import ProxyError, StoreError, StoreFullError
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.redact import redact_obj, safe_headers
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import SESSION_HEADER, RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import assemble_stream
@@ -78,10 +78,6 @@ WAIT_POLL_SECONDS = 0.05
 """How often a request waiting for a slot another request fills looks again (and whether its client is still there)."""
 _PLURAL = {"hit": "hits", "miss": "misses", "write": "writes"}
 T = TypeVar("T")
-
-
-SESSION_HEADER = "X-Session-Id"
-"""The header naming a request's session (as turn_counter and reasoning_replay read it)."""
 
 
 def session_key(session: str, key: str) -> str:

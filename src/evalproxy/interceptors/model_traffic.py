@@ -33,7 +33,7 @@ from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.core.redact import redact_obj
 from evalproxy.adapter.flow.answers import AnswerHandler, handle, whole_answer
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import SESSION_HEADER, RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import message_of, tool_calls
@@ -182,7 +182,7 @@ class ModelTrafficInterceptor(BaseInterceptor[ModelTrafficParams]):
     def start(self, ctx: RequestContext) -> dict[str, Any]:
         body: Any = ctx.json
         record: dict[str, Any] = {
-            "request_id": ctx.request_id, "session_id": ctx.headers.get("X-Session-Id"),
+            "request_id": ctx.request_id, "session_id": ctx.headers.get(SESSION_HEADER),
             "timestamp": time.time(), "method": ctx.method, "path": ctx.path, "service": self.params.service,
             "model": (body.get("model") or "") if isinstance(body, dict) else "", "request_hash": request_hash(body)}
         if self.params.capture_request_body and isinstance(body, dict):

@@ -21,7 +21,7 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params
 from evalproxy.adapter.flow.answers import AnswerHandler, handle
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import SESSION_HEADER, RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import assemble_stream, content_text
@@ -82,7 +82,7 @@ class ReasoningReplayInterceptor(BaseInterceptor[ReasoningReplayParams]):
         return found
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
-        session = ctx.headers.get("X-Session-Id", "")
+        session = ctx.headers.get(SESSION_HEADER, "")
         body: Any = ctx.json
         if isinstance(body, dict) and isinstance(body.get("messages"), list) and self.memory:
             messages = self.restored(body["messages"], session, ctx.request_id)

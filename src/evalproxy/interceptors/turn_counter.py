@@ -27,7 +27,7 @@ from pydantic import Field
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.errors import ProxyError
 from evalproxy.adapter.core.params import Params
-from evalproxy.adapter.flow.request import RequestContext
+from evalproxy.adapter.flow.request import SESSION_HEADER, RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.run import RunContext
 from evalproxy.adapter.flow.shape import content_text
@@ -49,7 +49,7 @@ class SessionBudgetExhausted(ProxyError):
 
 
 def session_of(ctx: RequestContext) -> str:
-    given = ctx.headers.get("X-Session-Id")
+    given = ctx.headers.get(SESSION_HEADER)
     if given:
         return given
     body: Any = ctx.json

@@ -25,6 +25,10 @@ def _never() -> bool:
     return False
 
 
+SESSION_HEADER = "X-Session-Id"
+"""The header naming a request's session (an agent's conversation, a harness's problem), as NeMo Evaluator reads it."""
+
+
 class RequestContext:
     """One client request on its way through the chain.
 
