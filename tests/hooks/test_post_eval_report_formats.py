@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from evalproxy.hooks.post_eval_report import run_scores
 from evalproxy.hooks.post_eval_report.formats import render_csv, render_latex, render_markdown
 from evalproxy.simulator import SimulatedModel
 
@@ -62,3 +63,20 @@ def test_markdown_shows_html_in_model_output_as_text() -> None:
          "answers": [{"content": "<img src=x onerror=alert(1)>", "finish_reason": "stop"}]}]}
     md = render_markdown(report)
     assert "<img" not in md and "<b>" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md.replace("\\", "")
+
+
+def test_the_run_records_scores_reach_every_format(tmp_path: Path) -> None:
+    """The scores the hook reads from a real results.yaml (rows of task, metric, score) are in report.md, .csv and
+    .tex by name, with their stderr and 95 % interval, beside the task type."""
+    (tmp_path / "results.yaml").write_text(
+        "config: {type: gsm8k, params: {limit_samples: 20}}\n"
+        "results:\n  tasks:\n    gsm8k:\n      metrics:\n        exact_match:\n          scores:\n"
+        "            strict: {value: 0.55, stats: {stderr: 0.114, count: 20}}\n")
+    report = {"summary": {"model": "m"}, "scores": run_scores(tmp_path), "statistics": {}, "pairs": []}
+    assert "| gsm8k.exact_match.strict | 0.55 |" in render_markdown(report)
+    csv_rows = list(csv.reader(io.StringIO(render_csv(report))))
+    assert ["scores", "gsm8k.exact_match.strict", "0.55"] in csv_rows
+    assert ["scores", "gsm8k.exact_match.strict.stderr", "0.114"] in csv_rows
+    assert any(r[1] == "gsm8k.exact_match.strict.ci95" and r[2].count(",") == 1 for r in csv_rows)
+    assert ["scores", "type", "gsm8k"] in csv_rows
+    assert "gsm8k.exact\\_match.strict & 0.55" in render_latex(report)

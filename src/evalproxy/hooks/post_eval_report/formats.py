@@ -37,8 +37,22 @@ def _flat(prefix: str, obj: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _score_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(name, value) of the scores, if the data holds any: a score is a value or ``{value, stats}``."""
-    return list(_flat("", _scores_values(report.get("scores"))))
+    """(name, value) of the scores, if the data holds any: the run record's rows as the hook reads them
+    (:func:`~evalproxy.hooks.post_eval_report.run_scores`: ``task.metric.score`` with its value, stderr and 95 %
+    interval, then the note, type and params), or any other mapping where a score is a value or ``{value, stats}``."""
+    scores = report.get("scores")
+    if not (isinstance(scores, dict) and isinstance(scores.get("rows"), list)):
+        return list(_flat("", _scores_values(scores)))
+    out: list[tuple[str, Any]] = []
+    for row in scores["rows"]:
+        if not isinstance(row, dict):
+            continue
+        name = ".".join(str(row[k]) for k in ("task", "metric", "score") if row.get(k) is not None)
+        out.append((name, row.get("value")))
+        out += [(f"{name}.{k}", row[k]) for k in ("stderr", "count") if _scalar(row.get(k)) and row.get(k) is not None]
+        if isinstance(row.get("ci95"), list):
+            out.append((f"{name}.ci95", ", ".join(str(v) for v in row["ci95"])))
+    return out + list(_flat("", {k: v for k, v in scores.items() if k != "rows"}))
 
 
 def _scores_values(scores: Any) -> Any:
