@@ -62,9 +62,10 @@ def policy(benchmarks: dict[str, Any] | None = None, **defaults: Any) -> GatePol
 def _load(raw: dict[str, Any]) -> GatePolicy:
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        json.dump(raw, f)
-    return load_policy(f.name)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "policy.yaml"
+        path.write_text(json.dumps(raw))
+        return load_policy(path)
 
 
 def gate(tmp_path: Path, base: dict[str, Any], cand: dict[str, Any], pol: GatePolicy, **kw: Any) -> GateReport:
@@ -178,6 +179,24 @@ class TestVerdicts:
         cand = run_dir(tmp_path / "cand", {"mmlu": same(20, 0.8)}, extra={"mmlu": {"f1": 0.5}})
         with pytest.raises(UsageError, match=r"benchmarks.mmlu.metric.*acc.acc, f1.f1"):
             gate_runs(base, cand, _load({"version": 1, "benchmarks": {"mmlu": {}}}))
+
+
+    def test_a_score_name_of_two_metrics_is_named_in_full(self, tmp_path: Path) -> None:
+        """``accuracy`` scored by two metrics (strict flat, flexible falling) never picks one of them silently: a
+        usage error names both; ``flexible.accuracy`` gates the falling one."""
+        def run(path: Path, flexible: float) -> Path:
+            results = Results()
+            add_score(results.tasks, "gsm8k", "strict", "accuracy", 0.8, ScoreStats(stderr=0.01))
+            add_score(results.tasks, "gsm8k", "flexible", "accuracy", flexible, ScoreStats(stderr=0.01))
+            write_results(path, build_record(command="x", output_dir=path, params={}, results=results, model_id="m",
+                                             endpoint_type="chat", adapter_config={}))
+            return path
+
+        base, cand = run(tmp_path / "base", 0.8), run(tmp_path / "cand", 0.5)
+        with pytest.raises(UsageError, match=r"'accuracy' names several scores \(flexible.accuracy, strict.accuracy\)"):
+            gate_runs(base, cand, policy({"gsm8k": {"metric": "accuracy"}}))
+        r = gate_runs(base, cand, policy({"gsm8k": {"metric": "flexible.accuracy"}}))
+        assert (r.tasks[0].baseline, r.tasks[0].candidate, r.tasks[0].status) == (0.8, 0.5, "BREACH")
 
 
 class TestRuns:

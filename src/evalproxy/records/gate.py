@@ -216,27 +216,35 @@ def _tasks(runs: list[Run]) -> dict[str, Run]:
     return out
 
 
-def _scores(run: Run, task: str) -> dict[str, tuple[str, str, Score]]:
-    """The task's scores by the names a policy may use: ``metric.score``, and ``metric`` or ``score`` alone."""
+def _scores(run: Run, task: str) -> tuple[dict[str, tuple[str, str, Score]], dict[str, list[str]]]:
+    """The task's scores by the names a policy may use: ``metric.score``, and ``metric`` or ``score`` alone where
+    that names one score; and the short names that name several (``accuracy`` of ``strict`` and of ``flexible``),
+    with the full names they could mean."""
     res = run.record.results
     tr = res.tasks.get(task) or res.groups.get(task)
     out: dict[str, tuple[str, str, Score]] = {}
     if tr is None:
-        return out
+        return out, {}
     for metric, m in tr.metrics.items():
         for score, s in m.scores.items():
             out[f"{metric}.{score}"] = (metric, score, s)
-    for entry in list(out.values()):
-        metric, score, _ = entry
-        if len(tr.metrics[metric].scores) == 1 or score == metric:
-            out.setdefault(metric, entry)
-        out.setdefault(score, entry)
-    return out
+    short: dict[str, list[str]] = {}
+    for full, (metric, score, _) in out.items():
+        names = {score} | ({metric} if len(tr.metrics[metric].scores) == 1 or score == metric else set())
+        for name in names - {full}:
+            short.setdefault(name, []).append(full)
+    for name, fulls in short.items():
+        if len(fulls) == 1:
+            out.setdefault(name, out[fulls[0]])
+    return out, {name: sorted(fulls) for name, fulls in short.items() if len(fulls) > 1 and name not in out}
 
 
 def _pick(task: str, policy: TaskPolicy, base: Run, cand: Run) -> tuple[str, str, Score, Score]:
-    sb, sc = _scores(base, task), _scores(cand, task)
+    (sb, several), (sc, _) = _scores(base, task), _scores(cand, task)
     wanted = policy.metric if policy.metric not in _NEL_METRICS else None
+    if wanted in several:
+        raise UsageError(f"task {task}: {wanted!r} names several scores ({', '.join(several[wanted])}): name one "
+                         f"in the policy (benchmarks.{task}.metric)")
     if wanted is None:
         full = sorted({k for k in sb if k.count(".") >= 1 and k in sc})
         if len(full) != 1:
