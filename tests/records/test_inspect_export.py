@@ -75,3 +75,19 @@ def test_default_place_is_the_run_dir(tmp_path: Path) -> None:
     run = _run_dir(tmp_path, "lm_eval")
     (log,) = export_to_inspect([run])
     assert log.parent == run / "inspect_logs" and log.suffix == ".eval" and "_sums_id-lm_eval" in log.name
+
+
+def test_a_record_with_a_broken_start_time_still_exports(tmp_path: Path) -> None:
+    """A run record whose started_at is no time (edited by hand) exports, its log starting when the run ended."""
+    work = tmp_path / "work"
+    work.mkdir()
+    copy_fixture("lm_eval", work)
+    h = read_harness_output(HARNESSES["lm_eval"], workdir=work)
+    run = tmp_path / "run"
+    write_results(run, build_record(command=HARNESSES["lm_eval"], output_dir=run, params={}, results=h.results,
+                                    model_id="fake-model", harness=h.info(), started_at="not a time",
+                                    finished_at="2026-01-02T03:04:05"))
+    assert "not a time" in (run / "results.yaml").read_text()
+    (log,) = export_to_inspect([run], fmt="json")
+    stats = json.loads(log.read_text())["stats"]
+    assert stats["started_at"] == stats["completed_at"]

@@ -101,8 +101,7 @@ def task_log(view: RunView, task: str, rows: Sequence[SampleRow]) -> Any:
     )
     status = "success" if record.harness.status in (None, "success") else "error"
     return EvalLog(eval=spec, status=status, results=_results(view, task, len(rows)),
-                   stats=EvalStats(started_at=(datetime.fromisoformat(started).astimezone(UTC).isoformat()
-                                               if started else ended), completed_at=ended),
+                   stats=EvalStats(started_at=_iso_utc(started) or ended, completed_at=ended),
                    samples=[_sample(r, view.model) for r in rows])
 
 
@@ -124,3 +123,11 @@ def export_to_inspect(run_dirs: Sequence[str | os.PathLike[str]], *, output_dir:
             write_eval_log(task_log(view, task, [r for r in rows if r.task == task]), str(target), format=fmt)
             written.append(target)
     return written
+
+
+def _iso_utc(stamp: str | None) -> str | None:
+    """A record's ISO time in UTC; None when it has none or it is not one (a hand-edited record still exports)."""
+    try:
+        return datetime.fromisoformat(stamp).astimezone(UTC).isoformat() if stamp else None
+    except ValueError:
+        return None
