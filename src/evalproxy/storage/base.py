@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import re
 import socket
 import struct
 import time
@@ -71,34 +70,24 @@ _ARRAYS = (list, tuple)
 def by_value(value: Any) -> Any:
     """``value`` with numbers by value (``0`` and ``0.0`` are one number: an integral float within 64 bits becomes
     an int), recursively; booleans stay booleans, mapping keys become strings."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # most of a body: no isinstance, no ABC check
+        return value
+    if kind is float:
+        return int(value) if value.is_integer() and -(2**63) <= value < 2**63 else value
     if isinstance(value, float):
         return int(value) if value.is_integer() and -(2**63) <= value < 2**63 else value
-    if isinstance(value, _MAPPINGS):
+    if isinstance(value, _MAPPINGS):  # dict (and a frozen body's dicts) first: a quick check, the ABC's only after
         return {k if isinstance(k, str) else str(k): by_value(v) for k, v in value.items()}
     if isinstance(value, _ARRAYS):
         return [by_value(v) for v in value]
     return value
 
 
-_INTEGRAL_FLOAT = re.compile(rb"\d\.0(?!\d)|\de\+")
-"""Where orjson may have written an integral float: ``2.0``, ``-0.0``, ``1e+16`` (it writes every float below 1e16
-with a point, and from there on, where every float is integral, with ``e+``). It may also match inside a string."""
-
-
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON of ``value``: numbers by value (:func:`by_value`), keys sorted. The bytes cache keys,
-    prompt keys and the observed parameters are computed from.
-
-    Most bodies hold no integral float, and :func:`by_value` then changes nothing: they are written as they are
-    (the same bytes, without rebuilding every container of the body first); a body whose JSON shows anything that
-    may be one (or that orjson cannot write as it is: keys that are not strings) goes through :func:`by_value`."""
-    try:
-        out = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:
-        out = None
-    if out is None or _INTEGRAL_FLOAT.search(out) is not None:
-        out = orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
-    return out
+    prompt keys and the observed parameters are computed from."""
+    return orjson.dumps(by_value(value), option=orjson.OPT_SORT_KEYS)
 
 
 def cache_key(path: str, body: Any, query: str = "") -> str:
