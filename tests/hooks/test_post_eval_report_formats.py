@@ -80,3 +80,13 @@ def test_the_run_records_scores_reach_every_format(tmp_path: Path) -> None:
     assert any(r[1] == "gsm8k.exact_match.strict.ci95" and r[2].count(",") == 1 for r in csv_rows)
     assert ["scores", "type", "gsm8k"] in csv_rows
     assert "gsm8k.exact\\_match.strict & 0.55" in render_latex(report)
+
+
+def test_a_malformed_run_record_gives_a_note_not_a_crash(tmp_path: Path) -> None:
+    """A results.yaml whose metrics are a list, or whose metric is a list, gives the report no score rows and a note
+    (the report is still written), never an exception."""
+    (tmp_path / "results.yaml").write_text(
+        "results:\n  tasks:\n    a: {metrics: [1, 2]}\n    b: {metrics: {acc: [1]}}\n")
+    scores = run_scores(tmp_path)
+    assert [(r["task"], r["value"]) for r in scores["rows"]] == [("a", None)]
+    assert scores["note"] is None

@@ -177,6 +177,15 @@ class TestUnknownCommand:
         assert read_harness_output(["./my_eval.sh"], workdir=tmp_path).status == "unknown"  # no start time: no scan
 
 
+    def test_a_results_file_whose_results_is_a_list_is_passed_over(self, tmp_path: Path) -> None:
+        """A results.yml written during the run whose ``results`` is a list (no NeMo shape) is not taken for the
+        run's scores and stops nothing: the harness is reported unknown, as with no file."""
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "results.yml").write_text("results: [1, 2]\n")
+        r = read_harness_output(["./my_eval.sh"], workdir=tmp_path, started_at=time.time() - 60)
+        assert r.status == "unknown" and r.results.is_empty()
+
+
 class TestDamagedHarnessFiles:
     def test_torn_and_too_deep_sample_lines_are_skipped(self, workdir: Path) -> None:
         """A torn line and a line nested 1000 deep in lm-eval's samples file are skipped: the scores and the other

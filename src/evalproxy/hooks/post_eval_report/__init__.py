@@ -325,12 +325,13 @@ def _score_rows(section: str, tasks: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for task, tr in (tasks or {}).items() if isinstance(tasks, dict) else ():
         metrics: Any = tr.get("metrics") if isinstance(tr, dict) else None
-        if not metrics:
+        if not isinstance(metrics, dict) or not metrics:  # none, or not the shape a record has: no scores to show
             rows.append({"kind": section[:-1], "task": str(task), "metric": None, "score": None, "value": None,
                          "stderr": None, "ci95": None, "count": None})
             continue
         for metric, m in metrics.items():
-            for score, sc in ((m or {}).get("scores") or {}).items():
+            scores = m.get("scores") if isinstance(m, dict) else None
+            for score, sc in scores.items() if isinstance(scores, dict) else ():
                 if not isinstance(sc, dict) or not isinstance(sc.get("value"), int | float):
                     continue
                 stats: dict[str, Any] = sc["stats"] if isinstance(sc.get("stats"), dict) else {}

@@ -94,8 +94,10 @@ def _nemo_shaped_results(workdir: Path, since: float | None) -> list[Path]:
             doc = read_yaml(path)
         except (OSError, ConfigError):
             continue
+        results = doc.get("results") if isinstance(doc, dict) else None
+        results = results if isinstance(results, dict) else {}
         if isinstance(doc, dict) and "evalproxy" not in doc and any(isinstance(doc.get(k), dict) or
-                                                                    isinstance((doc.get("results") or {}).get(k), dict)
+                                                                    isinstance(results.get(k), dict)
                                                                     for k in ("tasks", "groups")):
             out.append(path)
     return out
