@@ -210,7 +210,8 @@ async def _serve(settings: Settings, host: str, port: int, token_note: str) -> i
                 bound = addr[1]
                 break
         shown = f"[{host}]" if ":" in host else host
-        reached = socket.getfqdn() if host in ("", "0.0.0.0", "::") else shown  # what the nodes can call
+        # what the nodes can call; getfqdn may ask DNS: not on the loop
+        reached = await asyncio.to_thread(socket.getfqdn) if host in ("", "0.0.0.0", "::") else shown
         app[RUNNER].service_url.set(f"http://{reached}:{bound}")
         print(f"evalproxy jobs listening on http://{shown}:{bound} (data: {settings.data_dir})\n"
               f"  {token_note}", flush=True)

@@ -148,7 +148,8 @@ async def _command(*argv: str, env: dict[str, str] | None = None) -> tuple[int, 
     try:
         out, err = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT)
     except TimeoutError:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            proc.kill()
         await proc.wait()
         raise SlurmError(f"{argv[0]} did not answer within {COMMAND_TIMEOUT:.0f} s (is slurmctld reachable?)") from None
     return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
