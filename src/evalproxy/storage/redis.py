@@ -314,11 +314,6 @@ def pack_op(op: str, keys: list[Any], args: list[Any]) -> bytes:
     return b"".join(parts)
 
 
-def pack_batch(ops: list[tuple[str, list[Any], list[Any]]]) -> bytes:
-    """The framing :data:`_BATCH` reads, of several operations."""
-    return b"".join([pack_op(*op) for op in ops])
-
-
 def _bytes(x: Any) -> bytes:
     if isinstance(x, bytes):
         return x

@@ -78,12 +78,12 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-
 def secret_env(name: str, value: str) -> bool:
     """Whether an environment variable holds a credential: by the words of its name, as a header's
     (``HF_TOKEN``, ``WANDB_API_KEY``, ``AWS_SECRET_ACCESS_KEY``, ``MLFLOW_TRACKING_PASSWORD``), or because its value
     is a URL that carries one (``redis://:password@host``, ``https://host/?key=...``)."""
     return secret_header(name) or ("://" in value and redact_url(value) != value)
+
 
 def redact_obj(obj: Any, secrets: Iterable[str] = ()) -> Any:
     """A copy of ``obj`` with secret-named fields and any of the given secret strings redacted."""

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -92,8 +93,7 @@ class Proxy:
         await asyncio.to_thread(self.run.output_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(write_effective_config, self.run.output_dir, self.run.config, self.run.server)
         if self.loaded.snapshot is not None:  # a NeMo 0.4-shaped file: kept as written, as 0.4 keeps it
-            text = nemo04.snapshot_text(self.loaded.snapshot, self.loaded.source)
-            await asyncio.to_thread(atomic_write_bytes, self.run.output_dir / nemo04.SNAPSHOT_FILE, text.encode())
+            await asyncio.to_thread(_write_snapshot, self.run.output_dir, self.loaded.snapshot, self.loaded.source)
         yield
 
     async def _transport_ctx(self, app: web.Application) -> AsyncIterator[None]:
@@ -331,3 +331,8 @@ def _log_failure(ctx: RequestContext | None, resp: ProxyResponse) -> None:
     body = (resp.body or b"")[:2000].decode("utf-8", "replace")
     log.warning("request failed with %s: request=%s answer=%s", resp.status,
                 orjson.dumps(request).decode()[:4000] if request is not None else "-", body)
+
+
+def _write_snapshot(output_dir: Path, snapshot: dict[str, Any], source: str | None) -> None:
+    """The 0.4-shaped config file, as written, into the run's output dir (YAML dumped here: off the event loop)."""
+    atomic_write_bytes(output_dir / nemo04.SNAPSHOT_FILE, nemo04.snapshot_text(snapshot, source).encode())
