@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from evalproxy.adapter.core.intervals import score_interval, wilson
 from evalproxy.records import RequestLedger, build_record, compare_runs, write_results
 from evalproxy.records.harnesses import SampleScore, write_samples
 from evalproxy.records.harnesses.base import add_score
@@ -125,6 +126,17 @@ class TestScores:
         """Identical samples give p = 1; a missing stderr gives no test rather than a guess."""
         assert paired_bootstrap([0.3, 0.4], [0.3, 0.4]).p_value == 1.0
         assert stderr_z(0.1, None, 0.02).p_value is None
+
+
+    def test_a_share_of_right_answers_gets_the_reports_interval(self, tmp_path: Path) -> None:
+        """Without samples, a score whose stderr is a 0/1 sample's gets the interval the run's report shows for it
+        (Wilson's, inside [0, 1]), not value +- 1.96 stderr, which runs past 1 here."""
+        se = (0.9 * 0.1 / 19) ** 0.5
+        a = make_run(tmp_path / "a", values=[1.0] * 18 + [0.0] * 2, stderr=se, samples=False)
+        b = make_run(tmp_path / "b", values=[1.0] * 18 + [0.0] * 2, stderr=se, samples=False)
+        row = compare_runs(a, b).scores[0]
+        assert row.baseline_ci == score_interval(0.9, se, 20) == wilson(18, 20)
+        assert row.baseline_ci is not None and row.baseline_ci[1] < 1.0 < 0.9 + 1.96 * se
 
 
 class TestOutput:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from evalproxy.adapter.core.intervals import score_interval
 from evalproxy.records.harnesses.base import SampleScore
 from evalproxy.records.stats import (
     Interval,
@@ -25,7 +26,6 @@ from evalproxy.records.stats import (
     mean_ci,
     paired_bootstrap,
     paired_delta_ci,
-    stderr_ci,
     stderr_z,
     unpaired_delta_ci,
 )
@@ -121,8 +121,9 @@ def _row(section: str, task: str, metric: str, name: str, sb: Score | None, sc: 
     sec = sc.stats.stderr if sc is not None and sc.stats else None
     delta = vc - vb if vb is not None and vc is not None else None
     row = ScoreRow(section, task, metric, name, vb, vc, delta, "none", None, False, 0, "score in one run only")
-    row.baseline_ci = stderr_ci(vb, seb) if vb is not None else None
-    row.candidate_ci = stderr_ci(vc, sec) if vc is not None else None
+    # as the run's report shows them (Wilson's interval for a share of right answers)
+    row.baseline_ci = score_interval(vb, seb, sb.stats.count) if vb is not None and sb and sb.stats else None
+    row.candidate_ci = score_interval(vc, sec, sc.stats.count) if vc is not None and sc and sc.stats else None
     if delta is None:
         return row
     paired = _test(*pairs, seed=seed, iterations=iterations) if pairs is not None else None

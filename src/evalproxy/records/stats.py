@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from evalproxy.adapter.core.intervals import Interval as Interval
-from evalproxy.adapter.core.intervals import wilson
+from evalproxy.adapter.core.intervals import stderr_ci, wilson
 
 # Below this many discordant pairs McNemar's chi-square approximation is poor; the exact binomial test is used.
 EXACT_BELOW = 25
@@ -125,14 +125,6 @@ def paired_delta_ci(baseline: Sequence[float], candidate: Sequence[float],
                     confidence: float = 0.95) -> Interval | None:
     """Student's t interval of the mean paired difference (candidate - baseline); None below two pairs."""
     return _t_interval([y - x for x, y in zip(baseline, candidate, strict=True)], confidence)
-
-
-def stderr_ci(value: float, stderr: float | None, confidence: float = 0.95) -> Interval | None:
-    """value +- z * stderr (the harness's own standard error); None without one."""
-    if stderr is None:
-        return None
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    return value - z * stderr, value + z * stderr
 
 
 def unpaired_delta_ci(delta: float, se_baseline: float | None, se_candidate: float | None,

@@ -36,5 +36,12 @@ def score_interval(value: float, stderr: float | None, count: int | None,
         return None
     if count is not None and is_proportion(value, stderr, count):
         return wilson(value * count, count, confidence)
+    return stderr_ci(value, stderr, confidence)
+
+
+def stderr_ci(value: float, stderr: float | None, confidence: float = 0.95) -> Interval | None:
+    """value +- z * stderr (the harness's own standard error); None without one."""
+    if stderr is None:
+        return None
     z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
     return value - z * stderr, value + z * stderr
