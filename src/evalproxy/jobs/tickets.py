@@ -40,7 +40,7 @@ class FetchError(Exception):
     for the job's log and its status."""
 
 
-MAX_ANSWER = 1 << 20
+MAX_REPLY_BYTES = 1 << 20
 """The most of the service's answer a job reads (its secrets are a few variables: a larger answer is no JSON)."""
 
 
@@ -73,7 +73,7 @@ def fetch_secrets(service_url: str, job_id: str, ticket: str, wait: float = FETC
             "Authorization": f"Bearer {ticket}", "Content-Type": "application/json", "Accept": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as resp:
-                return _env_of(resp.read(MAX_ANSWER), url)
+                return _env_of(resp.read(MAX_REPLY_BYTES), url)
         except urllib.error.HTTPError as exc:
             if exc.code < 500 or time.monotonic() >= deadline:
                 what = "refused the job's ticket" if exc.code in (401, 403) else "could not give the job's secrets"
@@ -100,7 +100,7 @@ def _env_of(raw: bytes, url: str) -> dict[str, str]:
 
 def _detail(exc: urllib.error.HTTPError) -> str:
     try:
-        data = json.loads(exc.read(MAX_ANSWER))
+        data = json.loads(exc.read(MAX_REPLY_BYTES))
     except (ValueError, OSError):
         return str(exc.reason)
     detail = data.get("detail") if isinstance(data, dict) else None
