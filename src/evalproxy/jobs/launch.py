@@ -26,6 +26,7 @@ from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.core.errors import ConfigError, JobLaunchError, JobsInvalidFieldError
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
+from evalproxy.adapter.server.output import RESULTS_FILES
 from evalproxy.jobs.models import expand_command
 from evalproxy.jobs.tickets import CACHE_URL_ENV
 
@@ -36,7 +37,6 @@ EXIT_FILE = "job_exit.json"
 ``"reason"`` when the command could not start."""
 RUN_RECORD = "results.yaml"
 METRICS_FILE = "eval_factory_metrics.json"
-HARNESS_RESULTS = ("results.yaml", "results.yml")
 MOUNTS = Path("/proc/mounts")
 SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "sshfs", "glusterfs", "beegfs",
                                 "9p", "afs", "orangefs", "pvfs2"})
@@ -233,7 +233,7 @@ def _scores_of(data: Any) -> dict[str, Any] | None:
 def read_results(job_dir: Path) -> dict[str, Any] | None:
     """``{tasks, groups}`` from the run record ``results.yaml``, else from a results file the harness wrote."""
     record = job_dir / RUN_RECORD
-    found = [p for p in job_dir.rglob("results.y*ml") if p.name in HARNESS_RESULTS and p != record and p.is_file()]
+    found = [p for p in job_dir.rglob("results.y*ml") if p.name in RESULTS_FILES and p != record and p.is_file()]
     found.sort(key=lambda p: (len(p.parts), str(p)))
     for path in ([record] if record.is_file() else []) + found:
         try:

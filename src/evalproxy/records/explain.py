@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.flow.frozen import thaw
+from evalproxy.adapter.flow.request import ENDPOINT_PATHS
 from evalproxy.storage.base import by_value, canonical_json
 
 MAX_SHOWN_CHARS = 200
@@ -167,8 +168,6 @@ class Explanation:
     stored_answers: int = 0
 
 
-_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
-          "embeddings": "/v1/embeddings"}
 
 
 def _chain_before_caching(adapter: Mapping[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
@@ -192,7 +191,7 @@ def default_path(adapter: Mapping[str, Any], body: Mapping[str, Any]) -> str:
     ``endpoint_type``."""
     if "prompt" in body and "messages" not in body:
         return "/v1/completions"
-    return _PATHS.get(str(adapter.get("endpoint_type") or "chat"), "/v1/chat/completions")
+    return ENDPOINT_PATHS.get(str(adapter.get("endpoint_type") or "chat"), "/v1/chat/completions")
 
 
 async def key_request(request: Mapping[str, Any], adapter: Mapping[str, Any], *, path: str | None = None,

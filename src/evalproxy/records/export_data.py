@@ -22,6 +22,7 @@ from typing import Any
 
 from evalproxy.adapter.core.loads import load_json
 from evalproxy.adapter.flow.shape import answer_text, content_text
+from evalproxy.adapter.server.output import RESULTS_FILES
 from evalproxy.records.export import find_results_file
 from evalproxy.records.harnesses import PARSERS
 from evalproxy.records.harnesses.base import SampleScore, read_samples
@@ -32,7 +33,7 @@ from evalproxy.storage import is_url, open_store, run_store
 log = logging.getLogger("evalproxy")
 
 STATS_FILE = "eval_factory_metrics.json"
-RUN_FILES = ("results.yaml", "results.yml", STATS_FILE, "adapter_config.yaml", "report.html", "report.json",
+RUN_FILES = (*RESULTS_FILES, STATS_FILE, "adapter_config.yaml", "report.html", "report.json",
              "evalproxy_report.json", "samples.jsonl", LEDGER_FILE)
 """The files of a run directory an export carries, where present (the harness's own files are added to them)."""
 
@@ -164,7 +165,7 @@ def finished_at(view: RunView) -> datetime:
 
 
 def _record_time(view: RunView) -> datetime:
-    for name in ("results.yaml", "results.yml"):
+    for name in RESULTS_FILES:
         if (view.base / name).exists():
             return datetime.fromtimestamp((view.base / name).stat().st_mtime)
     return datetime.now()

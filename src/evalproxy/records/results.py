@@ -23,8 +23,9 @@ from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.core.redact import REDACTED, redact_obj, redact_text, redact_url
+from evalproxy.adapter.server.output import RESULTS_FILES
 
-RESULTS_FILE = "results.yaml"
+RESULTS_FILE = RESULTS_FILES[0]
 
 
 class _Open(BaseModel):
@@ -237,7 +238,7 @@ def build_record(
 def _results_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
-        for name in (RESULTS_FILE, "results.yml"):
+        for name in RESULTS_FILES:
             if (p / name).is_file():
                 return p / name
         return p / RESULTS_FILE

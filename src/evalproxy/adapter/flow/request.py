@@ -25,6 +25,9 @@ def _never() -> bool:
     return False
 
 
+ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
+                  "embeddings": "/v1/embeddings"}
+"""The path a request of each endpoint type goes to (the proxy's root path; a key's, as ``explain`` rebuilds it)."""
 SESSION_HEADER = "X-Session-Id"
 """The header naming a request's session (an agent's conversation, a harness's problem), as NeMo Evaluator reads it."""
 

@@ -20,6 +20,8 @@ log = logging.getLogger("evalproxy.output")
 STATISTICS_FILE = "eval_factory_metrics.json"
 """NeMo Evaluator's name for the statistics file (it says "metrics"; evalproxy calls its contents statistics)."""
 CONFIG_FILE = "adapter_config.yaml"
+RESULTS_FILES = ("results.yaml", "results.yml")
+"""The run record's name (written by ``evalproxy run``), and NeMo Evaluator's, read as well."""
 
 
 def read_json_file(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.errors import PayloadTooLargeError, ProxyError, RequestTimeoutError
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.redact import redact_obj, redact_url
-from evalproxy.adapter.flow.request import RequestContext, request_kind
+from evalproxy.adapter.flow.request import ENDPOINT_PATHS, RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
 from evalproxy.adapter.registry.registry import Resolved, resolve
@@ -41,8 +41,6 @@ from evalproxy.adapter.server.stream_writer import write_stream
 log = logging.getLogger("evalproxy.server")
 
 OVERHEAD_HEADER = "X-EvalProxy-Overhead-Ms"
-_ROOT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embedding": "/v1/embeddings",
-               "embeddings": "/v1/embeddings"}
 STATS_WRITE_INTERVAL = 5.0
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
@@ -244,7 +242,7 @@ class Proxy:
     def _path(self, request: web.Request) -> str:
         """The request's path; a POST to ``/`` (NeMo Evaluator's adapter is called that way) means endpoint_type."""
         if request.path == "/" and request.method == "POST":
-            return _ROOT_PATHS.get(self.run.config.endpoint_type, "/v1/chat/completions")
+            return ENDPOINT_PATHS.get(self.run.config.endpoint_type, "/v1/chat/completions")
         return request.path
 
     async def _context(self, request: web.Request) -> RequestContext:

@@ -39,7 +39,7 @@ from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
 from evalproxy.adapter.flow.shape import content_text, message_of, split_reasoning, tool_call_text, usage_of
 from evalproxy.adapter.registry import register_for_adapter
-from evalproxy.adapter.server.output import CONFIG_FILE, STATISTICS_FILE
+from evalproxy.adapter.server.output import CONFIG_FILE, RESULTS_FILES, STATISTICS_FILE
 from evalproxy.adapter.server.upstream import upstream_url_for
 from evalproxy.hooks.post_eval_report import formats
 from evalproxy.hooks.post_eval_report.charts import report_charts
@@ -290,9 +290,6 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     }
     key = server.api_key() if server.api_key_name else None
     return redact_report(report, [key] if key else [])
-
-
-RESULTS_FILES = ("results.yaml", "results.yml")
 
 
 def run_scores(output_dir: Path) -> dict[str, Any]:
