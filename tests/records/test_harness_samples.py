@@ -31,8 +31,6 @@ def test_lm_eval_samples_carry_question_target_and_answer(workdir: Path) -> None
 @pytest.mark.parametrize("kind", ["inspect_json", "inspect_eval"])
 def test_inspect_samples_carry_question_target_and_answer(workdir: Path, kind: str) -> None:
     """inspect's logs (json and .eval) give each sample's input, target and completion."""
-    if kind == "inspect_eval":
-        pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need zstandard")
     copy_fixture(kind, workdir)
     r = read_harness_output(["inspect", "eval", "sums_task.py", "--log-dir", kind], workdir=workdir)
     q2 = _by_id(r.samples)["q2"]

@@ -74,8 +74,6 @@ class TestInspect:
     @pytest.mark.parametrize("kind", ["inspect_json", "inspect_eval"])
     def test_scores_and_samples_from_log_dir(self, workdir: Path, kind: str) -> None:
         """Both log formats give accuracy with stderr and the per-sample C/I grades as 1/0."""
-        if kind == "inspect_eval":
-            pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need zstandard")
         copy_fixture(kind, workdir)
         r = read_harness_output(["inspect", "eval", "sums_task.py", "--log-dir", kind], workdir=workdir)
         assert r.status == "success" and r.version == "0.3.285"
@@ -213,7 +211,6 @@ class TestSizeBounds:
     def test_an_eval_log_member_past_the_bound_is_never_expanded(self, workdir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
         """An inspect .eval whose header member says it expands past the bound is refused before it is read."""
-        pytest.importorskip("zstandard", reason="zstd-compressed .eval logs need zstandard")
         copy_fixture("inspect_eval", workdir)
         monkeypatch.setattr(loads, "MAX_FILE_BYTES", 256)
         r = read_harness_output(["inspect", "eval", "t.py", "--log-dir", "inspect_eval"], workdir=workdir)
