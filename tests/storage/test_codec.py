@@ -432,3 +432,58 @@ class TestDictionaryFollowsAnswers:
         finally:
             await store.aclose()
         assert any("left out" in r.getMessage() for r in caplog.records)
+
+
+class TestSharedBetweenThreads:
+    def test_answers_compressed_from_many_threads_are_each_counted_once(self) -> None:
+        """One table used by four threads compressing at once and a fifth running checks (as the Redis store
+        compresses small answers on the loop and large ones in worker threads): every answer is counted once,
+        training falls due exactly once, at exactly its number of samples, and every frame decodes to its answer."""
+        import sys
+        import threading
+
+        dicts = codec.Dictionaries()
+        dicts.use(None)
+        payloads = [TEXT[i % 97:] + b"%d" % i for i in range(codec.TRAIN_ANSWERS - 4)]
+        frames: list[tuple[bytes, bytes]] = []
+        errors: list[BaseException] = []
+        due = []
+        start = threading.Barrier(5)
+
+        def compress(part: list[bytes]) -> None:
+            start.wait()
+            try:
+                for p in part:
+                    frame = codec.compress(p, dicts)
+                    assert frame is not None
+                    frames.append((p, frame))
+                    if dicts.take_due():
+                        due.append(1)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        def checks() -> None:
+            start.wait()
+            for _ in range(300):
+                dicts.run_check()
+                dicts.use_id(None)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: races show
+        try:
+            parts = [payloads[i::4] for i in range(4)]
+            threads = [threading.Thread(target=compress, args=(p,)) for p in parts] + [threading.Thread(target=checks)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors
+            # the last few answers: training falls due at exactly TRAIN_ANSWERS samples
+            for p in [TEXT + b"%d" % i for i in range(4)]:
+                codec.compress(p, dicts)
+                due.extend([1] if dicts.take_due() else [])
+        finally:
+            sys.setswitchinterval(interval)
+        assert len(frames) == len(payloads)
+        assert due == [1] and dicts.training and len(dicts.samples) == codec.TRAIN_ANSWERS
+        assert all(codec.decompress(f, dicts) == p for p, f in frames)

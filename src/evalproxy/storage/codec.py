@@ -37,7 +37,10 @@ A reader that meets a frame of a dictionary it does not hold loads the store's d
 copying a store copies all its dictionaries first. On the realistic corpus a dictionary of the first 200 answers
 stores 29 % fewer bytes; one of answers of another kind stores 7 % more than none (``bench/codec.py``).
 
-Compressors are not thread-safe: each thread (the event loop's, the disk store's, a reader's) keeps its own.
+Compressors are not thread-safe: each thread (the event loop's, the disk store's, a reader's) keeps its own. A
+:class:`Dictionaries` is shared by those threads (the Redis store compresses small answers on the loop and large ones
+in worker threads, and checks and trains in others): its bookkeeping is changed under its own lock, never while
+compressing.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class Dictionaries:
         self._seen = self._checks = self._with = self._without = 0
         self._rest = 0  # windows to wait before collecting again, after a training that found nothing better
         self._failures = 0
+        self._lock = threading.Lock()
 
     def add(self, data: bytes) -> int:
         """Hold a dictionary (its stored bytes); its id. ValueError for bytes that are no zstd dictionary (a damaged
@@ -130,7 +134,8 @@ class Dictionaries:
                 d.precompute_compress(level=LEVEL)
             except zstandard.ZstdError as exc:
                 raise ValueError(f"damaged zstd dictionary {dict_id} ({exc})") from exc
-            self.known[dict_id] = d
+            with self._lock:
+                self.known.setdefault(dict_id, d)
         return dict_id
 
     def add_all(self, items: Iterable[bytes]) -> list[bytes]:
@@ -152,37 +157,49 @@ class Dictionaries:
     def use_id(self, dict_id: int | None) -> None:
         """Write with the held dictionary ``dict_id`` (None: without). A change starts a new window; the first
         answer of a store without one starts the samples."""
-        first, self.checked = not self.checked, True
-        if first:
-            self.current, self.collecting = dict_id, dict_id is None and not self.training
-        elif dict_id != self.current:
-            self.current, self.collecting, self.samples = dict_id, False, []
-            self._seen = self._checks = self._with = self._without = 0
+        with self._lock:
+            first, self.checked = not self.checked, True
+            if first:
+                self.current, self.collecting = dict_id, dict_id is None and not self.training
+            elif dict_id != self.current:
+                self.current, self.collecting, self.samples = dict_id, False, []
+                self._seen = self._checks = self._with = self._without = 0
 
     def observe(self, payload: bytes, frame: int) -> None:
         """:func:`compress` kept ``payload`` as a frame of ``frame`` bytes: a sample, or one answer of the window
         (every :data:`CHECK_EVERY`-th left in :attr:`pending` for the store to check)."""
         if self.training or not self.checked:
             return
-        self._seen += 1
-        if self._seen % CHECK_EVERY == 0 and self.pending is None:
-            self.pending = (payload, frame)
-        if self.collecting:
-            if len(payload) <= SAMPLE_MAX:
-                self.samples.append(payload)
-            if len(self.samples) >= TRAIN_ANSWERS:
-                self.collecting, self.training, self.due, self.base = False, True, True, self.current
+        with self._lock:
+            if self.training:
+                return
+            self._seen += 1
+            if self._seen % CHECK_EVERY == 0 and self.pending is None:
+                self.pending = (payload, frame)
+            if self.collecting:
+                if len(payload) <= SAMPLE_MAX:
+                    self.samples.append(payload)
+                if len(self.samples) >= TRAIN_ANSWERS:
+                    self.collecting, self.training, self.due, self.base = False, True, True, self.current
 
     def run_check(self) -> None:
         """Off the event loop: the pending answer compressed without the dictionary too, tallied; at the end of a
         window, judge the current choice (a dictionary saving less than :data:`DICT_MIN_GAIN`, or none, starts
         fresh samples)."""
-        pending, self.pending = self.pending, None
-        if pending is None or self.collecting or self.training:
-            return  # (the store still reads its current id: while collecting, another process may publish one)
-        if self.current is not None:
-            self._with += pending[1]
-            self._without += len(_plain_compressor().compress(pending[0]))
+        with self._lock:
+            pending, self.pending, current = self.pending, None, self.current
+            if pending is None or self.collecting or self.training:
+                return  # (the store still reads its current id: while collecting, another process may publish one)
+        without = len(_plain_compressor().compress(pending[0])) if current is not None else 0
+        with self._lock:
+            if current != self.current or self.collecting or self.training:
+                return  # the choice changed meanwhile: this answer belongs to no window of it
+            self._judge(pending[1] if current is not None else 0, without)
+
+    def _judge(self, with_one: int, without_one: int) -> None:
+        """One checked answer tallied (under the lock); at the end of a window the current choice judged."""
+        self._with += with_one
+        self._without += without_one
         self._checks += 1
         if self._checks * CHECK_EVERY < WINDOW:
             return
@@ -205,7 +222,8 @@ class Dictionaries:
 
     def take_due(self) -> bool:
         """Whether training is due now (once: the caller starts it)."""
-        due, self.due = self.due, False
+        with self._lock:
+            due, self.due = self.due, False
         return due
 
     def train(self) -> bytes | None:
@@ -214,37 +232,42 @@ class Dictionaries:
         choice and zstd without a dictionary; ``b""`` (write without) if the current dictionary does not beat that
         by the margin; None to keep the current choice. A training that changes nothing makes the next one wait
         longer (2, 4, ... windows)."""
-        held_out = self.samples[::5]
-        samples: list[bytes | bytearray | memoryview[int]] = [s for i, s in enumerate(self.samples) if i % 5]
-        self.samples = []
+        with self._lock:
+            taken, self.samples, base = self.samples, [], self.base
+            known = self.known.get(base) if base is not None else None
+        held_out = taken[::5]
+        samples: list[bytes | bytearray | memoryview[int]] = [s for i, s in enumerate(taken) if i % 5]
         plain = sum(len(_plain_compressor().compress(s)) for s in held_out)
         now = plain
-        if self.base is not None and self.base in self.known:
-            with_current = zstandard.ZstdCompressor(level=LEVEL, dict_data=self.known[self.base])
+        if known is not None:
+            with_current = zstandard.ZstdCompressor(level=LEVEL, dict_data=known)
             now = sum(len(with_current.compress(s)) for s in held_out)
         trained = None if self.full else _train(samples)
         if trained is not None:
             with_dict = zstandard.ZstdCompressor(level=LEVEL, dict_data=trained)
             used = sum(len(with_dict.compress(s)) for s in held_out)
             if used <= min(now, plain) * (1 - DICT_MIN_GAIN):
-                self._failures = 0
+                with self._lock:
+                    self._failures = 0
                 return bytes(trained.as_bytes())
             log.info("a compression dictionary of the latest answers saves %.1f %% on the next ones: not used",
                      100 * (1 - used / max(min(now, plain), 1)))
-        self._failures = min(self._failures + 1, MAX_REST)
-        self._rest = 2**self._failures - 1
-        if self.base is not None and now > plain * (1 - DICT_MIN_GAIN):
+        with self._lock:
+            self._failures = min(self._failures + 1, MAX_REST)
+            self._rest = 2**self._failures - 1
+        if base is not None and now > plain * (1 - DICT_MIN_GAIN):
             log.info("the compression dictionary %d saves %.1f %% on the latest answers: answers are written "
-                     "without one", self.base, 100 * (1 - now / max(plain, 1)))
+                     "without one", base, 100 * (1 - now / max(plain, 1)))
             return b""
         return None
 
     def done_training(self, full: bool = False) -> None:
         """Training and publishing are over (``full``: the store refused a new dictionary, it holds enough)."""
-        if full:
-            self._set_full()
-        self.training = False
-        self._seen = self._checks = self._with = self._without = 0
+        with self._lock:
+            if full:
+                self._set_full()
+            self.training = False
+            self._seen = self._checks = self._with = self._without = 0
 
     def _set_full(self) -> None:
         if not self.full:
@@ -253,31 +276,44 @@ class Dictionaries:
 
     def forget(self) -> None:
         """The store was cleared: it holds no dictionary now."""
-        self.known, self.current, self.checked, self.samples, self.pending = {}, None, False, [], None
-        self.collecting = self.training = self.due = self.full = False
-        self._seen = self._checks = self._with = self._without = self._rest = self._failures = 0
+        with self._lock:
+            self.known, self.current, self.checked, self.samples, self.pending = {}, None, False, [], None
+            self.collecting = self.training = self.due = self.full = False
+            self._seen = self._checks = self._with = self._without = self._rest = self._failures = 0
 
     def _compressor(self) -> zstandard.ZstdCompressor:
-        key = ("c", self.current)
+        current = self.current
+        key = ("c", current)
         c: zstandard.ZstdCompressor | None = getattr(_local, "cache", {}).get(key)
         if c is None:
-            if not hasattr(_local, "cache"):
-                _local.cache = {}
-            dict_data = self.known[self.current] if self.current is not None else None
-            c = _local.cache[key] = zstandard.ZstdCompressor(level=LEVEL, dict_data=dict_data, write_checksum=True,
-                                                              write_content_size=True)
+            dict_data = self._held(current) if current is not None else None
+            c = zstandard.ZstdCompressor(level=LEVEL, dict_data=dict_data, write_checksum=True, write_content_size=True)
+            if current is None or dict_data is not None:  # (else forgotten meanwhile: this answer goes without)
+                _cache()[key] = c
         return c
 
     def _decompressor(self, dict_id: int) -> zstandard.ZstdDecompressor:
         key = ("d", dict_id)
         d: zstandard.ZstdDecompressor | None = getattr(_local, "cache", {}).get(key)
         if d is None:
-            if dict_id and dict_id not in self.known:
+            dict_data = self._held(dict_id) if dict_id else None
+            if dict_id and dict_data is None:
                 raise MissingDictionary(dict_id)
-            if not hasattr(_local, "cache"):
-                _local.cache = {}
-            d = _local.cache[key] = zstandard.ZstdDecompressor(dict_data=self.known[dict_id] if dict_id else None)
+            d = _cache()[key] = zstandard.ZstdDecompressor(dict_data=dict_data)
         return d
+
+    def _held(self, dict_id: int) -> zstandard.ZstdCompressionDict | None:
+        with self._lock:
+            return self.known.get(dict_id)
+
+
+def _cache() -> dict[tuple[str, int | None], zstandard.ZstdCompressor | zstandard.ZstdDecompressor]:
+    """This thread's compressors and decompressors, by dictionary."""
+    cache: dict[tuple[str, int | None], zstandard.ZstdCompressor | zstandard.ZstdDecompressor] | None = getattr(
+        _local, "cache", None)
+    if cache is None:
+        cache = _local.cache = {}
+    return cache
 
 
 def _plain_compressor() -> zstandard.ZstdCompressor:
