@@ -78,21 +78,22 @@ class TestParsing:
 class TestScript:
     def test_every_argument_reaches_the_command_as_written(self, tmp_path: Path) -> None:
         """The batch script, run by bash, hands each argument over verbatim: quotes, $(...), backticks and ';' run
-        nothing; the store URL is never written into the file (a ``${...}`` the wrapper fills in stands for it), and
-        the wrapper is told to fetch the job's secrets."""
+        nothing; the wrapper is told to fetch the job's secrets; a store URL among evalproxy run's options is
+        refused, never written into the file (the harness's own options are its own)."""
         canary = tmp_path / "canary"
         tricky = [f"$(touch {canary})", f"a'b; touch {canary}", f"`touch {canary}`", "${HOME}", "two words", ""]
         url = "redis://:s3cret-password@cache:6379/0?prefix=p:"
-        argv = ["printf", r"[%s]\n", "--log", "l", "--", "run", "--cache-url", url, "--", *tricky, "--cache-url", "x"]
-        text = script_text("eval-X", tmp_path, argv)
-        assert "s3cret" not in text
+        argv = ["printf", r"[%s]\n", "--log", "l", "--", "run", "--cache-url-env", CACHE_URL_ENV, "--", *tricky,
+                "--cache-url", "x"]
         script = tmp_path / "job.sh"
-        script.write_text(text)
+        script.write_text(script_text("eval-X", tmp_path, argv))
         out = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True,
                              env={"PATH": "/usr/bin:/bin", CACHE_URL_ENV: url}).stdout
         assert out.splitlines() == [f"[{a}]" for a in [
-            "--log", "l", "--secrets-from", "eval-X", "--env-arg", CACHE_URL_ENV, "--", "run", "--cache-url",
-            "${EVALPROXY_JOBS_CACHE_URL}", "--", *tricky, "--cache-url", "x"]]  # the harness's own option is left
+            "--log", "l", "--secrets-from", "eval-X", "--", "run", "--cache-url-env", CACHE_URL_ENV, "--", *tricky,
+            "--cache-url", "x"]]
+        with pytest.raises(ValueError, match="CACHE_URL"):
+            script_text("eval-X", tmp_path, ["w", "--", "run", "--cache-url", url, "--", "h"])
         assert not canary.exists()
         no_store = script_text("eval-X", tmp_path, ["w", "--", "run", "--", "h"])
         assert "exec w --secrets-from eval-X -- run -- h" in no_store

@@ -1,5 +1,5 @@
-"""``python -m evalproxy.jobs.wrap --log FILE --exit-file FILE [--secret-env NAME] [--secrets-from JOB_ID
-[--env-arg NAME]] -- CMD ...``: how a job runs.
+"""``python -m evalproxy.jobs.wrap --log FILE --exit-file FILE [--secret-env NAME] [--secrets-from JOB_ID] -- CMD
+...``: how a job runs.
 
 The jobs service starts this in a session of its own; it runs ``CMD`` (``evalproxy run ...``), writes CMD's output
 to the job's log itself, whole lines at a time with the upstream key (the value of ``$NAME``) and bearer tokens
@@ -9,9 +9,10 @@ the next start of the service finds the job's process (reattaches) or its exit f
 
 On a cluster (``--secrets-from JOB_ID``), the job's environment holds no secret but a ticket: before CMD starts, the
 wrapper fetches the job's secrets from the service with it (:mod:`evalproxy.jobs.tickets`) and puts them into CMD's
-environment only (the ticket is not passed on); a CMD argument written ``${NAME}`` for an ``--env-arg NAME`` is
-replaced by that variable's value. A fetch that fails (the service unreachable, the ticket refused) ends the job
-with status :data:`FETCH_FAILED` and the reason in its log and exit file: CMD never runs without its key.
+environment only (the ticket is not passed on). CMD reads them there by name (``evalproxy run --api-key-name``,
+``--cache-url-env``): a secret is never an argument, which ``ps`` would show to every user of the node. A fetch
+that fails (the service unreachable, the ticket refused) ends the job with status :data:`FETCH_FAILED` and the
+reason in its log and exit file: CMD never runs without its key.
 
 SIGTERM and SIGINT are passed on to CMD (``evalproxy run`` then stops its harness and still runs its hooks). The
 process exits with CMD's status (128 + N when CMD died of signal N).
@@ -72,7 +73,7 @@ def write_exit(path: Path, returncode: int, reason: str | None = None) -> None:
     os.replace(tmp, path)
 
 
-def child_env(job_id: str | None, env_args: list[str]) -> tuple[dict[str, str], list[str]]:
+def child_env(job_id: str | None) -> tuple[dict[str, str], list[str]]:
     """(CMD's environment, the secret values it holds): this process's environment, and with ``job_id`` the secrets
     fetched with the ticket instead of the ticket. Raises FetchError."""
     env = dict(os.environ)
@@ -82,15 +83,7 @@ def child_env(job_id: str | None, env_args: list[str]) -> tuple[dict[str, str], 
     if not ticket or not url:
         raise FetchError(f"--secrets-from needs ${TICKET_ENV} and ${SERVICE_URL_ENV} in the job's environment")
     fetched = fetch_secrets(url, job_id, ticket)
-    for name in env_args:
-        if name not in fetched:
-            raise FetchError(f"the jobs service sent no {name}, which the command needs")
     return {**env, **fetched}, [ticket, *fetched.values()]
-
-
-def _fill(cmd: list[str], env: dict[str, str], names: list[str]) -> list[str]:
-    marks = {f"${{{name}}}": env[name] for name in names if name in env}
-    return [marks.get(arg, arg) for arg in cmd]
 
 
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:
@@ -106,20 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-file", required=True, type=Path)
     parser.add_argument("--secret-env", action="append", default=[], help="a variable whose value is redacted")
     parser.add_argument("--secrets-from", metavar="JOB_ID", help="fetch the job's secrets with its ticket first")
-    parser.add_argument("--env-arg", action="append", default=[], metavar="NAME",
-                        help="replace a command argument written ${NAME} by that variable's value")
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command after --")
     try:
-        env, fetched = child_env(args.secrets_from, args.env_arg)
+        env, fetched = child_env(args.secrets_from)
     except FetchError as exc:
         return _fail(args, FETCH_FAILED, f"the job could not fetch its secrets: {exc}")
     secrets = [v for v in (env.get(name, "") for name in args.secret_env) if v] + fetched
     try:
-        child = subprocess.Popen(_fill(cmd, env, args.env_arg), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, env=env)
     except OSError as exc:
         return _fail(args, 127, f"cannot start the job: {exc}")

@@ -120,17 +120,17 @@ def phase_of(slurm_id: int, s: SlurmState) -> Phase:
 
 
 def script_text(job_id: str, job_dir: Path, argv: list[str]) -> str:
-    """The batch script. The command is quoted word by word; a ``--cache-url`` value is replaced by
-    ``${EVALPROXY_JOBS_CACHE_URL}``, which the wrapper fills in from the secrets it fetched (``--env-arg``), so a
-    password never lands in the file; the wrapper is told to fetch them (``--secrets-from JOB_ID``)."""
-    args, fetched = list(argv), False
+    """The batch script: the command quoted word by word, the wrapper told to fetch the job's secrets
+    (``--secrets-from JOB_ID``). No secret is in ``argv`` (the job's ``evalproxy run`` reads the key and the store
+    URL from variables it is given by name, ``--api-key-name``, ``--cache-url-env``): one that is, a ``--cache-url``
+    value, is refused (ValueError), never written where slurmctld keeps scripts."""
+    args = list(argv)
     cut = args.index("--") if "--" in args else len(args)  # the end of the wrapper's own options
     run_end = args.index("--", cut + 1) if "--" in args[cut + 1:] else len(args)  # and of evalproxy run's
-    for i in range(cut + 1, run_end - 1):
-        if args[i] == "--cache-url" and not fetched:
-            args[i + 1], fetched = f"${{{CACHE_URL_ENV}}}", True
-    options = ["--secrets-from", job_id, *(["--env-arg", CACHE_URL_ENV] if fetched else [])]
-    args[cut:cut] = options
+    if "--cache-url" in args[cut + 1:run_end]:
+        raise ValueError(f"a store URL as an argument would be written into the job's script: pass it in "
+                         f"${CACHE_URL_ENV} (--cache-url-env)")
+    args[cut:cut] = ["--secrets-from", job_id]
     lines = ["#!/bin/bash", f"# evalproxy job {job_id}, submitted by evalproxy jobs serve --executor slurm",
              f"cd {shlex.quote(str(job_dir))} || exit 1",
              f"rm -f {shlex.quote(launch.EXIT_FILE)}  # a requeued run writes its own",
