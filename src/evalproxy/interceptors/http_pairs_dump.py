@@ -52,8 +52,7 @@ class HttpPairsDumpInterceptor(BaseInterceptor[HttpPairsDumpParams]):
         self.seen = 0
         self._writer: asyncio.Task[None] | None = None
         self._dirty = False
-        key = run.server.api_key()
-        self.secrets = [key] if key else []
+        self.secrets = run.server.secrets()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         # The body is redacted in add(), for the pairs that are kept (most answers are only counted): ctx.json is

@@ -163,7 +163,7 @@ class ModelTrafficInterceptor(BaseInterceptor[ModelTrafficParams]):
     def __init__(self, params: ModelTrafficParams, run: RunContext) -> None:
         super().__init__(params, run)
         self.path: Path = run.resolve(run.output_dir / params.path)  # an absolute path stays itself
-        self.secrets = [key] if (key := run.server.api_key()) else []
+        self.secrets = run.server.secrets()
         self.pending: list[bytes] = []
         self.written = 0
         self._writer: asyncio.Task[None] | None = None

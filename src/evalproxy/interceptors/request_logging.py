@@ -33,6 +33,7 @@ class RequestLoggingInterceptor(BaseInterceptor[RequestLoggingParams]):
     def __init__(self, params: Any, run: Any) -> None:
         super().__init__(params, run)
         self.count = 0
+        self.secrets = run.server.secrets()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         p = self.params
@@ -42,6 +43,6 @@ class RequestLoggingInterceptor(BaseInterceptor[RequestLoggingParams]):
             if p.log_request_headers:
                 parts.append(f"headers={clip(redact_headers(ctx.headers.items()))}")
             if p.log_request_body and ctx.json is not None:
-                parts.append(f"body={clip(redact_obj(ctx.json))}")
+                parts.append(f"body={clip(redact_obj(ctx.json, self.secrets))}")
             log.info(" ".join(parts))
         return await call_next(ctx)

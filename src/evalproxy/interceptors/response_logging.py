@@ -9,7 +9,7 @@ from pydantic import Field
 
 from evalproxy.adapter.chain.interceptor import BaseInterceptor, Next
 from evalproxy.adapter.core.params import Params as BaseParams
-from evalproxy.adapter.core.redact import clip, redact_headers
+from evalproxy.adapter.core.redact import clip, redact_headers, redact_obj
 from evalproxy.adapter.flow.answers import AnswerHandler, handle, whole_answer
 from evalproxy.adapter.flow.request import RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
@@ -35,6 +35,7 @@ class ResponseLoggingInterceptor(BaseInterceptor[ResponseLoggingParams]):
     def __init__(self, params: Any, run: Any) -> None:
         super().__init__(params, run)
         self.count = 0
+        self.secrets = run.server.secrets()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         resp = await call_next(ctx)
@@ -50,7 +51,7 @@ class ResponseLoggingInterceptor(BaseInterceptor[ResponseLoggingParams]):
             parts.append(f"headers={clip(redact_headers(headers))}")
         if self.params.log_response_body:
             shown = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-            parts.append(f"body={clip(shown)}")
+            parts.append(f"body={clip(redact_obj(shown, self.secrets))}")
         log.info(" ".join(parts))
 
 

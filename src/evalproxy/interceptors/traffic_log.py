@@ -40,12 +40,16 @@ class TrafficLogInterceptor(BaseInterceptor[TrafficLogParams]):
 
     Params = TrafficLogParams
 
+    def __init__(self, params: TrafficLogParams, run: Any) -> None:
+        super().__init__(params, run)
+        self.secrets = run.server.secrets()
+
     async def __call__(self, ctx: RequestContext, call_next: Next) -> ProxyResponse:
         if not log.isEnabledFor(logging.INFO):  # nothing would be written: no redaction, no stream held
             return await call_next(ctx)
         body: Any = ctx.json
         keys = list(body) if isinstance(body, dict) else []
-        shown = redact_obj(body) if isinstance(body, dict) else body
+        shown = redact_obj(body, self.secrets) if body is not None else None
         log.info("request #%s %s %s body_keys=%s body_preview=%s", ctx.request_id, ctx.method, ctx.path, keys,
                  clip(shown, self.params.preview_chars) if shown is not None else "")
         resp = await call_next(ctx)
@@ -55,8 +59,7 @@ class TrafficLogInterceptor(BaseInterceptor[TrafficLogParams]):
         latency_ms = (time.perf_counter() - ctx.started) * 1000
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
-        elif isinstance(body, dict):
-            body = redact_obj(body)
+        body = redact_obj(body, self.secrets)
         log.info("response #%s status=%d latency_ms=%.2f body_preview=%s", ctx.request_id, status, latency_ms,
                  clip(body, self.params.preview_chars) if body is not None else "")
 

@@ -153,6 +153,11 @@ class ServerConfig(_Strict):
             return None
         return os.environ.get(self.admin_token_name) or None
 
+    def secrets(self) -> list[str]:
+        """The run's secret values (the upstream key, the admin token): every log and file redacts them wherever
+        they appear, not only in fields named as secrets."""
+        return [v for v in (self.api_key(), self.admin_token()) if v]
+
 
 @dataclass
 class LoadedConfig:
