@@ -257,3 +257,29 @@ class TestDispatch:
 
         assert main(["run", "-c", str(tmp_path / "absent.yaml"), "--", "true"]) == 2
         assert "evalproxy: config error:" in capsys.readouterr().err
+
+
+def test_print_config_shows_what_a_nemo_config_means_and_serves_nothing(tmp_path: Path) -> None:
+    """``serve --print-config`` on a NeMo config prints the chain in the order requests pass it, every param with its
+    default (caching's reuse_cached_responses: false, as in NeMo), the server settings and the hooks, with the key and
+    the URL's password redacted, and exits 0 without serving; ``run --print-config`` needs no command."""
+    cfg = tmp_path / "nemo.yaml"
+    cfg.write_text(yaml.safe_dump({"interceptors": [
+        {"name": "system_message", "config": {"system_message": "Be careful."}},
+        {"name": "caching", "config": {"cache_dir": str(tmp_path / "c")}}, {"name": "endpoint"},
+        {"name": "response_stats"}], "post_eval_hooks": [{"name": "post_eval_report"}]}))
+    env = {**os.environ, "PRINT_TEST_KEY": "sk-print-test-99881"}
+    for command in ("serve", "run"):
+        done = subprocess.run([sys.executable, "-m", "evalproxy", command, "-c", str(cfg), "--print-config",
+                               "-u", "http://user:pw-4471@127.0.0.1:9/v1", "--api-key-name", "PRINT_TEST_KEY",
+                               "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        doc = yaml.safe_load(done.stdout)
+        assert [u["name"] for u in doc["chain"]] == ["system_message", "caching", "response_stats", "endpoint"]
+        caching = doc["chain"][1]["params"]
+        assert caching["reuse_cached_responses"] is False and caching["cache_dir"] == str(tmp_path / "c")
+        assert doc["chain"][0]["params"]["strategy"] == "prepend"
+        assert doc["post_eval_hooks"][0]["name"] == "post_eval_report" and doc["server"]["api_key_name"] == \
+            "PRINT_TEST_KEY"
+        assert "pw-4471" not in done.stdout and "sk-print-test-99881" not in done.stdout
+        assert not (tmp_path / "out").exists()

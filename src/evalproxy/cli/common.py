@@ -12,11 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import yaml
+
 from evalproxy import nemo_compat
 from evalproxy.adapter.config import LoadedConfig, load_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.net import is_loopback
-from evalproxy.adapter.core.redact import redact_text
+from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
 from evalproxy.adapter.registry import Resolved, resolve
 from evalproxy.storage import is_url
 
@@ -134,6 +136,9 @@ def add_server_args(p: argparse.ArgumentParser, default_port: int | None = None)
                    help="event loop: uvloop where installed (auto, the default), or asyncio's own "
                    "(also EVALPROXY_LOOP=asyncio)")
     p.add_argument("--log-level", default=os.environ.get("EVALPROXY_LOG_LEVEL", "INFO"))
+    p.add_argument("--print-config", action="store_true",
+                   help="print what the config means here (the chain in order and the hooks, each with every param, "
+                   "defaults included; the server settings; secrets redacted) as YAML, and exit without serving")
 
 
 def start_proxy_command(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:
@@ -145,6 +150,21 @@ def start_proxy_command(args: argparse.Namespace) -> tuple[LoadedConfig, Resolve
     setup_logging(args.log_level, [key] if key else [])
     raise_open_files_limit()
     return loaded, resolved
+
+
+def effective_yaml(loaded: LoadedConfig, resolved: Resolved) -> str:
+    """``--print-config``: the resolved chain as a request passes it (outer first, the terminal last: an interceptor
+    that only sees answers wraps the terminal, whatever its place in the file) and the hooks, each with all its
+    params, and the server settings, as YAML; secret-named fields and the run's secret values redacted."""
+    def unit(cls: type[Any], params: Any) -> dict[str, Any]:
+        return {"name": getattr(cls, "name", cls.__name__), "params": params.model_dump(mode="json")}
+
+    server = loaded.server.model_dump(mode="json")
+    server["upstream_url"] = redact_url(loaded.server.upstream_url)
+    doc = {"source": loaded.source or "(no file: evalproxy's default chain)", "server": server,
+           "chain": [unit(c, p) for c, p in [*resolved.interceptors, resolved.terminal]],
+           "post_eval_hooks": [unit(c, p) for c, p in resolved.hooks], "warnings": list(resolved.warnings)}
+    return yaml.safe_dump(redact_obj(doc, loaded.server.secrets()), sort_keys=False)
 
 
 def load(args: argparse.Namespace) -> tuple[LoadedConfig, Resolved]:

@@ -13,7 +13,15 @@ from evalproxy.adapter.config import LoadedConfig
 from evalproxy.adapter.registry import Resolved
 from evalproxy.adapter.server.loop import run as run_loop
 from evalproxy.adapter.server.running import WORKER_ENV, RunningProxy, Workers, worker_count
-from evalproxy.cli.common import EXIT_CONFIG, add_server_args, logged, start_proxy_command, wait_for_signal, warn_bind
+from evalproxy.cli.common import (
+    EXIT_CONFIG,
+    add_server_args,
+    effective_yaml,
+    logged,
+    start_proxy_command,
+    wait_for_signal,
+    warn_bind,
+)
 from evalproxy.records.run import run_evaluation
 
 log = logging.getLogger("evalproxy")
@@ -46,6 +54,9 @@ def add_demo_parser(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     loaded, resolved = start_proxy_command(args)
+    if args.print_config:
+        sys.stdout.write(effective_yaml(loaded, resolved))
+        return 0
     worker = os.environ.get(WORKER_ENV)
     execution = loaded.sections.get("execution")
     exports = "export" in loaded.sections or (isinstance(execution, dict) and "auto_export" in execution)
@@ -68,6 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``run -- CMD``: the run itself is :func:`evalproxy.records.run.run_evaluation` (the jobs service's jobs run
     this command)."""
     loaded, resolved = start_proxy_command(args)
+    if args.print_config:
+        sys.stdout.write(effective_yaml(loaded, resolved))
+        return 0
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
