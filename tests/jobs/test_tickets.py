@@ -20,7 +20,7 @@ from evalproxy.adapter.core.redact import secret_env
 from evalproxy.jobs import launch
 from evalproxy.jobs.app import DB, SETTINGS
 from evalproxy.jobs.models import new_job_id, now
-from evalproxy.jobs.runner import ticketed_env
+from evalproxy.jobs.runner import NODE_ENV, ticketed_env
 from evalproxy.jobs.tickets import (
     CACHE_URL_ENV,
     SERVICE_URL_ENV,
@@ -81,6 +81,7 @@ async def ticketed(make_service: MakeService, api_key: str, monkeypatch: pytest.
         if secret_env(name, value) and name != API_KEY_ENV:
             monkeypatch.delenv(name)
     monkeypatch.setenv(HF_ENV, HF_TOKEN)
+    monkeypatch.setenv("HF_HOME", "/data/hf")
     # send_token=False: the ticket is the only credential these calls carry
     return Ticketed(await make_service(cache_url=STORE, send_token=False))
 
@@ -88,14 +89,17 @@ async def ticketed(make_service: MakeService, api_key: str, monkeypatch: pytest.
 class TestSecretsEndpoint:
     async def test_the_ticket_fetches_its_jobs_secrets_and_only_its_hash_is_kept(
             self, ticketed: Ticketed, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-        """A pending job's ticket, without the service's token, gets the key and the store URL, again while the job
-        runs; jobs.db holds the ticket's SHA-256 and never the ticket, and the log says who fetched what, without
-        the ticket or a secret."""
+        """A pending job's ticket, without the service's token, gets the key, the store URL and HF_TOKEN, and the
+        rest of the job's environment apart, again while the job runs; jobs.db holds the ticket's SHA-256 and never
+        the ticket, and the log says who fetched what, without the ticket or a secret."""
         job_id, ticket = await ticketed.add("pending")
         with caplog.at_level(logging.INFO, logger="evalproxy.jobs"):
-            assert await ticketed.fetch(job_id, ticket) == (200, {"env": ticketed.expected()})
+            status, sent = await ticketed.fetch(job_id, ticket)
+            assert (status, sent["env"]) == (200, ticketed.expected())
+            assert sent["rest"]["HF_HOME"] == "/data/hf" and "PATH" not in sent["rest"]
+            assert not set(sent["rest"].values()) & set(ticketed.expected().values())
             await ticketed.set_status(job_id, "running")
-            assert await ticketed.fetch(job_id, ticket) == (200, {"env": ticketed.expected()})
+            assert await ticketed.fetch(job_id, ticket) == (200, sent)
         with sqlite3.connect(tmp_path / "data" / "jobs.db") as conn:
             stored = conn.execute("SELECT ticket_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
         assert stored == hashlib.sha256(ticket.encode()).hexdigest()
@@ -106,16 +110,18 @@ class TestSecretsEndpoint:
         assert not any(s in caplog.text for s in (ticket, API_KEY, "store-password-42", HF_TOKEN))
 
     async def test_a_cluster_job_is_submitted_with_no_credential_of_the_service(self, ticketed: Ticketed) -> None:
-        """The environment a job goes to the cluster with (which slurmctld keeps on its disk) holds the ticket and
-        the service's URL but none of the service's credentials: not the key, the store URL or HF_TOKEN, under
-        their names or any other; everything else of the environment is kept."""
+        """The environment a job goes to the cluster with (which slurmctld keeps on its disk) holds the ticket, the
+        service's URL and the few variables that start Python, none of the service's credentials (the key, the
+        store URL, HF_TOKEN, under their names or any other) and no other variable: one holding a secret under a
+        name nobody would take for one stays off the cluster's disk."""
         job_id, _ = await ticketed.add("pending")
         job = await asyncio.to_thread(ticketed.db.get_job, job_id)
-        env = {**os.environ, "COPY_OF_THE_KEY": API_KEY, "HF_HOME": "/data/hf", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "COPY_OF_THE_KEY": API_KEY, "MODEL_CREDS": "c2VjcmV0LXZhbHVl", "HF_HOME": "/data/hf",
+               "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONPATH": API_KEY}
         sent = await ticketed_env(ticketed.db, ticketed.client.server.app[SETTINGS], job, env, "http://svc:1")
         assert not [k for k, v in sent.items() if v in (API_KEY, HF_TOKEN, ticketed.expected()[CACHE_URL_ENV])]
-        assert {API_KEY_ENV, HF_ENV, CACHE_URL_ENV, "COPY_OF_THE_KEY"}.isdisjoint(sent)
-        assert sent["HF_HOME"] == "/data/hf" and sent["TOKENIZERS_PARALLELISM"] == "false"
+        assert set(sent) - {"PATH", "LC_ALL", SERVICE_URL_ENV, TICKET_ENV} <= NODE_ENV
+        assert sent["PATH"] == "/usr/bin:/bin" and sent["LC_ALL"] == "C.UTF-8" and "PYTHONPATH" not in sent
         assert sent[SERVICE_URL_ENV] == "http://svc:1" and len(sent[TICKET_ENV]) >= 32
 
     @pytest.mark.parametrize(("case", "status", "words"), [
@@ -194,7 +200,7 @@ pathlib.Path("ran").touch()
 print("key", os.environ.get("{API_KEY_ENV}") == "{API_KEY}", "ticket", "{TICKET_ENV}" in os.environ,
       "url", "{SERVICE_URL_ENV}" in os.environ)
 print("store", os.environ.get("{CACHE_URL_ENV}", "").startswith("redis://"), len(sys.argv))
-print("hf", os.environ.get("{HF_ENV}") == "{HF_TOKEN}")
+print("hf", os.environ.get("{HF_ENV}") == "{HF_TOKEN}", os.environ.get("HF_HOME"))
 print("printed:", os.environ["{API_KEY_ENV}"], os.environ["{HF_ENV}"])
 """
 
@@ -203,15 +209,15 @@ class TestWrapperFetch:
     async def test_the_wrapper_gives_its_command_the_secrets_and_not_the_ticket(
             self, ticketed: Ticketed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """With no secret in its own environment, the wrapper fetches them with the ticket: the command gets the
-        key, HF_TOKEN and the store URL in its environment (none as an argument), never the ticket; its log
-        redacts the key and the token."""
+        key, HF_TOKEN and the store URL in its environment (none as an argument), and the rest of the job's
+        environment (HF_HOME), never the ticket; its log redacts the key and the token."""
         job_id, ticket = await ticketed.add("running")
         monkeypatch.chdir(tmp_path)
-        env = {k: v for k, v in os.environ.items() if not secret_env(k, v)}
+        env = {k: v for k, v in os.environ.items() if not secret_env(k, v) and k != "HF_HOME"}
         env.update({TICKET_ENV: ticket, SERVICE_URL_ENV: str(ticketed.client.make_url(""))})
         status, log, exited = await _wrap(tmp_path, env, job_id, CHILD)
         assert (status, exited) == (0, {"returncode": 0}), log
-        assert "key True ticket False url False" in log and "store True 1" in log and "hf True" in log
+        assert "key True ticket False url False" in log and "store True 1" in log and "hf True /data/hf" in log
         assert "printed:" in log and API_KEY not in log and HF_TOKEN not in log
 
     @pytest.mark.parametrize("why", ["refused", "ended"])

@@ -51,7 +51,7 @@ from evalproxy.jobs.models import (
     now,
     parse_model,
 )
-from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, job_secrets, status_details
+from evalproxy.jobs.runner import ACTIVE, FINAL, JobRunner, held_back, job_secrets, status_details
 from evalproxy.jobs.settings import Settings
 from evalproxy.jobs.tickets import ticket_matches
 from evalproxy.storage.jobs_db import JobsDB, Kind
@@ -382,8 +382,10 @@ async def job_secrets_for_ticket(request: web.Request) -> web.Response:
         log.error("job %s: secrets asked for, but the service's environment has no %s", job_id, key_name)
         raise JobsConflictError(f"the service's environment has no {key_name} (the target's api_key_name): "
                                 "restart it with the key set", field="api_key_name")
-    log.info("job %s: secrets (%s) fetched with its ticket by %s", job_id, ", ".join(sorted(env)) or "none", peer)
-    return json_response({"env": env})
+    rest = held_back(request.app[SETTINGS], job, env)
+    log.info("job %s: secrets (%s) and %d other variables fetched with its ticket by %s", job_id,
+             ", ".join(sorted(env)) or "none", len(rest), peer)
+    return json_response({"env": env, "rest": rest})
 
 
 async def health(request: web.Request) -> web.Response:

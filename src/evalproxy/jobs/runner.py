@@ -360,16 +360,35 @@ class ServiceURL:
         return self._url
 
 
+NODE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
+                      "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV"})
+"""The variables a cluster job is submitted with (with ``LC_*``): what starts the job's wrapper. The rest of its
+environment, secrets and all, it fetches with its ticket (:func:`held_back`)."""
+
+
+def _to_node(name: str, value: str, secret_values: set[str]) -> bool:
+    return ((name in NODE_ENV or name.startswith("LC_")) and not secret_env(name, value)
+            and value not in secret_values)
+
+
 async def ticketed_env(db: JobsDB, settings: Settings, job: dict[str, Any], env: dict[str, str],
                        url: str) -> dict[str, str]:
-    """``env`` without the job's secrets (nor any variable holding one), with a new ticket to fetch them by and the
+    """What a cluster job is submitted with, which slurmctld keeps on its disk: the few variables of ``env`` that
+    start its wrapper (:data:`NODE_ENV`, never one holding a secret), a new ticket to fetch the rest by and the
     service's URL; the ticket's hash is recorded first, so the job finds it however fast it starts."""
     ticket = new_ticket()
     await asyncio.to_thread(db.set_ticket_hash, job["id"], ticket_hash(ticket))
-    secret = job_secrets(settings, job)
-    values = set(secret.values())
-    kept = {k: v for k, v in env.items() if k not in secret and k != CACHE_URL_ENV and v not in values}
+    values = set(job_secrets(settings, job).values())
+    kept = {k: v for k, v in env.items() if _to_node(k, v, values)}
     return {**kept, TICKET_ENV: ticket, SERVICE_URL_ENV: url}
+
+
+def held_back(settings: Settings, job: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """The environment a cluster job fetches with its ticket beside its ``secrets``: what a local job gets
+    (:func:`job_env`) but the variables it was submitted with and the secrets."""
+    values = set(secrets.values())
+    return {k: v for k, v in job_env(settings.token, settings, job).items()
+            if k not in secrets and v not in values and not _to_node(k, v, values)}
 
 
 def job_secrets(settings: Settings, job: dict[str, Any]) -> dict[str, str]:

@@ -1,11 +1,14 @@
 """Per-job tickets: how a job on a cluster gets its secrets without them ever reaching the cluster's disk.
 
 ``sbatch`` hands the job's environment to slurmctld, which keeps it in its ``StateSaveLocation`` until it purges the
-job. So a job submitted to Slurm gets no secret in its environment: the upstream key's variable and the store URL's
-(:data:`CACHE_URL_ENV`) are taken out, and the job gets instead a random ticket (:data:`TICKET_ENV`) and the
-service's URL (:data:`SERVICE_URL_ENV`). On the node, before ``evalproxy run`` starts, :mod:`evalproxy.jobs.wrap`
-posts the ticket to ``POST /v1/evaluation/jobs/{id}/secrets`` (:func:`fetch_secrets`) and puts the answer
-``{"env": {NAME: value}}`` into its child's environment only.
+job. So a job submitted to Slurm goes with a few plain variables only (``PATH``, ``HOME``, ``PYTHONPATH``, the
+locale...: what starts Python), a random ticket (:data:`TICKET_ENV`) and the service's URL (:data:`SERVICE_URL_ENV`).
+On the node, before ``evalproxy run`` starts, :mod:`evalproxy.jobs.wrap` posts the ticket to
+``POST /v1/evaluation/jobs/{id}/secrets`` (:func:`fetch_secrets`) and puts the answer into its child's environment
+only: ``{"env": {NAME: value}, "rest": {NAME: value}}``, the job's secrets (the upstream key, the store URL in
+:data:`CACHE_URL_ENV`, every credential of the service's environment) and the rest of the environment it would
+have had. Nothing of the service's environment but those few variables reaches the cluster's disk, so a secret
+held under a name nobody would take for one stays off it too.
 
 The service keeps the ticket's SHA-256 (:func:`ticket_hash`) in ``jobs.db``, never the ticket, and accepts it only
 for its own job while that job is pending or running: a requeued job fetches again, an ended one is refused.
@@ -41,7 +44,7 @@ class FetchError(Exception):
 
 
 MAX_REPLY_BYTES = 1 << 20
-"""The most of the service's answer a job reads (its secrets are a few variables: a larger answer is no JSON)."""
+"""The most of the service's answer a job reads (an environment is some kilobytes: a larger answer is no JSON)."""
 
 
 def new_ticket() -> str:
@@ -62,9 +65,10 @@ def secrets_url(service_url: str, job_id: str) -> str:
     return f"{service_url.rstrip('/')}/v1/evaluation/jobs/{job_id}/secrets"
 
 
-def fetch_secrets(service_url: str, job_id: str, ticket: str, wait: float = FETCH_WAIT) -> dict[str, str]:
-    """The job's secrets ``{NAME: value}`` from the service. A service that does not answer is asked again for
-    ``wait`` seconds; a refusal is final. Raises :class:`FetchError` saying why."""
+def fetch_secrets(service_url: str, job_id: str, ticket: str,
+                  wait: float = FETCH_WAIT) -> tuple[dict[str, str], dict[str, str]]:
+    """(The job's secrets ``{NAME: value}``, the rest of its environment) from the service. A service that does not
+    answer is asked again for ``wait`` seconds; a refusal is final. Raises :class:`FetchError` saying why."""
     url = secrets_url(service_url, job_id)
     deadline = time.monotonic() + wait
     pause = 0.5
@@ -87,15 +91,18 @@ def fetch_secrets(service_url: str, job_id: str, ticket: str, wait: float = FETC
         pause = min(pause * 2, 5.0)
 
 
-def _env_of(raw: bytes, url: str) -> dict[str, str]:
+def _env_of(raw: bytes, url: str) -> tuple[dict[str, str], dict[str, str]]:
     try:
         data = json.loads(raw)
     except ValueError:
         raise FetchError(f"{url} answered something that is not JSON") from None
-    env = data.get("env") if isinstance(data, dict) else None
-    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise FetchError(f"{url} answered without an 'env' object of strings")
-    return env
+    parts = []
+    for name in ("env", "rest"):
+        part = data.get(name) if isinstance(data, dict) else None
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()):
+            raise FetchError(f"{url} answered without an {name!r} object of strings")
+        parts.append(part)
+    return parts[0], parts[1]
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:

@@ -74,16 +74,17 @@ def write_exit(path: Path, returncode: int, reason: str | None = None) -> None:
 
 
 def child_env(job_id: str | None) -> tuple[dict[str, str], list[str]]:
-    """(CMD's environment, the secret values it holds): this process's environment, and with ``job_id`` the secrets
-    fetched with the ticket instead of the ticket. Raises FetchError."""
+    """(CMD's environment, the secret values it holds): this process's environment, and with ``job_id`` what was
+    fetched with the ticket (the secrets, the rest of the job's environment) instead of the ticket. Raises
+    FetchError."""
     env = dict(os.environ)
     if job_id is None:
         return env, []
     ticket, url = env.pop(TICKET_ENV, ""), env.pop(SERVICE_URL_ENV, "")
     if not ticket or not url:
         raise FetchError(f"--secrets-from needs ${TICKET_ENV} and ${SERVICE_URL_ENV} in the job's environment")
-    fetched = fetch_secrets(url, job_id, ticket)
-    return {**env, **fetched}, [ticket, *fetched.values()]
+    fetched, rest = fetch_secrets(url, job_id, ticket)
+    return {**env, **rest, **fetched}, [ticket, *fetched.values()]
 
 
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:
