@@ -117,11 +117,12 @@ class TestSecretsEndpoint:
         job_id, _ = await ticketed.add("pending")
         job = await asyncio.to_thread(ticketed.db.get_job, job_id)
         env = {**os.environ, "COPY_OF_THE_KEY": API_KEY, "MODEL_CREDS": "c2VjcmV0LXZhbHVl", "HF_HOME": "/data/hf",
-               "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONPATH": API_KEY}
+               "PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONPATH": API_KEY, "SBATCH_ACCOUNT": "proj-1"}
         sent = await ticketed_env(ticketed.db, ticketed.client.server.app[SETTINGS], job, env, "http://svc:1")
         assert not [k for k, v in sent.items() if v in (API_KEY, HF_TOKEN, ticketed.expected()[CACHE_URL_ENV])]
-        assert set(sent) - {"PATH", "LC_ALL", SERVICE_URL_ENV, TICKET_ENV} <= NODE_ENV
+        assert set(sent) - {"LC_ALL", "SBATCH_ACCOUNT", SERVICE_URL_ENV, TICKET_ENV} <= NODE_ENV
         assert sent["PATH"] == "/usr/bin:/bin" and sent["LC_ALL"] == "C.UTF-8" and "PYTHONPATH" not in sent
+        assert sent["SBATCH_ACCOUNT"] == "proj-1"  # sbatch's own defaults stay
         assert sent[SERVICE_URL_ENV] == "http://svc:1" and len(sent[TICKET_ENV]) >= 32
 
     @pytest.mark.parametrize(("case", "status", "words"), [

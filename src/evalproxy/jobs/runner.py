@@ -361,13 +361,15 @@ class ServiceURL:
 
 
 NODE_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
-                      "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV"})
-"""The variables a cluster job is submitted with (with ``LC_*``): what starts the job's wrapper. The rest of its
-environment, secrets and all, it fetches with its ticket (:func:`held_back`)."""
+                      "VIRTUAL_ENV", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "SLURM_CONF"})
+NODE_ENV_PREFIXES = ("LC_", "SBATCH_")
+"""The variables a cluster job is submitted with: what starts the job's wrapper, and what tells ``sbatch`` where its
+cluster is and its defaults (``SLURM_CONF``, ``SBATCH_ACCOUNT``...). The rest of its environment, secrets and all,
+it fetches with its ticket (:func:`held_back`)."""
 
 
 def _to_node(name: str, value: str, secret_values: set[str]) -> bool:
-    return ((name in NODE_ENV or name.startswith("LC_")) and not secret_env(name, value)
+    return ((name in NODE_ENV or name.startswith(NODE_ENV_PREFIXES)) and not secret_env(name, value)
             and value not in secret_values)
 
 
