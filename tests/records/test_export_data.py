@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import orjson
@@ -52,6 +53,23 @@ class TestJoin:
         _join(rows, asked)
         assert [r.exchange.latency_ms if r.exchange else None for r in rows] == [2.0, 4.0, None, None]
         assert rows[0].prompt_text == "What is 2 + 5?" and rows[1].prompt_text == ""
+
+    def test_a_question_inside_a_template_joins_as_a_brute_force_scan_would(self) -> None:
+        """Questions of one to many words, inside few-shot templates (glued to the text around them), with
+        punctuation and line breaks, some asked twice and some never: each sample gets the request a scan of every
+        request's text for its question gives (the one request holding it, else none)."""
+        rng = random.Random(5)
+        vocab = [f"w{i}" for i in range(300)] + ["the", "of", "a", "x?", "(1)", "\u00e9t\u00e9"]
+        questions = [" ".join(rng.choice(vocab) for _ in range(rng.choice([1, 2, 3, 8, 40]))) for _ in range(600)]
+        asked = [Exchange(prompt=[{"role": "user", "content": f"Examples...\nQuestion:{q}\nAnswer:"}], latency_ms=i)
+                 for i, q in enumerate(questions[:540])]
+        asked += [Exchange(prompt=f"again: {q}.", latency_ms=-1) for q in questions[:20]]  # asked twice
+        rows = [SampleRow("t", str(i), input=f" {q}\n") for i, q in enumerate(questions)]
+        _join(rows, asked)
+        for row, q in zip(rows, questions, strict=True):
+            holding = [x for x in asked if q in x.user_text()]
+            assert row.exchange is (holding[0] if len(holding) == 1 else None), q
+        assert 300 < sum(r.exchange is not None for r in rows) < 540
 
 
 class TestFiles:
