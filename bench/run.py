@@ -718,7 +718,8 @@ ISSUE23_SCENARIOS = ("tput_c64", "tput_c256", "cache_hits_c64", "corpus_c64", "c
 
 def compression_cpu_ms() -> dict[str, float]:
     """CPU ms to encode (compress) one corpus answer as the store does, JSON answers and streams apart (this process,
-    best of three passes)."""
+    best of three passes); ``json_share``: the JSON answers' share of the corpus (what weighs the two kinds into the
+    corpus's mix)."""
     from corpus import load
 
     from evalproxy.storage import StoredAnswer
@@ -736,6 +737,7 @@ def compression_cpu_ms() -> dict[str, float]:
                 a.encode()
             best = min(best, (time.process_time() - t0) / len(answers))
         out[kind] = best * 1000
+    out["json_share"] = sum(e["kind"] == "json" for e in entries) / max(1, len(entries))
     return out
 
 
@@ -773,6 +775,15 @@ def issue23(r: dict[str, Any], results: dict[str, dict[str, list[dict[str, Any]]
     for kind, scen in (("json", "corpus_c64"), ("stream", "corpus_stream_c64")):
         miss = s.get(scen, {}).get("evalproxy", {}).get("cpu_ms_per_req")
         out[f"compress_share_of_miss_{kind}"] = comp[kind] / miss if miss else None
+    # The corpus as users store it, both kinds in its proportions: all compression's CPU over all misses' CPU.
+    misses = [s.get(scen, {}).get("evalproxy", {}).get("cpu_ms_per_req")
+              for scen in ("corpus_c64", "corpus_stream_c64")]
+    if all(misses):
+        w = comp["json_share"]
+        out["compress_share_of_miss_mix"] = ((w * comp["json"] + (1 - w) * comp["stream"])
+                                             / (w * misses[0] + (1 - w) * misses[1]))
+    else:
+        out["compress_share_of_miss_mix"] = None
     return out
 
 
@@ -846,7 +857,8 @@ def issue23_markdown(r: dict[str, Any]) -> list[str]:
     comp = i["compress_ms_per_answer"]
     lines += ["", f"Compression CPU per corpus answer: JSON {comp['json'] * 1000:.0f} us "
                   f"({_fmt(i['compress_share_of_miss_json'])} of a corpus miss's proxy CPU), streams "
-                  f"{comp['stream'] * 1000:.0f} us ({_fmt(i['compress_share_of_miss_stream'])}).",
+                  f"{comp['stream'] * 1000:.0f} us ({_fmt(i['compress_share_of_miss_stream'])}); the corpus's mix "
+                  f"({comp['json_share']:.0%} JSON answers) {_fmt(i.get('compress_share_of_miss_mix'))}.",
               f"c=1 hit p50, Redis minus disk: {_fmt(i['c1_hit_p50_redis_minus_disk_ms'])} ms. Hit replay / bare "
               f"pass-through at c=64: {_fmt(i['hits_vs_bare_pass_through'])} (bench answers), "
               f"{_fmt(i['corpus_hits_vs_bare_pass_through'])} (corpus answers)."]
@@ -866,9 +878,10 @@ def issue23_markdown(r: dict[str, Any]) -> list[str]:
     for t in ("evalproxy", "evalproxy_redis"):
         ratio = st.get(t, {}).get("ratio")
         rows.append((f"bytes per stored corpus answer <= 0.35 of raw ({t})", ratio, _le(ratio, 0.35)))
-    for kind in ("json", "stream"):
-        share = i[f"compress_share_of_miss_{kind}"]
-        rows.append((f"compression CPU <= 5 % of a miss ({kind})", share, _le(share, 0.05)))
+    for kind in ("mix", "json", "stream"):
+        share = i.get(f"compress_share_of_miss_{kind}")
+        rows.append((f"compression CPU <= 5 % of a miss ({'the corpus' if kind == 'mix' else kind})", share,
+                     _le(share, 0.05)))
     rows.append(("hit replay >= 2x bare's pass-through req/s, c=64", i["hits_vs_bare_pass_through"],
                  _ge(i["hits_vs_bare_pass_through"], 2)))
     verdict = {True: "met", False: "not met", None: "not measured"}
