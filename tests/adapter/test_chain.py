@@ -172,7 +172,7 @@ class TestStreamFailures:
         assert len(seen) == 2
 
     async def test_stream_passed_on_unchanged_is_not_wrapped(self) -> None:
-        """A strict layer that returns the stream it got from below adds no level the events must pass through."""
+        """Strict layers that return the stream they got from below add no level the events must pass through."""
         below: list[AsyncIterator[Event] | None] = []
 
         async def terminal(ctx: RequestContext) -> ProxyResponse:
@@ -180,9 +180,10 @@ class TestStreamFailures:
             below.append(resp.stream)
             return resp
 
-        chain = build_chain([Recorder("a", [])], terminal)
-        resp = await chain(RequestContext(method="POST", path="/v1/chat/completions", json={}))
-        assert resp.stream is below[0]
+        for layers in ([Recorder("a", [])], [Recorder("a", []), Recorder("b", [])]):
+            chain = build_chain(layers, terminal)
+            resp = await chain(RequestContext(method="POST", path="/v1/chat/completions", json={}))
+            assert resp.stream is below[-1]
 
     async def test_best_effort_failure_mid_stream_loses_no_event(self) -> None:
         """A best-effort interceptor failing mid-stream drops out; the client still gets every event, in order."""

@@ -304,6 +304,25 @@ class TestStoreWorker:
         other.close()
         await store.aclose()
 
+    async def test_a_batch_of_claims_is_looked_up_together_as_one_by_one(self, tmp_path: Path) -> None:
+        """Claims made in one turn (their look-ups read by one statement) get what each would get alone: hits
+        (twice the same key, a large answer diskcache keeps in a file), a miss leased, a sampled claim (its first
+        sample is slot 0, settled in the transaction), and a damaged entry deleted and then leased."""
+        store = DiskStore(tmp_path)
+        sync = store.sync
+        big = random.Random(1).randbytes(100_000)
+        sync.put_answer("hit", 0, StoredAnswer(200, {"A": "1"}, body=b'{"x": 1}'))
+        sync.put_answer("big", 0, StoredAnswer(200, {}, body=big))
+        sync.responses.set(answer_key("bad", 0), b"junk")
+        asked = [("hit", False), ("hit", False), ("big", False), ("new", False), ("hit", True), ("bad", False)]
+        got = await asyncio.gather(*(store.claim(k, "r", sampled=s, reuse=True, owner="o") for k, s in asked))
+        x = b'{"x": 1}'
+        assert [c.answer.body if c.answer else None for c in got] == [x, x, big, None, x, None]
+        assert got[0].answer is not got[1].answer and got[0].answer is not None and got[0].answer.headers == {"A": "1"}
+        assert [c.leased for c in got] == [False, False, False, True, False, True]
+        assert answer_key("bad", 0) not in sync.responses
+        await store.aclose()
+
     async def test_concurrent_calls_are_batched_and_all_answered(self, tmp_path: Path) -> None:
         """Many concurrent writes and reads through the store thread all complete, in order per caller."""
         s = CacheStore(tmp_path)

@@ -315,7 +315,10 @@ class CacheStore:
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
         """The stored answer, or None; a corrupted entry is logged, deleted and reported as a miss."""
         k = answer_key(key, slot)
-        blob = self.answers.get(k)
+        return self._answer(k, self.answers.get(k))
+
+    def _answer(self, k: str, blob: Any) -> StoredAnswer | None:
+        """The answer decoded from ``blob``, the entry ``k`` (None: none there, or damaged: logged and deleted)."""
         if blob is None:
             return None
         try:
@@ -360,6 +363,19 @@ class CacheStore:
             return None
         answer = self.get_answer(key, 0)
         return Claim(0, answer) if answer is not None else None
+
+    def look_all(self, looks: list[Look]) -> list[Claim | None]:
+        """:meth:`look` for each of ``looks`` (a batch's claims), their answers read with one statement."""
+        wanted = [answer_key(look.key, 0) for look in looks if look.wanted]
+        blobs = self.answers.get_many(wanted) if wanted else {}
+        out: list[Claim | None] = []
+        for look in looks:
+            k = answer_key(look.key, 0)
+            answer = self._answer(k, blobs.get(k)) if look.wanted else None
+            if answer is None:
+                blobs.pop(k, None)  # damaged: logged and deleted once, the same key's other looks find nothing
+            out.append(Claim(0, answer) if answer is not None else None)
+        return out
 
     def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
         slot = self.slots.next_slot(run_id, key) if sampled else 0
@@ -470,6 +486,25 @@ Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool, Callable[[], Any] |
 unless None, is the call's: the write is not run)."""
 
 
+class Look:
+    """A claim's plain read, tried before its write (:meth:`StoreWorker.submit`'s ``first``): :meth:`CacheStore.look`
+    with the claim's arguments. The looks of one batch are read together (:meth:`CacheStore.look_all`)."""
+
+    __slots__ = ("key", "owner", "reuse", "run_id", "sampled", "store")
+
+    def __init__(self, store: CacheStore, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> None:
+        self.store, self.key, self.run_id, self.sampled, self.reuse, self.owner = (
+            store, key, run_id, sampled, reuse, owner)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether the look reads at all (a sampled or non-reusing claim is settled in the transaction)."""
+        return self.reuse and not self.sampled
+
+    def __call__(self) -> Claim | None:
+        return self.store.look(self.key, self.run_id, sampled=self.sampled, reuse=self.reuse, owner=self.owner)
+
+
 class StoreWorker:
     """One thread that owns a :class:`CacheStore` and runs its calls in batches, off the event loop.
 
@@ -545,7 +580,7 @@ class StoreWorker:
                     break
                 batch += more
             outcomes = _run_calls([call for call in batch if not call[2]], where)
-            writes = _settle_first([call for call in batch if call[2]], outcomes)
+            writes = _settle_first([call for call in batch if call[2]], outcomes, self.store)
             if writes:
                 try:
                     # One commit per batch for the answers and the slot table (they share the answers' database).
@@ -573,18 +608,29 @@ class StoreWorker:
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
-def _settle_first(writes: list[Call], outcomes: list[Outcome]) -> list[Call]:
+def _settle_first(writes: list[Call], outcomes: list[Outcome], store: CacheStore) -> list[Call]:
     """Run the plain reads of ``writes`` that have one, outside any transaction; those that find their result are
     settled (appended to ``outcomes``); the rest, to run in the batch's transaction, are returned. A read that fails
-    leaves its call to the write, which meets the failure again or not (the read never decides on an error)."""
+    leaves its call to the write, which meets the failure again or not (the read never decides on an error). The
+    claims' looks (:class:`Look`) are read with one statement when there are several."""
+    looks = [call[3] for call in writes if type(call[3]) is Look]
+    seen: dict[int, Any] = {}
+    if len(looks) > 1:
+        try:
+            seen = {id(look): claim for look, claim in zip(looks, store.look_all(looks), strict=True)}
+        except Exception:
+            seen = {}  # each looks on its own below, and fails there or not
     left: list[Call] = []
     for call in writes:
         first = call[3]
         if first is not None:
-            try:
-                result = first()
-            except Exception:
-                result = None
+            if id(first) in seen:
+                result = seen[id(first)]
+            else:
+                try:
+                    result = first()
+                except Exception:
+                    result = None
             if result is not None:
                 outcomes.append((call[1], result, None))
                 continue
@@ -618,7 +664,7 @@ class _OnThread(Generic[P, T]):
     look-up leaves the bound method in the instance, so a request pays no more than a plain method call."""
 
     def __init__(self, fn: Callable[Concatenate[CacheStore, P], T], *, writes: bool,
-                 first: Callable[Concatenate[CacheStore, P], T | None] | None = None) -> None:
+                 first: Callable[Concatenate[CacheStore, P], Callable[[], T | None]] | None = None) -> None:
         self.fn, self.writes, self.first = fn, writes, first
         self.name = fn.__name__
         self.__doc__ = fn.__doc__
@@ -637,11 +683,11 @@ class _OnThread(Generic[P, T]):
             return self
         submit, method, writes = obj._worker.submit, getattr(obj.sync, self.name), self.writes
         if self.first is not None:
-            look = getattr(obj.sync, self.first.__name__)
+            make_first, store = self.first, obj.sync
 
             def looking_first(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
                 return submit(functools.partial(method, *args, **kwargs), writes=writes,
-                              first=functools.partial(look, *args, **kwargs))
+                              first=make_first(store, *args, **kwargs))
 
             obj.__dict__[self.name] = looking_first
             return looking_first
@@ -681,7 +727,7 @@ class DiskStore:
     def lease_seconds(self, value: float) -> None:
         self.sync.slots.lease_seconds = value
 
-    claim = _OnThread(CacheStore.claim, writes=True, first=CacheStore.look)
+    claim = _OnThread(CacheStore.claim, writes=True, first=Look)
     acquire = _OnThread(CacheStore.acquire, writes=True)
     finish = _OnThread(CacheStore.finish, writes=True)
     abandon = _OnThread(CacheStore.abandon, writes=True)

@@ -128,36 +128,43 @@ def build_chain(interceptors: Sequence[Interceptor], terminal: Next) -> Next:
     """Fold ``interceptors`` (outer first) around ``terminal`` once, and return the callable entry of the chain.
 
     ``interceptors`` is the configured list with ``endpoint`` removed: the caller has already placed the terminal.
+    Each layer hands its interceptor the layer below itself as ``call_next`` (no wrapper per request): a layer marks
+    the stream it hands up (:attr:`ProxyResponse.typed_stream`), so the layer above knows a stream passed on
+    unchanged, whose failures are typed already, from one its interceptor made.
     """
-    handler = terminal
+    handler = _typed(terminal) if interceptors else terminal
     for ic in reversed(interceptors):
         handler = _lenient(ic, handler) if ic.best_effort else _strict(ic, handler)
     return handler
+
+
+def _typed(terminal: Next) -> Next:
+    """The terminal, its answers' streams marked as typed (the transport raises ProxyErrors only)."""
+
+    async def end(ctx: RequestContext) -> ProxyResponse:
+        resp = await terminal(ctx)
+        resp.typed_stream = resp.stream
+        return resp
+
+    return end
 
 
 def _strict(ic: Interceptor, inner: Next) -> Next:
     name = ic.name
 
     async def layer(ctx: RequestContext) -> ProxyResponse:
-        below: AsyncIterator[Event] | None = None
-
-        async def call_next(c: RequestContext) -> ProxyResponse:
-            nonlocal below
-            resp = await inner(c)
-            below = resp.stream
-            return resp
-
         try:
-            resp = await ic(ctx, call_next)
+            resp = await ic(ctx, inner)
         except ProxyError:
             # Typed errors are answered as they are: raised on purpose here or further down the chain.
             raise
         except Exception as exc:
             # Every layer below turns its own failures into ProxyErrors, so this one is ic's own.
             raise InterceptorError(name, exc) from exc
-        if resp.stream is not None and resp.stream is not below:
+        stream = resp.stream
+        if stream is not None and stream is not resp.typed_stream:
             # A stream passed on as it came from below holds no failure of ic's own: one level less per event.
-            resp.stream = _named(name, resp.stream)
+            resp.stream = resp.typed_stream = _named(name, stream)
         return resp
 
     return layer
@@ -216,10 +223,13 @@ def _lenient(ic: Interceptor, inner: Next) -> Next:
             if result is not None:
                 if tap is not None:
                     result.stream = tap.source
-                return result
-            return await inner(ctx)
-        if resp.stream is not None and tap is not None:
-            resp.stream = _tolerant(name, resp.stream, tap)
+                resp = result
+            else:
+                resp = await inner(ctx)
+        else:
+            if resp.stream is not None and tap is not None:
+                resp.stream = _tolerant(name, resp.stream, tap)
+        resp.typed_stream = resp.stream  # whatever fails in it is typed or tolerated here
         return resp
 
     return layer

@@ -37,7 +37,7 @@ class ProxyResponse:
     Read and change answers through :mod:`evalproxy.adapter.flow.answers`, which treats both shapes alike.
     """
 
-    __slots__ = ("_json", "body", "headers", "status", "stream", "stream_usage")
+    __slots__ = ("_json", "body", "headers", "status", "stream", "stream_usage", "typed_stream")
 
     def __init__(
         self,
@@ -52,6 +52,9 @@ class ProxyResponse:
         self.stream = stream
         self.stream_usage: dict[str, Any] | None = None
         """The token usage a stream carried, set by the server as it writes the stream (for observers)."""
+        self.typed_stream: AsyncIterator[Event] | None = None
+        """The chain's mark (:mod:`evalproxy.adapter.chain.interceptor`): ``stream`` as a layer of the chain handed it
+        up, its failures already typed; a layer that passes it on unchanged does not wrap it again."""
         self._json: Any = _MISSING
 
     @classmethod

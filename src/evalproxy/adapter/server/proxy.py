@@ -74,6 +74,7 @@ class Proxy:
         self.ready = False
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
+        self._request_counters: dict[tuple[str, int, str], Any] = {}
         self.observers: list[Observer] = []
         """Told of every request the chain answered (see :data:`Observer`); a failing observer is logged, never
         raised."""
@@ -280,24 +281,40 @@ class Proxy:
 
     def _observe(self, request: web.Request, ctx: RequestContext | None, resp: ProxyResponse | None,
                  status: int) -> None:
-        hit = ctx is not None and ctx.state.get(CACHE_HIT, False)
+        prom = self.prometheus
+        if ctx is None:
+            self._requests_counter(request.path, status, "none").inc()
+            return
+        state = ctx.state
+        hit = state.get(CACHE_HIT, False)
+        up = state.get(UPSTREAM_SECONDS)
         if hit:
             self.cache_hits += 1
-        upstream_called = ctx is not None and ctx.state.get(UPSTREAM_SECONDS) is not None
-        cache = "hit" if hit else ("miss" if upstream_called else "none")
-        self.prometheus.child(self.prometheus.requests, request_kind(request.path), str(status), cache).inc()
-        if ctx is not None:
-            total = time.perf_counter() - ctx.started
-            self.prometheus.request_seconds.observe(total)
-            up = ctx.state.get(UPSTREAM_SECONDS)
-            if up is not None:
-                self.prometheus.upstream_seconds.observe(up)
-                self.prometheus.overhead_seconds.observe(max(0.0, total - up))
-            for observer in self.observers:
-                try:
-                    observer(ctx, resp, status)
-                except Exception:
-                    log.exception("request observer %r failed", observer)
+        self._requests_counter(request.path, status, "hit" if hit else "none" if up is None else "miss").inc()
+        total = time.perf_counter() - ctx.started
+        prom.request_seconds.observe(total)
+        if up is not None:
+            prom.upstream_seconds.observe(up)
+            prom.overhead_seconds.observe(max(0.0, total - up))
+        for observer in self.observers:
+            try:
+                observer(ctx, resp, status)
+            except Exception:
+                log.exception("request observer %r failed", observer)
+
+    def _requests_counter(self, path: str, status: int, cache: str) -> Any:
+        """The requests counter's child for a path, status and cache result, looked up once per such triple (kept
+        for up to ``_COUNTERS_KEPT`` triples: a client may name ever new paths)."""
+        key = (path, status, cache)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self.prometheus.child(self.prometheus.requests, request_kind(path), str(status), cache)
+            if len(self._request_counters) < _COUNTERS_KEPT:
+                self._request_counters[key] = counter
+        return counter
+
+
+_COUNTERS_KEPT = 1024
 
 
 def _overhead_ms(ctx: RequestContext) -> str:
