@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from evalproxy.adapter.core.redact import redact_url, secret_env
@@ -69,3 +71,19 @@ class TestSecretEnv:
         """A variable is a credential when a word of its name says so or its value is a URL holding one; names
         that only mention tokens (MAX_TOKENS, TOKENIZERS_PARALLELISM) and plain URLs are not."""
         assert secret_env(name, value) is secret
+
+
+async def test_a_failed_requests_log_line_hides_the_runs_key(make_proxy: Any, caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_failed_requests: a request that fails (the upstream unreachable) is logged without the run's key, though
+    it sits in a body field not named as a secret."""
+    monkeypatch.setenv("FAILED_TEST_KEY", "sk-failed-key-5521")
+    caplog.set_level("WARNING")
+    proxy = await make_proxy({"log_failed_requests": True, "interceptors": ["endpoint"]},
+                             upstream_url="http://127.0.0.1:9/v1", api_key_name="FAILED_TEST_KEY", max_retries=0)
+    r = await proxy.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                        "metadata": {"note": "sk-failed-key-5521"}})
+    assert r.status == 502
+    failed = [m for m in caplog.messages if m.startswith("request failed with 502")]
+    assert len(failed) == 1 and '"note":"***"' in failed[0]
+    assert "sk-failed-key-5521" not in caplog.text

@@ -26,7 +26,7 @@ from evalproxy.adapter.config import nemo04
 from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.errors import PayloadTooLargeError, ProxyError, RequestTimeoutError
 from evalproxy.adapter.core.files import atomic_write_bytes
-from evalproxy.adapter.core.redact import redact_obj, redact_url
+from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
 from evalproxy.adapter.flow.request import ENDPOINT_PATHS, RequestContext, request_kind
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
@@ -224,7 +224,7 @@ class Proxy:
                 self.prometheus.errors.labels("internal").inc()
             status = resp.status
             if status >= 400 and self.run.config.log_failed_requests:
-                _log_failure(ctx, resp)
+                _log_failure(ctx, resp, self.run.server.secrets())
             if ctx is not None:
                 resp.headers[OVERHEAD_HEADER] = _overhead_ms(ctx)
             if resp.stream is not None:
@@ -340,10 +340,11 @@ def _ask_usage(ctx: RequestContext, transport: Terminal) -> bool:
     return True
 
 
-def _log_failure(ctx: RequestContext | None, resp: ProxyResponse) -> None:
-    """``log_failed_requests``: the failed request (secrets redacted) and the answer, in the log."""
-    request = redact_obj(ctx.json) if ctx is not None and ctx.json is not None else None
-    body = (resp.body or b"")[:2000].decode("utf-8", "replace")
+def _log_failure(ctx: RequestContext | None, resp: ProxyResponse, secrets: list[str]) -> None:
+    """``log_failed_requests``: the failed request and the answer, in the log (secret fields and the run's secret
+    values redacted)."""
+    request = redact_obj(ctx.json, secrets) if ctx is not None and ctx.json is not None else None
+    body = redact_text((resp.body or b"")[:2000].decode("utf-8", "replace"), secrets)
     log.warning("request failed with %s: request=%s answer=%s", resp.status,
                 orjson.dumps(request).decode()[:4000] if request is not None else "-", body)
 
