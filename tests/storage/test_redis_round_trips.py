@@ -118,6 +118,31 @@ class TestBatches:
         finally:
             await store.aclose()
 
+    async def test_looks_share_the_turns_batch_and_split_at_its_bound(self, redis_server: RedisServer,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Deterministic claims (looks) of one turn, hits, empty slots and a slot another owner fills, get each its
+        own outcome, past the batch's bound in more batches; a look batched with the finish of its slot finds the
+        answer, whichever was asked first."""
+        store = RedisStore(redis_server.url)
+        answer = StoredAnswer(200, {}, body=b'{"x":1}')
+        try:
+            await asyncio.gather(*(store.finish(f"h{i}", 0, owner="a", answer=answer, pair=None) for i in range(10)))
+            assert (await store.claim("held", "r", sampled=False, reuse=True, owner="b")).leased
+            monkeypatch.setattr(TurnBatch, "MAX_OPS", 8)
+            before = store.batch.round_trips
+            got = await asyncio.gather(*(store.claim(k, "r", sampled=False, reuse=True, owner="a")
+                                         for k in [*(f"h{i}" for i in range(10)), "m0", "m1", "held", "m0"]))
+            assert store.batch.round_trips - before == 2  # 14 looks: 8, then 6
+            assert [c.answer.body if c.answer else None for c in got[:10]] == [b'{"x":1}'] * 10
+            assert [(c.slot, c.answer, c.leased) for c in got[10:]] == [(0, None, True)] * 2 + [(0, None, False)] * 2
+            monkeypatch.undo()
+            late = await asyncio.gather(store.claim("late", "r", sampled=False, reuse=True, owner="c"),
+                                        store.finish("late", 0, owner="a", answer=answer, pair=None))
+            assert late[0].answer is not None and late[0].answer.body == b'{"x":1}'
+            assert store.batch.round_trips - before == 3
+        finally:
+            await store.aclose()
+
     async def test_one_failing_operation_fails_only_its_caller(self, redis_server: RedisServer) -> None:
         """An operation the server refuses (the answers key is of another type) fails its own caller with a
         StoreError; the other operations of its batch succeed."""
