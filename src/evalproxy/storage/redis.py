@@ -55,7 +55,7 @@ import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -254,11 +254,12 @@ end
 # in the client.
 # ARGV[2..], only in a batch with looks (TurnBatch.look: the claims of deterministic requests, a cache hit's path): the
 # answers hash, the lease keys' prefix ("P lease:"), the lease ms, the number n of looks, their n answer fields
-# ("<key>:0") and their n holders. Every answer is read by one HMGET, after the operations (an answer the turn
-# finished is found); a missing one's slot is leased as a claim's. The looks' results follow the operations', one field
-# each, "<length>:<code><payload>": the claim's codes 0 (the answer), 1 (leased), 2 (the lease value of whoever fills
-# the slot), or 9 and an error message. The server's cost per hit: ~1.7 us as a look, ~10-12 us as a claim operation
-# (its fields framed, unpacked and answered in Lua).
+# ("<key>:0") and their n holders. Each look, after the operations (an answer the turn finished is found), asks
+# whether its answer is there and leases its slot as a claim does if not; the looks' results follow the operations',
+# one field each, "<length>:<code><payload>": the claim's codes 0 (the answer is there), 1 (leased), 2 (the lease value
+# of whoever fills the slot), or 9 and an error message. The answers are read by an HMGET sent right after the script
+# call (:class:`LookCall`): bytes that pass through Lua cost the server far more than the commands (every string is
+# copied and feeds Lua's garbage collector): ~17-20 us a hit of 2.5 KB, ~100 us of 10 KB, against ~1.5 us a look.
 _BATCH = _OPS_LUA + """
 local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
 local B, pos, out, FMT = ARGV[1], 1, {}, {}
@@ -306,24 +307,19 @@ while pos <= #B do
     put(res)
   end
 end
--- The looks: every answer read by one HMGET, the lease script run only for those missing (see TurnBatch.look).
-local n = tonumber(ARGV[5] or '0')
-if n > 0 then
-  local read, got = pcall(redis.call, 'HMGET', ARGV[2], unpack(ARGV, 6, 5 + n))
-  local k = #out
-  for j = 1, n do
-    local ok, code, v = read, 0, read and got[j]
-    if not read then
-      v = got
-    elseif not v then
-      ok, code, v = pcall(lease, ARGV[3] .. ARGV[5 + j], ARGV[5 + n + j], ARGV[4], '')
-      if not ok then v = code end
-    end
-    if not ok then code, v = 9, type(v) == 'table' and (v.err or 'ERR') or tostring(v) end
-    out[k + 1] = string.format('%d:%d', #v + 1, code)
-    out[k + 2] = v
-    k = k + 2
-  end
+-- The looks (TurnBatch.look): whether each answer is there, its slot leased if not; the answers themselves are read by
+-- the HMGET sent after this call, never through Lua.
+local function look(answers, field, leases, holder, ms)
+  if redis.call('HEXISTS', answers, field) == 1 then return 0, '' end
+  return lease(leases .. field, holder, ms, '')
+end
+local n, k = tonumber(ARGV[5] or '0'), #out
+for j = 1, n do
+  local ok, code, v = pcall(look, ARGV[2], ARGV[5 + j], ARGV[3], ARGV[5 + n + j], ARGV[4])
+  if not ok then code, v = 9, type(code) == 'table' and (code.err or 'ERR') or tostring(code) end
+  out[k + 1] = string.format('%d:%d', #v + 1, code)
+  out[k + 2] = v
+  k = k + 2
 end
 return table.concat(out)
 """
@@ -357,9 +353,11 @@ def _bytes(x: Any) -> bytes:
     return b"%d" % x
 
 
-def unpack_results(blob: bytes, ops: int, looks: int = 0) -> list[Any]:
+def unpack_results(blob: bytes, ops: int, looks: int = 0, answers: list[bytes | None] | None = None) -> list[Any]:
     """The results :data:`_BATCH` returns: one per operation (bytes, a list of bytes, or a redis-py error), then one
-    per look, (code, payload) or a redis-py error (code 9: its message)."""
+    per look, (code, payload) or a redis-py error (code 9: its message); a look's answer is taken from ``answers``
+    (the HMGET's reply). An answer the script saw but the HMGET did not (deleted in between by another client) is
+    (2, b""): the caller looks again shortly, as for a slot someone else fills."""
     out: list[Any] = []
     pos, index = 0, blob.index
     for _ in range(ops):
@@ -384,7 +382,11 @@ def unpack_results(blob: bytes, ops: int, looks: int = 0) -> list[Any]:
         colon = index(b":", pos)
         stop = colon + 1 + int(blob[pos:colon])
         code, value = blob[colon + 1] - 48, blob[colon + 2 : stop]
-        out.append((code, value) if code != 9 else server_error(value.decode("utf-8", "replace")))
+        if code == 0:
+            answer = answers[len(out) - ops] if answers is not None else None
+            out.append((0, answer) if answer is not None else (2, b""))
+        else:
+            out.append((code, value) if code != 9 else server_error(value.decode("utf-8", "replace")))
         pos = stop
     if pos != len(blob):
         raise InvalidResponse(f"the batch script's reply has {len(blob) - pos} bytes past its results")
@@ -447,6 +449,24 @@ def _pid_dead(holder: str) -> bool:
         return False
 
 
+class LookCall(NamedTuple):
+    """What a batch's looks add to its script call: the script's further arguments (RESP bulk strings) and their
+    number, then the HMGET of their answers, sent right after the script call (one round trip for both), and its
+    number of fields."""
+
+    args: bytes = b""
+    more: int = 0
+    read: bytes = b""
+    fields: int = 0
+
+
+NO_LOOKS = LookCall()
+
+
+def _bulks(items: list[bytes]) -> bytes:
+    return b"".join([b"$%d\r\n%s\r\n" % (len(x), x) for x in items])
+
+
 class TurnBatch:
     """The store's operations asked for in one turn of the event loop, sent as one call of one script: one round trip
     for all of them, as the disk store commits a turn's calls in one transaction.
@@ -465,7 +485,7 @@ class TurnBatch:
     of their own: one script call never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
-    def __init__(self, script: Callable[[bytes, bytes, int], Awaitable[bytes]],
+    def __init__(self, script: Callable[[bytes, LookCall], Awaitable[tuple[bytes, list[bytes | None] | None]]],
                  call: Callable[[Awaitable[Any]], Awaitable[Any]], error: Callable[[BaseException], BaseException],
                  head: Callable[[], list[bytes]]) -> None:
         self._script, self._call, self._error, self._head = script, call, error, head
@@ -520,21 +540,21 @@ class TurnBatch:
         if (self._outbox or self._looks) and not self._scheduled:
             self._flush()
 
-    def _look_args(self, looks: list[tuple[bytes, bytes, Any]]) -> tuple[bytes, int]:
-        """The script's arguments after the batch (see :data:`_BATCH`), as RESP bulk strings, and their number: the
-        answers hash, the lease keys' prefix, the lease ms, the number of looks, their fields, their holders."""
+    def _look_call(self, looks: list[tuple[bytes, bytes, Any]]) -> LookCall:
         if not looks:
-            return b"", 0
-        args = [*self._head(), b"%d" % len(looks), *[f for f, _, _ in looks], *[h for _, h, _ in looks]]
-        return b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in args]), len(args)
+            return NO_LOOKS
+        head, fields = self._head(), [f for f, _, _ in looks]
+        args = [*head, b"%d" % len(looks), *fields, *[h for _, h, _ in looks]]
+        read = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2) + _bulks([head[0], *fields])
+        return LookCall(_bulks(args), len(args), read, len(fields))
 
     async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]],
                     looks: list[tuple[bytes, bytes, asyncio.Future[tuple[int, bytes]]]]) -> None:
         self.round_trips += 1
         futs = [fut for _, fut in ops] + [fut for _, _, fut in looks]
         try:
-            blob = await self._call(self._script(b"".join([data for data, _ in ops]), *self._look_args(looks)))
-            results = unpack_results(blob, len(ops), len(looks))
+            blob, answers = await self._call(self._script(b"".join([data for data, _ in ops]), self._look_call(looks)))
+            results = unpack_results(blob, len(ops), len(looks), answers)
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
             for fut in futs:
                 if not fut.done():
@@ -695,6 +715,40 @@ async def read_reply(conn: Any) -> bytes:
     raise InvalidResponse(f"unexpected reply to the batch script: {line[:40]!r}")
 
 
+async def read_values(conn: Any) -> list[bytes | None] | None:
+    """The reply of the HMGET a batch's looks send after the script call: the answers (None: not there), or None if
+    the server refused it (the script's looks then carry the error of their own). As :func:`read_reply`."""
+    if not hasattr(conn, "_reader"):
+        try:
+            return list(await conn.read_response(timeout=math.inf))
+        except ResponseError:
+            return None
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    try:
+        line = await reader.readline()
+        if line[:1] == b"-" and line[-2:] == b"\r\n":
+            return None
+        if line[:1] != b"*" or line[-2:] != b"\r\n":
+            raise ValueError(f"not an array: {line[:40]!r}")
+        out: list[bytes | None] = []
+        for _ in range(int(line[1:-2])):
+            line = await reader.readline()
+            if line == b"_\r\n":  # RESP3's null
+                out.append(None)
+                continue
+            size = int(line[1:-2]) if line[:1] == b"$" and line[-2:] == b"\r\n" else None
+            if size is None:
+                raise ValueError(f"not a bulk string: {line[:40]!r}")
+            out.append((await reader.readexactly(size + 2))[:-2] if size >= 0 else None)
+        return out
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:  # a length that is no number, a line past the stream's limit, a reply cut short
+        raise InvalidResponse(f"unreadable reply to the looks' HMGET ({exc})") from exc
+
+
 class BatchConnections:
     """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
     pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
@@ -712,15 +766,15 @@ class BatchConnections:
     def _make(self) -> Any:
         return self.pool.connection_class(**self._kwargs)
 
-    async def __call__(self, blob: bytes, tail: bytes = b"", more: int = 0) -> bytes:
-        """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
-        went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
-        flushed) is loaded again."""
+    async def __call__(self, blob: bytes, looks: LookCall = NO_LOOKS) -> tuple[bytes, list[bytes | None] | None]:
+        """One call of the batch script with ``blob`` and ``looks``, on an idle connection or a new one: its reply,
+        and the reply of the looks' HMGET. A kept connection that went stale (the server restarted) is tried once
+        more, connected afresh; a script the server lost (restarted, flushed) is loaded again."""
         make = self._make
         conn = self._idle.pop() if self._idle else make()
         for attempt in (1, 2):
             try:
-                reply = await self._evalsha(conn, blob, tail, more)
+                reply = await self._evalsha(conn, blob, looks)
             except RedisConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
@@ -736,17 +790,22 @@ class BatchConnections:
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _evalsha(self, conn: Any, blob: bytes, tail: bytes, more: int) -> bytes:
-        """EVALSHA of the batch script with ``blob`` and ``more`` arguments already in RESP (``tail``: its looks)."""
-        n = 4 + more
-        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (n, _BATCH_SHA, len(blob))
-        await conn.send_packed_command([head, blob, b"\r\n", tail], check_health=False)
-        try:
-            return await read_reply(conn)
-        except NoScriptError:
+    async def _evalsha(self, conn: Any, blob: bytes, looks: LookCall) -> tuple[bytes, list[bytes | None] | None]:
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (4 + looks.more, _BATCH_SHA, len(blob))
+        for attempt in (1, 2):
+            await conn.send_packed_command([head, blob, b"\r\n", looks.args, looks.read], check_health=False)
+            refused: ResponseError | None = None
+            try:
+                reply = await read_reply(conn)
+            except ResponseError as exc:
+                reply, refused = b"", exc
+            answers = await read_values(conn) if looks.fields else None  # read in any case: the stream stays in step
+            if refused is None:
+                return reply, answers
+            if not isinstance(refused, NoScriptError) or attempt == 2:
+                raise refused
             await self.redis.script_load(_BATCH)
-            await conn.send_packed_command([head, blob, b"\r\n", tail], check_health=False)
-            return await read_reply(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         for conn in self._idle:
