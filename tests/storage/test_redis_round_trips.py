@@ -1,6 +1,6 @@
 """Round trips to the shared store, counted by the real redis-server: one script call per event-loop
-turn, a hit costs one and a miss two (MONITOR on the real redis-server); answers go in compressed and replay
-byte-identical."""
+turn (with the HMGET of its looks' answers in the same write), a hit costs one and a miss two (MONITOR on the real
+redis-server); answers go in compressed and replay byte-identical."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ class Monitor:
 
 class TestBatches:
     async def test_calls_of_one_turn_are_one_script_call(self, redis_server: RedisServer) -> None:
-        """Fifty claims, a finish and a renewal asked for in one turn reach the server as one EVALSHA, and each
-        caller gets its own result."""
+        """Fifty claims, a finish and a renewal asked for in one turn reach the server in one write, one EVALSHA and
+        the HMGET of the claims' answers, and each caller gets its own result."""
         store = RedisStore(redis_server.url)
         try:
             # Loads the script, and asks for the store's compression dictionary (once per process, before its
@@ -73,11 +73,13 @@ class TestBatches:
             await store.claim("warm", "r", sampled=False, reuse=True, owner="a")
             await store.finish("other", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"), pair=None)
             async with Monitor(redis_server.url) as monitor:
+                before = store.batch.round_trips
                 claims = await asyncio.gather(
                     *(store.claim(f"k{i}", "r", sampled=False, reuse=True, owner="a") for i in range(50)),
                     store.finish("warm", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"), pair=None),
                     store.renew([("k1", 0)], owner="a"))
-                assert await monitor.sent() == ["evalsha"]
+                assert await monitor.sent() == ["evalsha", "hmget"]
+                assert store.batch.round_trips - before == 1
             assert all(c.leased and c.slot == 0 for c in claims[:50])
             assert (await store.claim("warm", "r2", sampled=False, reuse=True, owner="b")).answer is not None
         finally:
@@ -115,6 +117,31 @@ class TestBatches:
             assert store.batch.round_trips - before == 2
             got = await store.get_answers([("big0", 0), ("big1", 0)])
             assert [a.body if a else None for a in got] == big
+        finally:
+            await store.aclose()
+
+    async def test_looks_share_the_turns_batch_and_split_at_its_bound(self, redis_server: RedisServer,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """Deterministic claims (looks) of one turn, hits, empty slots and a slot another owner fills, get each its
+        own outcome, past the batch's bound in more batches; a look batched with the finish of its slot finds the
+        answer, whichever was asked first."""
+        store = RedisStore(redis_server.url)
+        answer = StoredAnswer(200, {}, body=b'{"x":1}')
+        try:
+            await asyncio.gather(*(store.finish(f"h{i}", 0, owner="a", answer=answer, pair=None) for i in range(10)))
+            assert (await store.claim("held", "r", sampled=False, reuse=True, owner="b")).leased
+            monkeypatch.setattr(TurnBatch, "MAX_OPS", 8)
+            before = store.batch.round_trips
+            got = await asyncio.gather(*(store.claim(k, "r", sampled=False, reuse=True, owner="a")
+                                         for k in [*(f"h{i}" for i in range(10)), "m0", "m1", "held", "m0"]))
+            assert store.batch.round_trips - before == 2  # 14 looks: 8, then 6
+            assert [c.answer.body if c.answer else None for c in got[:10]] == [b'{"x":1}'] * 10
+            assert [(c.slot, c.answer, c.leased) for c in got[10:]] == [(0, None, True)] * 2 + [(0, None, False)] * 2
+            monkeypatch.undo()
+            late = await asyncio.gather(store.claim("late", "r", sampled=False, reuse=True, owner="c"),
+                                        store.finish("late", 0, owner="a", answer=answer, pair=None))
+            assert late[0].answer is not None and late[0].answer.body == b'{"x":1}'
+            assert store.batch.round_trips - before == 3
         finally:
             await store.aclose()
 
@@ -202,8 +229,8 @@ class TestThroughTheProxy:
     async def test_a_hit_costs_one_round_trip_and_a_miss_two(self, make_proxy: Any, sim: SimulatedModel,
                                                              redis_server: RedisServer) -> None:
         """Through the running proxy on a real server, for a JSON answer and a stream with long reasoning: a miss
-        is one script call before the upstream call and one after, a hit one; what is stored is compressed, and
-        the hit's bytes are the miss's bytes."""
+        is one script call (and its look's HMGET) before the upstream call and one after, a hit one script call and
+        its HMGET; what is stored is compressed, and the hit's bytes are the miss's bytes."""
         sim.reasoning, sim.reasoning_words, sim.answer_words = True, 1500, 200
         proxy = await make_proxy({"interceptors": [
             {"name": "caching", "config": {"cache_url": redis_server.url, "reuse_cached_responses": True,
@@ -219,9 +246,9 @@ class TestThroughTheProxy:
         async with Monitor(redis_server.url) as monitor:
             for extra in ({}, {"stream": True, "stream_options": {"include_usage": True}}):
                 miss, how = await ask("Prove it.", **extra)
-                assert how == "miss" and await monitor.sent() == ["evalsha", "evalsha"]
+                assert how == "miss" and await monitor.sent() == ["evalsha", "hmget", "evalsha"]
                 hit, how = await ask("Prove it.", **extra)
-                assert how == "hit" and await monitor.sent() == ["evalsha"]
+                assert how == "hit" and await monitor.sent() == ["evalsha", "hmget"]
                 assert hit == miss and len(miss) > 5_000
         client = aredis.Redis.from_url(redis_server.url)
         try:

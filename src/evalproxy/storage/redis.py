@@ -21,7 +21,9 @@ server; finishing a slot (answer, pair, lease released) and abandoning one (leas
 operation each. The operations asked for in one turn of the event loop, by every request of this process, go to the
 server together as one call of one script (:class:`TurnBatch`, on connections of its own, outside the pool), as the disk
 store commits a turn's calls in one transaction: a miss costs one round trip before the upstream call and one after, a
-hit one, and under load a round trip serves many requests. Answers are stored compressed
+hit one, and under load a round trip serves many requests. A deterministic request's claim goes in its batch as a
+"look": the script only asks whether its answer is there and leases an empty slot, and the answers of the batch's looks
+are read by one plain ``HMGET`` sent with the script call, never through Lua. Answers are stored compressed
 (:mod:`evalproxy.storage.codec`; a large one is compressed and decompressed in a thread). A lease lives
 ``lease_seconds`` (default LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` (once per
 call) and keep the lease's deadline in its value, so a lease key that lost its TTL or never had one (a crashed writer, a
@@ -54,7 +56,7 @@ import secrets
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -154,6 +156,28 @@ local function claimed(slot, code, payload)
   return string.format('%d|%d|', slot, code) .. payload
 end
 
+-- Lease the slot's key to a holder for ms unless a live lease holds it: 1 (leased), or 2 and the lease value held.
+-- A lease past its deadline by the server's clock, without one (and without a TTL), with a deadline further ahead
+-- than one lease, or the stale value named is taken over.
+local function lease(key, holder, ms, stale)
+  local now, span = now_ms(), tonumber(ms)
+  local value = lease_value(now + span, holder)
+  if redis.call('SET', key, value, 'NX', 'PX', ms) then return 1, '' end
+  local held = redis.call('GET', key)
+  if held then
+    local deadline = parse_lease(held)
+    if not deadline then
+      local ttl = redis.call('PTTL', key)
+      if ttl > 0 then deadline = now + ttl end
+    end
+    if not deadline or deadline <= now or deadline > now + span or (stale ~= '' and held == stale) then
+      redis.call('SET', key, value, 'PX', ms)
+      return 1, ''
+    end
+  end
+  return 2, held or ''
+end
+
 local function claim(K, A)
   local slot
   if A[4] == 'next' then
@@ -165,23 +189,7 @@ local function claim(K, A)
   if A[5] ~= '1' then return claimed(slot, 1, '') end
   local answer = redis.call('HGET', K[1], A[1] .. ':' .. slot)
   if answer then return claimed(slot, 0, answer) end
-  local lease = K[2] .. ':' .. slot
-  local now, span = now_ms(), tonumber(A[3])
-  local value = lease_value(now + span, A[2])
-  if redis.call('SET', lease, value, 'NX', 'PX', A[3]) then return claimed(slot, 1, '') end
-  local held = redis.call('GET', lease)
-  if held then
-    local deadline = parse_lease(held)
-    if not deadline then
-      local ttl = redis.call('PTTL', lease)
-      if ttl > 0 then deadline = now + ttl end
-    end
-    if not deadline or deadline <= now or deadline > now + span or (A[6] ~= '' and held == A[6]) then
-      redis.call('SET', lease, value, 'PX', A[3])
-      return claimed(slot, 1, '')
-    end
-  end
-  return claimed(slot, 2, held or '')
+  return claimed(slot, lease(K[2] .. ':' .. slot, A[2], A[3], A[6]))
 end
 
 local function settle(K, A)
@@ -245,6 +253,15 @@ end
 # value, "T", a count and that many values (a table), or "E" and an error message (the operation failed; the others
 # still ran). One argument and one string, not hundreds of each: packing and parsing them was most of a batch's cost
 # in the client.
+# ARGV[2..], only in a batch with looks (TurnBatch.look: the claims of deterministic requests, a cache hit's path): the
+# answers hash, the lease keys' prefix ("P lease:"), the lease ms, the number n of looks, their n answer fields
+# ("<key>:0") and their n holders. Each look, after the operations (an answer the turn finished is found), asks
+# whether its answer is there and leases its slot as a claim does if not; the looks' results follow the operations',
+# one field each, "<length>:<code><payload>": the claim's codes 0 (the answer is there), 1 (leased), 2 (the lease value
+# of whoever fills the slot), or 9 and an error message. The answers are read by an HMGET sent right after the script
+# call (:class:`LookCall`): bytes that pass through Lua cost the server far more than the commands (every string is
+# copied and feeds Lua's garbage collector; bench/redis_script_cost.py): a hit as a claim operation cost it 9 us of a
+# 200 B answer, 33 us of 2.5 KB, 120 us of 10 KB; as a look ~3 us, whatever the answer's size.
 _BATCH = _OPS_LUA + """
 local OPS = {claim = claim, settle = settle, renew = renew, pair = pair, failure = failure, dict = dict}
 local B, pos, out, FMT = ARGV[1], 1, {}, {}
@@ -292,6 +309,20 @@ while pos <= #B do
     put(res)
   end
 end
+-- The looks (TurnBatch.look): whether each answer is there, its slot leased if not; the answers themselves are read by
+-- the HMGET sent after this call, never through Lua.
+local function look(answers, field, leases, holder, ms)
+  if redis.call('HEXISTS', answers, field) == 1 then return 0, '' end
+  return lease(leases .. field, holder, ms, '')
+end
+local n, k = tonumber(ARGV[5] or '0'), #out
+for j = 1, n do
+  local ok, code, v = pcall(look, ARGV[2], ARGV[5 + j], ARGV[3], ARGV[5 + n + j], ARGV[4])
+  if not ok then code, v = 9, type(code) == 'table' and (code.err or 'ERR') or tostring(code) end
+  out[k + 1] = string.format('%d:%d', #v + 1, code)
+  out[k + 2] = v
+  k = k + 2
+end
 return table.concat(out)
 """
 
@@ -324,11 +355,14 @@ def _bytes(x: Any) -> bytes:
     return b"%d" % x
 
 
-def unpack_results(blob: bytes) -> list[Any]:
-    """The results :data:`_BATCH` returns, one per operation: bytes, a list of bytes, or a redis-py error."""
+def unpack_results(blob: bytes, ops: int, looks: int = 0, answers: list[bytes | None] | None = None) -> list[Any]:
+    """The results :data:`_BATCH` returns: one per operation (bytes, a list of bytes, or a redis-py error), then one
+    per look, (code, payload) or a redis-py error (code 9: its message); a look's answer is taken from ``answers``
+    (the HMGET's reply). An answer the script saw but the HMGET did not (deleted in between by another client) is
+    (2, b""): the caller looks again shortly, as for a slot someone else fills."""
     out: list[Any] = []
-    pos, end, index = 0, len(blob), blob.index
-    while pos < end:
+    pos, index = 0, blob.index
+    for _ in range(ops):
         tag = blob[pos + 2]  # the tag is one byte: "1:V", "1:T" or "1:E"
         colon = index(b":", pos + 3)
         stop = colon + 1 + int(blob[pos + 3 : colon])
@@ -346,6 +380,18 @@ def unpack_results(blob: bytes) -> list[Any]:
             out.append(items)
         else:  # E: the operation's error message
             out.append(server_error(value.decode("utf-8", "replace")))
+    for _ in range(looks):  # "<length>:<code><payload>"
+        colon = index(b":", pos)
+        stop = colon + 1 + int(blob[pos:colon])
+        code, value = blob[colon + 1] - 48, blob[colon + 2 : stop]
+        if code == 0:
+            answer = answers[len(out) - ops] if answers is not None else None
+            out.append((0, answer) if answer is not None else (2, b""))
+        else:
+            out.append((code, value) if code != 9 else server_error(value.decode("utf-8", "replace")))
+        pos = stop
+    if pos != len(blob):
+        raise InvalidResponse(f"the batch script's reply has {len(blob) - pos} bytes past its results")
     return out
 
 
@@ -405,12 +451,31 @@ def _pid_dead(holder: str) -> bool:
         return False
 
 
+class LookCall(NamedTuple):
+    """What a batch's looks add to its script call: the script's further arguments (RESP bulk strings) and their
+    number, then the HMGET of their answers, sent right after the script call (one round trip for both), and its
+    number of fields."""
+
+    args: bytes = b""
+    more: int = 0
+    read: bytes = b""
+    fields: int = 0
+
+
+NO_LOOKS = LookCall()
+
+
+def _bulks(items: list[bytes]) -> bytes:
+    return b"".join([b"$%d\r\n%s\r\n" % (len(x), x) for x in items])
+
+
 class TurnBatch:
     """The store's operations asked for in one turn of the event loop, sent as one call of one script: one round trip
     for all of them, as the disk store commits a turn's calls in one transaction.
 
-    ``await batch.run(op, keys, args)`` queues an operation of :data:`_BATCH` (claim, settle, renew, pair, failure);
-    the first one of a turn schedules the send at the end of that turn. At most :attr:`MAX_IN_FLIGHT` batches are
+    ``await batch.run(op, keys, args)`` queues an operation of :data:`_BATCH` (claim, settle, renew, pair, failure),
+    ``await batch.look(field, holder)`` a deterministic request's claim (:meth:`look`); the first one of a turn
+    schedules the send at the end of that turn. At most :attr:`MAX_IN_FLIGHT` batches are
     at the server at once; what is asked for meanwhile waits and goes in the next batch, so under load batches grow
     by themselves (a lone request is a batch of one). Each operation runs under ``pcall`` in the script: one that
     fails (a key of another type) fails only its caller; a batch that fails as a whole (server down, timeout, full)
@@ -422,11 +487,13 @@ class TurnBatch:
     of their own: one script call never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
-    def __init__(self, script: Callable[[bytes], Awaitable[bytes]], call: Callable[[Awaitable[Any]], Awaitable[Any]],
-                 error: Callable[[BaseException], BaseException]) -> None:
-        self._script, self._call, self._error = script, call, error
+    def __init__(self, script: Callable[[bytes, LookCall], Awaitable[tuple[bytes, list[bytes | None] | None]]],
+                 call: Callable[[Awaitable[Any]], Awaitable[Any]], error: Callable[[BaseException], BaseException],
+                 head: Callable[[], list[bytes]]) -> None:
+        self._script, self._call, self._error, self._head = script, call, error, head
         self._outbox: list[tuple[bytes, asyncio.Future[Any]]] = []
         """Each operation packed as it is asked for (:func:`pack_op`), and its caller's future."""
+        self._looks: list[tuple[bytes, bytes, asyncio.Future[tuple[int, bytes]]]] = []
         self._sizes: list[int] = []
         self._scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -444,38 +511,63 @@ class TurnBatch:
             loop.call_soon(self._flush)
         return fut
 
+    def look(self, field: bytes, holder: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        """The claim of a deterministic request's slot (``field``: "<key>:0"), for ``holder``: (0, the answer), (1,
+        b"") leased, or (2, the lease value of whoever fills it), as the claim operation's. A cache hit's path, at a
+        fraction of the claim operation's cost: a look is two plain arguments of the script (no framing to pack or
+        unpack in Lua), the script only asks ``HEXISTS`` and leases an empty slot, and the answers of the batch's
+        looks are read by one ``HMGET`` sent with the script call (:class:`LookCall`), not through Lua."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, bytes]] = loop.create_future()
+        self._looks.append((field, holder, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
     def _flush(self) -> None:
         self._scheduled = False
-        while self._outbox and len(self._in_flight) < self.MAX_IN_FLIGHT:
-            n, size = 1, self._sizes[0]
+        while (self._outbox or self._looks) and len(self._in_flight) < self.MAX_IN_FLIGHT:
+            n, size = min(1, len(self._outbox)), self._sizes[0] if self._sizes else 0
             while n < min(len(self._outbox), self.MAX_OPS) and size + self._sizes[n] <= self.MAX_BYTES:
                 size += self._sizes[n]
                 n += 1
             ops, self._outbox, self._sizes = self._outbox[:n], self._outbox[n:], self._sizes[n:]
-            task = asyncio.get_running_loop().create_task(self._send(ops), name="evalproxy-redis-batch")
+            looks, self._looks = self._looks[: self.MAX_OPS], self._looks[self.MAX_OPS :]
+            task = asyncio.get_running_loop().create_task(self._send(ops, looks), name="evalproxy-redis-batch")
             self._in_flight.add(task)
             task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        if self._outbox and not self._scheduled:
+        if (self._outbox or self._looks) and not self._scheduled:
             self._flush()
 
-    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]]) -> None:
+    def _look_call(self, looks: list[tuple[bytes, bytes, Any]]) -> LookCall:
+        if not looks:
+            return NO_LOOKS
+        head, fields = self._head(), [f for f, _, _ in looks]
+        args = [*head, b"%d" % len(looks), *fields, *[h for _, h, _ in looks]]
+        read = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2) + _bulks([head[0], *fields])
+        return LookCall(_bulks(args), len(args), read, len(fields))
+
+    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]],
+                    looks: list[tuple[bytes, bytes, asyncio.Future[tuple[int, bytes]]]]) -> None:
         self.round_trips += 1
+        futs = [fut for _, fut in ops] + [fut for _, _, fut in looks]
         try:
-            blob = await self._call(self._script(b"".join([data for data, _ in ops])))
-            results = unpack_results(blob)
+            blob, answers = await self._call(self._script(b"".join([data for data, _ in ops]), self._look_call(looks)))
+            results = unpack_results(blob, len(ops), len(looks), answers)
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
-            for _, fut in ops:
+            for fut in futs:
                 if not fut.done():
                     fut.set_exception(_copy(exc))
             return
         except BaseException:  # cancelled (the loop is closing): so are its callers
-            for _, fut in ops:
+            for fut in futs:
                 fut.cancel()
             raise
-        for (_, fut), result in zip(ops, results, strict=True):
+        for fut, result in zip(futs, results, strict=True):
             if fut.done():
                 continue  # its caller went away; the operation ran all the same
             if isinstance(result, RedisError):
@@ -486,7 +578,7 @@ class TurnBatch:
     async def drain(self) -> None:
         """Send what is queued and wait for every batch at the server."""
         self._flush()
-        while self._in_flight or self._outbox:
+        while self._in_flight or self._outbox or self._looks:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
             self._flush()
 
@@ -566,6 +658,18 @@ class RedisDictionaries:
         finally:
             self.table.done_training(full)
 
+    async def decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
+        """The answer of an entry (decompressed in a thread when large), None when damaged (logged)."""
+        try:
+            try:
+                return await decode_answer(blob, self.table)
+            except codec.MissingDictionary:  # written with a dictionary another process published: load it
+                await self.load()
+                return await decode_answer(blob, self.table)
+        except Exception as exc:
+            log.warning("cache entry %s:%d is corrupted (%s): the request goes upstream", key, slot, exc)
+            return None
+
     async def load(self) -> None:
         """Hold every dictionary the store has (a frame named one this process did not know), and write with the
         store's current one."""
@@ -614,6 +718,40 @@ async def read_reply(conn: Any) -> bytes:
     raise InvalidResponse(f"unexpected reply to the batch script: {line[:40]!r}")
 
 
+async def read_values(conn: Any) -> list[bytes | None] | None:
+    """The reply of the HMGET a batch's looks send after the script call: the answers (None: not there), or None if
+    the server refused it (the script's looks then carry the error of their own). As :func:`read_reply`."""
+    if not hasattr(conn, "_reader"):
+        try:
+            return list(await conn.read_response(timeout=math.inf))
+        except ResponseError:
+            return None
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    try:
+        line = await reader.readline()
+        if line[:1] == b"-" and line[-2:] == b"\r\n":
+            return None
+        if line[:1] != b"*" or line[-2:] != b"\r\n":
+            raise ValueError(f"not an array: {line[:40]!r}")
+        out: list[bytes | None] = []
+        for _ in range(int(line[1:-2])):
+            line = await reader.readline()
+            if line == b"_\r\n":  # RESP3's null
+                out.append(None)
+                continue
+            size = int(line[1:-2]) if line[:1] == b"$" and line[-2:] == b"\r\n" else None
+            if size is None:
+                raise ValueError(f"not a bulk string: {line[:40]!r}")
+            out.append((await reader.readexactly(size + 2))[:-2] if size >= 0 else None)
+        return out
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:  # a length that is no number, a line past the stream's limit, a reply cut short
+        raise InvalidResponse(f"unreadable reply to the looks' HMGET ({exc})") from exc
+
+
 class BatchConnections:
     """The connections the batch script is called on (:class:`TurnBatch`), kept outside the pool: taken from the
     pool for every call, the pool's bookkeeping, command packing and retry wrapper cost the client more than the call
@@ -631,15 +769,15 @@ class BatchConnections:
     def _make(self) -> Any:
         return self.pool.connection_class(**self._kwargs)
 
-    async def __call__(self, blob: bytes) -> bytes:
-        """One call of the batch script with ``blob``, on an idle connection or a new one. A kept connection that
-        went stale (the server restarted) is tried once more, connected afresh; a script the server lost (restarted,
-        flushed) is loaded again."""
+    async def __call__(self, blob: bytes, looks: LookCall = NO_LOOKS) -> tuple[bytes, list[bytes | None] | None]:
+        """One call of the batch script with ``blob`` and ``looks``, on an idle connection or a new one: its reply,
+        and the reply of the looks' HMGET. A kept connection that went stale (the server restarted) is tried once
+        more, connected afresh; a script the server lost (restarted, flushed) is loaded again."""
         make = self._make
         conn = self._idle.pop() if self._idle else make()
         for attempt in (1, 2):
             try:
-                reply = await self._evalsha(conn, blob)
+                reply = await self._evalsha(conn, blob, looks)
             except RedisConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
@@ -655,15 +793,22 @@ class BatchConnections:
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _evalsha(self, conn: Any, blob: bytes) -> bytes:
-        head = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (_BATCH_SHA, len(blob))
-        await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
-        try:
-            return await read_reply(conn)
-        except NoScriptError:
+    async def _evalsha(self, conn: Any, blob: bytes, looks: LookCall) -> tuple[bytes, list[bytes | None] | None]:
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (4 + looks.more, _BATCH_SHA, len(blob))
+        for attempt in (1, 2):
+            await conn.send_packed_command([head, blob, b"\r\n", looks.args, looks.read], check_health=False)
+            refused: ResponseError | None = None
+            try:
+                reply = await read_reply(conn)
+            except ResponseError as exc:
+                reply, refused = b"", exc
+            answers = await read_values(conn) if looks.fields else None  # read in any case: the stream stays in step
+            if refused is None:
+                return reply, answers
+            if not isinstance(refused, NoScriptError) or attempt == 2:
+                raise refused
             await self.redis.script_load(_BATCH)
-            await conn.send_packed_command([head, blob, b"\r\n"], check_health=False)
-            return await read_reply(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         for conn in self._idle:
@@ -692,7 +837,8 @@ class RedisStore:
         self.k_answers, self.k_pairs, self.k_pair = f"{p}answers", f"{p}pairs", f"{p}pair"
         self.k_failures, self.k_failure = f"{p}failures", f"{p}failure"
         self.batch_connections = BatchConnections(self.pool, self.redis)
-        self.batch = TurnBatch(self.batch_connections, self._call, self._error)
+        self.batch = TurnBatch(self.batch_connections, self._call, self._error, lambda: [
+            self.k_answers.encode(), f"{self.prefix}lease:".encode(), b"%d" % self._lease_ms])
         self.dicts = RedisDictionaries(self.batch, self.redis, self._call, self.prefix)
         self._tag = secrets.token_hex(4)  # tells this process's saved pairs from another's with the same request id
         self._down_until = 0.0
@@ -732,18 +878,6 @@ class RedisStore:
     def _lease(self, key: str, slot: int) -> str:
         return f"{self.prefix}lease:{key}:{slot}"
 
-    async def _decode(self, key: str, slot: int, blob: bytes) -> StoredAnswer | None:
-        """The answer of an entry (decompressed in a thread when large), None when damaged (logged)."""
-        try:
-            try:
-                return await decode_answer(blob, self.dicts.table)
-            except codec.MissingDictionary:  # written with a dictionary another process published: load it
-                await self.dicts.load()
-                return await decode_answer(blob, self.dicts.table)
-        except Exception as exc:
-            log.warning("cache entry %s:%d is corrupted (%s): the request goes upstream", key, slot, exc)
-            return None
-
     # -- slots and leases ------------------------------------------------------------------------------------------
     async def _run_claim(self, key: str, run_id: str, slot: int | None, *, reuse: bool, owner: str,
                          stale: str = "") -> tuple[int, int, Any]:
@@ -756,6 +890,9 @@ class RedisStore:
         return int(got), int(code), payload
 
     async def claim(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim:
+        if reuse and not sampled:  # slot 0, looked up with the turn's other looks: a hit costs the least this way
+            code, payload = await self.batch.look(f"{key}:0".encode(), self._lease_value(owner).encode())
+            return await self._outcome(key, 0, code, payload, owner)
         slot, code, payload = await self._run_claim(key, run_id, None if sampled else 0, reuse=reuse, owner=owner)
         return await self._outcome(key, slot, code, payload, owner)
 
@@ -765,7 +902,7 @@ class RedisStore:
 
     async def _outcome(self, key: str, slot: int, code: int, payload: Any, owner: str) -> Claim:
         if code == 0:
-            answer = await self._decode(key, slot, payload)
+            answer = await self.dicts.decode(key, slot, payload)
             if answer is not None:
                 return Claim(slot, answer)
             # A damaged entry: dropped; the caller fills the slot again.
@@ -829,7 +966,7 @@ class RedisStore:
             blobs = await self._call(self.redis.hmget(self.k_answers,
                                                       [answer_key(p.key, p.occurrence) for p in pairs]))
             for pair, blob in zip(pairs, blobs, strict=True):
-                answer = await self._decode(pair.key, pair.occurrence, blob) if blob is not None else None
+                answer = await self.dicts.decode(pair.key, pair.occurrence, blob) if blob is not None else None
                 if answer is not None:
                     pair.response, pair.events = answer.json(), answer.events
         return pairs
@@ -858,7 +995,8 @@ class RedisStore:
         if not slots:
             return []
         blobs = await self._call(self.redis.hmget(self.k_answers, [answer_key(k, s) for k, s in slots]))
-        return [await self._decode(k, s, b) if b is not None else None for (k, s), b in zip(slots, blobs, strict=True)]
+        decode = self.dicts.decode
+        return [await decode(k, s, b) if b is not None else None for (k, s), b in zip(slots, blobs, strict=True)]
 
     async def count_answers(self) -> int:
         return int(await self._call(self.redis.hlen(self.k_answers)))
