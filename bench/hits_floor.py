@@ -9,7 +9,10 @@ neither always goes first on a shared machine), medians over the rounds:
   ``cache_hits_c64``);
 * ``bare``: the bare aiohttp pass-through in front of the fake model (run.py's ``tput_c64`` of ``bare``);
 * ``floor``: one aiohttp server on uvloop (evalproxy's stack) whose only route reads the body and answers the fixed
-  answer a hit replays, with the same headers: what the HTTP server alone costs per request, the least a hit can cost.
+  answer a hit replays, with the same headers: what the HTTP server alone costs per request, the least a hit can cost;
+* with ``--ladder``, ``caching``: ``evalproxy serve`` with a chain of caching and endpoint only (no system message,
+  reasoning or response statistics), replaying the same answers: what the proxy's core and the store cost per hit
+  above the floor, and the rest of the default chain above that.
 
 Prints req/s and CPU ms per request of each, hits/bare and floor/bare (req/s): a replay can reach at most the floor's
 req/s, so floor/bare bounds what hits/bare can be on this machine and load generator.
@@ -28,6 +31,10 @@ from typing import Any
 
 from run import PY, cpu_seconds, first_line, loadgen, measured, running, start_upstream
 from upstream import BODY as ANSWER
+
+CACHING_ONLY = {"interceptors": [{"name": "caching", "config": {"reuse_cached_responses": True}}, "endpoint"],
+                "generate_html_report": False, "server": {"status_line": "off"}}
+"""``--ladder``'s chain: the least a proxy needs to replay a stored answer."""
 
 # The answer the fake model gives (bench/upstream.py), the answer a hit replays, with the headers it is replayed with.
 HEADERS = {"Content-Type": "application/json", "Date": "Mon, 07 Dec 2026 09:24:53 GMT",
@@ -62,6 +69,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--ladder", action="store_true", help="also a proxy whose chain is caching and endpoint only")
     args = ap.parse_args()
     if args.serve_floor:
         serve_floor()
@@ -73,17 +81,23 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             proxy, proxy_url = stack.enter_context(running("evalproxy", upstream.url))
             bare, bare_url = stack.enter_context(running("bare", upstream.url))
+            proxies = {"hits": (proxy, proxy_url)}
+            if args.ladder:
+                proxies["caching"] = stack.enter_context(running("evalproxy", upstream.url, CACHING_ONLY))
             tag = f"hits-{time.time_ns()}"
-            loadgen(proxy_url, concurrency=8, requests=300, seconds=5, unique="warm")
-            loadgen(proxy_url, concurrency=32, requests=1000, seconds=30, unique=tag, repeat=1000)
+            for _, url in proxies.values():
+                loadgen(url, concurrency=8, requests=300, seconds=5, unique="warm")
+                loadgen(url, concurrency=32, requests=1000, seconds=30, unique=tag, repeat=1000)
             loadgen(bare_url, concurrency=8, requests=300, seconds=5, unique="warm")
             rows: list[dict[str, dict[str, Any]]] = []
+            order = [*proxies, "bare", "floor"]
             for i in range(args.rounds):
                 row: dict[str, dict[str, Any]] = {}
-                for what in (["hits", "bare", "floor"] if i % 2 == 0 else ["floor", "bare", "hits"]):
+                for what in (order if i % 2 == 0 else order[::-1]):
                     load: dict[str, Any] = {"concurrency": 64, "requests": 10**6, "seconds": args.seconds}
-                    if what == "hits":
-                        row[what] = measured(proxy, upstream, proxy_url, unique=tag, repeat=1000, **load)
+                    if what in proxies:
+                        p, url = proxies[what]
+                        row[what] = measured(p, upstream, url, unique=tag, repeat=1000, **load)
                     elif what == "bare":
                         row[what] = measured(bare, upstream, bare_url, unique=f"pass-{i}-{time.time_ns()}", **load)
                     else:
@@ -101,8 +115,8 @@ def main() -> None:
     def med(f: Any) -> float:
         return statistics.median(f(r) for r in rows)
 
-    rps = {w: med(lambda r, w=w: r[w]["rps"]) for w in ("hits", "bare", "floor")}
-    cpu = {w: med(lambda r, w=w: r[w]["cpu_ms_per_req"]) for w in ("hits", "bare", "floor")}
+    rps = {w: med(lambda r, w=w: r[w]["rps"]) for w in order}
+    cpu = {w: med(lambda r, w=w: r[w]["cpu_ms_per_req"]) for w in order}
     print(f"\nmedian of {len(rows)} rounds: hits/bare req/s {med(lambda r: r['hits']['rps'] / r['bare']['rps']):.2f}, "
           f"floor/bare {med(lambda r: r['floor']['rps'] / r['bare']['rps']):.2f}; req/s "
           + ", ".join(f"{w} {v:.0f}" for w, v in rps.items()) + "; CPU ms/req "
