@@ -10,6 +10,7 @@ neither always goes first on a shared machine), medians over the rounds:
 * ``bare``: the bare aiohttp pass-through in front of the fake model (run.py's ``tput_c64`` of ``bare``);
 * ``floor``: one aiohttp server on uvloop (evalproxy's stack) whose only route reads the body and answers the fixed
   answer a hit replays, with the same headers: what the HTTP server alone costs per request, the least a hit can cost;
+* with ``--prev-python PY``, ``prev``: the previous main's proxy (as run.py's ``evalproxy_prev``), same chain;
 * with ``--ladder``, ``caching``: ``evalproxy serve`` with a chain of caching and endpoint only (no system message,
   reasoning or response statistics), replaying the same answers: what the proxy's core and the store cost per hit
   above the floor, and the rest of the default chain above that.
@@ -29,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+import run
 from run import PY, cpu_seconds, first_line, loadgen, measured, running, start_upstream
 from upstream import BODY as ANSWER
 
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ladder", action="store_true", help="also a proxy whose chain is caching and endpoint only")
+    ap.add_argument("--prev-python", default=None,
+                    help="also the previous main's proxy (run.py's evalproxy_prev) with this interpreter, as 'prev'")
     args = ap.parse_args()
     if args.serve_floor:
         serve_floor()
@@ -84,6 +88,9 @@ def main() -> None:
             proxies = {"hits": (proxy, proxy_url)}
             if args.ladder:
                 proxies["caching"] = stack.enter_context(running("evalproxy", upstream.url, CACHING_ONLY))
+            if args.prev_python:
+                run.PREV_PY = args.prev_python
+                proxies["prev"] = stack.enter_context(running("evalproxy_prev", upstream.url))
             tag = f"hits-{time.time_ns()}"
             for _, url in proxies.values():
                 loadgen(url, concurrency=8, requests=300, seconds=5, unique="warm")
