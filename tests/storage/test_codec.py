@@ -177,10 +177,10 @@ class TestDictionaries:
         try:
             for i in range(40):
                 await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
-            await wait_until(lambda: store.sync.dicts.current is not None, what="a trained dictionary")  # type: ignore[attr-defined]
+            await wait_until(lambda: store.sync.dicts.table.current is not None, what="a trained dictionary")  # type: ignore[attr-defined]
             for i in range(40, 50):
                 await store.finish(f"k{i}", 0, owner="o", answer=answer(i), pair=None)
-            current = store.sync.dicts.current  # type: ignore[attr-defined]
+            current = store.sync.dicts.table.current  # type: ignore[attr-defined]
         finally:
             await store.aclose()
         reopened = await asyncio.to_thread(open_store, tmp_path)
@@ -257,7 +257,7 @@ def following(monkeypatch: pytest.MonkeyPatch, small_training: None) -> None:
 
 def table_of(store: Any) -> codec.Dictionaries:
     """The dictionaries a store of either backend writes with."""
-    return store.sync.dicts if hasattr(store, "sync") else store.dicts.table  # type: ignore[no-any-return]
+    return store.sync.dicts.table if hasattr(store, "sync") else store.dicts.table  # type: ignore[no-any-return]
 
 
 async def write_until(store: Any, tag: str, make: Callable[[int], StoredAnswer], done: Callable[[], bool],
@@ -290,7 +290,7 @@ async def publish(store: Any, judged: int | None, data: bytes) -> bool:
     """Publish ``data`` as the store's current dictionary in place of ``judged`` (either backend); whether the
     bound refused it."""
     if hasattr(store, "sync"):
-        return await asyncio.to_thread(store.sync.publish, judged, data)
+        return await asyncio.to_thread(store.sync.dicts.publish, judged, data)
     return await store.dicts.publish(judged, data)  # type: ignore[no-any-return]
 
 

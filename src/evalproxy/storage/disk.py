@@ -213,49 +213,44 @@ def _live(host: Any, pid: Any, expires: Any, t: float, lease_seconds: float) -> 
     return not holder_gone(host, pid)
 
 
-class CacheStore:
-    """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`, which runs them
-    on its thread under the same names and signatures). Raises what sqlite3, diskcache and the file system raise."""
+class DiskDictionaries:
+    """A cache directory's compression dictionaries (:class:`~evalproxy.storage.codec.Dictionaries`, :attr:`table`)
+    in two tables of the answers' database: ``evalproxy_dicts`` holds every one by id, ``evalproxy_dict_current``
+    names the current one. Read when the store opens; checked now and then after a write (then the current id is
+    read again: another process may have published one); trained on a thread of its own when due, and published
+    compare-and-set on the id it was judged against. Called on the store's thread, as the rest of
+    :class:`CacheStore`."""
 
-    def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
-        self.dir = Path(cache_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
-        self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
-        self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
-        self.answers = DiskcacheTable(self.responses)
-        self.slots = SlotTable(self.answers, lease_seconds)
-        self._n_failures = len(self.failures_db)
-        self.dicts = codec.Dictionaries()
+    def __init__(self, slots: SlotTable, where: Path) -> None:
+        self.slots, self.dir = slots, where
+        self.table = codec.Dictionaries()
         self._training: threading.Thread | None = None
-        self._load_dictionaries()
-
-    @property
-    def databases(self) -> tuple[diskcache.Cache, ...]:
-        return (self.responses, self.requests, self.failures_db)
+        self.load()
 
     def close(self) -> None:
         if self._training is not None:
             self._training.join()
-        for c in self.databases:
-            c.close()
 
-    # -- compression dictionaries (codec.Dictionaries), in tables of the answers' database ------------------------
-    def _load_dictionaries(self) -> None:
+    def load(self) -> None:
         """Hold every dictionary of the store and write with its current one (if it has one)."""
         rows = self.slots.db.execute("SELECT id, data FROM evalproxy_dicts").fetchall()
-        self.dicts.add_all(data for dict_id, data in rows if dict_id not in self.dicts.known)
+        self.table.add_all(data for dict_id, data in rows if dict_id not in self.table.known)
         row = self.slots.db.execute("SELECT c.id FROM evalproxy_dict_current c JOIN evalproxy_dicts d"
                                     " ON d.id = c.id").fetchone()
-        self.dicts.use_id(row[0] if row and row[0] in self.dicts.known else None)
+        self.table.use_id(row[0] if row and row[0] in self.table.known else None)
 
-    def _check_dictionary(self) -> None:
-        """A periodic check (codec.Dictionaries.run_check), then the store's current dictionary re-read: another
-        process may have published one."""
-        self.dicts.run_check()
-        row = self.slots.db.execute("SELECT id FROM evalproxy_dict_current").fetchone()
-        if (row[0] if row else None) != self.dicts.current:
-            self._load_dictionaries()
+    def after_write(self) -> None:
+        """What is due after an answer was written: a periodic check, then the store's current dictionary re-read
+        (another process may have published one); training, on a thread of its own."""
+        t = self.table
+        if t.pending is not None:
+            t.run_check()
+            row = self.slots.db.execute("SELECT id FROM evalproxy_dict_current").fetchone()
+            if (row[0] if row else None) != t.current:
+                self.load()
+        if t.take_due():
+            self._training = threading.Thread(target=self._train, name="evalproxy-dictionary", daemon=True)
+            self._training.start()
 
     def _train(self) -> None:
         """On a thread of its own: train a dictionary on the samples and publish the choice, compare-and-set on the
@@ -263,15 +258,15 @@ class CacheStore:
         whichever the store holds."""
         full = False
         try:
-            data = self.dicts.train()
+            data = self.table.train()
             if data is not None:
-                full = self.publish(self.dicts.base, data)
-            self._load_dictionaries()
+                full = self.publish(self.table.base, data)
+            self.load()
         except Exception as exc:  # the store stays usable without: answers are compressed without a dictionary
             log.warning("the compression dictionary could not be stored in %s (%s: %s)", self.dir,
                         type(exc).__name__, exc)
         finally:
-            self.dicts.done_training(full)
+            self.table.done_training(full)
 
     def publish(self, judged: int | None, data: bytes) -> bool:
         """Make ``data`` (empty: no dictionary) the store's current dictionary if ``judged`` still is (the one this
@@ -293,23 +288,54 @@ class CacheStore:
             db.execute("INSERT OR REPLACE INTO evalproxy_dict_current VALUES (0, ?)", (dict_id,))
             return False
 
-    def dictionaries(self) -> list[bytes]:
+    def all(self) -> list[bytes]:
         return [bytes(d) for (d,) in self.slots.db.execute("SELECT data FROM evalproxy_dicts").fetchall()]
 
-    def put_dictionaries(self, items: list[bytes]) -> None:
-        held = self.dicts.add_all(items)
+    def put(self, items: list[bytes]) -> None:
+        held = self.table.add_all(items)
         self.slots.db.executemany("INSERT OR IGNORE INTO evalproxy_dicts VALUES (?, ?)",
                                   [(zstandard.ZstdCompressionDict(d).dict_id(), d) for d in held])
 
-    def _decode(self, blob: bytes) -> StoredAnswer:
+    def decode(self, blob: bytes) -> StoredAnswer:
         try:
-            return StoredAnswer.decode(blob, self.dicts)
+            return StoredAnswer.decode(blob, self.table)
         except codec.MissingDictionary:  # written by another process with a dictionary published since
-            self._load_dictionaries()
+            self.load()
         try:
-            return StoredAnswer.decode(blob, self.dicts)
+            return StoredAnswer.decode(blob, self.table)
         except codec.MissingDictionary as exc:
             raise ValueError(str(exc)) from exc
+
+
+class CacheStore:
+    """The synchronous store over one cache directory (every method blocks: see :class:`DiskStore`, which runs them
+    on its thread under the same names and signatures). Raises what sqlite3, diskcache and the file system raise."""
+
+    def __init__(self, cache_dir: str | Path, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.dir = Path(cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.responses = diskcache.Cache(str(self.dir / "responses"), **_NEVER_EVICT)
+        self.requests = diskcache.Cache(str(self.dir / "requests"), **_NEVER_EVICT)
+        self.failures_db = diskcache.Cache(str(self.dir / "failures"), **_NEVER_EVICT)
+        self.answers = DiskcacheTable(self.responses)
+        self.slots = SlotTable(self.answers, lease_seconds)
+        self._n_failures = len(self.failures_db)
+        self.dicts = DiskDictionaries(self.slots, self.dir)
+
+    @property
+    def databases(self) -> tuple[diskcache.Cache, ...]:
+        return (self.responses, self.requests, self.failures_db)
+
+    def close(self) -> None:
+        self.dicts.close()
+        for c in self.databases:
+            c.close()
+
+    def dictionaries(self) -> list[bytes]:
+        return self.dicts.all()
+
+    def put_dictionaries(self, items: list[bytes]) -> None:
+        self.dicts.put(items)
 
     # -- answers ---------------------------------------------------------------------------------------------------
     def get_answer(self, key: str, slot: int = 0) -> StoredAnswer | None:
@@ -322,7 +348,7 @@ class CacheStore:
         if blob is None:
             return None
         try:
-            return self._decode(blob)
+            return self.dicts.decode(blob)
         except (ValueError, KeyError, TypeError, struct.error, orjson.JSONDecodeError) as exc:
             log.warning("cache entry %s is corrupted (%s): deleted, the request goes upstream", k, exc)
             self.responses.delete(k)
@@ -333,12 +359,8 @@ class CacheStore:
         return [self.get_answer(key, slot) for key, slot in slots]
 
     def put_answer(self, key: str, slot: int, answer: StoredAnswer) -> None:
-        self.answers.put(answer_key(key, slot), answer.encode(self.dicts))
-        if self.dicts.pending is not None:
-            self._check_dictionary()
-        if self.dicts.take_due():
-            self._training = threading.Thread(target=self._train, name="evalproxy-dictionary", daemon=True)
-            self._training.start()
+        self.answers.put(answer_key(key, slot), answer.encode(self.dicts.table))
+        self.dicts.after_write()
 
     def count_answers(self) -> int:
         return len(self.responses)
@@ -476,8 +498,8 @@ class CacheStore:
         n: int = sum(int(c.clear()) for c in self.databases)
         self.slots.clear()
         self._n_failures = 0
-        self.dicts.forget()
-        self.dicts.use(None)
+        self.dicts.table.forget()
+        self.dicts.table.use(None)
         return n
 
 

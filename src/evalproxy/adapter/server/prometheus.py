@@ -15,11 +15,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from evalproxy.adapter.flow.request import request_kind
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _TOKEN_BUCKETS = (16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+REQUEST_CHILDREN_KEPT = 1024
+"""(path, status, cache result) triples whose requests-counter child a :class:`Prometheus` keeps at hand."""
 
 
 class Prometheus:
@@ -66,6 +72,7 @@ class Prometheus:
             "store was down or failed", registry=r,
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._request_children: dict[tuple[str, int, str], Any] = {}
 
     def count_in_flight(self, read: Callable[[], float]) -> bool:
         """Report the requests in flight as ``read()`` at each scrape, so that counting them costs nothing per
@@ -75,6 +82,18 @@ class Prometheus:
             return False
         self.in_flight.set_function(read)
         return True
+
+    def count_request(self, path: str, status: int, cache: str) -> None:
+        """One more request answered on ``path`` with ``status`` and cache result ``cache``; the counter's child
+        looked up once per such triple (up to :data:`REQUEST_CHILDREN_KEPT` of them: a client may name ever new
+        paths), not per request."""
+        key = (path, status, cache)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self.child(self.requests, request_kind(path), str(status), cache)
+            if len(self._request_children) < REQUEST_CHILDREN_KEPT:
+                self._request_children[key] = counter
+        counter.inc()
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, looked up once: label lookups take a lock and build tuples each time."""

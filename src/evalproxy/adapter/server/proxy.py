@@ -27,7 +27,7 @@ from evalproxy.adapter.config.schema import LoadedConfig
 from evalproxy.adapter.core.errors import PayloadTooLargeError, ProxyError, RequestTimeoutError
 from evalproxy.adapter.core.files import atomic_write_bytes
 from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
-from evalproxy.adapter.flow.request import ENDPOINT_PATHS, RequestContext, request_kind
+from evalproxy.adapter.flow.request import ENDPOINT_PATHS, RequestContext
 from evalproxy.adapter.flow.response import ProxyResponse
 from evalproxy.adapter.flow.state import CACHE_HIT, UPSTREAM_SECONDS
 from evalproxy.adapter.registry.registry import Resolved, resolve
@@ -74,7 +74,6 @@ class Proxy:
         self.ready = False
         self._hooks_ran_at: int | None = None
         self._hooks_lock = asyncio.Lock()
-        self._request_counters: dict[tuple[str, int, str], Any] = {}
         self.observers: list[Observer] = []
         """Told of every request the chain answered (see :data:`Observer`); a failing observer is logged, never
         raised."""
@@ -283,14 +282,14 @@ class Proxy:
                  status: int) -> None:
         prom = self.prometheus
         if ctx is None:
-            self._requests_counter(request.path, status, "none").inc()
+            prom.count_request(request.path, status, "none")
             return
         state = ctx.state
         hit = state.get(CACHE_HIT, False)
         up = state.get(UPSTREAM_SECONDS)
         if hit:
             self.cache_hits += 1
-        self._requests_counter(request.path, status, "hit" if hit else "none" if up is None else "miss").inc()
+        prom.count_request(request.path, status, "hit" if hit else "none" if up is None else "miss")
         total = time.perf_counter() - ctx.started
         prom.request_seconds.observe(total)
         if up is not None:
@@ -301,20 +300,6 @@ class Proxy:
                 observer(ctx, resp, status)
             except Exception:
                 log.exception("request observer %r failed", observer)
-
-    def _requests_counter(self, path: str, status: int, cache: str) -> Any:
-        """The requests counter's child for a path, status and cache result, looked up once per such triple (kept
-        for up to ``_COUNTERS_KEPT`` triples: a client may name ever new paths)."""
-        key = (path, status, cache)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = self.prometheus.child(self.prometheus.requests, request_kind(path), str(status), cache)
-            if len(self._request_counters) < _COUNTERS_KEPT:
-                self._request_counters[key] = counter
-        return counter
-
-
-_COUNTERS_KEPT = 1024
 
 
 def _overhead_ms(ctx: RequestContext) -> str:
