@@ -1,6 +1,6 @@
 """Round trips to the shared store, counted by the real redis-server: one script call per event-loop
-turn (with the HMGET of its looks' answers in the same write), a hit costs one and a miss two (MONITOR on the real
-redis-server); answers go in compressed and replay byte-identical."""
+turn (in the same write, the HSETs of its answers and pairs before it and the HMGET of its looks' answers after it), a
+hit costs one and a miss two (MONITOR on the real redis-server); answers go in compressed and replay byte-identical."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class TestBatches:
                     *(store.claim(f"k{i}", "r", sampled=False, reuse=True, owner="a") for i in range(50)),
                     store.finish("warm", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"), pair=None),
                     store.renew([("k1", 0)], owner="a"))
-                assert await monitor.sent() == ["evalsha", "hmget"]
+                assert await monitor.sent() == ["hset", "evalsha", "hmget"]  # the finish's answer, then the script
                 assert store.batch.round_trips - before == 1
             assert all(c.leased and c.slot == 0 for c in claims[:50])
             assert (await store.claim("warm", "r2", sampled=False, reuse=True, owner="b")).answer is not None
@@ -160,6 +160,26 @@ class TestBatches:
         finally:
             await store.aclose()
             await good.aclose()
+
+    async def test_a_refused_write_before_the_script_fails_only_its_callers(self, redis_server: RedisServer) -> None:
+        """A pair whose hash the server refuses (another type) fails the two callers whose records it carried, with
+        a StoreError naming WRONGTYPE; a finish in the same batch stores its answer, a claim is leased, and the
+        connection stays in step for the next batch."""
+        store = RedisStore(redis_server.url, prefix="pw:")
+        try:
+            await store.claim("warm", "r", sampled=False, reuse=True, owner="a")
+            await store.redis.set("pw:pair", "not a hash")
+            got = await asyncio.gather(store.save_pair(_pair()), store.save_pair(_pair()),
+                                       store.finish("f", 0, owner="a", answer=StoredAnswer(200, {}, body=b"{}"),
+                                                    pair=None),
+                                       store.claim("c", "r", sampled=False, reuse=True, owner="a"),
+                                       return_exceptions=True)
+            assert [type(g).__name__ for g in got[:2]] == ["StoreError"] * 2 and "WRONGTYPE" in str(got[0])
+            assert got[2] is None and got[3].leased
+            again = await store.claim("f", "r", sampled=False, reuse=True, owner="b")
+            assert again.answer is not None and again.answer.body == b"{}"
+        finally:
+            await store.aclose()
 
     async def test_an_operation_of_many_keys_runs_whole(self, redis_server: RedisServer) -> None:
         """A renewal of 150 slots (more fields than the script reads in one go) moves every one of their leases,
@@ -246,7 +266,9 @@ class TestThroughTheProxy:
         async with Monitor(redis_server.url) as monitor:
             for extra in ({}, {"stream": True, "stream_options": {"include_usage": True}}):
                 miss, how = await ask("Prove it.", **extra)
-                assert how == "miss" and await monitor.sent() == ["evalsha", "hmget", "evalsha"]
+                assert how == "miss"
+                # The answer and the pair go by plain HSETs in the same write as the settling script.
+                assert await monitor.sent() == ["evalsha", "hmget", "hset", "hset", "evalsha"]
                 hit, how = await ask("Prove it.", **extra)
                 assert how == "hit" and await monitor.sent() == ["evalsha", "hmget"]
                 assert hit == miss and len(miss) > 5_000

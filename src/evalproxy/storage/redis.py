@@ -23,7 +23,9 @@ server together as one call of one script (:class:`TurnBatch`, on connections of
 store commits a turn's calls in one transaction: a miss costs one round trip before the upstream call and one after, a
 hit one, and under load a round trip serves many requests. A deterministic request's claim goes in its batch as a
 "look": the script only asks whether its answer is there and leases an empty slot, and the answers of the batch's looks
-are read by one plain ``HMGET`` sent with the script call, never through Lua. Answers are stored compressed
+are read by one plain ``HMGET`` sent with the script call, never through Lua; likewise the answers and saved pairs a
+batch writes go by plain ``HSET``s sent before the script call, in the same write (the settling script releases the
+lease after them: a reader that sees the lease gone finds the answer). Answers are stored compressed
 (:mod:`evalproxy.storage.codec`; a large one is compressed and decompressed in a thread). A lease lives
 ``lease_seconds`` (default LEASE_SECONDS) unless renewed, by the server's own clock: the scripts read ``TIME`` (once per
 call) and keep the lease's deadline in its value, so a lease key that lost its TTL or never had one (a crashed writer, a
@@ -196,7 +198,7 @@ local function settle(K, A)
   if A[2] ~= '' then redis.call('HSET', K[1], A[1], A[2]) end
   if A[4] ~= '' then
     redis.call('ZADD', K[3], A[5], A[4])
-    redis.call('HSET', K[4], A[4], A[6])
+    if A[6] ~= '' then redis.call('HSET', K[4], A[4], A[6]) end
   end
   local _, holder = parse_lease(redis.call('GET', K[2]))
   if holder == A[3] then redis.call('DEL', K[2]) end
@@ -215,7 +217,7 @@ end
 
 local function pair(K, A)
   redis.call('ZADD', K[1], A[1], A[2])
-  redis.call('HSET', K[2], A[2], A[3])
+  if A[3] ~= '' then redis.call('HSET', K[2], A[2], A[3]) end
   return 1
 end
 
@@ -464,6 +466,36 @@ class LookCall(NamedTuple):
 
 NO_LOOKS = LookCall()
 
+Put = tuple[str, bytes, bytes]
+"""A field an operation writes by a plain HSET before the script call: (hash key, field, value)."""
+
+
+class PreWrites(NamedTuple):
+    """The HSETs a batch sends before its script call, in the same write (RESP), and their number."""
+
+    data: bytes = b""
+    commands: int = 0
+
+
+NO_WRITES = PreWrites()
+
+Reply = tuple[bytes, "list[bytes | None] | None", "list[ResponseError | None]"]
+"""What one batch call gets back: the script's reply, the looks' answers, and each pre-write's error or None."""
+
+
+def pre_writes(puts: list[tuple[Put, ...]]) -> tuple[PreWrites, list[list[int]]]:
+    """The operations' puts as one HSET per hash, and for each HSET the operations whose puts it carries (a refused
+    HSET fails them). A field written twice keeps its last value, as two HSETs in the script did."""
+    by_key: dict[str, tuple[list[bytes], list[int]]] = {}
+    for i, op_puts in enumerate(puts):
+        for key, field, value in op_puts:
+            items, whose = by_key.setdefault(key, ([], []))
+            items += (field, value)
+            whose.append(i)
+    commands = [b"*%d\r\n$4\r\nHSET\r\n" % (len(items) + 2) + _bulks([key.encode(), *items])
+                for key, (items, _) in by_key.items()]
+    return PreWrites(b"".join(commands), len(commands)), [whose for _, whose in by_key.values()]
+
 
 def _bulks(items: list[bytes]) -> bytes:
     return b"".join([b"$%d\r\n%s\r\n" % (len(x), x) for x in items])
@@ -487,12 +519,12 @@ class TurnBatch:
     of their own: one script call never carries more than the store's timeout can cover)."""
     MAX_IN_FLIGHT = 2
 
-    def __init__(self, script: Callable[[bytes, LookCall], Awaitable[tuple[bytes, list[bytes | None] | None]]],
+    def __init__(self, script: Callable[[bytes, LookCall, PreWrites], Awaitable[Reply]],
                  call: Callable[[Awaitable[Any]], Awaitable[Any]], error: Callable[[BaseException], BaseException],
                  head: Callable[[], list[bytes]]) -> None:
         self._script, self._call, self._error, self._head = script, call, error, head
-        self._outbox: list[tuple[bytes, asyncio.Future[Any]]] = []
-        """Each operation packed as it is asked for (:func:`pack_op`), and its caller's future."""
+        self._outbox: list[tuple[bytes, asyncio.Future[Any], tuple[Put, ...]]] = []
+        """Each operation packed as it is asked for (:func:`pack_op`), its caller's future and its puts."""
         self._looks: list[tuple[bytes, bytes, asyncio.Future[tuple[int, bytes]]]] = []
         self._sizes: list[int] = []
         self._scheduled = False
@@ -500,12 +532,14 @@ class TurnBatch:
         self.round_trips = 0
         """Batches sent so far (for tests and benchmarks)."""
 
-    def run(self, op: str, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
+    def run(self, op: str, keys: list[Any], args: list[Any], puts: tuple[Put, ...] = ()) -> asyncio.Future[Any]:
+        """Queue ``op``; ``puts`` (hash, field, value) are written by a plain HSET sent before the script call, in the
+        same write (answers and pairs: bytes that pass through Lua cost the server far more than the commands)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         data = pack_op(op, keys, args)
-        self._outbox.append((data, fut))
-        self._sizes.append(len(data))
+        self._outbox.append((data, fut, puts))
+        self._sizes.append(len(data) + sum(len(v) for _, _, v in puts))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -551,13 +585,18 @@ class TurnBatch:
         read = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2) + _bulks([head[0], *fields])
         return LookCall(_bulks(args), len(args), read, len(fields))
 
-    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any]]],
+    async def _send(self, ops: list[tuple[bytes, asyncio.Future[Any], tuple[Put, ...]]],
                     looks: list[tuple[bytes, bytes, asyncio.Future[tuple[int, bytes]]]]) -> None:
         self.round_trips += 1
-        futs = [fut for _, fut in ops] + [fut for _, _, fut in looks]
+        futs = [fut for _, fut, _ in ops] + [fut for _, _, fut in looks]
+        pre, owners = pre_writes([puts for _, _, puts in ops])
         try:
-            blob, answers = await self._call(self._script(b"".join([data for data, _ in ops]), self._look_call(looks)))
+            blob, answers, refused = await self._call(self._script(b"".join([data for data, _, _ in ops]),
+                                                                   self._look_call(looks), pre))
             results = unpack_results(blob, len(ops), len(looks), answers)
+            for error, whose in zip(refused, owners, strict=True):
+                for i in whose if error is not None else ():
+                    results[i] = error  # its write refused (the hash is of another type): the caller's failure
         except Exception as exc:  # the whole batch failed: each caller gets the error (one instance each)
             for fut in futs:
                 if not fut.done():
@@ -718,6 +757,34 @@ async def read_reply(conn: Any) -> bytes:
     raise InvalidResponse(f"unexpected reply to the batch script: {line[:40]!r}")
 
 
+async def read_status(conn: Any) -> ResponseError | None:
+    """The reply of one pre-write (an HSET sent before the script call): None (an integer: done), or the server's
+    refusal. As :func:`read_reply`."""
+    if not hasattr(conn, "_reader"):
+        try:
+            await conn.read_response(timeout=math.inf)
+            return None
+        except ResponseError as exc:
+            return exc
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    try:
+        line = await reader.readline()
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:
+        raise InvalidResponse(f"unreadable reply to a pre-write ({exc})") from exc
+    if line[-2:] != b"\r\n":
+        raise RedisConnectionError("the server closed the connection")
+    if line[:1] == b":":
+        return None
+    if line[:1] == b"-":
+        error = server_error(line[1:-2].decode("utf-8", "replace"))
+        return error if isinstance(error, ResponseError) else ResponseError(str(error))
+    raise InvalidResponse(f"unexpected reply to a pre-write: {line[:40]!r}")
+
+
 async def read_values(conn: Any) -> list[bytes | None] | None:
     """The reply of the HMGET a batch's looks send after the script call: the answers (None: not there), or None if
     the server refused it (the script's looks then carry the error of their own). As :func:`read_reply`."""
@@ -769,15 +836,16 @@ class BatchConnections:
     def _make(self) -> Any:
         return self.pool.connection_class(**self._kwargs)
 
-    async def __call__(self, blob: bytes, looks: LookCall = NO_LOOKS) -> tuple[bytes, list[bytes | None] | None]:
-        """One call of the batch script with ``blob`` and ``looks``, on an idle connection or a new one: its reply,
-        and the reply of the looks' HMGET. A kept connection that went stale (the server restarted) is tried once
-        more, connected afresh; a script the server lost (restarted, flushed) is loaded again."""
+    async def __call__(self, blob: bytes, looks: LookCall = NO_LOOKS, pre: PreWrites = NO_WRITES) -> Reply:
+        """One call of the batch script with ``blob`` and ``looks``, after the HSETs ``pre``, on an idle connection
+        or a new one: its reply, the reply of the looks' HMGET, and each pre-write's error or None. A kept
+        connection that went stale (the server restarted) is tried once more, connected afresh; a script the server
+        lost (restarted, flushed) is loaded again."""
         make = self._make
         conn = self._idle.pop() if self._idle else make()
         for attempt in (1, 2):
             try:
-                reply = await self._evalsha(conn, blob, looks)
+                reply = await self._evalsha(conn, blob, looks, pre)
             except RedisConnectionError:
                 await conn.disconnect()
                 if attempt == 2:
@@ -793,10 +861,12 @@ class BatchConnections:
             return reply
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _evalsha(self, conn: Any, blob: bytes, looks: LookCall) -> tuple[bytes, list[bytes | None] | None]:
+    async def _evalsha(self, conn: Any, blob: bytes, looks: LookCall, pre: PreWrites) -> Reply:
         head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n$%d\r\n" % (4 + looks.more, _BATCH_SHA, len(blob))
         for attempt in (1, 2):
-            await conn.send_packed_command([head, blob, b"\r\n", looks.args, looks.read], check_health=False)
+            # (Sent again after a lost script: the same fields, the same values.)
+            await conn.send_packed_command([pre.data, head, blob, b"\r\n", looks.args, looks.read], check_health=False)
+            written = [await read_status(conn) for _ in range(pre.commands)]
             refused: ResponseError | None = None
             try:
                 reply = await read_reply(conn)
@@ -804,7 +874,7 @@ class BatchConnections:
                 reply, refused = b"", exc
             answers = await read_values(conn) if looks.fields else None  # read in any case: the stream stays in step
             if refused is None:
-                return reply, answers
+                return reply, answers, written
             if not isinstance(refused, NoScriptError) or attempt == 2:
                 raise refused
             await self.redis.script_load(_BATCH)
@@ -923,9 +993,12 @@ class RedisStore:
         blob = b""
         if answer is not None:
             blob = await self.dicts.encode(answer)
+        field = answer_key(key, slot)
+        puts = ((self.k_answers, field.encode(), blob),) if blob else ()
         await self.batch.run(
             "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
-            [answer_key(key, slot), blob, self._lease_value(owner), member, score, record, ""])
+            [field, b"", self._lease_value(owner), member, score, b"", ""],
+            (*puts, (self.k_pair, member.encode(), record)) if member else puts)
 
     async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
         await self.batch.run(
@@ -945,7 +1018,8 @@ class RedisStore:
 
     async def save_pair(self, pair: SavedPair) -> None:
         member, score, record = self._pair_record(pair)
-        await self.batch.run("pair", [self.k_pairs, self.k_pair], [score, member, record])
+        await self.batch.run("pair", [self.k_pairs, self.k_pair], [score, member, b""],
+                             ((self.k_pair, member.encode(), record),))
 
     async def count_pairs(self) -> int:
         return int(await self._call(self.redis.zcard(self.k_pairs)))
