@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
-import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
 import redis
+from run import start_redis
 
 import evalproxy.storage.redis as R
 
@@ -95,12 +93,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--batch", type=int, default=17)
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
+    server, port = start_redis()
     try:
         r = redis.Redis(port=port)
         batch, in_lua = r.script_load(R._BATCH), r.script_load(LOOK_IN_LUA)

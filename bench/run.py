@@ -246,14 +246,21 @@ _REDIS: list[subprocess.Popen[str]] = []
 _REDIS_URL: list[str] = []
 
 
+def start_redis() -> tuple[subprocess.Popen[str], int]:
+    """A redis-server on a free loopback port, no persistence, in a directory of its own, ready: (process, port).
+    The caller stops it."""
+    port = free_port()
+    data = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                          "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, text=True)
+    wait_port(port, p)
+    return p, port
+
+
 def redis_url() -> str:
     """A redis-server on a free loopback port for the whole run (stopped at exit), for peer evalproxy_redis."""
     if not _REDIS_URL:
-        port = free_port()
-        data = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, text=True)
-        wait_port(port, p)
+        p, port = start_redis()
         _REDIS.append(p)
         _REDIS_URL.append(f"redis://127.0.0.1:{port}/0")
         atexit.register(p.terminate)

@@ -16,13 +16,14 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from run import start_redis
 
 from evalproxy.storage import Store, StoredAnswer, open_store
 
@@ -64,7 +65,7 @@ async def load(store: Store, stock: list[StoredAnswer], n: int, c: int, tag: str
     return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1000 / n
 
 
-async def measure(args: argparse.Namespace, server: subprocess.Popen[bytes], port: int) -> None:
+async def measure(args: argparse.Namespace, server: subprocess.Popen[str], port: int) -> None:
     stock = answers(args.corpus)
     rows: dict[str, list[dict[str, Any]]] = {"disk": [], "redis": []}
     for rnd in range(args.rounds):
@@ -109,12 +110,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--corpus", action="store_true")
     args = ap.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    time.sleep(0.5)
+    server, port = start_redis()
     try:
         import uvloop
 
