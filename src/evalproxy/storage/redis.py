@@ -729,6 +729,17 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+def _stream_of(conn: Any) -> asyncio.StreamReader | None:
+    """A redis-py connection's stream, to read a reply off; None for a redis-py that keeps it elsewhere (``_reader``
+    is its private name, in 5 to 8): its own parser reads it then."""
+    if not hasattr(conn, "_reader"):
+        return None
+    reader: asyncio.StreamReader | None = conn._reader
+    if reader is None:
+        raise RedisConnectionError("the connection is closed")
+    return reader
+
+
 async def read_reply(conn: Any) -> bytes:
     """The batch script's reply (one bulk string) read off a redis-py connection's stream. Not through redis-py's
     parser: its layers (a coroutine per level, buffer bookkeeping, a copy of the reply) cost the client more than
@@ -736,11 +747,9 @@ async def read_reply(conn: Any) -> bytes:
     redis-py's parser holds nothing of a reply between calls. No timeout here: the store's bounds every call. A
     redis-py whose connections keep their stream elsewhere (``_reader`` is its private name, in 5 to 8) is read
     through its own parser."""
-    if not hasattr(conn, "_reader"):
-        return bytes(await conn.read_response(timeout=math.inf))
-    reader: asyncio.StreamReader | None = conn._reader
+    reader = _stream_of(conn)
     if reader is None:
-        raise RedisConnectionError("the connection is closed")
+        return bytes(await conn.read_response(timeout=math.inf))
     try:
         line = await reader.readline()
         if line[:1] == b"$" and line[-2:] == b"\r\n" and not line.startswith(b"$-"):  # ($-1: nil, never sent)
@@ -760,15 +769,13 @@ async def read_reply(conn: Any) -> bytes:
 async def read_status(conn: Any) -> ResponseError | None:
     """The reply of one pre-write (an HSET sent before the script call): None (an integer: done), or the server's
     refusal. As :func:`read_reply`."""
-    if not hasattr(conn, "_reader"):
+    reader = _stream_of(conn)
+    if reader is None:
         try:
             await conn.read_response(timeout=math.inf)
             return None
         except ResponseError as exc:
             return exc
-    reader: asyncio.StreamReader | None = conn._reader
-    if reader is None:
-        raise RedisConnectionError("the connection is closed")
     try:
         line = await reader.readline()
     except (asyncio.IncompleteReadError, OSError) as exc:
@@ -788,14 +795,12 @@ async def read_status(conn: Any) -> ResponseError | None:
 async def read_values(conn: Any) -> list[bytes | None] | None:
     """The reply of the HMGET a batch's looks send after the script call: the answers (None: not there), or None if
     the server refused it (the script's looks then carry the error of their own). As :func:`read_reply`."""
-    if not hasattr(conn, "_reader"):
+    reader = _stream_of(conn)
+    if reader is None:
         try:
             return list(await conn.read_response(timeout=math.inf))
         except ResponseError:
             return None
-    reader: asyncio.StreamReader | None = conn._reader
-    if reader is None:
-        raise RedisConnectionError("the connection is closed")
     try:
         line = await reader.readline()
         if line[:1] == b"-" and line[-2:] == b"\r\n":
