@@ -201,7 +201,7 @@ pathlib.Path("ran").touch()
 print("key", os.environ.get("{API_KEY_ENV}") == "{API_KEY}", "ticket", "{TICKET_ENV}" in os.environ,
       "url", "{SERVICE_URL_ENV}" in os.environ)
 print("store", os.environ.get("{CACHE_URL_ENV}", "").startswith("redis://"), len(sys.argv))
-print("hf", os.environ.get("{HF_ENV}") == "{HF_TOKEN}", os.environ.get("HF_HOME"))
+print("hf", os.environ.get("{HF_ENV}") == "{HF_TOKEN}", os.environ.get("HF_HOME"), os.environ.get("GPUS_TEST"))
 print("printed:", os.environ["{API_KEY_ENV}"], os.environ["{HF_ENV}"])
 """
 
@@ -211,14 +211,16 @@ class TestWrapperFetch:
             self, ticketed: Ticketed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """With no secret in its own environment, the wrapper fetches them with the ticket: the command gets the
         key, HF_TOKEN and the store URL in its environment (none as an argument), and the rest of the job's
-        environment (HF_HOME), never the ticket; its log redacts the key and the token."""
+        environment (HF_HOME) where the node set nothing itself (its GPUs stay its own), never the ticket; its log
+        redacts the key and the token."""
         job_id, ticket = await ticketed.add("running")
         monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("GPUS_TEST", "0,1")  # the service's own
         env = {k: v for k, v in os.environ.items() if not secret_env(k, v) and k != "HF_HOME"}
-        env.update({TICKET_ENV: ticket, SERVICE_URL_ENV: str(ticketed.client.make_url(""))})
+        env.update({TICKET_ENV: ticket, SERVICE_URL_ENV: str(ticketed.client.make_url("")), "GPUS_TEST": "3"})
         status, log, exited = await _wrap(tmp_path, env, job_id, CHILD)
         assert (status, exited) == (0, {"returncode": 0}), log
-        assert "key True ticket False url False" in log and "store True 1" in log and "hf True /data/hf" in log
+        assert "key True ticket False url False" in log and "store True 1" in log and "hf True /data/hf 3" in log
         assert "printed:" in log and API_KEY not in log and HF_TOKEN not in log
 
     @pytest.mark.parametrize("why", ["refused", "ended"])

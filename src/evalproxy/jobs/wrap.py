@@ -75,8 +75,8 @@ def write_exit(path: Path, returncode: int, reason: str | None = None) -> None:
 
 def child_env(job_id: str | None) -> tuple[dict[str, str], list[str]]:
     """(CMD's environment, the secret values it holds): this process's environment, and with ``job_id`` what was
-    fetched with the ticket (the secrets, the rest of the job's environment) instead of the ticket. Raises
-    FetchError."""
+    fetched with the ticket instead of the ticket: the secrets, and the rest of the job's environment where the node
+    did not set a variable itself. Raises FetchError."""
     env = dict(os.environ)
     if job_id is None:
         return env, []
@@ -84,7 +84,9 @@ def child_env(job_id: str | None) -> tuple[dict[str, str], list[str]]:
     if not ticket or not url:
         raise FetchError(f"--secrets-from needs ${TICKET_ENV} and ${SERVICE_URL_ENV} in the job's environment")
     fetched, rest = fetch_secrets(url, job_id, ticket)
-    return {**env, **rest, **fetched}, [ticket, *fetched.values()]
+    # What the node set wins over the rest of the service's environment (Slurm's own SLURM_*, the GPUs it gave the
+    # job in CUDA_VISIBLE_DEVICES, a TMPDIR of the job's), as it did when sbatch carried that environment.
+    return {**rest, **env, **fetched}, [ticket, *fetched.values()]
 
 
 def _fail(args: argparse.Namespace, code: int, message: str) -> int:
