@@ -196,14 +196,21 @@ class TestBatches:
             await store.aclose()
 
     async def test_a_killed_connection_and_a_flushed_script_fail_no_call(self, redis_server: RedisServer) -> None:
-        """The batches' own connection killed by the server and the script flushed from it: the next calls
-        succeed all the same (a fresh connection, the script loaded again) and what they store is there."""
+        """The batches' own connection killed by the server and the script flushed from it: the next calls (a
+        finish whose answer goes before the script call among them) succeed all the same (a fresh connection, the
+        script loaded again) and what they store is there."""
         store = RedisStore(redis_server.url)
         admin = aredis.Redis.from_url(redis_server.url)
         try:
             assert (await store.claim("a", "r", sampled=False, reuse=True, owner="o")).leased
             await admin.script_flush()
-            assert (await store.claim("b", "r", sampled=False, reuse=True, owner="o")).leased
+            both = await asyncio.gather(  # an answer's HSET goes before the script call: sent again with it
+                store.claim("b", "r", sampled=False, reuse=True, owner="o"),
+                store.finish("a", 0, owner="o", answer=StoredAnswer(200, {}, body=b'{"a":1}'), pair=None))
+            assert both[0].leased
+            again = await store.claim("a", "r2", sampled=False, reuse=True, owner="o2")
+            assert again.answer is not None and again.answer.body == b'{"a":1}'
+            assert not await admin.exists("evalproxy:lease:a:0")  # the settle ran: its lease is gone
             assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
             await store.finish("b", 0, owner="o", answer=StoredAnswer(200, {}, body=b'{"x":1}'), pair=None)
             got = await store.claim("b", "r2", sampled=False, reuse=True, owner="o2")
