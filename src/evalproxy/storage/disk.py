@@ -18,7 +18,7 @@ An encoded answer is ``MAGIC + sha256(payload)[:8] + payload`` with ``payload = 
 Every call blocks, so one thread per store (:class:`StoreWorker`) runs them in batches, each batch one SQLite
 transaction per database; claims take the slot table's write lock, so they are atomic across processes sharing the
 directory. A deterministic request whose answer is stored (a hit) is settled by a plain read before that
-(:meth:`CacheStore.look`): hits take no write lock and wait for no commit. Not for NFS or Lustre: SQLite's locks do
+(:meth:`CacheStore.look_all`): hits take no write lock and wait for no commit. Not for NFS or Lustre: SQLite's locks do
 not hold there (use Redis). What fails on that thread (sqlite3, diskcache, the file system) reaches the caller as the
 ``StoreError`` subtree (:func:`store_error`); every use of diskcache's internals is in
 :mod:`evalproxy.storage.diskcache_table`.
@@ -231,6 +231,11 @@ class DiskDictionaries:
         if self._training is not None:
             self._training.join()
 
+    def forget(self) -> None:
+        """The store was cleared: no dictionary any more, answers written without one."""
+        self.table.forget()
+        self.table.use(None)
+
     def load(self) -> None:
         """Hold every dictionary of the store and write with its current one (if it has one)."""
         rows = self.slots.db.execute("SELECT id, data FROM evalproxy_dicts").fetchall()
@@ -378,22 +383,15 @@ class CacheStore:
             self.responses.set(name, blob)
 
     # -- slots and leases ------------------------------------------------------------------------------------------
-    def look(self, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> Claim | None:
-        """A deterministic request's stored answer found by a plain read, outside the write transaction (None: the
-        claim runs in it, and looks again under the write lock before it leases; a sampled slot is counted there)."""
-        if sampled or not reuse:
-            return None
-        answer = self.get_answer(key, 0)
-        return Claim(0, answer) if answer is not None else None
-
-    def look_all(self, looks: list[Look]) -> list[Claim | None]:
-        """:meth:`look` for each of ``looks`` (a batch's claims), their answers read with one statement."""
-        wanted = [answer_key(look.key, 0) for look in looks if look.wanted]
-        blobs = self.answers.get_many(wanted) if wanted else {}
+    def look_all(self, keys: list[str]) -> list[Claim | None]:
+        """Deterministic requests' stored answers (slot 0 of each key) found by plain reads, one statement for all,
+        outside the write transaction (None: the claim runs in it, and looks again under the write lock before it
+        leases)."""
+        names = [answer_key(key, 0) for key in keys]
+        blobs = self.answers.get_many(names)
         out: list[Claim | None] = []
-        for look in looks:
-            k = answer_key(look.key, 0)
-            answer = self._answer(k, blobs.get(k)) if look.wanted else None
+        for k in names:
+            answer = self._answer(k, blobs.get(k))
             if answer is None:
                 blobs.pop(k, None)  # damaged: logged and deleted once, the same key's other looks find nothing
             out.append(Claim(0, answer) if answer is not None else None)
@@ -498,33 +496,19 @@ class CacheStore:
         n: int = sum(int(c.clear()) for c in self.databases)
         self.slots.clear()
         self._n_failures = 0
-        self.dicts.table.forget()
-        self.dicts.table.use(None)
+        self.dicts.forget()
         return n
 
 
-Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool, Callable[[], Any] | None]
-"""fn (its arguments bound), its future, whether it writes, and for a write a plain read to try first (its result,
-unless None, is the call's: the write is not run)."""
+Call = tuple[Callable[[], Any], "asyncio.Future[Any]", bool, str | None]
+"""fn (its arguments bound), its future, whether it writes, and for a claim the key whose stored answer settles it
+when a plain read finds one (:meth:`CacheStore.look_all`: the write is not run)."""
 
 
-class Look:
-    """A claim's plain read, tried before its write (:meth:`StoreWorker.submit`'s ``first``): :meth:`CacheStore.look`
-    with the claim's arguments. The looks of one batch are read together (:meth:`CacheStore.look_all`)."""
-
-    __slots__ = ("key", "owner", "reuse", "run_id", "sampled", "store")
-
-    def __init__(self, store: CacheStore, key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> None:
-        self.store, self.key, self.run_id, self.sampled, self.reuse, self.owner = (
-            store, key, run_id, sampled, reuse, owner)
-
-    @property
-    def wanted(self) -> bool:
-        """Whether the look reads at all (a sampled or non-reusing claim is settled in the transaction)."""
-        return self.reuse and not self.sampled
-
-    def __call__(self) -> Claim | None:
-        return self.store.look(self.key, self.run_id, sampled=self.sampled, reuse=self.reuse, owner=self.owner)
+def _hit_key(key: str, run_id: str, *, sampled: bool, reuse: bool, owner: str) -> str | None:
+    """A claim's key, when a stored answer settles it: a deterministic request's (a sampled slot is counted in the
+    transaction, and a claim that reuses nothing only leases)."""
+    return key if reuse and not sampled else None
 
 
 class StoreWorker:
@@ -535,11 +519,11 @@ class StoreWorker:
     the thread takes everything handed over so far, runs the writes inside one transaction (one commit per batch
     instead of one per answer; reads, :meth:`read`, outside it) and wakes the loop once for the whole batch. A
     result is delivered only after its batch committed, so an answer the client saw is on disk. Under load the
-    batches grow by themselves; a lone request is a batch of one. A write may come with a read to try first,
-    outside the transaction (:meth:`submit`'s ``first``: a claim's look-up), which settles it when it finds its
-    answer. After :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so they commit
-    with the batch: a miss costs no extra commit. A call that fails raises the ``StoreError`` subtree
-    (:func:`store_error`) in its caller only.
+    batches grow by themselves; a lone request is a batch of one. A claim may come with a key to look up first,
+    outside the transaction (:meth:`submit`'s ``look``), which settles it when its answer is stored. After
+    :meth:`aclose`, calls are refused. Claims and leases live in the answers' database, so they commit with the
+    batch: a miss costs no extra commit. A call that fails raises the ``StoreError`` subtree (:func:`store_error`)
+    in its caller only.
     """
 
     MAX_BATCH = 256
@@ -562,10 +546,10 @@ class StoreWorker:
         (every saved pair, for a report) does not hold the write lock other processes' claims wait for."""
         return await self.submit(functools.partial(fn, *args, **kwargs) if args or kwargs else fn, writes=False)
 
-    async def submit(self, fn: Callable[[], T], *, writes: bool, first: Callable[[], T | None] | None = None) -> T:
-        """Queue ``fn`` for the thread's next batch (see :meth:`call` and :meth:`read`). ``first``, for a write: a read
-        tried before it, outside the transaction; a result other than None is the call's and ``fn`` is not run (a
-        cache hit takes no write lock and waits for no commit)."""
+    async def submit(self, fn: Callable[[], T], *, writes: bool, look: str | None = None) -> T:
+        """Queue ``fn`` for the thread's next batch (see :meth:`call` and :meth:`read`). ``look``, for a claim: the key
+        whose stored answer, found by a plain read outside the transaction with the batch's other looks, is the
+        call's result, ``fn`` not run (a cache hit takes no write lock and waits for no commit)."""
         if self._closed:
             raise StoreClosedError(f"the store at {self.store.dir} is closed")
         loop = asyncio.get_running_loop()
@@ -574,7 +558,7 @@ class StoreWorker:
             self._thread = threading.Thread(target=self._run, name="evalproxy-store", daemon=True)
             self._thread.start()
         fut: asyncio.Future[T] = loop.create_future()
-        self._outbox.append((fn, fut, writes, first))
+        self._outbox.append((fn, fut, writes, look))
         if len(self._outbox) == 1:
             loop.call_soon(self._hand_over)
         return await fut
@@ -631,33 +615,23 @@ Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 def _settle_first(writes: list[Call], outcomes: list[Outcome], store: CacheStore) -> list[Call]:
-    """Run the plain reads of ``writes`` that have one, outside any transaction; those that find their result are
-    settled (appended to ``outcomes``); the rest, to run in the batch's transaction, are returned. A read that fails
-    leaves its call to the write, which meets the failure again or not (the read never decides on an error). The
-    claims' looks (:class:`Look`) are read with one statement when there are several."""
-    looks = [call[3] for call in writes if type(call[3]) is Look]
-    seen: dict[int, Any] = {}
-    if len(looks) > 1:
-        try:
-            seen = {id(look): claim for look, claim in zip(looks, store.look_all(looks), strict=True)}
-        except Exception:
-            seen = {}  # each looks on its own below, and fails there or not
-    left: list[Call] = []
-    for call in writes:
-        first = call[3]
-        if first is not None:
-            if id(first) in seen:
-                result = seen[id(first)]
-            else:
-                try:
-                    result = first()
-                except Exception:
-                    result = None
-            if result is not None:
-                outcomes.append((call[1], result, None))
-                continue
-        left.append(call)
-    return left
+    """Look up the keys of the claims among ``writes`` that have one, with one plain read outside any transaction;
+    those whose answer is stored are settled (appended to ``outcomes``); the rest, to run in the batch's
+    transaction, are returned. A read that fails leaves every claim to its write, which meets the failure again or
+    not (the read never decides on an error)."""
+    looking = [call for call in writes if call[3] is not None]
+    if not looking:
+        return writes
+    try:
+        found = store.look_all([call[3] for call in looking if call[3] is not None])
+    except Exception:
+        return writes
+    settled: set[int] = set()
+    for call, claim in zip(looking, found, strict=True):
+        if claim is not None:
+            outcomes.append((call[1], claim, None))
+            settled.add(id(call))
+    return [call for call in writes if id(call) not in settled] if settled else writes
 
 
 def _run_calls(calls: list[Call], where: str) -> list[Outcome]:
@@ -686,8 +660,8 @@ class _OnThread(Generic[P, T]):
     look-up leaves the bound method in the instance, so a request pays no more than a plain method call."""
 
     def __init__(self, fn: Callable[Concatenate[CacheStore, P], T], *, writes: bool,
-                 first: Callable[Concatenate[CacheStore, P], Callable[[], T | None]] | None = None) -> None:
-        self.fn, self.writes, self.first = fn, writes, first
+                 look: Callable[P, str | None] | None = None) -> None:
+        self.fn, self.writes, self.look = fn, writes, look
         self.name = fn.__name__
         self.__doc__ = fn.__doc__
 
@@ -704,12 +678,11 @@ class _OnThread(Generic[P, T]):
         if obj is None:
             return self
         submit, method, writes = obj._worker.submit, getattr(obj.sync, self.name), self.writes
-        if self.first is not None:
-            make_first, store = self.first, obj.sync
+        if self.look is not None:
+            key_of = self.look
 
             def looking_first(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
-                return submit(functools.partial(method, *args, **kwargs), writes=writes,
-                              first=make_first(store, *args, **kwargs))
+                return submit(functools.partial(method, *args, **kwargs), writes=writes, look=key_of(*args, **kwargs))
 
             obj.__dict__[self.name] = looking_first
             return looking_first
@@ -749,7 +722,7 @@ class DiskStore:
     def lease_seconds(self, value: float) -> None:
         self.sync.slots.lease_seconds = value
 
-    claim = _OnThread(CacheStore.claim, writes=True, first=Look)
+    claim = _OnThread(CacheStore.claim, writes=True, look=_hit_key)
     acquire = _OnThread(CacheStore.acquire, writes=True)
     finish = _OnThread(CacheStore.finish, writes=True)
     abandon = _OnThread(CacheStore.abandon, writes=True)
