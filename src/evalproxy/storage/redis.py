@@ -143,10 +143,11 @@ end
 #         0 an answer (payload), 1 leased, 2 someone else fills the slot (payload: the lease value). A lease past
 #         its deadline by the server's clock, without one (and without a TTL), or with a deadline further ahead than
 #         one lease is taken over.
-# settle  K: answers, lease, pairs, pair, free. A: answer field, answer ("" none), holder, pair member ("" none),
-#         pair score, pair record, slot to hand back ("" none). finish and abandon in one step each.
+# settle  K: lease, pairs, free. A: holder, pair member ("" none), pair score, slot to hand back ("" none). finish
+#         and abandon in one step each: the answer and the pair's record are written before the script call (plain
+#         HSETs in the same write, TurnBatch.run's puts), settle indexes the pair and releases the lease.
 # renew   K: lease keys. A: holder, lease ms. Moves the deadline (and the TTL) of the holder's leases.
-# pair    K: pairs zset, pair hash. A: score, member, record.
+# pair    K: pairs zset. A: score, member (its record written before the script call, as settle's).
 # failure K: failures zset, failure hash. A: score, member, record, bound. Returns 1 if kept, 0 at the bound.
 # dict    K: the current dictionary's id, the dictionaries hash. A: the id this process writes with ("" none), a
 #         new dictionary's id and bytes ("" "": only read; "-": none from now on), the bound on dictionaries.
@@ -195,14 +196,10 @@ local function claim(K, A)
 end
 
 local function settle(K, A)
-  if A[2] ~= '' then redis.call('HSET', K[1], A[1], A[2]) end
-  if A[4] ~= '' then
-    redis.call('ZADD', K[3], A[5], A[4])
-    if A[6] ~= '' then redis.call('HSET', K[4], A[4], A[6]) end
-  end
-  local _, holder = parse_lease(redis.call('GET', K[2]))
-  if holder == A[3] then redis.call('DEL', K[2]) end
-  if A[7] ~= '' then redis.call('ZADD', K[5], A[7], A[7]) end
+  if A[2] ~= '' then redis.call('ZADD', K[2], A[3], A[2]) end
+  local _, holder = parse_lease(redis.call('GET', K[1]))
+  if holder == A[1] then redis.call('DEL', K[1]) end
+  if A[4] ~= '' then redis.call('ZADD', K[3], A[4], A[4]) end
   return 1
 end
 
@@ -217,7 +214,6 @@ end
 
 local function pair(K, A)
   redis.call('ZADD', K[1], A[1], A[2])
-  if A[3] ~= '' then redis.call('HSET', K[2], A[2], A[3]) end
   return 1
 end
 
@@ -998,18 +994,14 @@ class RedisStore:
         blob = b""
         if answer is not None:
             blob = await self.dicts.encode(answer)
-        field = answer_key(key, slot)
-        puts = ((self.k_answers, field.encode(), blob),) if blob else ()
-        await self.batch.run(
-            "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair, f"{self.prefix}free:-:{key}"],
-            [field, b"", self._lease_value(owner), member, score, b"", ""],
-            (*puts, (self.k_pair, member.encode(), record)) if member else puts)
+        puts = ((self.k_answers, answer_key(key, slot).encode(), blob),) if blob else ()
+        await self.batch.run("settle", [self._lease(key, slot), self.k_pairs, f"{self.prefix}free:-:{key}"],
+                             [self._lease_value(owner), member, score, ""],
+                             (*puts, (self.k_pair, member.encode(), record)) if member else puts)
 
     async def abandon(self, key: str, slot: int, *, owner: str, run_id: str, sampled: bool) -> None:
-        await self.batch.run(
-            "settle", [self.k_answers, self._lease(key, slot), self.k_pairs, self.k_pair,
-                       f"{self.prefix}free:{run_id}:{key}"],
-            ["", b"", self._lease_value(owner), "", 0, b"", slot if sampled else ""])
+        await self.batch.run("settle", [self._lease(key, slot), self.k_pairs, f"{self.prefix}free:{run_id}:{key}"],
+                             [self._lease_value(owner), "", 0, slot if sampled else ""])
 
     async def renew(self, slots: list[tuple[str, int]], *, owner: str) -> None:
         if slots:
@@ -1023,8 +1015,7 @@ class RedisStore:
 
     async def save_pair(self, pair: SavedPair) -> None:
         member, score, record = self._pair_record(pair)
-        await self.batch.run("pair", [self.k_pairs, self.k_pair], [score, member, b""],
-                             ((self.k_pair, member.encode(), record),))
+        await self.batch.run("pair", [self.k_pairs], [score, member], ((self.k_pair, member.encode(), record),))
 
     async def count_pairs(self) -> int:
         return int(await self._call(self.redis.zcard(self.k_pairs)))
