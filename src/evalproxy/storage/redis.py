@@ -50,6 +50,7 @@ and passes requests through)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -57,7 +58,7 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -536,9 +537,7 @@ class TurnBatch:
         data = pack_op(op, keys, args)
         self._outbox.append((data, fut, puts))
         self._sizes.append(len(data) + sum(len(v) for _, _, v in puts))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._flush)
+        self._schedule(loop)
         return fut
 
     def look(self, field: bytes, holder: bytes) -> asyncio.Future[tuple[int, bytes]]:
@@ -550,10 +549,14 @@ class TurnBatch:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[int, bytes]] = loop.create_future()
         self._looks.append((field, holder, fut))
+        self._schedule(loop)
+        return fut
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first call of a turn sends the batch at the end of that turn."""
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -725,6 +728,18 @@ class RedisDictionaries:
         await asyncio.gather(*(t for t in (self._training, self._checking) if t is not None), return_exceptions=True)
 
 
+@contextlib.contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """A reply read off the stream: a lost connection as redis-py's ConnectionError, an unreadable reply (a length
+    that is no number, a line past the stream's limit) as its InvalidResponse."""
+    try:
+        yield
+    except (asyncio.IncompleteReadError, OSError) as exc:
+        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
+    except ValueError as exc:
+        raise InvalidResponse(f"unreadable reply to {what} ({exc})") from exc
+
+
 def _stream_of(conn: Any) -> asyncio.StreamReader | None:
     """A redis-py connection's stream, to read a reply off; None for a redis-py that keeps it elsewhere (``_reader``
     is its private name, in 5 to 8): its own parser reads it then."""
@@ -746,15 +761,11 @@ async def read_reply(conn: Any) -> bytes:
     reader = _stream_of(conn)
     if reader is None:
         return bytes(await conn.read_response(timeout=math.inf))
-    try:
+    with _reading("the batch script"):
         line = await reader.readline()
         if line[:1] == b"$" and line[-2:] == b"\r\n" and not line.startswith(b"$-"):  # ($-1: nil, never sent)
             data = await reader.readexactly(int(line[1:-2]) + 2)
             return data[:-2]
-    except (asyncio.IncompleteReadError, OSError) as exc:
-        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
-    except ValueError as exc:  # a length that is no number, a line past the stream's limit
-        raise InvalidResponse(f"unreadable reply to the batch script ({exc})") from exc
     if line[:1] == b"-" and line[-2:] == b"\r\n":
         raise server_error(line[1:-2].decode("utf-8", "replace"))
     if not line.endswith(b"\n"):
@@ -772,12 +783,8 @@ async def read_status(conn: Any) -> ResponseError | None:
             return None
         except ResponseError as exc:
             return exc
-    try:
+    with _reading("a pre-write"):
         line = await reader.readline()
-    except (asyncio.IncompleteReadError, OSError) as exc:
-        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
-    except ValueError as exc:
-        raise InvalidResponse(f"unreadable reply to a pre-write ({exc})") from exc
     if line[-2:] != b"\r\n":
         raise RedisConnectionError("the server closed the connection")
     if line[:1] == b":":
@@ -797,7 +804,7 @@ async def read_values(conn: Any) -> list[bytes | None] | None:
             return list(await conn.read_response(timeout=math.inf))
         except ResponseError:
             return None
-    try:
+    with _reading("the looks' HMGET"):  # (a reply cut short, too)
         line = await reader.readline()
         if line[:1] == b"-" and line[-2:] == b"\r\n":
             return None
@@ -814,10 +821,6 @@ async def read_values(conn: Any) -> list[bytes | None] | None:
                 raise ValueError(f"not a bulk string: {line[:40]!r}")
             out.append((await reader.readexactly(size + 2))[:-2] if size >= 0 else None)
         return out
-    except (asyncio.IncompleteReadError, OSError) as exc:
-        raise RedisConnectionError(f"the connection was lost ({exc})") from exc
-    except ValueError as exc:  # a length that is no number, a line past the stream's limit, a reply cut short
-        raise InvalidResponse(f"unreadable reply to the looks' HMGET ({exc})") from exc
 
 
 class BatchConnections:
