@@ -73,8 +73,6 @@ def by_value(value: Any) -> Any:
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:  # most of a body: no isinstance, no ABC check
         return value
-    if kind is float:
-        return int(value) if value.is_integer() and -(2**63) <= value < 2**63 else value
     if isinstance(value, float):
         return int(value) if value.is_integer() and -(2**63) <= value < 2**63 else value
     if isinstance(value, _MAPPINGS):  # dict (and a frozen body's dicts) first: a quick check, the ABC's only after

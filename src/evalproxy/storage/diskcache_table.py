@@ -54,12 +54,11 @@ class DiskcacheTable:
         """The value stored under ``name``, None if none: our rows are bytes (inline, or through diskcache for a value
         it keeps in a file); an entry some other writer left under the name comes back as diskcache reads it."""
         row = self.db.execute(_SELECT, (name, now())).fetchone()
-        if row is None:
-            return None
-        mode, filename, value = row
-        if mode == MODE_RAW and filename is None:
-            return value
-        return self.cache.get(name)
+        return None if row is None else self._value(name, *row)
+
+    def _value(self, name: str, mode: int, filename: str | None, value: Any) -> Any:
+        """A row's value: our own bytes as they are, anything else (a file of diskcache's) as diskcache reads it."""
+        return value if mode == MODE_RAW and filename is None else self.cache.get(name)
 
     def get_many(self, names: list[str]) -> dict[str, Any]:
         """The values stored under ``names`` (those found), as :meth:`get` reads each, with one statement per
@@ -69,8 +68,8 @@ class DiskcacheTable:
         for i in range(0, len(names), _MANY):
             chunk = names[i : i + _MANY]
             rows = self.db.execute(_SELECT_MANY.format(",".join("?" * len(chunk))), (*chunk, now())).fetchall()
-            for name, mode, filename, value in rows:
-                found[name] = value if mode == MODE_RAW and filename is None else self.cache.get(name)
+            for name, *row in rows:
+                found[name] = self._value(name, *row)
         return found
 
     def put(self, name: str, blob: bytes) -> None:
