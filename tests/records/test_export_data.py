@@ -6,7 +6,9 @@ import random
 from pathlib import Path
 
 import orjson
+import pytest
 
+from evalproxy.adapter.core import loads
 from evalproxy.records import build_record, write_results
 from evalproxy.records.export_data import Exchange, SampleRow, _join, curated_stats, read_run, stable_id
 from evalproxy.records.results import HarnessInfo
@@ -27,6 +29,16 @@ class TestCuratedStats:
         """A run without statistics, or with a file that is not JSON, has no proxy statistics (no error)."""
         assert curated_stats(tmp_path) == {}
         (tmp_path / "eval_factory_metrics.json").write_text("{not json")
+        assert curated_stats(tmp_path) == {}
+
+    def test_a_statistics_file_past_the_size_bound_is_not_read(self, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        """A run dir's statistics file larger than the bound (lowered here) gives no statistics, as a broken one
+        does: it is never loaded whole."""
+        (tmp_path / "eval_factory_metrics.json").write_bytes(orjson.dumps({
+            "response_stats": {"count": 3, "avg_latency_ms": 5.5, "pad": "x" * 600}}))
+        assert curated_stats(tmp_path)["requests"] == 3.0
+        monkeypatch.setattr(loads, "MAX_FILE_BYTES", 512)
         assert curated_stats(tmp_path) == {}
 
 

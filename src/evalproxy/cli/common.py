@@ -18,8 +18,9 @@ from evalproxy import nemo_compat
 from evalproxy.adapter.config import LoadedConfig, load_config
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.net import is_loopback
-from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
+from evalproxy.adapter.core.redact import redact_obj, redact_text
 from evalproxy.adapter.registry import Resolved, resolve
+from evalproxy.adapter.server.output import server_doc
 from evalproxy.storage import is_url
 
 log = logging.getLogger("evalproxy")
@@ -159,9 +160,7 @@ def effective_yaml(loaded: LoadedConfig, resolved: Resolved) -> str:
     def unit(cls: type[Any], params: Any) -> dict[str, Any]:
         return {"name": getattr(cls, "name", cls.__name__), "params": params.model_dump(mode="json")}
 
-    server = loaded.server.model_dump(mode="json")
-    server["upstream_url"] = redact_url(loaded.server.upstream_url)
-    doc = {"source": loaded.source or "(no file: evalproxy's default chain)", "server": server,
+    doc = {"source": loaded.source or "(no file: evalproxy's default chain)", "server": server_doc(loaded.server),
            "chain": [unit(c, p) for c, p in [*resolved.interceptors, resolved.terminal]],
            "post_eval_hooks": [unit(c, p) for c, p in resolved.hooks], "warnings": list(resolved.warnings)}
     return yaml.safe_dump(redact_obj(doc, loaded.server.secrets()), sort_keys=False)

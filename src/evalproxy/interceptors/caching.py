@@ -144,7 +144,7 @@ class CachingInterceptor(BaseInterceptor[CachingParams]):
         super().__init__(params, run)
         self.cache_dir = run.resolve(run.config.cache_dir(run.output_dir, params.cache_dir))
         self.where = params.cache_url or self.cache_dir
-        self.secrets = [key] if (key := run.server.api_key()) else []
+        self.secrets = run.server.secrets()
         """The run's own key: redacted wherever it shows in a saved request, whatever the field is called."""
         self.save_responses = params.save_responses
         self.max_saved_responses = params.max_saved_responses

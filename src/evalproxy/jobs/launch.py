@@ -26,7 +26,7 @@ from evalproxy.adapter.config import parse_config
 from evalproxy.adapter.core.errors import ConfigError, JobLaunchError, JobsInvalidFieldError
 from evalproxy.adapter.core.loads import read_yaml
 from evalproxy.adapter.registry import resolve
-from evalproxy.adapter.server.output import RESULTS_FILES
+from evalproxy.adapter.server.output import RESULTS_FILES, STATISTICS_FILE
 from evalproxy.jobs.models import expand_command
 from evalproxy.jobs.tickets import CACHE_URL_ENV
 
@@ -35,8 +35,7 @@ LOG_FILE = "evalproxy_run.log"
 EXIT_FILE = "job_exit.json"
 """Written by the job's own process (:mod:`evalproxy.jobs.wrap`) when its command ends: ``{"returncode": N}``, with
 ``"reason"`` when the command could not start."""
-RUN_RECORD = "results.yaml"
-METRICS_FILE = "eval_factory_metrics.json"
+RUN_RECORD = RESULTS_FILES[0]
 MOUNTS = Path("/proc/mounts")
 SHARED_FILESYSTEMS = frozenset({"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "sshfs", "glusterfs", "beegfs",
                                 "9p", "afs", "orangefs", "pvfs2"})
@@ -207,7 +206,7 @@ def read_exit_reason(job_dir: Path) -> str | None:
 def answered(job_dir: Path) -> int | None:
     """Requests the job's proxy has answered so far (from upstream or cache), or None before the first report."""
     try:
-        data = orjson.loads((job_dir / METRICS_FILE).read_bytes())
+        data = orjson.loads((job_dir / STATISTICS_FILE).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(data, dict):

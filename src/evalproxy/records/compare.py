@@ -31,6 +31,7 @@ from typing import Any, Literal
 from evalproxy.adapter.config.files import dig
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.loads import read_yaml
+from evalproxy.adapter.server.output import CONFIG_FILE
 from evalproxy.records.compare_checks import Check, apply_vary, bounded, comparability, pair_requests
 from evalproxy.records.compare_scores import SampleRow, ScoreRow, natural, sample_rows, score_rows
 from evalproxy.records.explain import explain_miss
@@ -198,8 +199,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> Run:
             log.warning("%s: compared without this run record", exc)
         record = RunRecord()
     adapter = dict(record.target.api_endpoint.adapter_config)
-    if not adapter and (p / "adapter_config.yaml").exists():
-        loaded = read_yaml(p / "adapter_config.yaml")
+    if not adapter and (p / CONFIG_FILE).exists():
+        loaded = read_yaml(p / CONFIG_FILE)
         loaded = loaded if isinstance(loaded, dict) else {}  # a scalar or a list is no config
         inner = dig(loaded, "target", "api_endpoint", "adapter_config") if "target" in loaded else (
             dig(loaded, "adapter_config") if "adapter_config" in loaded else loaded)

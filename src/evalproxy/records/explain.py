@@ -168,8 +168,6 @@ class Explanation:
     stored_answers: int = 0
 
 
-
-
 def _chain_before_caching(adapter: Mapping[str, Any]) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
     """The enabled interceptors listed before ``caching`` (name, config) and caching's own config."""
     before: list[tuple[str, dict[str, Any]]] = []

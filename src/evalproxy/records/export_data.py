@@ -20,9 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from evalproxy.adapter.core.loads import load_json
 from evalproxy.adapter.flow.shape import answer_text, content_text
-from evalproxy.adapter.server.output import RESULTS_FILES
+from evalproxy.adapter.server.output import CONFIG_FILE, RESULTS_FILES, STATISTICS_FILE, read_json_file
 from evalproxy.records.export import find_results_file
 from evalproxy.records.harnesses import PARSERS
 from evalproxy.records.harnesses.base import SampleScore, read_samples
@@ -32,8 +31,7 @@ from evalproxy.storage import is_url, open_store, run_store
 
 log = logging.getLogger("evalproxy")
 
-STATS_FILE = "eval_factory_metrics.json"
-RUN_FILES = (*RESULTS_FILES, STATS_FILE, "adapter_config.yaml", "report.html", "report.json",
+RUN_FILES = (*RESULTS_FILES, STATISTICS_FILE, CONFIG_FILE, "report.html", "report.json",
              "evalproxy_report.json", "samples.jsonl", LEDGER_FILE)
 """The files of a run directory an export carries, where present (the harness's own files are added to them)."""
 
@@ -132,12 +130,7 @@ def task_scores(record: RunRecord) -> dict[str, dict[str, float]]:
 
 def curated_stats(run_dir: Path) -> dict[str, float]:
     """The curated proxy statistics of a run from its ``eval_factory_metrics.json`` (none when it has none)."""
-    try:
-        data = load_json((run_dir / STATS_FILE).read_bytes(), source=str(run_dir / STATS_FILE))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = read_json_file(run_dir / STATISTICS_FILE)
     out: dict[str, float] = {}
     for name, section, key in CURATED_STATS:
         part = data.get(section)

@@ -193,14 +193,13 @@ async def _write_record(running: RunningProxy, run_id: str, *, argv: list[str], 
     (the command's status stands)."""
     loaded, run = running.loaded, running.proxy.run
     server = loaded.server
-    key = server.api_key()
     try:
         record = await asyncio.to_thread(
             record_run, run.output_dir, argv=argv, workdir=os.getcwd(), started_at=started, finished_at=time.time(),
             exit_code=exit_code, observed=observed, api_url=server.upstream_url, model_id=server.model_id,
             endpoint_type=run.config.endpoint_type, api_key_name=server.api_key_name,
             adapter_config=run.config.model_dump(mode="json"), run_id=run_id, explicit_results=results,
-            secrets=[key] if key else [], command=command, task=loaded.task, launcher_params=loaded.run_params,
+            secrets=server.secrets(), command=command, task=loaded.task, launcher_params=loaded.run_params,
         )
         print(f"evalproxy: run record in {run.output_dir / 'results.yaml'}", file=sys.stderr, flush=True)
     except Exception:

@@ -32,6 +32,7 @@ def whole_answer(resp: ProxyResponse, events: list[Event] | None) -> Any:
         return assemble_stream(events)
     return resp.json if resp.json is not None else resp.body
 
+
 class AnswerHandler:
     """What one interceptor does with one answer. A new handler is made per answer (it may keep state)."""
 

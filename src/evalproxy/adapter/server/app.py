@@ -22,6 +22,7 @@ from evalproxy.adapter.core.errors import (
     ProxyError,
     UnsupportedMediaTypeError,
 )
+from evalproxy.adapter.flow.request import ENDPOINT_PATHS
 from evalproxy.adapter.registry.registry import Resolved
 from evalproxy.adapter.server.admin import add_admin_routes
 from evalproxy.adapter.server.forwarding import OPAQUE_TYPES
@@ -53,7 +54,7 @@ def create_app(loaded: LoadedConfig, *, resolved: Resolved | None = None, run_id
     return app
 
 
-_OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
+_OPENAI_PATHS = (*dict.fromkeys(ENDPOINT_PATHS.values()), "/v1/models")
 """The paths nearly every request names, routed to the proxy by name (the same handler as every other path)."""
 
 _SITE_ERRORS: dict[int, type[ProxyError]] = {

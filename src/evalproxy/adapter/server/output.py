@@ -12,6 +12,7 @@ import yaml
 
 from evalproxy.adapter.config.schema import AdapterConfig, ServerConfig
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
+from evalproxy.adapter.core.loads import load_json, read_bounded
 from evalproxy.adapter.core.redact import redact_obj, redact_url
 from evalproxy.adapter.flow.run import PersistedStats, RunFile, Statistics, StatsSnapshot
 
@@ -25,10 +26,11 @@ RESULTS_FILES = ("results.yaml", "results.yml")
 
 
 def read_json_file(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or ``{}`` when it is missing or unreadable."""
+    """A JSON object from ``path``, or ``{}`` when it is missing, unreadable, too large or too deep (a run dir's
+    statistics file is read as every JSON a run dir holds: :mod:`evalproxy.adapter.core.loads`)."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = load_json(read_bounded(path), source=str(path))
+    except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -91,11 +93,17 @@ def _write_run_file(f: RunFile) -> None:
         out.write(f.data)
 
 
+def server_doc(server: ServerConfig) -> dict[str, Any]:
+    """The server settings as an effective config shows them (the upstream URL's password redacted; secret-named
+    fields are left to :func:`~evalproxy.adapter.core.redact.redact_obj` over the whole document)."""
+    doc = server.model_dump(mode="json")
+    doc["upstream_url"] = redact_url(server.upstream_url)
+    return doc
+
+
 def write_effective_config(output_dir: Path, adapter: AdapterConfig, server: ServerConfig) -> Path:
     """Write the config the run really uses, secrets redacted, to ``adapter_config.yaml``."""
-    server_doc = server.model_dump(mode="json")
-    server_doc["upstream_url"] = redact_url(server.upstream_url)
-    doc = {"server": server_doc, "adapter_config": adapter.model_dump(mode="json")}
+    doc = {"server": server_doc(server), "adapter_config": adapter.model_dump(mode="json")}
     path = output_dir / CONFIG_FILE
     atomic_write_bytes(path, yaml.safe_dump(redact_obj(doc), sort_keys=False).encode())
     return path

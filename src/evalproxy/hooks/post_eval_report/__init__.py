@@ -34,7 +34,7 @@ from evalproxy.adapter.config import AdapterConfig, ServerConfig, validation_err
 from evalproxy.adapter.core.errors import ConfigError
 from evalproxy.adapter.core.files import atomic_write_bytes, dump_json
 from evalproxy.adapter.core.intervals import score_interval
-from evalproxy.adapter.core.loads import MAX_DEPTH, load_json, read_yaml, too_deep
+from evalproxy.adapter.core.loads import MAX_DEPTH, load_json, read_bounded, read_yaml, too_deep
 from evalproxy.adapter.core.params import Params as BaseParams
 from evalproxy.adapter.core.redact import redact_obj, redact_text, redact_url
 from evalproxy.adapter.flow.shape import content_text, message_of, split_reasoning, tool_call_text, usage_of
@@ -255,7 +255,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
     metrics: dict[str, Any] = {}
     path = output_dir / STATISTICS_FILE
     try:
-        loaded = load_json(path.read_bytes(), source=str(path))
+        loaded = load_json(read_bounded(path), source=str(path))
         metrics = loaded if isinstance(loaded, dict) else {}
     except OSError:
         pass
@@ -288,8 +288,7 @@ def build_report(output_dir: Path, adapter: AdapterConfig, server: ServerConfig,
         "pairs_note": store_note or (None if counts["saved_pairs"] else "no request/response pairs were saved"),
         "failures": [shown for f in failures if (shown := _shown(_failure, f)) is not None],
     }
-    key = server.api_key() if server.api_key_name else None
-    return redact_report(report, [key] if key else [])
+    return redact_report(report, server.secrets())
 
 
 def run_scores(output_dir: Path) -> dict[str, Any]:
